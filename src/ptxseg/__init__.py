@@ -1,0 +1,28 @@
+"""ptxseg: pneumothorax segmentation for chest X-rays (SIIM-ACR).
+
+The public API is importable from the package root. Names resolve on first use, so that
+`import ptxseg` (and the CLI's `--help`) does not pay for torch or pydicom.
+"""
+
+from importlib import import_module
+
+__version__ = "0.1.0"
+
+_PUBLIC = {
+    "rle_decode": "ptxseg.rle",
+    "rle_encode": "ptxseg.rle",
+    "detect_encoding": "ptxseg.rle",
+    "read_annotations": "ptxseg.rle",
+    "read_dicom": "ptxseg.dicom",
+    "read_image": "ptxseg.dicom",
+    "load_model": "ptxseg.model",
+    "Predictor": "ptxseg.predict",
+}
+
+__all__ = ["__version__", *_PUBLIC]
+
+
+def __getattr__(name: str):
+    if name in _PUBLIC:
+        return getattr(import_module(_PUBLIC[name]), name)
+    raise AttributeError(f"module 'ptxseg' has no attribute {name!r}")

@@ -1,0 +1,3 @@
+"""Commands: augment-preview."""
+
+from ptxseg.cli.app import app  # noqa: F401

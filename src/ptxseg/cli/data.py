@@ -1,0 +1,3 @@
+"""Commands: prepare, demo, benchmark-data."""
+
+from ptxseg.cli.app import app  # noqa: F401

@@ -1,0 +1,3 @@
+"""Commands: evaluate."""
+
+from ptxseg.cli.app import app  # noqa: F401

@@ -1,0 +1,3 @@
+"""Commands: predict, export, benchmark-runtime."""
+
+from ptxseg.cli.app import app  # noqa: F401

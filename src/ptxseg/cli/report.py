@@ -1,0 +1,3 @@
+"""Commands: benchmark, ablate, report."""
+
+from ptxseg.cli.app import app  # noqa: F401

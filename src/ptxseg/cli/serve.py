@@ -1,0 +1,3 @@
+"""Commands: serve, load-test."""
+
+from ptxseg.cli.app import app  # noqa: F401

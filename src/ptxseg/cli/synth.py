@@ -1,0 +1,3 @@
+"""Commands: synth."""
+
+from ptxseg.cli.app import app  # noqa: F401

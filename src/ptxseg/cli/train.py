@@ -1,0 +1,3 @@
+"""Commands: train, benchmark-training."""
+
+from ptxseg.cli.app import app  # noqa: F401
