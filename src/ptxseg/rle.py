@@ -1,0 +1,221 @@
+"""Run-length encoding of SIIM-ACR masks, and reading the annotation CSVs with all their quirks.
+
+SIIM's RLE is column-major (pixels are counted down the columns) and *relative*: each start is the
+gap after the end of the previous run, the first start is a 0-based index. Some sources use
+*absolute* 0-based starts instead; a string with a single run reads the same either way.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import warnings
+from collections.abc import Iterable
+from pathlib import Path
+
+import numpy as np
+
+ENCODINGS = ("relative", "absolute")
+EMPTY = "-1"
+
+
+def _check_encoding(encoding: str) -> None:
+    if encoding not in ENCODINGS:
+        raise ValueError(
+            f"unknown RLE encoding {encoding!r}: expected one of {', '.join(ENCODINGS)}"
+        )
+
+
+def _parse_pairs(rle: str) -> tuple[np.ndarray, np.ndarray]:
+    """Split an RLE string into (starts, lengths) integer arrays, checking its syntax."""
+    tokens = rle.split()
+    if len(tokens) % 2:
+        raise ValueError(
+            f"RLE has an odd number of values ({len(tokens)}): expected 'start length' pairs, "
+            f"got {_preview(rle)}"
+        )
+    try:
+        values = np.array(tokens, dtype=np.int64)
+    except (ValueError, OverflowError):
+        bad = next(t for t in tokens if not t.lstrip("-").isdigit())
+        raise ValueError(
+            f"RLE value {bad!r} is not an integer in {_preview(rle)}: expected whole numbers"
+        ) from None
+    starts, lengths = values[0::2], values[1::2]
+    if (lengths <= 0).any():
+        i = int(np.argmax(lengths <= 0))
+        raise ValueError(f"RLE run {i} has length {lengths[i]}: run lengths must be positive")
+    if (starts < 0).any():
+        i = int(np.argmax(starts < 0))
+        raise ValueError(f"RLE run {i} has start {starts[i]}: starts must not be negative")
+    return starts, lengths
+
+
+def _preview(rle: str, n: int = 60) -> str:
+    return repr(rle if len(rle) <= n else rle[:n] + "...")
+
+
+def _absolute_starts(starts: np.ndarray, lengths: np.ndarray, encoding: str) -> np.ndarray:
+    if encoding == "absolute":
+        return starts
+    # relative: start_i = sum of all previous gaps and lengths, plus this gap
+    return np.cumsum(starts) + np.concatenate(([0], np.cumsum(lengths)[:-1]))
+
+
+def is_empty_rle(rle: str) -> bool:
+    """True for the competition's marker of an empty mask (`-1`, with any spaces) or a blank."""
+    text = rle.strip()
+    return text in ("", EMPTY)
+
+
+def rle_decode(rle: str, height: int, width: int, encoding: str = "relative") -> np.ndarray:
+    """Decode one RLE string into a boolean mask of shape (height, width)."""
+    _check_encoding(encoding)
+    mask = np.zeros(height * width, dtype=bool)
+    if is_empty_rle(rle):
+        return mask.reshape(width, height).T
+    starts, lengths = _parse_pairs(rle)
+    starts = _absolute_starts(starts, lengths, encoding)
+    ends = starts + lengths
+    if encoding == "absolute" and (starts[1:] < ends[:-1]).any():
+        i = int(np.argmax(starts[1:] < ends[:-1])) + 1
+        raise ValueError(
+            f"absolute RLE run {i} starts at {starts[i]}, before the previous run ends at "
+            f"{ends[i - 1]}: starts must increase (is this relative RLE? try encoding='relative')"
+        )
+    if ends[-1] > mask.size:
+        raise ValueError(
+            f"RLE runs reach pixel {ends[-1]} but a {height}x{width} image has {mask.size} pixels: "
+            f"check the image size and the encoding ({encoding!r})"
+        )
+    # Mark run boundaries with +1/-1 and integrate: no Python loop over runs.
+    edges = np.zeros(mask.size + 1, dtype=np.int32)
+    np.add.at(edges, starts, 1)
+    np.add.at(edges, ends, -1)
+    mask = np.cumsum(edges[:-1]) > 0
+    return mask.reshape(width, height).T
+
+
+def rle_encode(mask: np.ndarray, encoding: str = "relative") -> str:
+    """Encode a 2-D mask (any non-zero pixel is foreground); `"-1"` for an empty mask."""
+    _check_encoding(encoding)
+    mask = np.asarray(mask)
+    if mask.ndim != 2:
+        raise ValueError(f"mask must be 2-D (height, width), got shape {mask.shape}")
+    flat = mask.T.ravel() != 0
+    padded = np.concatenate(([False], flat, [False]))
+    changes = np.flatnonzero(padded[1:] != padded[:-1])
+    if changes.size == 0:
+        return EMPTY
+    starts, ends = changes[0::2], changes[1::2]
+    lengths = ends - starts
+    if encoding == "relative":
+        starts = starts - np.concatenate(([0], ends[:-1]))
+    pairs = np.empty(starts.size * 2, dtype=np.int64)
+    pairs[0::2], pairs[1::2] = starts, lengths
+    return " ".join(map(str, pairs.tolist()))
+
+
+def rles_to_mask(
+    rles: Iterable[str], height: int, width: int, encoding: str = "relative"
+) -> np.ndarray:
+    """OR together the regions of one image (one RLE string per region)."""
+    mask = np.zeros((height, width), dtype=bool)
+    for rle in rles:
+        mask |= rle_decode(rle, height, width, encoding)
+    return mask
+
+
+def _fits(rle: str, encoding: str, n_pixels: int) -> bool:
+    try:
+        starts, lengths = _parse_pairs(rle)
+    except ValueError:
+        return False
+    starts = _absolute_starts(starts, lengths, encoding)
+    ends = starts + lengths
+    return bool(ends[-1] <= n_pixels and (starts[1:] >= ends[:-1]).all())
+
+
+def detect_encoding(rles: Iterable[str], height: int = 1024, width: int = 1024) -> str:
+    """Tell whether a whole CSV's strings are relative or absolute RLE.
+
+    Only strings with several runs carry evidence; when none does, both readings agree and the
+    answer is SIIM's own, "relative". Mixed evidence raises ValueError.
+    """
+    n_pixels = height * width
+    votes = {"relative": 0, "absolute": 0}
+    for rle in rles:
+        if is_empty_rle(rle) or len(rle.split()) <= 2:
+            continue
+        fits = {enc: _fits(rle, enc, n_pixels) for enc in ENCODINGS}
+        if fits["relative"] != fits["absolute"]:
+            votes["relative" if fits["relative"] else "absolute"] += 1
+    if votes["relative"] and votes["absolute"]:
+        raise ValueError(
+            f"the RLE strings mix encodings ({votes['relative']} read only as relative, "
+            f"{votes['absolute']} only as absolute) for {height}x{width} images: "
+            "pass the encoding explicitly or check the image size"
+        )
+    return "absolute" if votes["absolute"] else "relative"
+
+
+def _looks_like_header(row: list[str]) -> bool:
+    value = row[1].strip()
+    return value != EMPTY and not value.replace(" ", "").isdigit()
+
+
+def read_annotations(path: str | Path, strict: bool = False) -> dict[str, list[str]]:
+    """Read a SIIM annotation CSV into {ImageId: [RLE, ...]} (an empty list means no pneumothorax).
+
+    Handles the stage-1 header with leading spaces (`ImageId, EncodedPixels`, values `" -1"`), the
+    Kaggle sample's UTF-8 BOM with no header, the stage-2 header, several rows per image (one per
+    region) and repeated `-1` rows. An image listed both as `-1` and with a mask keeps its mask and
+    is reported in a warning (or a ValueError with `strict=True`).
+    """
+    path = Path(path)
+    try:
+        text = path.read_bytes().decode("utf-8-sig")
+    except FileNotFoundError:
+        raise FileNotFoundError(f"annotation CSV not found: {path}") from None
+    except UnicodeDecodeError:
+        raise ValueError(
+            f"{path} is not a text CSV: expected SIIM annotations 'ImageId,EncodedPixels'"
+        ) from None
+    annotations: dict[str, list[str]] = {}
+    negatives: set[str] = set()
+    for line_no, row in enumerate(csv.reader(io.StringIO(text)), start=1):
+        if not row or not "".join(row).strip():
+            continue
+        if len(row) != 2:
+            raise ValueError(
+                f"{path}, line {line_no}: expected 2 columns (ImageId, EncodedPixels), "
+                f"got {len(row)}: {row[:4]!r}. Is this a SIIM annotation CSV?"
+            )
+        if line_no == 1 and _looks_like_header(row):
+            continue
+        image_id, rle = row[0].strip(), row[1].strip()
+        if not image_id:
+            raise ValueError(f"{path}, line {line_no}: the ImageId is empty")
+        masks = annotations.setdefault(image_id, [])
+        if is_empty_rle(rle):
+            negatives.add(image_id)
+        elif rle.replace(" ", "").isdigit():
+            masks.append(rle)
+        else:
+            raise ValueError(
+                f"{path}, line {line_no}: EncodedPixels {_preview(rle)} is neither -1 nor "
+                "'start length' integer pairs"
+            )
+    if not annotations:
+        raise ValueError(f"{path} holds no annotation rows: expected 'ImageId,EncodedPixels'")
+    conflicts = sorted(i for i in negatives if annotations[i])
+    if conflicts:
+        message = (
+            f"{path}: {len(conflicts)} image(s) are listed both as -1 and with a mask; "
+            f"their masks are kept: {', '.join(conflicts[:5])}"
+            f"{' ...' if len(conflicts) > 5 else ''}"
+        )
+        if strict:
+            raise ValueError(message)
+        warnings.warn(message, stacklevel=2)
+    return annotations
