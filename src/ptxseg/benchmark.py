@@ -1,0 +1,379 @@
+"""Backbone benchmark: size, compute, speed and memory of each encoder, side by side in one run.
+
+Each configuration is measured in a fresh subprocess (spawned, not forked) so that one model's
+allocations cannot inflate the next one's memory figure, and a crash in one configuration becomes
+an `error` cell in its row instead of ending the run (the habit of timm's benchmark.py).
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import os
+import resource
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, dataclass
+from multiprocessing import get_context
+from pathlib import Path
+
+PRECISIONS = ("fp32", "bf16")
+
+# Column name -> header shown in the Markdown and rich tables.
+COLUMNS: dict[str, str] = {
+    "encoder": "Encoder",
+    "size": "Size",
+    "batch_size": "Batch",
+    "device": "Device",
+    "precision": "Precision",
+    "params_m": "Params (M)",
+    "gflops_per_image": "GFLOPs/img",
+    "latency_p50_ms": "Infer p50 (ms/batch)",
+    "latency_p95_ms": "Infer p95 (ms/batch)",
+    "images_per_s": "Images/s",
+    "infer_mem_mb": "Infer mem (MB)",
+    "train_step_ms": "Train step (ms)",
+    "train_mem_mb": "Train mem (MB)",
+    "mem_kind": "Memory measure",
+    "error": "Error",
+}
+
+# Short headers for the terminal table.
+SHORT_COLUMNS: dict[str, str] = {
+    "encoder": "encoder",
+    "precision": "prec",
+    "params_m": "params M",
+    "gflops_per_image": "GFLOP/img",
+    "latency_p50_ms": "p50 ms",
+    "latency_p95_ms": "p95 ms",
+    "images_per_s": "img/s",
+    "infer_mem_mb": "infer MB",
+    "train_step_ms": "train ms",
+    "train_mem_mb": "train MB",
+    "error": "error",
+}
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    """One row of the benchmark: an encoder at one input size, batch, device and precision."""
+
+    encoder: str
+    size: int = 256
+    batch_size: int = 4
+    device: str = "cpu"
+    precision: str = "fp32"
+    warmup: int = 3
+    iters: int = 10
+    threads: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.size % 32 != 0 or self.size <= 0:
+            raise ValueError(f"size {self.size} is not a positive multiple of 32 (U-Net needs it)")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision {self.precision!r} is not one of {', '.join(PRECISIONS)}")
+        if self.batch_size < 1 or self.iters < 1 or self.warmup < 0:
+            raise ValueError("batch_size and iters must be >= 1 and warmup >= 0")
+
+
+def build_benchmark_model(encoder: str):
+    """A 1-channel U-Net with random encoder weights, built the way training builds it."""
+    try:
+        from ptxseg.config import ModelConfig
+        from ptxseg.model import build_model
+    except ImportError:  # model module not available: the same architecture straight from smp
+        import segmentation_models_pytorch as smp
+
+        return smp.Unet(encoder_name=encoder, encoder_weights=None, in_channels=1, classes=1)
+    return build_model(ModelConfig(encoder=encoder, encoder_weights=None))
+
+
+def _rss_peak_mb() -> float:
+    """High-water mark of this process's resident memory (Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def _rss_now_mb() -> float:
+    with open("/proc/self/statm") as handle:
+        return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def _percentile(values: Sequence[float], q: float) -> float:
+    """Linear-interpolated percentile (numpy's default) without needing numpy."""
+    ordered = sorted(values)
+    pos = (len(ordered) - 1) * q / 100.0
+    low, high = math.floor(pos), math.ceil(pos)
+    return ordered[low] + (ordered[high] - ordered[low]) * (pos - low)
+
+
+def count_gflops_per_image(model, size: int, device: str = "cpu") -> float:
+    """Forward-pass GFLOPs for one image, counted by torch's FlopCounterMode (2 FLOPs per MAC)."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    x = torch.rand(1, 1, size, size, device=device)
+    counter = FlopCounterMode(display=False)
+    with torch.inference_mode(), counter:
+        model(x)
+    return counter.get_total_flops() / 1e9
+
+
+def measure(config: BenchConfig, build: Callable[[str], object] | None = None) -> dict:
+    """Measure one configuration in this process and return its row (never raises)."""
+    row: dict = {key: "" for key in COLUMNS}
+    row.update(
+        encoder=config.encoder,
+        size=config.size,
+        batch_size=config.batch_size,
+        device=config.device,
+        precision=config.precision,
+    )
+    try:
+        row.update(_measure(config, build or build_benchmark_model))
+    except Exception as exc:  # one row per configuration, an error column instead of a crash
+        row["error"] = " ".join(f"{type(exc).__name__}: {exc}".split())[:300]
+    return row
+
+
+def _measure(config: BenchConfig, build: Callable[[str], object]) -> dict:
+    import torch
+
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    device = torch.device(config.device)
+    cuda = device.type == "cuda"
+    if cuda and not torch.cuda.is_available():
+        raise RuntimeError("device cuda requested but torch.cuda.is_available() is False")
+
+    def sync() -> None:
+        if cuda:
+            torch.cuda.synchronize(device)
+
+    dtype = torch.bfloat16 if config.precision == "bf16" else None
+    autocast = (
+        (lambda: torch.autocast(device_type=device.type, dtype=dtype))
+        if dtype is not None
+        else (lambda: torch.autocast(device_type=device.type, enabled=False))
+    )
+
+    import segmentation_models_pytorch  # noqa: F401  (imports are not the model's memory)
+
+    base_rss = _rss_now_mb()
+    model = build(config.encoder).to(device).eval()
+    params_m = sum(p.numel() for p in model.parameters()) / 1e6
+    gflops = count_gflops_per_image(model, config.size, config.device)
+
+    x = torch.rand(config.batch_size, 1, config.size, config.size, device=device)
+    if cuda:
+        torch.cuda.reset_peak_memory_stats(device)
+    times: list[float] = []
+    with torch.inference_mode(), autocast():
+        for i in range(config.warmup + config.iters):
+            sync()
+            start = time.perf_counter()
+            model(x)
+            sync()
+            if i >= config.warmup:
+                times.append(time.perf_counter() - start)
+    if cuda:
+        infer_mem = torch.cuda.max_memory_allocated(device) / 2**20
+        torch.cuda.reset_peak_memory_stats(device)
+    else:
+        infer_mem = _rss_peak_mb() - base_rss
+
+    model.train()
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
+    target = (torch.rand_like(x) > 0.9).float()
+    loss_fn = torch.nn.BCEWithLogitsLoss()
+    steps: list[float] = []
+    for i in range(config.warmup + config.iters):
+        sync()
+        start = time.perf_counter()
+        optimizer.zero_grad(set_to_none=True)
+        with autocast():
+            loss = loss_fn(model(x).float(), target)
+        loss.backward()
+        optimizer.step()
+        sync()
+        if i >= config.warmup:
+            steps.append(time.perf_counter() - start)
+    train_mem = (
+        torch.cuda.max_memory_allocated(device) / 2**20 if cuda else _rss_peak_mb() - base_rss
+    )
+
+    p50 = _percentile(times, 50)
+    return {
+        "params_m": round(params_m, 3),
+        "gflops_per_image": round(gflops, 3),
+        "latency_p50_ms": round(p50 * 1e3, 2),
+        "latency_p95_ms": round(_percentile(times, 95) * 1e3, 2),
+        "images_per_s": round(config.batch_size / p50, 2),
+        "infer_mem_mb": round(infer_mem, 1),
+        "train_step_ms": round(statistics.median(steps) * 1e3, 2),
+        "train_mem_mb": round(train_mem, 1),
+        "mem_kind": "cuda max allocated" if cuda else "RSS increase (fresh process)",
+    }
+
+
+def measure_isolated(config: BenchConfig) -> dict:
+    """Measure one configuration in a fresh spawned process; a dead worker gives an error row."""
+    with ProcessPoolExecutor(max_workers=1, mp_context=get_context("spawn")) as pool:
+        try:
+            return pool.submit(measure, config).result()
+        except Exception as exc:  # e.g. BrokenProcessPool when the worker is killed for memory
+            row = {key: "" for key in COLUMNS}
+            row.update({k: v for k, v in asdict(config).items() if k in COLUMNS})
+            row["error"] = f"worker failed: {type(exc).__name__}: {exc}"[:300]
+            return row
+
+
+def run_benchmark(
+    configs: Sequence[BenchConfig],
+    isolate: bool = True,
+    on_row: Callable[[dict], None] | None = None,
+) -> list[dict]:
+    """Measure every configuration one after another; `isolate` spawns a process per row."""
+    rows = []
+    for config in configs:
+        row = measure_isolated(config) if isolate else measure(config)
+        rows.append(row)
+        if on_row is not None:
+            on_row(row)
+    return rows
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def _fmt(value) -> str:
+    """Numbers without trailing zeros (a CSV round trip turns 256 into 256.0)."""
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def rows_to_markdown(rows: Sequence[dict], columns: dict[str, str] = COLUMNS) -> str:
+    """A GitHub-flavoured Markdown table of the rows (empty columns are left out)."""
+    keys = [k for k in columns if any(str(r.get(k, "")) != "" for r in rows)]
+    lines = [
+        "| " + " | ".join(columns[k] for k in keys) + " |",
+        "|" + "|".join("---" for _ in keys) + "|",
+    ]
+    for row in rows:
+        cells = [_fmt(row.get(k, "")).replace("|", "\\|")[:120] for k in keys]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def write_csv(path: Path, rows: Sequence[dict], columns: Sequence[str]) -> None:
+    """Write rows to CSV atomically (a temporary name, then os.replace)."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(columns), extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+    os.replace(tmp, path)
+
+
+def read_benchmark_csv(path: Path) -> list[dict]:
+    """Rows of a benchmark.csv with numbers parsed back (empty cells stay '')."""
+    rows = []
+    with open(path, newline="") as handle:
+        for raw in csv.DictReader(handle):
+            row = {}
+            for key, value in raw.items():
+                try:
+                    row[key] = float(value) if value not in ("", None) else ""
+                except ValueError:
+                    row[key] = value
+            rows.append(row)
+    return rows
+
+
+def plot_benchmark(rows: Sequence[dict], path: Path) -> Path:
+    """Bar charts of latency, training step, memory and GFLOPs per configuration."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ok = [r for r in rows if not r.get("error")]
+    labels = [f"{r['encoder']}\n{r['precision']}" for r in ok]
+    panels = [
+        ("latency_p50_ms", "Inference p50 (ms/batch)"),
+        ("train_step_ms", "Training step (ms)"),
+        ("infer_mem_mb", "Inference memory (MB)"),
+        ("gflops_per_image", "GFLOPs per image"),
+    ]
+    fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 3.6))
+    for ax, (key, title) in zip(axes, panels, strict=True):
+        values = [float(r[key]) if r.get(key) != "" else 0.0 for r in ok]
+        bars = ax.bar(range(len(ok)), values, color="#3b6ea8")
+        ax.bar_label(bars, fmt="%.3g", fontsize=8)
+        ax.set_xticks(range(len(ok)), labels, fontsize=8)
+        ax.set_title(title, fontsize=10)
+        ax.margins(y=0.15)
+    if ok:
+        r0 = ok[0]
+        fig.suptitle(
+            f"U-Net backbones, {_fmt(r0['size'])} px, batch {_fmt(r0['batch_size'])}, "
+            f"{r0['device']}",
+            fontsize=11,
+        )
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.stem}.tmp.png")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    os.replace(tmp, path)
+    return path
+
+
+def environment_line() -> str:
+    """Which machine the numbers come from (CPU model or GPU name, torch version, threads)."""
+    import platform
+
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as handle:
+            cpu = next(line.split(":", 1)[1].strip() for line in handle if "model name" in line)
+    except (OSError, StopIteration):
+        pass
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none"
+    return (
+        f"torch {torch.__version__}; CPU: {cpu} ({os.cpu_count()} logical cores, "
+        f"{torch.get_num_threads()} torch threads); GPU: {gpu}"
+    )
+
+
+def write_benchmark(rows: Sequence[dict], out_dir: Path, note: str = "") -> dict[str, Path]:
+    """Write benchmark.csv, benchmark.md and benchmark.png into `out_dir`."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = {
+        "csv": out_dir / "benchmark.csv",
+        "md": out_dir / "benchmark.md",
+        "png": out_dir / "benchmark.png",
+    }
+    write_csv(paths["csv"], rows, list(COLUMNS))
+    text = "# Backbone benchmark\n\n"
+    if note:
+        text += note.strip() + "\n\n"
+    text += rows_to_markdown(rows)
+    text += (
+        "\nLatency is per batch under `torch.inference_mode()` after warm-up; images/s ="
+        " batch / p50. GFLOPs count 2 FLOPs per multiply-add (torch FlopCounterMode)."
+        " Train step = forward + backward + Adam step. Memory on CPU is the resident-set"
+        " increase of a fresh process (high-water mark minus the RSS before the model was"
+        " built); on GPU it is `torch.cuda.max_memory_allocated`.\n"
+    )
+    _atomic_write_text(paths["md"], text)
+    if any(not r.get("error") for r in rows):
+        plot_benchmark(rows, paths["png"])
+    else:
+        paths.pop("png")
+    return paths

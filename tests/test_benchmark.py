@@ -1,0 +1,102 @@
+"""Benchmark: FLOP counting, one row per configuration, error rows, and the written tables."""
+
+import csv
+
+import numpy as np
+import pytest
+import torch
+
+from ptxseg.benchmark import (
+    COLUMNS,
+    BenchConfig,
+    _percentile,
+    count_gflops_per_image,
+    measure,
+    measure_isolated,
+    read_benchmark_csv,
+    rows_to_markdown,
+    write_benchmark,
+)
+from ptxseg.cli import main
+
+TINY = dict(size=64, batch_size=1, warmup=0, iters=2)
+
+
+def test_gflops_of_a_single_convolution_is_two_flops_per_mac():
+    conv = torch.nn.Conv2d(1, 4, kernel_size=3, padding=1, bias=False)
+    expected = 2 * 3 * 3 * 1 * 4 * 32 * 32 / 1e9
+    assert count_gflops_per_image(conv, 32) == pytest.approx(expected)
+
+
+def test_percentile_matches_numpy():
+    values = [5.0, 1.0, 4.0, 2.0, 3.0, 10.0]
+    for q in (0, 50, 95, 100):
+        assert _percentile(values, q) == pytest.approx(np.percentile(values, q))
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"size": 100}, "multiple of 32"),
+        ({"precision": "fp16"}, "fp32, bf16"),
+        ({"iters": 0}, "iters must be"),
+    ],
+)
+def test_config_rejects_bad_values(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        BenchConfig("resnet18", **kwargs)
+
+
+def test_measure_returns_a_full_row():
+    row = measure(BenchConfig("resnet18", **TINY))
+    assert row["error"] == ""
+    assert row["params_m"] == pytest.approx(14.32, abs=0.01)  # U-Net resnet18, 1 channel in
+    assert row["gflops_per_image"] > 0
+    assert 0 < row["latency_p50_ms"] <= row["latency_p95_ms"]
+    assert row["images_per_s"] == pytest.approx(1000 / row["latency_p50_ms"], rel=0.01)
+    assert row["train_step_ms"] > 0 and row["infer_mem_mb"] >= 0
+    assert set(row) == set(COLUMNS)
+
+
+def test_bad_encoder_gives_an_error_row_not_an_exception():
+    row = measure(BenchConfig("no-such-encoder", **TINY))
+    assert "no-such-encoder" in row["error"]
+    assert row["encoder"] == "no-such-encoder" and row["params_m"] == ""
+
+
+@pytest.mark.slow
+def test_isolated_measure_runs_in_a_fresh_process():
+    row = measure_isolated(BenchConfig("no-such-encoder", **TINY))
+    assert "no-such-encoder" in row["error"]
+
+
+def test_written_tables_round_trip(tmp_path):
+    rows = [
+        {**{k: "" for k in COLUMNS}, "encoder": "a", "size": 64, "params_m": 1.5, "error": ""},
+        {**{k: "" for k in COLUMNS}, "encoder": "b|c", "size": 64, "error": "KeyError: x"},
+    ]
+    rows[0]["latency_p50_ms"] = 2.0
+    paths = write_benchmark(rows, tmp_path, note="machine X")
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "benchmark.csv",
+        "benchmark.md",
+        "benchmark.png",
+    ]
+    back = read_benchmark_csv(paths["csv"])
+    assert back[0]["params_m"] == 1.5 and back[1]["error"] == "KeyError: x"
+    md = paths["md"].read_text()
+    assert "machine X" in md and "| Params (M) |" in md and "b\\|c" in md
+    assert "Train step" not in rows_to_markdown(rows)  # empty columns are left out
+
+
+def test_cli_writes_one_row_per_configuration(tmp_path):
+    argv = ["benchmark", "--encoders", "resnet18,nope", "--size", "64", "--batch-size", "1"]
+    argv += ["--warmup", "0", "--iters", "1", "--no-isolate", "--out", str(tmp_path)]
+    try:
+        main(argv)
+    except SystemExit as exc:
+        assert exc.code == 0
+    with open(tmp_path / "benchmark.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [r["encoder"] for r in rows] == ["resnet18", "nope"]
+    assert rows[0]["error"] == "" and "nope" in rows[1]["error"]
