@@ -1,3 +1,81 @@
-"""Commands: prepare, demo, benchmark-data."""
+"""Commands: prepare, benchmark-data."""
 
-from ptxseg.cli.app import app  # noqa: F401
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from ptxseg.cli.app import app
+
+console = Console()
+
+
+def progress_bar():
+    """The rich progress bar every long data step shares."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+
+    return Progress(
+        "[progress.description]{task.description}",
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        console=console,
+        transient=False,
+    )
+
+
+def fail(message: str) -> None:
+    """Print a user error in red and exit with status 2 (no traceback)."""
+    console.print(f"[red]error:[/red] {message}")
+    raise typer.Exit(2)
+
+
+@app.command()
+def prepare(
+    images: Path = typer.Option(..., help="Folder of DICOMs, searched recursively."),
+    annotations: Path = typer.Option(..., help="SIIM annotation CSV (train-rle.csv)."),
+    out: Path = typer.Option(..., help="Work folder for manifest, split and cache."),
+    size: int = typer.Option(256, help="Cache resolution: 256, 512, 1024 or any multiple of 32."),
+    seed: int = typer.Option(0, help="Seed of the train/val/test split."),
+    val: float = typer.Option(0.1, help="Share of images for validation."),
+    test: float = typer.Option(0.1, help="Share of images for the test split."),
+    workers: int = typer.Option(
+        min(4, os.cpu_count() or 1), help="Processes that decode DICOMs in parallel."
+    ),
+    rle_encoding: str = typer.Option(
+        "auto", help="auto (detect from the CSV), relative (SIIM) or absolute."
+    ),
+) -> None:
+    """Join DICOMs with annotations; write manifest, seeded split and resized array cache.
+
+    Example: ptxseg prepare --images siim/dicom-images-train --annotations siim/train-rle.csv
+    --out work --size 256
+    """
+    from ptxseg.prepare import prepare as run_prepare
+
+    try:
+        with progress_bar() as progress:
+            result = run_prepare(
+                images, annotations, out, size, seed, val, test, workers, rle_encoding, progress
+            )
+    except (ValueError, FileNotFoundError) as err:
+        fail(str(err))
+    table = Table(title=f"{out} ({size}px, {result.encoding} RLE)")
+    for column in ("split", "images", "positive", "positive share"):
+        table.add_column(column, justify="right" if column != "split" else "left")
+    for split, c in result.counts.items():
+        share = f"{c['positive'] / c['images']:.1%}" if c["images"] else "-"
+        table.add_row(split, str(c["images"]), str(c["positive"]), share)
+    console.print(table)
+    for key, items in result.problems.items():
+        if items:
+            console.print(
+                f"[yellow]{len(items)} {key.replace('_', ' ')}[/yellow] "
+                f"(listed in {out}/unmatched.json)"
+            )
+    if not result.cache_written:
+        console.print("cache already up to date; nothing rewritten")

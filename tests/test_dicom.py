@@ -1,0 +1,157 @@
+"""DICOM reading: variants written with pydicom, corrupt inputs, and the real SIIM files."""
+
+import warnings
+
+import cv2
+import numpy as np
+import pydicom
+import pytest
+from dicom_files import chest_like, write_dicom
+
+from ptxseg.dicom import DicomHeaderWarning, ImageReadError, read_dicom, read_image
+
+
+def test_uncompressed_8bit(tmp_path):
+    pixels = chest_like()
+    image, meta = read_dicom(write_dicom(tmp_path / "a.dcm", pixels))
+    assert image.dtype == np.float32 and image.shape == (64, 64)
+    assert np.allclose(image, pixels / 255, atol=1e-6)
+    assert meta["ImageId"] == "a" and meta["PixelSpacing"] == [0.168, 0.168]
+    assert meta["ViewPosition"] == "PA" and meta["PatientAge"] == 45
+    assert meta["Rows"] == 64 and meta["PhotometricInterpretation"] == "MONOCHROME2"
+
+
+def test_jpeg_baseline_matches_pydicom_within_one_level(tmp_path):
+    path = write_dicom(tmp_path / "j.dcm", chest_like(), jpeg=True)
+    image, meta = read_dicom(path)
+    reference = pydicom.dcmread(path).pixel_array.astype(np.float32)
+    assert meta["TransferSyntaxUID"] == "1.2.840.10008.1.2.4.50"
+    assert np.abs(image * 255 - reference).max() <= 1.0 + 1e-3
+
+
+def test_monochrome1_is_inverted(tmp_path):
+    pixels = chest_like()
+    normal, _ = read_dicom(write_dicom(tmp_path / "m2.dcm", pixels))
+    inverted, meta = read_dicom(write_dicom(tmp_path / "m1.dcm", pixels, photometric="MONOCHROME1"))
+    assert meta["PhotometricInterpretation"] == "MONOCHROME1"
+    assert np.allclose(normal + inverted, 1.0, atol=1e-6)
+
+
+def test_16bit_with_rescale_uses_the_full_range(tmp_path):
+    pixels = (chest_like().astype(np.uint16) * 16).astype(np.uint16)  # 12-bit values
+    path = write_dicom(
+        tmp_path / "r.dcm", pixels, bits_stored=12, RescaleSlope=2, RescaleIntercept=-100
+    )
+    image, _ = read_dicom(path)
+    assert image.min() == 0.0 and image.max() == pytest.approx(1.0)
+    rescaled = pixels.astype(np.float64) * 2 - 100
+    expected = (rescaled - rescaled.min()) / (rescaled.max() - rescaled.min())
+    assert np.allclose(image, expected, atol=1e-5)
+
+
+def test_12bit_without_rescale_scales_by_bits_stored(tmp_path):
+    pixels = np.full((32, 32), 4095, np.uint16)
+    pixels[:16] = 0
+    image, _ = read_dicom(write_dicom(tmp_path / "b.dcm", pixels, bits_stored=12))
+    assert image[0, 0] == 0.0 and image[-1, -1] == pytest.approx(1.0)
+
+
+def test_window_then_monochrome1(tmp_path):
+    pixels = np.tile(np.arange(0, 4096, 64, dtype=np.uint16), (64, 1))
+    kw = dict(bits_stored=12, WindowCenter=2048, WindowWidth=1024)
+    mono2, _ = read_dicom(write_dicom(tmp_path / "w2.dcm", pixels, **kw))
+    mono1, _ = read_dicom(write_dicom(tmp_path / "w1.dcm", pixels, photometric="MONOCHROME1", **kw))
+    # the window saturates both ends; MONOCHROME1 is inverted after it
+    assert mono2[0, 0] == 0.0 and mono2[0, -1] == pytest.approx(1.0)
+    assert np.allclose(mono1, 1.0 - mono2, atol=1e-6)
+
+
+def test_invalid_header_values_warn_and_read(tmp_path):
+    path = write_dicom(
+        tmp_path / "ID_0a1b2c3d4.dcm",
+        chest_like(),
+        SOPInstanceUID="ID_0a1b2c3d4",
+        StudyInstanceUID="",
+        PatientID="",
+        PatientAge="152",
+    )
+    with pytest.warns(DicomHeaderWarning, match="ID_0a1b2c3d4"):
+        image, meta = read_dicom(path)
+    assert image.shape == (64, 64)
+    assert meta["ImageId"] == "ID_0a1b2c3d4" and meta["PatientAge"] is None
+    assert any("152" in w for w in meta["HeaderWarnings"])
+
+
+def test_corrupt_and_foreign_files_name_the_file(tmp_path):
+    not_dicom = tmp_path / "notes.dcm"
+    not_dicom.write_text("hello")
+    with pytest.raises(ImageReadError, match="notes.dcm"):
+        read_dicom(not_dicom)
+    good = write_dicom(tmp_path / "t.dcm", chest_like(), jpeg=True).read_bytes()
+    truncated = tmp_path / "truncated.dcm"
+    truncated.write_bytes(good[: len(good) // 2])
+    with pytest.raises(ImageReadError, match="truncated.dcm"):
+        read_dicom(truncated)
+    with pytest.raises(ImageReadError, match="not found"):
+        read_dicom(tmp_path / "missing.dcm")
+
+
+def test_dicom_without_pixels(tmp_path):
+    path = write_dicom(tmp_path / "nopix.dcm", chest_like(), pixel_data=False)
+    with pytest.raises(ImageReadError, match="nopix.dcm has no pixel data"):
+        read_dicom(path)
+
+
+def test_read_image_png_jpeg_and_bytes(tmp_path):
+    pixels = chest_like()
+    cv2.imwrite(str(tmp_path / "x.png"), pixels)
+    image, meta = read_image(tmp_path / "x.png")
+    assert np.allclose(image, pixels / 255) and meta["source"] == "image"
+    wide = (pixels.astype(np.uint16) * 257).astype(np.uint16)
+    cv2.imwrite(str(tmp_path / "w.png"), wide)
+    assert np.allclose(read_image(tmp_path / "w.png")[0], pixels / 255, atol=1e-6)
+    dicom_bytes = write_dicom(tmp_path / "d.dcm", pixels).read_bytes()
+    from_bytes, meta = read_image(dicom_bytes)
+    assert np.allclose(from_bytes, pixels / 255) and meta["source"] == "dicom"
+    with pytest.raises(ImageReadError, match="not a readable image"):
+        read_image(b"plain text, not an image")
+
+
+# ------------------------------------------------------------------- real files
+
+
+def real_dicoms(siim_real):
+    return sorted(siim_real.glob("*/*.dcm"))
+
+
+def test_every_real_dicom_reads_like_pydicom(siim_real):
+    files = real_dicoms(siim_real)
+    assert len(files) == 12
+    for path in files:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DicomHeaderWarning)
+            image, meta = read_dicom(path)
+        assert image.shape == (1024, 1024) and image.min() >= 0 and image.max() <= 1
+        reference = pydicom.dcmread(path).pixel_array.astype(np.float32) / 255
+        if meta["PhotometricInterpretation"] == "MONOCHROME1":
+            reference = 1 - reference
+        assert np.abs(image - reference).max() <= 1 / 255 + 1e-4, path.name
+        assert meta["ViewPosition"] in ("PA", "AP")
+        assert 0.139 <= meta["PixelSpacing"][0] <= 0.195
+
+
+def test_real_stage2_headers_warn(siim_real):
+    path = siim_real / "vishakhnair16-stage2-test" / "ID_51fd8beff.dcm"
+    with pytest.warns(DicomHeaderWarning) as record:
+        _, meta = read_dicom(path)
+    text = str(record[0].message)
+    assert "ID_51fd8beff" in text and "PatientID is empty" in text
+    assert meta["PatientAge"] is None  # the file says 152
+
+
+def test_real_monochrome1_copy_is_the_inverse(siim_real):
+    folder = siim_real / "torchxrayvision"
+    original, _ = read_dicom(folder / "1.2.276.0.7230010.3.1.4.8323329.6904.1517875201.850819.dcm")
+    fake, meta = read_dicom(folder / "Fake_MONOHR1.dcm")
+    assert meta["PhotometricInterpretation"] == "MONOCHROME1"
+    assert np.allclose(original + fake, 1.0, atol=1e-6)
