@@ -1,0 +1,261 @@
+"""Ablation grid: encoders x augmentation strategies x seeds, trained and evaluated cell by cell.
+
+Each cell lives in `GRID/cells/<encoder>__<aug>__seed<k>/`; its `done.json` (the cell's metrics)
+is written last and atomically, so an interrupted grid resumes by skipping the cells that have
+one. Cells are independent: `shard(cells, "i/n")` picks every n-th cell so that n machines (or n
+GPUs, one process each) can share a grid folder, or run in separate folders whose `cells/` are
+copied together afterwards; a final `ptxseg ablate` (or `aggregate_grid`) then only aggregates.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import statistics
+import time
+import traceback
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+# Metric key in done.json -> header in the tables. "Dice", "IoU" and "pixel accuracy" are pooled
+# over all pixels of the split; the competition Dice is the mean of per-image Dice (empty/empty=1).
+METRICS: dict[str, str] = {
+    "val_dice": "Val Dice (pooled)",
+    "test_dice": "Test Dice (pooled)",
+    "test_iou": "Test IoU (pooled)",
+    "test_pixel_accuracy": "Test pixel acc. (pooled)",
+    "test_competition_dice": "Test competition Dice (per-image)",
+    "infer_ms": "Inference (ms/image)",
+    "mem_mb": "Inference memory (MB)",
+}
+
+DONE = "done.json"
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One training run of the grid."""
+
+    encoder: str
+    aug: str
+    seed: int
+
+    @property
+    def name(self) -> str:
+        return f"{self.encoder}__{self.aug}__seed{self.seed}"
+
+
+CellRunner = Callable[[Cell, Path], dict]
+"""Trains and evaluates one cell in the given folder; returns the metrics of `METRICS`."""
+
+
+def grid_cells(encoders: Sequence[str], augs: Sequence[str], seeds: int) -> list[Cell]:
+    """All cells in a stable order: encoder, then augmentation, then seed (0..seeds-1)."""
+    if seeds < 1:
+        raise ValueError(f"seeds must be >= 1, got {seeds}")
+    if not encoders or not augs:
+        raise ValueError("the grid needs at least one encoder and one augmentation strategy")
+    return [Cell(e, a, s) for e in encoders for a in augs for s in range(seeds)]
+
+
+def shard(cells: Sequence[Cell], spec: str | None) -> list[Cell]:
+    """The cells of shard `i/n` (1-based: `1/2` and `2/2` split the grid in two)."""
+    if not spec:
+        return list(cells)
+    try:
+        i, n = (int(part) for part in spec.split("/"))
+    except ValueError:
+        raise ValueError(f"--cells {spec!r}: expected 'i/n' such as 1/4") from None
+    if not 1 <= i <= n:
+        raise ValueError(f"--cells {spec!r}: need 1 <= i <= n")
+    return list(cells[i - 1 :: n])
+
+
+def _write_json_atomic(path: Path, data: dict) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data, indent=2, default=str) + "\n")
+    os.replace(tmp, path)
+
+
+def read_done(cell_dir: Path) -> dict | None:
+    """The metrics of a finished cell, or None when it has not finished."""
+    path = Path(cell_dir) / DONE
+    if not path.is_file():
+        return None
+    return json.loads(path.read_text())
+
+
+def run_grid(
+    cells: Iterable[Cell],
+    grid_dir: Path,
+    run_cell: CellRunner,
+    on_event: Callable[[str, Cell, dict | None], None] | None = None,
+) -> list[dict]:
+    """Run the cells one after another, skipping finished ones; a failing cell is logged to
+    `<cell>/error.txt` and the grid goes on. Returns the results of the finished cells."""
+    results = []
+    for cell in cells:
+        cell_dir = Path(grid_dir) / "cells" / cell.name
+        done = read_done(cell_dir)
+        if done is not None:
+            results.append(done)
+            if on_event:
+                on_event("skipped", cell, done)
+            continue
+        cell_dir.mkdir(parents=True, exist_ok=True)
+        if on_event:
+            on_event("started", cell, None)
+        start = time.perf_counter()
+        try:
+            metrics = run_cell(cell, cell_dir)
+        except Exception as exc:
+            (cell_dir / "error.txt").write_text(traceback.format_exc())
+            if on_event:
+                on_event("failed", cell, {"error": f"{type(exc).__name__}: {exc}"})
+            continue
+        result = {
+            "encoder": cell.encoder,
+            "aug": cell.aug,
+            "seed": cell.seed,
+            **metrics,
+            "seconds": round(time.perf_counter() - start, 1),
+        }
+        _write_json_atomic(cell_dir / DONE, result)  # last: marks the cell as finished
+        (cell_dir / "error.txt").unlink(missing_ok=True)
+        results.append(result)
+        if on_event:
+            on_event("done", cell, result)
+    return results
+
+
+def collect_results(grid_dir: Path) -> list[dict]:
+    """The results of every finished cell under `GRID/cells/` (all shards)."""
+    cells_dir = Path(grid_dir) / "cells"
+    if not cells_dir.is_dir():
+        return []
+    results = [read_done(d) for d in sorted(cells_dir.iterdir()) if d.is_dir()]
+    return [r for r in results if r is not None]
+
+
+def _number(value) -> float:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return math.nan
+
+
+def aggregate(results: Sequence[dict]) -> list[dict]:
+    """Mean and sample standard deviation over seeds for each (encoder, aug)."""
+    groups: dict[tuple[str, str], list[dict]] = {}
+    for result in results:
+        groups.setdefault((result["encoder"], result["aug"]), []).append(result)
+    rows = []
+    for (encoder, aug), members in groups.items():
+        row: dict = {"encoder": encoder, "aug": aug, "n_seeds": len(members)}
+        for key in METRICS:
+            values = [_number(m.get(key)) for m in members]
+            values = [v for v in values if not math.isnan(v)]
+            row[f"{key}_mean"] = statistics.fmean(values) if values else math.nan
+            row[f"{key}_std"] = statistics.stdev(values) if len(values) > 1 else 0.0
+        rows.append(row)
+    return rows
+
+
+def ablation_columns() -> list[str]:
+    return ["encoder", "aug", "n_seeds"] + [f"{k}_{s}" for k in METRICS for s in ("mean", "std")]
+
+
+def _pm(mean: float, std: float, digits: int) -> str:
+    if math.isnan(mean):
+        return "–"
+    return f"{mean:.{digits}f} ± {std:.{digits}f}"
+
+
+def ablation_markdown(rows: Sequence[dict]) -> str:
+    """The aggregated grid as a Markdown table (mean ± std over seeds)."""
+    headers = ["Encoder", "Augmentation", "Seeds"] + list(METRICS.values())
+    lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
+    for row in rows:
+        cells = [row["encoder"], row["aug"], str(row["n_seeds"])]
+        for key in METRICS:
+            digits = 1 if key in ("infer_ms", "mem_mb") else 4
+            cells.append(_pm(_number(row[f"{key}_mean"]), _number(row[f"{key}_std"]), digits))
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def read_ablation_csv(path: Path) -> list[dict]:
+    """Rows of ablation.csv with numbers parsed back."""
+    with open(path, newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    for row in rows:
+        for key in row:
+            if key not in ("encoder", "aug"):
+                row[key] = _number(row[key])
+    return rows
+
+
+def plot_ablation(rows: Sequence[dict], path: Path) -> Path:
+    """Grouped bars (augmentation on x, one bar per encoder) with std error bars."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    encoders = list(dict.fromkeys(r["encoder"] for r in rows))
+    augs = list(dict.fromkeys(r["aug"] for r in rows))
+    lookup = {(r["encoder"], r["aug"]): r for r in rows}
+    panels = [("test_dice", "Test Dice (pooled)"), ("test_competition_dice", "Competition Dice")]
+    width = 0.8 / max(len(encoders), 1)
+    fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 3.8), sharey=True)
+    for ax, (key, title) in zip(axes, panels, strict=True):
+        for j, encoder in enumerate(encoders):
+            means = [_number(lookup.get((encoder, a), {}).get(f"{key}_mean")) for a in augs]
+            stds = [_number(lookup.get((encoder, a), {}).get(f"{key}_std")) for a in augs]
+            xs = [i + (j - (len(encoders) - 1) / 2) * width for i in range(len(augs))]
+            ax.bar(xs, means, width, yerr=stds, capsize=3, label=encoder)
+        ax.set_xticks(range(len(augs)), augs)
+        ax.set_title(title)
+        ax.set_ylim(0, 1)
+        ax.grid(axis="y", alpha=0.3)
+    axes[0].set_ylabel("mean ± std over seeds")
+    axes[-1].legend(fontsize=8)
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.stem}.tmp.png")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    os.replace(tmp, path)
+    return path
+
+
+def write_ablation(rows: Sequence[dict], grid_dir: Path) -> dict[str, Path]:
+    """Write ablation.csv, ablation.md and ablation.png into the grid folder."""
+    from ptxseg.benchmark import write_csv
+
+    grid_dir = Path(grid_dir)
+    paths = {k: grid_dir / f"ablation.{k}" for k in ("csv", "md", "png")}
+    write_csv(paths["csv"], rows, ablation_columns())
+    text = (
+        "# Ablation: encoder x augmentation\n\n"
+        + ablation_markdown(rows)
+        + "\nMean ± sample standard deviation over seeds. Dice, IoU and pixel accuracy are pooled"
+        " over all pixels of the split; the competition Dice is the mean per-image Dice (an"
+        " empty truth with an empty prediction counts 1). Inference time and memory come from"
+        " the benchmark of the architecture (batch 1, fresh process).\n"
+    )
+    tmp = paths["md"].with_name(".ablation.md.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, paths["md"])
+    plot_ablation(rows, paths["png"])
+    return paths
+
+
+def aggregate_grid(grid_dir: Path) -> dict[str, Path]:
+    """Aggregate every finished cell of a grid folder into its tables and plot."""
+    results = collect_results(grid_dir)
+    if not results:
+        raise ValueError(f"no finished cells (cells/*/{DONE}) under {grid_dir}")
+    return write_ablation(aggregate(results), grid_dir)
