@@ -1,0 +1,352 @@
+"""The model factory: U-Net over `segmentation_models_pytorch` encoders, weights and checkpoints.
+
+`build_model(config)` returns a `SegmentationModel`: it takes grayscale images in [0, 1],
+normalises them with the encoder's own preprocessing parameters and returns mask logits.
+The input is one channel: for pretrained weights smp folds the RGB first convolution into one
+channel (sums its weights), which costs a third of the first layer and of the input memory and
+keeps what the pretrained filters see.
+`load_model(checkpoint)` rebuilds the model from a training checkpoint alone.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import threading
+import warnings
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+import segmentation_models_pytorch as smp
+import torch
+from torch import nn
+
+from ptxseg.config import TrainConfig
+
+# The study's encoders. `timm_cfg` names timm's pretrained config for the same ImageNet weights:
+# its mean/std are used when smp's hub config cannot be fetched (offline), so normalisation
+# never depends on the network.
+ENCODERS: dict[str, dict[str, str]] = {
+    "resnet50": {"family": "resnet", "timm_cfg": "resnet50.tv_in1k"},
+    **{
+        f"efficientnet-b{i}": {"family": "efficientnet", "timm_cfg": f"efficientnet_b{i}"}
+        for i in range(8)
+    },
+    "xception": {"family": "xception", "timm_cfg": "legacy_xception.tf_in1k"},
+}
+
+HUB_TIMEOUT_S = 3.0
+
+
+class EncoderWeightsError(RuntimeError):
+    """Pretrained encoder weights could not be obtained; the message says what to do instead."""
+
+
+def check_encoder(name: str) -> str:
+    """Return `name` if smp knows it (or it is a timm `tu-` name); otherwise a ValueError."""
+    if name in ENCODERS or name in smp.encoders.get_encoder_names() or name.startswith("tu-"):
+        return name
+    raise ValueError(
+        f"unknown encoder {name!r}: the study's encoders are {', '.join(ENCODERS)}; any other "
+        f"segmentation_models_pytorch encoder also works: "
+        f"{', '.join(n for n in smp.encoders.get_encoder_names() if n not in ENCODERS)}, "
+        f"or a timm model as 'tu-<name>'"
+    )
+
+
+def hub_reachable(timeout: float = HUB_TIMEOUT_S) -> tuple[bool, str]:
+    """Whether the Hugging Face hub answers a TCP connect within `timeout` seconds (and why not).
+
+    Name resolution runs in a thread so that a hanging DNS cannot stall the caller either.
+    """
+    from huggingface_hub import constants
+
+    if constants.is_offline_mode():
+        return False, "HF_HUB_OFFLINE is set"
+    url = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+    host, port = url.hostname or "huggingface.co", url.port or (443 if url.scheme != "http" else 80)
+    result: dict[str, Any] = {}
+
+    def connect() -> None:
+        try:
+            socket.create_connection((host, port), timeout=timeout).close()
+            result["ok"] = True
+        except OSError as error:
+            result["error"] = f"{host}:{port} unreachable ({error})"
+
+    thread = threading.Thread(target=connect, daemon=True)
+    thread.start()
+    thread.join(timeout + 0.5)
+    if result.get("ok"):
+        return True, ""
+    return False, result.get("error", f"{host}:{port} did not answer within {timeout:.0f} s")
+
+
+def _hub_settings(encoder: str) -> dict[str, str] | None:
+    settings = smp.encoders.encoders.get(encoder, {}).get("pretrained_settings", {})
+    return settings.get("imagenet")
+
+
+def preprocessing_params(encoder: str) -> tuple[list[float], list[float]]:
+    """The encoder's ImageNet mean and std (RGB): smp's hub config, else timm's offline config."""
+    if encoder.startswith("tu-"):
+        params = smp.encoders.get_preprocessing_params(encoder)
+        return list(params["mean"]), list(params["std"])
+    settings = _hub_settings(encoder)
+    if settings is not None:
+        from huggingface_hub import try_to_load_from_cache
+
+        cached = try_to_load_from_cache(
+            settings["repo_id"], "config.json", revision=settings["revision"]
+        )
+        if isinstance(cached, str):
+            values = json.loads(Path(cached).read_text())
+            return list(values["mean"]), list(values["std"])
+        if encoder not in ENCODERS and hub_reachable()[0]:
+            params = smp.encoders.get_preprocessing_params(encoder)
+            return list(params["mean"]), list(params["std"])
+    import timm
+
+    timm_cfg = ENCODERS.get(encoder, {}).get("timm_cfg")
+    if timm_cfg is None and encoder.startswith("resnet"):  # smp's resnets are torchvision's
+        timm_cfg = f"{encoder}.tv_in1k"
+    if timm_cfg is not None:
+        cfg = timm.models.get_pretrained_cfg(timm_cfg)
+        if cfg is not None:
+            return list(cfg.mean), list(cfg.std)
+    from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+
+    warnings.warn(
+        f"no preprocessing parameters found offline for encoder {encoder!r}; using ImageNet's",
+        stacklevel=2,
+    )
+    return list(IMAGENET_DEFAULT_MEAN), list(IMAGENET_DEFAULT_STD)
+
+
+def _offline_message(encoder: str, reason: str) -> str:
+    return (
+        f"cannot download ImageNet weights for encoder {encoder!r}: the Hugging Face hub is not "
+        f"reachable ({reason}). Either train from random weights with `--encoder-weights none`, "
+        f"or give a local encoder state dict with `--encoder-weights PATH`. To make one, on a "
+        f'machine with internet run: python -c "import torch, segmentation_models_pytorch as '
+        f"smp; torch.save(smp.Unet('{encoder}', encoder_weights='imagenet').encoder.state_dict(), "
+        f"'{encoder}-imagenet.pt')\" and copy the file here (copying that machine's "
+        f"~/.cache/huggingface/hub folder also works)."
+    )
+
+
+def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """An encoder state dict from a file: plain, or under `state_dict`, with or without a prefix.
+
+    Accepts `.safetensors` and torch files; a full U-Net or Lightning state dict is reduced to its
+    `encoder.` entries.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"encoder weights file {path} not found: expected 'imagenet', 'none' or the path of a "
+            f"saved encoder state dict"
+        )
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            state = load_file(str(path), device="cpu")
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # noqa: BLE001  (any unreadable file gets the same clear message)
+        raise ValueError(
+            f"cannot read encoder weights file {path}: {error}. Expected a torch or safetensors "
+            f"file holding a state dict"
+        ) from None
+    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ValueError(f"encoder weights file {path} does not hold a state dict of tensors")
+    encoder_keys = {k: v for k, v in state.items() if k.startswith("encoder.") or ".encoder." in k}
+    if encoder_keys:
+        state = {k.split("encoder.", 1)[1]: v for k, v in encoder_keys.items()}
+    return state
+
+
+def load_encoder_weights(encoder: nn.Module, path: str | Path) -> tuple[list[str], list[str]]:
+    """Load a local state dict into an encoder; return (missing, unexpected) keys.
+
+    A one-channel first convolution in the file is spread over three channels, so that smp's
+    later folding to one channel gives it back unchanged.
+    """
+    state = read_state_dict(path)
+    own = encoder.state_dict()
+    mismatched = []
+    for key, value in state.items():
+        if key in own and own[key].shape != value.shape:
+            target = own[key].shape
+            if value.ndim == 4 and value.shape[1] == 1 and target[1] == 3:
+                state[key] = value.repeat(1, 3, 1, 1) / 3
+            else:
+                mismatched.append(f"{key} {tuple(value.shape)} vs {tuple(target)}")
+    if mismatched:
+        raise ValueError(
+            f"encoder weights file {path} does not fit this encoder (was it saved from another "
+            f"one?): {'; '.join(mismatched[:5])}"
+        )
+    # nn.Module's loader: some smp encoders override load_state_dict without `strict`.
+    result = nn.Module.load_state_dict(encoder, state, strict=False)
+    if not any(k in own for k in state):
+        raise ValueError(f"encoder weights file {path} has no key of this encoder's state dict")
+    return list(result.missing_keys), list(result.unexpected_keys)
+
+
+class SegmentationModel(nn.Module):
+    """U-Net on [0, 1] grayscale images: normalises inside, returns mask logits."""
+
+    def __init__(self, net: nn.Module, config: TrainConfig) -> None:
+        super().__init__()
+        self.net = net
+        self.config = config.to_dict()
+        self.encoder = config.model.encoder
+        self.input_size = config.data.size
+        self.in_channels = config.model.in_channels
+        self.has_aux = config.model.aux_head
+        self.operating_point: Any = None
+        mean = torch.tensor(config.model.mean, dtype=torch.float32)
+        std = torch.tensor(config.model.std, dtype=torch.float32)
+        if self.in_channels == 1:  # one channel sees the average of the RGB statistics
+            mean, std = mean.mean(0, keepdim=True), std.mean(0, keepdim=True)
+        self.register_buffer("mean", mean.view(1, -1, 1, 1))
+        self.register_buffer("std", std.view(1, -1, 1, 1))
+
+    def _normalise(self, x: torch.Tensor) -> torch.Tensor:
+        if self.in_channels == 3:
+            x = x.expand(-1, 3, -1, -1)
+        return (x - self.mean) / self.std
+
+    def forward_with_aux(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(mask logits (B, 1, H, W), label logits (B, 1) or None without the aux head)."""
+        out = self.net(self._normalise(x))
+        if isinstance(out, tuple):
+            return out[0], out[1]
+        return out, None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.net(self._normalise(x))
+        return out[0] if isinstance(out, tuple) else out
+
+
+def _weights_source(encoder_weights: str | None) -> str:
+    if encoder_weights is None or str(encoder_weights).lower() in ("none", "null", ""):
+        return "none"
+    return "imagenet" if encoder_weights == "imagenet" else "path"
+
+
+def build_model(config: TrainConfig | dict, load_weights: bool = True) -> SegmentationModel:
+    """U-Net from the config; fills `config.model.mean/std` when unset.
+
+    `load_weights=False` skips pretrained weights (used when a checkpoint supplies them).
+    """
+    if isinstance(config, dict):
+        config = TrainConfig.from_dict(config)
+    m = config.model
+    check_encoder(m.encoder)
+    if m.mean is None or m.std is None:
+        m.mean, m.std = preprocessing_params(m.encoder)
+    source = _weights_source(m.encoder_weights) if load_weights else "none"
+    kwargs: dict[str, Any] = dict(
+        encoder_name=m.encoder,
+        classes=1,
+        decoder_attention_type=m.decoder_attention,
+        aux_params={"classes": 1, "dropout": 0.2} if m.aux_head else None,
+    )
+    if source == "imagenet":
+        ok, reason = hub_reachable()
+        if not ok:
+            cached = _cached_hub_weights(m.encoder)
+            if cached is None:
+                raise EncoderWeightsError(_offline_message(m.encoder, reason))
+            source, m_path = "path", cached
+        else:
+            net = smp.Unet(encoder_weights="imagenet", in_channels=m.in_channels, **kwargs)
+            return SegmentationModel(net, config)
+    else:
+        m_path = m.encoder_weights
+    if source == "none":
+        net = smp.Unet(encoder_weights=None, in_channels=m.in_channels, **kwargs)
+        return SegmentationModel(net, config)
+    # Load into a three-channel encoder, then let smp fold it to `in_channels` (as for imagenet).
+    net = smp.Unet(encoder_weights=None, in_channels=3, **kwargs)
+    foldable = hasattr(net.encoder, "set_in_channels")
+    if not foldable and m.in_channels != 3:  # e.g. timm `tu-` encoders: load as built
+        net = smp.Unet(encoder_weights=None, in_channels=m.in_channels, **kwargs)
+    missing, unexpected = load_encoder_weights(net.encoder, m_path)
+    if missing or unexpected:
+        warnings.warn(
+            f"encoder weights {m_path}: {len(missing)} missing keys {missing[:5]}, "
+            f"{len(unexpected)} unexpected keys (ignored) {unexpected[:5]}",
+            stacklevel=2,
+        )
+    if foldable and m.in_channels != 3:
+        net.encoder.set_in_channels(m.in_channels, pretrained=True)
+    return SegmentationModel(net, config)
+
+
+def _cached_hub_weights(encoder: str) -> str | None:
+    """The smp hub weights file of `encoder` if it is already in the local Hugging Face cache."""
+    settings = _hub_settings(encoder)
+    if settings is None:
+        return None
+    from huggingface_hub import try_to_load_from_cache
+
+    cached = try_to_load_from_cache(
+        settings["repo_id"], "model.safetensors", revision=settings["revision"]
+    )
+    return cached if isinstance(cached, str) else None
+
+
+def read_checkpoint(checkpoint: str | Path) -> dict[str, Any]:
+    """A Lightning checkpoint dict with its `ptxseg` entry; clear errors naming the file."""
+    path = Path(checkpoint)
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"checkpoint {path} not found: expected a .ckpt from `ptxseg train`"
+        )
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # noqa: BLE001
+        raise ValueError(
+            f"cannot read checkpoint {path}: {type(error).__name__}: {error}. Is it a complete "
+            f"`.ckpt` written by `ptxseg train`?"
+        ) from None
+    if not isinstance(ckpt, dict) or "ptxseg" not in ckpt or "state_dict" not in ckpt:
+        raise ValueError(
+            f"checkpoint {path} has no 'ptxseg' entry: it was not written by `ptxseg train`"
+        )
+    return ckpt
+
+
+def _operating_point(value: dict | None) -> Any:
+    if value is None:
+        return None
+    try:
+        from ptxseg.metrics import OperatingPoint
+    except ImportError:
+        return dict(value)
+    return OperatingPoint(**value)
+
+
+def load_model(checkpoint: str | Path, device: str | torch.device = "cpu") -> SegmentationModel:
+    """Rebuild the trained model from a checkpoint alone, in eval mode on `device`."""
+    ckpt = read_checkpoint(checkpoint)
+    config = TrainConfig.from_dict(ckpt["ptxseg"]["config"])
+    model = build_model(config, load_weights=False)
+    prefix = "model."
+    state = {k[len(prefix) :]: v for k, v in ckpt["state_dict"].items() if k.startswith(prefix)}
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as error:
+        raise ValueError(
+            f"checkpoint {checkpoint} does not match its own config: {error}"
+        ) from None
+    model.operating_point = _operating_point(ckpt["ptxseg"].get("operating_point"))
+    return model.to(device).eval()
