@@ -79,3 +79,24 @@ def prepare(
             )
     if not result.cache_written:
         console.print("cache already up to date; nothing rewritten")
+
+
+@app.command("benchmark-data")
+def benchmark_data(
+    out: Path = typer.Option(Path("benchmarks/results"), help="Folder for the table (.md, .csv)."),
+    real_dicoms: Path = typer.Option(
+        Path(__file__).resolve().parents[4] / "shared" / "data" / "siim-real",
+        help="Folder of real SIIM DICOMs to time (skipped when absent).",
+    ),
+    synthetic: int = typer.Option(60, help="Synthetic 1024px DICOMs to time and prepare."),
+    rle_rows: int = typer.Option(200, help="Realistic RLE rows to decode and encode."),
+) -> None:
+    """Time RLE coding, DICOM reading and prepare against plain references, side by side.
+
+    Example: ptxseg benchmark-data --out benchmarks/results
+    """
+    from ptxseg.bench_data import format_markdown, run
+
+    rows = run(out, real_dicoms, synthetic, rle_rows)
+    console.print(format_markdown(rows))
+    console.print(f"written to {out}/data-benchmark.md and .csv")
