@@ -1,3 +1,56 @@
 """Commands: synth."""
 
-from ptxseg.cli.app import app  # noqa: F401
+from pathlib import Path
+
+import typer
+
+from ptxseg.cli.app import app
+
+
+@app.command("synth")
+def synth(
+    out_dir: Path = typer.Argument(
+        ..., help="Folder to write dicom-images-train/ and train-rle.csv into."
+    ),
+    n_images: int = typer.Option(200, "--n-images", min=1, help="Number of radiographs."),
+    size: int = typer.Option(256, "--size", min=32, help="Image side in pixels (SIIM: 1024)."),
+    seed: int = typer.Option(0, "--seed", help="Random seed; the same seed gives identical files."),
+    positive_fraction: float = typer.Option(
+        0.3, "--positive-fraction", min=0.0, max=1.0, help="Share of images with a pneumothorax."
+    ),
+    overwrite: bool = typer.Option(
+        False, "--overwrite", help="Replace a synthetic dataset already in OUT_DIR."
+    ),
+    panel: Path | None = typer.Option(
+        None, "--panel", help="Also plot a few samples with their masks to this PNG."
+    ),
+) -> None:
+    """Write synthetic chest X-rays in the SIIM-ACR Kaggle layout (DICOMs + stage-1 RLE CSV).
+
+    Example: ptxseg synth data/synth --n-images 300 --size 256 --seed 0
+    """
+    from rich.console import Console
+
+    from ptxseg.synth import generate_dataset, plot_samples
+
+    console = Console()
+    try:
+        summary = generate_dataset(
+            out_dir,
+            n_images,
+            size=size,
+            seed=seed,
+            positive_fraction=positive_fraction,
+            overwrite=overwrite,
+        )
+    except (FileExistsError, ValueError) as error:
+        console.print(f"[red]error:[/red] {error}")
+        raise typer.Exit(code=1) from None
+    console.print(
+        f"wrote {summary['n_images']} images ({summary['n_positive']} with pneumothorax, "
+        f"{summary['n_regions']} regions, {summary['n_patients']} patients) at {size}px:\n"
+        f"  {summary['images_dir']}\n  {summary['csv']}"
+    )
+    if panel is not None:
+        plot_samples(out_dir, panel)
+        console.print(f"  {panel}")
