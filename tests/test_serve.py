@@ -1,0 +1,422 @@
+"""The web service: every endpoint and every refusal, with a fake predictor and the real one."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import io
+import logging
+import threading
+from pathlib import Path
+
+import cv2
+import httpx
+import numpy as np
+import pytest
+from dicom_files import chest_like, write_dicom
+from fastapi.testclient import TestClient
+
+from ptxseg.findings import compute_findings
+from ptxseg.rle import rle_decode
+from ptxseg.serve import ServeSettings, create_app
+from ptxseg.serve_render import DefaultRenderer
+
+OP = {"top": 0.5, "bottom": 0.5, "min_area": 0}
+BOX = (slice(10, 20), slice(5, 15))  # rows, cols: left of the image = the patient's right
+PATIENT = {"PatientName": "Doe^Jane", "PatientID": "PID-778899"}
+FILE_NAME = "Doe_Jane_PID-778899.dcm"
+
+
+class FakePrediction:
+    def __init__(self, probability, mask, findings):
+        self.probability, self.mask, self.findings = probability, mask, findings
+
+
+class FakePredictor:
+    """Finds a 10x10 square at BOX in any image; counts calls and concurrent calls."""
+
+    def __init__(self, gate: threading.Event | None = None, fail: bool = False):
+        self.calls = 0
+        self.active = 0
+        self.max_active = 0
+        self.gate = gate
+        self.fail = fail
+        self.lock = threading.Lock()
+
+    def predict(self, image, metadata):
+        with self.lock:
+            self.calls += 1
+            self.active += 1
+            self.max_active = max(self.max_active, self.active)
+        try:
+            if self.gate is not None:
+                assert self.gate.wait(10)
+            if self.fail:
+                raise RuntimeError("secret internal detail")
+            mask = np.zeros(image.shape, bool)
+            mask[BOX] = True
+            prob = mask.astype(np.float32) * 0.9
+            return FakePrediction(prob, mask, compute_findings(mask, 0.9, metadata, OP, "fake"))
+        finally:
+            with self.lock:
+                self.active -= 1
+
+
+class FakeSegRenderer(DefaultRenderer):
+    def seg_dicom(self, dicom: bytes, prediction) -> bytes:
+        return b"SEG:" + str(int(prediction.mask.sum())).encode()
+
+
+@pytest.fixture()
+def dicom_bytes(tmp_path: Path) -> bytes:
+    path = write_dicom(tmp_path / FILE_NAME, chest_like(64), **PATIENT)
+    return path.read_bytes()
+
+
+@pytest.fixture()
+def png_bytes() -> bytes:
+    return cv2.imencode(".png", chest_like(64))[1].tobytes()
+
+
+@pytest.fixture()
+def jpeg_bytes() -> bytes:
+    return cv2.imencode(".jpg", chest_like(64))[1].tobytes()
+
+
+def make_client(predictor=None, **settings) -> tuple[TestClient, FakePredictor]:
+    predictor = predictor or FakePredictor()
+    card = {"encoder": "fake", "input_size": [64, 64]}
+    app = create_app(
+        predictor, ServeSettings(model_card=card, **settings), renderer=FakeSegRenderer()
+    )
+    return TestClient(app), predictor
+
+
+def decode_data_url(url: str) -> np.ndarray:
+    assert url.startswith("data:image/png;base64,")
+    data = base64.b64decode(url.split(",", 1)[1])
+    return cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+
+
+def upload(client, data: bytes, name: str = FILE_NAME, path="/v1/predict", **params):
+    files = {"file": (name, data, "application/octet-stream")}
+    return client.post(path, files=files, params=params)
+
+
+# --- endpoints -----------------------------------------------------------------------------------
+
+
+def test_healthz_and_model_card():
+    client, _ = make_client(max_upload_mb=7)
+    health = client.get("/healthz")
+    assert health.status_code == 200
+    assert health.json() == {"status": "ok", "model_loaded": True, "workers": 1, "busy": 0}
+    card = client.get("/v1/model").json()
+    assert card["encoder"] == "fake" and card["input_size"] == [64, 64]
+    assert card["intended_use"].startswith("Research use only")
+    assert card["max_upload_mb"] == 7 and card["uploads_kept"] is False
+
+
+def test_page_and_static_files_are_served_without_external_resources():
+    client, _ = make_client()
+    page = client.get("/")
+    assert page.status_code == 200 and "text/html" in page.headers["content-type"]
+    assert "Research use only" in page.text
+    for asset in ("/static/app.js", "/static/style.css"):
+        response = client.get(asset)
+        assert response.status_code == 200, asset
+        assert "http://" not in response.text and "https://" not in response.text, asset
+    assert "http://" not in page.text and "https://" not in page.text
+
+
+def test_openapi_schema_lists_the_endpoints():
+    client, _ = make_client()
+    schema = client.get("/openapi.json").json()
+    assert {"/v1/predict", "/v1/seg", "/v1/model", "/healthz"} <= set(schema["paths"])
+    body = schema["paths"]["/v1/predict"]["post"]["requestBody"]["content"]
+    assert "multipart/form-data" in body and "application/dicom" in body
+    assert client.get("/docs").status_code == 200
+
+
+def test_predict_dicom_returns_findings_mask_and_images(dicom_bytes):
+    client, predictor = make_client()
+    response = upload(client, dicom_bytes)
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert response.headers["X-Request-ID"] == body["request_id"]
+    findings = body["findings"]
+    assert findings["pneumothorax"] is True and findings["probability"] == 0.9
+    assert findings["area_px"] == 100
+    assert findings["area_cm2"] == pytest.approx(100 * 0.168**2 / 100, abs=1e-3)
+    assert findings["side"] == "right" and findings["bbox"] == [5, 10, 15, 20]
+    assert findings["operating_point"] == OP
+    assert body["input"]["kind"] == "dicom" and body["input"]["pixel_spacing_mm"] == [0.168] * 2
+    expected = np.zeros((64, 64), bool)
+    expected[BOX] = True
+    assert np.array_equal(rle_decode(body["mask"]["rle"], 64, 64), expected)
+    assert np.array_equal(decode_data_url(body["mask"]["png"]) > 127, expected)
+    image = decode_data_url(body["image_png"])
+    assert image.shape == (64, 64)
+    assert np.abs(image.astype(int) - chest_like(64).astype(int)).max() <= 1
+    overlay = decode_data_url(body["overlay_png"])
+    assert overlay.shape == (64, 64, 3)
+    assert "seg" not in body and predictor.calls == 1
+
+
+def test_the_same_file_gets_the_same_findings(dicom_bytes):
+    client, _ = make_client()
+    first, second = (upload(client, dicom_bytes).json() for _ in range(2))
+    assert first["findings"] == second["findings"]
+    assert first["request_id"] != second["request_id"]
+    assert FILE_NAME not in str(first)  # the client's file name is never echoed back
+
+
+@pytest.mark.parametrize("kind", ["png", "jpeg"])
+def test_predict_raster_images_as_form_and_raw_body(kind, png_bytes, jpeg_bytes):
+    data = png_bytes if kind == "png" else jpeg_bytes
+    client, _ = make_client()
+    form = upload(client, data, name="x-ray.bin")  # the name does not matter, the content does
+    raw = client.post("/v1/predict", content=data, headers={"content-type": f"image/{kind}"})
+    for response in (form, raw):
+        assert response.status_code == 200, response.text
+        body = response.json()
+        assert body["input"]["kind"] == kind
+        assert body["findings"]["area_px"] == 100 and body["findings"]["area_cm2"] is None
+
+
+def test_include_selects_the_parts(dicom_bytes, png_bytes):
+    client, _ = make_client()
+    lean = upload(client, dicom_bytes, include="none").json()
+    assert "image_png" not in lean and "overlay_png" not in lean and "png" not in lean["mask"]
+    assert lean["mask"]["rle"] != "-1"
+    full = upload(client, dicom_bytes, include="image,overlay,mask,seg").json()
+    assert base64.b64decode(full["seg"]["base64"]) == b"SEG:100"
+    assert full["seg"]["media_type"] == "application/dicom"
+    assert full["seg"]["filename"].endswith(".dcm")
+    assert upload(client, png_bytes, include="seg").json()["seg"] is None
+    bad = upload(client, dicom_bytes, include="image,heatmap")
+    assert bad.status_code == 422 and "heatmap" in bad.json()["detail"]
+
+
+def test_seg_endpoint_returns_dicom_and_refuses_raster_input(dicom_bytes, png_bytes):
+    client, _ = make_client()
+    response = upload(client, dicom_bytes, path="/v1/seg")
+    assert response.status_code == 200
+    assert response.headers["content-type"] == "application/dicom"
+    assert "attachment" in response.headers["content-disposition"]
+    assert response.content == b"SEG:100"
+    refused = upload(client, png_bytes, path="/v1/seg")
+    assert refused.status_code == 415 and "original DICOM" in refused.json()["detail"]
+
+
+def test_seg_unavailable_is_a_clear_501(dicom_bytes):
+    app = create_app(FakePredictor(), ServeSettings(), renderer=DefaultRenderer())
+    response = TestClient(app).post("/v1/seg", content=dicom_bytes)
+    if response.status_code == 200:  # this installation writes SEG objects
+        assert response.content[128:132] == b"DICM"
+    else:
+        assert response.status_code == 501 and "SEG" in response.json()["detail"]
+
+
+# --- refusals ------------------------------------------------------------------------------------
+
+
+def test_too_large_is_413_naming_the_limit(dicom_bytes):
+    client, predictor = make_client(max_upload_mb=1 / 1024)  # 1 KiB
+    response = upload(client, dicom_bytes)
+    assert response.status_code == 413
+    body = response.json()
+    assert body["code"] == "upload_too_large" and "limit of 1 KB" in body["detail"]
+    raw = client.post("/v1/predict", content=dicom_bytes)
+    assert raw.status_code == 413 and predictor.calls == 0
+
+
+def test_too_large_without_content_length_is_counted_while_reading(dicom_bytes):
+    client, predictor = make_client(max_upload_mb=1 / 1024)
+
+    def chunks():
+        for i in range(0, len(dicom_bytes), 500):
+            yield dicom_bytes[i : i + 500]
+
+    response = client.post("/v1/predict", content=chunks())  # chunked: no Content-Length
+    assert response.status_code == 413 and predictor.calls == 0
+
+
+def test_file_at_the_limit_is_accepted(png_bytes):
+    client, _ = make_client(max_upload_mb=len(png_bytes) / 2**20)
+    assert upload(client, png_bytes).status_code == 200
+    client, _ = make_client(max_upload_mb=(len(png_bytes) - 1) / 2**20)
+    assert upload(client, png_bytes).status_code == 413
+
+
+@pytest.mark.parametrize(
+    "data, name",
+    [
+        (b"PatientName,Doe\n" * 20, "scan.dcm"),  # named DICOM, is text
+        (b"%PDF-1.7\n" + b"\0" * 300, "scan.png"),  # named PNG, is PDF
+        (b"GIF89a" + b"\0" * 300, "scan.jpg"),
+    ],
+)
+def test_unsupported_content_is_415_whatever_the_name(data, name):
+    client, predictor = make_client()
+    response = upload(client, data, name=name)
+    assert response.status_code == 415
+    assert "DICOM, PNG or JPEG" in response.json()["detail"]
+    assert predictor.calls == 0
+
+
+def test_unreadable_files_are_422_with_a_readable_message(dicom_bytes, png_bytes):
+    client, predictor = make_client()
+    truncated_dicom = dicom_bytes[:200]
+    corrupt_png = png_bytes[:40]
+    for data, kind in ((truncated_dicom, "DICOM"), (corrupt_png, "PNG")):
+        response = upload(client, data)
+        assert response.status_code == 422, response.text
+        detail = response.json()["detail"]
+        assert detail.startswith(f"The uploaded {kind} file could not be read")
+        assert "upload-" not in detail and "Traceback" not in detail
+    assert predictor.calls == 0
+
+
+def test_empty_and_missing_file_are_422(dicom_bytes):
+    client, _ = make_client()
+    assert upload(client, b"").status_code == 422
+    assert client.post("/v1/predict", content=b"").json()["code"] == "empty_upload"
+    missing = client.post("/v1/predict", files={"other": ("a.dcm", dicom_bytes)})
+    assert missing.status_code == 422 and "'file'" in missing.json()["detail"]
+
+
+def test_internal_errors_are_500_with_a_request_id_and_no_details(dicom_bytes, caplog):
+    client, _ = make_client(FakePredictor(fail=True))
+    response = upload(client, dicom_bytes)
+    assert response.status_code == 500
+    body = response.json()
+    assert body["request_id"] in body["detail"] and "secret" not in body["detail"]
+
+
+# --- privacy, storage, concurrency ---------------------------------------------------------------
+
+
+def test_logs_hold_no_file_names_or_patient_identifiers(dicom_bytes, caplog):
+    client, _ = make_client()
+    with caplog.at_level(logging.DEBUG):
+        ok = upload(client, dicom_bytes)
+        upload(client, b"not an image at all" * 10, name="Doe_Jane.txt")
+    text = caplog.text
+    assert ok.json()["request_id"] in text
+    for secret in ("Doe", "Jane", "PID-778899", FILE_NAME):
+        assert secret not in text
+
+
+def test_nothing_is_written_to_disk_unless_configured(dicom_bytes, tmp_path, monkeypatch):
+    import tempfile
+
+    spool = tmp_path / "tmp"
+    spool.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(spool))
+    client, _ = make_client()
+    big = dicom_bytes + b"\0" * (3 * 2**20)  # larger than Starlette's 1 MB in-memory spool
+    assert upload(client, big).status_code == 200
+    assert list(spool.iterdir()) == []
+
+
+def test_keep_uploads_stores_by_request_id(dicom_bytes, tmp_path):
+    client, _ = make_client(keep_uploads=tmp_path / "kept")
+    response = upload(client, dicom_bytes)
+    kept = list((tmp_path / "kept").iterdir())
+    assert [p.name for p in kept] == [f"{response.json()['request_id']}.dcm"]
+    assert kept[0].read_bytes() == dicom_bytes
+    assert client.get("/v1/model").json()["uploads_kept"] is True
+
+
+def test_inference_is_bounded_by_workers_and_the_loop_stays_free(png_bytes):
+    gate = threading.Event()
+    predictor = FakePredictor(gate=gate)
+    app = create_app(predictor, ServeSettings(workers=2), renderer=FakeSegRenderer())
+
+    async def scenario():
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            posts = [
+                asyncio.create_task(client.post("/v1/predict?include=none", content=png_bytes))
+                for _ in range(4)
+            ]
+            for _ in range(200):  # until both workers are busy
+                await asyncio.sleep(0.01)
+                if predictor.active == 2:
+                    break
+            health = await client.get("/healthz")  # answered while inference blocks
+            gate.set()
+            responses = await asyncio.gather(*posts)
+            return health, responses
+
+    health, responses = asyncio.run(scenario())
+    assert health.json()["busy"] == 2
+    assert [r.status_code for r in responses] == [200] * 4
+    assert predictor.max_active == 2 and predictor.calls == 4
+
+
+def test_workers_must_be_positive():
+    with pytest.raises(ValueError, match="workers=0"):
+        create_app(FakePredictor(), ServeSettings(workers=0))
+
+
+# --- the real predictor --------------------------------------------------------------------------
+
+
+def test_real_predictor_end_to_end(tmp_path, dicom_bytes):
+    predict = pytest.importorskip("ptxseg.predict")
+    from predict_helpers import make_checkpoint
+
+    from ptxseg.serve_card import build_model_card
+
+    checkpoint = make_checkpoint(tmp_path / "tiny.ckpt", encoder="resnet18", size=64)
+    predictor = predict.Predictor(checkpoint)
+    card = build_model_card(checkpoint, runtime={"runtime": "torch", "precision": "fp32"})
+    client = TestClient(create_app(predictor, ServeSettings(model_card=card)))
+    model = client.get("/v1/model").json()
+    assert model["encoder"] == "resnet18" and model["input_size"] == [64, 64]
+    assert model["checkpoint"]["file"] == "tiny.ckpt"
+    response = upload(client, dicom_bytes)
+    assert response.status_code == 200, response.text
+    body = response.json()
+    expected = predictor.predict(*_read(dicom_bytes)).findings
+    assert body["findings"]["probability"] == expected["probability"]
+    assert body["findings"]["area_px"] == expected["area_px"]
+    mask = rle_decode(body["mask"]["rle"], 64, 64)
+    assert int(mask.sum()) == expected["area_px"]
+    assert decode_data_url(body["overlay_png"]).shape == (64, 64, 3)
+
+
+def _read(data: bytes):
+    from ptxseg.dicom import read_image
+
+    return read_image(io.BytesIO(data).getvalue(), name="upload.dcm")
+
+
+def test_declared_oversize_is_refused_without_reading_the_body():
+    app = create_app(FakePredictor(), ServeSettings(max_upload_mb=1))
+    sent = []
+
+    async def receive():
+        raise AssertionError("the body was read")
+
+    async def send(message):
+        sent.append(message)
+
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": "/v1/predict",
+        "raw_path": b"/v1/predict",
+        "query_string": b"",
+        "root_path": "",
+        "headers": [(b"content-length", str(2 * 2**20).encode()), (b"host", b"test")],
+        "client": ("127.0.0.1", 1),
+        "server": ("127.0.0.1", 80),
+    }
+    asyncio.run(app(scope, receive, send))
+    assert sent[0]["status"] == 413
