@@ -58,6 +58,8 @@ def _as_tensor(x: Any, name: str) -> torch.Tensor:
     if isinstance(x, torch.Tensor):
         return x.detach()
     if isinstance(x, np.ndarray):
+        if not x.flags.writeable:  # e.g. a read-only memory map; torch wants writable memory
+            x = np.array(x)
         return torch.from_numpy(np.ascontiguousarray(x))
     raise TypeError(f"{name} must be a numpy array or torch tensor, got {type(x).__name__}")
 

@@ -1,3 +1,102 @@
 """Commands: evaluate."""
 
-from ptxseg.cli.app import app  # noqa: F401
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from ptxseg.cli.app import app
+
+
+def _fmt(value) -> str:
+    return "-" if value is None else f"{value:.4f}"
+
+
+def print_summary(summary: dict) -> None:
+    """A rich table of the metrics that says which are pooled and which per-image."""
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    counts = summary["counts"]
+    table = Table(
+        title=f"{summary['split']} split: {counts['n_images']} images, "
+        f"{counts['n_positive']} with pneumothorax (tta: {summary['tta']})"
+    )
+    table.add_column("metric")
+    table.add_column("kind")
+    table.add_column("value", justify="right")
+    table.add_column("meaning", style="dim")
+    for name, entry in summary["metrics"].items():
+        table.add_row(name, entry["kind"], _fmt(entry["value"]), entry["description"])
+    console.print(table)
+    console.print(
+        f"operating point: {summary['operating_point_description']} "
+        f"({summary['operating_point_source']})"
+    )
+    console.print(
+        f"competition Dice {_fmt(summary['competition_dice'])} vs "
+        f"{_fmt(summary['empty_baseline_competition_dice'])} for all-empty masks"
+    )
+
+
+@app.command()
+def evaluate(
+    checkpoint: Path = typer.Option(..., help="Trained model (.ckpt from `ptxseg train`)."),
+    data: Path = typer.Option(..., help="Work folder written by `ptxseg prepare`."),
+    out: Path = typer.Option(..., help="Folder for per_image.csv, summary.json, roc.csv, ..."),
+    split: str = typer.Option("test", help="Split to evaluate: train, val or test."),
+    tta: str = typer.Option("none", help="Test-time augmentation: none or hflip."),
+    batch_size: int = typer.Option(8, help="Images per forward pass."),
+    device: str = typer.Option("cpu", help="torch device: cpu, cuda, cuda:1, ..."),
+    threshold: float | None = typer.Option(
+        None, help="Plain threshold (sets top = bottom, no area gate); overrides the stored one."
+    ),
+    top: float | None = typer.Option(None, help="Override: probability a mask must exceed."),
+    bottom: float | None = typer.Option(None, help="Override: probability that binarises."),
+    min_area: int | None = typer.Option(
+        None, help="Override: pixels (at model size) above --top needed to keep a mask."
+    ),
+    search: bool | None = typer.Option(
+        None,
+        "--search/--no-search",
+        help="Search the operating point on the val split and store it in the checkpoint "
+        "(default: only when the checkpoint has none).",
+    ),
+    score: str = typer.Option(
+        "max_prob", help="Per-image detection score for the ROC: max_prob or area."
+    ),
+    save_probs: bool = typer.Option(
+        False, help="Also write every probability map (probs-<split>.npz, float16)."
+    ),
+) -> None:
+    """Metrics of a checkpoint on a split: Dice, IoU, pixel accuracy (pooled and per image),
+    detection, ROC; per-image CSV, JSON summary and panels for the report.
+
+    Example: ptxseg evaluate --checkpoint runs/r1/best.ckpt --data work --split test
+    --out runs/r1/eval-test --tta hflip
+    """
+    from rich.console import Console
+
+    from ptxseg.evaluate import evaluate_checkpoint
+
+    try:
+        summary = evaluate_checkpoint(
+            checkpoint,
+            data,
+            out,
+            split,
+            device=device,
+            tta=tta,
+            batch_size=batch_size,
+            overrides={"threshold": threshold, "top": top, "bottom": bottom, "min_area": min_area},
+            search=search,
+            save_probs=save_probs,
+            score=score,
+        )
+    except (ValueError, FileNotFoundError, NotADirectoryError) as err:
+        Console(stderr=True, soft_wrap=True).print(f"[red]error:[/red] {err}")
+        raise typer.Exit(2) from None
+    print_summary(summary)
+    Console().print(f"wrote {', '.join(summary['files'])} to {out}")
