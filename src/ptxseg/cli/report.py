@@ -69,3 +69,19 @@ def benchmark(
     console.print(table)
     paths = write(rows, out, note=env)
     console.print("wrote " + ", ".join(str(p) for p in paths.values()))
+
+
+@app.command()
+def report(
+    folder: Path = typer.Argument(
+        ..., help="A run folder, an ablation grid folder, or a folder of runs (e.g. the demo)."
+    ),
+    out: Path = typer.Option(None, help="Folder for report.html (default: FOLDER itself)."),
+) -> None:
+    """One self-contained HTML report: setup, metrics, curves, panels, ROC, benchmark, ablation."""
+    from ptxseg.report import write_report
+
+    if not folder.is_dir():
+        raise typer.BadParameter(f"{folder} is not a folder", param_hint="FOLDER")
+    path = write_report(folder, out)
+    typer.echo(f"wrote {path}")

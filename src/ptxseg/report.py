@@ -1,0 +1,631 @@
+"""One self-contained HTML report of a run, a grid, or a folder of runs.
+
+The report renders whatever it finds and says what is missing instead of failing:
+
+- a **run folder** (written by `ptxseg train`): `config.yaml`, `metrics.csv`, `train_summary.json`,
+  and the outputs of `ptxseg evaluate` in `RUN/eval/<split>/` (`summary.json`, `per_image.csv`,
+  `roc.csv`, `panels.npz`); an evaluation folder directly in `RUN/eval/` is accepted too;
+- a **grid folder** (written by `ptxseg ablate`): `ablation.csv` / `ablation.png`;
+- a **benchmark folder**: `benchmark.csv` / `benchmark.png` (in the folder or its `benchmark/`);
+- any folder holding several of these (the demo folder: `runs/<encoder>/` + `benchmark/`).
+
+Images are inlined as base64 PNGs and the CSS is inline: the file has no external resources.
+"""
+
+from __future__ import annotations
+
+import csv
+import html
+import json
+import math
+import os
+import re
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+
+from ptxseg import plots
+
+EVAL_FILES = ("summary.json", "per_image.csv", "roc.csv", "panels.npz")
+PANEL_ORDER = ("best", "worst", "false_positive", "false_negative")
+
+CSS = """
+body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:0;color:#1d2330;
+background:#f5f6f8}
+main{max-width:1180px;margin:0 auto;padding:24px 32px 48px;background:#fff}
+h1{font-size:1.6rem;margin:.2em 0}h2{border-bottom:2px solid #3b6ea8;padding-bottom:4px;
+margin-top:2em}h3{margin-top:1.4em;color:#2c4f7c}
+table{border-collapse:collapse;margin:.6em 0;font-size:.88rem}
+th,td{border:1px solid #d5d9e0;padding:4px 8px;text-align:right}
+th{background:#eef2f8}td.l,th.l{text-align:left}
+tr:nth-child(even) td{background:#fafbfc}
+.kind{display:inline-block;padding:0 6px;border-radius:8px;font-size:.75rem;color:#fff}
+.pooled{background:#6a4c93}.per-image{background:#1982c4}.image-level{background:#8ac926}
+.other{background:#999}
+.missing{color:#8a5a00;background:#fff7e0;border-left:4px solid #f0b400;padding:6px 10px}
+.meta{color:#5a6270;font-size:.85rem}img{max-width:100%;height:auto}
+nav a{margin-right:12px}.scroll{overflow-x:auto}
+code{background:#f0f2f5;padding:1px 4px;border-radius:3px}
+"""
+
+
+# --------------------------------------------------------------------------- discovery
+
+
+@dataclass
+class RunInfo:
+    """What was found in one run folder."""
+
+    path: Path
+    name: str
+    config: dict = field(default_factory=dict)
+    summary: dict = field(default_factory=dict)  # train_summary.json
+    evals: dict[str, Path] = field(default_factory=dict)  # split -> evaluate output folder
+
+
+def is_run_dir(path: Path) -> bool:
+    return (path / "config.yaml").is_file() and any(
+        (path / name).exists() for name in ("metrics.csv", "train_summary.json", "checkpoints")
+    )
+
+
+def is_eval_dir(path: Path) -> bool:
+    return any((path / name).is_file() for name in EVAL_FILES)
+
+
+def find_evals(run: Path) -> dict[str, Path]:
+    """Evaluation folders of a run: `RUN/eval/<split>/`, or `RUN/eval/` itself."""
+    root = run / "eval"
+    found: dict[str, Path] = {}
+    if root.is_dir():
+        for sub in sorted(p for p in root.iterdir() if p.is_dir()):
+            if is_eval_dir(sub):
+                found[sub.name] = sub
+        if not found and is_eval_dir(root):
+            found[_split_of(root)] = root
+    return found
+
+
+def _split_of(eval_dir: Path) -> str:
+    summary = _read_json(eval_dir / "summary.json") or {}
+    return str(summary.get("split", "eval"))
+
+
+def _read_json(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _read_yaml(path: Path) -> dict:
+    import yaml
+
+    try:
+        return yaml.safe_load(path.read_text()) or {}
+    except (OSError, yaml.YAMLError):
+        return {}
+
+
+def load_run(path: Path, root: Path | None = None) -> RunInfo:
+    name = str(path.relative_to(root)) if root and path != root else path.name
+    return RunInfo(
+        path=path,
+        name=name or path.name,
+        config=_read_yaml(path / "config.yaml"),
+        summary=_read_json(path / "train_summary.json") or {},
+        evals=find_evals(path),
+    )
+
+
+def discover(root: Path) -> dict:
+    """Runs, grids and benchmark folders under `root` (itself included, three levels deep)."""
+    root = Path(root)
+    runs, grids, benchmarks = [], [], []
+    candidates = [root] + sorted(
+        p for depth in ("*", "*/*", "*/*/*") for p in root.glob(depth) if p.is_dir()
+    )
+    for path in candidates:
+        if "cells" in path.relative_to(root).parts:
+            continue  # the runs inside a grid are summarised by its ablation table
+        if is_run_dir(path):
+            runs.append(load_run(path, root))
+        if (path / "ablation.csv").is_file():
+            grids.append(path)
+        if (path / "benchmark.csv").is_file():
+            benchmarks.append(path)
+    return {"runs": runs, "grids": grids, "benchmarks": benchmarks}
+
+
+# --------------------------------------------------------------------------- readers
+
+
+def read_csv_rows(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def _float(value) -> float:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return math.nan
+
+
+def _find_column(columns: list[str], split: str, metric: str) -> str | None:
+    """`train_loss`, `train/loss`, `train_loss_epoch`, `val_dice`, ... (Lightning's names)."""
+    pattern = re.compile(rf"^{split}[_/]{metric}(_epoch)?$")
+    matches = [c for c in columns if pattern.match(c)]
+    return sorted(matches, key=len, reverse=True)[0] if matches else None
+
+
+def read_curves(path: Path) -> tuple[list[int], dict[str, dict[str, list[float]]]]:
+    """Per-epoch train/val loss, IoU and Dice from a Lightning CSV log (rows per step or epoch,
+    empty cells where a metric was not logged): the last logged value of each epoch."""
+    rows = read_csv_rows(path)
+    columns = list(rows[0]) if rows else []
+    wanted = {}
+    for metric, _ in plots.CURVE_METRICS:
+        for split in ("train", "val"):
+            column = _find_column(columns, split, metric)
+            if column:
+                wanted[(metric, split)] = column
+    by_epoch: dict[int, dict] = {}
+    for row in rows:
+        epoch = _float(row.get("epoch"))
+        if math.isnan(epoch):
+            continue
+        slot = by_epoch.setdefault(int(epoch), {})
+        for key, column in wanted.items():
+            value = _float(row.get(column))
+            if not math.isnan(value):
+                slot[key] = value
+    epochs = sorted(by_epoch)
+    curves: dict[str, dict[str, list[float]]] = {}
+    for (metric, split), _column in wanted.items():
+        curves.setdefault(metric, {})[split] = [
+            by_epoch[e].get((metric, split), math.nan) for e in epochs
+        ]
+    return epochs, curves
+
+
+def flatten_summary(summary: dict, prefix: str = "") -> dict[str, object]:
+    """Nested summary.json -> flat `a.b` keys (numbers and short strings only)."""
+    flat: dict[str, object] = {}
+    for key, value in summary.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(flatten_summary(value, name + "."))
+        elif isinstance(value, (int, float, str, bool)) or value is None:
+            flat[name] = value
+    return flat
+
+
+def metric_kind(key: str) -> tuple[str, str]:
+    """(kind, description) of a summary key: pooled, per-image, image-level or other."""
+    try:
+        from ptxseg.metrics import METRIC_KINDS
+    except ImportError:
+        METRIC_KINDS = {}
+    base = key.rsplit(".", 1)[-1]
+    if base in METRIC_KINDS:
+        return METRIC_KINDS[base]
+    if base.endswith("_pooled"):
+        return "pooled", ""
+    if base.endswith("_per_image"):
+        return "per-image", ""
+    return "other", ""
+
+
+def read_panels(path: Path) -> list[dict]:
+    """Panel groups from `panels.npz`: [{category, images, truths, predictions, titles}].
+
+    Accepted keys: `images`, `masks` or `truths`, `predictions`/`preds`/`pred_masks`, optional
+    `categories`, `image_ids`, `dice` (one entry per panel).
+    """
+    with np.load(path, allow_pickle=False) as data:
+        keys = set(data.files)
+
+        def first(*names):
+            for name in names:
+                if name in keys:
+                    return data[name]
+            return None
+
+        images = first("images", "image")
+        truths = first("masks", "truths", "truth", "ground_truth", "gt")
+        preds = first("predictions", "preds", "pred_masks", "prediction", "pred")
+        if images is None or truths is None or preds is None:
+            raise ValueError(
+                f"{path}: expected arrays images, masks and predictions; found {sorted(keys)}"
+            )
+        n = len(images)
+        categories = first("categories", "category", "kinds", "kind")
+        categories = [str(c) for c in categories] if categories is not None else ["examples"] * n
+        ids = first("image_ids", "ids")
+        dice = first("dice", "dices")
+        probs = first("probabilities", "probs")
+    preds = np.asarray(preds)
+    if preds.dtype.kind == "f" and probs is None:
+        preds = preds >= 0.5
+    groups: dict[str, dict] = {}
+    for i in range(n):
+        title = str(ids[i]) if ids is not None else f"#{i}"
+        if dice is not None:
+            title += f"\nDice {float(dice[i]):.3f}"
+        group = groups.setdefault(
+            categories[i],
+            {
+                "category": categories[i],
+                "images": [],
+                "truths": [],
+                "predictions": [],
+                "titles": [],
+            },
+        )
+        group["images"].append(np.squeeze(images[i]))
+        group["truths"].append(np.squeeze(truths[i]).astype(bool))
+        group["predictions"].append(np.squeeze(preds[i]).astype(bool))
+        group["titles"].append(title)
+    order = {c: i for i, c in enumerate(PANEL_ORDER)}
+    return sorted(groups.values(), key=lambda g: order.get(g["category"], len(order)))
+
+
+def read_roc(path: Path) -> tuple[list[float], list[float]]:
+    rows = read_csv_rows(path)
+    if not rows or "fpr" not in rows[0] or "tpr" not in rows[0]:
+        raise ValueError(f"{path}: expected columns fpr, tpr")
+    pairs = [(_float(r["fpr"]), _float(r["tpr"])) for r in rows]
+    pairs = [p for p in pairs if not (math.isnan(p[0]) or math.isnan(p[1]))]
+    return [p[0] for p in pairs], [p[1] for p in pairs]
+
+
+# --------------------------------------------------------------------------- HTML pieces
+
+
+def esc(value) -> str:
+    return html.escape(str(value))
+
+
+def fmt(value) -> str:
+    if isinstance(value, bool) or value is None:
+        return str(value)
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        if math.isnan(value):
+            return "–"
+        return f"{value:.4f}" if abs(value) < 1000 else f"{value:.1f}"
+    return str(value)
+
+
+def table(headers: list[str], rows: list[list], left: int = 1, text_cols: int = 0) -> str:
+    """An HTML table; the first `left` and the last `text_cols` columns are left-aligned."""
+
+    def align(i: int) -> str:
+        return "l" if i < left or i >= len(headers) - text_cols else ""
+
+    head = "".join(f'<th class="{align(i)}">{esc(h)}</th>' for i, h in enumerate(headers))
+    body = []
+    for row in rows:
+        cells = "".join(
+            f'<td class="{align(i)}">{c if isinstance(c, Raw) else esc(fmt(c))}</td>'
+            for i, c in enumerate(row)
+        )
+        body.append(f"<tr>{cells}</tr>")
+    return (
+        f'<div class="scroll"><table><thead><tr>{head}</tr></thead>'
+        f"<tbody>{''.join(body)}</tbody></table></div>"
+    )
+
+
+class Raw(str):
+    """Trusted HTML (already escaped) for a table cell."""
+
+
+def img(png: bytes, alt: str) -> str:
+    return f'<img src="{plots.data_uri(png)}" alt="{esc(alt)}">'
+
+
+def missing(text: str) -> str:
+    return f'<p class="missing">{esc(text)}</p>'
+
+
+def _png_file(path: Path, alt: str) -> str:
+    return (
+        img(path.read_bytes(), alt)
+        if path.is_file()
+        else missing(f"no {path.name} in {path.parent}")
+    )
+
+
+# --------------------------------------------------------------------------- sections
+
+
+def setup_section(run: RunInfo) -> str:
+    parts = ["<h3>Setup</h3>"]
+    config = run.config
+    if not config:
+        return parts[0] + missing(f"no readable config.yaml in {run.path}")
+    rows = []
+    for section in ("data", "model", "loss", "optim", "trainer"):
+        for key, value in (config.get(section) or {}).items():
+            if isinstance(value, list):
+                value = ", ".join(f"{v:.3f}" if isinstance(v, float) else str(v) for v in value)
+            rows.append([f"{section}.{key}", Raw(esc(value))])
+    split_counts = _split_counts(config)
+    if split_counts:
+        parts.append(
+            "<p>Split: "
+            + ", ".join(f"{esc(k)} <b>{v}</b>" for k, v in split_counts.items())
+            + " images.</p>"
+        )
+    else:
+        work = (config.get("data") or {}).get("work")
+        parts.append(missing(f"split counts unavailable: no splits.json in data.work ({work})"))
+    if run.summary:
+        summary_rows = [[k, v] for k, v in flatten_summary(run.summary).items()]
+        parts.append("<p><b>Training summary</b> (train_summary.json)</p>")
+        parts.append(table(["key", "value"], summary_rows))
+    else:
+        parts.append(missing(f"no train_summary.json in {run.path}"))
+    parts.append(
+        "<details><summary>Resolved configuration (config.yaml)</summary>"
+        + table(["key", "value"], rows, left=2)
+        + "</details>"
+    )
+    return "".join(parts)
+
+
+def _split_counts(config: dict) -> dict[str, int]:
+    work = (config.get("data") or {}).get("work")
+    if not work:
+        return {}
+    splits = _read_json(Path(work) / "splits.json") or {}
+    return {k: len(v) for k, v in splits.items() if isinstance(v, list)}
+
+
+def curves_section(run: RunInfo) -> str:
+    head = "<h3>Training and validation curves</h3>"
+    path = run.path / "metrics.csv"
+    if not path.is_file():
+        return head + missing(f"no metrics.csv in {run.path}: curves unavailable")
+    epochs, curves = read_curves(path)
+    if not epochs or not curves:
+        return head + missing(f"{path}: no per-epoch loss, IoU or Dice columns found")
+    return head + img(plots.curves_png(curves, epochs), "loss, IoU and Dice per epoch")
+
+
+def metrics_section(split: str, eval_dir: Path) -> str:
+    parts = [f"<h3>Metrics on the {esc(split)} split</h3>"]
+    summary = _read_json(eval_dir / "summary.json")
+    if summary is None:
+        parts.append(missing(f"no readable summary.json in {eval_dir}"))
+    else:
+        flat = flatten_summary(summary)
+        rows = []
+        others = []
+        for key, value in flat.items():
+            kind, description = metric_kind(key)
+            if kind == "other":
+                others.append([key, value])
+                continue
+            badge = Raw(f'<span class="kind {kind}">{esc(kind)}</span>')
+            rows.append([key, badge, value, description])
+        order = {"pooled": 0, "per-image": 1, "image-level": 2}
+        rows.sort(key=lambda r: order.get(str(r[1]).split(">")[1].split("<")[0], 3))
+        parts.append(
+            "<p>Pooled metrics sum pixel counts over the whole split; per-image metrics average"
+            " one value per image (the competition Dice is the per-image mean, an empty truth"
+            " with an empty prediction counting 1).</p>"
+        )
+        parts.append(table(["metric", "kind", "value", "meaning"], rows, left=2, text_cols=1))
+        if others:
+            parts.append(table(["other", "value"], others))
+    roc = eval_dir / "roc.csv"
+    if roc.is_file():
+        try:
+            fpr, tpr = read_roc(roc)
+            auc = _float(
+                (summary or {}).get(
+                    "roc_auc", flatten_summary(summary or {}).get("metrics.roc_auc")
+                )
+            )
+            parts.append(
+                "<h3>ROC: is there a pneumothorax?</h3>" + img(plots.roc_png(fpr, tpr, auc), "ROC")
+            )
+        except ValueError as exc:
+            parts.append(missing(str(exc)))
+    else:
+        parts.append(missing(f"no roc.csv in {eval_dir}"))
+    panels = eval_dir / "panels.npz"
+    if panels.is_file():
+        try:
+            parts.append("<h3>Image, ground truth and prediction</h3>")
+            for group in read_panels(panels):
+                label = group["category"].replace("_", " ")
+                parts.append(f"<h4>{esc(label)}</h4>")
+                parts.append(
+                    img(
+                        plots.panels_png(
+                            group["images"], group["truths"], group["predictions"], group["titles"]
+                        ),
+                        label,
+                    )
+                )
+        except (ValueError, OSError) as exc:
+            parts.append(missing(f"cannot read {panels}: {exc}"))
+    else:
+        parts.append(missing(f"no panels.npz in {eval_dir}"))
+    return "".join(parts)
+
+
+def run_section(run: RunInfo) -> str:
+    parts = [
+        f'<h2 id="{esc(_anchor(run.name))}">Run <code>{esc(run.name)}</code></h2>',
+        setup_section(run),
+        curves_section(run),
+    ]
+    if not run.evals:
+        parts.append(
+            missing(
+                f"no evaluation found: run `ptxseg evaluate` with its output in "
+                f"{run.path}/eval/<split>/"
+            )
+        )
+    for split, eval_dir in run.evals.items():
+        parts.append(metrics_section(split, eval_dir))
+    return "".join(parts)
+
+
+def runs_overview(runs: list[RunInfo]) -> str:
+    """One row per run: encoder, augmentation, and the headline metrics of each evaluation."""
+    rows = []
+    for run in runs:
+        model = run.config.get("model") or {}
+        data = run.config.get("data") or {}
+        for split, eval_dir in (run.evals or {"–": None}).items():
+            flat = flatten_summary(_read_json(eval_dir / "summary.json") or {}) if eval_dir else {}
+
+            def pick(key, flat=flat):
+                return next((v for k, v in flat.items() if k.rsplit(".", 1)[-1] == key), math.nan)
+
+            rows.append(
+                [
+                    Raw(f'<a href="#{esc(_anchor(run.name))}">{esc(run.name)}</a>'),
+                    model.get("encoder", "–"),
+                    data.get("aug", "–"),
+                    split,
+                    pick("dice_pooled"),
+                    pick("iou_pooled"),
+                    pick("pixel_accuracy_pooled"),
+                    pick("dice_per_image"),
+                    pick("dice_positive_per_image"),
+                    pick("roc_auc"),
+                ]
+            )
+    headers = [
+        "run",
+        "encoder",
+        "aug",
+        "split",
+        "Dice (pooled)",
+        "IoU (pooled)",
+        "pixel acc. (pooled)",
+        "competition Dice (per-image)",
+        "Dice positives (per-image)",
+        "ROC AUC",
+    ]
+    return "<h2>Runs</h2>" + table(headers, rows, left=4)
+
+
+def benchmark_section(folder: Path) -> str:
+    from ptxseg.benchmark import COLUMNS, read_benchmark_csv
+
+    rows = read_benchmark_csv(folder / "benchmark.csv")
+    keys = [k for k in COLUMNS if any(str(r.get(k, "")) not in ("", "nan") for r in rows)]
+    body = [[_fmt_bench(r.get(k, "")) for k in keys] for r in rows]
+    note = ""
+    md = folder / "benchmark.md"
+    if md.is_file():
+        lines = md.read_text().splitlines()
+        note = next((ln for ln in lines[1:] if ln.startswith("torch ")), "")
+    return (
+        f"<h2>Backbone benchmark</h2><p class=meta>{esc(folder)} {esc(note)}</p>"
+        + table([COLUMNS[k] for k in keys], body)
+        + _png_file(folder / "benchmark.png", "benchmark bar chart")
+    )
+
+
+def _fmt_bench(value) -> str:
+    if isinstance(value, float):
+        return f"{value:g}"
+    text = str(value)
+    return text if len(text) <= 90 else text[:87] + "..."
+
+
+def ablation_section(folder: Path) -> str:
+    from ptxseg.ablate import METRICS, read_ablation_csv
+
+    rows = read_ablation_csv(folder / "ablation.csv")
+    body = []
+    for r in rows:
+        cells = [r["encoder"], r["aug"], int(_float(r.get("n_seeds")))]
+        for key in METRICS:
+            mean, std = _float(r.get(f"{key}_mean")), _float(r.get(f"{key}_std"))
+            cells.append("–" if math.isnan(mean) else f"{mean:.4f} ± {std:.4f}")
+        body.append(cells)
+    return (
+        f"<h2>Ablation: encoder × augmentation</h2><p class=meta>{esc(folder)}; mean ± std"
+        " over seeds</p>"
+        + table(["encoder", "aug", "seeds", *METRICS.values()], body, left=2)
+        + _png_file(folder / "ablation.png", "ablation bar chart")
+    )
+
+
+def _anchor(name: str) -> str:
+    return "run-" + re.sub(r"[^A-Za-z0-9_-]+", "-", name)
+
+
+# --------------------------------------------------------------------------- the document
+
+
+def render_report(root: Path) -> str:
+    """The HTML text of the report for a run, grid, or folder of them."""
+    root = Path(root)
+    if not root.is_dir():
+        raise ValueError(f"{root} is not a folder: expected a run, grid or demo folder")
+    found = discover(root)
+    runs, grids, benches = found["runs"], found["grids"], found["benchmarks"]
+    sections = []
+    if not (runs or grids or benches):
+        sections.append(
+            missing(
+                f"nothing to report in {root}: expected a run folder (config.yaml + metrics.csv), "
+                "a grid folder (ablation.csv) or a benchmark folder (benchmark.csv)"
+            )
+        )
+    if len(runs) > 1 or (runs and any(r.evals for r in runs)):
+        sections.append(runs_overview(runs))
+    for folder in benches:
+        sections.append(_guard(benchmark_section, folder))
+    for folder in grids:
+        sections.append(_guard(ablation_section, folder))
+    for run in runs:
+        sections.append(_guard(run_section, run))
+    stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    nav = "".join(f'<a href="#{esc(_anchor(r.name))}">{esc(r.name)}</a>' for r in runs)
+    return (
+        "<!DOCTYPE html><html lang=en><head><meta charset=utf-8>"
+        f"<title>ptxseg report: {esc(root.name)}</title><style>{CSS}</style></head><body><main>"
+        f"<h1>Pneumothorax segmentation report</h1><p class=meta>{esc(root.resolve())} ·"
+        f" generated {stamp} · {len(runs)} run(s), {len(grids)} grid(s),"
+        f" {len(benches)} benchmark(s)</p>"
+        + (f"<nav>{nav}</nav>" if len(runs) > 1 else "")
+        + "".join(sections)
+        + "</main></body></html>\n"
+    )
+
+
+def _guard(render, item) -> str:
+    """A section that cannot be rendered says why; the rest of the report still renders."""
+    try:
+        return render(item)
+    except Exception as exc:  # noqa: BLE001 - a broken file must not sink the whole report
+        where = getattr(item, "path", item)
+        return missing(f"could not render {where}: {type(exc).__name__}: {exc}")
+
+
+def write_report(root: Path, out: Path | None = None) -> Path:
+    """Write `report.html` (into `out`, default `root`) atomically; returns its path."""
+    root = Path(root)
+    text = render_report(root)
+    out_dir = Path(out) if out else root
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / "report.html"
+    tmp = path.with_name(".report.html.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+    return path

@@ -1,0 +1,197 @@
+"""HTML report from a hand-made run folder in the documented formats: tables, embedded images,
+nothing external, and a clear note for what is missing."""
+
+import csv
+import json
+import re
+import shutil
+import subprocess
+
+import numpy as np
+import pytest
+
+from ptxseg.benchmark import COLUMNS, write_benchmark
+from ptxseg.cli import main
+from ptxseg.config import TrainConfig, save_config
+from ptxseg.report import discover, read_curves, read_panels, render_report, write_report
+
+
+def write_lightning_log(path, epochs=3):
+    """metrics.csv as Lightning's CSVLogger writes it: train and val rows with empty cells."""
+    columns = ["epoch", "step", "train_loss", "train_dice", "train_iou"]
+    columns += ["val_loss", "val_dice", "val_iou", "lr"]
+    with open(path, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=columns)
+        writer.writeheader()
+        for e in range(epochs):
+            writer.writerow(
+                {
+                    "epoch": e,
+                    "step": 10 * e + 9,
+                    "train_loss": 1.0 - 0.2 * e,
+                    "train_dice": 0.2 + 0.2 * e,
+                    "train_iou": 0.1 + 0.2 * e,
+                }
+            )
+            writer.writerow(
+                {
+                    "epoch": e,
+                    "step": 10 * e + 9,
+                    "val_loss": 1.1 - 0.2 * e,
+                    "val_dice": 0.15 + 0.2 * e,
+                    "val_iou": 0.08 + 0.2 * e,
+                }
+            )
+
+
+def make_run(folder, work, with_eval=True):
+    config = TrainConfig()
+    config.data.work = str(work)
+    config.model.encoder = "resnet18"
+    save_config(config, folder / "config.yaml")
+    (folder / "checkpoints").mkdir()
+    write_lightning_log(folder / "metrics.csv")
+    (folder / "train_summary.json").write_text(json.dumps({"best_epoch": 2, "best_val_dice": 0.55}))
+    if not with_eval:
+        return
+    ev = folder / "eval" / "test"
+    ev.mkdir(parents=True)
+    (ev / "summary.json").write_text(
+        json.dumps(
+            {
+                "split": "test",
+                "dice_pooled": 0.61,
+                "iou_pooled": 0.44,
+                "pixel_accuracy_pooled": 0.99,
+                "dice_per_image": 0.83,
+                "dice_positive_per_image": 0.52,
+                "roc_auc": 0.9,
+                "n_images": 6,
+            }
+        )
+    )
+    (ev / "roc.csv").write_text("threshold,fpr,tpr\n1,0,0\n0.8,0,0.5\n0.5,0.25,1\n0,1,1\n")
+    rng = np.random.default_rng(0)
+    masks = np.zeros((4, 32, 32), bool)
+    masks[:, 8:20, 8:16] = True
+    preds = np.roll(masks, 2, axis=2)
+    preds[2] = False
+    np.savez(
+        ev / "panels.npz",
+        images=rng.random((4, 32, 32)).astype(np.float32),
+        masks=masks,
+        predictions=preds,
+        categories=np.array(["best", "worst", "false_negative", "best"]),
+        image_ids=np.array(["a", "b", "c", "d"]),
+        dice=np.array([0.9, 0.1, 0.0, 0.8]),
+    )
+
+
+@pytest.fixture
+def demo(tmp_path):
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "splits.json").write_text(
+        json.dumps({"seed": 1, "train": ["a", "b", "c"], "val": ["d"], "test": ["e", "f"]})
+    )
+    (tmp_path / "runs" / "resnet18").mkdir(parents=True)
+    (tmp_path / "runs" / "xception").mkdir(parents=True)
+    make_run(tmp_path / "runs" / "resnet18", work)
+    make_run(tmp_path / "runs" / "xception", work, with_eval=False)
+    row = {k: "" for k in COLUMNS}
+    row.update(
+        encoder="resnet18",
+        size=64,
+        batch_size=1,
+        device="cpu",
+        precision="fp32",
+        params_m=14.3,
+        gflops_per_image=0.66,
+        latency_p50_ms=9.5,
+        infer_mem_mb=80.0,
+    )
+    write_benchmark([row], tmp_path / "benchmark")
+    return tmp_path
+
+
+def test_curves_take_one_value_per_epoch_from_lightning_rows(tmp_path):
+    write_lightning_log(tmp_path / "metrics.csv")
+    epochs, curves = read_curves(tmp_path / "metrics.csv")
+    assert epochs == [0, 1, 2]
+    assert curves["dice"]["val"] == pytest.approx([0.15, 0.35, 0.55])
+    assert curves["loss"]["train"] == pytest.approx([1.0, 0.8, 0.6])
+
+
+def test_panels_are_grouped_in_figure_order(demo):
+    groups = read_panels(demo / "runs/resnet18/eval/test/panels.npz")
+    assert [g["category"] for g in groups] == ["best", "worst", "false_negative"]
+    assert len(groups[0]["images"]) == 2 and groups[0]["titles"][0].startswith("a")
+
+
+def test_report_of_a_demo_folder_has_tables_images_and_no_external_urls(demo):
+    found = discover(demo)
+    assert sorted(r.name for r in found["runs"]) == ["runs/resnet18", "runs/xception"]
+    path = write_report(demo)
+    text = path.read_text()
+    assert path == demo / "report.html"
+    assert re.search(r"https?://|src=\"(?!data:)|<link|@import|url\(", text) is None
+    images = re.findall(r'<img src="data:image/png;base64,[A-Za-z0-9+/=]{200,}"', text)
+    # curves x2, ROC, panels (3 groups), benchmark chart
+    assert len(images) == 7
+    assert text.count("<table") >= 5
+    assert "Backbone benchmark" in text and "14.3" in text
+    assert 'class="kind pooled"' in text and 'class="kind per-image"' in text
+    assert "train <b>3</b>" in text and "test <b>2</b>" in text  # split counts from splits.json
+    assert "no evaluation found" in text  # the xception run has none
+    assert "0.8300" in text  # competition Dice in the overview and the metrics table
+
+
+def test_report_of_a_single_run_and_a_broken_file(demo):
+    run = demo / "runs" / "resnet18"
+    (run / "eval" / "test" / "panels.npz").write_bytes(b"not a zip")
+    text = render_report(run)
+    assert "cannot read" in text and "panels.npz" in text
+    assert "Metrics on the test split" in text
+    assert "Backbone benchmark" not in text
+
+
+def test_report_of_an_empty_folder_says_what_is_expected(tmp_path):
+    text = render_report(tmp_path)
+    assert "nothing to report" in text and "config.yaml" in text
+
+
+def test_cli_writes_report_into_out(demo, tmp_path):
+    out = tmp_path / "site"
+    try:
+        main(["report", str(demo), "--out", str(out)])
+    except SystemExit as exc:
+        assert exc.code == 0
+    assert (out / "report.html").stat().st_size > 10_000
+
+
+@pytest.mark.browser
+def test_report_renders_in_chromium(demo, tmp_path):
+    browser = shutil.which("chromium") or shutil.which("chromium-browser")
+    if browser is None:
+        pytest.skip("chromium not installed (apt-get install chromium)")
+    path = write_report(demo)
+    shot = tmp_path / "shot.png"
+    subprocess.run(
+        [
+            browser,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--no-first-run",
+            f"--screenshot={shot}",
+            "--window-size=1280,2000",
+            path.resolve().as_uri(),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
+    assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 20_000
