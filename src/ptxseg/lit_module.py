@@ -1,0 +1,313 @@
+"""The Lightning pieces of training: the module (loss, metrics, optimiser) and the data module.
+
+Metrics come from per-image confusion counts (`ptxseg.metrics`) at probability 0.5, summed over
+the epoch and over all processes, so Dice, IoU and pixel accuracy are pooled over the split and
+the competition Dice is the mean per-image Dice with empty/empty = 1, also under DDP.
+"""
+
+from __future__ import annotations
+
+import csv
+import functools
+import io
+import math
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from ptxseg import metrics
+from ptxseg.config import TrainConfig
+from ptxseg.losses import aux_loss, build_loss
+from ptxseg.model import build_model
+
+STAT_NAMES = ("tp", "fp", "fn", "tn", "competition_sum", "images", "loss_sum")
+METRIC_COLUMNS = (
+    "epoch",
+    "train_loss",
+    "val_loss",
+    "val_dice",
+    "val_iou",
+    "val_pixel_accuracy",
+    "val_competition_dice",
+    "lr",
+)
+
+
+def atomic_write(path: Path, text: str) -> None:
+    """Write a text file under a temporary name in the same folder, then rename it."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    with os.fdopen(fd, "w", newline="") as handle:
+        handle.write(text)
+    os.replace(tmp, path)
+
+
+def write_metrics_csv(path: Path, rows: list[dict[str, Any]]) -> None:
+    """The tidy per-epoch table: one row per epoch with the columns of `METRIC_COLUMNS`."""
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=METRIC_COLUMNS, extrasaction="ignore")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: row.get(k, "") for k in METRIC_COLUMNS})
+    atomic_write(path, buffer.getvalue())
+
+
+def epoch_metrics(stats: torch.Tensor) -> dict[str, float]:
+    """Dice, IoU, pixel accuracy (pooled), competition Dice and mean loss from summed stats."""
+    tp, fp, fn, tn, comp, n, loss_sum = (float(v) for v in stats)
+    return {
+        "loss": loss_sum / n if n else math.nan,
+        "dice": float(metrics.dice_scores(tp, fp, fn)),
+        "iou": float(metrics.iou_scores(tp, fp, fn)),
+        "pixel_accuracy": float(metrics.pixel_accuracy_scores(tp, fp, fn, tn)),
+        "competition_dice": comp / n if n else math.nan,
+    }
+
+
+class SegmentationModule(L.LightningModule):
+    """U-Net training: combo loss (+ auxiliary empty/non-empty BCE), Adam, plateau or cosine lr."""
+
+    def __init__(self, config: TrainConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.model = build_model(config)  # also resolves config.model.mean/std
+        self.loss = build_loss(config.loss)
+        self.epoch_rows: list[dict[str, Any]] = []
+        self.metrics_path: Path | None = None  # where rank 0 rewrites metrics.csv every epoch
+        self._stats: dict[str, torch.Tensor] = {}
+        self._reset("train")
+        self._reset("val")
+
+    def _reset(self, stage: str) -> None:
+        self._stats[stage] = torch.zeros(len(STAT_NAMES), dtype=torch.float64)
+
+    def setup(self, stage: str) -> None:
+        if self.config.trainer.channels_last:
+            self.model.to(memory_format=torch.channels_last)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x)
+
+    def _step(self, batch: dict, stage: str) -> torch.Tensor:
+        image, mask = batch["image"], batch["mask"]
+        if self.config.trainer.channels_last:
+            image = image.contiguous(memory_format=torch.channels_last)
+        logits, label_logits = self.model.forward_with_aux(image)
+        loss = self.loss(logits, mask)
+        if label_logits is not None:
+            aux = aux_loss(label_logits, mask)
+            self.log(f"{stage}/aux_loss", aux, on_step=False, on_epoch=True, sync_dist=True)
+            loss = loss + self.config.loss.aux_weight * aux
+        batch_size = image.shape[0]
+        self.log(
+            f"{stage}/loss",
+            loss,
+            on_step=False,
+            on_epoch=True,
+            sync_dist=True,
+            batch_size=batch_size,
+        )
+        with torch.no_grad():
+            tp, fp, fn, tn = metrics.confusion_counts(logits.detach() > 0, mask > 0.5)
+            comp = metrics.dice_scores(tp, fp, fn).sum()
+            row = [
+                tp.sum(),
+                fp.sum(),
+                fn.sum(),
+                tn.sum(),
+                comp,
+                batch_size,
+                loss.item() * batch_size,
+            ]
+            self._stats[stage] += torch.tensor(np.array(row, dtype=np.float64))
+        return loss
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        return self._step(batch, "train")
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        self._step(batch, "val")
+
+    def on_train_epoch_start(self) -> None:
+        self._reset("train")
+        # Epoch schedulers step before the epoch-end hooks: note the lr this epoch trains with.
+        self._epoch_lr = self.optimizers().param_groups[0]["lr"]
+
+    def on_validation_epoch_start(self) -> None:
+        self._reset("val")
+
+    def _reduced(self, stage: str) -> dict[str, float]:
+        stats = self._stats[stage].to(self.device)
+        if self.trainer.world_size > 1:
+            stats = self.trainer.strategy.reduce(stats, reduce_op="sum")
+        return epoch_metrics(stats.cpu())
+
+    def on_validation_epoch_end(self) -> None:
+        values = self._reduced("val")
+        for name in ("dice", "iou", "pixel_accuracy", "competition_dice"):
+            self.log(f"val/{name}", values[name], sync_dist=False)
+        self._last_val = values
+
+    def on_train_epoch_end(self) -> None:
+        values = self._reduced("train")
+        for name in ("dice", "iou", "pixel_accuracy"):
+            self.log(f"train/{name}", values[name], sync_dist=False)
+        val = getattr(self, "_last_val", None) or {}
+        self.epoch_rows.append(
+            {
+                "epoch": self.current_epoch,
+                "train_loss": values["loss"],
+                "train_dice": values["dice"],
+                "val_loss": val.get("loss", math.nan),
+                "val_dice": val.get("dice", math.nan),
+                "val_iou": val.get("iou", math.nan),
+                "val_pixel_accuracy": val.get("pixel_accuracy", math.nan),
+                "val_competition_dice": val.get("competition_dice", math.nan),
+                "lr": self._epoch_lr,
+            }
+        )
+        if self.metrics_path is not None and self.trainer.is_global_zero:
+            write_metrics_csv(self.metrics_path, self.epoch_rows)
+
+    def configure_optimizers(self) -> dict:
+        o = self.config.optim
+        optimizer = torch.optim.Adam(self.parameters(), lr=o.lr, weight_decay=o.weight_decay)
+        if o.scheduler == "plateau":
+            scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
+                optimizer, mode="max", factor=o.lr_factor, patience=o.lr_patience
+            )
+            return {
+                "optimizer": optimizer,
+                "lr_scheduler": {
+                    "scheduler": scheduler,
+                    "monitor": "val/dice",
+                    "interval": "epoch",
+                },
+            }
+        lr_lambda = functools.partial(
+            warmup_cosine, warmup=o.warmup_epochs, total=self.config.trainer.epochs
+        )
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda)
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"},
+        }
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["ptxseg"] = {"config": self.config.to_dict(), "operating_point": None}
+        checkpoint["ptxseg_epoch_rows"] = list(self.epoch_rows)
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self.epoch_rows = list(checkpoint.get("ptxseg_epoch_rows", []))
+
+
+def warmup_cosine(epoch: int, warmup: int, total: int) -> float:
+    """Learning-rate factor: linear warm-up over `warmup` epochs, then cosine decay towards 0."""
+    if epoch < warmup:
+        return (epoch + 1) / (warmup + 1)
+    span = max(1, total - warmup)
+    return 0.5 * (1.0 + math.cos(math.pi * min(epoch - warmup, span) / span))
+
+
+class ShardSampler(Sampler[int]):
+    """Validation order for one process of several: every `world`-th image, no padding."""
+
+    def __init__(self, length: int, rank: int, world: int) -> None:
+        self.indices = list(range(rank, length, world))
+
+    def __iter__(self):
+        return iter(self.indices)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+
+def build_transform(strategy: str, size: int):
+    """The named augmentation from `ptxseg.augment`; `none` works without it."""
+    try:
+        from ptxseg.augment import build_transform as build
+    except ImportError:
+        if strategy == "none":
+            return None
+        raise ValueError(
+            f"augmentation {strategy!r} needs ptxseg.augment, which is not available; "
+            f"use --aug none"
+        ) from None
+    return build(strategy, size)
+
+
+class SegmentationDataModule(L.LightningDataModule):
+    """Train and validation loaders over the cache; the positive-fraction sampler shards per rank.
+
+    Datasets can be passed in (any dataset of `{"image", "mask", "image_id"}` items with a
+    `has_pneumothorax` array); otherwise they are read from `config.data.work`.
+    """
+
+    def __init__(
+        self,
+        config: TrainConfig,
+        train_dataset: Dataset | None = None,
+        val_dataset: Dataset | None = None,
+    ) -> None:
+        super().__init__()
+        self.config = config
+        self.train_dataset, self.val_dataset = train_dataset, val_dataset
+
+    def setup(self, stage: str | None = None) -> None:
+        d = self.config.data
+        if self.train_dataset is None or self.val_dataset is None:
+            from ptxseg.data import SegmentationDataset
+
+            if not d.work:
+                raise ValueError("no training data: set --data WORK (a `ptxseg prepare` folder)")
+            if self.train_dataset is None:
+                transform = build_transform(d.aug, d.size)
+                self.train_dataset = SegmentationDataset(d.work, "train", d.size, transform)
+            if self.val_dataset is None:
+                self.val_dataset = SegmentationDataset(d.work, "val", d.size)
+
+    def _rank_world(self) -> tuple[int, int]:
+        trainer = self.trainer
+        return (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
+
+    def _loader(self, dataset: Dataset, sampler: Sampler, drop_last: bool) -> DataLoader:
+        from lightning.fabric.utilities.seed import pl_worker_init_function
+
+        d = self.config.data
+        rank, _ = self._rank_world()
+        return DataLoader(
+            dataset,
+            batch_size=d.batch_size,
+            sampler=sampler,
+            num_workers=d.workers,
+            pin_memory=torch.cuda.is_available(),
+            drop_last=drop_last,
+            persistent_workers=d.workers > 0,
+            worker_init_fn=functools.partial(pl_worker_init_function, rank=rank),
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        from ptxseg.data import PositiveFractionSampler
+
+        d = self.config.data
+        rank, world = self._rank_world()
+        sampler = PositiveFractionSampler(
+            np.asarray(self.train_dataset.has_pneumothorax),
+            positive_fraction=d.positive_fraction,
+            num_samples=d.samples_per_epoch,
+            seed=self.config.trainer.seed,
+            num_replicas=world,
+            rank=rank,
+        )
+        # A last batch of one image would break BatchNorm; drop it when there are full batches.
+        return self._loader(self.train_dataset, sampler, drop_last=len(sampler) > d.batch_size)
+
+    def val_dataloader(self) -> DataLoader:
+        rank, world = self._rank_world()
+        sampler = ShardSampler(len(self.val_dataset), rank, world)
+        return self._loader(self.val_dataset, sampler, drop_last=False)

@@ -1,0 +1,218 @@
+"""`fit(config)`: one training run with Lightning, written to a run folder.
+
+The run folder holds `config.yaml` (the resolved config), `checkpoints/best.ckpt` and
+`checkpoints/last.ckpt` (each rebuilds its model alone, see `ptxseg.model.load_model`),
+`metrics.csv` (one tidy row per epoch), `logs/` (CSV and TensorBoard logs of Lightning) and
+`train_summary.json` (best epoch, speed, memory, and the all-empty baseline to compare with).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import resource
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from torch.utils.data import Dataset
+
+from ptxseg import metrics
+from ptxseg.config import TrainConfig, save_config
+from ptxseg.lit_module import (
+    SegmentationDataModule,
+    SegmentationModule,
+    atomic_write,
+    write_metrics_csv,
+)
+
+
+class RunRecorder(L.Callback):
+    """Times the training batches (images/s over all processes), excluding validation."""
+
+    def __init__(self, run_dir: Path) -> None:
+        self.run_dir = run_dir
+        self.train_seconds = 0.0
+        self.train_images = 0
+        self._t0 = 0.0
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        self._t0 = time.perf_counter()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if torch.cuda.is_available() and pl_module.device.type == "cuda":
+            torch.cuda.synchronize(pl_module.device)
+        self.train_seconds += time.perf_counter() - self._t0
+        self.train_images += int(batch["image"].shape[0]) * trainer.world_size
+
+
+def empty_baseline(dataset: Dataset) -> dict[str, float]:
+    """Dice and competition Dice of predicting every mask empty on `dataset`."""
+    tp = fp = tn = 0
+    fns = []
+    for i in range(len(dataset)):
+        mask = dataset[i]["mask"] > 0.5
+        fns.append(int(mask.sum()))
+        tn += int(mask.numel() - mask.sum())
+    fn = sum(fns)
+    return {
+        "dice": float(metrics.dice_scores(tp, fp, fn)),
+        "competition_dice": float(metrics.dice_scores([0] * len(fns), [0] * len(fns), fns).mean())
+        if fns
+        else math.nan,
+    }
+
+
+def _accelerator(config: TrainConfig) -> str:
+    accel = config.trainer.accelerator
+    if accel == "auto":
+        return "gpu" if torch.cuda.is_available() else "cpu"
+    return accel
+
+
+def _strategy(config: TrainConfig) -> str:
+    t = config.trainer
+    if t.devices * t.num_nodes > 1:
+        # find_unused_parameters stays off: every parameter takes part in the loss.
+        return "ddp"
+    return "auto"
+
+
+def build_trainer(config: TrainConfig, run_dir: Path) -> tuple[L.Trainer, RunRecorder]:
+    """The Lightning trainer with checkpoints, early stopping, lr monitor, progress and loggers."""
+    from lightning.pytorch.callbacks import (
+        EarlyStopping,
+        LearningRateMonitor,
+        ModelCheckpoint,
+        RichProgressBar,
+    )
+    from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+
+    t = config.trainer
+    recorder = RunRecorder(run_dir)
+    callbacks = [
+        ModelCheckpoint(
+            dirpath=run_dir / "checkpoints",
+            filename="best",
+            monitor="val/dice",
+            mode="max",
+            save_top_k=1,
+            auto_insert_metric_name=False,
+            enable_version_counter=False,
+        ),
+        # `save_last=True` only writes when the best one changed; an unmonitored checkpoint
+        # rewritten every epoch is what --resume needs.
+        ModelCheckpoint(
+            dirpath=run_dir / "checkpoints",
+            filename="last",
+            save_top_k=1,
+            every_n_epochs=1,
+            enable_version_counter=False,
+        ),
+        EarlyStopping(monitor="val/dice", mode="max", patience=config.optim.patience),
+        LearningRateMonitor(logging_interval="epoch"),
+        recorder,
+    ]
+    if t.progress_bar:
+        callbacks.append(RichProgressBar())
+    loggers = [
+        CSVLogger(save_dir=run_dir, name="logs", version="csv"),
+        TensorBoardLogger(save_dir=run_dir, name="logs", version="tensorboard"),
+    ]
+    limit: Any = t.limit_batches
+    if limit is not None and limit > 1:
+        limit = int(limit)
+    trainer = L.Trainer(
+        max_epochs=t.epochs,
+        accelerator=_accelerator(config),
+        devices=t.devices,
+        num_nodes=t.num_nodes,
+        strategy=_strategy(config),
+        precision=t.precision,
+        callbacks=callbacks,
+        logger=loggers,
+        use_distributed_sampler=False,  # the data module shards its own samplers per rank
+        num_sanity_val_steps=0,
+        limit_train_batches=limit,
+        limit_val_batches=limit,
+        log_every_n_steps=1,
+        enable_progress_bar=t.progress_bar,
+        enable_model_summary=False,
+        default_root_dir=run_dir,
+    )
+    return trainer, recorder
+
+
+def fit(
+    config: TrainConfig,
+    train_dataset: Dataset | None = None,
+    val_dataset: Dataset | None = None,
+) -> Path:
+    """Train one model as the config says and return the run folder.
+
+    With `config.trainer.resume` it continues from `checkpoints/last.ckpt` of the same folder, at
+    the saved epoch. Datasets may be passed in; otherwise they are read from `config.data.work`.
+    """
+    run_dir = Path(config.trainer.out)
+    last = run_dir / "checkpoints" / "last.ckpt"
+    if config.trainer.resume and not last.is_file():
+        raise FileNotFoundError(f"cannot resume: {last} not found; train without --resume first")
+    if not config.trainer.resume and last.is_file():
+        raise FileExistsError(
+            f"run folder {run_dir} already holds checkpoints: continue it with --resume, or "
+            f"choose another --out"
+        )
+    L.seed_everything(config.trainer.seed, workers=True, verbose=False)
+    module = SegmentationModule(config)  # resolves the normalisation into the config
+    module.metrics_path = run_dir / "metrics.csv"
+    data = SegmentationDataModule(config, train_dataset, val_dataset)
+    trainer, recorder = build_trainer(config, run_dir)
+    if trainer.is_global_zero:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        save_config(config, run_dir / "config.yaml")
+    start = time.perf_counter()
+    trainer.fit(module, datamodule=data, ckpt_path=str(last) if config.trainer.resume else None)
+    wall = time.perf_counter() - start
+    if trainer.is_global_zero:
+        write_metrics_csv(run_dir / "metrics.csv", module.epoch_rows)
+        summary = _summary(config, module, trainer, recorder, data, wall)
+        atomic_write(run_dir / "train_summary.json", json.dumps(summary, indent=2) + "\n")
+    return run_dir
+
+
+def _peak_rss_mb() -> float:
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 2**20 if sys.platform == "darwin" else peak / 1024
+
+
+def _summary(config, module, trainer, recorder, data, wall: float) -> dict[str, Any]:
+    rows = module.epoch_rows
+    finite = [r for r in rows if not math.isnan(r["val_dice"])]
+    best = max(finite, key=lambda r: r["val_dice"]) if finite else None
+    gpu_mb = (
+        torch.cuda.max_memory_allocated() / 2**20
+        if torch.cuda.is_available() and module.device.type == "cuda"
+        else None
+    )
+    return {
+        "encoder": config.model.encoder,
+        "epochs_run": len(rows),
+        "best_epoch": best["epoch"] if best else None,
+        "best_val_dice": best["val_dice"] if best else None,
+        "best_val_competition_dice": best["val_competition_dice"] if best else None,
+        "wall_time_s": round(wall, 2),
+        "train_images": recorder.train_images,
+        "train_images_per_s": round(recorder.train_images / recorder.train_seconds, 2)
+        if recorder.train_seconds
+        else None,
+        "peak_rss_mb": round(_peak_rss_mb(), 1),
+        "peak_gpu_mb": round(gpu_mb, 1) if gpu_mb is not None else None,
+        "device": str(module.device),
+        "world_size": trainer.world_size,
+        "precision": config.trainer.precision,
+        "empty_baseline_val": empty_baseline(data.val_dataset),
+        "best_checkpoint": "checkpoints/best.ckpt",
+    }

@@ -1,0 +1,183 @@
+"""Training throughput: the real data loader against the model alone, per encoder, in one run.
+
+For each encoder the same model takes `steps` training steps (forward, backward, Adam) twice:
+fed by the real pipeline (memory-mapped cache + augmentation + positive-fraction sampler +
+DataLoader workers) and fed one batch already in memory. The ratio of the two speeds shows how
+much of the training time the loader costs. A failing encoder becomes an `error` cell.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+COLUMNS: dict[str, str] = {
+    "encoder": "Encoder",
+    "size": "Size",
+    "batch_size": "Batch",
+    "workers": "Workers",
+    "aug": "Augmentation",
+    "device": "Device",
+    "steps": "Steps",
+    "loader_images_per_s": "With loader (img/s)",
+    "model_images_per_s": "Model alone (img/s)",
+    "ratio": "Ratio",
+    "loader_overhead_pct": "Loader overhead (%)",
+    "error": "Error",
+}
+
+
+def _sync(device) -> None:
+    import torch
+
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _timed_steps(step: Callable[[dict], None], batches, steps: int, warmup: int, device) -> float:
+    """Seconds for `steps` steps after `warmup` untimed ones; `batches` is an iterator."""
+    for _ in range(warmup):
+        step(next(batches))
+    _sync(device)
+    start = time.perf_counter()
+    for _ in range(steps):
+        step(next(batches))
+    _sync(device)
+    return time.perf_counter() - start
+
+
+def measure_encoder(
+    encoder: str,
+    work: str | Path,
+    size: int,
+    batch_size: int,
+    steps: int,
+    workers: int,
+    aug: str = "full",
+    positive_fraction: float | None = 0.5,
+    device: str = "auto",
+    warmup: int = 2,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """One row: images/s with the real loader and with the model alone on in-memory tensors."""
+    import itertools
+
+    import numpy as np
+    import torch
+    from torch.utils.data import DataLoader
+
+    from ptxseg.config import load_config
+    from ptxseg.data import PositiveFractionSampler, SegmentationDataset
+    from ptxseg.lit_module import build_transform
+    from ptxseg.losses import build_loss
+    from ptxseg.model import build_model
+
+    dev = torch.device(
+        ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
+    )
+    config = load_config(
+        overrides={"model.encoder": encoder, "model.encoder_weights": "none", "data.size": size}
+    )
+    torch.manual_seed(seed)
+    model = build_model(config).to(dev).train()
+    loss_fn = build_loss(config.loss)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
+
+    def step(batch: dict) -> None:
+        image = batch["image"].to(dev, non_blocking=True)
+        mask = batch["mask"].to(dev, non_blocking=True)
+        optimizer.zero_grad(set_to_none=True)
+        loss_fn(model(image), mask).backward()
+        optimizer.step()
+
+    dataset = SegmentationDataset(work, "train", size, build_transform(aug, size))
+    sampler = PositiveFractionSampler(
+        np.asarray(dataset.has_pneumothorax), positive_fraction, (steps + warmup) * batch_size, seed
+    )
+    loader = DataLoader(
+        dataset,
+        batch_size=batch_size,
+        sampler=sampler,
+        num_workers=workers,
+        pin_memory=dev.type == "cuda",
+        drop_last=True,
+    )
+    batches = iter(loader)
+    loader_s = _timed_steps(step, batches, steps, warmup, dev)
+    del batches
+    in_memory = next(iter(loader))
+    in_memory = {k: v.to(dev) for k, v in in_memory.items() if k in ("image", "mask")}
+    model_s = _timed_steps(step, itertools.repeat(in_memory), steps, warmup, dev)
+    loader_ips = steps * batch_size / loader_s
+    model_ips = steps * batch_size / model_s
+    ratio = loader_ips / model_ips
+    return {
+        "loader_images_per_s": round(loader_ips, 2),
+        "model_images_per_s": round(model_ips, 2),
+        "ratio": round(ratio, 3),
+        "loader_overhead_pct": round(100.0 * (1.0 - ratio), 1),
+        "device": str(dev),
+    }
+
+
+def run_training_benchmark(
+    work: str | Path,
+    encoders: Sequence[str],
+    size: int = 256,
+    batch_size: int = 8,
+    steps: int = 10,
+    workers: int = 2,
+    aug: str = "full",
+    positive_fraction: float | None = 0.5,
+    device: str = "auto",
+    on_row: Callable[[dict], None] | None = None,
+) -> list[dict[str, Any]]:
+    """One row per encoder; exceptions become the row's `error` instead of ending the run."""
+    rows = []
+    for encoder in encoders:
+        row: dict[str, Any] = {
+            "encoder": encoder,
+            "size": size,
+            "batch_size": batch_size,
+            "workers": workers,
+            "aug": aug,
+            "steps": steps,
+            "device": device,
+        }
+        try:
+            row.update(
+                measure_encoder(
+                    encoder, work, size, batch_size, steps, workers, aug, positive_fraction, device
+                )
+            )
+        except Exception as error:  # noqa: BLE001  (a benchmark reports, it does not stop)
+            row["error"] = f"{type(error).__name__}: {error}"
+        rows.append(row)
+        if on_row is not None:
+            on_row(row)
+    return rows
+
+
+def write_training_benchmark(rows: Sequence[dict], out_dir: str | Path) -> dict[str, Path]:
+    """`training_benchmark.csv` and `training_benchmark.md` in `out_dir`."""
+    from ptxseg.benchmark import environment_line, rows_to_markdown, write_csv
+    from ptxseg.lit_module import atomic_write
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = {"csv": out_dir / "training_benchmark.csv", "md": out_dir / "training_benchmark.md"}
+    write_csv(paths["csv"], rows, list(COLUMNS))
+    text = (
+        "# Training throughput: data loader vs model alone\n\n"
+        f"{environment_line()}\n\n"
+        + rows_to_markdown(rows, COLUMNS)
+        + "\nBoth columns time the same training steps (forward, backward, Adam) after warm-up."
+        " *With loader*: batches come from the cache through augmentation, the positive-fraction"
+        " sampler and DataLoader workers. *Model alone*: one batch already on the device."
+        " Ratio = with loader / alone; loader overhead = 1 - ratio (share of the time lost to"
+        " loading).\n"
+    )
+    atomic_write(paths["md"], text)
+    return paths
