@@ -212,6 +212,12 @@ def test_outputs_per_image_csv_summary_roc_and_panels(tmp_path):
     assert set(panels["kinds"]) == {"best", "worst", "false_positive"}  # image 5 is all right
     assert "test-5" not in set(panels["image_ids"])
     assert panels["probabilities"].shape == panels["truths"].shape == panels["masks"].shape
+    assert (panels["masks"] == (panels["probabilities"] > 0.5)).all()  # masks = prediction
+    from ptxseg.report import read_panels  # the report reads truth and prediction apart
+
+    groups = {g["category"]: g for g in read_panels(out / "panels.npz")}
+    fp = groups["false_positive"]
+    assert not np.any(fp["truths"]) and all(p.any() for p in fp["predictions"])
     probs = np.load(out / "probs-test.npz")
     assert probs["probabilities"].shape == (6, SIZE, SIZE)
     assert not list(out.glob(".*tmp"))

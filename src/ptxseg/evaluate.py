@@ -6,11 +6,13 @@ checkpoint; searched on the validation split and stored when missing; command-li
 top), and writes into the output folder:
 
 - `per_image.csv`: one row per image (areas, Dice, IoU, maximum probability, detection score);
-- `summary.json`: every metric labelled pooled / per-image / image-level, the operating point and
-  where it came from, the split, the checkpoint, counts and the all-empty baseline;
+- `summary.json`: `metrics` maps each name to {value, kind (pooled / per-image / image-level),
+  description}; the operating point and where it came from, the split, the checkpoint, counts
+  and the all-empty baseline;
 - `roc.csv`: the image-level ROC curve (fpr, tpr, thresholds);
-- `panels.npz`: ~16 chosen images (best, worst, false positives, false negatives) with truth and
-  probability, for figure panels without rerunning the model;
+- `panels.npz`: ~16 chosen images (best, worst, false positives, false negatives): `images`,
+  `truths`, `probabilities` (float16), `masks` (the prediction at the operating point), `kinds`,
+  `image_ids`, `dice`, for figure panels without rerunning the model;
 - `probs-<split>.npz` (only when asked): every probability map of the split.
 """
 

@@ -71,8 +71,10 @@ def evaluate(
         False, help="Also write every probability map (probs-<split>.npz, float16)."
     ),
 ) -> None:
-    """Metrics of a checkpoint on a split: Dice, IoU, pixel accuracy (pooled and per image),
-    detection, ROC; per-image CSV, JSON summary and panels for the report.
+    """Metrics of a checkpoint on a split: Dice, IoU, accuracy (pooled and per image), ROC.
+
+    Writes per_image.csv, summary.json, roc.csv and panels.npz to --out. The operating point
+    is the checkpoint's; without one it is searched on the val split and stored there.
 
     Example: ptxseg evaluate --checkpoint runs/r1/best.ckpt --data work --split test
     --out runs/r1/eval-test --tta hflip
