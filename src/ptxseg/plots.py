@@ -13,7 +13,12 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-CURVE_METRICS = (("loss", "Loss"), ("iou", "IoU"), ("dice", "Dice"))
+CURVE_METRICS = (
+    ("loss", "Loss"),
+    ("iou", "IoU"),
+    ("dice", "Dice"),
+    ("competition_dice", "Competition Dice"),
+)
 
 
 def _pyplot():
@@ -39,7 +44,8 @@ def data_uri(png: bytes) -> str:
 
 
 def curves_png(curves: Mapping[str, Mapping[str, Sequence[float]]], epochs: Sequence[int]) -> bytes:
-    """Training and validation curves side by side (loss, IoU, Dice: the study's figures 3-4).
+    """Training and validation curves side by side (loss, IoU, Dice: the study's figures 3-4;
+    the competition Dice when logged).
 
     `curves[metric][split]` is one value per epoch (NaN where not logged), split `train`/`val`.
     """

@@ -76,7 +76,8 @@ def is_eval_dir(path: Path) -> bool:
 
 
 def find_evals(run: Path) -> dict[str, Path]:
-    """Evaluation folders of a run: `RUN/eval/<split>/`, or `RUN/eval/` itself."""
+    """Evaluation folders of a run: `RUN/eval/<split>/` (the layout `ptxseg demo` and `ablate`
+    write), `RUN/eval/` itself, or `RUN/eval-*/` next to the run's files."""
     root = run / "eval"
     found: dict[str, Path] = {}
     if root.is_dir():
@@ -85,6 +86,10 @@ def find_evals(run: Path) -> dict[str, Path]:
                 found[sub.name] = sub
         if not found and is_eval_dir(root):
             found[_split_of(root)] = root
+    for sub in sorted(run.glob("eval-*")):
+        if sub.is_dir() and is_eval_dir(sub):
+            split = _split_of(sub)
+            found[split if split not in found else sub.name] = sub
     return found
 
 
@@ -204,66 +209,79 @@ def flatten_summary(summary: dict, prefix: str = "") -> dict[str, object]:
 
 
 def metric_kind(key: str) -> tuple[str, str]:
-    """(kind, description) of a summary key: pooled, per-image, image-level or other."""
+    """(kind, description) of a metric name: pooled, per-image, image-level or other."""
     try:
         from ptxseg.metrics import METRIC_KINDS
     except ImportError:
         METRIC_KINDS = {}
-    base = key.rsplit(".", 1)[-1]
-    if base in METRIC_KINDS:
-        return METRIC_KINDS[base]
-    if base.endswith("_pooled"):
+    if key in METRIC_KINDS:
+        return METRIC_KINDS[key]
+    if key.endswith("_pooled"):
         return "pooled", ""
-    if base.endswith("_per_image"):
+    if key.endswith("_per_image"):
         return "per-image", ""
     return "other", ""
 
 
-def read_panels(path: Path) -> list[dict]:
-    """Panel groups from `panels.npz`: [{category, images, truths, predictions, titles}].
+def summary_metrics(summary: dict) -> dict[str, tuple[str, float, str]]:
+    """name -> (kind, value, description) from evaluate's summary.json, whose `metrics` maps each
+    name to {value, kind, description}; a flat {name: value} summary is accepted too."""
+    out: dict[str, tuple[str, float, str]] = {}
+    nested = summary.get("metrics")
+    if isinstance(nested, dict):
+        for name, entry in nested.items():
+            if isinstance(entry, dict):
+                kind, text = metric_kind(name)
+                out[name] = (
+                    str(entry.get("kind", kind)),
+                    _float(entry.get("value")),
+                    str(entry.get("description", text)),
+                )
+        return out
+    for name, value in summary.items():
+        kind, text = metric_kind(name)
+        if kind != "other" or name == "roc_auc":
+            out[name] = (kind, _float(value), text)
+    return out
 
-    Accepted keys: `images`, `masks` or `truths`, `predictions`/`preds`/`pred_masks`, optional
-    `categories`, `image_ids`, `dice` (one entry per panel).
-    """
+
+SUMMARY_INFO = (
+    "split",
+    "encoder",
+    "input_size",
+    "tta",
+    "detection_score",
+    "operating_point_description",
+    "operating_point_source",
+    "checkpoint",
+)
+
+
+def read_panels(path: Path) -> list[dict]:
+    """Panel groups from evaluate's `panels.npz`: [{category, images, truths, predictions,
+    titles}] in figure order. Arrays: `images` (uint8), `truths` (ground truth), `masks` (the
+    prediction at the operating point), `kinds`, `image_ids`, `dice`."""
     with np.load(path, allow_pickle=False) as data:
         keys = set(data.files)
-
-        def first(*names):
-            for name in names:
-                if name in keys:
-                    return data[name]
-            return None
-
-        images = first("images", "image")
-        truths = first("masks", "truths", "truth", "ground_truth", "gt")
-        preds = first("predictions", "preds", "pred_masks", "prediction", "pred")
-        if images is None or truths is None or preds is None:
+        required = {"images", "truths", "masks"}
+        if not required <= keys:
             raise ValueError(
-                f"{path}: expected arrays images, masks and predictions; found {sorted(keys)}"
+                f"{path}: expected arrays {sorted(required)} (from ptxseg evaluate); "
+                f"found {sorted(keys)}"
             )
+        images, truths, preds = data["images"], data["truths"], data["masks"]
         n = len(images)
-        categories = first("categories", "category", "kinds", "kind")
-        categories = [str(c) for c in categories] if categories is not None else ["examples"] * n
-        ids = first("image_ids", "ids")
-        dice = first("dice", "dices")
-        probs = first("probabilities", "probs")
-    preds = np.asarray(preds)
-    if preds.dtype.kind == "f" and probs is None:
-        preds = preds >= 0.5
+        kinds = [str(k) for k in data["kinds"]] if "kinds" in keys else ["examples"] * n
+        ids = [str(i) for i in data["image_ids"]] if "image_ids" in keys else None
+        dice = data["dice"] if "dice" in keys else None
     groups: dict[str, dict] = {}
     for i in range(n):
-        title = str(ids[i]) if ids is not None else f"#{i}"
+        title = ids[i] if ids is not None else f"#{i}"
         if dice is not None:
             title += f"\nDice {float(dice[i]):.3f}"
         group = groups.setdefault(
-            categories[i],
-            {
-                "category": categories[i],
-                "images": [],
-                "truths": [],
-                "predictions": [],
-                "titles": [],
-            },
+            kinds[i],
+            {"category": kinds[i], "images": [], "truths": [], "predictions": [], "titles": []},
         )
         group["images"].append(np.squeeze(images[i]))
         group["truths"].append(np.squeeze(truths[i]).astype(bool))
@@ -404,35 +422,30 @@ def metrics_section(split: str, eval_dir: Path) -> str:
     if summary is None:
         parts.append(missing(f"no readable summary.json in {eval_dir}"))
     else:
-        flat = flatten_summary(summary)
-        rows = []
-        others = []
-        for key, value in flat.items():
-            kind, description = metric_kind(key)
-            if kind == "other":
-                others.append([key, value])
-                continue
-            badge = Raw(f'<span class="kind {kind}">{esc(kind)}</span>')
-            rows.append([key, badge, value, description])
+        info = [[k, summary[k]] for k in SUMMARY_INFO if summary.get(k) not in (None, "")]
+        info += [[f"images: {k[2:]}", v] for k, v in (summary.get("counts") or {}).items()]
+        if info:
+            parts.append(table(["evaluation", "value"], info, left=2))
         order = {"pooled": 0, "per-image": 1, "image-level": 2}
-        rows.sort(key=lambda r: order.get(str(r[1]).split(">")[1].split("<")[0], 3))
+        metrics = sorted(summary_metrics(summary).items(), key=lambda kv: order.get(kv[1][0], 3))
+        rows = [
+            [name, Raw(f'<span class="kind {esc(kind)}">{esc(kind)}</span>'), value, text]
+            for name, (kind, value, text) in metrics
+        ]
         parts.append(
             "<p>Pooled metrics sum pixel counts over the whole split; per-image metrics average"
             " one value per image (the competition Dice is the per-image mean, an empty truth"
             " with an empty prediction counting 1).</p>"
         )
-        parts.append(table(["metric", "kind", "value", "meaning"], rows, left=2, text_cols=1))
-        if others:
-            parts.append(table(["other", "value"], others))
+        if rows:
+            parts.append(table(["metric", "kind", "value", "meaning"], rows, left=2, text_cols=1))
+        else:
+            parts.append(missing(f"{eval_dir / 'summary.json'}: no metrics found"))
     roc = eval_dir / "roc.csv"
     if roc.is_file():
         try:
             fpr, tpr = read_roc(roc)
-            auc = _float(
-                (summary or {}).get(
-                    "roc_auc", flatten_summary(summary or {}).get("metrics.roc_auc")
-                )
-            )
+            auc = summary_metrics(summary or {}).get("roc_auc", ("", math.nan, ""))[1]
             parts.append(
                 "<h3>ROC: is there a pneumothorax?</h3>" + img(plots.roc_png(fpr, tpr, auc), "ROC")
             )
@@ -487,10 +500,11 @@ def runs_overview(runs: list[RunInfo]) -> str:
         model = run.config.get("model") or {}
         data = run.config.get("data") or {}
         for split, eval_dir in (run.evals or {"–": None}).items():
-            flat = flatten_summary(_read_json(eval_dir / "summary.json") or {}) if eval_dir else {}
+            summary = (_read_json(eval_dir / "summary.json") or {}) if eval_dir else {}
+            values = {name: entry[1] for name, entry in summary_metrics(summary).items()}
 
-            def pick(key, flat=flat):
-                return next((v for k, v in flat.items() if k.rsplit(".", 1)[-1] == key), math.nan)
+            def pick(key, values=values):
+                return values.get(key, math.nan)
 
             rows.append(
                 [
