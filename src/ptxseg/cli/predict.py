@@ -1,3 +1,184 @@
 """Commands: predict, export, benchmark-runtime."""
 
-from ptxseg.cli.app import app  # noqa: F401
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+
+import typer
+
+from ptxseg.cli.app import app
+
+
+def _operating_point(stored: dict, threshold, top, bottom, min_area) -> dict:
+    """The stored operating point with the command line's overrides, validated."""
+    from ptxseg.metrics import OperatingPoint
+
+    op = dict(stored)
+    if threshold is not None:
+        op["top"] = op["bottom"] = threshold
+    for key, value in (("top", top), ("bottom", bottom), ("min_area", min_area)):
+        if value is not None:
+            op[key] = value
+    return OperatingPoint.from_dict(op).to_dict()
+
+
+def _device(device: str) -> str:
+    """`cuda` becomes `cuda:LOCAL_RANK` under torchrun, so each rank uses its own GPU."""
+    if device == "cuda" and "LOCAL_RANK" in os.environ:
+        return f"cuda:{os.environ['LOCAL_RANK']}"
+    return device
+
+
+@app.command()
+def predict(
+    inputs: list[Path] = typer.Argument(
+        ..., help="DICOM, PNG or JPEG files and folders (searched recursively), mixed."
+    ),
+    checkpoint: Path = typer.Option(
+        ..., "--checkpoint", "-c", help="A .ckpt from `ptxseg train` or an .onnx from export."
+    ),
+    out: Path = typer.Option(..., "--out", "-o", help="Output folder."),
+    runtime: str = typer.Option("torch", help="torch, onnxruntime or openvino."),
+    precision: str = typer.Option(
+        "fp32", help="fp32, bf16 (torch, openvino) or int8 (onnxruntime, openvino)."
+    ),
+    batch_size: int = typer.Option(4, help="Images per model call."),
+    device: str = typer.Option("cpu", help="cpu or cuda (torch runtime)."),
+    threshold: float | None = typer.Option(
+        None, help="Plain threshold (top = bottom) overriding the stored operating point."
+    ),
+    top: float | None = typer.Option(None, help="Override the operating point's top threshold."),
+    bottom: float | None = typer.Option(None, help="Override the operating point's bottom."),
+    min_area: int | None = typer.Option(
+        None, help="Override min_area (pixels above top at the model size to keep a mask)."
+    ),
+    seg: bool = typer.Option(False, "--seg", help="Also write a DICOM SEG per positive DICOM."),
+    explain: bool = typer.Option(False, "--explain", help="Also write Grad-CAM heatmap PNGs."),
+    shard: str | None = typer.Option(
+        None,
+        help="'i/n': predict the i-th of n shards of the sorted inputs (0-based); 'auto' "
+        "reads torchrun's RANK/WORLD_SIZE or a Slurm array's task id and count.",
+    ),
+    workers: int = typer.Option(2, help="Threads decoding and writing beside the model."),
+    overwrite: bool = typer.Option(
+        False, "--overwrite", help="Predict images again even when their findings exist."
+    ),
+    int8_calibration: int = typer.Option(
+        8, help="int8: calibrate on this many of the (unsharded, sorted) inputs."
+    ),
+) -> None:
+    """Predict masks, overlays and findings for chest X-rays; write summary and submission CSVs.
+
+    Example: ptxseg predict scans/ --checkpoint best.ckpt --out results/ --seg
+    """
+    from rich.console import Console
+
+    from ptxseg.dicom import DicomHeaderWarning
+    from ptxseg.pipeline import collect_inputs, parse_shard, predict_files
+    from ptxseg.pipeline import shard as take_shard
+    from ptxseg.predict import Predictor
+
+    console = Console(stderr=True)
+    # Invalid header values are frequent in real data; each image's findings JSON lists them.
+    warnings.filterwarnings("ignore", category=DicomHeaderWarning)
+    try:
+        index, count = parse_shard(shard)
+        files = collect_inputs(inputs)
+    except (ValueError, FileNotFoundError) as err:
+        raise typer.BadParameter(str(err)) from None
+    if not files:
+        raise typer.BadParameter(
+            f"no DICOM, PNG or JPEG files found in {', '.join(map(str, inputs))}"
+        )
+    calibration = None
+    if precision == "int8":
+        calibration = _calibration_images(files[:int8_calibration])
+    try:
+        predictor = Predictor(
+            checkpoint,
+            runtime=runtime,
+            device=_device(device),
+            precision=precision,
+            batch_size=batch_size,
+            calibration=calibration,
+        )
+        predictor.operating_point = _operating_point(
+            predictor.operating_point, threshold, top, bottom, min_area
+        )
+    except (ValueError, FileNotFoundError, ImportError) as err:
+        console.print(f"[red]error:[/red] {err}")
+        raise typer.Exit(2) from None
+    mine = take_shard(files, index, count)
+    console.print(
+        f"{len(mine)} of {len(files)} inputs (shard {index}/{count}); {runtime} {precision}, "
+        f"{predictor.encoder} at {predictor.input_size}, operating point "
+        f"{predictor.operating_point}"
+    )
+    result = predict_files(
+        predictor,
+        mine,
+        out,
+        seg=seg,
+        explain=explain,
+        workers=workers,
+        skip_existing=not overwrite,
+        shard_index=index,
+        shard_count=count,
+    )
+    positives = sum(1 for r in result.rows if str(r.get("pneumothorax")) == "True")
+    console.print(
+        f"predicted {result.predicted}, skipped (already done) {result.skipped}, "
+        f"errors {result.errors}; {positives} with pneumothorax. Results in {out}"
+    )
+    for row in result.rows:
+        if row["status"] == "error":
+            console.print(f"[yellow]error[/yellow] {row['file']}: {row['error']}")
+
+
+def _calibration_images(files):
+    from ptxseg.pipeline import _load
+
+    images = []
+    for path in files:
+        try:
+            images.append(_load(path)[0])
+        except Exception:  # noqa: BLE001 - unreadable files are reported by the run itself
+            continue
+    return images or None
+
+
+@app.command()
+def export(
+    checkpoint: Path = typer.Option(..., "--checkpoint", "-c", help="A .ckpt from `ptxseg train`."),
+    format: str = typer.Option("onnx", "--format", help="Export format (onnx)."),
+    out: Path | None = typer.Option(None, "--out", "-o", help="Output file (default: CKPT.onnx)."),
+    opset: int = typer.Option(17, help="ONNX opset version."),
+    int8: bool = typer.Option(
+        False, "--int8", help="Also write an int8 (static QDQ) copy next to it (*.int8.onnx)."
+    ),
+) -> None:
+    """Export a checkpoint to ONNX (dynamic batch, [0, 1] input, logits) with a parity check.
+
+    Example: ptxseg export --checkpoint best.ckpt --format onnx --out model.onnx
+    """
+    from ptxseg.export import ParityError, export_onnx, quantize_onnx
+    from ptxseg.model import load_model
+
+    if format != "onnx":
+        raise typer.BadParameter(f"--format {format!r}: only 'onnx' is supported")
+    target = out or checkpoint.with_suffix(".onnx")
+    try:
+        model = load_model(checkpoint)
+        info = export_onnx(model, target, opset=opset)
+    except (ParityError, ValueError, FileNotFoundError) as err:
+        typer.echo(f"error: {err}", err=True)
+        raise typer.Exit(1) from None
+    typer.echo(
+        f"wrote {target} ({info['encoder']} at {info['input_size']}, opset {opset}); parity vs "
+        f"PyTorch: max probability difference {info['max_probability_difference']:.2e}"
+    )
+    if int8:
+        q = quantize_onnx(target, target.with_suffix(".int8.onnx"))
+        typer.echo(f"wrote {q} (int8, calibrated on synthetic images)")

@@ -1,0 +1,124 @@
+"""Folder prediction: every output, corrupt files reported, shards, reruns, the CLI."""
+
+import csv
+import json
+import shutil
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from predict_helpers import RegionModel, make_checkpoint
+
+from ptxseg.cli import main
+from ptxseg.outputs import read_mask
+from ptxseg.pipeline import collect_inputs, parse_shard, predict_files, shard
+from ptxseg.predict import Predictor
+from ptxseg.rle import rle_decode
+
+
+def _pngs(folder: Path, n: int, shape=(80, 96)) -> list[Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    paths = []
+    for i in range(n):
+        path = folder / f"img{i}.png"
+        cv2.imwrite(str(path), (rng.random(shape) * 255).astype(np.uint8))
+        paths.append(path)
+    return paths
+
+
+def _rows(path: Path) -> list[dict]:
+    with open(path, newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def test_folder_run_writes_every_output_and_reports_a_corrupt_file(tmp_path):
+    _pngs(tmp_path / "in" / "sub", 3)
+    (tmp_path / "in" / "broken.png").write_bytes(b"not an image")
+    files = collect_inputs([tmp_path / "in"])
+    assert [p.name for p in files] == ["broken.png", "img0.png", "img1.png", "img2.png"]
+    result = predict_files(Predictor(RegionModel()), files, tmp_path / "out", progress=False)
+    assert (result.predicted, result.errors) == (3, 1)
+    rows = {r["image_id"]: r for r in _rows(tmp_path / "out" / "summary.csv")}
+    assert rows["broken"]["status"] == "error" and "broken.png" in rows["broken"]["error"]
+    sub = {r["ImageId"]: r["EncodedPixels"] for r in _rows(tmp_path / "out" / "submission.csv")}
+    assert set(sub) == {"img0", "img1", "img2"}
+    for image_id in sub:
+        mask = read_mask(tmp_path / "out" / "masks" / f"{image_id}.png")
+        assert mask.shape == (80, 96) and mask.any()
+        np.testing.assert_array_equal(rle_decode(sub[image_id], 80, 96), mask)
+        findings = json.loads((tmp_path / "out" / "findings" / f"{image_id}.json").read_text())
+        assert findings["pneumothorax"] is True and findings["area_px"] == int(mask.sum())
+        assert rows[image_id]["status"] == "ok" and rows[image_id]["side"] == findings["side"]
+        overlay = cv2.imread(str(tmp_path / "out" / "overlays" / f"{image_id}.png"))
+        assert overlay.shape == (80, 96, 3)
+    assert not list((tmp_path / "out").rglob("*.tmp"))
+
+
+def test_rerun_skips_finished_images(tmp_path):
+    files = _pngs(tmp_path / "in", 3)
+    out = tmp_path / "out"
+    predict_files(Predictor(RegionModel()), files, out, progress=False)
+    (out / "findings" / "img1.json").unlink()
+    stamp = (out / "masks" / "img0.png").stat().st_mtime_ns
+    again = predict_files(Predictor(RegionModel()), files, out, progress=False)
+    assert (again.predicted, again.skipped, again.errors) == (1, 2, 0)
+    assert (out / "masks" / "img0.png").stat().st_mtime_ns == stamp
+    assert len(_rows(out / "summary.csv")) == 3 and len(_rows(out / "submission.csv")) == 3
+
+
+@pytest.mark.parametrize("count", [1, 2, 3, 7])
+def test_shards_cover_every_file_exactly_once(count):
+    files = [Path(f"/x/{name}.dcm") for name in "qwertyuiopasdfg"]
+    parts = [shard(files, i, count) for i in range(count)]
+    flat = [p for part in parts for p in part]
+    assert sorted(flat) == sorted(files) and len(flat) == len(set(flat))
+    assert parts == [shard(list(reversed(files)), i, count) for i in range(count)]
+
+
+def test_parse_shard(monkeypatch):
+    assert parse_shard("1/4") == (1, 4) and parse_shard(None) == (0, 1)
+    monkeypatch.setenv("SLURM_ARRAY_TASK_ID", "2")
+    monkeypatch.setenv("SLURM_ARRAY_TASK_COUNT", "3")
+    assert parse_shard("auto") == (2, 3)
+    for bad in ("4/4", "x", "1/0"):
+        with pytest.raises(ValueError, match="--shard"):
+            parse_shard(bad)
+
+
+def test_cli_on_real_dicoms_with_seg(siim_real, tmp_path):
+    src = siim_real / "vishakhnair16-stage2-test"
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    for name in ("ID_0011fe81e.dcm", "ID_004d6fbb6.dcm"):
+        shutil.copy(src / name, inputs / name)
+    txv = next((siim_real / "torchxrayvision").glob("1.2.276*.dcm"))
+    ckpt = make_checkpoint(
+        tmp_path / "m.ckpt", "resnet50", 64, {"top": 0.0, "bottom": 0.0, "min_area": 0}
+    )
+    out = tmp_path / "out"
+    with pytest.raises(SystemExit) as done:
+        main(
+            [
+                "predict",
+                str(inputs),
+                str(txv),
+                "-c",
+                str(ckpt),
+                "-o",
+                str(out),
+                "--seg",
+                "--shard",
+                "0/1",
+            ]
+        )
+    assert done.value.code in (0, None)
+    rows = _rows(out / "summary.csv")
+    assert [r["status"] for r in rows] == ["ok"] * 3
+    for row in rows:  # threshold 0: everything positive, so each DICOM gets a SEG
+        findings = json.loads((out / "findings" / f"{row['image_id']}.json").read_text())
+        assert findings["area_cm2"] == pytest.approx(
+            1024 * 1024 * findings["pixel_spacing_mm"][0] ** 2 / 100, rel=1e-3
+        )
+        assert Path(findings["seg_file"]).is_file()

@@ -1,0 +1,97 @@
+"""Predictor: resizing, the operating point, alignment at the original size, runtimes, Grad-CAM."""
+
+import warnings
+
+import numpy as np
+import pytest
+from predict_helpers import RegionModel, TinyUnet, make_checkpoint
+
+from ptxseg.metrics import OperatingPoint
+from ptxseg.predict import Predictor, keep_mask
+
+
+def test_mask_comes_back_aligned_at_the_original_size():
+    # model grid 64: region cols 8:24, rows 16:40 -> original 128 x 256 (H x W) scales by 2 and 4
+    pred = Predictor(RegionModel(box=(8, 16, 24, 40))).predict(
+        np.zeros((128, 256), np.float32), {"ImageId": "a", "ViewPosition": "PA"}
+    )
+    assert pred.mask.shape == pred.probability.shape == (128, 256)
+    x0, y0, x1, y1 = pred.findings["bbox"]
+    assert abs(x0 - 32) <= 2 and abs(x1 - 96) <= 2 and abs(y0 - 32) <= 1 and abs(y1 - 80) <= 1
+    assert pred.findings["side"] == "right"  # image left, PA view
+    assert pred.findings["probability"] == pytest.approx(1 / (1 + np.exp(-8)), abs=1e-5)
+
+
+def test_stored_operating_point_gates_small_masks():
+    small = RegionModel(box=(0, 0, 2, 2), operating_point=OperatingPoint(0.5, 0.5, 10))
+    pred = Predictor(small).predict(np.zeros((64, 64), np.float32))
+    assert not pred.mask.any() and pred.findings["pneumothorax"] is False
+    override = Predictor(small, operating_point={"top": 0.5, "bottom": 0.5, "min_area": 4})
+    assert override.predict(np.zeros((64, 64), np.float32)).mask.sum() == 4
+
+
+def test_keep_mask_matches_operating_point_apply():
+    rng = np.random.default_rng(0)
+    for min_area in (0, 5, 50, 4000):
+        prob = rng.random((64, 64)).astype(np.float32) ** 4
+        op = OperatingPoint(0.8, 0.3, min_area)
+        assert keep_mask(prob, op.to_dict()) == bool(op.apply(prob).any())
+
+
+def test_checkpoint_predictor_batches_and_matches_single():
+    model = TinyUnet()
+    p = Predictor(model, batch_size=2)
+    images = [np.random.default_rng(i).random((70 + i, 90), np.float32) for i in range(3)]
+    batch = p.predict_batch(images, [{}] * 3)
+    for image, got in zip(images, batch, strict=True):
+        assert got.probability.shape == image.shape
+        np.testing.assert_allclose(got.probability, p.predict(image).probability, atol=1e-5)
+
+
+def test_loads_a_real_checkpoint_with_its_operating_point(tmp_path):
+    ckpt = make_checkpoint(
+        tmp_path / "m.ckpt", "resnet50", 64, {"top": 0.7, "bottom": 0.4, "min_area": 5}
+    )
+    p = Predictor(ckpt)
+    assert (p.encoder, p.input_size) == ("resnet50", 64)
+    assert p.operating_point == {"top": 0.7, "bottom": 0.4, "min_area": 5}
+    out = p.predict(np.random.default_rng(0).random((100, 80), np.float32))
+    assert out.mask.shape == (100, 80) and np.isfinite(out.probability).all()
+
+
+@pytest.mark.parametrize(
+    ("runtime", "precision", "tol"),
+    [("torch", "bf16", 0.05), ("onnxruntime", "fp32", 1e-4), ("onnxruntime", "int8", 0.1)],
+)
+def test_runtimes_agree_with_torch_fp32(runtime, precision, tol):
+    model = TinyUnet()
+    image = np.random.default_rng(1).random((64, 64), np.float32)
+    ref = Predictor(model).predict(image).probability
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        p = Predictor(model, runtime=runtime, precision=precision, calibration=[image])
+        got = p.predict(image).probability
+    assert np.abs(got - ref).max() < tol, np.abs(got - ref).max()
+
+
+def test_unsupported_combinations_say_what_to_use(tmp_path):
+    with pytest.raises(ValueError, match="onnxruntime or openvino for int8"):
+        Predictor(TinyUnet(), runtime="torch", precision="int8")
+    with pytest.raises(ValueError, match="unknown runtime 'tensorrt'"):
+        Predictor(TinyUnet(), runtime="tensorrt")
+    with pytest.raises(FileNotFoundError, match="missing.ckpt"):
+        Predictor(tmp_path / "missing.ckpt")
+
+
+def test_grad_cam_highlights_the_image_and_is_normalised():
+    p = Predictor(TinyUnet())
+    cam = p.explain(np.random.default_rng(2).random((96, 80), np.float32))
+    assert cam.shape == (96, 80) and cam.dtype == np.float32
+    assert cam.min() >= 0.0 and cam.max() == pytest.approx(1.0)
+
+
+def test_explain_needs_the_torch_model():
+    p = Predictor.__new__(Predictor)
+    p.model = None
+    with pytest.raises(ValueError, match="PyTorch model"):
+        p.explain(np.zeros((8, 8), np.float32))
