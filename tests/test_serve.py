@@ -7,6 +7,7 @@ import base64
 import io
 import logging
 import threading
+import warnings
 from pathlib import Path
 
 import cv2
@@ -19,7 +20,7 @@ from fastapi.testclient import TestClient
 from ptxseg.findings import compute_findings
 from ptxseg.rle import rle_decode
 from ptxseg.serve import ServeSettings, create_app
-from ptxseg.serve_render import DefaultRenderer
+from ptxseg.serve_render import DefaultRenderer, keep_identifiers_out_of_logs
 
 OP = {"top": 0.5, "bottom": 0.5, "min_area": 0}
 BOX = (slice(10, 20), slice(5, 15))  # rows, cols: left of the image = the patient's right
@@ -209,13 +210,59 @@ def test_seg_endpoint_returns_dicom_and_refuses_raster_input(dicom_bytes, png_by
     assert refused.status_code == 415 and "original DICOM" in refused.json()["detail"]
 
 
-def test_seg_unavailable_is_a_clear_501(dicom_bytes):
+def siim_like_dicom(size: int = 64, image_id: str = "ID_0a1b2c3d4") -> tuple[bytes, str]:
+    """A synthetic SIIM-style DICOM (full patient/study header) with an invalid SOPInstanceUID."""
+    import dataclasses
+
+    from ptxseg import synth
+
+    spec = synth.plan_cases(1, seed=3, positive_fraction=1.0)[0]
+    spec = dataclasses.replace(spec, image_id=image_id)
+    image, _ = synth.render_case(spec, size)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # pydicom warns about the invalid UID it is given
+        return synth.dicom_bytes(spec, image), spec.patient_id
+
+
+def test_real_dicom_seg_matches_the_mask_even_with_invalid_source_uids(tmp_path, caplog):
+    seg_module = pytest.importorskip("ptxseg.seg")
+    data, patient_id = siim_like_dicom()
+    app = create_app(FakePredictor(), ServeSettings(), renderer=DefaultRenderer())
+    with caplog.at_level(logging.DEBUG), warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("default")  # what a server process shows
+        keep_identifiers_out_of_logs()
+        response = TestClient(app).post("/v1/seg", content=data)
+    assert response.status_code == 200, response.text
+    assert response.content[128:132] == b"DICM"
+    (tmp_path / "seg.dcm").write_bytes(response.content)
+    expected = np.zeros((64, 64), bool)
+    expected[BOX] = True
+    assert np.array_equal(seg_module.read_segmentation_mask(tmp_path / "seg.dcm"), expected)
+    for secret in ("ID_0a1b2c3d4", patient_id):
+        assert secret not in caplog.text
+        assert not [w for w in caught if secret in str(w.message)]
+
+
+def test_seg_from_an_incomplete_header_is_422_and_predict_still_answers(dicom_bytes):
+    pytest.importorskip("ptxseg.seg")
+    client = TestClient(create_app(FakePredictor(), ServeSettings(), renderer=DefaultRenderer()))
+    refused = client.post("/v1/seg", content=dicom_bytes)  # no PatientBirthDate, StudyDate, ...
+    assert (
+        refused.status_code == 422
+        and "findings and the mask are still valid" in (refused.json()["detail"])
+    )
+    answer = upload(client, dicom_bytes, include="seg")
+    assert answer.status_code == 200
+    assert "could not be made" in answer.json()["seg"]["error"]
+
+
+def test_seg_unavailable_is_a_clear_501(dicom_bytes, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "ptxseg.seg", None)  # as if highdicom were not installed
     app = create_app(FakePredictor(), ServeSettings(), renderer=DefaultRenderer())
     response = TestClient(app).post("/v1/seg", content=dicom_bytes)
-    if response.status_code == 200:  # this installation writes SEG objects
-        assert response.content[128:132] == b"DICM"
-    else:
-        assert response.status_code == 501 and "SEG" in response.json()["detail"]
+    assert response.status_code == 501 and "highdicom" in response.json()["detail"]
 
 
 # --- refusals ------------------------------------------------------------------------------------

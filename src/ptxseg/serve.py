@@ -9,7 +9,8 @@ a request id and a content hash, never file names or DICOM identifiers.
 Endpoints (see also /openapi.json):
 - `POST /v1/predict[?include=image,overlay,mask,seg]`: findings JSON, the mask as relative
   column-major RLE and as PNG, the input and overlay images as PNG data URLs; `seg` adds a DICOM
-  SEG (base64) for a DICOM input. `include=none` returns findings and RLE only.
+  SEG (base64) for a DICOM input (`{"error": ...}` when its header cannot make one, `null` for
+  PNG/JPEG). `include=none` returns findings and RLE only.
 - `POST /v1/seg`: the DICOM SEG itself (`application/dicom`) for a DICOM upload.
 - `GET /v1/model`: the model card. `GET /healthz`: liveness. `GET /`: the page.
 """
@@ -21,7 +22,6 @@ import logging
 import os
 import time
 import uuid
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -34,10 +34,15 @@ from fastapi import FastAPI, Query, Request
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 
-from ptxseg.dicom import DicomHeaderWarning, ImageReadError, read_image
+from ptxseg.dicom import ImageReadError, read_image
 from ptxseg.rle import rle_encode
 from ptxseg.serve_card import INTENDED_USE
-from ptxseg.serve_render import SegUnavailableError, default_renderer
+from ptxseg.serve_render import (
+    SegBuildError,
+    SegUnavailableError,
+    default_renderer,
+    keep_identifiers_out_of_logs,
+)
 from ptxseg.serve_upload import Upload, UploadError, read_upload
 
 STATIC_DIR = Path(__file__).parent / "static"
@@ -205,7 +210,10 @@ class _Service:
     def seg_entry(self, upload: Upload, prediction: Any, request_id: str) -> dict[str, Any] | None:
         if upload.kind != "dicom":
             return None
-        data = self.renderer.seg_dicom(upload.data, prediction)
+        try:
+            data = self.renderer.seg_dicom(upload.data, prediction)
+        except (SegBuildError, SegUnavailableError) as err:
+            return {"error": str(err)}
         return {
             "filename": f"ptxseg-seg-{request_id}.dcm",
             "media_type": "application/dicom",
@@ -234,7 +242,7 @@ def create_app(
         renderer = default_renderer()
     # Header problems are returned to the client in `input.header_warnings`; a warning in the log
     # would print DICOM identifiers (such as an invalid SOPInstanceUID).
-    warnings.filterwarnings("ignore", category=DicomHeaderWarning)
+    keep_identifiers_out_of_logs()
     service = _Service(predictor, renderer, settings)
     app = FastAPI(
         title="ptxseg",
@@ -326,6 +334,9 @@ def create_app(
         except UploadError as err:
             _log(request_id, upload, err.status, start, None, err.code)
             return _error(err.status, err.code, err.message, request_id)
+        except SegBuildError as err:
+            _log(request_id, upload, 422, start, None, "seg_failed")
+            return _error(422, "seg_failed", str(err), request_id)
         except SegUnavailableError as err:
             _log(request_id, upload, 501, start, None, "seg_unavailable")
             return _error(501, "seg_unavailable", str(err), request_id)

@@ -113,13 +113,13 @@ function showFindings(r) {
   $("dl-json").href = URL.createObjectURL(new Blob([JSON.stringify(json, null, 2)], { type: "application/json" }));
   state.objectUrls.push($("dl-json").href);
   $("dl-json").download = `${stem}-findings.json`;
-  if (r.seg) {
+  $("dl-seg").hidden = !(r.seg && r.seg.base64);
+  if (r.seg && r.seg.base64) {
     $("dl-seg").href = base64ToBlobUrl(r.seg.base64, r.seg.media_type);
     $("dl-seg").download = r.seg.filename;
-    $("dl-seg").hidden = false;
-  } else {
-    $("dl-seg").hidden = true;
   }
+  $("seg-note").textContent = r.seg && r.seg.error ? r.seg.error : "";
+  $("seg-note").hidden = !(r.seg && r.seg.error);
   $("placeholder").hidden = true;
   $("results").hidden = false;
 }
