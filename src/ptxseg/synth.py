@@ -355,9 +355,9 @@ def render_case(spec: CaseSpec, size: int) -> tuple[np.ndarray, list[np.ndarray]
     ap = spec.view_position == "AP"
     frame = _Frame(
         size,
-        zoom=rng.uniform(0.88, 1.06),
+        zoom=rng.uniform(0.84, 1.1),
         angle_deg=rng.normal(0, 3.0 if ap else 1.5),
-        shift=(rng.normal(0, 0.015), rng.uniform(-0.04, 0.04)),
+        shift=(rng.normal(0, 0.015), rng.uniform(-0.05, 0.05)),
     )
     x, y = frame.x, frame.y
     dome_shift = rng.uniform(-0.02, 0.02) + (0.03 if ap else 0.0)
@@ -384,7 +384,8 @@ def render_case(spec: CaseSpec, size: int) -> tuple[np.ndarray, list[np.ndarray]
     for side in sides:
         side.lung_mask &= ~heart & ~knob
         lung |= side.lung_mask
-    dense = (heart | knob | ((u < anat.med_u) & (y > 0.1))).astype(np.float32)
+    upper_heart = heart & (y < hy)  # the lower half hides behind the diaphragm
+    dense = (upper_heart | knob | ((u < anat.med_u) & (y > 0.1))).astype(np.float32)
     density += 0.05 * _blur(dense, frame.px(0.015)) * tissue
     vertebra = 0.8 + 0.2 * np.cos(np.pi * (y - 0.1) / anat.rib_step) ** 2
     density += 0.035 * _smoothstep((0.032 - u) / 0.015) * vertebra * tissue
@@ -402,7 +403,7 @@ def render_case(spec: CaseSpec, size: int) -> tuple[np.ndarray, list[np.ndarray]
     for s in (-1, 1):  # hilar shadows: the pulmonary arteries and bronchi at the lung roots
         vessels += 0.5 * np.exp(-_ellipse(frame, 0.5 + s * 0.1, 0.43, 0.035, 0.06))
     texture = _band_noise(rng, frame, 0.0025, 0.008)
-    markings = 0.075 * vessels + 0.018 * texture
+    markings = 0.08 * vessels + 0.015 * texture
 
     # Pneumothorax: the crescent between chest wall and visceral pleura has no markings.
     regions_mask = np.zeros(lung.shape, bool)
@@ -677,9 +678,9 @@ def plot_samples(out_dir: str | Path, png_path: str | Path, n: int = 6) -> Path:
         image = ds.pixel_array
         mask = rles_to_mask(annotations[image_id], *image.shape)
         axes[0, col].imshow(image, cmap="gray", vmin=0, vmax=255)
-        axes[0, col].set_title(
-            f"{ds.ViewPosition}, {len(annotations[image_id])} region(s)", fontsize=8
-        )
+        k = len(annotations[image_id])
+        finding = f"{k} pneumothorax region{'s' if k > 1 else ''}" if k else "no pneumothorax"
+        axes[0, col].set_title(f"{ds.ViewPosition}, {finding}", fontsize=8)
         axes[1, col].imshow(image, cmap="gray", vmin=0, vmax=255)
         overlay = np.zeros((*mask.shape, 4), np.float32)
         overlay[mask] = (1.0, 0.15, 0.1, 0.55)
