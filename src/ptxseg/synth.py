@@ -696,7 +696,7 @@ def plot_samples(out_dir: str | Path, png_path: str | Path, n: int = 6) -> Path:
     fig.tight_layout()
     png_path.parent.mkdir(parents=True, exist_ok=True)
     tmp = png_path.with_name(f".{png_path.name}.tmp")
-    fig.savefig(tmp, format="png", dpi=110)
+    fig.savefig(tmp, format="png", dpi=80)
     plt.close(fig)
     os.replace(tmp, png_path)
     return png_path
