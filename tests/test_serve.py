@@ -419,11 +419,13 @@ def test_real_predictor_end_to_end(tmp_path, dicom_bytes):
 
     checkpoint = make_checkpoint(tmp_path / "tiny.ckpt", encoder="resnet18", size=64)
     predictor = predict.Predictor(checkpoint)
-    card = build_model_card(checkpoint, runtime={"runtime": "torch", "precision": "fp32"})
+    card = build_model_card(checkpoint, predictor=predictor)
     client = TestClient(create_app(predictor, ServeSettings(model_card=card)))
     model = client.get("/v1/model").json()
     assert model["encoder"] == "resnet18" and model["input_size"] == [64, 64]
     assert model["checkpoint"]["file"] == "tiny.ckpt"
+    assert model["runtime"] == {"runtime": "torch", "precision": "fp32", "device": "cpu"}
+    assert model["operating_point"] == {"top": 0.5, "bottom": 0.5, "min_area": 0}
     response = upload(client, dicom_bytes)
     assert response.status_code == 200, response.text
     body = response.json()
@@ -467,3 +469,31 @@ def test_declared_oversize_is_refused_without_reading_the_body():
     }
     asyncio.run(app(scope, receive, send))
     assert sent[0]["status"] == 413
+
+
+def test_model_card_reads_metrics_and_best_score_from_the_checkpoint():
+    from ptxseg.serve_card import build_model_card
+
+    ckpt = {
+        "epoch": 11,
+        "global_step": 1200,
+        "callbacks": {
+            "ModelCheckpoint{'monitor': 'val/dice', 'mode': 'max'}": {
+                "monitor": "val/dice",
+                "best_model_score": 0.8123456789,
+            }
+        },
+        "ptxseg": {
+            "config": {"model": {"encoder": "resnet50", "aux_head": True}, "data": {"size": 512}},
+            "operating_point": {"top": 0.7, "bottom": 0.4, "min_area": 300},
+            "validation": {"competition_dice": 0.84},
+        },
+    }
+    card = build_model_card(ckpt=ckpt)
+    assert card["encoder"] == "resnet50" and card["input_size"] == [512, 512]
+    assert card["classification_head"] is True
+    assert card["training"]["epochs_completed"] == 11
+    assert card["best_checkpoint_score"] == {"monitor": "val/dice", "value": 0.812346}
+    assert card["validation"] == {"competition_dice": 0.84}
+    assert card["operating_point"]["min_area"] == 300
+    assert "not a diagnosis" in card["intended_use"]

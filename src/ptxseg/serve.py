@@ -399,6 +399,25 @@ def _log(
     )
 
 
+def load_app(
+    checkpoint: str | Path,
+    settings: ServeSettings | None = None,
+    runtime: str = "torch",
+    device: str = "cpu",
+    precision: str = "fp32",
+) -> FastAPI:
+    """Load the model once (and run it once, so the first request is not slower), then the app."""
+    from ptxseg.predict import Predictor
+    from ptxseg.serve_card import build_model_card
+
+    settings = settings or ServeSettings()
+    predictor = Predictor(checkpoint, runtime=runtime, device=device, precision=precision)
+    size = int(getattr(predictor, "input_size", 256))
+    predictor.predict(np.zeros((size, size), np.float32), {})
+    settings.model_card = build_model_card(checkpoint, predictor=predictor)
+    return create_app(predictor, settings)
+
+
 def _version() -> str:
     try:
         from importlib.metadata import version

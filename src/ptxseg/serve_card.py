@@ -76,28 +76,32 @@ def card_from_checkpoint(ckpt: dict[str, Any]) -> dict[str, Any]:
 def build_model_card(
     checkpoint: str | Path | None = None,
     ckpt: dict[str, Any] | None = None,
-    runtime: dict[str, Any] | None = None,
+    predictor: Any = None,
 ) -> dict[str, Any]:
     """The full card: model facts from the checkpoint, how it runs here, intended use, limits.
 
-    `ckpt` is the loaded checkpoint dict (read from `checkpoint` when not given).
+    `ckpt` is the loaded checkpoint dict (read from a `.ckpt` `checkpoint` when not given; an
+    exported `.onnx` has no such dict). `predictor` (a `ptxseg.predict.Predictor`) adds the runtime
+    and the operating point actually in use, which may override the stored one.
     """
     card: dict[str, Any] = {"name": "ptxseg pneumothorax segmentation"}
     if checkpoint is not None:
         path = Path(checkpoint)
         card["checkpoint"] = {"file": path.name, "sha256": _sha256(path)}
-        if ckpt is None:
+        if ckpt is None and path.suffix.lower() != ".onnx":
             import torch
 
             ckpt = torch.load(path, map_location="cpu", weights_only=False)
     if ckpt is not None:
         card.update(card_from_checkpoint(ckpt))
-    if card.get("operating_point") is None and "operating_point" in card:
-        card["operating_point_note"] = (
-            "no operating point stored: a plain threshold of 0.5 is used "
-            "(run `ptxseg evaluate --store-operating-point` to tune it)"
-        )
-    card["runtime"] = runtime or {}
+    if predictor is not None:
+        size = getattr(predictor, "input_size", None)
+        card["encoder"] = card.get("encoder") or getattr(predictor, "encoder", None)
+        card["input_size"] = card.get("input_size") or ([size, size] if size else None)
+        card["operating_point"] = getattr(predictor, "operating_point", card.get("operating_point"))
+        card["runtime"] = {
+            key: getattr(predictor, key, None) for key in ("runtime", "precision", "device")
+        }
     card["intended_use"] = INTENDED_USE
     card["limitations"] = LIMITATIONS
     return card

@@ -1,3 +1,101 @@
 """Commands: serve, load-test."""
 
-from ptxseg.cli.app import app  # noqa: F401
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from ptxseg.cli.app import app
+
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+@app.command()
+def serve(
+    checkpoint: Path = typer.Option(
+        ..., "--checkpoint", "-c", help="A .ckpt from `ptxseg train` or an .onnx from export."
+    ),
+    host: str = typer.Option(
+        "127.0.0.1", help="Address to listen on; 0.0.0.0 exposes the service to the network."
+    ),
+    port: int = typer.Option(8000, help="TCP port."),
+    runtime: str = typer.Option("torch", help="torch, onnxruntime or openvino."),
+    precision: str = typer.Option("fp32", help="fp32, bf16 or int8 (see `ptxseg predict`)."),
+    device: str = typer.Option("cpu", help="cpu or cuda (torch runtime)."),
+    workers: int = typer.Option(
+        1, min=1, help="Inference threads: how many images are analysed at the same time."
+    ),
+    max_upload_mb: float = typer.Option(
+        50.0, min=0.001, help="Largest accepted upload in MB; larger ones get HTTP 413."
+    ),
+    keep_uploads: Path | None = typer.Option(
+        None, help="Keep a copy of each upload here, named by request id (default: keep nothing)."
+    ),
+    log_level: str = typer.Option("info", help="debug, info, warning or error."),
+) -> None:
+    """Serve the model over HTTP: the page at /, the API at /v1 (research use only)."""
+    import logging
+
+    import uvicorn
+
+    from ptxseg.serve import ServeSettings, load_app
+
+    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(message)s")
+    if host not in LOOPBACK:
+        typer.secho(
+            f"Listening on {host}: the service has no authentication and is for research use "
+            "only. Expose it only on a trusted network.",
+            fg="yellow",
+            err=True,
+        )
+    settings = ServeSettings(
+        max_upload_mb=max_upload_mb, workers=workers, keep_uploads=keep_uploads
+    )
+    try:
+        application = load_app(checkpoint, settings, runtime, device, precision)
+    except (FileNotFoundError, ValueError) as err:
+        typer.secho(f"error: {err}", fg="red", err=True)
+        raise typer.Exit(2) from None
+    typer.echo(f"ptxseg: model loaded; open http://{host}:{port}/ (API docs: /docs)")
+    # access_log off: uvicorn's lines add nothing to ours, which carry request ids and hashes.
+    uvicorn.run(application, host=host, port=port, log_level=log_level, access_log=False)
+
+
+@app.command("load-test")
+def load_test(
+    url: str = typer.Option("http://127.0.0.1:8000", help="The running `ptxseg serve` (local)."),
+    file: Path = typer.Option(..., "--file", "-f", help="The DICOM, PNG or JPEG to send."),
+    clients: str = typer.Option(
+        "4", help="Concurrent clients, or a list such as 1,2,4 measured one after the other."
+    ),
+    duration: float = typer.Option(10.0, min=0.1, help="Seconds to keep sending."),
+    max_requests: int | None = typer.Option(
+        None, min=1, help="Stop after this many requests in total (default: no limit)."
+    ),
+    include: str = typer.Option(
+        "none", help="Parts to ask for (see POST /v1/predict); none = findings and RLE only."
+    ),
+    out: Path = typer.Option(
+        Path("load-test"), "--out", "-o", help="Folder for load-test.md and load-test.csv."
+    ),
+) -> None:
+    """Send one file from N concurrent clients to a local server; report throughput and latency."""
+    from ptxseg.loadtest import LoadTestError, run_load_test, write_report
+
+    try:
+        result = run_load_test(url, file, clients, duration, max_requests, include)
+    except LoadTestError as err:
+        typer.secho(f"error: {err}", fg="red", err=True)
+        raise typer.Exit(2) from None
+    table = write_report(result, out)
+    typer.echo(table)
+    typer.echo(f"written: {out / 'load-test.md'}, {out / 'load-test.csv'}")
+    if result.errors or result.mismatches:
+        typer.secho(
+            f"{result.errors} failed request(s), {result.mismatches} answer(s) that differ "
+            "from the reference",
+            fg="red",
+            err=True,
+        )
+        raise typer.Exit(1)
