@@ -81,7 +81,18 @@ def _strategy(config: TrainConfig) -> str:
     return "auto"
 
 
-def build_trainer(config: TrainConfig, run_dir: Path) -> tuple[L.Trainer, RunRecorder]:
+def _free_version(folder: Path, name: str) -> str:
+    """`name`, or `name-1`, `name-2`... so a resumed run never overwrites earlier logs."""
+    version, n = name, 0
+    while (folder / version).exists():
+        n += 1
+        version = f"{name}-{n}"
+    return version
+
+
+def build_trainer(
+    config: TrainConfig, run_dir: Path, extra_callbacks: list | None = None
+) -> tuple[L.Trainer, RunRecorder]:
     """The Lightning trainer with checkpoints, early stopping, lr monitor, progress and loggers."""
     from lightning.pytorch.callbacks import (
         EarlyStopping,
@@ -115,11 +126,12 @@ def build_trainer(config: TrainConfig, run_dir: Path) -> tuple[L.Trainer, RunRec
         EarlyStopping(monitor="val/dice", mode="max", patience=config.optim.patience),
         LearningRateMonitor(logging_interval="epoch"),
         recorder,
+        *(extra_callbacks or []),
     ]
     if t.progress_bar:
         callbacks.append(RichProgressBar())
     loggers = [
-        CSVLogger(save_dir=run_dir, name="logs", version="csv"),
+        CSVLogger(save_dir=run_dir, name="logs", version=_free_version(run_dir / "logs", "csv")),
         TensorBoardLogger(save_dir=run_dir, name="logs", version="tensorboard"),
     ]
     limit: Any = t.limit_batches
@@ -150,11 +162,13 @@ def fit(
     config: TrainConfig,
     train_dataset: Dataset | None = None,
     val_dataset: Dataset | None = None,
+    callbacks: list | None = None,
 ) -> Path:
     """Train one model as the config says and return the run folder.
 
     With `config.trainer.resume` it continues from `checkpoints/last.ckpt` of the same folder, at
     the saved epoch. Datasets may be passed in; otherwise they are read from `config.data.work`.
+    `callbacks` are extra Lightning callbacks.
     """
     run_dir = Path(config.trainer.out)
     last = run_dir / "checkpoints" / "last.ckpt"
@@ -169,7 +183,7 @@ def fit(
     module = SegmentationModule(config)  # resolves the normalisation into the config
     module.metrics_path = run_dir / "metrics.csv"
     data = SegmentationDataModule(config, train_dataset, val_dataset)
-    trainer, recorder = build_trainer(config, run_dir)
+    trainer, recorder = build_trainer(config, run_dir, callbacks)
     if trainer.is_global_zero:
         run_dir.mkdir(parents=True, exist_ok=True)
         save_config(config, run_dir / "config.yaml")
