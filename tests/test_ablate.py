@@ -5,16 +5,20 @@ import math
 
 import pytest
 
+from ptxseg import ablate
 from ptxseg.ablate import (
     METRICS,
     Cell,
     aggregate,
     aggregate_grid,
+    cell_config,
     grid_cells,
     read_ablation_csv,
     run_grid,
     shard,
+    write_grid_spec,
 )
+from ptxseg.cli import main
 
 
 def fake_metrics(cell: Cell) -> dict:
@@ -109,3 +113,84 @@ def test_aggregate_grid_without_results_says_so(tmp_path):
 def test_missing_metric_is_nan_not_a_crash():
     (row,) = aggregate([{"encoder": "e", "aug": "none", "seed": 0, "test_dice": 0.5}])
     assert math.isnan(row["mem_mb_mean"]) and row["test_dice_mean"] == 0.5
+
+
+def test_grid_spec_refuses_a_different_grid_in_the_same_folder(tmp_path):
+    spec = {"data": "w", "encoders": ["a"], "augs": ["none"], "epochs": 2, "size": 64}
+    write_grid_spec(tmp_path, spec)
+    write_grid_spec(tmp_path, {**spec, "encoders": ["b"]})  # more encoders: same grid, extended
+    assert json.loads((tmp_path / "grid.json").read_text())["encoders"] == ["a", "b"]
+    with pytest.raises(ValueError, match="another grid"):
+        write_grid_spec(tmp_path, {**spec, "epochs": 3})
+
+
+def test_cell_config_sets_the_cell_keys_over_the_preset(tmp_path):
+    config = cell_config(
+        Cell("resnet18", "noise", 3),
+        tmp_path / "run",
+        tmp_path,
+        2,
+        64,
+        "demo",
+        {"data.batch_size": "4", "model.encoder": "ignored"},
+    )
+    assert (config.model.encoder, config.data.aug, config.trainer.seed) == ("resnet18", "noise", 3)
+    assert config.data.batch_size == 4 and config.trainer.epochs == 2
+    assert config.trainer.out == str(tmp_path / "run")
+
+
+def run_cli(argv):
+    try:
+        main(argv)
+    except SystemExit as exc:
+        return exc.code or 0
+    return 0
+
+
+def test_cli_shards_resume_and_aggregate(tmp_path, monkeypatch):
+    calls = []
+
+    def fake(cell, cell_dir, **kwargs):
+        calls.append(cell.name)
+        assert kwargs["epochs"] == 1 and kwargs["overrides"]["model.encoder_weights"] == "none"
+        return fake_metrics(cell)
+
+    monkeypatch.setattr(ablate, "train_and_evaluate", fake)
+    argv = ["ablate", "--data", str(tmp_path / "work"), "--out", str(tmp_path / "grid")]
+    argv += ["--encoders", "a,b", "--augs", "none", "--seeds", "2", "--epochs", "1"]
+    argv += ["--encoder-weights", "none"]
+    assert run_cli([*argv, "--cells", "1/2"]) == 0
+    assert calls == ["a__none__seed0", "b__none__seed0"]
+    assert run_cli(argv) == 0  # the rest; the first shard's cells are skipped
+    assert calls[2:] == ["a__none__seed1", "b__none__seed1"]
+    rows = read_ablation_csv(tmp_path / "grid" / "ablation.csv")
+    assert [r["n_seeds"] for r in rows] == [2, 2]
+
+
+@pytest.mark.slow
+def test_real_grid_trains_evaluates_and_resumes(tmp_path):
+    from ptxseg.prepare import prepare
+    from ptxseg.synth import generate_dataset
+
+    generate_dataset(tmp_path / "raw", n_images=20, size=64, seed=0, positive_fraction=0.5)
+    prepare(
+        tmp_path / "raw" / "dicom-images-train",
+        tmp_path / "raw" / "train-rle.csv",
+        tmp_path / "work",
+        size=64,
+        val=0.25,
+        test=0.25,
+    )
+    argv = ["ablate", "--data", str(tmp_path / "work"), "--out", str(tmp_path / "grid")]
+    argv += ["--encoders", "resnet18", "--augs", "none,full", "--seeds", "1", "--epochs", "1"]
+    argv += ["--encoder-weights", "none", "--set", "data.batch_size=4", "--set", "data.workers=0"]
+    argv += ["--set", "trainer.progress_bar=false", "--set", "trainer.accelerator=cpu"]
+    assert run_cli(argv) == 0
+    done = tmp_path / "grid" / "cells" / "resnet18__none__seed0" / "done.json"
+    result = json.loads(done.read_text())
+    assert 0 <= result["test_competition_dice"] <= 1 and result["infer_ms"] > 0
+    assert (done.parent / "run" / "eval" / "test" / "panels.npz").is_file()
+    mtime = done.stat().st_mtime_ns
+    assert run_cli(argv) == 0
+    assert done.stat().st_mtime_ns == mtime
+    assert "| resnet18 | none | 1 |" in (tmp_path / "grid" / "ablation.md").read_text()

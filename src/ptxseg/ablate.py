@@ -161,7 +161,14 @@ def aggregate(results: Sequence[dict]) -> list[dict]:
             row[f"{key}_mean"] = statistics.fmean(values) if values else math.nan
             row[f"{key}_std"] = statistics.stdev(values) if len(values) > 1 else 0.0
         rows.append(row)
-    return rows
+    return sorted(rows, key=_row_order)
+
+
+def _row_order(row: dict) -> tuple:
+    """Encoders alphabetically, augmentations in the order of `augment.STRATEGIES`."""
+    order = ("none", "geometric", "photometric", "noise", "elastic", "full")
+    aug = row["aug"]
+    return (row["encoder"], order.index(aug) if aug in order else len(order), aug)
 
 
 def ablation_columns() -> list[str]:
@@ -259,3 +266,131 @@ def aggregate_grid(grid_dir: Path) -> dict[str, Path]:
     if not results:
         raise ValueError(f"no finished cells (cells/*/{DONE}) under {grid_dir}")
     return write_ablation(aggregate(results), grid_dir)
+
+
+# --------------------------------------------------------------------------- the real cell
+
+
+def architecture_cost(encoder: str, size: int, cache_dir: Path, device: str = "cpu") -> dict:
+    """Inference ms per image and memory of the architecture (batch 1, fresh process), measured
+    once per encoder and size and cached in `cache_dir`: weights and augmentation do not change
+    them, so every cell of an encoder shares one measurement."""
+    from ptxseg.benchmark import BenchConfig, measure_isolated
+
+    path = Path(cache_dir) / f"{encoder}__{size}__{device.replace(':', '')}.json"
+    cached = _read_json(path)
+    if cached is not None:
+        return cached
+    row = measure_isolated(
+        BenchConfig(encoder, size, batch_size=1, device=device, warmup=2, iters=5, train=False)
+    )
+    cost = {"infer_ms": row["latency_p50_ms"], "mem_mb": row["infer_mem_mb"]}
+    if not row["error"]:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _write_json_atomic(path, cost)
+    return cost
+
+
+def _read_json(path: Path) -> dict | None:
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def cell_config(
+    cell: Cell,
+    run_dir: Path,
+    data: Path,
+    epochs: int,
+    size: int | None = None,
+    config: str | None = None,
+    overrides: dict | None = None,
+):
+    """The training config of one cell: a preset or YAML, overrides, then the cell's own keys."""
+    from ptxseg.config import load_config
+
+    keys = dict(overrides or {})
+    keys.update(
+        {
+            "data.work": str(data),
+            "data.aug": cell.aug,
+            "model.encoder": cell.encoder,
+            "trainer.seed": cell.seed,
+            "trainer.epochs": epochs,
+            "trainer.out": str(run_dir),
+        }
+    )
+    if size:
+        keys["data.size"] = size
+    return load_config(config, keys)
+
+
+def train_and_evaluate(
+    cell: Cell,
+    cell_dir: Path,
+    *,
+    data: Path,
+    epochs: int,
+    size: int | None = None,
+    config: str | None = None,
+    overrides: dict | None = None,
+    device: str = "cpu",
+) -> dict:
+    """Train one cell with `ptxseg.train.fit`, evaluate its best checkpoint on the test split
+    (the operating point is searched on val, as `ptxseg evaluate` does), and return the metrics.
+
+    The run lands in `<cell>/run/` with its evaluation in `<cell>/run/eval/test/`, so
+    `ptxseg report <cell>/run` shows one cell in full. A cell interrupted during training
+    continues from its `last.ckpt`.
+    """
+    from ptxseg.evaluate import evaluate_checkpoint
+    from ptxseg.train import fit
+
+    run_dir = Path(cell_dir) / "run"
+    cfg = cell_config(cell, run_dir, data, epochs, size, config, overrides)
+    cfg.trainer.resume = (run_dir / "checkpoints" / "last.ckpt").is_file()
+    run_dir = fit(cfg)
+    summary = _read_json(run_dir / "train_summary.json") or {}
+    test = evaluate_checkpoint(
+        run_dir / "checkpoints" / "best.ckpt",
+        data,
+        run_dir / "eval" / "test",
+        split="test",
+        device=device,
+        progress=False,
+    )
+    values = {name: entry.get("value") for name, entry in test["metrics"].items()}
+    cost = architecture_cost(
+        cell.encoder, cfg.data.size, Path(cell_dir).parent.parent / "architecture", device
+    )
+    return {
+        "val_dice": summary.get("best_val_dice"),
+        "test_dice": values.get("dice_pooled"),
+        "test_iou": values.get("iou_pooled"),
+        "test_pixel_accuracy": values.get("pixel_accuracy_pooled"),
+        "test_competition_dice": values.get("dice_per_image"),
+        **cost,
+        "best_epoch": summary.get("best_epoch"),
+        "epochs_run": summary.get("epochs_run"),
+        "run_dir": str(run_dir),
+    }
+
+
+def write_grid_spec(grid_dir: Path, spec: dict) -> None:
+    """Record the grid's options in `GRID/grid.json`; a different grid in the same folder is an
+    error (its cells would be mixed up with these)."""
+    path = Path(grid_dir) / "grid.json"
+    old = _read_json(path)
+    keep = ("data", "epochs", "size", "config", "overrides")
+    if old is not None and any(old.get(k) != spec.get(k) for k in keep):
+        diff = {k: (old.get(k), spec.get(k)) for k in keep if old.get(k) != spec.get(k)}
+        raise ValueError(
+            f"{path} was written for another grid (differences, old -> new: {diff}); "
+            "use another --out, or the same options to resume"
+        )
+    Path(grid_dir).mkdir(parents=True, exist_ok=True)
+    merged = dict(old or {}, **spec)
+    for key in ("encoders", "augs"):  # extending a grid by encoders or augmentations is fine
+        merged[key] = list(dict.fromkeys((old or {}).get(key, []) + list(spec.get(key, []))))
+    _write_json_atomic(path, merged)

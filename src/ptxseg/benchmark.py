@@ -7,6 +7,7 @@ an `error` cell in its row instead of ending the run (the habit of timm's benchm
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import math
 import os
@@ -161,6 +162,8 @@ def _measure(config: BenchConfig, build: Callable[[str], object]) -> dict:
 
     import segmentation_models_pytorch  # noqa: F401  (imports are not the model's memory)
 
+    with contextlib.suppress(ImportError):
+        import ptxseg.model  # noqa: F401
     base_rss = _rss_now_mb()
     model = build(config.encoder).to(device).eval()
     params_m = sum(p.numel() for p in model.parameters()) / 1e6

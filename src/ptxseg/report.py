@@ -46,7 +46,7 @@ tr:nth-child(even) td{background:#fafbfc}
 .other{background:#999}
 .missing{color:#8a5a00;background:#fff7e0;border-left:4px solid #f0b400;padding:6px 10px}
 .meta{color:#5a6270;font-size:.85rem}img{max-width:100%;height:auto}
-nav a{margin-right:12px}.scroll{overflow-x:auto}
+nav a{margin-right:12px}.scroll{overflow-x:auto}.nw{white-space:nowrap}
 code{background:#f0f2f5;padding:1px 4px;border-radius:3px}
 """
 
@@ -115,7 +115,10 @@ def _read_yaml(path: Path) -> dict:
 
 
 def load_run(path: Path, root: Path | None = None) -> RunInfo:
-    name = str(path.relative_to(root)) if root and path != root else path.name
+    if root and path != root:
+        name = str(path.relative_to(root))
+    else:  # the report of one run: name it with its parent (`runs/resnet50`, `<cell>/run`)
+        name = f"{path.resolve().parent.name}/{path.resolve().name}"
     return RunInfo(
         path=path,
         name=name or path.name,
@@ -276,7 +279,7 @@ def read_panels(path: Path) -> list[dict]:
         dice = data["dice"] if "dice" in keys else None
     groups: dict[str, dict] = {}
     for i in range(n):
-        title = ids[i] if ids is not None else f"#{i}"
+        title = _short(ids[i]) if ids is not None else f"#{i}"
         if dice is not None:
             title += f"\nDice {float(dice[i]):.3f}"
         group = groups.setdefault(
@@ -289,6 +292,11 @@ def read_panels(path: Path) -> list[dict]:
         group["titles"].append(title)
     order = {c: i for i, c in enumerate(PANEL_ORDER)}
     return sorted(groups.values(), key=lambda g: order.get(g["category"], len(order)))
+
+
+def _short(image_id: str, keep: int = 14) -> str:
+    """SIIM ImageIds are long DICOM UIDs: keep the distinctive tail for a figure label."""
+    return image_id if len(image_id) <= keep + 1 else "…" + image_id[-keep:]
 
 
 def read_roc(path: Path) -> tuple[list[float], list[float]]:
@@ -561,15 +569,17 @@ def _fmt_bench(value) -> str:
 
 
 def ablation_section(folder: Path) -> str:
-    from ptxseg.ablate import METRICS, read_ablation_csv
+    from ptxseg.ablate import METRICS, _row_order, read_ablation_csv
 
-    rows = read_ablation_csv(folder / "ablation.csv")
+    rows = sorted(read_ablation_csv(folder / "ablation.csv"), key=_row_order)
     body = []
     for r in rows:
         cells = [r["encoder"], r["aug"], int(_float(r.get("n_seeds")))]
         for key in METRICS:
             mean, std = _float(r.get(f"{key}_mean")), _float(r.get(f"{key}_std"))
-            cells.append("–" if math.isnan(mean) else f"{mean:.4f} ± {std:.4f}")
+            digits = 1 if key in ("infer_ms", "mem_mb") else 4
+            text = "–" if math.isnan(mean) else f"{mean:.{digits}f} ± {std:.{digits}f}"
+            cells.append(Raw(f'<span class="nw">{esc(text)}</span>'))
         body.append(cells)
     return (
         f"<h2>Ablation: encoder × augmentation</h2><p class=meta>{esc(folder)}; mean ± std"
