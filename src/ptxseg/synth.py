@@ -134,7 +134,7 @@ class _Anatomy:
 
 
 def _anatomy(rng: np.random.Generator, sex: str) -> _Anatomy:
-    wall = rng.uniform(0.35, 0.41)
+    wall = rng.uniform(0.35, 0.41) - (0.012 if sex == "F" else 0.0)  # smaller thorax
     apex = rng.uniform(0.10, 0.14)
     dome = rng.uniform(0.64, 0.71)
     return _Anatomy(
@@ -333,7 +333,7 @@ def _crescent(
     return region, line.astype(np.float32)
 
 
-def _pneumothorax_sites(rng: np.random.Generator, n_sides: int = 2) -> list[tuple[int, float]]:
+def _pneumothorax_sites(rng: np.random.Generator) -> list[tuple[int, float]]:
     """(side index, sector centre angle) for 1 or 2 regions: apical, lateral, or both sides."""
     first = int(rng.integers(2))
     sites = [(first, float(rng.uniform(-115, 5)))]
