@@ -12,12 +12,10 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import threading
 import warnings
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
 
 import segmentation_models_pytorch as smp
 import torch
@@ -57,31 +55,37 @@ def check_encoder(name: str) -> str:
 
 
 def hub_reachable(timeout: float = HUB_TIMEOUT_S) -> tuple[bool, str]:
-    """Whether the Hugging Face hub answers a TCP connect within `timeout` seconds (and why not).
+    """Whether the Hugging Face hub answers an HTTP request within `timeout` seconds (and why not).
 
-    Name resolution runs in a thread so that a hanging DNS cannot stall the caller either.
+    A real HTTP answer is asked for (not only a TCP connect), because proxies accept connections
+    they then refuse to serve. The request runs in a thread so a hanging DNS cannot stall us.
     """
+    import urllib.error
+    import urllib.request
+
     from huggingface_hub import constants
 
     if constants.is_offline_mode():
         return False, "HF_HUB_OFFLINE is set"
-    url = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
-    host, port = url.hostname or "huggingface.co", url.port or (443 if url.scheme != "http" else 80)
+    endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co").rstrip("/")
     result: dict[str, Any] = {}
 
-    def connect() -> None:
+    def ask() -> None:
         try:
-            socket.create_connection((host, port), timeout=timeout).close()
-            result["ok"] = True
-        except OSError as error:
-            result["error"] = f"{host}:{port} unreachable ({error})"
+            request = urllib.request.Request(endpoint + "/api/models?limit=1", method="HEAD")
+            with urllib.request.urlopen(request, timeout=timeout):
+                result["ok"] = True
+        except urllib.error.HTTPError as error:
+            result["error"] = f"{endpoint} answered HTTP {error.code}"
+        except (OSError, ValueError) as error:
+            result["error"] = f"{endpoint} unreachable ({getattr(error, 'reason', error)})"
 
-    thread = threading.Thread(target=connect, daemon=True)
+    thread = threading.Thread(target=ask, daemon=True)
     thread.start()
     thread.join(timeout + 0.5)
     if result.get("ok"):
         return True, ""
-    return False, result.get("error", f"{host}:{port} did not answer within {timeout:.0f} s")
+    return False, result.get("error", f"{endpoint} did not answer within {timeout:g} s")
 
 
 def _hub_settings(encoder: str) -> dict[str, str] | None:
