@@ -133,6 +133,14 @@ def _text(ds: pydicom.Dataset, keyword: str) -> str:
     return "" if value is None else str(value).strip()
 
 
+def parse_age(text: str) -> int | None:
+    """Years from a PatientAge such as `062Y` or the SIIM files' bare `62`; None if implausible."""
+    match = re.fullmatch(r"0*(\d{1,3})Y?", text.strip())
+    if not match or int(match.group(1)) > MAX_PLAUSIBLE_AGE:
+        return None
+    return int(match.group(1))
+
+
 def _metadata(ds: pydicom.Dataset, label: str) -> dict[str, Any]:
     problems: list[str] = []
     sop_uid = _text(ds, "SOPInstanceUID")
@@ -142,15 +150,9 @@ def _metadata(ds: pydicom.Dataset, label: str) -> dict[str, Any]:
         if not _text(ds, key):
             problems.append(f"{key} is empty")
     age_text = _text(ds, "PatientAge")
-    age = None
-    match = re.fullmatch(r"0*(\d{1,3})Y?", age_text)
-    if match:
-        age = int(match.group(1))
-        if age > MAX_PLAUSIBLE_AGE:
-            problems.append(f"PatientAge {age_text!r} is implausible; ignored")
-            age = None
-    elif age_text:
-        problems.append(f"PatientAge {age_text!r} is not in years; ignored")
+    age = parse_age(age_text)
+    if age is None and age_text:
+        problems.append(f"PatientAge {age_text!r} is not a plausible age in years; ignored")
     spacing = ds.get("PixelSpacing") or ds.get("ImagerPixelSpacing")
     path_stem = Path(label).stem if not label.startswith("<") else ""
     return {

@@ -25,7 +25,7 @@ import pydicom
 from rich.progress import Progress
 
 from ptxseg.data import MANIFEST, SPLITS, SPLITS_FILE, cache_dir, cache_paths
-from ptxseg.dicom import DicomHeaderWarning, ImageReadError, read_dicom
+from ptxseg.dicom import DicomHeaderWarning, ImageReadError, parse_age, read_dicom
 from ptxseg.rle import detect_encoding, read_annotations, rles_to_mask
 
 MANIFEST_COLUMNS = (
@@ -136,12 +136,17 @@ def join_images(
                 pixel_spacing=float(spacing[0]) if spacing else None,
                 view_position=str(ds.get("ViewPosition", "") or ""),
                 patient_sex=str(ds.get("PatientSex", "") or ""),
-                patient_age=str(ds.get("PatientAge", "") or ""),
+                patient_age=_age(ds),
                 patient_id=str(ds.get("PatientID", "") or ""),
             )
         )
     problems["annotations_without_images"] = sorted(set(annotations) - matched)
     return records, problems
+
+
+def _age(ds: pydicom.Dataset) -> str:
+    age = parse_age(str(ds.get("PatientAge", "") or ""))
+    return "" if age is None else str(age)
 
 
 # ---------------------------------------------------------------- the split
