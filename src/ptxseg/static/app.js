@@ -91,7 +91,7 @@ function showFindings(r) {
   const cm2 = f.area_cm2 === null || f.area_cm2 === undefined
     ? "cm² n/a (no pixel spacing)" : `${fmt(f.area_cm2, 2)} cm²`;
   $("area").textContent = `${f.area_px.toLocaleString()} px · ${cm2}`;
-  $("side").textContent = f.side || (f.pneumothorax ? "not determinable" : "—");
+  $("side").textContent = f.side ? `patient's ${f.side}` : (f.pneumothorax ? "not determinable" : "—");
   $("bbox").textContent = f.bbox ? f.bbox.join(", ") : "—";
   $("operating-point").textContent = describeOperatingPoint(f.operating_point);
   const inp = r.input;
