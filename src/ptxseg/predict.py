@@ -80,6 +80,7 @@ class Predictor:
         calibration: Sequence[np.ndarray] | None = None,
         int8_mode: str = "static",
         threads: int | None = None,
+        channels_last: bool = True,
     ):
         check_runtime(runtime, precision)
         self.runtime, self.device, self.precision = runtime, device, precision
@@ -106,7 +107,7 @@ class Predictor:
         op = operating_point_dict(operating_point) or meta.get("operating_point")
         self.operating_point = dict(op or DEFAULT_OPERATING_POINT)
         if runtime == "torch":
-            self._run = torch_runner(self.model, device, precision)
+            self._run = torch_runner(self.model, device, precision, channels_last)
             return
         if onnx_path is None:
             onnx_path = self._export_tmp()

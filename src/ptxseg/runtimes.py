@@ -58,8 +58,7 @@ def torch_runner(
     check_runtime("torch", precision)
     model = model.to(device).eval()
     fmt = torch.channels_last if channels_last else torch.contiguous_format
-    if channels_last:
-        model = model.to(memory_format=torch.channels_last)
+    model = model.to(memory_format=fmt)
     device_type = torch.device(device).type
 
     def run(batch: np.ndarray) -> np.ndarray:

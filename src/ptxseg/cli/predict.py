@@ -182,3 +182,76 @@ def export(
     if int8:
         q = quantize_onnx(target, target.with_suffix(".int8.onnx"))
         typer.echo(f"wrote {q} (int8, calibrated on synthetic images)")
+
+
+@app.command("benchmark-runtime")
+def benchmark_runtime(
+    checkpoint: Path | None = typer.Option(
+        None, "--checkpoint", "-c", help="A .ckpt to measure (default: random-weight --encoder)."
+    ),
+    encoder: list[str] = typer.Option(
+        ["resnet50"], help="Encoder(s) with random weights when no checkpoint is given."
+    ),
+    size: int = typer.Option(512, help="Model input size (multiple of 32)."),
+    batch_size: int = typer.Option(4, help="Images per model call."),
+    runtimes: list[str] | None = typer.Option(
+        None, "--runtimes", help="Limit to these runtimes or path names (repeatable)."
+    ),
+    out: Path = typer.Option(Path("benchmarks/results"), help="Folder for the .md/.csv table."),
+    work: Path | None = typer.Option(
+        None, help="Prepared work folder: compare masks on its test split, calibrate on train."
+    ),
+    dicom_dir: Path | None = typer.Option(
+        None, help="DICOM folder for the end-to-end predict rate (default: 16 synthetic DICOMs)."
+    ),
+    end_to_end: bool = typer.Option(True, help="Also time `predict` end to end on DICOMs."),
+    min_time: float = typer.Option(3.0, help="Seconds to time each path at least."),
+) -> None:
+    """Time PyTorch eager fp32 against ONNX Runtime, OpenVINO, bf16 and int8 side by side.
+
+    Example: ptxseg benchmark-runtime --encoder resnet50 --size 512 --batch-size 4
+    """
+    from rich.console import Console
+
+    from ptxseg import runtime_benchmark as rb
+
+    console = Console(stderr=True)
+    rows = []
+    models = [rb.build_model("", size, checkpoint)] if checkpoint else []
+    models += [] if checkpoint else [rb.build_model(name, size) for name in encoder]
+    for model in models:
+        measured = rb.benchmark_model(
+            model,
+            batch_size,
+            runtimes,
+            work,
+            min_time,
+            progress=lambda r: console.print(
+                f"{r['encoder']} {r['path']}: {r.get('images_per_s', '')} images/s "
+                f"{r.get('error', '')}"
+            ),
+        )
+        rows += measured
+        if end_to_end:
+            best = max(
+                (r for r in measured if r.get("images_per_s") and r.get("dice_vs_fp32", 0) >= 0.99),
+                key=lambda r: r["images_per_s"],
+                default=None,
+            )
+            chosen = [("torch", "fp32")]
+            if best and best["path"] != "torch eager fp32":
+                chosen.append(_runtime_of(best["path"]))
+            for runtime, precision in chosen:
+                try:
+                    rows.append(rb.end_to_end(model, dicom_dir, runtime, precision, batch_size))
+                except Exception as err:  # noqa: BLE001 - reported in the table
+                    rows.append({"path": f"end-to-end {runtime} {precision}", "error": str(err)})
+                console.print(rows[-1])
+    source = f"masks compared on {rb.evaluation_images(work, size, 1)[1]}"
+    path = rb.write_tables(rows, out, note=source)
+    console.print(path.read_text())
+
+
+def _runtime_of(path_name: str) -> tuple[str, str]:
+    runtime, precision = path_name.split()[:2]
+    return runtime, precision if precision in ("fp32", "bf16", "int8") else "fp32"
