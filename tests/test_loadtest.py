@@ -147,3 +147,65 @@ def test_serve_help_lists_the_options(capsys):
     out = capsys.readouterr().out
     for option in ("--checkpoint", "--host", "--workers", "--max-upload-mb", "--keep-uploads"):
         assert option in out
+
+
+@pytest.mark.slow
+def test_serve_and_load_test_commands_with_a_trained_checkpoint(tmp_path, capsys):
+    """synth -> prepare -> train (2 tiny epochs) -> `ptxseg serve` process -> `ptxseg load-test`."""
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    import httpx
+
+    syn, work, run = tmp_path / "syn", tmp_path / "work", tmp_path / "run"
+    prepare = ["prepare", "--images", str(syn), "--annotations", str(syn / "train-rle.csv")]
+    for argv in (
+        ["synth", str(syn), "--n-images", "24", "--size", "128", "--positive-fraction", "0.5"],
+        prepare + ["--out", str(work), "--size", "64", "--workers", "1"],
+        ["train", "--data", str(work), "--out", str(run), "--encoder", "resnet18"]
+        + ["--encoder-weights", "none", "--size", "64", "--epochs", "2", "--batch-size", "8"]
+        + ["--workers", "0", "--no-progress"],
+    ):
+        with pytest.raises(SystemExit) as done:
+            main(argv)
+        assert done.value.code in (0, None), argv
+    checkpoint = run / "checkpoints" / "best.ckpt"
+    dicom = next(syn.rglob("*.dcm"))
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    url = f"http://127.0.0.1:{port}"
+    server = subprocess.Popen(
+        [sys.executable, "-m", "ptxseg", "serve", "--checkpoint", str(checkpoint)]
+        + ["--port", str(port), "--workers", "2"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            assert server.poll() is None, server.stdout.read().decode()
+            try:
+                if httpx.get(url + "/healthz").status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert time.monotonic() < deadline, "ptxseg serve did not come up"
+            time.sleep(0.5)
+        assert httpx.get(url + "/v1/model").json()["encoder"] == "resnet18"
+        argv = ["load-test", "--url", url, "--file", str(dicom), "--clients", "1,2"]
+        argv += ["--duration", "3", "--max-requests", "10", "--out", str(tmp_path / "lt")]
+        with pytest.raises(SystemExit) as done:
+            main(argv)
+        assert done.value.code in (0, None)
+    finally:
+        server.terminate()
+        log = server.communicate(timeout=30)[0].decode()
+    rows = (tmp_path / "lt" / "load-test.csv").read_text().splitlines()[1:]
+    assert [r.split(",")[:5] for r in rows] == [
+        ["1", "10", "10", "0", "0"],
+        ["2", "10", "10", "0", "0"],
+    ]
+    assert "status=200" in log and dicom.stem not in log

@@ -13,6 +13,8 @@ Endpoints (see also /openapi.json):
   PNG/JPEG). `include=none` returns findings and RLE only.
 - `POST /v1/seg`: the DICOM SEG itself (`application/dicom`) for a DICOM upload.
 - `GET /v1/model`: the model card. `GET /healthz`: liveness. `GET /`: the page.
+- `GET /openapi.json`: the schema (works offline). `GET /docs` is FastAPI's Swagger UI, whose
+  scripts the browser loads from cdn.jsdelivr.net: it stays blank without internet access.
 """
 
 from __future__ import annotations

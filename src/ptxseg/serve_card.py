@@ -62,6 +62,7 @@ def card_from_checkpoint(ckpt: dict[str, Any]) -> dict[str, Any]:
         "normalised with the encoder's own parameters",
         "training": {
             "data": "SIIM-ACR Pneumothorax Segmentation (or data in its format)",
+            "work_folder": Path(data["work"]).name if data.get("work") else None,
             "augmentation": data.get("aug"),
             "loss": config.get("loss"),
             "epochs_completed": ckpt.get("epoch"),
