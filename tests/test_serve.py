@@ -497,3 +497,30 @@ def test_model_card_reads_metrics_and_best_score_from_the_checkpoint():
     assert card["validation"] == {"competition_dice": 0.84}
     assert card["operating_point"]["min_area"] == 300
     assert "not a diagnosis" in card["intended_use"]
+
+
+def test_real_siim_dicoms_get_findings_and_a_seg_without_identifiers_in_the_logs(siim_real, caplog):
+    pytest.importorskip("ptxseg.seg")
+    import pydicom
+
+    files = sorted(siim_real.rglob("*.dcm"))[:3]
+    if not files:
+        pytest.skip("no real SIIM DICOM files")
+    client = TestClient(create_app(FakePredictor(), ServeSettings(), renderer=DefaultRenderer()))
+    secrets = []
+    with caplog.at_level(logging.DEBUG), warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("default")  # what a server process shows
+        keep_identifiers_out_of_logs()
+        for path in files:
+            header = pydicom.dcmread(path, stop_before_pixels=True)
+            secrets += [path.stem, str(header.get("PatientID", "")), str(header.SOPInstanceUID)]
+            response = upload(client, path.read_bytes(), name=path.name, include="seg,mask")
+            assert response.status_code == 200, (path.name, response.text)
+            body = response.json()
+            assert body["input"]["kind"] == "dicom" and body["findings"]["area_px"] == 100
+            assert body["findings"]["area_cm2"] is not None
+            seg = base64.b64decode(body["seg"]["base64"])
+            assert seg[128:132] == b"DICM"
+    shown = caplog.text + "".join(str(w.message) for w in caught)
+    for secret in filter(None, secrets):
+        assert secret not in shown
