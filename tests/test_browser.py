@@ -93,6 +93,8 @@ def test_upload_a_dicom_and_read_the_findings(browser, case, tmp_path):
             page = browser.new_page(viewport={"width": 1360, "height": 900})
             requested: list[str] = []
             page.on("request", lambda request: requested.append(request.url))
+            script_errors: list[str] = []
+            page.on("pageerror", lambda error: script_errors.append(str(error)))
             page.goto(url + "/")
             assert page.get_by_text("Research use only — not a diagnosis.").is_visible()
             page.wait_for_selector("#model-facts dd")
@@ -135,4 +137,5 @@ def test_upload_a_dicom_and_read_the_findings(browser, case, tmp_path):
             page.wait_for_selector("#error:not([hidden])")
             assert "not a DICOM, PNG or JPEG" in page.inner_text("#error")
             page.close()
+            assert script_errors == []
     assert requested and all(r.startswith(url) or r.startswith("blob:") for r in requested)
