@@ -183,7 +183,16 @@ def test_real_grid_trains_evaluates_and_resumes(tmp_path):
     )
     argv = ["ablate", "--data", str(tmp_path / "work"), "--out", str(tmp_path / "grid")]
     argv += ["--encoders", "resnet18", "--augs", "none,full", "--seeds", "1", "--epochs", "1"]
-    argv += ["--encoder-weights", "none", "--set", "data.batch_size=4", "--set", "data.workers=0"]
+    argv += [
+        "--size",
+        "64",
+        "--encoder-weights",
+        "none",
+        "--set",
+        "data.batch_size=4",
+        "--set",
+        "data.workers=0",
+    ]
     argv += ["--set", "trainer.progress_bar=false", "--set", "trainer.accelerator=cpu"]
     assert run_cli(argv) == 0
     done = tmp_path / "grid" / "cells" / "resnet18__none__seed0" / "done.json"

@@ -307,7 +307,7 @@ def plot_benchmark(rows: Sequence[dict], path: Path) -> Path:
     import matplotlib.pyplot as plt
 
     ok = [r for r in rows if not r.get("error")]
-    labels = [f"{r['encoder']}\n{r['precision']}" for r in ok]
+    labels = [f"{r['encoder']} {r['precision']}" for r in ok]
     panels = [
         ("latency_p50_ms", "Inference p50 (ms/batch)"),
         ("train_step_ms", "Training step (ms)"),
@@ -318,8 +318,8 @@ def plot_benchmark(rows: Sequence[dict], path: Path) -> Path:
     for ax, (key, title) in zip(axes, panels, strict=True):
         values = [float(r[key]) if r.get(key) != "" else 0.0 for r in ok]
         bars = ax.bar(range(len(ok)), values, color="#3b6ea8")
-        ax.bar_label(bars, fmt="%.3g", fontsize=8)
-        ax.set_xticks(range(len(ok)), labels, fontsize=8)
+        ax.bar_label(bars, fmt=lambda v: f"{v:.0f}" if v >= 100 else f"{v:.3g}", fontsize=8)
+        ax.set_xticks(range(len(ok)), labels, fontsize=8, rotation=35, ha="right")
         ax.set_title(title, fontsize=10)
         ax.margins(y=0.15)
     if ok:

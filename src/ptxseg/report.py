@@ -547,16 +547,24 @@ def benchmark_section(folder: Path) -> str:
     from ptxseg.benchmark import COLUMNS, read_benchmark_csv
 
     rows = read_benchmark_csv(folder / "benchmark.csv")
-    keys = [k for k in COLUMNS if any(str(r.get(k, "")) not in ("", "nan") for r in rows)]
+    keys = [
+        k
+        for k in COLUMNS
+        if k != "mem_kind" and any(str(r.get(k, "")) not in ("", "nan") for r in rows)
+    ]
     body = [[_fmt_bench(r.get(k, "")) for k in keys] for r in rows]
+    kinds = sorted({str(r.get("mem_kind")) for r in rows if r.get("mem_kind")})
     note = ""
     md = folder / "benchmark.md"
     if md.is_file():
         lines = md.read_text().splitlines()
         note = next((ln for ln in lines[1:] if ln.startswith("torch ")), "")
+    memory = f"Memory: {', '.join(kinds)}." if kinds else ""
     return (
         f"<h2>Backbone benchmark</h2><p class=meta>{esc(folder)} {esc(note)}</p>"
-        + table([COLUMNS[k] for k in keys], body)
+        + table([COLUMNS[k] for k in keys], body, text_cols=int("error" in keys))
+        + f"<p class=meta>Latency per batch after warm-up under inference mode; GFLOPs count"
+        f" 2 FLOPs per multiply-add. {esc(memory)}</p>"
         + _png_file(folder / "benchmark.png", "benchmark bar chart")
     )
 
