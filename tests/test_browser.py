@@ -86,7 +86,8 @@ def test_upload_a_dicom_and_read_the_findings(browser, case, tmp_path):
     # No invented metrics: the card says what serves the page here, a stand-in for a model.
     card = {"encoder": "demo (synthetic ground truth)", "input_size": [SIZE, SIZE]}
     card["limitations"] = LIMITATIONS
-    app = create_app(OraclePredictor(mask), ServeSettings(model_card=card))
+    settings = ServeSettings(model_card=card, max_upload_mb=2)
+    app = create_app(OraclePredictor(mask), settings)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         with LocalServer(app) as url:
@@ -136,6 +137,11 @@ def test_upload_a_dicom_and_read_the_findings(browser, case, tmp_path):
             page.set_input_files("#file", str(bad))
             page.wait_for_selector("#error:not([hidden])")
             assert "not a DICOM, PNG or JPEG" in page.inner_text("#error")
+
+            big = {"name": "big.dcm", "mimeType": "application/dicom", "buffer": b"0" * 3 * 2**20}
+            page.set_input_files("#file", files=[big])
+            page.wait_for_selector("#error:not([hidden])")
+            assert "upload limit of 2 MB" in page.inner_text("#error")
             page.close()
             assert script_errors == []
     assert requested and all(r.startswith(url) or r.startswith("blob:") for r in requested)

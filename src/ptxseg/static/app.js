@@ -3,7 +3,7 @@
 "use strict";
 
 const $ = (id) => document.getElementById(id);
-const state = { base: null, tint: null, result: null, objectUrls: [] };
+const state = { base: null, tint: null, result: null, objectUrls: [], maxMb: null };
 
 function fmt(value, digits) {
   return value === null || value === undefined ? "—" : Number(value).toFixed(digits);
@@ -138,6 +138,13 @@ function reset() {
 
 async function analyse(file) {
   reset();
+  if (state.maxMb && file.size > state.maxMb * 1048576) {
+    // Refused here: a server that stops reading a large upload can look like a network error.
+    const size = (file.size / 1048576).toFixed(1);
+    showError(`The file is ${size} MB, larger than this server's upload limit of ${state.maxMb} MB. ` +
+      "Choose a single chest X-ray (DICOM, PNG or JPEG).");
+    return;
+  }
   $("dropzone").hidden = true;
   $("stage").hidden = false;
   $("busy").hidden = false;
@@ -196,7 +203,10 @@ async function loadModelCard() {
       dd.textContent = val;
       facts.append(dt, dd);
     }
-    if (card.max_upload_mb) $("limit").textContent = card.max_upload_mb;
+    if (card.max_upload_mb) {
+      state.maxMb = card.max_upload_mb;
+      $("limit").textContent = card.max_upload_mb;
+    }
     if (card.uploads_kept) {
       $("storage-note").textContent = "This server keeps a copy of uploaded images (configured by its administrator).";
     }
