@@ -1,0 +1,274 @@
+"""Training: run folder, checkpoint round trip, resume, CLI on prepared data, DDP, overfitting."""
+
+import csv
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import lightning as L
+import numpy as np
+import pytest
+import torch
+
+from ptxseg.config import load_config
+from ptxseg.lit_module import (
+    METRIC_COLUMNS,
+    SegmentationDataModule,
+    ShardSampler,
+    epoch_metrics,
+    warmup_cosine,
+)
+from ptxseg.model import load_model
+from ptxseg.train import empty_baseline, fit
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_torch_thread():
+    """Tiny models gain nothing from threads, and on a shared machine threads only contend."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+class SquaresDataset(torch.utils.data.Dataset):
+    """Dark noise images; every other one has a bright square that is its mask."""
+
+    def __init__(self, n: int, size: int = 64, seed: int = 0) -> None:
+        g = torch.Generator().manual_seed(seed)
+        self.items = []
+        for i in range(n):
+            image = torch.rand(1, size, size, generator=g) * 0.3
+            mask = torch.zeros(1, size, size)
+            if i % 2 == 0:
+                y, x = torch.randint(4, size - 24, (2,), generator=g).tolist()
+                mask[:, y : y + 20, x : x + 20] = 1
+                image[:, y : y + 20, x : x + 20] += 0.6
+            self.items.append({"image": image.clamp(0, 1), "mask": mask, "image_id": f"sq{i}"})
+        self.has_pneumothorax = np.array([bool(it["mask"].any()) for it in self.items])
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: int) -> dict:
+        return self.items[index]
+
+
+def tiny_config(out: Path, **overrides):
+    values = {
+        "trainer.out": str(out),
+        "trainer.epochs": 1,
+        "trainer.progress_bar": False,
+        "trainer.accelerator": "cpu",
+        "model.encoder": "resnet18",
+        "model.encoder_weights": "none",
+        "data.size": 64,
+        "data.aug": "none",
+        "data.batch_size": 4,
+        "data.workers": 0,
+        "optim.lr": 1e-3,
+    }
+    values.update(overrides)
+    return load_config(overrides=values)
+
+
+def read_rows(path: Path) -> list[dict]:
+    with open(path, newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+# --- fixtures the evaluation, prediction and serving tests can share (candidates for conftest) ---
+
+
+@pytest.fixture(scope="session")
+def tiny_work(tmp_path_factory) -> Path:
+    """`ptxseg synth` + `ptxseg prepare` at 64 px: 24 images split into train/val/test."""
+    from ptxseg.prepare import prepare
+    from ptxseg.synth import generate_dataset
+
+    root = tmp_path_factory.mktemp("tiny")
+    generate_dataset(root / "siim", n_images=24, size=64, seed=0, positive_fraction=0.5)
+    prepare(
+        root / "siim" / "dicom-images-train",
+        root / "siim" / "train-rle.csv",
+        root / "work",
+        size=64,
+        workers=1,
+    )
+    return root / "work"
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tiny_work, tmp_path_factory) -> Path:
+    """`checkpoints/best.ckpt` of a resnet18 U-Net trained 2 epochs on `tiny_work` (64 px)."""
+    run = tmp_path_factory.mktemp("tiny-run") / "run"
+    config = tiny_config(run, **{"data.work": str(tiny_work), "trainer.epochs": 2})
+    return fit(config) / "checkpoints" / "best.ckpt"
+
+
+# --- small pieces ---
+
+
+def test_warmup_cosine_schedule():
+    factors = [warmup_cosine(e, warmup=2, total=6) for e in range(6)]
+    assert factors[:3] == pytest.approx([1 / 3, 2 / 3, 1.0])
+    assert factors[3:] == pytest.approx([0.5 * (1 + math.cos(math.pi * k / 4)) for k in (1, 2, 3)])
+
+
+def test_epoch_metrics_golden_values():
+    # tp, fp, fn, tn, competition_sum, images, loss_sum
+    values = epoch_metrics(torch.tensor([3.0, 1.0, 2.0, 10.0, 1.5, 2.0, 4.0]))
+    assert values["dice"] == pytest.approx(6 / 9)
+    assert values["iou"] == pytest.approx(3 / 6)
+    assert values["pixel_accuracy"] == pytest.approx(13 / 16)
+    assert values["competition_dice"] == pytest.approx(0.75)
+    assert values["loss"] == pytest.approx(2.0)
+
+
+def test_empty_baseline():
+    data = SquaresDataset(4)  # two positive, two empty
+    assert empty_baseline(data) == {"dice": 0.0, "competition_dice": 0.5}
+
+
+def test_validation_shards_cover_every_image_once():
+    shards = [list(ShardSampler(7, rank, 3)) for rank in range(3)]
+    assert sorted(sum(shards, [])) == list(range(7))
+
+
+def test_each_rank_draws_its_own_share():
+    config = tiny_config("unused", **{"data.positive_fraction": 0.5})
+    data = SquaresDataset(8)
+    loaders = []
+    for rank in (0, 1):
+        module = SegmentationDataModule(config, data, data)
+        module.trainer = SimpleNamespace(global_rank=rank, world_size=2)
+        loaders.append(list(module.train_dataloader().sampler))
+    assert len(loaders[0]) == len(loaders[1]) == 4
+    drawn = loaders[0] + loaders[1]
+    assert sum(data.has_pneumothorax[drawn]) == 4  # half of the epoch's 8 draws are positive
+
+
+# --- training runs ---
+
+
+class KeepModule(L.Callback):
+    def on_fit_end(self, trainer, pl_module):
+        self.module = pl_module
+
+
+def test_fit_writes_the_run_folder_and_the_checkpoint_rebuilds_the_model(tmp_path):
+    keep = KeepModule()
+    run = fit(tiny_config(tmp_path / "run"), SquaresDataset(8), SquaresDataset(4, seed=1), [keep])
+    for name in ("config.yaml", "metrics.csv", "train_summary.json", "checkpoints/best.ckpt"):
+        assert (run / name).is_file(), name
+    rows = read_rows(run / "metrics.csv")
+    assert list(rows[0]) == list(METRIC_COLUMNS) and len(rows) == 1
+    assert 0.0 <= float(rows[0]["val_dice"]) <= 1.0 and float(rows[0]["lr"]) == 1e-3
+    summary = json.loads((run / "train_summary.json").read_text())
+    assert summary["best_epoch"] == 0 and summary["train_images"] == 8
+    assert summary["empty_baseline_val"] == {"dice": 0.0, "competition_dice": 0.5}
+
+    loaded = load_model(run / "checkpoints" / "last.ckpt")
+    assert loaded.encoder == "resnet18" and loaded.input_size == 64
+    assert loaded.operating_point is None and not loaded.training
+    assert loaded.config == load_config(run / "config.yaml").to_dict()
+    trained = keep.module.model.eval()
+    x = torch.rand(2, 1, 64, 64)
+    with torch.no_grad():
+        assert torch.allclose(loaded(x), trained(x), atol=1e-6)
+
+
+def test_operating_point_in_checkpoint_is_loaded(tmp_checkpoint_copy):
+    from ptxseg.metrics import OperatingPoint
+
+    ckpt = torch.load(tmp_checkpoint_copy, weights_only=True)
+    ckpt["ptxseg"]["operating_point"] = {"top": 0.7, "bottom": 0.4, "min_area": 5}
+    torch.save(ckpt, tmp_checkpoint_copy)
+    assert load_model(tmp_checkpoint_copy).operating_point == OperatingPoint(0.7, 0.4, 5)
+
+
+@pytest.fixture
+def tmp_checkpoint_copy(tiny_checkpoint, tmp_path) -> Path:
+    copy = tmp_path / "copy.ckpt"
+    copy.write_bytes(tiny_checkpoint.read_bytes())
+    return copy
+
+
+def test_resume_continues_from_the_saved_epoch(tmp_path):
+    options = {
+        "model.aux_head": True,
+        "model.decoder_attention": "scse",
+        "optim.scheduler": "cosine",
+        "optim.warmup_epochs": 1,
+    }
+    train, val = SquaresDataset(8), SquaresDataset(4, seed=1)
+    run = fit(tiny_config(tmp_path / "run", **options), train, val)
+    first = read_rows(run / "metrics.csv")
+    with pytest.raises(FileExistsError, match="--resume"):
+        fit(tiny_config(tmp_path / "run", **options), train, val)
+    resumed = load_config(run / "config.yaml", {"trainer.resume": True, "trainer.epochs": 2})
+    fit(resumed, train, val)
+    rows = read_rows(run / "metrics.csv")
+    assert [r["epoch"] for r in rows] == ["0", "1"]
+    assert rows[0] == first[0]  # the first epoch is kept, not retrained
+    assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["epoch"] == 1
+    model = load_model(run / "checkpoints" / "last.ckpt")
+    assert model.forward_with_aux(torch.rand(1, 1, 64, 64))[1].shape == (1, 1)
+    with pytest.raises(FileNotFoundError, match="cannot resume"):
+        fit(tiny_config(tmp_path / "empty", **{"trainer.resume": True}), train, val)
+
+
+def test_cli_trains_on_prepared_data(tiny_work, tmp_path, capsys):
+    from ptxseg.cli import main
+
+    out = tmp_path / "cli-run"
+    args = ["train", "--data", str(tiny_work), "--config", "demo", "--encoder", "resnet18"]
+    args += ["--aug", "full", "--epochs", "1", "--limit-batches", "2", "--out", str(out)]
+    args += ["--no-progress", "--positive-fraction", "0.5"]
+    try:
+        main(args)
+    except SystemExit as exit_:
+        assert exit_.code in (0, None), capsys.readouterr().out
+    assert "best val Dice" in capsys.readouterr().out
+    config = load_config(out / "config.yaml")
+    assert config.data.aug == "full" and config.model.encoder == "resnet18"
+    assert config.data.work == str(tiny_work)
+    assert load_model(out / "checkpoints" / "best.ckpt").input_size == 64
+
+
+def test_tiny_checkpoint_fixture(tiny_checkpoint):
+    model = load_model(tiny_checkpoint)
+    assert model.config["data"]["size"] == 64
+    with torch.no_grad():
+        assert model(torch.rand(1, 1, 64, 64)).shape == (1, 1, 64, 64)
+
+
+@pytest.mark.slow
+def test_ddp_two_cpu_processes(tiny_work, tmp_path):
+    out = tmp_path / "ddp"
+    command = [sys.executable, "-m", "ptxseg", "train", "--data", str(tiny_work)]
+    command += ["--config", "demo", "--encoder", "resnet18", "--aug", "none", "--epochs", "1"]
+    command += ["--devices", "2", "--accelerator", "cpu", "--out", str(out), "--no-progress"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(command, capture_output=True, text=True, timeout=600, env=env)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    summary = json.loads((out / "train_summary.json").read_text())
+    assert summary["world_size"] == 2
+    assert len(read_rows(out / "metrics.csv")) == 1
+    load_model(out / "checkpoints" / "best.ckpt")
+
+
+@pytest.mark.slow
+def test_overfits_a_handful_of_images(tmp_path):
+    data = SquaresDataset(6, seed=3)
+    config = tiny_config(
+        tmp_path / "overfit",
+        **{"trainer.epochs": 60, "data.batch_size": 6, "optim.lr": 3e-3, "optim.patience": 60},
+    )
+    run = fit(config, data, data)
+    summary = json.loads((run / "train_summary.json").read_text())
+    assert summary["best_val_dice"] > 0.9
