@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import logging
 import socket
 import threading
 import time
 
+import pytest
 import uvicorn
 
 
@@ -38,3 +40,13 @@ class LocalServer:
         self.server.should_exit = True
         self.thread.join(self.timeout)
         self.sock.close()
+
+
+@pytest.fixture(autouse=True)
+def restore_library_loggers():
+    """`create_app` silences pydicom's and highdicom's loggers process-wide; undo it per test."""
+    loggers = [logging.getLogger(name) for name in ("pydicom", "highdicom")]
+    levels = [logger.level for logger in loggers]
+    yield
+    for logger, level in zip(loggers, levels, strict=True):
+        logger.setLevel(level)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from serve_helpers import LocalServer
+from serve_helpers import LocalServer, restore_library_loggers  # noqa: F401
 from test_serve import FakePrediction
 
 from ptxseg.findings import compute_findings

@@ -5,7 +5,7 @@ from __future__ import annotations
 import cv2
 import pytest
 from dicom_files import chest_like
-from serve_helpers import LocalServer
+from serve_helpers import LocalServer, restore_library_loggers  # noqa: F401
 from test_serve import FakePredictor, FakeSegRenderer
 
 from ptxseg.cli import main

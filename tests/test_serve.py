@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 from dicom_files import chest_like, write_dicom
 from fastapi.testclient import TestClient
+from serve_helpers import restore_library_loggers  # noqa: F401  (autouse)
 
 from ptxseg.findings import compute_findings
 from ptxseg.rle import rle_decode
@@ -231,6 +232,7 @@ def test_real_dicom_seg_matches_the_mask_even_with_invalid_source_uids(tmp_path,
     with caplog.at_level(logging.DEBUG), warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("default")  # what a server process shows
         keep_identifiers_out_of_logs()
+        caplog.clear()  # making the test file above logs its invalid UID; the server must not
         response = TestClient(app).post("/v1/seg", content=data)
     assert response.status_code == 200, response.text
     assert response.content[128:132] == b"DICM"

@@ -71,7 +71,7 @@ def load_test(
     ),
     duration: float = typer.Option(10.0, min=0.1, help="Seconds to keep sending."),
     max_requests: int | None = typer.Option(
-        None, min=1, help="Stop after this many requests in total (default: no limit)."
+        None, min=1, help="Stop each client count after this many requests (default: no limit)."
     ),
     include: str = typer.Option(
         "none", help="Parts to ask for (see POST /v1/predict); none = findings and RLE only."
