@@ -198,6 +198,12 @@ def tmp_checkpoint_copy(tiny_checkpoint, tmp_path) -> Path:
     return copy
 
 
+def test_empty_validation_split_fails_before_writing(tmp_path):
+    with pytest.raises(ValueError, match="val split .*is empty"):
+        fit(tiny_config(tmp_path / "run"), SquaresDataset(4), SquaresDataset(0))
+    assert not (tmp_path / "run").exists()
+
+
 def test_resume_continues_from_the_saved_epoch(tmp_path):
     options = {
         "model.aux_head": True,

@@ -270,6 +270,12 @@ class SegmentationDataModule(L.LightningDataModule):
                 self.train_dataset = SegmentationDataset(d.work, "train", d.size, transform)
             if self.val_dataset is None:
                 self.val_dataset = SegmentationDataset(d.work, "val", d.size)
+        for name, dataset in (("train", self.train_dataset), ("val", self.val_dataset)):
+            if len(dataset) == 0:
+                raise ValueError(
+                    f"the {name} split{(' of ' + d.work) if d.work else ''} is empty: early "
+                    f"stopping and checkpoints need both; prepare more images or a larger --val"
+                )
 
     def _rank_world(self) -> tuple[int, int]:
         trainer = self.trainer

@@ -183,6 +183,7 @@ def fit(
     module = SegmentationModule(config)  # resolves the normalisation into the config
     module.metrics_path = run_dir / "metrics.csv"
     data = SegmentationDataModule(config, train_dataset, val_dataset)
+    data.setup("fit")  # bad data fails here, before anything is written
     trainer, recorder = build_trainer(config, run_dir, callbacks)
     if trainer.is_global_zero:
         run_dir.mkdir(parents=True, exist_ok=True)
