@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 DEMO_DIR ?= demo-output
 
-.PHONY: demo test lint format install clean
+.PHONY: demo test test-browser format install clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -23,6 +23,11 @@ test: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/python -m pytest -q
+
+# The real-browser test of the web page: Debian's chromium + Playwright (no browser download).
+test-browser: $(STAMP)
+	bash scripts/install-browser.sh
+	$(BIN)/python -m pytest -q -m browser tests/test_browser.py
 
 format: $(STAMP)
 	$(BIN)/ruff format .
