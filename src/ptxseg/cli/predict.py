@@ -249,7 +249,7 @@ def benchmark_runtime(
                 console.print(rows[-1])
     source = f"masks compared on {rb.evaluation_images(work, size, 1)[1]}"
     path = rb.write_tables(rows, out, note=source)
-    console.print(path.read_text())
+    typer.echo(path.read_text())
 
 
 def _runtime_of(path_name: str) -> tuple[str, str]:
