@@ -167,6 +167,22 @@ def test_a_global_threshold_cannot_find_the_pneumothorax():
     assert np.mean(scores) < 0.3, scores
 
 
+def test_conspicuity_darkens_the_air_gap_and_nothing_else():
+    spec = next(c for c in synth.plan_cases(10, seed=2, positive_fraction=0.5) if c.positive)
+    subtle, regions = synth.render_case(spec, 256)
+    plain, same_regions = synth.render_case(spec, 256, conspicuity=1.0)
+    clear, clear_regions = synth.render_case(spec, 256, conspicuity=3.0)
+    assert np.array_equal(subtle, plain)
+    mask = np.logical_or.reduce(regions)
+    assert all(np.array_equal(a, b) for a, b in zip(regions, clear_regions, strict=True))
+    gap = subtle[mask].astype(float).mean() - clear[mask].astype(float).mean()
+    assert gap > 5  # clearly darker inside the crescent
+    import cv2
+
+    outside = cv2.dilate(mask.astype(np.uint8), np.ones((9, 9), np.uint8)) == 0
+    assert np.array_equal(subtle[outside], clear[outside])  # the rest of the film is untouched
+
+
 def test_pneumothorax_lacks_lung_markings():
     """Deep inside the crescent the fine detail (vessels, parenchyma) is weaker and it is darker
     than the same pixels of the same radiograph drawn without a pneumothorax."""

@@ -21,6 +21,12 @@ def synth(
     overwrite: bool = typer.Option(
         False, "--overwrite", help="Replace a synthetic dataset already in OUT_DIR."
     ),
+    conspicuity: float = typer.Option(
+        1.0,
+        "--conspicuity",
+        min=0.0,
+        help="How visible a pneumothorax is: 1 subtle (as on real films), 3 for quick CPU demos.",
+    ),
     panel: Path | None = typer.Option(
         None, "--panel", help="Also plot a few samples with their masks to this PNG."
     ),
@@ -42,6 +48,7 @@ def synth(
             seed=seed,
             positive_fraction=positive_fraction,
             overwrite=overwrite,
+            conspicuity=conspicuity,
         )
     except (FileExistsError, ValueError) as error:
         console.print(f"[red]error:[/red] {error}")
