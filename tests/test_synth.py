@@ -233,11 +233,11 @@ def test_a_failure_leaves_no_half_written_dataset(tmp_path, monkeypatch):
     calls = []
     real_render = synth.render_case
 
-    def failing(spec, size):
+    def failing(spec, size, conspicuity=1.0):
         calls.append(spec)
         if len(calls) == 3:
             raise RuntimeError("disk full")
-        return real_render(spec, size)
+        return real_render(spec, size, conspicuity)
 
     monkeypatch.setattr(synth, "render_case", failing)
     with pytest.raises(RuntimeError, match="disk full"):
