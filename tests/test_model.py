@@ -92,6 +92,15 @@ def test_normalisation_uses_the_encoder_parameters():
     assert torch.allclose(model(x), expected, atol=1e-6)
 
 
+def test_bn_momentum_overrides_the_encoder_default():
+    def momenta(model):
+        return {m.momentum for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)}
+
+    assert min(momenta(build_model(_config("efficientnet-b0")))) == pytest.approx(0.01)  # TF
+    tuned = build_model(_config("efficientnet-b0", **{"model.bn_momentum": 0.1}))
+    assert momenta(tuned) == {0.1}
+
+
 def test_three_channel_input_repeats_the_image():
     model = build_model(_config(**{"model.in_channels": 3})).eval()
     assert _first_conv(model.net).in_channels == 3

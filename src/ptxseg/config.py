@@ -46,6 +46,7 @@ class ModelConfig:
     decoder_attention: str | None = None  # None or "scse"
     aux_head: bool = False  # empty vs pneumothorax classification head on the encoder
     in_channels: int = 1  # grayscale input; pretrained first convolutions are folded by smp
+    bn_momentum: float | None = None  # None: the encoder's own; 0.1 for short runs
     # Filled in at build time from the encoder's own preprocessing parameters, then saved.
     mean: list[float] | None = None
     std: list[float] | None = None

@@ -245,6 +245,21 @@ def _weights_source(encoder_weights: str | None) -> str:
     return "imagenet" if encoder_weights == "imagenet" else "path"
 
 
+def _finish(net: nn.Module, config: TrainConfig) -> SegmentationModel:
+    """Wrap the network; apply `model.bn_momentum` to every batch-norm layer when it is set.
+
+    Some encoders (smp's EfficientNets) keep TensorFlow's momentum of 0.01: their running
+    statistics need thousands of steps to settle, so a short run evaluates far worse than it
+    trained. PyTorch's usual 0.1 fixes that for short runs.
+    """
+    momentum = config.model.bn_momentum
+    if momentum is not None:
+        for module in net.modules():
+            if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                module.momentum = momentum
+    return SegmentationModel(net, config)
+
+
 def build_model(config: TrainConfig | dict, load_weights: bool = True) -> SegmentationModel:
     """U-Net from the config; fills `config.model.mean/std` when unset.
 
@@ -272,12 +287,12 @@ def build_model(config: TrainConfig | dict, load_weights: bool = True) -> Segmen
             source, m_path = "path", cached
         else:
             net = smp.Unet(encoder_weights="imagenet", in_channels=m.in_channels, **kwargs)
-            return SegmentationModel(net, config)
+            return _finish(net, config)
     else:
         m_path = m.encoder_weights
     if source == "none":
         net = smp.Unet(encoder_weights=None, in_channels=m.in_channels, **kwargs)
-        return SegmentationModel(net, config)
+        return _finish(net, config)
     # Load into a three-channel encoder, then let smp fold it to `in_channels` (as for imagenet).
     net = smp.Unet(encoder_weights=None, in_channels=3, **kwargs)
     foldable = hasattr(net.encoder, "set_in_channels")
@@ -292,7 +307,7 @@ def build_model(config: TrainConfig | dict, load_weights: bool = True) -> Segmen
         )
     if foldable and m.in_channels != 3:
         net.encoder.set_in_channels(m.in_channels, pretrained=True)
-    return SegmentationModel(net, config)
+    return _finish(net, config)
 
 
 def _cached_hub_weights(encoder: str) -> str | None:
