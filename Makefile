@@ -27,7 +27,7 @@ test: $(STAMP)
 # The real-browser test of the web page: Debian's chromium + Playwright (no browser download).
 test-browser: $(STAMP)
 	bash scripts/install-browser.sh
-	$(BIN)/python -m pytest -q -m browser tests/test_browser.py
+	$(BIN)/python -m pytest -q -m browser
 
 format: $(STAMP)
 	$(BIN)/ruff format .
