@@ -253,6 +253,24 @@ def test_tiny_checkpoint_fixture(tiny_checkpoint):
         assert model(torch.rand(1, 1, 64, 64)).shape == (1, 1, 64, 64)
 
 
+def test_benchmark_training_writes_rows_and_error_cells(tiny_work, tmp_path):
+    from ptxseg.cli import main
+
+    out = tmp_path / "bench"
+    args = ["benchmark-training", "--data", str(tiny_work), "--encoders", "resnet18,resnet51"]
+    args += ["--size", "64", "--batch-size", "2", "--steps", "1", "--workers", "0"]
+    args += ["--out", str(out), "--device", "cpu"]
+    try:
+        main(args)
+    except SystemExit as exit_:
+        assert exit_.code in (0, None)
+    rows = read_rows(out / "training_benchmark.csv")
+    assert [r["encoder"] for r in rows] == ["resnet18", "resnet51"]
+    assert float(rows[0]["loader_images_per_s"]) > 0 and float(rows[0]["model_images_per_s"]) > 0
+    assert rows[0]["error"] == "" and "unknown encoder 'resnet51'" in rows[1]["error"]
+    assert "Loader overhead" in (out / "training_benchmark.md").read_text()
+
+
 @pytest.mark.slow
 def test_ddp_two_cpu_processes(tiny_work, tmp_path):
     out = tmp_path / "ddp"

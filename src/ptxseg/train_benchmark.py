@@ -1,9 +1,11 @@
 """Training throughput: the real data loader against the model alone, per encoder, in one run.
 
-For each encoder the same model takes `steps` training steps (forward, backward, Adam) twice:
-fed by the real pipeline (memory-mapped cache + augmentation + positive-fraction sampler +
-DataLoader workers) and fed one batch already in memory. The ratio of the two speeds shows how
-much of the training time the loader costs. A failing encoder becomes an `error` cell.
+For each encoder the same model takes `steps` training steps (forward, backward, Adam) fed by
+the real pipeline (memory-mapped cache + augmentation + positive-fraction sampler + DataLoader
+workers) and fed one batch already in memory. The model-alone block runs before and after the
+loader block and the two are averaged, so a load that drifts during the run cancels out. The
+ratio of the two speeds shows how much of the training time the loader costs. A failing encoder
+becomes an `error` cell instead of ending the run.
 """
 
 from __future__ import annotations
@@ -104,12 +106,14 @@ def measure_encoder(
         pin_memory=dev.type == "cuda",
         drop_last=True,
     )
-    batches = iter(loader)
-    loader_s = _timed_steps(step, batches, steps, warmup, dev)
-    del batches
-    in_memory = next(iter(loader))
-    in_memory = {k: v.to(dev) for k, v in in_memory.items() if k in ("image", "mask")}
-    model_s = _timed_steps(step, itertools.repeat(in_memory), steps, warmup, dev)
+    # Model alone, with the loader, model alone again (A-B-A): averaging the two model blocks
+    # cancels a load that drifts during the run on a shared machine.
+    first = next(iter(loader))
+    in_memory = {k: v.to(dev) for k, v in first.items() if k in ("image", "mask")}
+    model_a = _timed_steps(step, itertools.repeat(in_memory), steps, warmup, dev)
+    loader_s = _timed_steps(step, iter(loader), steps, warmup, dev)
+    model_b = _timed_steps(step, itertools.repeat(in_memory), steps, 0, dev)
+    model_s = (model_a + model_b) / 2
     loader_ips = steps * batch_size / loader_s
     model_ips = steps * batch_size / model_s
     ratio = loader_ips / model_ips
@@ -173,7 +177,8 @@ def write_training_benchmark(rows: Sequence[dict], out_dir: str | Path) -> dict[
         "# Training throughput: data loader vs model alone\n\n"
         f"{environment_line()}\n\n"
         + rows_to_markdown(rows, COLUMNS)
-        + "\nBoth columns time the same training steps (forward, backward, Adam) after warm-up."
+        + "\nBoth columns time the same training steps (forward, backward, Adam) after warm-up;"
+        " model alone is the mean of a block before and a block after the loader block."
         " *With loader*: batches come from the cache through augmentation, the positive-fraction"
         " sampler and DataLoader workers. *Model alone*: one batch already on the device."
         " Ratio = with loader / alone; loader overhead = 1 - ratio (share of the time lost to"

@@ -175,11 +175,7 @@ def benchmark_training(
     """
     from rich.table import Table
 
-    from ptxseg.train_benchmark import (
-        COLUMNS,
-        run_training_benchmark,
-        write_training_benchmark,
-    )
+    from ptxseg.train_benchmark import run_training_benchmark, write_training_benchmark
 
     names = [e.strip() for e in encoders.split(",") if e.strip()]
     if not names:
@@ -196,9 +192,18 @@ def benchmark_training(
     )
     paths = write_training_benchmark(rows, out)
     table = Table(title=f"Training throughput ({size}px, batch {batch_size}, {workers} workers)")
-    keys = [k for k in COLUMNS if any(str(r.get(k, "")) != "" for r in rows)]
+    short = {
+        "encoder": "encoder",
+        "device": "device",
+        "loader_images_per_s": "loader img/s",
+        "model_images_per_s": "alone img/s",
+        "ratio": "ratio",
+        "loader_overhead_pct": "overhead %",
+        "error": "error",
+    }
+    keys = [k for k in short if any(str(r.get(k, "")) != "" for r in rows)]
     for key in keys:
-        table.add_column(COLUMNS[key])
+        table.add_column(short[key])
     for row in rows:
         table.add_row(*(str(row.get(k, "")) for k in keys))
     console.print(table)
