@@ -13,6 +13,7 @@ import math
 import os
 import resource
 import statistics
+import sys
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
@@ -93,8 +94,20 @@ def build_benchmark_model(encoder: str):
 
 
 def _rss_peak_mb() -> float:
-    """High-water mark of this process's resident memory (Linux reports KiB)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+    """High-water mark of this process's resident memory.
+
+    Linux's `VmHWM` belongs to the current address space. `ru_maxrss` would not do in a spawned
+    worker: Linux carries the parent's high-water mark across fork and exec into it.
+    """
+    try:
+        with open("/proc/self/status") as handle:
+            for line in handle:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
+    return peak / 2**20 if sys.platform == "darwin" else peak / 1024.0
 
 
 def _rss_now_mb() -> float:

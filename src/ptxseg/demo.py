@@ -138,7 +138,9 @@ def results_table(runs: Path, encoders: Sequence[str]) -> Table:
         "all-empty comp.",
         "Dice positives",
     ):
-        table.add_column(column, justify="left" if column == "encoder" else "right")
+        table.add_column(
+            column, justify="left" if column == "encoder" else "right", no_wrap=column == "encoder"
+        )
     for encoder in encoders:
         train = json.loads((runs / encoder / "train_summary.json").read_text())
         test = json.loads((runs / encoder / "eval" / "test" / "summary.json").read_text())
