@@ -201,6 +201,7 @@ def quantize_onnx(
     `calibration` images (H, W in [0, 1]; synthetic ones when None) - the fast path on VNNI CPUs.
     `dynamic`: int8 weights, activations quantised at run time (no calibration; slower for convs).
     """
+    import onnx
     from onnxruntime.quantization import (
         CalibrationMethod,
         QuantFormat,
@@ -221,6 +222,14 @@ def quantize_onnx(
         elif mode == "static":
             images = calibration if calibration else synthetic_calibration_images(size=size)
             reader = _Calibration(calibration_batches(images, size), INPUT_NAME)
+            # The last convolution writes the logits that are cut at 0: in uint8 they lose the
+            # fine steps around 0, and the masks of a trained U-Net-ResNet50 fell to a Dice of
+            # 0.53 against fp32 (0.98 with this one layer in fp32, at about the same speed).
+            head = [
+                n.name
+                for n in onnx.load(str(fp32_path)).graph.node
+                if "segmentation_head" in n.name
+            ]
             quantize_static(
                 fp32_path,
                 tmp,
@@ -230,6 +239,7 @@ def quantize_onnx(
                 weight_type=QuantType.QInt8,
                 per_channel=True,
                 calibrate_method=CalibrationMethod.MinMax,
+                nodes_to_exclude=head,
             )
         else:
             raise ValueError(f"unknown quantisation mode {mode!r}: expected 'static' or 'dynamic'")

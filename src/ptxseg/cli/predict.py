@@ -247,7 +247,7 @@ def benchmark_runtime(
                 except Exception as err:  # noqa: BLE001 - reported in the table
                     rows.append({"path": f"end-to-end {runtime} {precision}", "error": str(err)})
                 console.print(rows[-1])
-    source = f"masks compared on {rb.evaluation_images(work, size, 1)[1]}"
+    source = f"masks compared on {rb.evaluation_images(work, int(model.input_size), 1)[1]}"
     path = rb.write_tables(rows, out, note=source)
     typer.echo(path.read_text())
 
