@@ -20,6 +20,8 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from ptxseg import atomic
+
 # Metric key in done.json -> header in the tables. "Dice", "IoU" and "pixel accuracy" are pooled
 # over all pixels of the split; the competition Dice is the mean of per-image Dice (empty/empty=1).
 METRICS: dict[str, str] = {
@@ -74,12 +76,6 @@ def shard(cells: Sequence[Cell], spec: str | None) -> list[Cell]:
     return list(cells[i - 1 :: n])
 
 
-def _write_json_atomic(path: Path, data: dict) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=str) + "\n")
-    os.replace(tmp, path)
-
-
 def read_done(cell_dir: Path) -> dict | None:
     """The metrics of a finished cell, or None when it has not finished."""
     path = Path(cell_dir) / DONE
@@ -123,7 +119,8 @@ def run_grid(
             **metrics,
             "seconds": round(time.perf_counter() - start, 1),
         }
-        _write_json_atomic(cell_dir / DONE, result)  # last: marks the cell as finished
+        # last: marks the cell as finished
+        atomic.write_text(cell_dir / DONE, json.dumps(result, indent=2, default=str) + "\n")
         (cell_dir / "error.txt").unlink(missing_ok=True)
         results.append(result)
         if on_event:
@@ -287,7 +284,7 @@ def architecture_cost(encoder: str, size: int, cache_dir: Path, device: str = "c
     cost = {"infer_ms": row["latency_p50_ms"], "mem_mb": row["infer_mem_mb"]}
     if not row["error"]:
         path.parent.mkdir(parents=True, exist_ok=True)
-        _write_json_atomic(path, cost)
+        atomic.write_text(path, json.dumps(cost, indent=2, default=str) + "\n")
     return cost
 
 
@@ -393,4 +390,4 @@ def write_grid_spec(grid_dir: Path, spec: dict) -> None:
     merged = dict(old or {}, **spec)
     for key in ("encoders", "augs"):  # extending a grid by encoders or augmentations is fine
         merged[key] = list(dict.fromkeys((old or {}).get(key, []) + list(spec.get(key, []))))
-    _write_json_atomic(path, merged)
+    atomic.write_text(path, json.dumps(merged, indent=2, default=str) + "\n")

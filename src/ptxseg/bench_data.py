@@ -19,6 +19,7 @@ import cv2
 import numpy as np
 import pydicom
 
+from ptxseg import atomic
 from ptxseg.dicom import read_dicom
 from ptxseg.rle import rle_decode, rle_encode
 
@@ -235,12 +236,10 @@ def format_markdown(rows: Sequence[dict]) -> str:
 
 
 def write_table(rows: Sequence[dict], out: Path) -> None:
-    from ptxseg.prepare import write_atomic
-
     out.mkdir(parents=True, exist_ok=True)
-    write_atomic(out / "data-benchmark.md", format_markdown(rows))
+    atomic.write_if_changed(out / "data-benchmark.md", format_markdown(rows))
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, COLUMNS, lineterminator="\n")
     writer.writeheader()
     writer.writerows(rows)
-    write_atomic(out / "data-benchmark.csv", buffer.getvalue())
+    atomic.write_if_changed(out / "data-benchmark.csv", buffer.getvalue())

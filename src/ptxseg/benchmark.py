@@ -21,6 +21,8 @@ from dataclasses import asdict, dataclass
 from multiprocessing import get_context
 from pathlib import Path
 
+from ptxseg import atomic
+
 PRECISIONS = ("fp32", "bf16")
 
 # Column name -> header shown in the Markdown and rich tables.
@@ -263,12 +265,6 @@ def run_benchmark(
     return rows
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def _fmt(value) -> str:
     """Numbers without trailing zeros (a CSV round trip turns 256 into 256.0)."""
     return f"{value:g}" if isinstance(value, float) else str(value)
@@ -390,7 +386,7 @@ def write_benchmark(rows: Sequence[dict], out_dir: Path, note: str = "") -> dict
         " increase of a fresh process (high-water mark minus the RSS before the model was"
         " built); on GPU it is `torch.cuda.max_memory_allocated`.\n"
     )
-    _atomic_write_text(paths["md"], text)
+    atomic.write_text(paths["md"], text)
     if any(not r.get("error") for r in rows):
         plot_benchmark(rows, paths["png"])
     else:

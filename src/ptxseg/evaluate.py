@@ -23,7 +23,7 @@ import io
 import json
 import math
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,6 +32,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ptxseg import atomic
 from ptxseg.metrics import (
     METRIC_KINDS,
     SCORES,
@@ -183,17 +184,6 @@ def _fully_overridden(overrides: Mapping[str, Any]) -> bool:
 # --------------------------------------------------------------------------- outputs
 
 
-def _write_atomic(path: Path, write: Callable[[Any], None], binary: bool = False) -> None:
-    """Write through `write(file)` to a temporary name in the same folder, then rename."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb" if binary else "w", newline="" if not binary else None) as f:
-            write(f)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def _json_ready(value: Any) -> Any:
     if isinstance(value, Mapping):
         return {str(k): _json_ready(v) for k, v in value.items()}
@@ -284,9 +274,9 @@ def write_outputs(out_dir: Path, files: Mapping[str, Any]) -> dict[str, str]:
                 writer = csv.writer(f)
                 writer.writerows(rows)
 
-            _write_atomic(path, write_csv)
+            atomic.write_through(path, write_csv)
         elif name.endswith(".json"):
-            _write_atomic(path, lambda f, c=content: f.write(json.dumps(c, indent=2) + "\n"))
+            atomic.write_through(path, lambda f, c=content: f.write(json.dumps(c, indent=2) + "\n"))
         elif name.endswith(".npz"):
 
             def write_npz(f, arrays=content):
@@ -294,7 +284,7 @@ def write_outputs(out_dir: Path, files: Mapping[str, Any]) -> dict[str, str]:
                 np.savez_compressed(buffer, **arrays)
                 f.write(buffer.getvalue())
 
-            _write_atomic(path, write_npz, binary=True)
+            atomic.write_through(path, write_npz, binary=True)
         else:
             raise ValueError(f"no writer for output {name!r}")
         written[name] = str(path)

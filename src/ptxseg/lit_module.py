@@ -11,8 +11,6 @@ import csv
 import functools
 import io
 import math
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +19,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from ptxseg import metrics
+from ptxseg import atomic, metrics
 from ptxseg.config import TrainConfig
 from ptxseg.losses import aux_loss, build_loss
 from ptxseg.model import build_model
@@ -39,14 +37,6 @@ METRIC_COLUMNS = (
 )
 
 
-def atomic_write(path: Path, text: str) -> None:
-    """Write a text file under a temporary name in the same folder, then rename it."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w", newline="") as handle:
-        handle.write(text)
-    os.replace(tmp, path)
-
-
 def write_metrics_csv(path: Path, rows: list[dict[str, Any]]) -> None:
     """The tidy per-epoch table: one row per epoch with the columns of `METRIC_COLUMNS`."""
     buffer = io.StringIO()
@@ -54,7 +44,7 @@ def write_metrics_csv(path: Path, rows: list[dict[str, Any]]) -> None:
     writer.writeheader()
     for row in rows:
         writer.writerow({k: row.get(k, "") for k in METRIC_COLUMNS})
-    atomic_write(path, buffer.getvalue())
+    atomic.write_text(path, buffer.getvalue())
 
 
 def epoch_metrics(stats: torch.Tensor) -> dict[str, float]:

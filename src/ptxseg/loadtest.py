@@ -20,6 +20,8 @@ from typing import Any
 import httpx
 import numpy as np
 
+from ptxseg import atomic
+
 LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
 COLUMNS = [
     "clients",
@@ -303,7 +305,6 @@ def markdown_table(report: LoadTestReport) -> str:
 
 def write_report(report: LoadTestReport, out: str | Path) -> str:
     """Write load-test.md and load-test.csv into `out` (atomically); return the Markdown."""
-    from ptxseg.outputs import atomic_write_text
 
     out = Path(out)
     table = markdown_table(report)
@@ -312,6 +313,6 @@ def write_report(report: LoadTestReport, out: str | Path) -> str:
     writer.writeheader()
     for result in report.results:
         writer.writerow({k: "" if v is None else v for k, v in result.row().items()})
-    atomic_write_text(out / "load-test.md", table)
-    atomic_write_text(out / "load-test.csv", buf.getvalue())
+    atomic.write_text(out / "load-test.md", table)
+    atomic.write_text(out / "load-test.csv", buf.getvalue())
     return table

@@ -10,8 +10,6 @@ import csv
 import functools
 import io
 import json
-import os
-import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -19,6 +17,7 @@ from typing import Any
 import cv2
 import numpy as np
 
+from ptxseg import atomic
 from ptxseg.findings import caption
 
 SUMMARY_COLUMNS = [
@@ -39,25 +38,6 @@ SUMMARY_COLUMNS = [
 MASK_COLOUR = (40, 40, 230)  # BGR red
 
 
-def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
-    """Write bytes to `path` via a temporary file in the same folder and os.replace."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
-def atomic_write_text(path: str | Path, text: str) -> Path:
-    return atomic_write_bytes(path, text.encode("utf-8"))
-
-
 def encode_png(array: np.ndarray) -> bytes:
     ok, buf = cv2.imencode(".png", array)
     if not ok:  # pragma: no cover - OpenCV fails only on invalid arrays
@@ -67,7 +47,7 @@ def encode_png(array: np.ndarray) -> bytes:
 
 def write_mask(path: str | Path, mask: np.ndarray) -> Path:
     """Mask PNG with 0 / 255 at the original size."""
-    return atomic_write_bytes(path, encode_png(mask.astype(np.uint8) * 255))
+    return atomic.write_bytes(path, encode_png(mask.astype(np.uint8) * 255))
 
 
 def read_mask(path: str | Path) -> np.ndarray:
@@ -130,11 +110,11 @@ def _has_superscript_two(font) -> bool:
 
 
 def write_overlay(path: str | Path, image: np.ndarray, mask: np.ndarray, findings) -> Path:
-    return atomic_write_bytes(path, encode_png(overlay_image(image, mask, caption(findings))))
+    return atomic.write_bytes(path, encode_png(overlay_image(image, mask, caption(findings))))
 
 
 def write_json(path: str | Path, data: dict[str, Any]) -> Path:
-    return atomic_write_text(path, json.dumps(data, indent=2, default=_json_default) + "\n")
+    return atomic.write_text(path, json.dumps(data, indent=2, default=_json_default) + "\n")
 
 
 def _json_default(value):
@@ -164,7 +144,7 @@ def write_csv(path: str | Path, columns: list[str], rows: Iterable[dict[str, Any
     writer.writeheader()
     for row in rows:
         writer.writerow({k: "" if row.get(k) is None else row.get(k) for k in columns})
-    return atomic_write_text(path, buf.getvalue())
+    return atomic.write_text(path, buf.getvalue())
 
 
 def write_summary(path: str | Path, rows: Iterable[dict[str, Any]]) -> Path:

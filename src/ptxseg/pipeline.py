@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from ptxseg import atomic
 from ptxseg.outputs import (
     read_mask,
     summary_row,
@@ -161,11 +162,11 @@ def predict_files(
             )
         if explain:
             from ptxseg.explain import heatmap_overlay
-            from ptxseg.outputs import atomic_write_bytes, encode_png
+            from ptxseg.outputs import encode_png
 
             cam = predictor.explain(image)
             png = encode_png(heatmap_overlay(image, cam))
-            atomic_write_bytes(out / "explain" / f"{image_id}.png", png)
+            atomic.write_bytes(out / "explain" / f"{image_id}.png", png)
         write_json(out / "findings" / f"{image_id}.json", findings)  # last: marks it done
         rows[path] = summary_row(image_id, str(path), findings)
         submission[path] = (image_id, rle_encode(pred.mask))

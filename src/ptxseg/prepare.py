@@ -24,6 +24,7 @@ import numpy as np
 import pydicom
 from rich.progress import Progress
 
+from ptxseg import atomic
 from ptxseg.data import MANIFEST, SPLITS, SPLITS_FILE, cache_dir, cache_paths
 from ptxseg.dicom import DicomHeaderWarning, ImageReadError, parse_age, read_dicom
 from ptxseg.rle import detect_encoding, read_annotations, rles_to_mask
@@ -64,18 +65,6 @@ class Record:
 
 
 # ---------------------------------------------------------------- atomic writes
-
-
-def write_atomic(path: Path, data: bytes | str) -> bool:
-    """Write a file via a temporary name; skip (and return False) when the content is unchanged."""
-    blob = data.encode() if isinstance(data, str) else data
-    if path.is_file() and path.read_bytes() == blob:
-        return False
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_bytes(blob)
-    os.replace(tmp, path)
-    return True
 
 
 # ---------------------------------------------------------------- finding and joining
@@ -198,7 +187,7 @@ def load_or_make_split(
         )
     split = {"seed": seed, "val_fraction": val, "test_fraction": test}
     split.update(make_split(records, seed, val, test))
-    write_atomic(path, json.dumps(split, indent=1) + "\n")
+    atomic.write_if_changed(path, json.dumps(split, indent=1) + "\n")
     return split
 
 
@@ -263,8 +252,10 @@ def build_cache(
             pool.shutdown(cancel_futures=True)
     for r in records:
         r.mask_area = areas[r.image_id]
-    write_atomic(areas_path, json.dumps(areas))
-    write_atomic(info_path, json.dumps({"fingerprint": key, "size": size, "encoding": encoding}))
+    atomic.write_if_changed(areas_path, json.dumps(areas))
+    atomic.write_if_changed(
+        info_path, json.dumps({"fingerprint": key, "size": size, "encoding": encoding})
+    )
     return True
 
 
@@ -372,8 +363,8 @@ def prepare(
     for r in records:
         r.split = where[r.image_id]
     written = build_cache(out, records, size, rle_encoding, max(1, workers), progress)
-    write_atomic(out / MANIFEST, manifest_text(records))
-    write_atomic(out / "unmatched.json", json.dumps(problems, indent=1) + "\n")
+    atomic.write_if_changed(out / MANIFEST, manifest_text(records))
+    atomic.write_if_changed(out / "unmatched.json", json.dumps(problems, indent=1) + "\n")
     counts = {
         s: {
             "images": sum(r.split == s for r in records),

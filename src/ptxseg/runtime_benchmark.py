@@ -18,6 +18,8 @@ from typing import Any
 
 import numpy as np
 
+from ptxseg import atomic
+
 # (name, runtime, precision, options)
 PATHS: list[tuple[str, str, str, dict[str, Any]]] = [
     ("torch eager fp32", "torch", "fp32", {"channels_last": False}),
@@ -212,7 +214,7 @@ def end_to_end(
 def write_tables(rows: Sequence[dict[str, Any]], out_dir: str | Path, note: str = "") -> Path:
     """runtime-benchmark.md and .csv in `out_dir`; returns the Markdown path."""
     from ptxseg.benchmark import environment_line, rows_to_markdown
-    from ptxseg.outputs import atomic_write_text, write_csv
+    from ptxseg.outputs import write_csv
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -223,4 +225,4 @@ def write_tables(rows: Sequence[dict[str, Any]], out_dir: str | Path, note: str 
         f"{environment_line()}; nominal fp32 peak: {peak_text}.\n"
         f"{note}\n\n" + rows_to_markdown(rows, COLUMNS)
     )
-    return atomic_write_text(out / "runtime-benchmark.md", text)
+    return atomic.write_text(out / "runtime-benchmark.md", text)

@@ -21,6 +21,8 @@ from typing import Any
 
 import numpy as np
 
+from ptxseg import atomic
+
 UID_PATTERN = re.compile(r"(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*")
 SLICE_THICKNESS_MM = 1.0
 SNOMED_PNEUMOTHORAX = ("36118008", "SCT", "Pneumothorax")
@@ -132,8 +134,6 @@ def write_segmentation(
     """Write a DICOM SEG for `mask` next to the other outputs (atomically); notes into findings."""
     import io
 
-    from ptxseg.outputs import atomic_write_bytes
-
     seg, notes = build_segmentation(source_path, mask)
     buf = io.BytesIO()
     seg.save_as(buf)
@@ -143,7 +143,7 @@ def write_segmentation(
         )
         if notes:
             findings["seg_notes"] = notes
-    return atomic_write_bytes(out, buf.getvalue())
+    return atomic.write_bytes(out, buf.getvalue())
 
 
 def read_segmentation_mask(path: str | Path) -> np.ndarray:

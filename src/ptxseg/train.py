@@ -20,12 +20,11 @@ import lightning as L
 import torch
 from torch.utils.data import Dataset
 
-from ptxseg import metrics
+from ptxseg import atomic, metrics
 from ptxseg.config import TrainConfig, save_config
 from ptxseg.lit_module import (
     SegmentationDataModule,
     SegmentationModule,
-    atomic_write,
     write_metrics_csv,
 )
 
@@ -194,7 +193,7 @@ def fit(
     if trainer.is_global_zero:
         write_metrics_csv(run_dir / "metrics.csv", module.epoch_rows)
         summary = _summary(config, module, trainer, recorder, data, wall)
-        atomic_write(run_dir / "train_summary.json", json.dumps(summary, indent=2) + "\n")
+        atomic.write_text(run_dir / "train_summary.json", json.dumps(summary, indent=2) + "\n")
     return run_dir
 
 

@@ -15,6 +15,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from ptxseg import atomic
+
 COLUMNS: dict[str, str] = {
     "encoder": "Encoder",
     "size": "Size",
@@ -167,7 +169,6 @@ def run_training_benchmark(
 def write_training_benchmark(rows: Sequence[dict], out_dir: str | Path) -> dict[str, Path]:
     """`training_benchmark.csv` and `training_benchmark.md` in `out_dir`."""
     from ptxseg.benchmark import environment_line, rows_to_markdown, write_csv
-    from ptxseg.lit_module import atomic_write
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -184,5 +185,5 @@ def write_training_benchmark(rows: Sequence[dict], out_dir: str | Path) -> dict[
         " Ratio = with loader / alone; loader overhead = 1 - ratio (share of the time lost to"
         " loading).\n"
     )
-    atomic_write(paths["md"], text)
+    atomic.write_text(paths["md"], text)
     return paths

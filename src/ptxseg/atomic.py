@@ -1,0 +1,46 @@
+"""Atomic file writes: a temporary name in the same folder, then `os.replace`.
+
+Every output of ptxseg goes through here, so an interrupted command or bad input never leaves a
+half-written file that a rerun would trust.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import IO, Any
+
+
+def write_through(path: str | Path, write: Callable[[IO[Any]], Any], binary: bool = False) -> Path:
+    """Call `write(file)` on a temporary file beside `path`, then rename it to `path`."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb" if binary else "w", newline=None if binary else "") as handle:
+            write(handle)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def write_bytes(path: str | Path, data: bytes) -> Path:
+    return write_through(path, lambda f: f.write(data), binary=True)
+
+
+def write_text(path: str | Path, text: str) -> Path:
+    return write_bytes(path, text.encode("utf-8"))
+
+
+def write_if_changed(path: str | Path, data: bytes | str) -> bool:
+    """Write only when the content differs (a rerun then leaves files and their times alone)."""
+    path = Path(path)
+    blob = data.encode("utf-8") if isinstance(data, str) else data
+    if path.is_file() and path.read_bytes() == blob:
+        return False
+    write_bytes(path, blob)
+    return True
