@@ -25,3 +25,21 @@ def test_a_failing_writer_leaves_the_old_file_and_no_temporary(tmp_path):
         atomic.write_through(path, failing)
     assert path.read_text() == "old"
     assert [p.name for p in path.parent.iterdir()] == ["b.json"]
+
+
+def test_write_csv_keeps_the_columns_in_order(tmp_path):
+    rows = [{"b": 2, "a": 1, "extra": "x"}, {"a": None}]
+    path = atomic.write_csv(tmp_path / "t.csv", ["a", "b"], rows)
+    assert path.read_text() == "a,b\n1,2\n,\n"
+
+
+def test_save_figure_writes_a_png_and_closes_it(tmp_path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig = plt.figure()
+    path = atomic.save_figure(fig, tmp_path / "f.png", dpi=20)
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert not plt.fignum_exists(fig.number)

@@ -12,7 +12,6 @@ from __future__ import annotations
 import csv
 import json
 import math
-import os
 import statistics
 import time
 import traceback
@@ -228,20 +227,15 @@ def plot_ablation(rows: Sequence[dict], path: Path) -> Path:
     axes[0].set_ylabel("mean ± std over seeds")
     axes[-1].legend(fontsize=8)
     fig.tight_layout()
-    tmp = path.with_name(f".{path.stem}.tmp.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    os.replace(tmp, path)
-    return path
+    return atomic.save_figure(fig, path, dpi=110)
 
 
 def write_ablation(rows: Sequence[dict], grid_dir: Path) -> dict[str, Path]:
     """Write ablation.csv, ablation.md and ablation.png into the grid folder."""
-    from ptxseg.benchmark import write_csv
 
     grid_dir = Path(grid_dir)
     paths = {k: grid_dir / f"ablation.{k}" for k in ("csv", "md", "png")}
-    write_csv(paths["csv"], rows, ablation_columns())
+    atomic.write_csv(paths["csv"], ablation_columns(), rows)
     text = (
         "# Ablation: encoder x augmentation\n\n"
         + ablation_markdown(rows)
@@ -250,9 +244,7 @@ def write_ablation(rows: Sequence[dict], grid_dir: Path) -> dict[str, Path]:
         " empty truth with an empty prediction counts 1). Inference time and memory come from"
         " the benchmark of the architecture (batch 1, fresh process).\n"
     )
-    tmp = paths["md"].with_name(".ablation.md.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, paths["md"])
+    atomic.write_text(paths["md"], text)
     plot_ablation(rows, paths["png"])
     return paths
 

@@ -6,9 +6,11 @@ half-written file that a rerun would trust.
 
 from __future__ import annotations
 
+import csv
+import io
 import os
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import IO, Any
 
@@ -44,3 +46,25 @@ def write_if_changed(path: str | Path, data: bytes | str) -> bool:
         return False
     write_bytes(path, blob)
     return True
+
+
+def write_csv(path: str | Path, columns: Sequence[str], rows: Iterable[dict[str, Any]]) -> Path:
+    """A CSV with a header of `columns`; keys outside them are ignored, missing ones left empty."""
+    buffer = io.StringIO()
+    writer = csv.DictWriter(
+        buffer, fieldnames=list(columns), extrasaction="ignore", lineterminator="\n"
+    )
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: "" if row.get(k) is None else row.get(k) for k in columns})
+    return write_text(path, buffer.getvalue())
+
+
+def save_figure(fig: Any, path: str | Path, **savefig: Any) -> Path:
+    """Save a matplotlib figure as PNG atomically, then close it."""
+    import matplotlib.pyplot as plt
+
+    try:
+        return write_through(path, lambda f: fig.savefig(f, format="png", **savefig), binary=True)
+    finally:
+        plt.close(fig)

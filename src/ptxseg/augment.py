@@ -22,7 +22,6 @@ DataLoader workers.
 from __future__ import annotations
 
 import math
-import os
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -32,6 +31,8 @@ import torch
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
+
+from ptxseg import atomic
 
 STRATEGIES = ("none", "geometric", "photometric", "noise", "elastic", "full")
 
@@ -402,15 +403,4 @@ def plot_preview(
                     ax.set_title("input" if col == 0 else f"sample {col}", fontsize=9)
             axes[row, 0].set_ylabel(strategy, fontsize=10)
     fig.tight_layout()
-    out_png = Path(out_png)
-    out_png.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out_png.name}.", suffix=".tmp", dir=out_png.parent)
-    os.close(fd)
-    try:
-        fig.savefig(tmp, format="png", dpi=100)
-        os.replace(tmp, out_png)
-    finally:
-        plt.close(fig)
-        if os.path.exists(tmp):
-            os.remove(tmp)
-    return out_png
+    return atomic.save_figure(fig, out_png, dpi=100)

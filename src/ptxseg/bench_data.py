@@ -6,8 +6,6 @@ ratios hold on a noisy machine even when the absolute numbers drift.
 
 from __future__ import annotations
 
-import csv
-import io
 import shutil
 import tempfile
 import time
@@ -237,9 +235,5 @@ def format_markdown(rows: Sequence[dict]) -> str:
 
 def write_table(rows: Sequence[dict], out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
-    atomic.write_if_changed(out / "data-benchmark.md", format_markdown(rows))
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, COLUMNS, lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
-    atomic.write_if_changed(out / "data-benchmark.csv", buffer.getvalue())
+    atomic.write_text(out / "data-benchmark.md", format_markdown(rows))
+    atomic.write_csv(out / "data-benchmark.csv", COLUMNS, rows)

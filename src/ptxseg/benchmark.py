@@ -283,16 +283,6 @@ def rows_to_markdown(rows: Sequence[dict], columns: dict[str, str] = COLUMNS) ->
     return "\n".join(lines) + "\n"
 
 
-def write_csv(path: Path, rows: Sequence[dict], columns: Sequence[str]) -> None:
-    """Write rows to CSV atomically (a temporary name, then os.replace)."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(columns), extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows(rows)
-    os.replace(tmp, path)
-
-
 def read_benchmark_csv(path: Path) -> list[dict]:
     """Rows of a benchmark.csv with numbers parsed back (empty cells stay '')."""
     rows = []
@@ -339,11 +329,7 @@ def plot_benchmark(rows: Sequence[dict], path: Path) -> Path:
             fontsize=11,
         )
     fig.tight_layout()
-    tmp = path.with_name(f".{path.stem}.tmp.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    os.replace(tmp, path)
-    return path
+    return atomic.save_figure(fig, path, dpi=110)
 
 
 def environment_line() -> str:
@@ -374,7 +360,7 @@ def write_benchmark(rows: Sequence[dict], out_dir: Path, note: str = "") -> dict
         "md": out_dir / "benchmark.md",
         "png": out_dir / "benchmark.png",
     }
-    write_csv(paths["csv"], rows, list(COLUMNS))
+    atomic.write_csv(paths["csv"], COLUMNS, rows)
     text = "# Backbone benchmark\n\n"
     if note:
         text += note.strip() + "\n\n"

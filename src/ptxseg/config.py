@@ -10,14 +10,14 @@ its model.
 from __future__ import annotations
 
 import dataclasses
-import os
-import tempfile
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import yaml
+
+from ptxseg import atomic
 
 SCHEDULERS = ("plateau", "cosine")
 PRECISIONS = ("32", "bf16-mixed", "16-mixed")
@@ -269,11 +269,4 @@ def load_config(
 
 def save_config(config: TrainConfig, path: str | Path) -> Path:
     """Write the resolved config as YAML, atomically (temporary name, then rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    text = yaml.safe_dump(config.to_dict(), sort_keys=False)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w") as handle:
-        handle.write(text)
-    os.replace(tmp, path)
-    return path
+    return atomic.write_text(path, yaml.safe_dump(config.to_dict(), sort_keys=False))

@@ -7,9 +7,7 @@ the competition Dice is the mean per-image Dice with empty/empty = 1, also under
 
 from __future__ import annotations
 
-import csv
 import functools
-import io
 import math
 from pathlib import Path
 from typing import Any
@@ -39,12 +37,7 @@ METRIC_COLUMNS = (
 
 def write_metrics_csv(path: Path, rows: list[dict[str, Any]]) -> None:
     """The tidy per-epoch table: one row per epoch with the columns of `METRIC_COLUMNS`."""
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=METRIC_COLUMNS, extrasaction="ignore")
-    writer.writeheader()
-    for row in rows:
-        writer.writerow({k: row.get(k, "") for k in METRIC_COLUMNS})
-    atomic.write_text(path, buffer.getvalue())
+    atomic.write_csv(path, METRIC_COLUMNS, rows)
 
 
 def epoch_metrics(stats: torch.Tensor) -> dict[str, float]:

@@ -27,6 +27,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from ptxseg import atomic
+
 SCORES = ("max_prob", "area")
 """Per-image detection scores: the maximum probability, or the predicted area in pixels."""
 
@@ -415,9 +417,4 @@ def store_operating_point(
     ckpt["ptxseg"]["operating_point"] = op.to_dict()
     if metrics is not None:
         ckpt["ptxseg"]["validation"] = _plain(metrics)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        torch.save(ckpt, tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    atomic.write_through(path, lambda f: torch.save(ckpt, f), binary=True)

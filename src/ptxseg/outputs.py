@@ -6,9 +6,7 @@ Every file is written to a temporary name in its own folder and moved into place
 
 from __future__ import annotations
 
-import csv
 import functools
-import io
 import json
 from collections.abc import Iterable
 from pathlib import Path
@@ -138,22 +136,13 @@ def summary_row(
     return row
 
 
-def write_csv(path: str | Path, columns: list[str], rows: Iterable[dict[str, Any]]) -> Path:
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
-    writer.writeheader()
-    for row in rows:
-        writer.writerow({k: "" if row.get(k) is None else row.get(k) for k in columns})
-    return atomic.write_text(path, buf.getvalue())
-
-
 def write_summary(path: str | Path, rows: Iterable[dict[str, Any]]) -> Path:
-    return write_csv(path, SUMMARY_COLUMNS, rows)
+    return atomic.write_csv(path, SUMMARY_COLUMNS, rows)
 
 
 def write_submission(path: str | Path, rows: Iterable[tuple[str, str]]) -> Path:
     """Competition format: `ImageId,EncodedPixels` with relative RLE, `-1` for no pneumothorax."""
-    return write_csv(
+    return atomic.write_csv(
         path,
         ["ImageId", "EncodedPixels"],
         ({"ImageId": i, "EncodedPixels": rle} for i, rle in rows),

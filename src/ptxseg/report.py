@@ -18,7 +18,6 @@ import csv
 import html
 import json
 import math
-import os
 import re
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -26,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ptxseg import plots
+from ptxseg import atomic, plots
 
 EVAL_FILES = ("summary.json", "per_image.csv", "roc.csv", "panels.npz")
 PANEL_ORDER = ("best", "worst", "false_positive", "false_negative")
@@ -655,9 +654,4 @@ def write_report(root: Path, out: Path | None = None) -> Path:
     root = Path(root)
     text = render_report(root)
     out_dir = Path(out) if out else root
-    out_dir.mkdir(parents=True, exist_ok=True)
-    path = out_dir / "report.html"
-    tmp = path.with_name(".report.html.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-    return path
+    return atomic.write_text(out_dir / "report.html", text)

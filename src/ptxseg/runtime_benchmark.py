@@ -214,11 +214,10 @@ def end_to_end(
 def write_tables(rows: Sequence[dict[str, Any]], out_dir: str | Path, note: str = "") -> Path:
     """runtime-benchmark.md and .csv in `out_dir`; returns the Markdown path."""
     from ptxseg.benchmark import environment_line, rows_to_markdown
-    from ptxseg.outputs import write_csv
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    write_csv(out / "runtime-benchmark.csv", list(COLUMNS), rows)
+    atomic.write_csv(out / "runtime-benchmark.csv", COLUMNS, rows)
     _, peak_text = cpu_peak_gflops()
     text = (
         "# Inference runtimes\n\n"

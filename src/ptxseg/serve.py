@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import base64
 import logging
-import os
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -36,6 +35,7 @@ from fastapi import FastAPI, Query, Request
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 
+from ptxseg import atomic
 from ptxseg.dicom import ImageReadError, read_image
 from ptxseg.rle import rle_encode
 from ptxseg.serve_card import INTENDED_USE
@@ -115,11 +115,7 @@ def parse_include(include: str) -> set[str]:
 
 def _keep(upload: Upload, folder: Path, request_id: str) -> None:
     """Store an upload under its request id (never its original name), atomically."""
-    folder.mkdir(parents=True, exist_ok=True)
-    target = folder / f"{request_id}{upload.suffix}"
-    tmp = folder / f".{target.name}.tmp"
-    tmp.write_bytes(upload.data)
-    os.replace(tmp, target)
+    atomic.write_bytes(folder / f"{request_id}{upload.suffix}", upload.data)
 
 
 class _Service:

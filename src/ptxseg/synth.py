@@ -23,6 +23,7 @@ from typing import Any
 import cv2
 import numpy as np
 
+from ptxseg import atomic
 from ptxseg.rle import rle_encode
 
 IMAGES_DIR = "dicom-images-train"
@@ -542,14 +543,6 @@ def dicom_bytes(spec: CaseSpec, image: np.ndarray, seed: int | None = None) -> b
     return buffer.getvalue()
 
 
-def _write_bytes(path: Path, data: bytes) -> None:
-    """Write to a temporary name in the same folder, then rename: never a half-written file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
-
-
 def _csv_text(rows: list[tuple[str, str]]) -> str:
     """Stage-1 `train-rle.csv`: header `ImageId, EncodedPixels`, values with a leading space."""
     buffer = io.StringIO()
@@ -599,13 +592,13 @@ def generate_dataset(
             for spec in cases:
                 image, regions = render_case(spec, size, conspicuity)
                 path = staging / IMAGES_DIR / spec.study_uid / spec.series_uid
-                _write_bytes(path / f"{spec.image_id}.dcm", dicom_bytes(spec, image, seed))
+                atomic.write_bytes(path / f"{spec.image_id}.dcm", dicom_bytes(spec, image, seed))
                 rows.extend((spec.image_id, rle_encode(r, "relative")) for r in regions)
                 if not regions:
                     rows.append((spec.image_id, "-1"))
                 n_regions += len(regions)
                 bar.advance(task)
-        _write_bytes(staging / CSV_NAME, _csv_text(rows).encode())
+        atomic.write_bytes(staging / CSV_NAME, _csv_text(rows).encode())
         for path in existing:
             shutil.rmtree(path) if path.is_dir() else path.unlink()
         os.replace(staging / IMAGES_DIR, images_dir)
@@ -701,9 +694,4 @@ def plot_samples(out_dir: str | Path, png_path: str | Path, n: int = 6) -> Path:
         -0.08, 0.5, "mask", transform=axes[1, 0].transAxes, rotation=90, va="center", ha="right"
     )
     fig.tight_layout()
-    png_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = png_path.with_name(f".{png_path.name}.tmp")
-    fig.savefig(tmp, format="png", dpi=80)
-    plt.close(fig)
-    os.replace(tmp, png_path)
-    return png_path
+    return atomic.save_figure(fig, png_path, dpi=80)

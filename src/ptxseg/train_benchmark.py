@@ -168,12 +168,12 @@ def run_training_benchmark(
 
 def write_training_benchmark(rows: Sequence[dict], out_dir: str | Path) -> dict[str, Path]:
     """`training_benchmark.csv` and `training_benchmark.md` in `out_dir`."""
-    from ptxseg.benchmark import environment_line, rows_to_markdown, write_csv
+    from ptxseg.benchmark import environment_line, rows_to_markdown
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = {"csv": out_dir / "training_benchmark.csv", "md": out_dir / "training_benchmark.md"}
-    write_csv(paths["csv"], rows, list(COLUMNS))
+    atomic.write_csv(paths["csv"], COLUMNS, rows)
     text = (
         "# Training throughput: data loader vs model alone\n\n"
         f"{environment_line()}\n\n"
