@@ -13,3 +13,14 @@ def siim_real() -> Path:
     if not SIIM_REAL.is_dir():
         pytest.skip(f"real SIIM files not found at {SIIM_REAL}")
     return SIIM_REAL
+
+
+@pytest.fixture(autouse=True, scope="session")
+def one_torch_thread():
+    """Tiny models gain nothing from threads, and on a shared 2-core machine threads contend."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -12,6 +12,7 @@ import os
 import warnings
 from pathlib import Path
 
+import chromium
 import numpy as np
 import pytest
 from serve_helpers import LocalServer, restore_library_loggers  # noqa: F401
@@ -23,15 +24,7 @@ from ptxseg.serve_card import LIMITATIONS
 
 pytestmark = pytest.mark.browser
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
+CHROMIUM = chromium.find() or "/usr/bin/chromium"
 SIZE = 512
 OP = {"top": 0.6, "bottom": 0.4, "min_area": 20}
 
@@ -68,7 +61,7 @@ def browser():
     if not Path(CHROMIUM).exists():
         pytest.skip(f"{CHROMIUM} not found: run scripts/install-browser.sh")
     with playwright.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=chromium.ARGS)
         yield browser
         browser.close()
 

@@ -20,15 +20,6 @@ from ptxseg.model import (
 )
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """Tiny models gain nothing from threads, and on a shared machine threads only contend."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _config(encoder="resnet18", **overrides):
     values = {"model.encoder": encoder, "model.encoder_weights": "none", "data.size": 64}
     values.update(overrides)

@@ -4,9 +4,9 @@ nothing external, and a clear note for what is missing."""
 import csv
 import json
 import re
-import shutil
 import subprocess
 
+import chromium
 import numpy as np
 import pytest
 
@@ -215,7 +215,7 @@ def test_cli_writes_report_into_out(demo, tmp_path):
 
 @pytest.mark.browser
 def test_report_renders_in_chromium(demo, tmp_path):
-    browser = shutil.which("chromium") or shutil.which("chromium-browser")
+    browser = chromium.find()
     if browser is None:
         pytest.skip("chromium not installed (apt-get install chromium)")
     path = write_report(demo)
@@ -224,12 +224,7 @@ def test_report_renders_in_chromium(demo, tmp_path):
         [
             browser,
             "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-            "--no-first-run",
+            *chromium.ARGS,
             f"--screenshot={shot}",
             "--window-size=1280,2000",
             path.resolve().as_uri(),

@@ -26,15 +26,6 @@ from ptxseg.model import load_model
 from ptxseg.train import empty_baseline, fit
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """Tiny models gain nothing from threads, and on a shared machine threads only contend."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 class SquaresDataset(torch.utils.data.Dataset):
     """Dark noise images; every other one has a bright square that is its mask."""
 

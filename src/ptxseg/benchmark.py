@@ -95,7 +95,7 @@ def build_benchmark_model(encoder: str):
     return build_model({"model": {"encoder": encoder, "encoder_weights": "none"}})
 
 
-def _rss_peak_mb() -> float:
+def peak_rss_mb() -> float:
     """High-water mark of this process's resident memory.
 
     Linux's `VmHWM` belongs to the current address space. `ru_maxrss` would not do in a spawned
@@ -200,7 +200,7 @@ def _measure(config: BenchConfig, build: Callable[[str], object]) -> dict:
         infer_mem = torch.cuda.max_memory_allocated(device) / 2**20
         torch.cuda.reset_peak_memory_stats(device)
     else:
-        infer_mem = _rss_peak_mb() - base_rss
+        infer_mem = peak_rss_mb() - base_rss
 
     result = {
         "params_m": round(params_m, 3),
@@ -230,7 +230,7 @@ def _measure(config: BenchConfig, build: Callable[[str], object]) -> dict:
         if i >= config.warmup:
             steps.append(time.perf_counter() - start)
     train_mem = (
-        torch.cuda.max_memory_allocated(device) / 2**20 if cuda else _rss_peak_mb() - base_rss
+        torch.cuda.max_memory_allocated(device) / 2**20 if cuda else peak_rss_mb() - base_rss
     )
 
     result["train_step_ms"] = round(statistics.median(steps) * 1e3, 2)

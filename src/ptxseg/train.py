@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import json
 import math
-import resource
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -21,6 +19,7 @@ import torch
 from torch.utils.data import Dataset
 
 from ptxseg import atomic, metrics
+from ptxseg.benchmark import peak_rss_mb
 from ptxseg.config import TrainConfig, save_config
 from ptxseg.lit_module import (
     SegmentationDataModule,
@@ -197,11 +196,6 @@ def fit(
     return run_dir
 
 
-def _peak_rss_mb() -> float:
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak / 2**20 if sys.platform == "darwin" else peak / 1024
-
-
 def _summary(config, module, trainer, recorder, data, wall: float) -> dict[str, Any]:
     rows = module.epoch_rows
     finite = [r for r in rows if not math.isnan(r["val_dice"])]
@@ -222,7 +216,7 @@ def _summary(config, module, trainer, recorder, data, wall: float) -> dict[str, 
         "train_images_per_s": round(recorder.train_images / recorder.train_seconds, 2)
         if recorder.train_seconds
         else None,
-        "peak_rss_mb": round(_peak_rss_mb(), 1),
+        "peak_rss_mb": round(peak_rss_mb(), 1),
         "peak_gpu_mb": round(gpu_mb, 1) if gpu_mb is not None else None,
         "device": str(module.device),
         "world_size": trainer.world_size,
