@@ -1,8 +1,8 @@
 """Small models with the SegmentationModel interface for the prediction tests.
 
 `TinyUnet` is a random-weight smp U-Net (ResNet18, no download) that normalises inside, like
-`ptxseg.model.SegmentationModel`; `RegionModel` fires on a known rectangle so tests can check that
-masks come back aligned at the original size and on the right side.
+`ptxseg.model.unet.SegmentationModel`; `RegionModel` fires on a known rectangle so tests can check
+that masks come back aligned at the original size and on the right side.
 """
 
 from __future__ import annotations
@@ -56,7 +56,7 @@ class RegionModel(nn.Module):
 def make_checkpoint(path, encoder: str = "resnet50", size: int = 64, operating_point=None):
     """A checkpoint as `ptxseg train` writes it (random weights), for `load_model`."""
     from ptxseg.config import TrainConfig
-    from ptxseg.model import build_model
+    from ptxseg.model.unet import build_model
 
     config = TrainConfig.from_dict(
         {

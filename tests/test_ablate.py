@@ -5,8 +5,9 @@ import math
 
 import pytest
 
-from ptxseg import ablate
-from ptxseg.ablate import (
+from ptxseg.cli import main
+from ptxseg.evaluation import ablate
+from ptxseg.evaluation.ablate import (
     METRICS,
     Cell,
     aggregate,
@@ -18,7 +19,6 @@ from ptxseg.ablate import (
     shard,
     write_grid_spec,
 )
-from ptxseg.cli import main
 
 
 def fake_metrics(cell: Cell) -> dict:
@@ -169,8 +169,8 @@ def test_cli_shards_resume_and_aggregate(tmp_path, monkeypatch):
 
 @pytest.mark.slow
 def test_real_grid_trains_evaluates_and_resumes(tmp_path):
-    from ptxseg.prepare import prepare
-    from ptxseg.synth import generate_dataset
+    from ptxseg.data.prepare import prepare
+    from ptxseg.data.synth import generate_dataset
 
     generate_dataset(tmp_path / "raw", n_images=20, size=64, seed=0, positive_fraction=0.5)
     prepare(

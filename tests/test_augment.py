@@ -9,14 +9,14 @@ import torch
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 
-from ptxseg import augment
-from ptxseg.augment import (
+from ptxseg.cli import main
+from ptxseg.training import augment
+from ptxseg.training.augment import (
     STRATEGIES,
     AlignedRandomResizedCrop,
     SyntheticArtifacts,
     build_transform,
 )
-from ptxseg.cli import main
 
 SIZE = 64
 SEEDS = range(8)

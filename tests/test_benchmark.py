@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from ptxseg.benchmark import (
+from ptxseg.benchmarks.backbones import (
     COLUMNS,
     BenchConfig,
     _percentile,

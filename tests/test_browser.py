@@ -18,9 +18,9 @@ import pytest
 from serve_helpers import LocalServer, restore_library_loggers  # noqa: F401
 from test_serve import FakePrediction
 
-from ptxseg.findings import compute_findings
-from ptxseg.serve import ServeSettings, create_app
-from ptxseg.serve_card import LIMITATIONS
+from ptxseg.inference.findings import compute_findings
+from ptxseg.serving.app import ServeSettings, create_app
+from ptxseg.serving.card import LIMITATIONS
 
 pytestmark = pytest.mark.browser
 
@@ -43,7 +43,7 @@ class OraclePredictor:
 @pytest.fixture(scope="module")
 def case(tmp_path_factory) -> tuple[Path, np.ndarray]:
     """A synthetic SIIM-style DICOM (the largest pneumothorax of a few) and its true mask."""
-    from ptxseg import synth
+    from ptxseg.data import synth
 
     specs = synth.plan_cases(6, seed=11, positive_fraction=1.0)
     rendered = [(spec, *synth.render_case(spec, SIZE)) for spec in specs]

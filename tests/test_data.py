@@ -3,9 +3,14 @@
 import numpy as np
 import pytest
 
-from ptxseg.bench_data import format_markdown, realistic_masks, reference_decode, reference_encode
-from ptxseg.data import PositiveFractionSampler, SegmentationDataset
-from ptxseg.rle import rle_decode, rle_encode
+from ptxseg.benchmarks.data import (
+    format_markdown,
+    realistic_masks,
+    reference_decode,
+    reference_encode,
+)
+from ptxseg.data.dataset import PositiveFractionSampler, SegmentationDataset
+from ptxseg.data.rle import rle_decode, rle_encode
 
 LABELS = np.array([True] * 10 + [False] * 90)
 

@@ -8,7 +8,7 @@ import pydicom
 import pytest
 from dicom_files import chest_like, write_dicom
 
-from ptxseg.dicom import DicomHeaderWarning, ImageReadError, read_dicom, read_image
+from ptxseg.data.dicom import DicomHeaderWarning, ImageReadError, read_dicom, read_image
 
 
 def test_uncompressed_8bit(tmp_path):

@@ -8,15 +8,15 @@ import pytest
 import torch
 from torch import nn
 
-from ptxseg.data import cache_paths
-from ptxseg.evaluate import (
+from ptxseg.data.dataset import cache_paths
+from ptxseg.evaluation.evaluate import (
     apply_overrides,
     choose_panels,
     evaluate,
     evaluate_checkpoint,
     predict_probabilities,
 )
-from ptxseg.metrics import OperatingPoint, load_operating_point
+from ptxseg.model.metrics import OperatingPoint, load_operating_point
 
 SIZE = 32
 
@@ -213,7 +213,7 @@ def test_outputs_per_image_csv_summary_roc_and_panels(tmp_path):
     assert "test-5" not in set(panels["image_ids"])
     assert panels["probabilities"].shape == panels["truths"].shape == panels["masks"].shape
     assert (panels["masks"] == (panels["probabilities"] > 0.5)).all()  # masks = prediction
-    from ptxseg.report import read_panels  # the report reads truth and prediction apart
+    from ptxseg.reporting.html import read_panels  # the report reads truth and prediction apart
 
     groups = {g["category"]: g for g in read_panels(out / "panels.npz")}
     fp = groups["false_positive"]
@@ -248,7 +248,7 @@ def test_missing_cache_names_prepare_size(tmp_path):
 
 def _real_checkpoint(path):
     from ptxseg.config import TrainConfig
-    from ptxseg.model import build_model
+    from ptxseg.model.unet import build_model
 
     config = TrainConfig.from_dict(
         {"data": {"size": SIZE}, "model": {"encoder": "resnet18", "encoder_weights": "none"}}

@@ -6,10 +6,10 @@ import pytest
 from predict_helpers import RegionModel, TinyUnet, make_checkpoint
 
 from ptxseg.cli import main
-from ptxseg.export import ParityError, export_onnx, parity, read_metadata
-from ptxseg.metrics import OperatingPoint
-from ptxseg.predict import Predictor
-from ptxseg.runtimes import onnxruntime_runner
+from ptxseg.inference.export import ParityError, export_onnx, parity, read_metadata
+from ptxseg.inference.predictor import Predictor
+from ptxseg.inference.runtimes import onnxruntime_runner
+from ptxseg.model.metrics import OperatingPoint
 
 
 def test_export_parity_dynamic_batch_and_metadata(tmp_path):
@@ -37,7 +37,7 @@ def test_onnx_file_alone_serves_with_the_stored_operating_point(tmp_path):
 
 
 def test_parity_failure_is_loud_and_leaves_no_file(tmp_path, monkeypatch):
-    monkeypatch.setattr("ptxseg.export.parity", lambda *a, **k: 0.5)
+    monkeypatch.setattr("ptxseg.inference.export.parity", lambda *a, **k: 0.5)
     with pytest.raises(ParityError, match="differs from PyTorch"):
         export_onnx(TinyUnet(), tmp_path / "bad.onnx")
     assert list(tmp_path.iterdir()) == []

@@ -3,7 +3,13 @@
 import numpy as np
 import pytest
 
-from ptxseg.findings import bounding_box, caption, compute_findings, mask_side, side_convention
+from ptxseg.inference.findings import (
+    bounding_box,
+    caption,
+    compute_findings,
+    mask_side,
+    side_convention,
+)
 
 OP = {"top": 0.5, "bottom": 0.5, "min_area": 0}
 

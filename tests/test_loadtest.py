@@ -8,15 +8,15 @@ from dicom_files import chest_like
 from serve_helpers import LocalServer, restore_library_loggers  # noqa: F401
 from test_serve import FakePredictor, FakeSegRenderer
 
-from ptxseg.cli import main
-from ptxseg.loadtest import (
+from ptxseg.benchmarks.load import (
     LoadTestError,
     check_local_url,
     parse_clients,
     run_load_test,
     write_report,
 )
-from ptxseg.serve import ServeSettings, create_app
+from ptxseg.cli import main
+from ptxseg.serving.app import ServeSettings, create_app
 
 
 @pytest.mark.parametrize(

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from ptxseg.config import LossConfig
-from ptxseg.losses import ComboLoss, aux_loss, build_loss
+from ptxseg.model.losses import ComboLoss, aux_loss, build_loss
 
 LN2 = math.log(2.0)
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from ptxseg.metrics import (
+from ptxseg.model.metrics import (
     METRIC_KINDS,
     MetricAccumulator,
     OperatingPoint,

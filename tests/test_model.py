@@ -7,9 +7,9 @@ import pytest
 import segmentation_models_pytorch as smp
 import torch
 
-from ptxseg import model as model_module
 from ptxseg.config import load_config
-from ptxseg.model import (
+from ptxseg.model import unet as model_module
+from ptxseg.model.unet import (
     ENCODERS,
     EncoderWeightsError,
     build_model,

@@ -11,10 +11,10 @@ import pytest
 from predict_helpers import RegionModel, make_checkpoint
 
 from ptxseg.cli import main
-from ptxseg.outputs import read_mask
-from ptxseg.pipeline import collect_inputs, parse_shard, predict_files, shard
-from ptxseg.predict import Predictor
-from ptxseg.rle import rle_decode
+from ptxseg.data.rle import rle_decode
+from ptxseg.inference.outputs import read_mask
+from ptxseg.inference.pipeline import collect_inputs, parse_shard, predict_files, shard
+from ptxseg.inference.predictor import Predictor
 
 
 def _pngs(folder: Path, n: int, shape=(80, 96)) -> list[Path]:

@@ -5,8 +5,8 @@ import itertools
 import numpy as np
 import pytest
 
-from ptxseg.metrics import OperatingPoint, confusion_counts, dice_scores
-from ptxseg.postprocess import search_operating_point, threshold_counts
+from ptxseg.evaluation.search import search_operating_point, threshold_counts
+from ptxseg.model.metrics import OperatingPoint, confusion_counts, dice_scores
 
 
 def _mean_dice(op, probs, targets):

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from predict_helpers import RegionModel, TinyUnet, make_checkpoint
 
-from ptxseg.metrics import OperatingPoint
-from ptxseg.predict import Predictor, keep_mask
+from ptxseg.inference.predictor import Predictor, keep_mask
+from ptxseg.model.metrics import OperatingPoint
 
 
 def test_mask_comes_back_aligned_at_the_original_size():

@@ -8,9 +8,9 @@ import pytest
 from dicom_files import chest_like, write_dicom
 
 from ptxseg.cli import main
-from ptxseg.data import SegmentationDataset, read_manifest, read_splits
-from ptxseg.prepare import make_split, prepare
-from ptxseg.rle import rle_encode
+from ptxseg.data.dataset import SegmentationDataset, read_manifest, read_splits
+from ptxseg.data.prepare import make_split, prepare
+from ptxseg.data.rle import rle_encode
 
 
 def make_siim_folder(root, n=20, size=64, seed=0):
@@ -91,7 +91,7 @@ def test_rerun_changes_nothing_and_reuses_the_split(siim_folder, tmp_path):
 
 
 def test_split_is_stratified_and_reproducible():
-    from ptxseg.prepare import Record
+    from ptxseg.data.prepare import Record
 
     records = [
         Record(f"id{i}", None, ["1 1"] if i < 30 else [], 8, 8, None, "", "", "", "")

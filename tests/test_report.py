@@ -10,10 +10,10 @@ import chromium
 import numpy as np
 import pytest
 
-from ptxseg.benchmark import COLUMNS, write_benchmark
+from ptxseg.benchmarks.backbones import COLUMNS, write_benchmark
 from ptxseg.cli import main
 from ptxseg.config import TrainConfig, save_config
-from ptxseg.report import discover, read_curves, read_panels, render_report, write_report
+from ptxseg.reporting.html import discover, read_curves, read_panels, render_report, write_report
 
 
 def write_lightning_log(path, epochs=3):
@@ -53,7 +53,7 @@ def write_metrics_csv(path, epochs=3):
 
 def write_summary(path):
     """summary.json as `ptxseg evaluate` writes it: metrics labelled with their kind."""
-    from ptxseg.metrics import METRIC_KINDS
+    from ptxseg.model.metrics import METRIC_KINDS
 
     values = {
         "dice_pooled": 0.61,

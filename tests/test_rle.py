@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from ptxseg.rle import detect_encoding, read_annotations, rle_decode, rle_encode, rles_to_mask
+from ptxseg.data.rle import detect_encoding, read_annotations, rle_decode, rle_encode, rles_to_mask
 
 # A 3 (rows) x 4 (columns) mask. Column-major order walks down each column:
 # flat index = column * 3 + row.

@@ -3,7 +3,7 @@
 import numpy as np
 from predict_helpers import TinyUnet
 
-from ptxseg.runtime_benchmark import benchmark_model, cpu_peak_gflops, dice, write_tables
+from ptxseg.benchmarks.runtimes import benchmark_model, cpu_peak_gflops, dice, write_tables
 
 
 def test_dice_of_mask_stacks():

@@ -7,7 +7,7 @@ import numpy as np
 import pydicom
 import pytest
 
-from ptxseg.seg import (
+from ptxseg.inference.seg import (
     InvalidSourceUIDWarning,
     derived_uid,
     is_valid_uid,

@@ -18,10 +18,10 @@ from dicom_files import chest_like, write_dicom
 from fastapi.testclient import TestClient
 from serve_helpers import restore_library_loggers  # noqa: F401  (autouse)
 
-from ptxseg.findings import compute_findings
-from ptxseg.rle import rle_decode
-from ptxseg.serve import ServeSettings, create_app
-from ptxseg.serve_render import DefaultRenderer, keep_identifiers_out_of_logs
+from ptxseg.data.rle import rle_decode
+from ptxseg.inference.findings import compute_findings
+from ptxseg.serving.app import ServeSettings, create_app
+from ptxseg.serving.render import DefaultRenderer, keep_identifiers_out_of_logs
 
 OP = {"top": 0.5, "bottom": 0.5, "min_area": 0}
 BOX = (slice(10, 20), slice(5, 15))  # rows, cols: left of the image = the patient's right
@@ -215,7 +215,7 @@ def siim_like_dicom(size: int = 64, image_id: str = "ID_0a1b2c3d4") -> tuple[byt
     """A synthetic SIIM-style DICOM (full patient/study header) with an invalid SOPInstanceUID."""
     import dataclasses
 
-    from ptxseg import synth
+    from ptxseg.data import synth
 
     spec = synth.plan_cases(1, seed=3, positive_fraction=1.0)[0]
     spec = dataclasses.replace(spec, image_id=image_id)
@@ -226,7 +226,7 @@ def siim_like_dicom(size: int = 64, image_id: str = "ID_0a1b2c3d4") -> tuple[byt
 
 
 def test_real_dicom_seg_matches_the_mask_even_with_invalid_source_uids(tmp_path, caplog):
-    seg_module = pytest.importorskip("ptxseg.seg")
+    seg_module = pytest.importorskip("ptxseg.inference.seg")
     data, patient_id = siim_like_dicom()
     app = create_app(FakePredictor(), ServeSettings(), renderer=DefaultRenderer())
     with caplog.at_level(logging.DEBUG), warnings.catch_warnings(record=True) as caught:
@@ -246,7 +246,7 @@ def test_real_dicom_seg_matches_the_mask_even_with_invalid_source_uids(tmp_path,
 
 
 def test_seg_from_an_incomplete_header_is_422_and_predict_still_answers(dicom_bytes):
-    pytest.importorskip("ptxseg.seg")
+    pytest.importorskip("ptxseg.inference.seg")
     client = TestClient(create_app(FakePredictor(), ServeSettings(), renderer=DefaultRenderer()))
     refused = client.post("/v1/seg", content=dicom_bytes)  # no PatientBirthDate, StudyDate, ...
     assert (
@@ -261,7 +261,8 @@ def test_seg_from_an_incomplete_header_is_422_and_predict_still_answers(dicom_by
 def test_seg_unavailable_is_a_clear_501(dicom_bytes, monkeypatch):
     import sys
 
-    monkeypatch.setitem(sys.modules, "ptxseg.seg", None)  # as if highdicom were not installed
+    # as if highdicom were not installed
+    monkeypatch.setitem(sys.modules, "ptxseg.inference.seg", None)
     app = create_app(FakePredictor(), ServeSettings(), renderer=DefaultRenderer())
     response = TestClient(app).post("/v1/seg", content=dicom_bytes)
     assert response.status_code == 501 and "highdicom" in response.json()["detail"]
@@ -414,10 +415,10 @@ def test_workers_must_be_positive():
 
 
 def test_real_predictor_end_to_end(tmp_path, dicom_bytes):
-    predict = pytest.importorskip("ptxseg.predict")
+    predict = pytest.importorskip("ptxseg.inference.predictor")
     from predict_helpers import make_checkpoint
 
-    from ptxseg.serve_card import build_model_card
+    from ptxseg.serving.card import build_model_card
 
     checkpoint = make_checkpoint(tmp_path / "tiny.ckpt", encoder="resnet18", size=64)
     predictor = predict.Predictor(checkpoint)
@@ -440,7 +441,7 @@ def test_real_predictor_end_to_end(tmp_path, dicom_bytes):
 
 
 def _read(data: bytes):
-    from ptxseg.dicom import read_image
+    from ptxseg.data.dicom import read_image
 
     return read_image(io.BytesIO(data).getvalue(), name="upload.dcm")
 
@@ -474,7 +475,7 @@ def test_declared_oversize_is_refused_without_reading_the_body():
 
 
 def test_model_card_reads_metrics_and_best_score_from_the_checkpoint():
-    from ptxseg.serve_card import build_model_card
+    from ptxseg.serving.card import build_model_card
 
     ckpt = {
         "epoch": 11,
@@ -502,7 +503,7 @@ def test_model_card_reads_metrics_and_best_score_from_the_checkpoint():
 
 
 def test_real_siim_dicoms_get_findings_and_a_seg_without_identifiers_in_the_logs(siim_real, caplog):
-    pytest.importorskip("ptxseg.seg")
+    pytest.importorskip("ptxseg.inference.seg")
     import pydicom
 
     files = sorted(siim_real.rglob("*.dcm"))[:3]

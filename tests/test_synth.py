@@ -8,9 +8,9 @@ import numpy as np
 import pydicom
 import pytest
 
-from ptxseg import synth
 from ptxseg.cli import main
-from ptxseg.rle import read_annotations, rle_decode
+from ptxseg.data import synth
+from ptxseg.data.rle import read_annotations, rle_decode
 
 SIIM_UID = re.compile(r"1\.2\.276\.0\.7230010\.3\.1\.4\.8323329\.\d+\.\d{10}\.\d{6}")
 
@@ -81,7 +81,7 @@ def test_header_has_every_tag_of_a_real_siim_file(dataset, siim_real):
 
 
 def test_project_reader_reads_it_without_header_warnings(dataset):
-    from ptxseg.dicom import read_dicom
+    from ptxseg.data.dicom import read_dicom
 
     out, _ = dataset
     with warnings.catch_warnings():

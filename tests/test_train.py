@@ -15,15 +15,15 @@ import pytest
 import torch
 
 from ptxseg.config import load_config
-from ptxseg.lit_module import (
+from ptxseg.model.unet import load_model
+from ptxseg.training.fit import empty_baseline, fit
+from ptxseg.training.module import (
     METRIC_COLUMNS,
     SegmentationDataModule,
     ShardSampler,
     epoch_metrics,
     warmup_cosine,
 )
-from ptxseg.model import load_model
-from ptxseg.train import empty_baseline, fit
 
 
 class SquaresDataset(torch.utils.data.Dataset):
@@ -78,8 +78,8 @@ def read_rows(path: Path) -> list[dict]:
 @pytest.fixture(scope="session")
 def tiny_work(tmp_path_factory) -> Path:
     """`ptxseg synth` + `ptxseg prepare` at 64 px: 24 images split into train/val/test."""
-    from ptxseg.prepare import prepare
-    from ptxseg.synth import generate_dataset
+    from ptxseg.data.prepare import prepare
+    from ptxseg.data.synth import generate_dataset
 
     root = tmp_path_factory.mktemp("tiny")
     generate_dataset(root / "siim", n_images=24, size=64, seed=0, positive_fraction=0.5)
@@ -174,7 +174,7 @@ def test_fit_writes_the_run_folder_and_the_checkpoint_rebuilds_the_model(tmp_pat
 
 
 def test_operating_point_in_checkpoint_is_loaded(tmp_checkpoint_copy):
-    from ptxseg.metrics import OperatingPoint
+    from ptxseg.model.metrics import OperatingPoint
 
     ckpt = torch.load(tmp_checkpoint_copy, weights_only=True)
     ckpt["ptxseg"]["operating_point"] = {"top": 0.7, "bottom": 0.4, "min_area": 5}

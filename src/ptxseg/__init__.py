@@ -9,14 +9,14 @@ from importlib import import_module
 __version__ = "0.1.0"
 
 _PUBLIC = {
-    "rle_decode": "ptxseg.rle",
-    "rle_encode": "ptxseg.rle",
-    "detect_encoding": "ptxseg.rle",
-    "read_annotations": "ptxseg.rle",
-    "read_dicom": "ptxseg.dicom",
-    "read_image": "ptxseg.dicom",
-    "load_model": "ptxseg.model",
-    "Predictor": "ptxseg.predict",
+    "rle_decode": "ptxseg.data.rle",
+    "rle_encode": "ptxseg.data.rle",
+    "detect_encoding": "ptxseg.data.rle",
+    "read_annotations": "ptxseg.data.rle",
+    "read_dicom": "ptxseg.data.dicom",
+    "read_image": "ptxseg.data.dicom",
+    "load_model": "ptxseg.model.unet",
+    "Predictor": "ptxseg.inference.predictor",
 }
 
 __all__ = ["__version__", *_PUBLIC]

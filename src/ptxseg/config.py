@@ -30,7 +30,7 @@ class DataConfig:
 
     work: str = ""  # the folder written by `ptxseg prepare`
     size: int = 256  # the cached resolution used for training (multiple of 32)
-    aug: str = "full"  # augmentation strategy name (see `ptxseg.augment.STRATEGIES`)
+    aug: str = "full"  # augmentation strategy name (see `ptxseg.training.augment.STRATEGIES`)
     batch_size: int = 8
     workers: int = 2
     positive_fraction: float | None = None  # None: natural distribution, shuffled

@@ -38,7 +38,7 @@ class DemoSettings:
 
 
 def _synthesise(out: Path, s: DemoSettings, console: Console) -> Path:
-    from ptxseg.synth import generate_dataset
+    from ptxseg.data.synth import generate_dataset
 
     siim = out / "siim"
     if (siim / "train-rle.csv").is_file():
@@ -59,7 +59,7 @@ def _synthesise(out: Path, s: DemoSettings, console: Console) -> Path:
 
 def _prepare(siim: Path, work: Path, s: DemoSettings, console: Console) -> None:
     from ptxseg.cli.data import progress_bar
-    from ptxseg.prepare import prepare
+    from ptxseg.data.prepare import prepare
 
     console.rule("2. prepare: manifest, split, cache")
     with progress_bar() as progress:
@@ -80,8 +80,8 @@ def _prepare(siim: Path, work: Path, s: DemoSettings, console: Console) -> None:
 
 def _train_and_evaluate(encoder: str, work: Path, runs: Path, s: DemoSettings, console) -> Path:
     from ptxseg.config import load_config
-    from ptxseg.evaluate import evaluate_checkpoint
-    from ptxseg.train import fit
+    from ptxseg.evaluation.evaluate import evaluate_checkpoint
+    from ptxseg.training.fit import fit
 
     run = runs / encoder
     best = run / "checkpoints" / "best.ckpt"
@@ -113,7 +113,7 @@ def _train_and_evaluate(encoder: str, work: Path, runs: Path, s: DemoSettings, c
 
 
 def _benchmark(out: Path, s: DemoSettings, console: Console) -> None:
-    from ptxseg.benchmark import BenchConfig, run_benchmark, write_benchmark
+    from ptxseg.benchmarks.backbones import BenchConfig, run_benchmark, write_benchmark
 
     folder = out / "benchmark"
     if (folder / "benchmark.csv").is_file():
@@ -158,7 +158,7 @@ def results_table(runs: Path, encoders: Sequence[str]) -> Table:
 
 def run_demo(out: str | Path, settings: DemoSettings | None = None) -> Path:
     """Run every step into `out`; returns the path of the HTML report."""
-    from ptxseg.report import write_report
+    from ptxseg.reporting.html import write_report
 
     s = settings or DemoSettings()
     out = Path(out)

@@ -32,8 +32,8 @@ def augment_preview(
     """
     from rich.console import Console
 
-    from ptxseg.augment import load_pair, plot_preview, synthetic_pair
-    from ptxseg.dicom import ImageReadError
+    from ptxseg.data.dicom import ImageReadError
+    from ptxseg.training.augment import load_pair, plot_preview, synthetic_pair
 
     console = Console()
     if mask is not None and image is None:

@@ -55,7 +55,7 @@ def prepare(
     Example: ptxseg prepare --images siim/dicom-images-train --annotations siim/train-rle.csv
     --out work --size 256
     """
-    from ptxseg.prepare import prepare as run_prepare
+    from ptxseg.data.prepare import prepare as run_prepare
 
     try:
         with progress_bar() as progress:
@@ -95,7 +95,7 @@ def benchmark_data(
 
     Example: ptxseg benchmark-data --out benchmarks/results
     """
-    from ptxseg.bench_data import format_markdown, run
+    from ptxseg.benchmarks.data import format_markdown, run
 
     rows = run(out, real_dicoms, synthetic, rle_rows)
     console.print(format_markdown(rows))

@@ -81,7 +81,7 @@ def evaluate(
     """
     from rich.console import Console
 
-    from ptxseg.evaluate import evaluate_checkpoint
+    from ptxseg.evaluation.evaluate import evaluate_checkpoint
 
     try:
         summary = evaluate_checkpoint(

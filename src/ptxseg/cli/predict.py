@@ -13,7 +13,7 @@ from ptxseg.cli.app import app
 
 def _operating_point(stored: dict, threshold, top, bottom, min_area) -> dict:
     """The stored operating point with the command line's overrides, validated."""
-    from ptxseg.metrics import OperatingPoint
+    from ptxseg.model.metrics import OperatingPoint
 
     op = dict(stored)
     if threshold is not None:
@@ -75,10 +75,10 @@ def predict(
     """
     from rich.console import Console
 
-    from ptxseg.dicom import DicomHeaderWarning
-    from ptxseg.pipeline import collect_inputs, parse_shard, predict_files
-    from ptxseg.pipeline import shard as take_shard
-    from ptxseg.predict import Predictor
+    from ptxseg.data.dicom import DicomHeaderWarning
+    from ptxseg.inference.pipeline import collect_inputs, parse_shard, predict_files
+    from ptxseg.inference.pipeline import shard as take_shard
+    from ptxseg.inference.predictor import Predictor
 
     console = Console(stderr=True)
     # Invalid header values are frequent in real data; each image's findings JSON lists them.
@@ -138,7 +138,7 @@ def predict(
 
 
 def _calibration_images(files):
-    from ptxseg.pipeline import _load
+    from ptxseg.inference.pipeline import _load
 
     images = []
     for path in files:
@@ -163,8 +163,8 @@ def export(
 
     Example: ptxseg export --checkpoint best.ckpt --format onnx --out model.onnx
     """
-    from ptxseg.export import ParityError, export_onnx, quantize_onnx
-    from ptxseg.model import load_model
+    from ptxseg.inference.export import ParityError, export_onnx, quantize_onnx
+    from ptxseg.model.unet import load_model
 
     if format != "onnx":
         raise typer.BadParameter(f"--format {format!r}: only 'onnx' is supported")
@@ -213,7 +213,7 @@ def benchmark_runtime(
     """
     from rich.console import Console
 
-    from ptxseg import runtime_benchmark as rb
+    from ptxseg.benchmarks import runtimes as rb
 
     console = Console(stderr=True)
     rows = []

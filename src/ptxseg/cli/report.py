@@ -39,8 +39,13 @@ def benchmark(
     from rich.console import Console
     from rich.table import Table
 
-    from ptxseg.benchmark import SHORT_COLUMNS, BenchConfig, environment_line, run_benchmark
-    from ptxseg.benchmark import write_benchmark as write
+    from ptxseg.benchmarks.backbones import (
+        SHORT_COLUMNS,
+        BenchConfig,
+        environment_line,
+        run_benchmark,
+    )
+    from ptxseg.benchmarks.backbones import write_benchmark as write
 
     try:
         configs = [
@@ -83,7 +88,7 @@ def report(
     out: Path = typer.Option(None, help="Folder for report.html (default: FOLDER itself)."),
 ) -> None:
     """One self-contained HTML report: setup, metrics, curves, panels, ROC, benchmark, ablation."""
-    from ptxseg.report import write_report
+    from ptxseg.reporting.html import write_report
 
     if not folder.is_dir():
         raise typer.BadParameter(f"{folder} is not a folder", param_hint="FOLDER")
@@ -117,7 +122,7 @@ def ablate(
     """Train and evaluate every encoder x augmentation x seed cell, resumably; aggregate."""
     from rich.console import Console
 
-    from ptxseg import ablate as grid
+    from ptxseg.evaluation import ablate as grid
 
     overrides = {}
     for item in set_:

@@ -39,7 +39,7 @@ def serve(
 
     import uvicorn
 
-    from ptxseg.serve import ServeSettings, load_app
+    from ptxseg.serving.app import ServeSettings, load_app
 
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(message)s")
     if host not in LOOPBACK:
@@ -81,7 +81,7 @@ def load_test(
     ),
 ) -> None:
     """Send one file from N concurrent clients to a local server; report throughput and latency."""
-    from ptxseg.loadtest import LoadTestError, run_load_test, write_report
+    from ptxseg.benchmarks.load import LoadTestError, run_load_test, write_report
 
     try:
         result = run_load_test(url, file, clients, duration, max_requests, include)

@@ -37,7 +37,7 @@ def synth(
     """
     from rich.console import Console
 
-    from ptxseg.synth import generate_dataset, plot_samples
+    from ptxseg.data.synth import generate_dataset, plot_samples
 
     console = Console()
     try:

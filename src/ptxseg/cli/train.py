@@ -123,8 +123,8 @@ def train(
     Example: ptxseg train --data work --config study --encoder resnet50 --aug full --out runs/r50
     """
     from ptxseg.config import load_config
-    from ptxseg.model import EncoderWeightsError
-    from ptxseg.train import fit
+    from ptxseg.model.unet import EncoderWeightsError
+    from ptxseg.training.fit import fit
 
     given = {k: v for k, v in locals().items() if k in OVERRIDES and v is not None}
     overrides = {OVERRIDES[k]: (str(v) if isinstance(v, Path) else v) for k, v in given.items()}
@@ -175,7 +175,7 @@ def benchmark_training(
     """
     from rich.table import Table
 
-    from ptxseg.train_benchmark import run_training_benchmark, write_training_benchmark
+    from ptxseg.benchmarks.training import run_training_benchmark, write_training_benchmark
 
     names = [e.strip() for e in encoders.split(",") if e.strip()]
     if not names:

@@ -12,7 +12,7 @@ Image-level detection (is there a pneumothorax at all?) uses "the prediction is 
 decision and a per-image score (maximum probability or predicted area) for the ROC curve.
 
 Post-processing lives here too (`OperatingPoint`), because the metrics are only as good as the
-binarisation they are computed on; `ptxseg.postprocess` searches for the best one.
+binarisation they are computed on; `ptxseg.evaluation.search` searches for the best one.
 """
 
 from __future__ import annotations

@@ -264,7 +264,7 @@ def architecture_cost(encoder: str, size: int, cache_dir: Path, device: str = "c
     """Inference ms per image and memory of the architecture (batch 1, fresh process), measured
     once per encoder and size and cached in `cache_dir`: weights and augmentation do not change
     them, so every cell of an encoder shares one measurement."""
-    from ptxseg.benchmark import BenchConfig, measure_isolated
+    from ptxseg.benchmarks.backbones import BenchConfig, measure_isolated
 
     path = Path(cache_dir) / f"{encoder}__{size}__{device.replace(':', '')}.json"
     cached = _read_json(path)
@@ -326,15 +326,15 @@ def train_and_evaluate(
     overrides: dict | None = None,
     device: str = "cpu",
 ) -> dict:
-    """Train one cell with `ptxseg.train.fit`, evaluate its best checkpoint on the test split
+    """Train one cell with `ptxseg.training.fit.fit`, evaluate its best checkpoint on the test split
     (the operating point is searched on val, as `ptxseg evaluate` does), and return the metrics.
 
     The run lands in `<cell>/run/` with its evaluation in `<cell>/run/eval/test/`, so
     `ptxseg report <cell>/run` shows one cell in full. A cell interrupted during training
     continues from its `last.ckpt`.
     """
-    from ptxseg.evaluate import evaluate_checkpoint
-    from ptxseg.train import fit
+    from ptxseg.evaluation.evaluate import evaluate_checkpoint
+    from ptxseg.training.fit import fit
 
     run_dir = Path(cell_dir) / "run"
     cfg = cell_config(cell, run_dir, data, epochs, size, config, overrides)

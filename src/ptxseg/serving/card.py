@@ -82,8 +82,8 @@ def build_model_card(
     """The full card: model facts from the checkpoint, how it runs here, intended use, limits.
 
     `ckpt` is the loaded checkpoint dict (read from a `.ckpt` `checkpoint` when not given; an
-    exported `.onnx` has no such dict). `predictor` (a `ptxseg.predict.Predictor`) adds the runtime
-    and the operating point actually in use, which may override the stored one.
+    exported `.onnx` has no such dict). `predictor` (a `Predictor`) adds the
+    runtime and the operating point actually in use, which may override the stored one.
     """
     card: dict[str, Any] = {"name": "ptxseg pneumothorax segmentation"}
     if checkpoint is not None:

@@ -1,7 +1,7 @@
 """`fit(config)`: one training run with Lightning, written to a run folder.
 
 The run folder holds `config.yaml` (the resolved config), `checkpoints/best.ckpt` and
-`checkpoints/last.ckpt` (each rebuilds its model alone, see `ptxseg.model.load_model`),
+`checkpoints/last.ckpt` (each rebuilds its model alone, see `ptxseg.model.unet.load_model`),
 `metrics.csv` (one tidy row per epoch), `logs/` (CSV and TensorBoard logs of Lightning) and
 `train_summary.json` (best epoch, speed, memory, and the all-empty baseline to compare with).
 """
@@ -18,10 +18,11 @@ import lightning as L
 import torch
 from torch.utils.data import Dataset
 
-from ptxseg import atomic, metrics
-from ptxseg.benchmark import peak_rss_mb
+from ptxseg import atomic
+from ptxseg.benchmarks.backbones import peak_rss_mb
 from ptxseg.config import TrainConfig, save_config
-from ptxseg.lit_module import (
+from ptxseg.model import metrics
+from ptxseg.training.module import (
     SegmentationDataModule,
     SegmentationModule,
     write_metrics_csv,

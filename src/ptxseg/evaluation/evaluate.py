@@ -33,7 +33,8 @@ import torch
 from torch import nn
 
 from ptxseg import atomic
-from ptxseg.metrics import (
+from ptxseg.evaluation.search import search_operating_point
+from ptxseg.model.metrics import (
     METRIC_KINDS,
     SCORES,
     MetricAccumulator,
@@ -42,7 +43,6 @@ from ptxseg.metrics import (
     store_operating_point,
     summarise,
 )
-from ptxseg.postprocess import search_operating_point
 
 TTA_MODES = ("none", "hflip")
 PER_IMAGE_COLUMNS = (
@@ -122,7 +122,7 @@ def collect_probabilities(
     """Run `model` over the cached `split` at `model.input_size` and keep every probability map."""
     from torch.utils.data import DataLoader
 
-    from ptxseg.data import SegmentationDataset
+    from ptxseg.data.dataset import SegmentationDataset
 
     size = int(model.input_size)
     dataset = SegmentationDataset(work, split, size)  # names `prepare --size` when missing
@@ -430,7 +430,7 @@ def evaluate_checkpoint(
     **options: Any,
 ) -> dict[str, Any]:
     """Load the model from `checkpoint` and `evaluate` it; see there for the options."""
-    from ptxseg.model import load_model
+    from ptxseg.model.unet import load_model
 
     model = load_model(checkpoint, device=device)
     return evaluate(model, work, out_dir, split, checkpoint=checkpoint, device=device, **options)

@@ -16,7 +16,7 @@ import cv2
 import numpy as np
 
 from ptxseg import atomic
-from ptxseg.findings import caption
+from ptxseg.inference.findings import caption
 
 SUMMARY_COLUMNS = [
     "image_id",

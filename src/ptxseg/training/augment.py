@@ -321,9 +321,9 @@ def build_transform(strategy: str, size: int) -> PairTransform:
 
 def synthetic_pair(size: int = 256, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """One synthetic radiograph with a pneumothorax, written and read back like real data."""
-    from ptxseg.dicom import read_image
-    from ptxseg.rle import read_annotations, rles_to_mask
-    from ptxseg.synth import CSV_NAME, IMAGES_DIR, generate_dataset
+    from ptxseg.data.dicom import read_image
+    from ptxseg.data.rle import read_annotations, rles_to_mask
+    from ptxseg.data.synth import CSV_NAME, IMAGES_DIR, generate_dataset
 
     with tempfile.TemporaryDirectory(prefix="ptxseg-augment-") as tmp:
         generate_dataset(tmp, 1, size=size, seed=seed, positive_fraction=1.0, progress=False)
@@ -341,7 +341,7 @@ def load_pair(
     both resized to `size` (area for the image, nearest for the mask). No mask: an empty one."""
     import cv2
 
-    from ptxseg.dicom import read_image
+    from ptxseg.data.dicom import read_image
 
     image, _ = read_image(image_path)
     if mask_path is None:

@@ -1,10 +1,10 @@
 """The web service: a FastAPI app that segments uploaded chest X-rays, and the page that uses it.
 
 `create_app(predictor, settings)` takes any object with `predict(image, metadata) -> Prediction`
-(the real `ptxseg.predict.Predictor`, or a fake in tests), loaded once by the caller. Inference runs
-in worker threads bounded by `settings.workers`, so the event loop keeps answering. Uploads stay in
-memory and are dropped after the response unless `settings.keep_uploads` names a folder. Logs carry
-a request id and a content hash, never file names or DICOM identifiers.
+(the real `ptxseg.inference.predictor.Predictor`, or a fake in tests), loaded once by the caller.
+Inference runs in worker threads bounded by `settings.workers`, so the event loop keeps answering.
+Uploads stay in memory and are dropped after the response unless `settings.keep_uploads` names a
+folder. Logs carry a request id and a content hash, never file names or DICOM identifiers.
 
 Endpoints (see also /openapi.json):
 - `POST /v1/predict[?include=image,overlay,mask,seg]`: findings JSON, the mask as relative
@@ -36,21 +36,21 @@ from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 
 from ptxseg import atomic
-from ptxseg.dicom import ImageReadError, read_image
-from ptxseg.rle import rle_encode
-from ptxseg.serve_card import INTENDED_USE
-from ptxseg.serve_render import (
+from ptxseg.data.dicom import ImageReadError, read_image
+from ptxseg.data.rle import rle_encode
+from ptxseg.serving.card import INTENDED_USE
+from ptxseg.serving.render import (
     SegBuildError,
     SegUnavailableError,
     default_renderer,
     keep_identifiers_out_of_logs,
 )
-from ptxseg.serve_upload import Upload, UploadError, read_upload
+from ptxseg.serving.upload import Upload, UploadError, read_upload
 
 STATIC_DIR = Path(__file__).parent / "static"
 INCLUDE_CHOICES = ("image", "overlay", "mask", "seg")
 DEFAULT_INCLUDE = "image,overlay,mask"
-log = logging.getLogger("ptxseg.serve")
+log = logging.getLogger("ptxseg.serving.app")
 
 
 class PredictorLike(Protocol):
@@ -405,8 +405,8 @@ def load_app(
     precision: str = "fp32",
 ) -> FastAPI:
     """Load the model once (and run it once, so the first request is not slower), then the app."""
-    from ptxseg.predict import Predictor
-    from ptxseg.serve_card import build_model_card
+    from ptxseg.inference.predictor import Predictor
+    from ptxseg.serving.card import build_model_card
 
     settings = settings or ServeSettings()
     predictor = Predictor(checkpoint, runtime=runtime, device=device, precision=precision)

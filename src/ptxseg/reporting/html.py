@@ -25,7 +25,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ptxseg import atomic, plots
+from ptxseg import atomic
+from ptxseg.reporting import plots
 
 EVAL_FILES = ("summary.json", "per_image.csv", "roc.csv", "panels.npz")
 PANEL_ORDER = ("best", "worst", "false_positive", "false_negative")
@@ -213,7 +214,7 @@ def flatten_summary(summary: dict, prefix: str = "") -> dict[str, object]:
 def metric_kind(key: str) -> tuple[str, str]:
     """(kind, description) of a metric name: pooled, per-image, image-level or other."""
     try:
-        from ptxseg.metrics import METRIC_KINDS
+        from ptxseg.model.metrics import METRIC_KINDS
     except ImportError:
         METRIC_KINDS = {}
     if key in METRIC_KINDS:
@@ -543,7 +544,7 @@ def runs_overview(runs: list[RunInfo]) -> str:
 
 
 def benchmark_section(folder: Path) -> str:
-    from ptxseg.benchmark import COLUMNS, read_benchmark_csv
+    from ptxseg.benchmarks.backbones import COLUMNS, read_benchmark_csv
 
     rows = read_benchmark_csv(folder / "benchmark.csv")
     keys = [
@@ -576,7 +577,7 @@ def _fmt_bench(value) -> str:
 
 
 def ablation_section(folder: Path) -> str:
-    from ptxseg.ablate import METRICS, _row_order, read_ablation_csv
+    from ptxseg.evaluation.ablate import METRICS, _row_order, read_ablation_csv
 
     rows = sorted(read_ablation_csv(folder / "ablation.csv"), key=_row_order)
     body = []

@@ -69,10 +69,10 @@ def dice(a: np.ndarray, b: np.ndarray) -> float:
 def build_model(encoder: str, size: int, checkpoint: str | Path | None = None):
     """The checkpoint's model, or a random-weight U-Net of `encoder` at `size` (speed only)."""
     if checkpoint:
-        from ptxseg.model import load_model
+        from ptxseg.model.unet import load_model
 
         return load_model(checkpoint)
-    from ptxseg.model import build_model as build
+    from ptxseg.model.unet import build_model as build
 
     return build({"data": {"size": size}, "model": {"encoder": encoder, "encoder_weights": "none"}})
 
@@ -85,7 +85,7 @@ def evaluation_images(work: str | Path | None, size: int, n: int = 8, split: str
         if path.is_file():
             arr = np.load(path, mmap_mode="r")[:n]
             return [np.asarray(a, np.float32) / 255.0 for a in arr], f"{split} split of {work}"
-    from ptxseg.export import synthetic_calibration_images
+    from ptxseg.inference.export import synthetic_calibration_images
 
     seed = 1 if split == "test" else 2
     return synthetic_calibration_images(n, size, seed=seed), "synthetic images"
@@ -111,8 +111,8 @@ def benchmark_model(
     progress=None,
 ) -> list[dict[str, Any]]:
     """One row per inference path for this model (see PATHS)."""
-    from ptxseg.benchmark import count_gflops_per_image
-    from ptxseg.predict import Predictor, sigmoid
+    from ptxseg.benchmarks.backbones import count_gflops_per_image
+    from ptxseg.inference.predictor import Predictor, sigmoid
 
     size = int(model.input_size)
     gflop = count_gflops_per_image(model, size)
@@ -129,7 +129,7 @@ def benchmark_model(
 
     def onnx_files(precision: str) -> Path:
         """The fp32 ONNX export (once), and its int8 copy (once) for int8 paths."""
-        from ptxseg.export import export_onnx, quantize_onnx
+        from ptxseg.inference.export import export_onnx, quantize_onnx
 
         if "fp32" not in cache:
             cache["fp32"] = Path(export_onnx(model, Path(tmp.name) / "m.onnx")["path"])
@@ -183,12 +183,12 @@ def end_to_end(
     """`predict` images/s on a folder of DICOMs, decoding and every output file included."""
     import warnings
 
-    from ptxseg.pipeline import collect_inputs, predict_files
-    from ptxseg.predict import Predictor
+    from ptxseg.inference.pipeline import collect_inputs, predict_files
+    from ptxseg.inference.predictor import Predictor
 
     with tempfile.TemporaryDirectory(prefix="ptxseg-e2e-") as tmp:
         if dicom_dir is None:
-            from ptxseg.synth import generate_dataset
+            from ptxseg.data.synth import generate_dataset
 
             generate_dataset(Path(tmp) / "dicoms", n, size=1024, seed=0, progress=False)
             dicom_dir = Path(tmp) / "dicoms"
@@ -213,7 +213,7 @@ def end_to_end(
 
 def write_tables(rows: Sequence[dict[str, Any]], out_dir: str | Path, note: str = "") -> Path:
     """runtime-benchmark.md and .csv in `out_dir`; returns the Markdown path."""
-    from ptxseg.benchmark import environment_line, rows_to_markdown
+    from ptxseg.benchmarks.backbones import environment_line, rows_to_markdown
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

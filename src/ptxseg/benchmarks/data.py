@@ -18,8 +18,8 @@ import numpy as np
 import pydicom
 
 from ptxseg import atomic
-from ptxseg.dicom import read_dicom
-from ptxseg.rle import rle_decode, rle_encode
+from ptxseg.data.dicom import read_dicom
+from ptxseg.data.rle import rle_decode, rle_encode
 
 # ---------------------------------------------------------------- references
 
@@ -169,7 +169,7 @@ def _pixel_array_01(path: Path) -> np.ndarray:
 
 
 def bench_prepare(images: Path, annotations: Path, sizes=(256, 512), workers=(1, 2)) -> list[dict]:
-    from ptxseg.prepare import prepare
+    from ptxseg.data.prepare import prepare
 
     n = len(list(images.rglob("*.dcm")))
     rows = []
@@ -202,7 +202,7 @@ def run(
     out: Path, real_dir: Path | None, n_synthetic: int = 60, rle_rows: int = 200, progress=None
 ) -> list[dict]:
     """Run every comparison; write `data-benchmark.md` and `.csv` into `out`."""
-    from ptxseg.synth import generate_dataset
+    from ptxseg.data.synth import generate_dataset
 
     rows = bench_rle(rle_rows)
     real = sorted(real_dir.rglob("*.dcm")) if real_dir and real_dir.is_dir() else []

@@ -25,9 +25,9 @@ import pydicom
 from rich.progress import Progress
 
 from ptxseg import atomic
-from ptxseg.data import MANIFEST, SPLITS, SPLITS_FILE, cache_dir, cache_paths
-from ptxseg.dicom import DicomHeaderWarning, ImageReadError, parse_age, read_dicom
-from ptxseg.rle import detect_encoding, read_annotations, rles_to_mask
+from ptxseg.data.dataset import MANIFEST, SPLITS, SPLITS_FILE, cache_dir, cache_paths
+from ptxseg.data.dicom import DicomHeaderWarning, ImageReadError, parse_age, read_dicom
+from ptxseg.data.rle import detect_encoding, read_annotations, rles_to_mask
 
 MANIFEST_COLUMNS = (
     "image_id",

@@ -87,7 +87,7 @@ def build_benchmark_model(encoder: str):
     """A 1-channel U-Net with random encoder weights, built the way training builds it (the
     encoder's normalisation included); weights do not change speed or memory."""
     try:
-        from ptxseg.model import build_model
+        from ptxseg.model.unet import build_model
     except ImportError:  # model module not installed: the same architecture straight from smp
         import segmentation_models_pytorch as smp
 
@@ -178,7 +178,7 @@ def _measure(config: BenchConfig, build: Callable[[str], object]) -> dict:
     import segmentation_models_pytorch  # noqa: F401  (imports are not the model's memory)
 
     with contextlib.suppress(ImportError):
-        import ptxseg.model  # noqa: F401
+        import ptxseg.model.unet  # noqa: F401
     base_rss = _rss_now_mb()
     model = build(config.encoder).to(device).eval()
     params_m = sum(p.numel() for p in model.parameters()) / 1e6

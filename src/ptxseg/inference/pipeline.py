@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from ptxseg import atomic
-from ptxseg.outputs import (
+from ptxseg.inference.outputs import (
     read_mask,
     summary_row,
     write_json,
@@ -94,7 +94,7 @@ class RunResult:
 
 
 def _load(path: Path):
-    from ptxseg.dicom import read_image
+    from ptxseg.data.dicom import read_image
 
     return read_image(path)
 
@@ -117,7 +117,7 @@ def predict_files(
     progress: bool = True,
 ) -> RunResult:
     """Predict `files` into `out_dir` (masks/, overlays/, findings/, seg/, explain/, CSVs)."""
-    from ptxseg.rle import rle_encode
+    from ptxseg.data.rle import rle_encode
 
     out = Path(out_dir)
     for sub in ("masks", "overlays", "findings"):
@@ -155,14 +155,14 @@ def predict_files(
         if meta.get("HeaderWarnings"):
             findings["header_warnings"] = meta["HeaderWarnings"]
         if seg and pred.mask.any() and meta.get("source") == "dicom":
-            from ptxseg.seg import write_segmentation
+            from ptxseg.inference.seg import write_segmentation
 
             findings["seg_file"] = str(
                 write_segmentation(path, pred.mask, out / "seg" / f"{image_id}.dcm", findings)
             )
         if explain:
-            from ptxseg.explain import heatmap_overlay
-            from ptxseg.outputs import encode_png
+            from ptxseg.inference.explain import heatmap_overlay
+            from ptxseg.inference.outputs import encode_png
 
             cam = predictor.explain(image)
             png = encode_png(heatmap_overlay(image, cam))

@@ -73,10 +73,10 @@ def measure_encoder(
     from torch.utils.data import DataLoader
 
     from ptxseg.config import load_config
-    from ptxseg.data import PositiveFractionSampler, SegmentationDataset
-    from ptxseg.lit_module import build_transform
-    from ptxseg.losses import build_loss
-    from ptxseg.model import build_model
+    from ptxseg.data.dataset import PositiveFractionSampler, SegmentationDataset
+    from ptxseg.model.losses import build_loss
+    from ptxseg.model.unet import build_model
+    from ptxseg.training.module import build_transform
 
     dev = torch.device(
         ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
@@ -168,7 +168,7 @@ def run_training_benchmark(
 
 def write_training_benchmark(rows: Sequence[dict], out_dir: str | Path) -> dict[str, Path]:
     """`training_benchmark.csv` and `training_benchmark.md` in `out_dir`."""
-    from ptxseg.benchmark import environment_line, rows_to_markdown
+    from ptxseg.benchmarks.backbones import environment_line, rows_to_markdown
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -24,7 +24,7 @@ import cv2
 import numpy as np
 
 from ptxseg import atomic
-from ptxseg.rle import rle_encode
+from ptxseg.data.rle import rle_encode
 
 IMAGES_DIR = "dicom-images-train"
 CSV_NAME = "train-rle.csv"
@@ -660,7 +660,7 @@ def plot_samples(out_dir: str | Path, png_path: str | Path, n: int = 6) -> Path:
     import matplotlib.pyplot as plt
     import pydicom
 
-    from ptxseg.rle import read_annotations, rles_to_mask
+    from ptxseg.data.rle import read_annotations, rles_to_mask
 
     out_dir, png_path = Path(out_dir), Path(png_path)
     annotations = read_annotations(out_dir / CSV_NAME)

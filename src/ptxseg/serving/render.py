@@ -15,8 +15,8 @@ from typing import Any
 
 import numpy as np
 
-from ptxseg.findings import caption
-from ptxseg.outputs import encode_png, overlay_image
+from ptxseg.inference.findings import caption
+from ptxseg.inference.outputs import encode_png, overlay_image
 
 
 class SegUnavailableError(RuntimeError):
@@ -28,7 +28,7 @@ class SegBuildError(ValueError):
 
 
 class DefaultRenderer:
-    """Overlay via `ptxseg.outputs.overlay_image`, SEG via `ptxseg.seg.build_segmentation`."""
+    """Overlay via `inference.outputs.overlay_image`, SEG via `inference.seg.build_segmentation`."""
 
     def overlay_png(self, image: np.ndarray, prediction: Any) -> bytes:
         mask = np.asarray(prediction.mask, dtype=bool)
@@ -38,7 +38,7 @@ class DefaultRenderer:
         """The SEG as bytes. The source is written to a private temporary folder (the SEG writer
         reads a path), which is removed before returning."""
         try:
-            from ptxseg.seg import build_segmentation
+            from ptxseg.inference.seg import build_segmentation
         except ImportError as err:
             raise SegUnavailableError(
                 f"DICOM SEG output is not available in this installation ({err}); "
@@ -67,14 +67,14 @@ def keep_identifiers_out_of_logs() -> None:
     the reader and the SEG writer warn about them too. The client gets the same facts in the
     answer. `warnings.catch_warnings` is not thread-safe, so these are global settings made once.
     """
-    from ptxseg.dicom import DicomHeaderWarning
+    from ptxseg.data.dicom import DicomHeaderWarning
 
     for name in ("pydicom", "highdicom"):
         logging.getLogger(name).setLevel(logging.CRITICAL)
     warnings.filterwarnings("ignore", category=DicomHeaderWarning)
     warnings.filterwarnings("ignore", message="Invalid value for VR", category=UserWarning)
     try:
-        from ptxseg.seg import InvalidSourceUIDWarning
+        from ptxseg.inference.seg import InvalidSourceUIDWarning
     except ImportError:
         return
     warnings.filterwarnings("ignore", category=InvalidSourceUIDWarning)

@@ -348,7 +348,7 @@ def _operating_point(value: dict | None) -> Any:
     if value is None:
         return None
     try:
-        from ptxseg.metrics import OperatingPoint
+        from ptxseg.model.metrics import OperatingPoint
     except ImportError:
         return dict(value)
     return OperatingPoint(**value)

@@ -22,7 +22,7 @@ def find_encoder(model):
             return module
     raise ValueError(
         f"no segmentation_models_pytorch encoder found in {type(model).__name__}: "
-        "Grad-CAM needs a U-Net built by ptxseg.model"
+        "Grad-CAM needs a U-Net built by ptxseg.model.unet"
     )
 
 

@@ -137,7 +137,7 @@ def parity(model, onnx_path: str | Path, batch_sizes: Sequence[int] = (1, 2), se
     """Max |sigmoid(torch) - sigmoid(onnxruntime)| over random [0, 1] batches."""
     import torch
 
-    from ptxseg.runtimes import onnxruntime_runner
+    from ptxseg.inference.runtimes import onnxruntime_runner
 
     run = onnxruntime_runner(onnx_path)
     size = int(model.input_size)

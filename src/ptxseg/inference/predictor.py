@@ -17,9 +17,9 @@ from typing import Any
 import cv2
 import numpy as np
 
-from ptxseg.export import operating_point_dict, read_metadata
-from ptxseg.findings import compute_findings
-from ptxseg.runtimes import (
+from ptxseg.inference.export import operating_point_dict, read_metadata
+from ptxseg.inference.findings import compute_findings
+from ptxseg.inference.runtimes import (
     check_runtime,
     onnxruntime_runner,
     openvino_runner,
@@ -65,8 +65,8 @@ class Predictor:
     """Segment pneumothorax with a checkpoint (.ckpt), an exported .onnx file or a loaded model.
 
     `runtime` is torch, onnxruntime or openvino; `precision` fp32, bf16 or int8 (see
-    `ptxseg.runtimes.SUPPORTED`). `operating_point` (OperatingPoint or dict) overrides the one
-    stored with the model. int8 is calibrated on `calibration` images (synthetic when None).
+    `ptxseg.inference.runtimes.SUPPORTED`). `operating_point` (OperatingPoint or dict) overrides
+    the one stored with the model. int8 is calibrated on `calibration` images (synthetic when None).
     """
 
     def __init__(
@@ -98,7 +98,7 @@ class Predictor:
             meta = read_metadata(onnx_path)
         else:
             self.model = _load(checkpoint, device)
-            from ptxseg.export import model_metadata
+            from ptxseg.inference.export import model_metadata
 
             meta = model_metadata(self.model)
         self.input_size = int(meta["input_size"])
@@ -124,14 +124,14 @@ class Predictor:
         return Path(self._tmp.name)
 
     def _export_tmp(self) -> Path:
-        from ptxseg.export import export_onnx
+        from ptxseg.inference.export import export_onnx
 
         path = self._tmpdir() / "model.onnx"
         export_onnx(self.model, path)
         return path
 
     def _quantize_tmp(self, fp32_path: Path, calibration, mode: str) -> Path:
-        from ptxseg.export import quantize_onnx
+        from ptxseg.inference.export import quantize_onnx
 
         return quantize_onnx(fp32_path, self._tmpdir() / "model-int8.onnx", calibration, mode)
 
@@ -181,7 +181,7 @@ class Predictor:
                 "explanations need the PyTorch model: build the Predictor from the .ckpt "
                 "checkpoint, not from an .onnx file"
             )
-        from ptxseg.explain import grad_cam
+        from ptxseg.inference.explain import grad_cam
 
         small = resize_to_model(image, self.input_size)
         cam = grad_cam(self.model, small, device=self.device)
@@ -198,6 +198,6 @@ def _load(checkpoint, device: str):
     path = Path(checkpoint)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} not found: expected a .ckpt or .onnx file")
-    from ptxseg.model import load_model
+    from ptxseg.model.unet import load_model
 
     return load_model(path, device=device)

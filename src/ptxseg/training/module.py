@@ -1,7 +1,7 @@
 """The Lightning pieces of training: the module (loss, metrics, optimiser) and the data module.
 
-Metrics come from per-image confusion counts (`ptxseg.metrics`) at probability 0.5, summed over
-the epoch and over all processes, so Dice, IoU and pixel accuracy are pooled over the split and
+Metrics come from per-image confusion counts (`ptxseg.model.metrics`) at probability 0.5, summed
+over the epoch and over all processes, so Dice, IoU and pixel accuracy are pooled over the split and
 the competition Dice is the mean per-image Dice with empty/empty = 1, also under DDP.
 """
 
@@ -17,10 +17,11 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from ptxseg import atomic, metrics
+from ptxseg import atomic
 from ptxseg.config import TrainConfig
-from ptxseg.losses import aux_loss, build_loss
-from ptxseg.model import build_model
+from ptxseg.model import metrics
+from ptxseg.model.losses import aux_loss, build_loss
+from ptxseg.model.unet import build_model
 
 STAT_NAMES = ("tp", "fp", "fn", "tn", "competition_sum", "images", "loss_sum")
 METRIC_COLUMNS = (
@@ -211,14 +212,14 @@ class ShardSampler(Sampler[int]):
 
 
 def build_transform(strategy: str, size: int):
-    """The named augmentation from `ptxseg.augment`; `none` works without it."""
+    """The named augmentation from `ptxseg.training.augment`; `none` works without it."""
     try:
-        from ptxseg.augment import build_transform as build
+        from ptxseg.training.augment import build_transform as build
     except ImportError:
         if strategy == "none":
             return None
         raise ValueError(
-            f"augmentation {strategy!r} needs ptxseg.augment, which is not available; "
+            f"augmentation {strategy!r} needs ptxseg.training.augment, which is not available; "
             f"use --aug none"
         ) from None
     return build(strategy, size)
@@ -244,7 +245,7 @@ class SegmentationDataModule(L.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         d = self.config.data
         if self.train_dataset is None or self.val_dataset is None:
-            from ptxseg.data import SegmentationDataset
+            from ptxseg.data.dataset import SegmentationDataset
 
             if not d.work:
                 raise ValueError("no training data: set --data WORK (a `ptxseg prepare` folder)")
@@ -281,7 +282,7 @@ class SegmentationDataModule(L.LightningDataModule):
         )
 
     def train_dataloader(self) -> DataLoader:
-        from ptxseg.data import PositiveFractionSampler
+        from ptxseg.data.dataset import PositiveFractionSampler
 
         d = self.config.data
         rank, world = self._rank_world()

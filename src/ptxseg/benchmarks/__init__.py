@@ -1,0 +1,1 @@
+"""Benchmarks on one harness: data layer, backbones, runtimes, training loader, load test."""

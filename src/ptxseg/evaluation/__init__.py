@@ -1,0 +1,1 @@
+"""Evaluation through the Predictor, operating-point search and ablation grids."""

@@ -1,0 +1,1 @@
+"""Inference: the Predictor (the one image -> probability -> mask path) and what it writes."""

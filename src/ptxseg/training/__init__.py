@@ -1,0 +1,1 @@
+"""Training: augmentation, the Lightning module and data module, and `fit`."""
