@@ -1,4 +1,5 @@
-"""Serve a FastAPI app with uvicorn on a free local port in a thread, for real-HTTP tests."""
+"""Helpers of the service tests: a fake predictor and renderer, and a real uvicorn server on a
+free local port in a thread, for real-HTTP tests."""
 
 from __future__ import annotations
 
@@ -7,8 +8,57 @@ import socket
 import threading
 import time
 
+import numpy as np
 import pytest
 import uvicorn
+
+from ptxseg.inference.findings import compute_findings
+from ptxseg.serving.render import DefaultRenderer
+
+OP = {"top": 0.5, "bottom": 0.5, "min_area": 0}
+BOX = (slice(10, 20), slice(5, 15))  # rows, cols: left of the image = the patient's right
+PATIENT = {"PatientName": "Doe^Jane", "PatientID": "PID-778899"}
+FILE_NAME = "Doe_Jane_PID-778899.dcm"
+
+
+class FakePrediction:
+    def __init__(self, probability, mask, findings):
+        self.probability, self.mask, self.findings = probability, mask, findings
+
+
+class FakePredictor:
+    """Finds a 10x10 square at BOX in any image; counts calls and concurrent calls."""
+
+    def __init__(self, gate: threading.Event | None = None, fail: bool = False):
+        self.calls = 0
+        self.active = 0
+        self.max_active = 0
+        self.gate = gate
+        self.fail = fail
+        self.lock = threading.Lock()
+
+    def predict(self, image, metadata):
+        with self.lock:
+            self.calls += 1
+            self.active += 1
+            self.max_active = max(self.max_active, self.active)
+        try:
+            if self.gate is not None:
+                assert self.gate.wait(10)
+            if self.fail:
+                raise RuntimeError("secret internal detail")
+            mask = np.zeros(image.shape, bool)
+            mask[BOX] = True
+            prob = mask.astype(np.float32) * 0.9
+            return FakePrediction(prob, mask, compute_findings(mask, 0.9, metadata, OP, "fake"))
+        finally:
+            with self.lock:
+                self.active -= 1
+
+
+class FakeSegRenderer(DefaultRenderer):
+    def seg_dicom(self, dicom: bytes, prediction) -> bytes:
+        return b"SEG:" + str(int(prediction.mask.sum())).encode()
 
 
 class LocalServer:

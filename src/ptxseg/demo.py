@@ -58,8 +58,8 @@ def _synthesise(out: Path, s: DemoSettings, console: Console) -> Path:
 
 
 def _prepare(siim: Path, work: Path, s: DemoSettings, console: Console) -> None:
-    from ptxseg.cli.data import progress_bar
     from ptxseg.data.prepare import prepare
+    from ptxseg.progress import progress_bar
 
     console.rule("2. prepare: manifest, split, cache")
     with progress_bar() as progress:

@@ -11,9 +11,7 @@ import contextlib
 import csv
 import math
 import os
-import resource
 import statistics
-import sys
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
@@ -22,6 +20,7 @@ from multiprocessing import get_context
 from pathlib import Path
 
 from ptxseg import atomic
+from ptxseg.system import peak_rss_mb, rss_now_mb
 
 PRECISIONS = ("fp32", "bf16")
 
@@ -95,28 +94,6 @@ def build_benchmark_model(encoder: str):
     return build_model({"model": {"encoder": encoder, "encoder_weights": "none"}})
 
 
-def peak_rss_mb() -> float:
-    """High-water mark of this process's resident memory.
-
-    Linux's `VmHWM` belongs to the current address space. `ru_maxrss` would not do in a spawned
-    worker: Linux carries the parent's high-water mark across fork and exec into it.
-    """
-    try:
-        with open("/proc/self/status") as handle:
-            for line in handle:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 1024.0
-    except OSError:
-        pass
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
-    return peak / 2**20 if sys.platform == "darwin" else peak / 1024.0
-
-
-def _rss_now_mb() -> float:
-    with open("/proc/self/statm") as handle:
-        return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
-
-
 def _percentile(values: Sequence[float], q: float) -> float:
     """Linear-interpolated percentile (numpy's default) without needing numpy."""
     ordered = sorted(values)
@@ -179,7 +156,7 @@ def _measure(config: BenchConfig, build: Callable[[str], object]) -> dict:
 
     with contextlib.suppress(ImportError):
         import ptxseg.model.unet  # noqa: F401
-    base_rss = _rss_now_mb()
+    base_rss = rss_now_mb()
     model = build(config.encoder).to(device).eval()
     params_m = sum(p.numel() for p in model.parameters()) / 1e6
     gflops = count_gflops_per_image(model, config.size, config.device)

@@ -33,7 +33,7 @@ def augment_preview(
     from rich.console import Console
 
     from ptxseg.data.dicom import ImageReadError
-    from ptxseg.training.augment import load_pair, plot_preview, synthetic_pair
+    from ptxseg.training.preview import load_pair, plot_preview, synthetic_pair
 
     console = Console()
     if mask is not None and image is None:

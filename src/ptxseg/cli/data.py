@@ -10,22 +10,9 @@ from rich.console import Console
 from rich.table import Table
 
 from ptxseg.cli.app import app
+from ptxseg.progress import progress_bar
 
 console = Console()
-
-
-def progress_bar():
-    """The rich progress bar every long data step shares."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
-
-    return Progress(
-        "[progress.description]{task.description}",
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeRemainingColumn(),
-        console=console,
-        transient=False,
-    )
 
 
 def fail(message: str) -> None:
@@ -58,7 +45,7 @@ def prepare(
     from ptxseg.data.prepare import prepare as run_prepare
 
     try:
-        with progress_bar() as progress:
+        with progress_bar(console=console) as progress:
             result = run_prepare(
                 images, annotations, out, size, seed, val, test, workers, rle_encoding, progress
             )

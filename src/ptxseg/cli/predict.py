@@ -76,9 +76,9 @@ def predict(
     from rich.console import Console
 
     from ptxseg.data.dicom import DicomHeaderWarning
-    from ptxseg.inference.pipeline import collect_inputs, parse_shard, predict_files
-    from ptxseg.inference.pipeline import shard as take_shard
+    from ptxseg.inference.pipeline import collect_inputs, predict_files
     from ptxseg.inference.predictor import Predictor
+    from ptxseg.shards import parse_shard, take_shard
 
     console = Console(stderr=True)
     # Invalid header values are frequent in real data; each image's findings JSON lists them.
@@ -138,12 +138,12 @@ def predict(
 
 
 def _calibration_images(files):
-    from ptxseg.inference.pipeline import _load
+    from ptxseg.data.dicom import read_image
 
     images = []
     for path in files:
         try:
-            images.append(_load(path)[0])
+            images.append(read_image(path)[0])
         except Exception:  # noqa: BLE001 - unreadable files are reported by the run itself
             continue
     return images or None

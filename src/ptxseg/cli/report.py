@@ -115,7 +115,9 @@ def ablate(
         [], "--set", help="Extra config override KEY=VALUE (e.g. data.batch_size=4); repeatable."
     ),
     cells: str = typer.Option(
-        None, help="Run only shard i/n of the cells (e.g. 2/4), for several GPUs or machines."
+        None,
+        help="Run only shard i/n of the cells (0-based, e.g. 1/4; or auto), for several GPUs "
+        "or machines.",
     ),
     device: str = typer.Option("cpu", help="Device for evaluation and the inference timing."),
 ) -> None:

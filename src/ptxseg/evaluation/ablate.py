@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ptxseg import atomic
+from ptxseg.shards import parse_shard, take_shard
 
 # Metric key in done.json -> header in the tables. "Dice", "IoU" and "pixel accuracy" are pooled
 # over all pixels of the split; the competition Dice is the mean of per-image Dice (empty/empty=1).
@@ -63,16 +64,9 @@ def grid_cells(encoders: Sequence[str], augs: Sequence[str], seeds: int) -> list
 
 
 def shard(cells: Sequence[Cell], spec: str | None) -> list[Cell]:
-    """The cells of shard `i/n` (1-based: `1/2` and `2/2` split the grid in two)."""
-    if not spec:
-        return list(cells)
-    try:
-        i, n = (int(part) for part in spec.split("/"))
-    except ValueError:
-        raise ValueError(f"--cells {spec!r}: expected 'i/n' such as 1/4") from None
-    if not 1 <= i <= n:
-        raise ValueError(f"--cells {spec!r}: need 1 <= i <= n")
-    return list(cells[i - 1 :: n])
+    """The cells of shard `i/n` (0-based, as `--shard` everywhere: `0/2` and `1/2` split in two)."""
+    index, count = parse_shard(spec, "--cells")
+    return take_shard(list(cells), index, count)
 
 
 def read_done(cell_dir: Path) -> dict | None:
@@ -157,10 +151,10 @@ def aggregate(results: Sequence[dict]) -> list[dict]:
             row[f"{key}_mean"] = statistics.fmean(values) if values else math.nan
             row[f"{key}_std"] = statistics.stdev(values) if len(values) > 1 else 0.0
         rows.append(row)
-    return sorted(rows, key=_row_order)
+    return sorted(rows, key=row_order)
 
 
-def _row_order(row: dict) -> tuple:
+def row_order(row: dict) -> tuple:
     """Encoders alphabetically, augmentations in the order of `augment.STRATEGIES`."""
     order = ("none", "geometric", "photometric", "noise", "elastic", "full")
     aug = row["aug"]

@@ -43,6 +43,7 @@ from ptxseg.model.metrics import (
     store_operating_point,
     summarise,
 )
+from ptxseg.progress import progress_bar
 
 TTA_MODES = ("none", "hflip")
 PER_IMAGE_COLUMNS = (
@@ -91,25 +92,6 @@ class SplitPredictions:
     images: np.ndarray  # uint8 (N, S, S), memory-mapped from the cache
 
 
-def _progress(enabled: bool):
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeRemainingColumn,
-    )
-
-    return Progress(
-        TextColumn("[progress.description]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeRemainingColumn(),
-        disable=not enabled,
-        transient=True,
-    )
-
-
 def collect_probabilities(
     model: nn.Module,
     work: str | os.PathLike,
@@ -133,7 +115,7 @@ def collect_probabilities(
     probs = np.empty((len(dataset), size, size), np.float32)
     model = model.to(device).eval()
     done = 0
-    with _progress(progress) as bar:
+    with progress_bar(progress, transient=True) as bar:
         task = bar.add_task(f"{split}: predicting", total=len(dataset))
         for batch in loader:
             prob = predict_probabilities(model, batch["image"].to(device), tta)

@@ -3,13 +3,12 @@
 Files are decoded by a thread pool while the model runs on the previous batch, and at most a few
 batches are held in memory. Each image's findings JSON is written last, so it marks the image as
 done: a rerun skips those images. A file that cannot be read or predicted becomes an `error` row in
-summary.csv and the run goes on. `shard(i, n)` splits the sorted input list for parallel jobs.
+summary.csv and the run goes on. `ptxseg.shards` splits the sorted input list for parallel jobs.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import threading
 from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
@@ -32,7 +31,6 @@ from ptxseg.inference.outputs import (
 )
 
 INPUT_SUFFIXES = (".dcm", ".dicom", ".png", ".jpg", ".jpeg")
-SHARD_ENV = (("RANK", "WORLD_SIZE"), ("SLURM_ARRAY_TASK_ID", "SLURM_ARRAY_TASK_COUNT"))
 
 
 def collect_inputs(paths: Iterable[str | Path]) -> list[Path]:
@@ -49,30 +47,6 @@ def collect_inputs(paths: Iterable[str | Path]) -> list[Path]:
         else:
             raise FileNotFoundError(f"input {path} does not exist: expected a file or a folder")
     return sorted(found, key=lambda p: str(p))
-
-
-def parse_shard(text: str | None) -> tuple[int, int]:
-    """'i/n' (0-based) or 'auto' (torchrun's RANK/WORLD_SIZE or a Slurm array) -> (i, n)."""
-    if not text:
-        return 0, 1
-    if text == "auto":
-        for index_var, count_var in SHARD_ENV:
-            if index_var in os.environ and count_var in os.environ:
-                return parse_shard(f"{os.environ[index_var]}/{os.environ[count_var]}")
-        return 0, 1
-    try:
-        index, count = (int(part) for part in text.split("/"))
-    except ValueError:
-        raise ValueError(f"--shard {text!r}: expected 'i/n' such as 0/4, or 'auto'") from None
-    if count < 1 or not 0 <= index < count:
-        raise ValueError(f"--shard {text!r}: expected 0 <= i < n and n >= 1")
-    return index, count
-
-
-def shard(files: Sequence[Path], index: int, count: int) -> list[Path]:
-    """Every count-th file from position index of the sorted list: shards are disjoint and cover."""
-    ordered = sorted(files, key=lambda p: str(p))
-    return ordered[index::count]
 
 
 def image_id_for(path: Path) -> str:

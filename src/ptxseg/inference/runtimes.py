@@ -8,11 +8,12 @@ Every runner returns float32 numpy logits, so the Predictor does not care which 
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+
+from ptxseg.system import usable_cores
 
 RUNTIMES = ("torch", "onnxruntime", "openvino")
 PRECISIONS = ("fp32", "bf16", "int8")
@@ -39,14 +40,6 @@ def check_runtime(runtime: str, precision: str) -> None:
             f"precision {precision!r} is not available with runtime {runtime!r}: expected one of "
             f"{', '.join(SUPPORTED[runtime])}" + (f" ({hint})" if hint else "")
         )
-
-
-def default_threads() -> int:
-    """The CPU cores this process may use."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover - not Linux
-        return os.cpu_count() or 1
 
 
 def torch_runner(
@@ -80,7 +73,7 @@ def onnxruntime_runner(onnx_path: str | Path, threads: int | None = None) -> Run
 
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.intra_op_num_threads = threads or default_threads()
+    options.intra_op_num_threads = threads or usable_cores()
     options.inter_op_num_threads = 1
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     session = ort.InferenceSession(
@@ -110,7 +103,7 @@ def openvino_runner(
     core = ov.Core()
     config = {
         "PERFORMANCE_HINT": "LATENCY",
-        "INFERENCE_NUM_THREADS": threads or default_threads(),
+        "INFERENCE_NUM_THREADS": threads or usable_cores(),
         # int8 models carry their own precision; fp32 must not be silently lowered to bf16.
         "INFERENCE_PRECISION_HINT": "bf16" if precision == "bf16" else "f32",
     }

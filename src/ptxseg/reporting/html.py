@@ -577,9 +577,9 @@ def _fmt_bench(value) -> str:
 
 
 def ablation_section(folder: Path) -> str:
-    from ptxseg.evaluation.ablate import METRICS, _row_order, read_ablation_csv
+    from ptxseg.evaluation.ablate import METRICS, read_ablation_csv, row_order
 
-    rows = sorted(read_ablation_csv(folder / "ablation.csv"), key=_row_order)
+    rows = sorted(read_ablation_csv(folder / "ablation.csv"), key=row_order)
     body = []
     for r in rows:
         cells = [r["encoder"], r["aug"], int(_float(r.get("n_seeds")))]

@@ -19,9 +19,9 @@ import torch
 from torch.utils.data import Dataset
 
 from ptxseg import atomic
-from ptxseg.benchmarks.backbones import peak_rss_mb
 from ptxseg.config import TrainConfig, save_config
 from ptxseg.model import metrics
+from ptxseg.system import peak_rss_mb
 from ptxseg.training.module import (
     SegmentationDataModule,
     SegmentationModule,

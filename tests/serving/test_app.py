@@ -16,57 +16,20 @@ import numpy as np
 import pytest
 from dicom_files import chest_like, write_dicom
 from fastapi.testclient import TestClient
-from serve_helpers import restore_library_loggers  # noqa: F401  (autouse)
+from serve_helpers import (  # noqa: F401  (restore_library_loggers is autouse)
+    BOX,
+    FILE_NAME,
+    OP,
+    PATIENT,
+    FakePrediction,
+    FakePredictor,
+    FakeSegRenderer,
+    restore_library_loggers,
+)
 
 from ptxseg.data.rle import rle_decode
-from ptxseg.inference.findings import compute_findings
 from ptxseg.serving.app import ServeSettings, create_app
 from ptxseg.serving.render import DefaultRenderer, keep_identifiers_out_of_logs
-
-OP = {"top": 0.5, "bottom": 0.5, "min_area": 0}
-BOX = (slice(10, 20), slice(5, 15))  # rows, cols: left of the image = the patient's right
-PATIENT = {"PatientName": "Doe^Jane", "PatientID": "PID-778899"}
-FILE_NAME = "Doe_Jane_PID-778899.dcm"
-
-
-class FakePrediction:
-    def __init__(self, probability, mask, findings):
-        self.probability, self.mask, self.findings = probability, mask, findings
-
-
-class FakePredictor:
-    """Finds a 10x10 square at BOX in any image; counts calls and concurrent calls."""
-
-    def __init__(self, gate: threading.Event | None = None, fail: bool = False):
-        self.calls = 0
-        self.active = 0
-        self.max_active = 0
-        self.gate = gate
-        self.fail = fail
-        self.lock = threading.Lock()
-
-    def predict(self, image, metadata):
-        with self.lock:
-            self.calls += 1
-            self.active += 1
-            self.max_active = max(self.max_active, self.active)
-        try:
-            if self.gate is not None:
-                assert self.gate.wait(10)
-            if self.fail:
-                raise RuntimeError("secret internal detail")
-            mask = np.zeros(image.shape, bool)
-            mask[BOX] = True
-            prob = mask.astype(np.float32) * 0.9
-            return FakePrediction(prob, mask, compute_findings(mask, 0.9, metadata, OP, "fake"))
-        finally:
-            with self.lock:
-                self.active -= 1
-
-
-class FakeSegRenderer(DefaultRenderer):
-    def seg_dicom(self, dicom: bytes, prediction) -> bytes:
-        return b"SEG:" + str(int(prediction.mask.sum())).encode()
 
 
 @pytest.fixture()

@@ -15,8 +15,13 @@ from pathlib import Path
 import chromium
 import numpy as np
 import pytest
-from serve_helpers import LocalServer, restore_library_loggers  # noqa: F401
-from test_serve import FakePrediction
+from serve_helpers import (  # noqa: F401
+    FakePrediction,
+    FakePredictor,
+    FakeSegRenderer,
+    LocalServer,
+    restore_library_loggers,
+)
 
 from ptxseg.inference.findings import compute_findings
 from ptxseg.serving.app import ServeSettings, create_app

@@ -13,7 +13,7 @@ from predict_helpers import RegionModel, make_checkpoint
 from ptxseg.cli import main
 from ptxseg.data.rle import rle_decode
 from ptxseg.inference.outputs import read_mask
-from ptxseg.inference.pipeline import collect_inputs, parse_shard, predict_files, shard
+from ptxseg.inference.pipeline import collect_inputs, predict_files
 from ptxseg.inference.predictor import Predictor
 
 
@@ -66,25 +66,6 @@ def test_rerun_skips_finished_images(tmp_path):
     assert (again.predicted, again.skipped, again.errors) == (1, 2, 0)
     assert (out / "masks" / "img0.png").stat().st_mtime_ns == stamp
     assert len(_rows(out / "summary.csv")) == 3 and len(_rows(out / "submission.csv")) == 3
-
-
-@pytest.mark.parametrize("count", [1, 2, 3, 7])
-def test_shards_cover_every_file_exactly_once(count):
-    files = [Path(f"/x/{name}.dcm") for name in "qwertyuiopasdfg"]
-    parts = [shard(files, i, count) for i in range(count)]
-    flat = [p for part in parts for p in part]
-    assert sorted(flat) == sorted(files) and len(flat) == len(set(flat))
-    assert parts == [shard(list(reversed(files)), i, count) for i in range(count)]
-
-
-def test_parse_shard(monkeypatch):
-    assert parse_shard("1/4") == (1, 4) and parse_shard(None) == (0, 1)
-    monkeypatch.setenv("SLURM_ARRAY_TASK_ID", "2")
-    monkeypatch.setenv("SLURM_ARRAY_TASK_COUNT", "3")
-    assert parse_shard("auto") == (2, 3)
-    for bad in ("4/4", "x", "1/0"):
-        with pytest.raises(ValueError, match="--shard"):
-            parse_shard(bad)
 
 
 def test_cli_on_real_dicoms_with_seg(siim_real, tmp_path):

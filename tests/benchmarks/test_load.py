@@ -5,8 +5,13 @@ from __future__ import annotations
 import cv2
 import pytest
 from dicom_files import chest_like
-from serve_helpers import LocalServer, restore_library_loggers  # noqa: F401
-from test_serve import FakePredictor, FakeSegRenderer
+from serve_helpers import (  # noqa: F401
+    FakePrediction,
+    FakePredictor,
+    FakeSegRenderer,
+    LocalServer,
+    restore_library_loggers,
+)
 
 from ptxseg.benchmarks.load import (
     LoadTestError,

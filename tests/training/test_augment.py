@@ -10,7 +10,7 @@ from torchvision import tv_tensors
 from torchvision.transforms import v2
 
 from ptxseg.cli import main
-from ptxseg.training import augment
+from ptxseg.training import preview
 from ptxseg.training.augment import (
     STRATEGIES,
     AlignedRandomResizedCrop,
@@ -247,4 +247,4 @@ def test_cli_rejects_mask_of_other_size(tmp_path, capsys):
 def test_preview_rejects_zero_samples(tmp_path):
     image, mask = disc_pair()
     with pytest.raises(ValueError, match=">= 1"):
-        augment.plot_preview(image[0].numpy(), mask[0].numpy() > 0, tmp_path / "p.png", n=0)
+        preview.plot_preview(image[0].numpy(), mask[0].numpy() > 0, tmp_path / "p.png", n=0)
