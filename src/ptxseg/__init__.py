@@ -15,7 +15,8 @@ _PUBLIC = {
     "read_annotations": "ptxseg.data.rle",
     "read_dicom": "ptxseg.data.dicom",
     "read_image": "ptxseg.data.dicom",
-    "load_model": "ptxseg.model.unet",
+    "load_model": "ptxseg.model.checkpoint",
+    "OperatingPoint": "ptxseg.model.operating_point",
     "Predictor": "ptxseg.inference.predictor",
 }
 

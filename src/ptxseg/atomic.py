@@ -68,3 +68,34 @@ def save_figure(fig: Any, path: str | Path, **savefig: Any) -> Path:
         return write_through(path, lambda f: fig.savefig(f, format="png", **savefig), binary=True)
     finally:
         plt.close(fig)
+
+
+def write_folder(path: str | Path, fill: Callable[[Path], Any]) -> Path:
+    """Call `fill(folder)` on a temporary folder beside `path`, then put it in place of `path`.
+
+    An existing folder at `path` is replaced whole; readers see the old or the new one, never a
+    mix (between the two renames there is a moment with neither).
+    """
+    import shutil
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    old = None
+    try:
+        fill(tmp)
+        if path.exists():
+            if not path.is_dir():
+                raise FileExistsError(f"{path} exists and is not a folder: choose another path")
+            old = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".old", dir=path.parent))
+            os.rmdir(old)
+            os.replace(path, old)
+        os.replace(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if old is not None and not path.exists():
+            os.replace(old, path)
+        raise
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+    return path

@@ -9,14 +9,10 @@ import torch
 from torch import nn
 
 from ptxseg.data.dataset import cache_paths
-from ptxseg.evaluation.evaluate import (
-    apply_overrides,
-    choose_panels,
-    evaluate,
-    evaluate_checkpoint,
-    predict_probabilities,
-)
-from ptxseg.model.metrics import OperatingPoint, load_operating_point
+from ptxseg.data.rle import rle_encode
+from ptxseg.evaluation.evaluate import choose_panels, evaluate, evaluate_checkpoint
+from ptxseg.model.checkpoint import read_operating_point as load_operating_point
+from ptxseg.model.operating_point import OperatingPoint
 
 SIZE = 32
 
@@ -34,14 +30,6 @@ class BrightnessModel(nn.Module):
 
     def forward(self, x):
         return (x - 0.5) * self.scale
-
-
-class XCoordinateModel(nn.Module):
-    """Not flip-symmetric: the logit is the pixel's x coordinate, whatever the image."""
-
-    def forward(self, x):
-        b, _, h, w = x.shape
-        return torch.linspace(-3, 3, w).expand(b, 1, h, w)
 
 
 def make_work(root, n=6, seed=0):
@@ -68,11 +56,17 @@ def make_work(root, n=6, seed=0):
         np.save(paths["masks"], masks)
         paths["ids"].write_text(json.dumps(ids))
         splits[split] = ids
-        rows += [(i, split, int(masks[k].any())) for k, i in enumerate(ids)]
+        rows += [(i, split, int(masks[k].any()), masks[k]) for k, i in enumerate(ids)]
     with open(root / "manifest.csv", "w", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow(["image_id", "split", "has_pneumothorax"])
-        writer.writerows(rows)
+        writer.writerow(
+            ["image_id", "split", "has_pneumothorax", "height", "width", "rle_encoding"]
+        )
+        writer.writerows((i, s, m, SIZE, SIZE, "relative") for i, s, m, _ in rows)
+    with open(root / "annotations.csv", "w", newline="") as f:  # originals at the cache size
+        writer = csv.writer(f)
+        writer.writerow(["ImageId", "EncodedPixels"])
+        writer.writerows((i, rle_encode(mask.astype(bool))) for i, _, _, mask in rows)
     (root / "splits.json").write_text(json.dumps(splits))
     return root
 
@@ -84,42 +78,7 @@ def fake_checkpoint(path, operating_point=None):
     return path
 
 
-# --------------------------------------------------------------------------- TTA
-
-
-def test_hflip_tta_flips_back_for_an_equivariant_model():
-    x = torch.rand(2, 1, 8, 8)
-    x[:, :, :, :3] = 1.0  # not symmetric
-    model = BrightnessModel()
-    plain = predict_probabilities(model, x, "none")
-    assert torch.allclose(predict_probabilities(model, x, "hflip"), plain, atol=1e-6)
-
-
-def test_hflip_tta_averages_with_the_flipped_back_probability():
-    x = torch.rand(1, 1, 4, 6)
-    got = predict_probabilities(XCoordinateModel(), x, "hflip")
-    coords = torch.linspace(-3, 3, 6)
-    expected = (torch.sigmoid(coords) + torch.sigmoid(coords).flip(-1)) / 2
-    assert torch.allclose(got[0, 0, 0], expected)
-    assert torch.allclose(got, torch.full_like(got, 0.5))  # x and -x average out
-    assert not torch.allclose(predict_probabilities(XCoordinateModel(), x), got)
-    with pytest.raises(ValueError, match="unknown test-time augmentation 'vflip'"):
-        predict_probabilities(XCoordinateModel(), x, "vflip")
-
-
 # --------------------------------------------------------------------------- operating point
-
-
-def test_apply_overrides():
-    op = OperatingPoint(top=0.8, bottom=0.3, min_area=50)
-    assert apply_overrides(op) == op
-    assert apply_overrides(op, threshold=0.6) == OperatingPoint.plain(0.6)
-    assert apply_overrides(op, threshold=0.6, min_area=5) == OperatingPoint(0.6, 0.6, 5)
-    assert apply_overrides(op, bottom=0.4) == OperatingPoint(0.8, 0.4, 50)
-    with pytest.raises(ValueError, match="either a plain threshold or top/bottom"):
-        apply_overrides(op, threshold=0.5, top=0.9)
-    with pytest.raises(ValueError, match="expected a number in"):
-        apply_overrides(op, top=2.0)
 
 
 def test_missing_operating_point_is_searched_on_val_and_stored(tmp_path):
@@ -132,6 +91,7 @@ def test_missing_operating_point_is_searched_on_val_and_stored(tmp_path):
     # blobs at 0.7 brightness have probability sigmoid(2.4) = 0.917, squares 0.9997: a threshold
     # between them, or the area gate, removes the false positives; val is then perfect
     assert summary["operating_point"] == stored.to_dict()
+    assert stored.tta == "none" and stored.input_size == SIZE  # the path it was searched on
     assert summary["operating_point_source"].startswith("searched on the val split and stored")
     assert summary["operating_point_search"]["competition_dice"] == pytest.approx(1.0)
     validation = torch.load(ckpt, weights_only=True)["ptxseg"]["validation"]  # loadable safely
@@ -145,14 +105,14 @@ def test_stored_operating_point_is_used_and_overrides_win(tmp_path):
     before = ckpt.read_bytes()
     model = BrightnessModel(OperatingPoint.plain(0.5))
     summary = evaluate(model, work, tmp_path / "a", checkpoint=ckpt, progress=False)
-    assert summary["operating_point_source"] == "checkpoint"
+    assert summary["operating_point_source"] == "stored with the model"
     # at 0.5 both blobs of the 6 test images are kept: 2 images score 0
     assert summary["competition_dice"] == pytest.approx(4 / 6)
     assert summary["metrics"]["specificity"]["value"] == pytest.approx(1 / 3)
     summary = evaluate(
         model, work, tmp_path / "b", checkpoint=ckpt, overrides={"threshold": 0.95}, progress=False
     )
-    assert summary["operating_point"] == {"top": 0.95, "bottom": 0.95, "min_area": 0}
+    assert summary["operating_point"] == OperatingPoint.plain(0.95).to_dict()
     assert "overridden on the command line: threshold" in summary["operating_point_source"]
     assert summary["competition_dice"] == pytest.approx(1.0)
     assert ckpt.read_bytes() == before  # nothing searched, nothing stored
@@ -276,7 +236,7 @@ def test_cli_evaluate_end_to_end_with_a_checkpoint(tmp_path):
     assert load_operating_point(ckpt) == OperatingPoint.from_dict(summary["operating_point"])
     assert 0.0 <= summary["competition_dice"] <= 1.0
     summary2 = evaluate_checkpoint(ckpt, work, tmp_path / "again", progress=False)
-    assert summary2["operating_point_source"] == "checkpoint"
+    assert summary2["operating_point_source"] == "stored with the model"
     assert summary2["competition_dice"] == pytest.approx(summary["competition_dice"])
 
 
@@ -292,3 +252,79 @@ def test_cli_evaluate_reports_errors_without_output(tmp_path, capsys):
     assert "nope.ckpt not found" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
     assert ckpt.exists()
+
+
+# --------------------------------------------------------------------------- evaluate = predict
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory):
+    """Synthetic SIIM-style DICOMs at 128 px, prepared at 64 px, and a random-weight model."""
+    from predict_helpers import make_checkpoint
+
+    from ptxseg.data.prepare import prepare
+    from ptxseg.data.synth import generate_dataset
+
+    root = tmp_path_factory.mktemp("full-size")
+    generate_dataset(root / "raw", n_images=24, size=128, seed=3, positive_fraction=0.5,
+                     progress=False)  # fmt: skip
+    prepare(root / "raw" / "dicom-images-train", root / "raw" / "train-rle.csv", root / "work",
+            size=64, seed=0, val=0.25, test=0.25)  # fmt: skip
+    ckpt = make_checkpoint(root / "m.ckpt", "resnet18", 64, {"top": 0.5, "bottom": 0.45,
+                           "min_area": 0})  # fmt: skip
+    return root, ckpt
+
+
+@pytest.mark.parametrize("tta", ["none", "hflip"])
+def test_evaluate_scores_exactly_the_masks_that_predict_writes(prepared, tta):
+    import cv2
+
+    from ptxseg.cli import main
+    from ptxseg.data.dataset import FullSizeTruth, read_manifest
+    from ptxseg.model.metrics import confusion_counts, dice_scores
+
+    root, ckpt = prepared
+    work = root / "work"
+    out = root / f"eval-{tta}"
+    args = ["evaluate", "--checkpoint", str(ckpt), "--data", str(work)]
+    with pytest.raises(SystemExit) as done:
+        main([*args, "--out", str(out), "--tta", tta, "--no-search", "--batch-size", "4"])
+    assert done.value.code in (0, None)
+    test_files = [r["path"] for r in read_manifest(work) if r["split"] == "test"]
+    with pytest.raises(SystemExit) as done:
+        main(["predict", *test_files, "-c", str(ckpt), "-o", str(root / f"pred-{tta}"),
+              "--tta", tta, "--batch-size", "4"])  # fmt: skip
+    assert done.value.code in (0, None)
+    with open(out / "per_image.csv", newline="") as f:
+        rows = {r["image_id"]: r for r in csv.DictReader(f)}
+    assert len(rows) == len(test_files) >= 4
+    truth = FullSizeTruth(work)
+    predicted_any = 0
+    for image_id, row in rows.items():
+        png = cv2.imread(str(root / f"pred-{tta}" / "masks" / f"{image_id}.png"), 0) > 0
+        assert png.shape == truth.shape(image_id) == (128, 128)  # scored at the original size
+        counts = confusion_counts(png, truth.mask(image_id))
+        assert float(row["dice"]) == pytest.approx(float(dice_scores(*counts[:3])[0]), abs=1e-6)
+        assert int(row["predicted_area"]) == int(png.sum())
+        predicted_any += bool(png.any())
+    assert predicted_any  # the comparison is not between empty masks only
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["tta"] == tta and summary["scored_at"].startswith("full size")
+    assert summary["model_size"]["scored_at"].startswith("model size")
+    assert 0 <= summary["model_size"]["competition_dice"] <= 1
+
+
+def test_full_size_needs_the_original_annotations_and_says_how_to_get_them(prepared, tmp_path):
+    import shutil
+
+    root, ckpt = prepared
+    work = tmp_path / "work"
+    shutil.copytree(root / "work", work)
+    (work / "annotations.csv").unlink()
+    with pytest.raises(FileNotFoundError, match="rerun the same `ptxseg prepare`"):
+        evaluate_checkpoint(ckpt, work, tmp_path / "out", search=False, progress=False)
+    assert not (tmp_path / "out").exists()
+    summary = evaluate_checkpoint(
+        ckpt, work, tmp_path / "out", search=False, progress=False, resolution="model"
+    )
+    assert summary["scored_at"].startswith("model size")

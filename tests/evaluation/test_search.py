@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from ptxseg.evaluation.search import search_operating_point, threshold_counts
-from ptxseg.model.metrics import OperatingPoint, confusion_counts, dice_scores
+from ptxseg.model.metrics import confusion_counts, dice_scores
+from ptxseg.model.operating_point import OperatingPoint
 
 
 def _mean_dice(op, probs, targets):

@@ -1,13 +1,16 @@
-"""Predictor: resizing, the operating point, alignment at the original size, runtimes, Grad-CAM."""
+"""Predictor: preprocessing, TTA, the operating point, alignment at the original size, runtimes,
+Grad-CAM."""
 
 import warnings
 
 import numpy as np
 import pytest
+import torch
 from predict_helpers import RegionModel, TinyUnet, make_checkpoint
 
-from ptxseg.inference.predictor import Predictor, keep_mask
-from ptxseg.model.metrics import OperatingPoint
+from ptxseg.data.preprocess import to_model_input
+from ptxseg.inference.predictor import Predictor, full_size_mask
+from ptxseg.model.operating_point import OperatingPoint, OperatingPointWarning
 
 
 def test_mask_comes_back_aligned_at_the_original_size():
@@ -30,12 +33,52 @@ def test_stored_operating_point_gates_small_masks():
     assert override.predict(np.zeros((64, 64), np.float32)).mask.sum() == 4
 
 
-def test_keep_mask_matches_operating_point_apply():
+def test_the_gate_decides_at_the_model_size_and_bottom_at_full_size():
     rng = np.random.default_rng(0)
+    prob = (rng.random((64, 64)) ** 4).astype(np.float32)
     for min_area in (0, 5, 50, 4000):
-        prob = rng.random((64, 64)).astype(np.float32) ** 4
         op = OperatingPoint(0.8, 0.3, min_area)
-        assert keep_mask(prob, op.to_dict()) == bool(op.apply(prob).any())
+        full, mask = full_size_mask(prob, (128, 96), op)
+        assert full.shape == mask.shape == (128, 96)
+        assert mask.any() == bool(op.apply(prob).any())
+        if mask.any():
+            assert np.array_equal(mask, full > 0.3)
+
+
+class RampModel(RegionModel):
+    """Logits rise from -8 at the left edge to +8 at the right, whatever the image: a model that
+    is not flip-equivariant, so the flipped pass of TTA differs from the plain one."""
+
+    def forward(self, x):
+        ramp = torch.linspace(-8, 8, x.shape[-1]).expand(x.shape[0], 1, x.shape[-2], -1)
+        return ramp * self.scale + 0.0 * x
+
+
+def test_hflip_tta_averages_the_flipped_prediction():
+    image = np.random.default_rng(0).random((64, 64), np.float32)
+    plain = Predictor(RampModel(), tta="none").predict(image).probability
+    tta = Predictor(RampModel(), tta="hflip").predict(image).probability
+    np.testing.assert_allclose(tta, (plain + plain[:, ::-1]) / 2, atol=1e-6)
+    assert plain[:, 0].max() < 0.01 and abs(float(tta.mean()) - 0.5) < 1e-5
+
+
+def test_tta_follows_the_stored_operating_point_and_warns_when_it_differs():
+    searched = OperatingPoint(0.5, 0.5, 0, tta="hflip", input_size=64)
+    assert Predictor(RegionModel(operating_point=searched)).tta == "hflip"
+    assert Predictor(RegionModel()).tta == "none"
+    with pytest.warns(OperatingPointWarning, match="searched with TTA 'hflip'"):
+        Predictor(RegionModel(operating_point=searched), tta="none")
+    with pytest.raises(ValueError, match="unknown test-time augmentation"):
+        Predictor(RegionModel(), tta="vflip")
+
+
+def test_model_input_is_the_8_bit_picture_that_prepare_caches():
+    image = np.random.default_rng(3).random((200, 150), np.float32)
+    p = Predictor(RegionModel())
+    assert np.array_equal(p.model_input(image), to_model_input(image, 64))
+    assert p.model_input(image).dtype == np.uint8
+    with pytest.raises(ValueError, match=r"expected \(B, 64, 64\)"):
+        p.probabilities(np.zeros((1, 32, 32), np.uint8))
 
 
 def test_checkpoint_predictor_batches_and_matches_single():
@@ -54,7 +97,7 @@ def test_loads_a_real_checkpoint_with_its_operating_point(tmp_path):
     )
     p = Predictor(ckpt)
     assert (p.encoder, p.input_size) == ("resnet50", 64)
-    assert p.operating_point == {"top": 0.7, "bottom": 0.4, "min_area": 5}
+    assert p.operating_point == OperatingPoint(0.7, 0.4, 5)
     out = p.predict(np.random.default_rng(0).random((100, 80), np.float32))
     assert out.mask.shape == (100, 80) and np.isfinite(out.probability).all()
 

@@ -1,4 +1,4 @@
-"""Golden values for the metrics, the empty-mask rule, post-processing and checkpoint storage."""
+"""Golden values for the metrics and the empty-mask rule."""
 
 import math
 
@@ -9,17 +9,15 @@ import torch
 from ptxseg.model.metrics import (
     METRIC_KINDS,
     MetricAccumulator,
-    OperatingPoint,
     confusion_counts,
     dice_scores,
     iou_scores,
-    load_operating_point,
     pixel_accuracy_scores,
     roc_auc,
     roc_curve,
-    store_operating_point,
     summarise,
 )
+from ptxseg.model.operating_point import OperatingPoint
 
 
 def test_confusion_counts_golden():
@@ -125,44 +123,6 @@ def test_roc_curve_golden_and_consistent_with_auc():
     assert np.trapezoid(tpr, fpr) == pytest.approx(roc_auc(y, s))
 
 
-def test_operating_point_plain_threshold():
-    prob = np.array([[0.2, 0.5], [0.51, 0.9]], np.float32)
-    assert OperatingPoint.plain(0.5).apply(prob).tolist() == [[False, False], [True, True]]
-    assert OperatingPoint().is_plain and OperatingPoint().describe() == "threshold 0.5"
-
-
-def test_operating_point_triplet_gates_whole_masks_batched_numpy_and_torch():
-    op = OperatingPoint(top=0.8, bottom=0.3, min_area=2)
-    probs = np.zeros((3, 4, 4), np.float32)
-    probs[0, 0, :2] = 0.9  # two pixels above top: kept
-    probs[0, 1, :] = 0.4  # bottom region joins the kept mask
-    probs[1, 0, 0] = 0.9  # one pixel above top: dropped
-    probs[1, 1, :] = 0.4
-    probs[2, :, :] = 0.5  # nothing above top: dropped
-    mask = op.apply(probs)
-    assert isinstance(mask, np.ndarray) and mask.dtype == bool
-    assert mask.reshape(3, -1).sum(1).tolist() == [6, 0, 0]
-    as_torch = op.apply(torch.from_numpy(probs)[:, None])
-    assert as_torch.dtype == torch.bool and as_torch.shape == (3, 1, 4, 4)
-    assert np.array_equal(as_torch[:, 0].numpy(), mask)
-    assert np.array_equal(op.apply(probs[0]), mask[0])  # single image
-
-
-def test_operating_point_dict_round_trip_and_validation():
-    op = OperatingPoint(top=0.75, bottom=0.4, min_area=100)
-    assert OperatingPoint.from_dict(op.to_dict()) == op
-    assert op.to_dict() == {"top": 0.75, "bottom": 0.4, "min_area": 100}
-    assert OperatingPoint.from_dict({"top": 0.7, "bottom": 0.7, "min_area": 5.0}).min_area == 5
-    with pytest.raises(ValueError, match="unknown operating point keys"):
-        OperatingPoint.from_dict({"top": 0.5, "threshold": 0.5})
-    with pytest.raises(ValueError, match=r"top=1.5: expected a number in \[0, 1\]"):
-        OperatingPoint(top=1.5)
-    with pytest.raises(ValueError, match="min_area=-1"):
-        OperatingPoint(min_area=-1)
-    with pytest.raises(ValueError, match="min_area=2.5"):
-        OperatingPoint(min_area=2.5)
-
-
 def test_accumulator_batches_equal_one_pass_and_match_summarise():
     rng = np.random.default_rng(1)
     probs = rng.random((6, 1, 8, 8)).astype(np.float32) ** 3
@@ -195,36 +155,3 @@ def test_accumulator_takes_masks_and_area_score_and_rejects_logits():
         acc.update(torch.randn(2, 1, 4, 4) * 5, torch.zeros(2, 1, 4, 4))
     with pytest.raises(ValueError, match="unknown detection score"):
         MetricAccumulator(score="mean")
-
-
-def _write_ckpt(path):
-    ckpt = {
-        "state_dict": {"w": torch.ones(2)},
-        "ptxseg": {"config": {"encoder": "resnet50"}, "operating_point": None},
-    }
-    torch.save(ckpt, path)
-
-
-def test_store_and_load_operating_point(tmp_path):
-    path = tmp_path / "model.ckpt"
-    _write_ckpt(path)
-    assert load_operating_point(path) is None
-    op = OperatingPoint(top=0.8, bottom=0.35, min_area=64)
-    store_operating_point(path, op, metrics={"dice_per_image": np.float64(0.81), "split": "val"})
-    assert load_operating_point(path) == op
-    ckpt = torch.load(path, weights_only=False)
-    assert ckpt["ptxseg"]["validation"] == {"dice_per_image": 0.81, "split": "val"}
-    assert ckpt["ptxseg"]["config"] == {"encoder": "resnet50"}
-    assert torch.equal(ckpt["state_dict"]["w"], torch.ones(2))
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.ckpt"]  # no temporary left
-
-
-def test_store_operating_point_errors_leave_file_untouched(tmp_path):
-    other = tmp_path / "other.ckpt"
-    torch.save({"state_dict": {}}, other)
-    before = other.read_bytes()
-    with pytest.raises(ValueError, match="no 'ptxseg' entry"):
-        store_operating_point(other, OperatingPoint())
-    assert other.read_bytes() == before
-    with pytest.raises(FileNotFoundError, match="missing.ckpt"):
-        load_operating_point(tmp_path / "missing.ckpt")

@@ -1,4 +1,4 @@
-"""Model factory: encoders at 64x64, variants, normalisation, weights sources, checkpoint errors."""
+"""Model factory: encoders at 64x64, variants, normalisation, weights sources."""
 
 import socket
 import time
@@ -15,7 +15,6 @@ from ptxseg.model.unet import (
     build_model,
     check_encoder,
     hub_reachable,
-    load_model,
     preprocessing_params,
 )
 
@@ -206,16 +205,3 @@ def test_local_weights_errors_name_the_file(tmp_path):
     torch.save(smp.Unet("efficientnet-b0", encoder_weights=None).encoder.state_dict(), other)
     with pytest.raises(ValueError, match="b0.pt has no key of this encoder"):
         build_model(_config(**{"model.encoder_weights": str(other)}))
-
-
-def test_load_model_errors_name_the_file(tmp_path):
-    with pytest.raises(FileNotFoundError, match="missing.ckpt not found"):
-        load_model(tmp_path / "missing.ckpt")
-    bad = tmp_path / "bad.ckpt"
-    bad.write_bytes(b"\x00" * 10)
-    with pytest.raises(ValueError, match="cannot read checkpoint .*bad.ckpt"):
-        load_model(bad)
-    foreign = tmp_path / "foreign.ckpt"
-    torch.save({"state_dict": {}}, foreign)
-    with pytest.raises(ValueError, match="foreign.ckpt has no 'ptxseg' entry"):
-        load_model(foreign)

@@ -28,6 +28,7 @@ from serve_helpers import (  # noqa: F401  (restore_library_loggers is autouse)
 )
 
 from ptxseg.data.rle import rle_decode
+from ptxseg.model.operating_point import OperatingPoint
 from ptxseg.serving.app import ServeSettings, create_app
 from ptxseg.serving.render import DefaultRenderer, keep_identifiers_out_of_logs
 
@@ -391,7 +392,7 @@ def test_real_predictor_end_to_end(tmp_path, dicom_bytes):
     assert model["encoder"] == "resnet18" and model["input_size"] == [64, 64]
     assert model["checkpoint"]["file"] == "tiny.ckpt"
     assert model["runtime"] == {"runtime": "torch", "precision": "fp32", "device": "cpu"}
-    assert model["operating_point"] == {"top": 0.5, "bottom": 0.5, "min_area": 0}
+    assert model["operating_point"] == OperatingPoint().to_dict() and model["tta"] == "none"
     response = upload(client, dicom_bytes)
     assert response.status_code == 200, response.text
     body = response.json()
@@ -438,6 +439,7 @@ def test_declared_oversize_is_refused_without_reading_the_body():
 
 
 def test_model_card_reads_metrics_and_best_score_from_the_checkpoint():
+    from ptxseg.model.checkpoint import info_from_checkpoint
     from ptxseg.serving.card import build_model_card
 
     ckpt = {
@@ -455,7 +457,7 @@ def test_model_card_reads_metrics_and_best_score_from_the_checkpoint():
             "validation": {"competition_dice": 0.84},
         },
     }
-    card = build_model_card(ckpt=ckpt)
+    card = build_model_card(info=info_from_checkpoint(ckpt))
     assert card["encoder"] == "resnet50" and card["input_size"] == [512, 512]
     assert card["classification_head"] is True
     assert card["training"]["epochs_completed"] == 11

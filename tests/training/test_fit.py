@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from ptxseg.config import load_config
-from ptxseg.model.unet import load_model
+from ptxseg.model.checkpoint import load_model
 from ptxseg.training.fit import empty_baseline, fit
 from ptxseg.training.module import (
     METRIC_COLUMNS,
@@ -174,7 +174,7 @@ def test_fit_writes_the_run_folder_and_the_checkpoint_rebuilds_the_model(tmp_pat
 
 
 def test_operating_point_in_checkpoint_is_loaded(tmp_checkpoint_copy):
-    from ptxseg.model.metrics import OperatingPoint
+    from ptxseg.model.operating_point import OperatingPoint
 
     ckpt = torch.load(tmp_checkpoint_copy, weights_only=True)
     ckpt["ptxseg"]["operating_point"] = {"top": 0.7, "bottom": 0.4, "min_area": 5}

@@ -69,7 +69,7 @@ def dice(a: np.ndarray, b: np.ndarray) -> float:
 def build_model(encoder: str, size: int, checkpoint: str | Path | None = None):
     """The checkpoint's model, or a random-weight U-Net of `encoder` at `size` (speed only)."""
     if checkpoint:
-        from ptxseg.model.unet import load_model
+        from ptxseg.model.checkpoint import load_model
 
         return load_model(checkpoint)
     from ptxseg.model.unet import build_model as build
@@ -85,7 +85,7 @@ def evaluation_images(work: str | Path | None, size: int, n: int = 8, split: str
         if path.is_file():
             arr = np.load(path, mmap_mode="r")[:n]
             return [np.asarray(a, np.float32) / 255.0 for a in arr], f"{split} split of {work}"
-    from ptxseg.inference.export import synthetic_calibration_images
+    from ptxseg.inference.onnx import synthetic_calibration_images
 
     seed = 1 if split == "test" else 2
     return synthetic_calibration_images(n, size, seed=seed), "synthetic images"
@@ -129,7 +129,8 @@ def benchmark_model(
 
     def onnx_files(precision: str) -> Path:
         """The fp32 ONNX export (once), and its int8 copy (once) for int8 paths."""
-        from ptxseg.inference.export import export_onnx, quantize_onnx
+        from ptxseg.inference.export import export_onnx
+        from ptxseg.inference.onnx import quantize_onnx
 
         if "fp32" not in cache:
             cache["fp32"] = Path(export_onnx(model, Path(tmp.name) / "m.onnx")["path"])

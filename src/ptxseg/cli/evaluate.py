@@ -6,6 +6,7 @@ from pathlib import Path
 
 import typer
 
+from ptxseg.cli import options
 from ptxseg.cli.app import app
 
 
@@ -36,27 +37,31 @@ def print_summary(summary: dict) -> None:
         f"({summary['operating_point_source']})"
     )
     console.print(
-        f"competition Dice {_fmt(summary['competition_dice'])} vs "
-        f"{_fmt(summary['empty_baseline_competition_dice'])} for all-empty masks"
+        f"competition Dice {_fmt(summary['competition_dice'])} ({summary['scored_at']}) vs "
+        f"{_fmt(summary['empty_baseline_competition_dice'])} for all-empty masks; at the model's "
+        f"size {_fmt(summary['model_size']['competition_dice'])}"
     )
 
 
 @app.command()
 def evaluate(
-    checkpoint: Path = typer.Option(..., help="Trained model (.ckpt from `ptxseg train`)."),
+    checkpoint: Path = typer.Option(..., help=options.CHECKPOINT_HELP),
     data: Path = typer.Option(..., help="Work folder written by `ptxseg prepare`."),
     out: Path = typer.Option(..., help="Folder for per_image.csv, summary.json, roc.csv, ..."),
     split: str = typer.Option("test", help="Split to evaluate: train, val or test."),
-    tta: str = typer.Option("none", help="Test-time augmentation: none or hflip."),
+    tta: str | None = options.TTA,
     batch_size: int = typer.Option(8, help="Images per forward pass."),
     device: str = typer.Option("cpu", help="torch device: cpu, cuda, cuda:1, ..."),
-    threshold: float | None = typer.Option(
-        None, help="Plain threshold (sets top = bottom, no area gate); overrides the stored one."
-    ),
-    top: float | None = typer.Option(None, help="Override: probability a mask must exceed."),
-    bottom: float | None = typer.Option(None, help="Override: probability that binarises."),
-    min_area: int | None = typer.Option(
-        None, help="Override: pixels (at model size) above --top needed to keep a mask."
+    runtime: str = typer.Option("torch", help="torch, onnxruntime or openvino (as predict)."),
+    precision: str = typer.Option("fp32", help="fp32, bf16 or int8 (as predict)."),
+    threshold: float | None = options.THRESHOLD,
+    top: float | None = options.TOP,
+    bottom: float | None = options.BOTTOM,
+    min_area: int | None = options.MIN_AREA,
+    resolution: str = typer.Option(
+        "full",
+        help="Score masks at the original size against the original RLE (full, as the "
+        "competition) or only at the model's input size (model).",
     ),
     search: bool | None = typer.Option(
         None,
@@ -71,10 +76,12 @@ def evaluate(
         False, help="Also write every probability map (probs-<split>.npz, float16)."
     ),
 ) -> None:
-    """Metrics of a checkpoint on a split: Dice, IoU, accuracy (pooled and per image), ROC.
+    """Metrics of a model on a split: Dice, IoU, accuracy (pooled and per image), ROC.
 
-    Writes per_image.csv, summary.json, roc.csv and panels.npz to --out. The operating point
-    is the checkpoint's; without one it is searched on the val split and stored there.
+    The model runs through the same Predictor as `predict` and `serve`; masks are scored at the
+    original resolution against the original RLE (a model-size table comes along). Writes
+    per_image.csv, summary.json, roc.csv and panels.npz to --out. The operating point is the
+    model's; without one it is searched on the val split (with this TTA) and stored there.
 
     Example: ptxseg evaluate --checkpoint runs/r1/best.ckpt --data work --split test
     --out runs/r1/eval-test --tta hflip
@@ -90,9 +97,12 @@ def evaluate(
             out,
             split,
             device=device,
+            runtime=runtime,
+            precision=precision,
             tta=tta,
             batch_size=batch_size,
-            overrides={"threshold": threshold, "top": top, "bottom": bottom, "min_area": min_area},
+            overrides=options.overrides(threshold, top, bottom, min_area),
+            resolution=resolution,
             search=search,
             save_probs=save_probs,
             score=score,

@@ -8,20 +8,19 @@ from pathlib import Path
 
 import typer
 
+from ptxseg.cli import options
 from ptxseg.cli.app import app
 
 
-def _operating_point(stored: dict, threshold, top, bottom, min_area) -> dict:
-    """The stored operating point with the command line's overrides, validated."""
-    from ptxseg.model.metrics import OperatingPoint
+def stored_operating_point(checkpoint: Path):
+    """The operating point stored with a model file (the default when it has none)."""
+    from ptxseg.inference.onnx import read_metadata
+    from ptxseg.model.checkpoint import read_operating_point
+    from ptxseg.model.operating_point import DEFAULT, OperatingPoint
 
-    op = dict(stored)
-    if threshold is not None:
-        op["top"] = op["bottom"] = threshold
-    for key, value in (("top", top), ("bottom", bottom), ("min_area", min_area)):
-        if value is not None:
-            op[key] = value
-    return OperatingPoint.from_dict(op).to_dict()
+    if checkpoint.suffix.lower() == ".onnx":
+        return OperatingPoint.coerce(read_metadata(checkpoint).get("operating_point")) or DEFAULT
+    return read_operating_point(checkpoint) or DEFAULT
 
 
 def _device(device: str) -> str:
@@ -36,9 +35,7 @@ def predict(
     inputs: list[Path] = typer.Argument(
         ..., help="DICOM, PNG or JPEG files and folders (searched recursively), mixed."
     ),
-    checkpoint: Path = typer.Option(
-        ..., "--checkpoint", "-c", help="A .ckpt from `ptxseg train` or an .onnx from export."
-    ),
+    checkpoint: Path = typer.Option(..., "--checkpoint", "-c", help=options.CHECKPOINT_HELP),
     out: Path = typer.Option(..., "--out", "-o", help="Output folder."),
     runtime: str = typer.Option("torch", help="torch, onnxruntime or openvino."),
     precision: str = typer.Option(
@@ -46,14 +43,11 @@ def predict(
     ),
     batch_size: int = typer.Option(4, help="Images per model call."),
     device: str = typer.Option("cpu", help="cpu or cuda (torch runtime)."),
-    threshold: float | None = typer.Option(
-        None, help="Plain threshold (top = bottom) overriding the stored operating point."
-    ),
-    top: float | None = typer.Option(None, help="Override the operating point's top threshold."),
-    bottom: float | None = typer.Option(None, help="Override the operating point's bottom."),
-    min_area: int | None = typer.Option(
-        None, help="Override min_area (pixels above top at the model size to keep a mask)."
-    ),
+    tta: str | None = options.TTA,
+    threshold: float | None = options.THRESHOLD,
+    top: float | None = options.TOP,
+    bottom: float | None = options.BOTTOM,
+    min_area: int | None = options.MIN_AREA,
     seg: bool = typer.Option(False, "--seg", help="Also write a DICOM SEG per positive DICOM."),
     explain: bool = typer.Option(False, "--explain", help="Also write Grad-CAM heatmap PNGs."),
     shard: str | None = typer.Option(
@@ -96,16 +90,20 @@ def predict(
     if precision == "int8":
         calibration = _calibration_images(files[:int8_calibration])
     try:
+        op = None
+        if any(v is not None for v in (threshold, top, bottom, min_area)):
+            op = stored_operating_point(checkpoint).with_overrides(
+                **options.overrides(threshold, top, bottom, min_area)
+            )
         predictor = Predictor(
             checkpoint,
             runtime=runtime,
             device=_device(device),
             precision=precision,
+            operating_point=op,
+            tta=tta,
             batch_size=batch_size,
             calibration=calibration,
-        )
-        predictor.operating_point = _operating_point(
-            predictor.operating_point, threshold, top, bottom, min_area
         )
     except (ValueError, FileNotFoundError, ImportError) as err:
         console.print(f"[red]error:[/red] {err}")
@@ -113,8 +111,8 @@ def predict(
     mine = take_shard(files, index, count)
     console.print(
         f"{len(mine)} of {len(files)} inputs (shard {index}/{count}); {runtime} {precision}, "
-        f"{predictor.encoder} at {predictor.input_size}, operating point "
-        f"{predictor.operating_point}"
+        f"{predictor.encoder} at {predictor.input_size}, TTA {predictor.tta}, operating point "
+        f"{predictor.operating_point.describe()}"
     )
     result = predict_files(
         predictor,
@@ -152,22 +150,40 @@ def _calibration_images(files):
 @app.command()
 def export(
     checkpoint: Path = typer.Option(..., "--checkpoint", "-c", help="A .ckpt from `ptxseg train`."),
-    format: str = typer.Option("onnx", "--format", help="Export format (onnx)."),
-    out: Path | None = typer.Option(None, "--out", "-o", help="Output file (default: CKPT.onnx)."),
+    format: str = typer.Option(
+        "onnx",
+        "--format",
+        help="onnx (a file for ONNX Runtime / OpenVINO) or safetensors (an inference-model "
+        "folder: weights, config and operating point; no optimizer state).",
+    ),
+    out: Path | None = typer.Option(
+        None, "--out", "-o", help="Output file or folder (default: CKPT.onnx or CKPT-model/)."
+    ),
     opset: int = typer.Option(17, help="ONNX opset version."),
     int8: bool = typer.Option(
         False, "--int8", help="Also write an int8 (static QDQ) copy next to it (*.int8.onnx)."
     ),
 ) -> None:
-    """Export a checkpoint to ONNX (dynamic batch, [0, 1] input, logits) with a parity check.
+    """Export a model: ONNX (dynamic batch, [0, 1] input, logits) with a parity check through
+    the Predictor, or an inference-model folder in safetensors.
 
     Example: ptxseg export --checkpoint best.ckpt --format onnx --out model.onnx
     """
-    from ptxseg.inference.export import ParityError, export_onnx, quantize_onnx
-    from ptxseg.model.unet import load_model
+    from ptxseg.inference.export import FORMATS, ParityError, export_onnx
+    from ptxseg.inference.onnx import quantize_onnx
+    from ptxseg.model.checkpoint import export_inference_model, load_model
 
-    if format != "onnx":
-        raise typer.BadParameter(f"--format {format!r}: only 'onnx' is supported")
+    if format not in FORMATS:
+        raise typer.BadParameter(f"--format {format!r}: expected one of {', '.join(FORMATS)}")
+    if format == "safetensors":
+        target = out or checkpoint.with_name(checkpoint.stem + "-model")
+        try:
+            export_inference_model(checkpoint, target)
+        except (ValueError, FileNotFoundError, FileExistsError) as err:
+            typer.echo(f"error: {err}", err=True)
+            raise typer.Exit(1) from None
+        typer.echo(f"wrote {target}/ (model.safetensors, config.json, ptxseg.json)")
+        return
     target = out or checkpoint.with_suffix(".onnx")
     try:
         model = load_model(checkpoint)

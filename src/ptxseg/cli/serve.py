@@ -6,6 +6,7 @@ from pathlib import Path
 
 import typer
 
+from ptxseg.cli import options
 from ptxseg.cli.app import app
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
@@ -13,9 +14,7 @@ LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 @app.command()
 def serve(
-    checkpoint: Path = typer.Option(
-        ..., "--checkpoint", "-c", help="A .ckpt from `ptxseg train` or an .onnx from export."
-    ),
+    checkpoint: Path = typer.Option(..., "--checkpoint", "-c", help=options.CHECKPOINT_HELP),
     host: str = typer.Option(
         "127.0.0.1", help="Address to listen on; 0.0.0.0 exposes the service to the network."
     ),
@@ -23,6 +22,7 @@ def serve(
     runtime: str = typer.Option("torch", help="torch, onnxruntime or openvino."),
     precision: str = typer.Option("fp32", help="fp32, bf16 or int8 (see `ptxseg predict`)."),
     device: str = typer.Option("cpu", help="cpu or cuda (torch runtime)."),
+    tta: str | None = options.TTA,
     workers: int = typer.Option(
         1, min=1, help="Inference threads: how many images are analysed at the same time."
     ),
@@ -53,7 +53,7 @@ def serve(
         max_upload_mb=max_upload_mb, workers=workers, keep_uploads=keep_uploads
     )
     try:
-        application = load_app(checkpoint, settings, runtime, device, precision)
+        application = load_app(checkpoint, settings, runtime, device, precision, tta)
     except (FileNotFoundError, ValueError) as err:
         typer.secho(f"error: {err}", fg="red", err=True)
         raise typer.Exit(2) from None

@@ -17,9 +17,12 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
+from ptxseg.data.rle import read_annotations, rles_to_mask
+
 SPLITS = ("train", "val", "test")
 MANIFEST = "manifest.csv"
 SPLITS_FILE = "splits.json"
+ANNOTATIONS = "annotations.csv"
 
 
 def cache_dir(work: str | Path, size: int) -> Path:
@@ -128,6 +131,39 @@ class SegmentationDataset(Dataset):
         state = self.__dict__.copy()
         state["_images"] = state["_masks"] = None
         return state
+
+
+class FullSizeTruth:
+    """The ground truth of prepared images at their original size, from the original RLE.
+
+    The competition scores masks at 1024 x 1024 against the RLE rows; `prepare` keeps those rows
+    in `WORK/annotations.csv` and each image's size and RLE encoding in the manifest.
+    """
+
+    def __init__(self, work: str | Path) -> None:
+        work = Path(work)
+        rows = read_manifest(work)
+        path = work / ANNOTATIONS
+        if not path.is_file() or (rows and "rle_encoding" not in rows[0]):
+            raise FileNotFoundError(
+                f"{work} has no {ANNOTATIONS} (it was prepared by an older ptxseg): rerun the same "
+                "`ptxseg prepare` command once; it keeps the split and the cache and adds the "
+                "original annotations that full-size scoring needs"
+            )
+        self.rows = {row["image_id"]: row for row in rows}
+        self.annotations = read_annotations(path)
+
+    def shape(self, image_id: str) -> tuple[int, int]:
+        """(height, width) of the original image."""
+        row = self.rows[image_id]
+        return int(row["height"]), int(row["width"])
+
+    def mask(self, image_id: str) -> np.ndarray:
+        """The bool (H, W) mask at the original size (all regions together)."""
+        row = self.rows[image_id]
+        return rles_to_mask(
+            self.annotations.get(image_id, []), *self.shape(image_id), row["rle_encoding"]
+        )
 
 
 class PositiveFractionSampler(Sampler[int]):

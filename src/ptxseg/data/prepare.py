@@ -19,15 +19,15 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-import cv2
 import numpy as np
 import pydicom
 from rich.progress import Progress
 
 from ptxseg import atomic
-from ptxseg.data.dataset import MANIFEST, SPLITS, SPLITS_FILE, cache_dir, cache_paths
+from ptxseg.data.dataset import ANNOTATIONS, MANIFEST, SPLITS, SPLITS_FILE, cache_dir, cache_paths
 from ptxseg.data.dicom import DicomHeaderWarning, ImageReadError, parse_age, read_dicom
-from ptxseg.data.rle import detect_encoding, read_annotations, rles_to_mask
+from ptxseg.data.preprocess import mask_to_model_size, to_model_input
+from ptxseg.data.rle import EMPTY, detect_encoding, read_annotations, rles_to_mask
 
 MANIFEST_COLUMNS = (
     "image_id",
@@ -43,6 +43,7 @@ MANIFEST_COLUMNS = (
     "patient_sex",
     "patient_age",
     "patient_id",
+    "rle_encoding",
 )
 
 
@@ -206,11 +207,7 @@ def _load_one(
     if image.shape != (height, width):
         raise ImageReadError(f"{path}: pixel data is {image.shape}, header says {height}x{width}")
     mask = rles_to_mask(rles, height, width, encoding)
-    interp = cv2.INTER_AREA if size < max(height, width) else cv2.INTER_LINEAR
-    small = cv2.resize(image, (size, size), interpolation=interp)
-    image_u8 = np.clip(small * 255 + 0.5, 0, 255).astype(np.uint8)
-    mask_small = cv2.resize(mask.astype(np.uint8) * 255, (size, size), interpolation=interp)
-    return image_u8, (mask_small >= 128).astype(np.uint8), int(mask.sum())
+    return to_model_input(image, size), mask_to_model_size(mask, size), int(mask.sum())
 
 
 def fingerprint(records: Sequence[Record], encoding: str, size: int) -> str:
@@ -292,7 +289,7 @@ def _write_split(work, size, split, rows, encoding, pool, progress, areas) -> No
 # ---------------------------------------------------------------- manifest
 
 
-def manifest_text(records: Sequence[Record]) -> str:
+def manifest_text(records: Sequence[Record], encoding: str) -> str:
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
     writer.writerow(MANIFEST_COLUMNS)
@@ -312,8 +309,20 @@ def manifest_text(records: Sequence[Record]) -> str:
                 r.patient_sex,
                 r.patient_age,
                 r.patient_id,
+                encoding,
             ]
         )
+    return out.getvalue()
+
+
+def annotations_text(records: Sequence[Record]) -> str:
+    """The original RLE rows of the prepared images (stage-2 format), for full-size scoring."""
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(("ImageId", "EncodedPixels"))
+    for r in sorted(records, key=lambda r: r.image_id):
+        for rle in r.rles or [EMPTY]:
+            writer.writerow((r.image_id, rle))
     return out.getvalue()
 
 
@@ -363,7 +372,8 @@ def prepare(
     for r in records:
         r.split = where[r.image_id]
     written = build_cache(out, records, size, rle_encoding, max(1, workers), progress)
-    atomic.write_if_changed(out / MANIFEST, manifest_text(records))
+    atomic.write_if_changed(out / MANIFEST, manifest_text(records, rle_encoding))
+    atomic.write_if_changed(out / ANNOTATIONS, annotations_text(records))
     atomic.write_if_changed(out / "unmatched.json", json.dumps(problems, indent=1) + "\n")
     counts = {
         s: {

@@ -1,19 +1,22 @@
-"""Metrics of a trained model on one split of the work folder, and the files a report draws on.
+"""Metrics of a model on one split of the work folder, through the Predictor that ships.
 
-`evaluate_checkpoint` runs the model over the cached split at the model's input size (optionally
-with horizontal-flip test-time augmentation), decides the operating point (stored in the
-checkpoint; searched on the validation split and stored when missing; command-line overrides on
-top), and writes into the output folder:
+`evaluate` runs the `Predictor` (the same preprocessing, runtime, TTA and operating point that
+`predict` and `serve` use) over the split's cached model inputs, which `prepare` made with the
+Predictor's own preprocessing. Masks are scored **at the original resolution against the original
+RLE**, as the Kaggle scorer does (`WORK/annotations.csv`); the model-size scores against the cached
+masks are kept as a labelled secondary table. The operating point is the model's stored one;
+it is searched on the validation split (at the model's size, with this TTA) and stored when there
+is none; command-line overrides apply last. Written into the output folder:
 
-- `per_image.csv`: one row per image (areas, Dice, IoU, maximum probability, detection score);
-- `summary.json`: `metrics` maps each name to {value, kind (pooled / per-image / image-level),
-  description}; the operating point and where it came from, the split, the checkpoint, counts
-  and the all-empty baseline;
+- `per_image.csv`: one row per image (full-size areas, Dice, IoU; model-size Dice; maximum
+  probability, detection score);
+- `summary.json`: `metrics` (full size) and `model_size.metrics` map each name to {value, kind
+  (pooled / per-image / image-level), description}; `scored_at` says which is which; the
+  operating point and where it came from, TTA, the split, counts and the all-empty baseline;
 - `roc.csv`: the image-level ROC curve (fpr, tpr, thresholds);
-- `panels.npz`: ~16 chosen images (best, worst, false positives, false negatives): `images`,
-  `truths`, `probabilities` (float16), `masks` (the prediction at the operating point), `kinds`,
-  `image_ids`, `dice`, for figure panels without rerunning the model;
-- `probs-<split>.npz` (only when asked): every probability map of the split.
+- `panels.npz`: ~16 chosen images at the model's size (best, worst, false positives, false
+  negatives), for figure panels without rerunning the model;
+- `probs-<split>.npz` (only when asked): every model-size probability map of the split.
 """
 
 from __future__ import annotations
@@ -23,29 +26,37 @@ import io
 import json
 import math
 import os
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
-from torch import nn
 
 from ptxseg import atomic
+from ptxseg.data.dataset import FullSizeTruth
 from ptxseg.evaluation.search import search_operating_point
+from ptxseg.inference.predictor import Predictor, full_size_mask
+from ptxseg.model.checkpoint import store_operating_point
 from ptxseg.model.metrics import (
     METRIC_KINDS,
     SCORES,
     MetricAccumulator,
-    OperatingPoint,
+    confusion_counts,
+    dice_scores,
+    iou_scores,
     roc_curve,
-    store_operating_point,
     summarise,
 )
+from ptxseg.model.operating_point import OperatingPoint, OperatingPointWarning
 from ptxseg.progress import progress_bar
 
-TTA_MODES = ("none", "hflip")
+RESOLUTIONS = ("full", "model")
+SCORED_AT = {
+    "full": "full size: masks at the original resolution against the original RLE (as Kaggle)",
+    "model": "model size: masks at the model's input size against the cached, resized masks",
+}
 PER_IMAGE_COLUMNS = (
     "image_id",
     "truth_area",
@@ -54,6 +65,7 @@ PER_IMAGE_COLUMNS = (
     "iou",
     "max_probability",
     "score",
+    "dice_model_size",
     "has_truth",
     "has_prediction",
 )
@@ -61,24 +73,6 @@ PANEL_KINDS = ("best", "worst", "false_positive", "false_negative")
 
 
 # --------------------------------------------------------------------------- running the model
-
-
-@torch.inference_mode()
-def predict_probabilities(
-    model: nn.Module, images: torch.Tensor, tta: str = "none"
-) -> torch.Tensor:
-    """Sigmoid probabilities (B, 1, H, W) for images (B, 1, H, W) in [0, 1].
-
-    With `tta="hflip"` the result is the mean of the plain probability and the probability of the
-    horizontally flipped image, flipped back.
-    """
-    if tta not in TTA_MODES:
-        raise ValueError(f"unknown test-time augmentation {tta!r}: expected one of {TTA_MODES}")
-    prob = torch.sigmoid(model(images).float())
-    if tta == "hflip":
-        flipped = torch.sigmoid(model(images.flip(-1)).float()).flip(-1)
-        prob = (prob + flipped) / 2
-    return prob
 
 
 @dataclass
@@ -93,37 +87,37 @@ class SplitPredictions:
 
 
 def collect_probabilities(
-    model: nn.Module,
-    work: str | os.PathLike,
-    split: str,
-    batch_size: int = 8,
-    device: str | torch.device = "cpu",
-    tta: str = "none",
-    progress: bool = True,
+    predictor: Predictor, work: str | os.PathLike, split: str, progress: bool = True
 ) -> SplitPredictions:
-    """Run `model` over the cached `split` at `model.input_size` and keep every probability map."""
-    from torch.utils.data import DataLoader
-
+    """Run the Predictor over the cached model inputs of `split` and keep every probability map."""
     from ptxseg.data.dataset import SegmentationDataset
 
-    size = int(model.input_size)
+    size = int(predictor.input_size)
     dataset = SegmentationDataset(work, split, size)  # names `prepare --size` when missing
     if len(dataset) == 0:
         raise ValueError(f"split {split!r} in {work} has no images: nothing to evaluate")
     images, masks = dataset.arrays()
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=0)
     probs = np.empty((len(dataset), size, size), np.float32)
-    model = model.to(device).eval()
-    done = 0
+    step = predictor.batch_size
     with progress_bar(progress, transient=True) as bar:
         task = bar.add_task(f"{split}: predicting", total=len(dataset))
-        for batch in loader:
-            prob = predict_probabilities(model, batch["image"].to(device), tta)
-            n = prob.shape[0]
-            probs[done : done + n] = prob[:, 0].cpu().numpy()
-            done += n
-            bar.advance(task, n)
+        for start in range(0, len(dataset), step):
+            chunk = np.asarray(images[start : start + step])
+            probs[start : start + len(chunk)] = predictor.probabilities(chunk)
+            bar.advance(task, len(chunk))
     return SplitPredictions(split, list(dataset.image_ids), probs, np.asarray(masks), images)
+
+
+def full_size_counts(
+    pred: SplitPredictions, op: OperatingPoint, truth: FullSizeTruth
+) -> dict[str, np.ndarray]:
+    """Per-image confusion counts of the full-size masks (as `predict` writes them) against the
+    original RLE at the original size."""
+    counts = np.zeros((4, len(pred.image_ids)), np.int64)
+    for i, image_id in enumerate(pred.image_ids):
+        _, mask = full_size_mask(pred.probs[i], truth.shape(image_id), op)
+        counts[:, i] = [c[0] for c in confusion_counts(mask, truth.mask(image_id))]
+    return dict(zip(("tp", "fp", "fn", "tn"), counts, strict=True))
 
 
 def _accumulate(pred: SplitPredictions, op: OperatingPoint, score: str) -> MetricAccumulator:
@@ -134,28 +128,6 @@ def _accumulate(pred: SplitPredictions, op: OperatingPoint, score: str) -> Metri
 
 
 # --------------------------------------------------------------------------- operating point
-
-
-def apply_overrides(
-    op: OperatingPoint,
-    threshold: float | None = None,
-    top: float | None = None,
-    bottom: float | None = None,
-    min_area: int | None = None,
-) -> OperatingPoint:
-    """`op` with command-line values on top: a plain `threshold` sets top = bottom (and no area
-    gate unless `min_area` is given); `top`, `bottom`, `min_area` replace single fields."""
-    if threshold is not None and (top is not None or bottom is not None):
-        raise ValueError(
-            "give either a plain threshold or top/bottom, not both: --threshold sets top and bottom"
-        )
-    fields = op.to_dict()
-    if threshold is not None:
-        fields.update(top=threshold, bottom=threshold, min_area=0)
-    for name, value in (("top", top), ("bottom", bottom), ("min_area", min_area)):
-        if value is not None:
-            fields[name] = value
-    return OperatingPoint.from_dict(fields)
 
 
 def _fully_overridden(overrides: Mapping[str, Any]) -> bool:
@@ -178,8 +150,10 @@ def _json_ready(value: Any) -> Any:
     return value
 
 
-def per_image_rows(image_ids: list[str], per: Mapping[str, np.ndarray]) -> list[dict[str, Any]]:
-    """Rows of `per_image.csv` from `MetricAccumulator.per_image()`."""
+def per_image_rows(
+    image_ids: list[str], per: Mapping[str, np.ndarray], dice_model_size: np.ndarray
+) -> list[dict[str, Any]]:
+    """Rows of `per_image.csv` from per-image arrays (as `MetricAccumulator.per_image()`)."""
     return [
         {
             "image_id": image_id,
@@ -189,6 +163,7 @@ def per_image_rows(image_ids: list[str], per: Mapping[str, np.ndarray]) -> list[
             "iou": round(float(per["iou"][i]), 6),
             "max_probability": round(float(per["max_prob"][i]), 6),
             "score": round(float(per["score"][i]), 6),
+            "dice_model_size": round(float(dice_model_size[i]), 6),
             "has_truth": int(per["truth_area"][i] > 0),
             "has_prediction": int(per["predicted_area"][i] > 0),
         }
@@ -280,91 +255,135 @@ def _table(rows: list[dict[str, Any]], columns: tuple[str, ...]) -> list[list[An
 # --------------------------------------------------------------------------- evaluation
 
 
+def _summaries(per: Mapping[str, np.ndarray]) -> tuple[dict[str, float], dict[str, Any]]:
+    values = summarise(per["tp"], per["fp"], per["fn"], per["tn"], per["score"])
+    metrics = {
+        name: {"value": values[name], "kind": kind, "description": text}
+        for name, (kind, text) in METRIC_KINDS.items()
+    }
+    return values, metrics
+
+
+def _as_predictor(model: Any, tta: str | None, batch_size: int, device: str) -> Predictor:
+    if isinstance(model, Predictor):
+        if tta is not None and tta != model.tta:
+            raise ValueError(
+                f"the Predictor runs TTA {model.tta!r}; evaluate was asked for {tta!r}"
+            )
+        return model
+    return Predictor(model, device=str(device), tta=tta, batch_size=batch_size)
+
+
 def evaluate(
-    model: nn.Module,
+    model: Any,
     work: str | os.PathLike,
     out_dir: str | os.PathLike,
     split: str = "test",
     *,
     checkpoint: str | os.PathLike | None = None,
-    tta: str = "none",
+    tta: str | None = None,
     batch_size: int = 8,
-    device: str | torch.device = "cpu",
+    device: str = "cpu",
     overrides: Mapping[str, Any] | None = None,
     search: bool | None = None,
     save_probs: bool = False,
     score: str = "max_prob",
     n_panels: int = 16,
     progress: bool = True,
+    resolution: str = "full",
 ) -> dict[str, Any]:
-    """Evaluate `model` on `split` and write the outputs to `out_dir`; returns the summary.
+    """Evaluate a model (a `Predictor`, a loaded model or a model path) on `split`; write the
+    outputs to `out_dir` and return the summary.
 
     The operating point is the model's stored one; it is searched on the validation split when
     there is none (`search=None`) or always (`search=True`, never with `False`), unless the
-    overrides fully specify it. A searched point is stored in `checkpoint` when given. Overrides
-    (`threshold`, `top`, `bottom`, `min_area`) apply last.
+    overrides fully specify it. A searched point records this TTA and input size and is stored
+    in `checkpoint` when given. Overrides (`threshold`, `top`, `bottom`, `min_area`: the same
+    meaning as in `predict`) apply last. `tta=None` uses the TTA the stored point was searched
+    with. `resolution="full"` scores at the original size (the default, as the competition);
+    `"model"` only at the model's input size (for work folders without annotations.csv).
     """
-    if tta not in TTA_MODES:
-        raise ValueError(f"unknown test-time augmentation {tta!r}: expected one of {TTA_MODES}")
     if score not in SCORES:
         raise ValueError(f"unknown detection score {score!r}: expected one of {SCORES}")
+    if resolution not in RESOLUTIONS:
+        raise ValueError(f"unknown resolution {resolution!r}: expected one of {RESOLUTIONS}")
     overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
     unknown = set(overrides) - {"threshold", "top", "bottom", "min_area"}
     if unknown:
         raise ValueError(f"unknown operating point overrides {sorted(unknown)}")
-    apply_overrides(OperatingPoint(), **overrides)  # fail on bad values before any work
+    OperatingPoint().with_overrides(**overrides)  # fail on bad values before any work
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise NotADirectoryError(f"output {out_dir} exists and is not a folder: choose another")
+    truth = FullSizeTruth(work) if resolution == "full" else None  # missing file: fail first
 
-    stored = getattr(model, "operating_point", None)
-    if isinstance(stored, Mapping):
-        stored = OperatingPoint.from_dict(stored)
+    with warnings.catch_warnings():
+        # the TTA check belongs to the point finally applied, below
+        warnings.simplefilter("ignore", OperatingPointWarning)
+        predictor = _as_predictor(model, tta, batch_size, device)
+    stored = predictor.stored_operating_point
     do_search = (stored is None if search is None else search) and not (
         search is None and _fully_overridden(overrides)
     )
-    run = {"batch_size": batch_size, "device": device, "tta": tta, "progress": progress}
     searched = None
     val_pred = None
     if do_search:
-        val_pred = collect_probabilities(model, work, "val", **run)
+        val_pred = collect_probabilities(predictor, work, "val", progress)
         searched = search_operating_point(val_pred.probs, val_pred.targets)
-        op = searched.operating_point
+        op = searched.operating_point.with_path(predictor.tta, predictor.input_size)
         val_metrics = _accumulate(val_pred, op, score).compute()
         source = "searched on the val split"
         if checkpoint is not None:
             store_operating_point(
                 checkpoint,
                 op,
-                metrics={**val_metrics, "split": "val", "tta": tta, "detection_score": score},
+                metrics={
+                    **val_metrics,
+                    "split": "val",
+                    "tta": predictor.tta,
+                    "detection_score": score,
+                },
             )
-            source += " and stored in the checkpoint"
-        model.operating_point = op
+            source += " and stored with the model"
+        if predictor.model is not None:
+            predictor.model.operating_point = op
     elif stored is not None:
-        op, source = stored, "checkpoint"
+        op, source = stored, "stored with the model"
     else:
         op, source = OperatingPoint(), "default (plain threshold 0.5; none stored, search off)"
     if overrides:
-        op = apply_overrides(op, **overrides)
+        op = op.with_overrides(**overrides)
         source += "; overridden on the command line: " + ", ".join(sorted(overrides))
+    predictor.set_operating_point(op)
 
     if val_pred is not None and split == "val":
         pred = val_pred
     else:
-        pred = collect_probabilities(model, work, split, **run)
-    acc = _accumulate(pred, op, score)
-    per = acc.per_image()
-    values = summarise(per["tp"], per["fp"], per["fn"], per["tn"], per["score"])
+        pred = collect_probabilities(predictor, work, split, progress)
+    small = _accumulate(pred, op, score).per_image()
+    small_values, small_metrics = _summaries(small)
+    if truth is not None:
+        per = dict(full_size_counts(pred, op, truth), max_prob=small["max_prob"])
+        per.update(truth_area=per["tp"] + per["fn"], predicted_area=per["tp"] + per["fp"])
+        per["dice"] = dice_scores(per["tp"], per["fp"], per["fn"])
+        per["iou"] = iou_scores(per["tp"], per["fp"], per["fn"])
+        per["score"] = small["score"] if score == "max_prob" else per["predicted_area"] * 1.0
+        values, metrics = _summaries(per)
+    else:
+        per, values, metrics = small, small_values, small_metrics
     fpr, tpr, thresholds = roc_curve(per["truth_area"] > 0, per["score"])
 
     summary = {
         "split": split,
         "checkpoint": None if checkpoint is None else str(checkpoint),
         "work": str(work),
-        "encoder": getattr(model, "encoder", None),
-        "input_size": int(model.input_size),
-        "tta": tta,
+        "encoder": predictor.encoder,
+        "input_size": int(predictor.input_size),
+        "runtime": predictor.runtime,
+        "precision": predictor.precision,
+        "tta": predictor.tta,
         "detection_score": score,
+        "scored_at": SCORED_AT[resolution],
         "operating_point": op.to_dict(),
         "operating_point_description": op.describe(),
         "operating_point_source": source,
@@ -372,13 +391,16 @@ def evaluate(
         "counts": {k: values[k] for k in values if k.startswith("n_")},
         "competition_dice": values["dice_per_image"],
         "empty_baseline_competition_dice": values["empty_baseline_dice_per_image"],
-        "metrics": {
-            name: {"value": values[name], "kind": kind, "description": text}
-            for name, (kind, text) in METRIC_KINDS.items()
+        "metrics": metrics,
+        "model_size": {
+            "scored_at": SCORED_AT["model"],
+            "competition_dice": small_values["dice_per_image"],
+            "metrics": small_metrics,
         },
     }
+    rows = per_image_rows(pred.image_ids, per, small["dice"])
     files: dict[str, Any] = {
-        "per_image.csv": _table(per_image_rows(pred.image_ids, per), PER_IMAGE_COLUMNS),
+        "per_image.csv": _table(rows, PER_IMAGE_COLUMNS),
         "roc.csv": [["fpr", "tpr", "threshold"]]
         + [
             [_fmt(f), _fmt(t), "inf" if math.isinf(h) else _fmt(h)]
@@ -409,10 +431,25 @@ def evaluate_checkpoint(
     out_dir: str | os.PathLike,
     split: str = "test",
     device: str = "cpu",
+    runtime: str = "torch",
+    precision: str = "fp32",
+    tta: str | None = None,
+    batch_size: int = 8,
     **options: Any,
 ) -> dict[str, Any]:
-    """Load the model from `checkpoint` and `evaluate` it; see there for the options."""
-    from ptxseg.model.unet import load_model
-
-    model = load_model(checkpoint, device=device)
-    return evaluate(model, work, out_dir, split, checkpoint=checkpoint, device=device, **options)
+    """Build the Predictor of `checkpoint` (a .ckpt, a model folder or an .onnx file) and
+    `evaluate` it; a searched operating point is stored with the model. See `evaluate`."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", OperatingPointWarning)
+        predictor = Predictor(
+            checkpoint,
+            runtime=runtime,
+            device=device,
+            precision=precision,
+            tta=tta,
+            batch_size=batch_size,
+        )
+    store = None if Path(checkpoint).suffix.lower() == ".onnx" else checkpoint
+    summary = evaluate(predictor, work, out_dir, split, checkpoint=store, **options)
+    summary["checkpoint"] = str(checkpoint)
+    return summary

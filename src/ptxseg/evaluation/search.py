@@ -16,7 +16,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from ptxseg.model.metrics import OperatingPoint, dice_scores
+from ptxseg.model.metrics import dice_scores
+from ptxseg.model.operating_point import OperatingPoint
 
 DEFAULT_BOTTOMS = tuple(round(0.1 + 0.05 * i, 2) for i in range(17))  # 0.10 .. 0.90
 DEFAULT_TOPS = (0.5, 0.6, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95)

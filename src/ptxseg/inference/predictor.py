@@ -1,9 +1,16 @@
-"""The Predictor: an image or DICOM at any size -> probability, mask and findings at that size.
+"""The Predictor: the one path from an image to a probability map and a mask.
 
-The image is resized to the model's input size, run through the chosen runtime, and the
-probability is resized back to the original resolution. The stored operating point decides at the
-model's size (at least `min_area` pixels above `top`, as in evaluation), and the mask is then
-binarised at `bottom` on the full-size probability, so outlines follow the original pixels.
+`predict`, `serve`, `evaluate`, `export`'s parity check, the benchmarks and Grad-CAM all run it:
+
+1. `data.preprocess.to_model_input`: resize to the model's square input and quantise to 8 bits,
+   exactly as `prepare` caches training images;
+2. the runtime (PyTorch, ONNX Runtime or OpenVINO) gives logits; with `tta="hflip"` the flipped
+   image is run too and the two probabilities are averaged (flipped back);
+3. the operating point decides at the model's size (at least `min_area` pixels above `top`), and
+   a kept mask is the full-size probability (bilinear) above `bottom`, so outlines follow the
+   original pixels.
+
+A number that `evaluate` reports therefore describes the masks that `predict` writes.
 """
 
 from __future__ import annotations
@@ -17,16 +24,16 @@ from typing import Any
 import cv2
 import numpy as np
 
-from ptxseg.inference.export import operating_point_dict, read_metadata
+from ptxseg.data.preprocess import to_float, to_model_input
 from ptxseg.inference.findings import compute_findings
+from ptxseg.inference.onnx import model_metadata, quantize_onnx, read_metadata, write_onnx
 from ptxseg.inference.runtimes import (
     check_runtime,
     onnxruntime_runner,
     openvino_runner,
     torch_runner,
 )
-
-DEFAULT_OPERATING_POINT = {"top": 0.5, "bottom": 0.5, "min_area": 0}
+from ptxseg.model.operating_point import DEFAULT, OperatingPoint, check_tta
 
 
 @dataclass
@@ -39,43 +46,51 @@ class Prediction:
     findings: dict[str, Any] = field(default_factory=dict)
 
 
-def resize_to_model(image: np.ndarray, size: int) -> np.ndarray:
-    """(H, W) float32 in [0, 1] -> (size, size); area averaging when shrinking."""
-    if image.ndim != 2:
-        raise ValueError(f"expected a grayscale (H, W) image, got shape {image.shape}")
-    if image.shape == (size, size):
-        return image.astype(np.float32, copy=False)
-    shrink = image.shape[0] >= size and image.shape[1] >= size
-    interpolation = cv2.INTER_AREA if shrink else cv2.INTER_LINEAR
-    return cv2.resize(
-        image.astype(np.float32, copy=False), (size, size), interpolation=interpolation
-    )
-
-
 def sigmoid(x: np.ndarray) -> np.ndarray:
     return (1.0 / (1.0 + np.exp(-x.astype(np.float32)))).astype(np.float32)
 
 
-def keep_mask(prob_model_size: np.ndarray, op: dict[str, Any]) -> bool:
-    """The gate of `metrics.OperatingPoint.apply`: at least `min_area` pixels above `top`."""
-    return int((prob_model_size > op["top"]).sum()) >= int(op["min_area"])
+def full_size_probability(prob_small: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """A model-size probability map resized (bilinear) to the original (height, width)."""
+    height, width = shape
+    if prob_small.shape == (height, width):
+        return prob_small
+    return cv2.resize(prob_small, (width, height), interpolation=cv2.INTER_LINEAR)
+
+
+def full_size_mask(
+    prob_small: np.ndarray, shape: tuple[int, int], op: OperatingPoint
+) -> tuple[np.ndarray, np.ndarray]:
+    """(full-size probability, full-size bool mask) of one model-size probability map."""
+    prob = full_size_probability(prob_small, shape)
+    if not bool(op.keep(prob_small[None])[0]):
+        return prob, np.zeros(shape, bool)
+    return prob, prob > op.bottom
+
+
+def _is_onnx(model: Any) -> bool:
+    return isinstance(model, str | Path) and Path(model).suffix.lower() == ".onnx"
 
 
 class Predictor:
-    """Segment pneumothorax with a checkpoint (.ckpt), an exported .onnx file or a loaded model.
+    """Segment pneumothorax with a model: a `.ckpt`, an inference-model folder, an `.onnx` file
+    or a loaded `SegmentationModel`.
 
     `runtime` is torch, onnxruntime or openvino; `precision` fp32, bf16 or int8 (see
-    `ptxseg.inference.runtimes.SUPPORTED`). `operating_point` (OperatingPoint or dict) overrides
-    the one stored with the model. int8 is calibrated on `calibration` images (synthetic when None).
+    `ptxseg.inference.runtimes.SUPPORTED`). `operating_point` (OperatingPoint or dict) replaces
+    the stored one. `tta` is none or hflip; None takes the TTA the operating point was searched
+    with (none when unknown); another one than that warns. int8 is calibrated on `calibration`
+    images (synthetic when None).
     """
 
     def __init__(
         self,
-        checkpoint,
+        model,
         runtime: str = "torch",
         device: str = "cpu",
         precision: str = "fp32",
         operating_point=None,
+        tta: str | None = None,
         batch_size: int = 4,
         calibration: Sequence[np.ndarray] | None = None,
         int8_mode: str = "static",
@@ -88,24 +103,25 @@ class Predictor:
         self.model = None
         self._tmp = None
         onnx_path = None
-        if isinstance(checkpoint, str | Path) and Path(checkpoint).suffix.lower() == ".onnx":
+        if _is_onnx(model):
             if runtime == "torch":
                 raise ValueError(
-                    f"{checkpoint} is an ONNX file: use --runtime onnxruntime or openvino, "
-                    "or pass the .ckpt checkpoint for the torch runtime"
+                    f"{model} is an ONNX file: use --runtime onnxruntime or openvino, "
+                    "or pass the .ckpt checkpoint or model folder for the torch runtime"
                 )
-            onnx_path = Path(checkpoint)
+            onnx_path = Path(model)
             meta = read_metadata(onnx_path)
         else:
-            self.model = _load(checkpoint, device)
-            from ptxseg.inference.export import model_metadata
-
+            self.model = _load(model, device)
             meta = model_metadata(self.model)
         self.input_size = int(meta["input_size"])
         self.encoder = meta.get("encoder")
         self.config = meta.get("config") or {}
-        op = operating_point_dict(operating_point) or meta.get("operating_point")
-        self.operating_point = dict(op or DEFAULT_OPERATING_POINT)
+        stored = OperatingPoint.coerce(meta.get("operating_point"))
+        self.stored_operating_point = stored
+        self.operating_point = OperatingPoint.coerce(operating_point) or stored or DEFAULT
+        self.tta = check_tta(tta) if tta is not None else (self.operating_point.tta or "none")
+        self.operating_point.warn_if_other_path(self.tta, self.input_size)
         if runtime == "torch":
             self._run = torch_runner(self.model, device, precision, channels_last)
             return
@@ -124,16 +140,23 @@ class Predictor:
         return Path(self._tmp.name)
 
     def _export_tmp(self) -> Path:
-        from ptxseg.inference.export import export_onnx
-
         path = self._tmpdir() / "model.onnx"
-        export_onnx(self.model, path)
+        write_onnx(self.model, path)
         return path
 
     def _quantize_tmp(self, fp32_path: Path, calibration, mode: str) -> Path:
-        from ptxseg.inference.export import quantize_onnx
-
         return quantize_onnx(fp32_path, self._tmpdir() / "model-int8.onnx", calibration, mode)
+
+    def set_operating_point(self, op: OperatingPoint) -> None:
+        """Use `op` from now on (warns when it was searched with another TTA)."""
+        op.warn_if_other_path(self.tta, self.input_size)
+        self.operating_point = op
+
+    # ---------------------------------------------------------------- the model path
+
+    def model_input(self, image: np.ndarray) -> np.ndarray:
+        """One float (H, W) image in [0, 1] -> the uint8 (S, S) input the model sees."""
+        return to_model_input(image, self.input_size)
 
     def logits(self, batch: np.ndarray) -> np.ndarray:
         """Raw logits for a (B, 1, S, S) float32 batch in [0, 1], run in chunks of batch_size."""
@@ -141,6 +164,22 @@ class Predictor:
             self._run(batch[i : i + self.batch_size]) for i in range(0, len(batch), self.batch_size)
         ]
         return np.concatenate(parts) if parts else np.zeros((0, 1) + batch.shape[2:], np.float32)
+
+    def probabilities(self, inputs: np.ndarray) -> np.ndarray:
+        """Model-size probabilities (B, S, S) of uint8 model inputs (B, S, S), TTA included."""
+        if inputs.ndim != 3 or inputs.shape[1:] != (self.input_size, self.input_size):
+            raise ValueError(
+                f"model inputs have shape {inputs.shape}: expected (B, {self.input_size}, "
+                f"{self.input_size}) from model_input()"
+            )
+        batch = to_float(inputs)[:, None]
+        prob = sigmoid(self.logits(batch))[:, 0]
+        if self.tta == "hflip":
+            flipped = sigmoid(self.logits(np.ascontiguousarray(batch[..., ::-1])))[:, 0]
+            prob = (prob + flipped[..., ::-1]) / 2
+        return np.ascontiguousarray(prob, dtype=np.float32)
+
+    # ---------------------------------------------------------------- images in, predictions out
 
     def predict(self, image: np.ndarray, metadata: dict[str, Any] | None = None) -> Prediction:
         """Predict one float32 (H, W) image in [0, 1]; metadata from `dicom.read_image`."""
@@ -154,8 +193,7 @@ class Predictor:
             raise ValueError(f"got {len(images)} images but {len(metadatas)} metadata dicts")
         if not images:
             return []
-        batch = np.stack([resize_to_model(im, self.input_size) for im in images])[:, None]
-        probs = sigmoid(self.logits(batch))[:, 0]
+        probs = self.probabilities(np.stack([self.model_input(im) for im in images]))
         return [
             self.postprocess(prob, image.shape, meta or {})
             for prob, image, meta in zip(probs, images, metadatas, strict=True)
@@ -165,11 +203,8 @@ class Predictor:
         self, prob_small: np.ndarray, shape: tuple[int, int], metadata: dict[str, Any]
     ) -> Prediction:
         """Model-size probability -> full-size probability, mask and findings."""
-        height, width = shape
-        op = self.operating_point
-        prob = cv2.resize(prob_small, (width, height), interpolation=cv2.INTER_LINEAR)
-        keep = keep_mask(prob_small, op)
-        mask = prob > op["bottom"] if keep else np.zeros((height, width), bool)
+        prob, mask = full_size_mask(prob_small, shape, self.operating_point)
+        op = dict(self.operating_point.to_dict(), applied_tta=self.tta)
         findings = compute_findings(mask, float(prob_small.max()), metadata, op, self.encoder)
         findings["runtime"], findings["precision"] = self.runtime, self.precision
         return Prediction(metadata.get("ImageId"), prob, mask, findings)
@@ -179,25 +214,22 @@ class Predictor:
         if self.model is None:
             raise ValueError(
                 "explanations need the PyTorch model: build the Predictor from the .ckpt "
-                "checkpoint, not from an .onnx file"
+                "checkpoint or model folder, not from an .onnx file"
             )
         from ptxseg.inference.explain import grad_cam
 
-        small = resize_to_model(image, self.input_size)
+        small = to_float(self.model_input(image))
         cam = grad_cam(self.model, small, device=self.device)
         cam = cv2.resize(cam, (image.shape[1], image.shape[0]), interpolation=cv2.INTER_LINEAR)
         peak = float(cam.max())
         return cam / peak if peak > 0 else cam
 
 
-def _load(checkpoint, device: str):
+def _load(model, device: str):
     import torch
 
-    if isinstance(checkpoint, torch.nn.Module):
-        return checkpoint.to(device).eval()
-    path = Path(checkpoint)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {path} not found: expected a .ckpt or .onnx file")
-    from ptxseg.model.unet import load_model
+    if isinstance(model, torch.nn.Module):
+        return model.to(device).eval()
+    from ptxseg.model.checkpoint import load_model
 
-    return load_model(path, device=device)
+    return load_model(model, device=device)

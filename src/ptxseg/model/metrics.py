@@ -11,23 +11,16 @@ prediction (or the reverse) 0. Metrics come in two kinds that can differ a lot o
 Image-level detection (is there a pneumothorax at all?) uses "the prediction is non-empty" as the
 decision and a per-image score (maximum probability or predicted area) for the ROC curve.
 
-Post-processing lives here too (`OperatingPoint`), because the metrics are only as good as the
-binarisation they are computed on; `ptxseg.evaluation.search` searches for the best one.
+How probabilities become masks is `ptxseg.model.operating_point`; the accumulator takes one.
 """
 
 from __future__ import annotations
 
 import math
-import os
-from collections.abc import Mapping
-from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-
-from ptxseg import atomic
 
 SCORES = ("max_prob", "area")
 """Per-image detection scores: the maximum probability, or the predicted area in pixels."""
@@ -56,7 +49,7 @@ image-level."""
 # --------------------------------------------------------------------------- counts
 
 
-def _as_tensor(x: Any, name: str) -> torch.Tensor:
+def as_tensor(x: Any, name: str) -> torch.Tensor:
     if isinstance(x, torch.Tensor):
         return x.detach()
     if isinstance(x, np.ndarray):
@@ -66,7 +59,7 @@ def _as_tensor(x: Any, name: str) -> torch.Tensor:
     raise TypeError(f"{name} must be a numpy array or torch tensor, got {type(x).__name__}")
 
 
-def _batched(x: torch.Tensor, name: str) -> torch.Tensor:
+def batched(x: torch.Tensor, name: str) -> torch.Tensor:
     """(H, W), (N, H, W) or (N, 1, H, W) -> (N, H*W)."""
     if x.ndim == 2:
         return x.reshape(1, -1)
@@ -79,7 +72,7 @@ def _batched(x: torch.Tensor, name: str) -> torch.Tensor:
 
 def _as_mask(x: Any, name: str) -> torch.Tensor:
     """A boolean (N, P) view of a mask given as bool or 0/1 numbers; anything else is an error."""
-    t = _batched(_as_tensor(x, name), name)
+    t = batched(as_tensor(x, name), name)
     if t.dtype == torch.bool:
         return t
     if t.numel() and bool(((t != 0) & (t != 1)).any()):
@@ -101,8 +94,8 @@ def confusion_counts(
     p, t = _as_mask(pred, "prediction"), _as_mask(target, "target")
     if p.shape != t.shape:
         raise ValueError(
-            f"prediction and target shapes differ: {tuple(_as_tensor(pred, 'p').shape)} vs "
-            f"{tuple(_as_tensor(target, 't').shape)}; expected masks of the same size"
+            f"prediction and target shapes differ: {tuple(as_tensor(pred, 'p').shape)} vs "
+            f"{tuple(as_tensor(target, 't').shape)}; expected masks of the same size"
         )
     t = t.to(p.device)
     tp = (p & t).sum(1)
@@ -229,77 +222,7 @@ def summarise(tp: Any, fp: Any, fn: Any, tn: Any, scores: Any | None = None) -> 
     return out
 
 
-# --------------------------------------------------------------------------- post-processing
-
-
-@dataclass(frozen=True)
-class OperatingPoint:
-    """How probabilities become a mask (the "triplet threshold" of the competition winners).
-
-    A mask is kept only if at least `min_area` pixels exceed `top`; a kept mask is the pixels above
-    `bottom`, a dropped one is empty. Areas count pixels at the model's input size. A plain
-    threshold t is `top = bottom = t` (with `min_area = 0` the gate is always open).
-    """
-
-    top: float = 0.5
-    bottom: float = 0.5
-    min_area: int = 0
-
-    def __post_init__(self) -> None:
-        for name in ("top", "bottom"):
-            value = getattr(self, name)
-            if not (isinstance(value, (int, float)) and 0.0 <= float(value) <= 1.0):
-                raise ValueError(f"operating point {name}={value!r}: expected a number in [0, 1]")
-            object.__setattr__(self, name, float(value))
-        area = self.min_area
-        if isinstance(area, bool) or not isinstance(area, (int, float, np.integer)):
-            raise ValueError(f"operating point min_area={area!r}: expected a whole number >= 0")
-        if area < 0 or float(area) != int(area):
-            raise ValueError(f"operating point min_area={area!r}: expected a whole number >= 0")
-        object.__setattr__(self, "min_area", int(area))
-
-    @classmethod
-    def plain(cls, threshold: float) -> OperatingPoint:
-        """A plain threshold: pixels above `threshold`, no area gate."""
-        return cls(top=threshold, bottom=threshold, min_area=0)
-
-    @property
-    def is_plain(self) -> bool:
-        return self.min_area == 0
-
-    def to_dict(self) -> dict[str, float | int]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> OperatingPoint:
-        if not isinstance(data, Mapping):
-            raise ValueError(
-                f"operating point must be a mapping with top, bottom, min_area; got {data!r}"
-            )
-        unknown = set(data) - {"top", "bottom", "min_area"}
-        if unknown:
-            raise ValueError(
-                f"unknown operating point keys {sorted(unknown)}: expected top, bottom, min_area"
-            )
-        return cls(**data)
-
-    def describe(self) -> str:
-        if self.is_plain:
-            return f"threshold {self.bottom:g}"
-        return f"top {self.top:g}, min area {self.min_area} px, bottom {self.bottom:g}"
-
-    def apply(self, prob: Any) -> Any:
-        """Binary mask(s) from probabilities: (H, W), (N, H, W) or (N, 1, H, W).
-
-        Returns the same kind it was given: a numpy bool array or a torch bool tensor.
-        """
-        is_numpy = isinstance(prob, np.ndarray)
-        t = _as_tensor(prob, "probability")
-        flat = _batched(t, "probability")
-        keep = (flat > self.top).sum(1) >= self.min_area
-        mask = (flat > self.bottom) & keep[:, None]
-        mask = mask.reshape(t.shape)
-        return mask.cpu().numpy() if is_numpy else mask
+# --------------------------------------------------------------------------- checks
 
 
 def check_probability(prob: torch.Tensor, name: str = "probability") -> None:
@@ -324,10 +247,10 @@ class MetricAccumulator:
     operating point) or of boolean masks, plus 0/1 targets; `compute()` returns `summarise`'s dict.
     """
 
-    def __init__(self, operating_point: OperatingPoint | None = None, score: str = "max_prob"):
+    def __init__(self, operating_point: Any = None, score: str = "max_prob"):
         if score not in SCORES:
             raise ValueError(f"unknown detection score {score!r}: expected one of {SCORES}")
-        self.operating_point = operating_point or OperatingPoint()
+        self.operating_point = operating_point  # anything with apply(prob); None: plain 0.5
         self.score = score
         self.reset()
 
@@ -340,14 +263,14 @@ class MetricAccumulator:
         return int(sum(len(x) for x in self._parts["tp"]))
 
     def update(self, prob_or_mask: Any, target: Any) -> None:
-        t = _as_tensor(prob_or_mask, "probability")
+        t = as_tensor(prob_or_mask, "probability")
         if t.dtype == torch.bool:
             mask = t
-            max_prob = _batched(t, "mask").any(1).to(torch.float64)
+            max_prob = batched(t, "mask").any(1).to(torch.float64)
         else:
             check_probability(t)
-            mask = self.operating_point.apply(t)
-            max_prob = _batched(t, "probability").amax(1).to(torch.float64)
+            mask = self.operating_point.apply(t) if self.operating_point is not None else t > 0.5
+            max_prob = batched(t, "probability").amax(1).to(torch.float64)
         counts = confusion_counts(mask, target)
         for key, value in zip(("tp", "fp", "fn", "tn"), counts, strict=True):
             self._parts[key].append(value)
@@ -372,49 +295,3 @@ class MetricAccumulator:
     def compute(self) -> dict[str, float]:
         d = self.per_image()
         return summarise(d["tp"], d["fp"], d["fn"], d["tn"], d["score"])
-
-
-# --------------------------------------------------------------------------- checkpoints
-
-
-def _load_checkpoint(checkpoint: str | os.PathLike) -> dict:
-    path = Path(checkpoint)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {path} not found: expected a .ckpt from ptxseg train")
-    ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    if not isinstance(ckpt, dict) or not isinstance(ckpt.get("ptxseg"), dict):
-        raise ValueError(
-            f"{path} has no 'ptxseg' entry: expected a checkpoint written by `ptxseg train`"
-        )
-    return ckpt
-
-
-def load_operating_point(checkpoint: str | os.PathLike) -> OperatingPoint | None:
-    """The operating point stored in a checkpoint, or None when it has none yet."""
-    stored = _load_checkpoint(checkpoint)["ptxseg"].get("operating_point")
-    return None if stored is None else OperatingPoint.from_dict(stored)
-
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, Mapping):
-        return {str(k): _plain(v) for k, v in value.items()}
-    return value
-
-
-def store_operating_point(
-    checkpoint: str | os.PathLike,
-    op: OperatingPoint,
-    metrics: Mapping[str, Any] | None = None,
-) -> None:
-    """Write `op` (and the validation metrics it was chosen on) into `ckpt["ptxseg"]`.
-
-    The file is replaced atomically: written to a temporary name in the same folder, then renamed.
-    """
-    path = Path(checkpoint)
-    ckpt = _load_checkpoint(path)
-    ckpt["ptxseg"]["operating_point"] = op.to_dict()
-    if metrics is not None:
-        ckpt["ptxseg"]["validation"] = _plain(metrics)
-    atomic.write_through(path, lambda f: torch.save(ckpt, f), binary=True)

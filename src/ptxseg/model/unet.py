@@ -5,7 +5,7 @@ normalises them with the encoder's own preprocessing parameters and returns mask
 The input is one channel: for pretrained weights smp folds the RGB first convolution into one
 channel (sums its weights), which costs a third of the first layer and of the input memory and
 keeps what the pretrained filters see.
-`load_model(checkpoint)` rebuilds the model from a training checkpoint alone.
+Checkpoints and inference-model folders are read and written by `ptxseg.model.checkpoint`.
 """
 
 from __future__ import annotations
@@ -214,7 +214,8 @@ class SegmentationModel(nn.Module):
         self.input_size = config.data.size
         self.in_channels = config.model.in_channels
         self.has_aux = config.model.aux_head
-        self.operating_point: Any = None
+        self.operating_point: Any = None  # an OperatingPoint once one is stored
+        self.validation: dict[str, Any] | None = None  # the metrics it was chosen on
         mean = torch.tensor(config.model.mean, dtype=torch.float32)
         std = torch.tensor(config.model.std, dtype=torch.float32)
         if self.in_channels == 1:  # one channel sees the average of the RGB statistics
@@ -321,51 +322,3 @@ def _cached_hub_weights(encoder: str) -> str | None:
         settings["repo_id"], "model.safetensors", revision=settings["revision"]
     )
     return cached if isinstance(cached, str) else None
-
-
-def read_checkpoint(checkpoint: str | Path) -> dict[str, Any]:
-    """A Lightning checkpoint dict with its `ptxseg` entry; clear errors naming the file."""
-    path = Path(checkpoint)
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"checkpoint {path} not found: expected a .ckpt from `ptxseg train`"
-        )
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # noqa: BLE001
-        raise ValueError(
-            f"cannot read checkpoint {path}: {type(error).__name__}: {error}. Is it a complete "
-            f"`.ckpt` written by `ptxseg train`?"
-        ) from None
-    if not isinstance(ckpt, dict) or "ptxseg" not in ckpt or "state_dict" not in ckpt:
-        raise ValueError(
-            f"checkpoint {path} has no 'ptxseg' entry: it was not written by `ptxseg train`"
-        )
-    return ckpt
-
-
-def _operating_point(value: dict | None) -> Any:
-    if value is None:
-        return None
-    try:
-        from ptxseg.model.metrics import OperatingPoint
-    except ImportError:
-        return dict(value)
-    return OperatingPoint(**value)
-
-
-def load_model(checkpoint: str | Path, device: str | torch.device = "cpu") -> SegmentationModel:
-    """Rebuild the trained model from a checkpoint alone, in eval mode on `device`."""
-    ckpt = read_checkpoint(checkpoint)
-    config = TrainConfig.from_dict(ckpt["ptxseg"]["config"])
-    model = build_model(config, load_weights=False)
-    prefix = "model."
-    state = {k[len(prefix) :]: v for k, v in ckpt["state_dict"].items() if k.startswith(prefix)}
-    try:
-        model.load_state_dict(state)
-    except RuntimeError as error:
-        raise ValueError(
-            f"checkpoint {checkpoint} does not match its own config: {error}"
-        ) from None
-    model.operating_point = _operating_point(ckpt["ptxseg"].get("operating_point"))
-    return model.to(device).eval()

@@ -403,13 +403,14 @@ def load_app(
     runtime: str = "torch",
     device: str = "cpu",
     precision: str = "fp32",
+    tta: str | None = None,
 ) -> FastAPI:
     """Load the model once (and run it once, so the first request is not slower), then the app."""
     from ptxseg.inference.predictor import Predictor
     from ptxseg.serving.card import build_model_card
 
     settings = settings or ServeSettings()
-    predictor = Predictor(checkpoint, runtime=runtime, device=device, precision=precision)
+    predictor = Predictor(checkpoint, runtime=runtime, device=device, precision=precision, tta=tta)
     size = int(getattr(predictor, "input_size", 256))
     predictor.predict(np.zeros((size, size), np.float32), {})
     settings.model_card = build_model_card(checkpoint, predictor=predictor)

@@ -1,7 +1,7 @@
 """The model card that the web service shows at `GET /v1/model`: what the model is and is not for.
 
-Everything comes from the checkpoint itself (its `ptxseg` entry: training config, operating point,
-validation metrics; Lightning's epoch and best score), so the card cannot drift from the weights.
+Everything comes from the model file itself (`checkpoint.read_info`: training config, operating
+point, validation metrics, epoch and best score), so the card cannot drift from the weights.
 """
 
 from __future__ import annotations
@@ -9,6 +9,8 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 from typing import Any
+
+from ptxseg.model.checkpoint import WEIGHTS, read_info
 
 INTENDED_USE = (
     "Research use only. Not a medical device and not a diagnosis: ptxseg outlines regions that "
@@ -34,20 +36,10 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _best_score(ckpt: dict[str, Any]) -> dict[str, Any] | None:
-    """The monitored validation score of Lightning's ModelCheckpoint callback, if stored."""
-    for key, state in (ckpt.get("callbacks") or {}).items():
-        if "ModelCheckpoint" in str(key) and isinstance(state, dict):
-            score = state.get("best_model_score")
-            if score is not None:
-                return {"monitor": state.get("monitor"), "value": round(float(score), 6)}
-    return None
-
-
-def card_from_checkpoint(ckpt: dict[str, Any]) -> dict[str, Any]:
-    """The model-describing part of the card from a loaded checkpoint dict."""
-    entry = ckpt.get("ptxseg") or {}
-    config = entry.get("config") or {}
+def card_from_info(info: dict[str, Any]) -> dict[str, Any]:
+    """The model-describing part of the card from `checkpoint.read_info` of a model."""
+    config = info.get("config") or {}
+    source = info.get("source") or {}
     model = config.get("model") or {}
     data = config.get("data") or {}
     size = data.get("size")
@@ -65,41 +57,44 @@ def card_from_checkpoint(ckpt: dict[str, Any]) -> dict[str, Any]:
             "work_folder": Path(data["work"]).name if data.get("work") else None,
             "augmentation": data.get("aug"),
             "loss": config.get("loss"),
-            "epochs_completed": ckpt.get("epoch"),
-            "steps": ckpt.get("global_step"),
+            "epochs_completed": info.get("epoch", source.get("epoch")),
+            "steps": info.get("global_step", source.get("global_step")),
         },
-        "validation": entry.get("validation"),
-        "best_checkpoint_score": _best_score(ckpt),
-        "operating_point": entry.get("operating_point"),
+        "validation": info.get("validation"),
+        "best_checkpoint_score": info.get("best_score", source.get("best_score")),
+        "operating_point": info.get("operating_point"),
     }
 
 
 def build_model_card(
     checkpoint: str | Path | None = None,
-    ckpt: dict[str, Any] | None = None,
+    info: dict[str, Any] | None = None,
     predictor: Any = None,
 ) -> dict[str, Any]:
     """The full card: model facts from the checkpoint, how it runs here, intended use, limits.
 
-    `ckpt` is the loaded checkpoint dict (read from a `.ckpt` `checkpoint` when not given; an
-    exported `.onnx` has no such dict). `predictor` (a `Predictor`) adds the
-    runtime and the operating point actually in use, which may override the stored one.
+    `info` describes the model (`checkpoint.read_info`, read from `checkpoint` when not given;
+    an exported `.onnx` has none). `predictor` (a `Predictor`) adds the runtime, the TTA and the
+    operating point actually in use, which may override the stored one.
     """
     card: dict[str, Any] = {"name": "ptxseg pneumothorax segmentation"}
     if checkpoint is not None:
         path = Path(checkpoint)
-        card["checkpoint"] = {"file": path.name, "sha256": _sha256(path)}
-        if ckpt is None and path.suffix.lower() != ".onnx":
-            import torch
-
-            ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    if ckpt is not None:
-        card.update(card_from_checkpoint(ckpt))
+        if path.is_dir():
+            card["checkpoint"] = {"folder": path.name, "sha256": _sha256(path / WEIGHTS)}
+        else:
+            card["checkpoint"] = {"file": path.name, "sha256": _sha256(path)}
+        if info is None and path.suffix.lower() != ".onnx":
+            info = read_info(path)
+    if info is not None:
+        card.update(card_from_info(info))
     if predictor is not None:
         size = getattr(predictor, "input_size", None)
         card["encoder"] = card.get("encoder") or getattr(predictor, "encoder", None)
         card["input_size"] = card.get("input_size") or ([size, size] if size else None)
-        card["operating_point"] = getattr(predictor, "operating_point", card.get("operating_point"))
+        op = getattr(predictor, "operating_point", None)
+        card["operating_point"] = op.to_dict() if op is not None else card.get("operating_point")
+        card["tta"] = getattr(predictor, "tta", None)
         card["runtime"] = {
             key: getattr(predictor, key, None) for key in ("runtime", "precision", "device")
         }

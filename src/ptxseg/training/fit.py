@@ -1,9 +1,11 @@
 """`fit(config)`: one training run with Lightning, written to a run folder.
 
 The run folder holds `config.yaml` (the resolved config), `checkpoints/best.ckpt` and
-`checkpoints/last.ckpt` (each rebuilds its model alone, see `ptxseg.model.unet.load_model`),
-`metrics.csv` (one tidy row per epoch), `logs/` (CSV and TensorBoard logs of Lightning) and
-`train_summary.json` (best epoch, speed, memory, and the all-empty baseline to compare with).
+`checkpoints/last.ckpt` (training checkpoints with the optimizer state, for --resume), `model/`
+(the best weights as an inference-model folder in safetensors: what predict, serve and export
+share; see `ptxseg.model.checkpoint`), `metrics.csv` (one tidy row per epoch), `logs/` (CSV and
+TensorBoard logs of Lightning) and `train_summary.json` (best epoch, speed, memory, and the
+all-empty baseline to compare with).
 """
 
 from __future__ import annotations
@@ -21,12 +23,16 @@ from torch.utils.data import Dataset
 from ptxseg import atomic
 from ptxseg.config import TrainConfig, save_config
 from ptxseg.model import metrics
+from ptxseg.model.checkpoint import export_inference_model
 from ptxseg.system import peak_rss_mb
 from ptxseg.training.module import (
     SegmentationDataModule,
     SegmentationModule,
     write_metrics_csv,
 )
+
+INFERENCE_MODEL = "model"
+"""The run folder's inference-model folder (weights, config, operating point)."""
 
 
 class RunRecorder(L.Callback):
@@ -192,6 +198,9 @@ def fit(
     wall = time.perf_counter() - start
     if trainer.is_global_zero:
         write_metrics_csv(run_dir / "metrics.csv", module.epoch_rows)
+        best = run_dir / "checkpoints" / "best.ckpt"
+        if best.is_file():  # what predict, serve and users share: weights without optimizer state
+            export_inference_model(best, run_dir / INFERENCE_MODEL)
         summary = _summary(config, module, trainer, recorder, data, wall)
         atomic.write_text(run_dir / "train_summary.json", json.dumps(summary, indent=2) + "\n")
     return run_dir
@@ -224,4 +233,5 @@ def _summary(config, module, trainer, recorder, data, wall: float) -> dict[str, 
         "precision": config.trainer.precision,
         "empty_baseline_val": empty_baseline(data.val_dataset),
         "best_checkpoint": "checkpoints/best.ckpt",
+        "inference_model": INFERENCE_MODEL,
     }

@@ -1,0 +1,30 @@
+"""Options that several commands share, defined once so that they mean the same everywhere."""
+
+from __future__ import annotations
+
+import typer
+
+TTA = typer.Option(
+    None,
+    help="Test-time augmentation: none or hflip (default: the TTA the stored operating point "
+    "was searched with, else none).",
+)
+THRESHOLD = typer.Option(
+    None,
+    help="Plain threshold: top = bottom = this value and no area gate (unless --min-area is "
+    "given too); overrides the stored operating point.",
+)
+TOP = typer.Option(None, help="Override: probability that at least --min-area pixels must exceed.")
+BOTTOM = typer.Option(None, help="Override: probability that binarises a kept mask.")
+MIN_AREA = typer.Option(
+    None, help="Override: pixels (at the model's size) above --top needed to keep a mask."
+)
+CHECKPOINT_HELP = (
+    "The model: a .ckpt from `ptxseg train`, an inference-model folder (RUN/model) or an .onnx "
+    "file from `ptxseg export`."
+)
+
+
+def overrides(threshold, top, bottom, min_area) -> dict:
+    """The operating-point overrides given on the command line."""
+    return {"threshold": threshold, "top": top, "bottom": bottom, "min_area": min_area}

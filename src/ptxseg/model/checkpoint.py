@@ -1,0 +1,238 @@
+"""The one place that reads and writes models: training checkpoints and inference-model folders.
+
+- A **training checkpoint** (`.ckpt`, Lightning's) holds the weights, the optimizer state and
+  progress, and `ckpt["ptxseg"] = {"config", "operating_point", "validation"}`.
+- An **inference model** is a folder in segmentation-models-pytorch's `save_pretrained` layout
+  (`config.json`, `model.safetensors`, `README.md`; `smp.from_pretrained(folder)` loads the bare
+  U-Net) plus `ptxseg.json` with the training config, the operating point and its validation
+  metrics. No optimizer state (a ResNet50 folder is ~130 MB against ~390 MB), no pickle.
+
+Both load everywhere (`load_model`, `Predictor`, `predict`, `serve`, `evaluate`, `export`).
+Checkpoints are read with `torch.load(weights_only=True)` only: a model file never runs code.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ptxseg import __version__, atomic
+from ptxseg.config import TrainConfig
+from ptxseg.model.operating_point import OperatingPoint
+from ptxseg.model.unet import SegmentationModel, build_model
+
+MODEL_INFO = "ptxseg.json"
+WEIGHTS = "model.safetensors"
+FORMAT = "ptxseg-inference-model"
+
+
+class CheckpointError(ValueError):
+    """A file that is not a readable ptxseg model; the message names it and says what to do."""
+
+
+def is_model_folder(path: str | os.PathLike) -> bool:
+    """True for a folder written by `save_inference_model` (it holds `ptxseg.json`)."""
+    return (Path(path) / MODEL_INFO).is_file()
+
+
+def _first_line(error: BaseException) -> str:
+    """The cause of a load error in one line, without torch's advice to unpickle the file anyway
+    (ptxseg never loads a model file that could run code)."""
+    text = str(error).strip()
+    if "Weights only load failed" in text or "weights_only" in text:
+        return (
+            "it holds Python objects besides tensors and plain values, which could run code "
+            "when loaded, so ptxseg does not load it"
+        )
+    return (text.splitlines()[0] if text else type(error).__name__).rstrip(".")
+
+
+def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    """A training checkpoint dict with its `ptxseg` entry (weights_only=True)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"checkpoint {path} not found: expected a .ckpt from `ptxseg train`, an "
+            "inference-model folder (RUN/model) or an .onnx file from `ptxseg export`"
+        )
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # noqa: BLE001 - every unreadable file gets the same clear error
+        raise CheckpointError(
+            f"cannot read checkpoint {path} ({_first_line(error)}): "
+            "expected a complete .ckpt written by `ptxseg train`; a truncated copy or a file "
+            "from another program cannot be loaded"
+        ) from None
+    if not isinstance(ckpt, dict) or not isinstance(ckpt.get("ptxseg"), dict):
+        raise CheckpointError(
+            f"checkpoint {path} has no 'ptxseg' entry: it was not written by `ptxseg train`"
+        )
+    if not isinstance(ckpt.get("state_dict"), dict):
+        raise CheckpointError(f"checkpoint {path} holds no state_dict: it cannot be loaded")
+    return ckpt
+
+
+def write_checkpoint(path: str | os.PathLike, ckpt: dict[str, Any]) -> Path:
+    """Save a checkpoint dict atomically (temporary name, then rename)."""
+    return atomic.write_through(path, lambda f: torch.save(ckpt, f), binary=True)
+
+
+def read_info(path: str | os.PathLike) -> dict[str, Any]:
+    """What a model is, without its weights: config, operating point, validation metrics.
+
+    For a `.ckpt` this is its `ptxseg` entry (plus epoch and step); for a folder its `ptxseg.json`.
+    """
+    path = Path(path)
+    if path.is_dir():
+        info_path = path / MODEL_INFO
+        if not info_path.is_file():
+            raise CheckpointError(
+                f"{path} is a folder without {MODEL_INFO}: expected an inference-model folder "
+                "written by `ptxseg train` (RUN/model) or `ptxseg export --format safetensors`"
+            )
+        try:
+            info = json.loads(info_path.read_text())
+        except (OSError, json.JSONDecodeError) as error:
+            raise CheckpointError(f"cannot read {info_path}: {error}") from None
+        if not isinstance(info, dict) or info.get("format") != FORMAT or "config" not in info:
+            raise CheckpointError(f"{info_path} is not a ptxseg model description")
+        return info
+    return info_from_checkpoint(read_checkpoint(path))
+
+
+def info_from_checkpoint(ckpt: dict[str, Any]) -> dict[str, Any]:
+    """The `ptxseg` entry of a loaded checkpoint with its progress: epoch, step, best score."""
+    entry = dict(ckpt.get("ptxseg") or {})
+    entry.setdefault("epoch", ckpt.get("epoch"))
+    entry.setdefault("global_step", ckpt.get("global_step"))
+    entry.setdefault("best_score", _best_score(ckpt))
+    return entry
+
+
+def _best_score(ckpt: dict[str, Any]) -> dict[str, Any] | None:
+    """The monitored validation score of Lightning's ModelCheckpoint callback, if stored."""
+    for key, state in (ckpt.get("callbacks") or {}).items():
+        if "ModelCheckpoint" in str(key) and isinstance(state, dict):
+            score = state.get("best_model_score")
+            if score is not None:
+                return {"monitor": state.get("monitor"), "value": round(float(score), 6)}
+    return None
+
+
+def _config(info: dict[str, Any], path: Path) -> TrainConfig:
+    try:
+        return TrainConfig.from_dict(info["config"])
+    except (KeyError, TypeError, ValueError) as error:
+        raise CheckpointError(f"the config stored in {path} is not valid: {error}") from None
+
+
+def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> SegmentationModel:
+    """Rebuild a trained model from a `.ckpt` or an inference-model folder, in eval mode."""
+    path = Path(path)
+    info = read_info(path)
+    model = build_model(_config(info, path), load_weights=False)
+    if path.is_dir():
+        from safetensors.torch import load_file
+
+        weights = path / WEIGHTS
+        if not weights.is_file():
+            raise CheckpointError(f"{path} has no {WEIGHTS}: the model folder is incomplete")
+        try:
+            state = load_file(str(weights), device="cpu")
+        except Exception as error:  # noqa: BLE001
+            raise CheckpointError(f"cannot read {weights}: {_first_line(error)}") from None
+        target, what = model.net, "its own ptxseg.json"
+    else:
+        ckpt = read_checkpoint(path)
+        prefix = "model."
+        state = {k[len(prefix) :]: v for k, v in ckpt["state_dict"].items() if k.startswith(prefix)}
+        target, what = model, "its own config"
+    try:
+        target.load_state_dict(state)
+    except RuntimeError as error:
+        raise CheckpointError(f"{path} does not match {what}: {_first_line(error)}") from None
+    model.operating_point = OperatingPoint.coerce(info.get("operating_point"))
+    model.validation = info.get("validation")
+    return model.to(device).eval()
+
+
+def read_operating_point(path: str | os.PathLike) -> OperatingPoint | None:
+    """The operating point stored with a model, or None when it has none yet."""
+    return OperatingPoint.coerce(read_info(path).get("operating_point"))
+
+
+def _plain(value: Any) -> Any:
+    """JSON-ready values (numpy scalars become Python numbers)."""
+    if hasattr(value, "item") and not hasattr(value, "__len__"):
+        return value.item()
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    return value
+
+
+def store_operating_point(
+    path: str | os.PathLike, op: OperatingPoint, metrics: dict[str, Any] | None = None
+) -> None:
+    """Write `op` (and the validation metrics it was chosen on) into the model, atomically."""
+    path = Path(path)
+    if path.is_dir():
+        info = read_info(path)
+        info["operating_point"] = op.to_dict()
+        if metrics is not None:
+            info["validation"] = _plain(metrics)
+        atomic.write_text(path / MODEL_INFO, json.dumps(info, indent=2) + "\n")
+        return
+    ckpt = read_checkpoint(path)
+    ckpt["ptxseg"]["operating_point"] = op.to_dict()
+    if metrics is not None:
+        ckpt["ptxseg"]["validation"] = _plain(metrics)
+    write_checkpoint(path, ckpt)
+
+
+def save_inference_model(
+    model: SegmentationModel, folder: str | os.PathLike, source: dict[str, Any] | None = None
+) -> Path:
+    """Write `model` as an inference-model folder (replacing one that is there), atomically."""
+    net = model.net
+    op = OperatingPoint.coerce(getattr(model, "operating_point", None))
+    info = {
+        "format": FORMAT,
+        "ptxseg_version": __version__,
+        "encoder": model.encoder,
+        "input_size": int(model.input_size),
+        "config": model.config,
+        "operating_point": None if op is None else op.to_dict(),
+        "validation": _plain(getattr(model, "validation", None)),
+        "source": source or {},
+    }
+
+    def fill(tmp: Path) -> None:
+        hub_config = getattr(net, "_hub_mixin_config", None)
+        saved = dict(hub_config) if isinstance(hub_config, dict) else None
+        if saved is not None:  # the weights are in the file: nothing to download on loading
+            hub_config["encoder_weights"] = None
+        try:
+            net.save_pretrained(tmp)
+        finally:
+            if saved is not None:
+                hub_config.clear()
+                hub_config.update(saved)
+        (tmp / MODEL_INFO).write_text(json.dumps(info, indent=2) + "\n")
+
+    return atomic.write_folder(folder, fill)
+
+
+def export_inference_model(checkpoint: str | os.PathLike, folder: str | os.PathLike) -> Path:
+    """The inference-model folder of a training checkpoint (weights, config, operating point)."""
+    checkpoint = Path(checkpoint)
+    model = load_model(checkpoint)
+    info = read_info(checkpoint)
+    source = {"checkpoint": checkpoint.name}
+    source.update({k: info.get(k) for k in ("epoch", "global_step", "best_score")})
+    return save_inference_model(model, folder, source)
