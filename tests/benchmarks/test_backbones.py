@@ -2,19 +2,16 @@
 
 import csv
 
-import numpy as np
 import pytest
 import torch
 
 from ptxseg.benchmarks.backbones import (
     COLUMNS,
     BenchConfig,
-    _percentile,
     count_gflops_per_image,
     measure,
     measure_isolated,
     read_benchmark_csv,
-    rows_to_markdown,
     write_benchmark,
 )
 from ptxseg.cli import main
@@ -26,12 +23,6 @@ def test_gflops_of_a_single_convolution_is_two_flops_per_mac():
     conv = torch.nn.Conv2d(1, 4, kernel_size=3, padding=1, bias=False)
     expected = 2 * 3 * 3 * 1 * 4 * 32 * 32 / 1e9
     assert count_gflops_per_image(conv, 32) == pytest.approx(expected)
-
-
-def test_percentile_matches_numpy():
-    values = [5.0, 1.0, 4.0, 2.0, 3.0, 10.0]
-    for q in (0, 50, 95, 100):
-        assert _percentile(values, q) == pytest.approx(np.percentile(values, q))
 
 
 @pytest.mark.parametrize(
@@ -77,7 +68,7 @@ def test_written_tables_round_trip(tmp_path):
         {**{k: "" for k in COLUMNS}, "encoder": "b|c", "size": 64, "error": "KeyError: x"},
     ]
     rows[0]["latency_p50_ms"] = 2.0
-    paths = write_benchmark(rows, tmp_path, note="machine X")
+    paths = write_benchmark(rows, tmp_path, baseline="a")
     assert sorted(p.name for p in tmp_path.iterdir()) == [
         "benchmark.csv",
         "benchmark.md",
@@ -86,8 +77,9 @@ def test_written_tables_round_trip(tmp_path):
     back = read_benchmark_csv(paths["csv"])
     assert back[0]["params_m"] == 1.5 and back[1]["error"] == "KeyError: x"
     md = paths["md"].read_text()
-    assert "machine X" in md and "| Params (M) |" in md and "b\\|c" in md
-    assert "Train step" not in rows_to_markdown(rows)  # empty columns are left out
+    assert "- baseline: a at the same precision" in md and "instruction sets:" in md
+    assert "| Params (M) |" in md and "b\\|c" in md
+    assert "| Train step (ms) |" not in md  # empty columns are left out
 
 
 def test_cli_writes_one_row_per_configuration(tmp_path):
@@ -101,3 +93,4 @@ def test_cli_writes_one_row_per_configuration(tmp_path):
         rows = list(csv.DictReader(handle))
     assert [r["encoder"] for r in rows] == ["resnet18", "nope"]
     assert rows[0]["error"] == "" and "nope" in rows[1]["error"]
+    assert rows[0]["speedup"] == "1.0" and rows[1]["speedup"] == ""  # against resnet18

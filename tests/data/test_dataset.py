@@ -3,14 +3,7 @@
 import numpy as np
 import pytest
 
-from ptxseg.benchmarks.data import (
-    format_markdown,
-    realistic_masks,
-    reference_decode,
-    reference_encode,
-)
 from ptxseg.data.dataset import PositiveFractionSampler, SegmentationDataset
-from ptxseg.data.rle import rle_decode, rle_encode
 
 LABELS = np.array([True] * 10 + [False] * 90)
 
@@ -58,23 +51,3 @@ def test_dataset_needs_a_prepared_cache(tmp_path):
         SegmentationDataset(tmp_path, "train", 256)
     with pytest.raises(ValueError, match="train, val, test"):
         SegmentationDataset(tmp_path, "training", 256)
-
-
-def test_benchmark_references_agree_with_ptxseg():
-    for mask in realistic_masks(3, size=128):
-        rle = rle_encode(mask)
-        assert reference_encode(mask) == rle
-        assert np.array_equal(reference_decode(rle, 128, 128) > 0, rle_decode(rle, 128, 128))
-    table = format_markdown(
-        [
-            {
-                "benchmark": "x",
-                "ptxseg": 2.0,
-                "reference": 1.0,
-                "unit": "rows/s",
-                "speed-up": 2.0,
-                "detail": "d",
-            }
-        ]
-    )
-    assert "| x | 2.0 | 1.0 | rows/s | 2.0x | d |" in table

@@ -1,18 +1,15 @@
 """Backbone benchmark: size, compute, speed and memory of each encoder, side by side in one run.
 
-Each configuration is measured in a fresh subprocess (spawned, not forked) so that one model's
-allocations cannot inflate the next one's memory figure, and a crash in one configuration becomes
-an `error` cell in its row instead of ending the run (the habit of timm's benchmark.py).
+Inference is timed through the `Predictor` (the path that predict and serve run: 8-bit input,
+normalisation inside the model, sigmoid). Each configuration is measured in a fresh subprocess
+(spawned, not forked) so that one model's allocations cannot inflate the next one's memory
+figure, and a crash in one configuration becomes an `error` cell in its row instead of ending the
+run (the habit of timm's benchmark.py). Throughput ratios are taken against a named baseline
+encoder at the same precision.
 """
 
 from __future__ import annotations
 
-import contextlib
-import csv
-import math
-import os
-import statistics
-import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
@@ -20,6 +17,14 @@ from multiprocessing import get_context
 from pathlib import Path
 
 from ptxseg import atomic
+from ptxseg.benchmarks.common import (
+    add_ratios,
+    device_sync,
+    error_text,
+    read_table_csv,
+    timed,
+    write_table,
+)
 from ptxseg.system import peak_rss_mb, rss_now_mb
 
 PRECISIONS = ("fp32", "bf16")
@@ -36,6 +41,7 @@ COLUMNS: dict[str, str] = {
     "latency_p50_ms": "Infer p50 (ms/batch)",
     "latency_p95_ms": "Infer p95 (ms/batch)",
     "images_per_s": "Images/s",
+    "speedup": "x baseline",
     "infer_mem_mb": "Infer mem (MB)",
     "train_step_ms": "Train step (ms)",
     "train_mem_mb": "Train mem (MB)",
@@ -52,6 +58,7 @@ SHORT_COLUMNS: dict[str, str] = {
     "latency_p50_ms": "p50 ms",
     "latency_p95_ms": "p95 ms",
     "images_per_s": "img/s",
+    "speedup": "x base",
     "infer_mem_mb": "infer MB",
     "train_step_ms": "train ms",
     "train_mem_mb": "train MB",
@@ -82,24 +89,14 @@ class BenchConfig:
             raise ValueError("batch_size and iters must be >= 1 and warmup >= 0")
 
 
-def build_benchmark_model(encoder: str):
+def build_benchmark_model(encoder: str, size: int = 256):
     """A 1-channel U-Net with random encoder weights, built the way training builds it (the
     encoder's normalisation included); weights do not change speed or memory."""
-    try:
-        from ptxseg.model.unet import build_model
-    except ImportError:  # model module not installed: the same architecture straight from smp
-        import segmentation_models_pytorch as smp
+    from ptxseg.model.unet import build_model
 
-        return smp.Unet(encoder_name=encoder, encoder_weights=None, in_channels=1, classes=1)
-    return build_model({"model": {"encoder": encoder, "encoder_weights": "none"}})
-
-
-def _percentile(values: Sequence[float], q: float) -> float:
-    """Linear-interpolated percentile (numpy's default) without needing numpy."""
-    ordered = sorted(values)
-    pos = (len(ordered) - 1) * q / 100.0
-    low, high = math.floor(pos), math.ceil(pos)
-    return ordered[low] + (ordered[high] - ordered[low]) * (pos - low)
+    return build_model(
+        {"data": {"size": size}, "model": {"encoder": encoder, "encoder_weights": "none"}}
+    )
 
 
 def count_gflops_per_image(model, size: int, device: str = "cpu") -> float:
@@ -114,7 +111,7 @@ def count_gflops_per_image(model, size: int, device: str = "cpu") -> float:
     return counter.get_total_flops() / 1e9
 
 
-def measure(config: BenchConfig, build: Callable[[str], object] | None = None) -> dict:
+def measure(config: BenchConfig, build: Callable[[str, int], object] | None = None) -> dict:
     """Measure one configuration in this process and return its row (never raises)."""
     row: dict = {key: "" for key in COLUMNS}
     row.update(
@@ -127,12 +124,15 @@ def measure(config: BenchConfig, build: Callable[[str], object] | None = None) -
     try:
         row.update(_measure(config, build or build_benchmark_model))
     except Exception as exc:  # one row per configuration, an error column instead of a crash
-        row["error"] = " ".join(f"{type(exc).__name__}: {exc}".split())[:300]
+        row["error"] = error_text(exc)
     return row
 
 
-def _measure(config: BenchConfig, build: Callable[[str], object]) -> dict:
+def _measure(config: BenchConfig, build: Callable[[str, int], object]) -> dict:
+    import numpy as np
     import torch
+
+    from ptxseg.inference.predictor import Predictor
 
     if config.threads:
         torch.set_num_threads(config.threads)
@@ -140,39 +140,36 @@ def _measure(config: BenchConfig, build: Callable[[str], object]) -> dict:
     cuda = device.type == "cuda"
     if cuda and not torch.cuda.is_available():
         raise RuntimeError("device cuda requested but torch.cuda.is_available() is False")
-
-    def sync() -> None:
-        if cuda:
-            torch.cuda.synchronize(device)
-
-    dtype = torch.bfloat16 if config.precision == "bf16" else None
-    autocast = (
-        (lambda: torch.autocast(device_type=device.type, dtype=dtype))
-        if dtype is not None
-        else (lambda: torch.autocast(device_type=device.type, enabled=False))
-    )
+    sync = device_sync(device)
 
     import segmentation_models_pytorch  # noqa: F401  (imports are not the model's memory)
 
-    with contextlib.suppress(ImportError):
-        import ptxseg.model.unet  # noqa: F401
+    import ptxseg.model.unet  # noqa: F401
+
     base_rss = rss_now_mb()
-    model = build(config.encoder).to(device).eval()
+    model = build(config.encoder, config.size).to(device).eval()
     params_m = sum(p.numel() for p in model.parameters()) / 1e6
     gflops = count_gflops_per_image(model, config.size, config.device)
 
-    x = torch.rand(config.batch_size, 1, config.size, config.size, device=device)
+    predictor = Predictor(
+        model,
+        device=config.device,
+        precision=config.precision,
+        tta="none",
+        batch_size=config.batch_size,
+    )
+    inputs = np.random.default_rng(0).integers(
+        0, 256, (config.batch_size, config.size, config.size), dtype=np.uint8
+    )
     if cuda:
         torch.cuda.reset_peak_memory_stats(device)
-    times: list[float] = []
-    with torch.inference_mode(), autocast():
-        for i in range(config.warmup + config.iters):
-            sync()
-            start = time.perf_counter()
-            model(x)
-            sync()
-            if i >= config.warmup:
-                times.append(time.perf_counter() - start)
+    infer = timed(
+        lambda: predictor.probabilities(inputs),
+        items=config.batch_size,
+        warmup=config.warmup,
+        repeats=config.iters,
+        sync=sync,
+    )
     if cuda:
         infer_mem = torch.cuda.max_memory_allocated(device) / 2**20
         torch.cuda.reset_peak_memory_stats(device)
@@ -182,35 +179,33 @@ def _measure(config: BenchConfig, build: Callable[[str], object]) -> dict:
     result = {
         "params_m": round(params_m, 3),
         "gflops_per_image": round(gflops, 3),
-        "latency_p50_ms": round(_percentile(times, 50) * 1e3, 2),
-        "latency_p95_ms": round(_percentile(times, 95) * 1e3, 2),
-        "images_per_s": round(config.batch_size / _percentile(times, 50), 2),
+        "latency_p50_ms": round(infer.p50 * 1e3, 2),
+        "latency_p95_ms": round(infer.p95 * 1e3, 2),
+        "images_per_s": round(infer.rate, 2),
         "infer_mem_mb": round(infer_mem, 1),
         "mem_kind": "cuda max allocated" if cuda else "RSS increase (fresh process)",
     }
     if not config.train:
         return result
-    model.train()
+    model = model.to(memory_format=torch.contiguous_format).train()
+    x = torch.rand(config.batch_size, 1, config.size, config.size, device=device)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
     target = (torch.rand_like(x) > 0.9).float()
     loss_fn = torch.nn.BCEWithLogitsLoss()
-    steps: list[float] = []
-    for i in range(config.warmup + config.iters):
-        sync()
-        start = time.perf_counter()
+    bf16 = config.precision == "bf16"
+
+    def train_step() -> None:
         optimizer.zero_grad(set_to_none=True)
-        with autocast():
+        with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=bf16):
             loss = loss_fn(model(x).float(), target)
         loss.backward()
         optimizer.step()
-        sync()
-        if i >= config.warmup:
-            steps.append(time.perf_counter() - start)
+
+    step = timed(train_step, warmup=config.warmup, repeats=config.iters, sync=sync)
     train_mem = (
         torch.cuda.max_memory_allocated(device) / 2**20 if cuda else peak_rss_mb() - base_rss
     )
-
-    result["train_step_ms"] = round(statistics.median(steps) * 1e3, 2)
+    result["train_step_ms"] = round(step.p50 * 1e3, 2)
     result["train_mem_mb"] = round(train_mem, 1)
     return result
 
@@ -231,47 +226,21 @@ def run_benchmark(
     configs: Sequence[BenchConfig],
     isolate: bool = True,
     on_row: Callable[[dict], None] | None = None,
+    baseline: str | None = None,
 ) -> list[dict]:
-    """Measure every configuration one after another; `isolate` spawns a process per row."""
+    """Measure every configuration one after another; `isolate` spawns a process per row.
+
+    `speedup` is images/s over the `baseline` encoder's at the same precision (default: the
+    first encoder).
+    """
     rows = []
     for config in configs:
         row = measure_isolated(config) if isolate else measure(config)
         rows.append(row)
         if on_row is not None:
             on_row(row)
-    return rows
-
-
-def _fmt(value) -> str:
-    """Numbers without trailing zeros (a CSV round trip turns 256 into 256.0)."""
-    return f"{value:g}" if isinstance(value, float) else str(value)
-
-
-def rows_to_markdown(rows: Sequence[dict], columns: dict[str, str] = COLUMNS) -> str:
-    """A GitHub-flavoured Markdown table of the rows (empty columns are left out)."""
-    keys = [k for k in columns if any(str(r.get(k, "")) != "" for r in rows)]
-    lines = [
-        "| " + " | ".join(columns[k] for k in keys) + " |",
-        "|" + "|".join("---" for _ in keys) + "|",
-    ]
-    for row in rows:
-        cells = [_fmt(row.get(k, "")).replace("|", "\\|")[:120] for k in keys]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
-
-
-def read_benchmark_csv(path: Path) -> list[dict]:
-    """Rows of a benchmark.csv with numbers parsed back (empty cells stay '')."""
-    rows = []
-    with open(path, newline="") as handle:
-        for raw in csv.DictReader(handle):
-            row = {}
-            for key, value in raw.items():
-                try:
-                    row[key] = float(value) if value not in ("", None) else ""
-                except ValueError:
-                    row[key] = value
-            rows.append(row)
+    base = baseline or (configs[0].encoder if configs else None)
+    add_ratios(rows, "images_per_s", lambda r: r["encoder"] == base, group=lambda r: r["precision"])
     return rows
 
 
@@ -284,6 +253,7 @@ def plot_benchmark(rows: Sequence[dict], path: Path) -> Path:
 
     ok = [r for r in rows if not r.get("error")]
     labels = [f"{r['encoder']} {r['precision']}" for r in ok]
+    fmt = lambda v: f"{v:g}" if isinstance(v, float) else str(v)  # noqa: E731
     panels = [
         ("latency_p50_ms", "Inference p50 (ms/batch)"),
         ("train_step_ms", "Training step (ms)"),
@@ -301,57 +271,37 @@ def plot_benchmark(rows: Sequence[dict], path: Path) -> Path:
     if ok:
         r0 = ok[0]
         fig.suptitle(
-            f"U-Net backbones, {_fmt(r0['size'])} px, batch {_fmt(r0['batch_size'])}, "
-            f"{r0['device']}",
+            f"U-Net backbones, {fmt(r0['size'])} px, batch {fmt(r0['batch_size'])}, {r0['device']}",
             fontsize=11,
         )
     fig.tight_layout()
     return atomic.save_figure(fig, path, dpi=110)
 
 
-def environment_line() -> str:
-    """Which machine the numbers come from (CPU model or GPU name, torch version, threads)."""
-    import platform
-
-    import torch
-
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as handle:
-            cpu = next(line.split(":", 1)[1].strip() for line in handle if "model name" in line)
-    except (OSError, StopIteration):
-        pass
-    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none"
-    return (
-        f"torch {torch.__version__}; CPU: {cpu} ({os.cpu_count()} logical cores, "
-        f"{torch.get_num_threads()} torch threads); GPU: {gpu}"
-    )
-
-
-def write_benchmark(rows: Sequence[dict], out_dir: Path, note: str = "") -> dict[str, Path]:
+def write_benchmark(rows: Sequence[dict], out_dir: Path, baseline: str = "") -> dict[str, Path]:
     """Write benchmark.csv, benchmark.md and benchmark.png into `out_dir`."""
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    paths = {
-        "csv": out_dir / "benchmark.csv",
-        "md": out_dir / "benchmark.md",
-        "png": out_dir / "benchmark.png",
-    }
-    atomic.write_csv(paths["csv"], COLUMNS, rows)
-    text = "# Backbone benchmark\n\n"
-    if note:
-        text += note.strip() + "\n\n"
-    text += rows_to_markdown(rows)
-    text += (
-        "\nLatency is per batch under `torch.inference_mode()` after warm-up; images/s ="
-        " batch / p50. GFLOPs count 2 FLOPs per multiply-add (torch FlopCounterMode)."
-        " Train step = forward + backward + Adam step. Memory on CPU is the resident-set"
-        " increase of a fresh process (high-water mark minus the RSS before the model was"
-        " built); on GPU it is `torch.cuda.max_memory_allocated`.\n"
+    notes = (
+        "Latency is per batch through the Predictor (8-bit input to probabilities) under"
+        " `torch.inference_mode()` after warm-up; images/s = batch / p50. GFLOPs count 2 FLOPs"
+        " per multiply-add (torch FlopCounterMode). Train step = forward + backward + Adam step."
+        " Memory on CPU is the resident-set increase of a fresh process (high-water mark minus"
+        " the RSS before the model was built); on GPU it is `torch.cuda.max_memory_allocated`."
     )
-    atomic.write_text(paths["md"], text)
+    base = baseline or (rows[0]["encoder"] if rows else "")
+    paths = write_table(
+        out_dir,
+        "benchmark",
+        "Backbone benchmark",
+        COLUMNS,
+        rows,
+        baseline=f"{base} at the same precision (column x baseline)" if base else "",
+        notes=notes,
+    )
     if any(not r.get("error") for r in rows):
-        plot_benchmark(rows, paths["png"])
-    else:
-        paths.pop("png")
+        paths["png"] = plot_benchmark(rows, Path(out_dir) / "benchmark.png")
     return paths
+
+
+def read_benchmark_csv(path: Path) -> list[dict]:
+    """Rows of a benchmark.csv with numbers parsed back (empty cells stay '')."""
+    return read_table_csv(path)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import shutil
 import tempfile
-import time
 import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -17,7 +16,8 @@ import cv2
 import numpy as np
 import pydicom
 
-from ptxseg import atomic
+from ptxseg.benchmarks.common import rows_to_markdown, timed
+from ptxseg.benchmarks.common import write_table as write_harness_table
 from ptxseg.data.dicom import read_dicom
 from ptxseg.data.rle import rle_decode, rle_encode
 
@@ -76,12 +76,7 @@ def realistic_masks(n: int, size: int = 1024, seed: int = 0) -> list[np.ndarray]
 
 def _rate(fn: Callable[[], object], count: int, repeat: int = 3) -> float:
     """Best items/s over `repeat` runs of `fn` (which handles `count` items)."""
-    best = float("inf")
-    for _ in range(repeat):
-        start = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - start)
-    return count / best
+    return timed(fn, items=count, warmup=0, repeats=repeat).best_rate
 
 
 # ---------------------------------------------------------------- the three comparisons
@@ -177,9 +172,11 @@ def bench_prepare(images: Path, annotations: Path, sizes=(256, 512), workers=(1,
         rates = {}
         for w in workers:
             with tempfile.TemporaryDirectory() as tmp:
-                start = time.perf_counter()
-                prepare(images, annotations, Path(tmp), size=size, workers=w)
-                rates[w] = n / (time.perf_counter() - start)
+
+                def run(w: int = w, tmp: str = tmp, size: int = size) -> None:
+                    prepare(images, annotations, Path(tmp), size=size, workers=w)
+
+                rates[w] = timed(run, items=n, warmup=0, repeats=1).rate
         base = rates[workers[0]]
         for w in workers:
             rows.append(
@@ -220,20 +217,30 @@ def run(
     return rows
 
 
-COLUMNS = ("benchmark", "ptxseg", "reference", "unit", "speed-up", "detail")
+COLUMNS = {
+    "benchmark": "benchmark",
+    "ptxseg": "ptxseg",
+    "reference": "reference",
+    "unit": "unit",
+    "speed-up": "speed-up (x)",
+    "detail": "detail",
+}
+
+
+def _rounded(rows: Sequence[dict]) -> list[dict]:
+    return [{k: round(v, 1) if isinstance(v, float) else v for k, v in r.items()} for r in rows]
 
 
 def format_markdown(rows: Sequence[dict]) -> str:
-    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
-    for r in rows:
-        lines.append(
-            f"| {r['benchmark']} | {r['ptxseg']:.1f} | {r['reference']:.1f} | {r['unit']} "
-            f"| {r['speed-up']:.1f}x | {r['detail']} |"
-        )
-    return "\n".join(lines) + "\n"
+    return rows_to_markdown(_rounded(rows), COLUMNS)
 
 
 def write_table(rows: Sequence[dict], out: Path) -> None:
-    out.mkdir(parents=True, exist_ok=True)
-    atomic.write_text(out / "data-benchmark.md", format_markdown(rows))
-    atomic.write_csv(out / "data-benchmark.csv", COLUMNS, rows)
+    write_harness_table(
+        out,
+        "data-benchmark",
+        "Data layer: ptxseg against plain references",
+        COLUMNS,
+        _rounded(rows),
+        baseline="the reference named in each row (column speed-up = ptxseg / reference)",
+    )

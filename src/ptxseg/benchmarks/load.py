@@ -9,8 +9,6 @@ their rows compare on the same machine state. Only a server on this machine can 
 from __future__ import annotations
 
 import asyncio
-import csv
-import io
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -20,23 +18,27 @@ from typing import Any
 import httpx
 import numpy as np
 
-from ptxseg import atomic
+from ptxseg.benchmarks.common import add_ratios, rows_to_markdown, write_table
 
 LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
-COLUMNS = [
-    "clients",
-    "requests",
-    "ok",
-    "errors",
-    "mismatches",
-    "seconds",
-    "requests_per_s",
-    "p50_ms",
-    "p95_ms",
-    "p99_ms",
-    "max_ms",
-    "error_kinds",
-]
+COLUMNS = {
+    name: name
+    for name in (
+        "clients",
+        "requests",
+        "ok",
+        "errors",
+        "mismatches",
+        "seconds",
+        "requests_per_s",
+        "speedup",
+        "p50_ms",
+        "p95_ms",
+        "p99_ms",
+        "max_ms",
+        "error_kinds",
+    )
+}
 REQUEST_TIMEOUT_S = 120.0
 
 
@@ -272,8 +274,7 @@ def _with_progress(url, data, counts, duration, max_requests, include):
         return asyncio.run(_load_test(url, data, counts, duration, max_requests, include, progress))
 
 
-def markdown_table(report: LoadTestReport) -> str:
-    """The rows as a Markdown table, under a line saying what was tested."""
+def _model_line(report: LoadTestReport) -> str:
     card = report.server or {}
     runtime = card.get("runtime") or {}
     model = ", ".join(
@@ -287,32 +288,36 @@ def markdown_table(report: LoadTestReport) -> str:
         )
         if v
     )
-    lines = [
+    return (
         f"Load test of {report.url} with {report.file} ({report.file_bytes} bytes), "
         f"include={report.include}; model: {model or 'unknown'}. "
-        "Findings compared with a reference request made before the timed run.",
-        "",
-        "| " + " | ".join(COLUMNS) + " |",
-        "|" + "|".join("---" for _ in COLUMNS) + "|",
-    ]
-    for result in report.results:
-        row = result.row()
-        lines.append(
-            "| " + " | ".join("" if row[c] is None else str(row[c]) for c in COLUMNS) + " |"
-        )
-    return "\n".join(lines) + "\n"
+        "Findings compared with a reference request made before the timed run."
+    )
+
+
+def report_rows(report: LoadTestReport) -> list[dict[str, Any]]:
+    """One row per client count, with the throughput ratio to the fewest clients."""
+    rows = [result.row() for result in report.results]
+    fewest = min((r["clients"] for r in rows), default=None)
+    add_ratios(rows, "requests_per_s", lambda r: r["clients"] == fewest)
+    return rows
+
+
+def markdown_table(report: LoadTestReport) -> str:
+    """The rows as a Markdown table, under a line saying what was tested."""
+    return _model_line(report) + "\n\n" + rows_to_markdown(report_rows(report), COLUMNS)
 
 
 def write_report(report: LoadTestReport, out: str | Path) -> str:
-    """Write load-test.md and load-test.csv into `out` (atomically); return the Markdown."""
-
-    out = Path(out)
-    table = markdown_table(report)
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=COLUMNS, lineterminator="\n")
-    writer.writeheader()
-    for result in report.results:
-        writer.writerow({k: "" if v is None else v for k, v in result.row().items()})
-    atomic.write_text(out / "load-test.md", table)
-    atomic.write_text(out / "load-test.csv", buf.getvalue())
-    return table
+    """Write load-test.md and load-test.csv into `out` (atomically); return the table."""
+    rows = report_rows(report)
+    write_table(
+        out,
+        "load-test",
+        "Load test of ptxseg serve",
+        COLUMNS,
+        rows,
+        baseline=f"{rows[0]['clients'] if rows else '-'} client(s) (column x fewest clients)",
+        notes=_model_line(report),
+    )
+    return markdown_table(report)

@@ -1,24 +1,25 @@
 """Inference runtimes side by side: PyTorch eager fp32 vs ONNX Runtime / OpenVINO vs bf16 / int8.
 
-One run measures every path on the same model, input size and batch, so the ratios to eager fp32
-hold even on a noisy machine. Each row gives images/s, the ratio to eager fp32, the GFLOP/s
+One run measures every path through the `Predictor` (8-bit input to probabilities, as predict
+and serve run it) on the same model, input size and batch, so the ratios to the baseline, eager
+fp32, hold even on a noisy machine. Each row gives images/s, the ratio to eager fp32, the GFLOP/s
 achieved and its share of the CPU's nominal fp32 peak (cores x 64 FLOP/cycle x clock: two
-AVX-512 FMA units), and the Dice of the path's masks against the fp32 masks, so a faster path
-states how far its output moved. A path that fails gets an `error` cell instead of ending the run.
+AVX-512 FMA units), and the Dice of the path's masks (at the model's operating point) against the
+fp32 masks, so a faster path states how far its output moved. A path that fails, or that this
+CPU cannot run well (see `inference.runtimes.check_cpu_precision`), gets an `error` cell.
 """
 
 from __future__ import annotations
 
-import os
 import tempfile
-import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ptxseg import atomic
+from ptxseg.benchmarks.common import add_ratios, error_text, timed, write_table
+from ptxseg.system import usable_cores
 
 # (name, runtime, precision, options)
 PATHS: list[tuple[str, str, str, dict[str, Any]]] = [
@@ -45,16 +46,23 @@ COLUMNS = {
 }
 
 
-def cpu_peak_gflops() -> tuple[float, str]:
-    """Nominal fp32 peak: cores x 64 FLOP/cycle (2 AVX-512 FMA units x 16 lanes x 2) x clock."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    mhz = 0.0
+BASELINE = "torch eager fp32"
+
+
+def cpu_mhz() -> float:
+    """The highest current clock of the CPU's cores in MHz (0 when unknown)."""
     try:
         with open("/proc/cpuinfo") as handle:
             values = [float(line.split(":")[1]) for line in handle if line.startswith("cpu MHz")]
-        mhz = max(values) if values else 0.0
     except OSError:
-        pass
+        return 0.0
+    return max(values) if values else 0.0
+
+
+def cpu_peak_gflops(cores: int | None = None, mhz: float | None = None) -> tuple[float, str]:
+    """Nominal fp32 peak: cores x 64 FLOP/cycle (2 AVX-512 FMA units x 16 lanes x 2) x clock."""
+    cores = usable_cores() if cores is None else cores
+    mhz = cpu_mhz() if mhz is None else mhz
     if not mhz:
         return float("nan"), f"{cores} cores, clock unknown"
     return cores * 64 * mhz / 1000.0, f"{cores} cores x 64 FLOP/cycle x {mhz / 1000:.2f} GHz"
@@ -78,27 +86,20 @@ def build_model(encoder: str, size: int, checkpoint: str | Path | None = None):
 
 
 def evaluation_images(work: str | Path | None, size: int, n: int = 8, split: str = "test"):
-    """Images to compare masks on (and calibrate with): a prepared split, else synthetic ones."""
+    """Model inputs (uint8 (S, S)) to compare masks on and calibrate with: a prepared split's
+    cache, else synthetic radiograph-like images; and where they came from."""
     if work:
         cache = Path(work) / "cache" / str(size)
         path = cache / f"{split}-images.npy"
         if path.is_file():
             arr = np.load(path, mmap_mode="r")[:n]
-            return [np.asarray(a, np.float32) / 255.0 for a in arr], f"{split} split of {work}"
+            return [np.asarray(a) for a in arr], f"{split} split of {work}"
+    from ptxseg.data.preprocess import to_model_input
     from ptxseg.inference.onnx import synthetic_calibration_images
 
     seed = 1 if split == "test" else 2
-    return synthetic_calibration_images(n, size, seed=seed), "synthetic images"
-
-
-def _time_runner(run, batch: np.ndarray, min_time: float, min_repeats: int) -> float:
-    """Images per second after one warm-up call."""
-    run(batch)
-    count, start = 0, time.perf_counter()
-    while count < min_repeats or time.perf_counter() - start < min_time:
-        run(batch)
-        count += 1
-    return count * len(batch) / (time.perf_counter() - start)
+    images = synthetic_calibration_images(n, size, seed=seed)
+    return [to_model_input(im, size) for im in images], "synthetic images"
 
 
 def benchmark_model(
@@ -110,9 +111,9 @@ def benchmark_model(
     min_repeats: int = 2,
     progress=None,
 ) -> list[dict[str, Any]]:
-    """One row per inference path for this model (see PATHS)."""
+    """One row per inference path for this model (see PATHS); ratios against BASELINE."""
     from ptxseg.benchmarks.backbones import count_gflops_per_image
-    from ptxseg.inference.predictor import Predictor, sigmoid
+    from ptxseg.inference.predictor import Predictor
 
     size = int(model.input_size)
     gflop = count_gflops_per_image(model, size)
@@ -120,10 +121,11 @@ def benchmark_model(
     # a prepared split: compare the masks on (up to) 64 of its images; synthetic: a few batches
     images, _ = evaluation_images(work, size, n=64 if work else 2 * batch_size)
     calibration, _ = evaluation_images(work, size, n=8, split="train")
-    batch = np.stack(images[:batch_size])[:, None]
-    evalset = np.stack(images)[:, None]
+    calibration = [c.astype(np.float32) / 255.0 for c in calibration]
+    batch = np.stack(images[:batch_size])
+    evalset = np.stack(images)
     rows: list[dict[str, Any]] = []
-    reference = eager = None
+    reference = None
     tmp = tempfile.TemporaryDirectory(prefix="ptxseg-bench-")
     cache: dict[str, Path] = {}
 
@@ -148,23 +150,29 @@ def benchmark_model(
         }
         try:
             predictor = _predictor(Predictor, model, runtime, precision, options, onnx_files)
-            rate = _time_runner(predictor._run, batch, min_time, min_repeats)
-            masks = sigmoid(predictor.logits(evalset)) > 0.5
-            if reference is None:
-                reference, eager = masks, rate
+            timing = timed(
+                lambda p=predictor: p.probabilities(batch),
+                items=batch_size,
+                repeats=min_repeats,
+                min_time=min_time,
+            )
+            masks = predictor.operating_point.apply(predictor.probabilities(evalset))
+            if reference is None and name == BASELINE:
+                reference = masks
+            rate = timing.mean_rate
             row.update(
                 images_per_s=round(rate, 3),
-                speedup=round(rate / eager, 2),
                 gflops_per_s=round(rate * gflop, 1),
                 peak_share=round(rate * gflop / peak, 3) if peak == peak else "",
-                dice_vs_fp32=round(dice(masks, reference), 4),
+                dice_vs_fp32=round(dice(masks, reference), 4) if reference is not None else "",
             )
         except Exception as err:  # noqa: BLE001 - one failing path must not end the run
-            row["error"] = f"{type(err).__name__}: {str(err).splitlines()[0][:200]}"
+            row["error"] = error_text(err, 200)
         rows.append(row)
         if progress:
             progress(row)
     tmp.cleanup()
+    add_ratios(rows, "images_per_s", lambda r: r["path"] == BASELINE)
     return rows
 
 
@@ -174,8 +182,8 @@ def _predictor(cls, model, runtime, precision, options, onnx_files):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         if runtime == "torch":
-            return cls(model, runtime, precision=precision, **options)
-        return cls(onnx_files(precision), runtime, precision=precision)
+            return cls(model, runtime, precision=precision, tta="none", **options)
+        return cls(onnx_files(precision), runtime, precision=precision, tta="none")
 
 
 def end_to_end(
@@ -199,9 +207,12 @@ def end_to_end(
             predictor = Predictor(
                 model, runtime=runtime, precision=precision, batch_size=batch_size
             )
-            start = time.perf_counter()
-            result = predict_files(predictor, files, Path(tmp) / "out", progress=False)
-            seconds = time.perf_counter() - start
+            results = []
+            run = lambda: results.append(  # noqa: E731
+                predict_files(predictor, files, Path(tmp) / "out", progress=False)
+            )
+            seconds = timed(run, warmup=0, repeats=1).p50
+            result = results[0]
     return {
         "path": f"end-to-end predict, {runtime} {precision}",
         "encoder": getattr(model, "encoder", ""),
@@ -214,15 +225,14 @@ def end_to_end(
 
 def write_tables(rows: Sequence[dict[str, Any]], out_dir: str | Path, note: str = "") -> Path:
     """runtime-benchmark.md and .csv in `out_dir`; returns the Markdown path."""
-    from ptxseg.benchmarks.backbones import environment_line, rows_to_markdown
-
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    atomic.write_csv(out / "runtime-benchmark.csv", COLUMNS, rows)
     _, peak_text = cpu_peak_gflops()
-    text = (
-        "# Inference runtimes\n\n"
-        f"{environment_line()}; nominal fp32 peak: {peak_text}.\n"
-        f"{note}\n\n" + rows_to_markdown(rows, COLUMNS)
+    paths = write_table(
+        out_dir,
+        "runtime-benchmark",
+        "Inference runtimes",
+        COLUMNS,
+        rows,
+        baseline=f"{BASELINE} (column x eager fp32; masks compared with its masks)",
+        notes=f"Nominal fp32 peak: {peak_text}. {note}",
     )
-    return atomic.write_text(out / "runtime-benchmark.md", text)
+    return paths["md"]

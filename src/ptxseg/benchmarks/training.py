@@ -10,12 +10,11 @@ becomes an `error` cell instead of ending the run.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from ptxseg import atomic
+from ptxseg.benchmarks.common import device_sync, error_text, timed, write_table
 
 COLUMNS: dict[str, str] = {
     "encoder": "Encoder",
@@ -33,23 +32,12 @@ COLUMNS: dict[str, str] = {
 }
 
 
-def _sync(device) -> None:
-    import torch
-
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def _timed_steps(step: Callable[[dict], None], batches, steps: int, warmup: int, device) -> float:
     """Seconds for `steps` steps after `warmup` untimed ones; `batches` is an iterator."""
-    for _ in range(warmup):
-        step(next(batches))
-    _sync(device)
-    start = time.perf_counter()
-    for _ in range(steps):
-        step(next(batches))
-    _sync(device)
-    return time.perf_counter() - start
+    timing = timed(
+        lambda: step(next(batches)), warmup=warmup, repeats=steps, sync=device_sync(device)
+    )
+    return sum(timing.seconds)
 
 
 def measure_encoder(
@@ -159,7 +147,7 @@ def run_training_benchmark(
                 )
             )
         except Exception as error:  # noqa: BLE001  (a benchmark reports, it does not stop)
-            row["error"] = f"{type(error).__name__}: {error}"
+            row["error"] = error_text(error)
         rows.append(row)
         if on_row is not None:
             on_row(row)
@@ -168,22 +156,20 @@ def run_training_benchmark(
 
 def write_training_benchmark(rows: Sequence[dict], out_dir: str | Path) -> dict[str, Path]:
     """`training_benchmark.csv` and `training_benchmark.md` in `out_dir`."""
-    from ptxseg.benchmarks.backbones import environment_line, rows_to_markdown
-
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    paths = {"csv": out_dir / "training_benchmark.csv", "md": out_dir / "training_benchmark.md"}
-    atomic.write_csv(paths["csv"], COLUMNS, rows)
-    text = (
-        "# Training throughput: data loader vs model alone\n\n"
-        f"{environment_line()}\n\n"
-        + rows_to_markdown(rows, COLUMNS)
-        + "\nBoth columns time the same training steps (forward, backward, Adam) after warm-up;"
+    notes = (
+        "Both columns time the same training steps (forward, backward, Adam) after warm-up;"
         " model alone is the mean of a block before and a block after the loader block."
         " *With loader*: batches come from the cache through augmentation, the positive-fraction"
         " sampler and DataLoader workers. *Model alone*: one batch already on the device."
         " Ratio = with loader / alone; loader overhead = 1 - ratio (share of the time lost to"
-        " loading).\n"
+        " loading)."
     )
-    atomic.write_text(paths["md"], text)
-    return paths
+    return write_table(
+        out_dir,
+        "training_benchmark",
+        "Training throughput: data loader vs model alone",
+        COLUMNS,
+        rows,
+        baseline="the same encoder's model-alone steps (column Ratio)",
+        notes=notes,
+    )

@@ -34,18 +34,17 @@ def benchmark(
         True, help="Measure each configuration in a fresh process (clean memory figures)."
     ),
     out: Path = typer.Option(Path("benchmark"), help="Folder for benchmark.md/.csv/.png."),
+    baseline: str | None = typer.Option(
+        None, help="Encoder the throughput ratios refer to (default: the first one)."
+    ),
 ) -> None:
     """Compare encoders: parameters, GFLOPs, inference latency, throughput, memory, train step."""
     from rich.console import Console
     from rich.table import Table
 
-    from ptxseg.benchmarks.backbones import (
-        SHORT_COLUMNS,
-        BenchConfig,
-        environment_line,
-        run_benchmark,
-    )
+    from ptxseg.benchmarks.backbones import SHORT_COLUMNS, BenchConfig, run_benchmark
     from ptxseg.benchmarks.backbones import write_benchmark as write
+    from ptxseg.benchmarks.common import environment_lines
 
     try:
         configs = [
@@ -56,8 +55,7 @@ def benchmark(
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from exc
     console = Console(width=None if sys.stdout.isatty() else 150)
-    env = environment_line()
-    console.print(f"[dim]{env}[/dim]")
+    console.print("[dim]" + "\n".join(environment_lines()) + "[/dim]")
     with console.status("benchmarking") as status:
 
         def progress(row: dict) -> None:
@@ -67,7 +65,7 @@ def benchmark(
             done.append(row)
 
         done: list[dict] = []
-        rows = run_benchmark(configs, isolate=isolate, on_row=progress)
+        rows = run_benchmark(configs, isolate=isolate, on_row=progress, baseline=baseline)
     table = Table(title=f"U-Net backbones at {size} px, batch {batch_size}, {device}")
     keys = [k for k in SHORT_COLUMNS if any(str(r.get(k, "")) != "" for r in rows)]
     for key in keys:
@@ -76,7 +74,7 @@ def benchmark(
     for row in rows:
         table.add_row(*(str(row.get(k, ""))[:50] for k in keys))
     console.print(table)
-    paths = write(rows, out, note=env)
+    paths = write(rows, out, baseline=baseline or "")
     console.print("wrote " + ", ".join(str(p) for p in paths.values()))
 
 
