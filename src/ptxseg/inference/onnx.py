@@ -123,12 +123,15 @@ def quantize_onnx(
     out: str | Path,
     calibration: Sequence[np.ndarray] | None = None,
     mode: str = "static",
+    reduce_range: bool = False,
 ) -> Path:
     """Write an int8 copy of an fp32 ONNX model (metadata kept).
 
     `static` (default): QDQ format, per-channel int8 weights and uint8 activations calibrated on
     `calibration` images (H, W in [0, 1]; synthetic ones when None) - the fast path on VNNI CPUs.
     `dynamic`: int8 weights, activations quantised at run time (no calibration; slower for convs).
+    `reduce_range` quantises to 7 bits: CPUs without VNNI multiply u8 x s8 pairs into int16
+    accumulators that saturate on full 8-bit values (ONNX Runtime documents the option for them).
     """
     import onnx
     from onnxruntime.quantization import (
@@ -147,7 +150,13 @@ def quantize_onnx(
     tmp = Path(tmp_name)
     try:
         if mode == "dynamic":
-            quantize_dynamic(fp32_path, tmp, weight_type=QuantType.QInt8, per_channel=True)
+            quantize_dynamic(
+                fp32_path,
+                tmp,
+                weight_type=QuantType.QInt8,
+                per_channel=True,
+                reduce_range=reduce_range,
+            )
         elif mode == "static":
             images = calibration if calibration else synthetic_calibration_images(size=size)
             reader = _Calibration(calibration_batches(images, size), INPUT_NAME)
@@ -167,12 +176,16 @@ def quantize_onnx(
                 activation_type=QuantType.QUInt8,
                 weight_type=QuantType.QInt8,
                 per_channel=True,
+                reduce_range=reduce_range,
                 calibrate_method=CalibrationMethod.MinMax,
                 nodes_to_exclude=head,
             )
         else:
             raise ValueError(f"unknown quantisation mode {mode!r}: expected 'static' or 'dynamic'")
-        write_metadata(tmp, dict(metadata, precision="int8", quantization=mode))
+        write_metadata(
+            tmp,
+            dict(metadata, precision="int8", quantization=mode, reduce_range=reduce_range),
+        )
         os.replace(tmp, out)
     finally:
         tmp.unlink(missing_ok=True)

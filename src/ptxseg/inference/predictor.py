@@ -28,7 +28,9 @@ from ptxseg.data.preprocess import to_float, to_model_input
 from ptxseg.inference.findings import compute_findings
 from ptxseg.inference.onnx import model_metadata, quantize_onnx, read_metadata, write_onnx
 from ptxseg.inference.runtimes import (
+    check_int8_file,
     check_runtime,
+    cpu_precision_plan,
     onnxruntime_runner,
     openvino_runner,
     torch_runner,
@@ -98,6 +100,7 @@ class Predictor:
         channels_last: bool = True,
     ):
         check_runtime(runtime, precision)
+        self.precision_plan = cpu_precision_plan(precision, device)
         self.runtime, self.device, self.precision = runtime, device, precision
         self.batch_size = max(1, int(batch_size))
         self.model = None
@@ -111,6 +114,7 @@ class Predictor:
                 )
             onnx_path = Path(model)
             meta = read_metadata(onnx_path)
+            check_int8_file(meta)
         else:
             self.model = _load(model, device)
             meta = model_metadata(self.model)
@@ -145,7 +149,13 @@ class Predictor:
         return path
 
     def _quantize_tmp(self, fp32_path: Path, calibration, mode: str) -> Path:
-        return quantize_onnx(fp32_path, self._tmpdir() / "model-int8.onnx", calibration, mode)
+        return quantize_onnx(
+            fp32_path,
+            self._tmpdir() / "model-int8.onnx",
+            calibration,
+            mode,
+            reduce_range=self.precision_plan["reduce_range"],
+        )
 
     def set_operating_point(self, op: OperatingPoint) -> None:
         """Use `op` from now on (warns when it was searched with another TTA)."""

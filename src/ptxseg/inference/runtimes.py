@@ -4,6 +4,11 @@
 - `onnxruntime`: fp32 with all graph optimisations, or int8 (static QDQ or dynamic quantisation).
 - `openvino`: fp32 or bf16 (inference precision hint), or int8 by running the QDQ model.
 Every runner returns float32 numpy logits, so the Predictor does not care which one ran.
+
+Reduced precision on a CPU is only worth it with the instructions for it: `cpu_precision_plan`
+reads the CPU's instruction sets once and refuses bf16 where it would be emulated (slower than
+fp32) and quantises int8 to 7 bits where VNNI is missing (full 8 bits saturate there and the
+masks drift far from fp32).
 """
 
 from __future__ import annotations
@@ -13,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ptxseg.system import usable_cores
+from ptxseg.system import CpuInfo, cpu_info, usable_cores
 
 RUNTIMES = ("torch", "onnxruntime", "openvino")
 PRECISIONS = ("fp32", "bf16", "int8")
@@ -39,6 +44,47 @@ def check_runtime(runtime: str, precision: str) -> None:
         raise ValueError(
             f"precision {precision!r} is not available with runtime {runtime!r}: expected one of "
             f"{', '.join(SUPPORTED[runtime])}" + (f" ({hint})" if hint else "")
+        )
+
+
+class PrecisionUnavailable(ValueError):
+    """This CPU cannot run the asked precision well; the message names what is missing."""
+
+
+def cpu_precision_plan(precision: str, device: str = "cpu", cpu: CpuInfo | None = None) -> dict:
+    """How `precision` runs on this CPU: {"reduce_range": bool, "note": str}; raises
+    PrecisionUnavailable where it would be slower than fp32 (bf16 without bf16 instructions).
+
+    GPUs and fp32 need no plan. int8 without VNNI (or AMX-INT8) is quantised with
+    `reduce_range` (7 bits), which keeps the masks close to fp32 on those CPUs.
+    """
+    plan = {"reduce_range": False, "note": ""}
+    if precision == "fp32" or not str(device).startswith("cpu"):
+        return plan
+    cpu = cpu or cpu_info()
+    if precision == "bf16" and not cpu.native_bf16:
+        raise PrecisionUnavailable(
+            f"precision bf16 needs bf16 instructions (AVX-512 BF16 or AMX-BF16), which this CPU "
+            f"({cpu.model}; {cpu.isa()}) lacks: bf16 would be emulated, slower than fp32 and "
+            "less exact. Use --precision fp32, or int8 with --runtime onnxruntime or openvino"
+        )
+    if precision == "int8" and not cpu.vnni:
+        plan.update(
+            reduce_range=True,
+            note=f"int8 quantised to 7 bits (reduce_range): this CPU ({cpu.isa()}) has no VNNI",
+        )
+    return plan
+
+
+def check_int8_file(metadata: dict, cpu: CpuInfo | None = None) -> None:
+    """Refuse an int8 ONNX file quantised to full 8 bits on a CPU without VNNI (it saturates)."""
+    cpu = cpu or cpu_info()
+    if metadata.get("precision") == "int8" and not metadata.get("reduce_range") and not cpu.vnni:
+        raise PrecisionUnavailable(
+            "this int8 ONNX file was quantised to full 8 bits for CPUs with VNNI; this CPU "
+            f"({cpu.model}; {cpu.isa()}) has none and its masks would drift far from fp32. "
+            "Run the fp32 file with --precision int8 (it is then quantised for this CPU), or "
+            "re-export with `ptxseg export --int8` on this machine"
         )
 
 
