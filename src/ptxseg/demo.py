@@ -1,8 +1,13 @@
 """`ptxseg demo` (and `make demo`): the whole pipeline on synthetic data, on a laptop CPU.
 
-synth -> prepare -> train each backbone briefly -> evaluate on the test split -> benchmark ->
-one HTML report. Every step writes into one folder and is skipped when its output is already
-there, so an interrupted demo continues where it stopped.
+calibrate -> synth -> prepare -> train each backbone briefly -> evaluate on the test split ->
+benchmark -> one HTML report. Every step writes into one folder and is skipped when its output
+is already there, so an interrupted demo continues where it stopped.
+
+CPUs differ by more than three times in training speed (AVX2 against AVX-512 with AMX), so the
+demo first times a few training steps of each backbone on this machine and scales its epochs
+(and, on very slow machines, its number of images) to fit its time budget; it prints and saves
+what it chose (`plan.json`).
 """
 
 from __future__ import annotations
@@ -15,12 +20,15 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+from ptxseg import atomic
+
 ENCODERS = ("efficientnet-b0", "resnet50", "xception")
 
 
 @dataclass
 class DemoSettings:
-    """The demo's scale: small enough for about 15 minutes on 2 CPU cores."""
+    """The demo's scale: small enough for about 15 minutes on 2 CPU cores (`budget_minutes`
+    bounds the training; `calibrate=False` keeps the epochs as given)."""
 
     n_images: int = 400
     image_size: int = 256  # the synthetic DICOMs
@@ -35,6 +43,108 @@ class DemoSettings:
     batch_size: int = 16
     workers: int = 2
     seed: int = 0
+    budget_minutes: float = 15.0
+    calibrate: bool = True
+
+
+FIXED_MINUTES = 3.0
+"""Synthesis, prepare, evaluation, benchmark and report on 2 cores: the part of the budget that
+does not scale with epochs."""
+MIN_EPOCHS = 3
+MIN_IMAGES = 200
+SPLIT_SHARES = {"train": 0.7, "val": 0.15}
+
+
+@dataclass
+class DemoPlan:
+    """What the demo will run on this machine, and why (measured training images/s)."""
+
+    n_images: int
+    epochs: dict[str, int]
+    train_images_per_s: dict[str, float]
+    estimated_minutes: float
+    budget_minutes: float
+
+    def to_dict(self) -> dict:
+        return {
+            "n_images": self.n_images,
+            "epochs": self.epochs,
+            "train_images_per_s": self.train_images_per_s,
+            "estimated_minutes": round(self.estimated_minutes, 1),
+            "budget_minutes": self.budget_minutes,
+        }
+
+
+def training_rate(encoder: str, size: int, batch_size: int, steps: int = 2) -> float:
+    """Training images/s of `encoder` on this machine (forward, backward, Adam; random data)."""
+    import torch
+
+    from ptxseg.benchmarks.common import timed
+    from ptxseg.model.unet import build_model
+
+    model = build_model(
+        {"data": {"size": size}, "model": {"encoder": encoder, "encoder_weights": "none"}}
+    ).train()
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
+    x = torch.rand(batch_size, 1, size, size)
+    target = (torch.rand_like(x) > 0.9).float()
+    loss_fn = torch.nn.BCEWithLogitsLoss()
+
+    def step() -> None:
+        optimizer.zero_grad(set_to_none=True)
+        loss_fn(model(x), target).backward()
+        optimizer.step()
+
+    return timed(step, items=batch_size, warmup=1, repeats=steps).rate
+
+
+def estimate_minutes(n_images: int, epochs: dict[str, int], rates: dict[str, float]) -> float:
+    """Training minutes: each epoch trains on the train share and validates on the val share
+    (validation runs about three times faster than a training step), plus the fixed steps."""
+    n_train, n_val = n_images * SPLIT_SHARES["train"], n_images * SPLIT_SHARES["val"]
+    seconds = sum(e * (n_train + n_val / 3) / rates[enc] for enc, e in epochs.items())
+    return FIXED_MINUTES + seconds / 60
+
+
+def plan_demo(s: DemoSettings, rates: dict[str, float]) -> DemoPlan:
+    """Epochs (then images) scaled down until the estimate fits the budget; never below
+    MIN_EPOCHS and MIN_IMAGES, and never above what the settings ask for."""
+    wanted = {e: s.epochs.get(e, s.default_epochs) for e in s.encoders}
+    n_images, epochs = s.n_images, dict(wanted)
+    estimate = estimate_minutes(n_images, epochs, rates)
+    if estimate > s.budget_minutes:
+        scale = (s.budget_minutes - FIXED_MINUTES) / (estimate - FIXED_MINUTES)
+        epochs = {e: max(MIN_EPOCHS, int(n * scale)) for e, n in wanted.items()}
+        estimate = estimate_minutes(n_images, epochs, rates)
+    if estimate > s.budget_minutes:
+        scale = (s.budget_minutes - FIXED_MINUTES) / (estimate - FIXED_MINUTES)
+        n_images = max(MIN_IMAGES, int(n_images * scale))
+        estimate = estimate_minutes(n_images, epochs, rates)
+    return DemoPlan(n_images, epochs, rates, estimate, s.budget_minutes)
+
+
+def _calibrate(out: Path, s: DemoSettings, console: Console) -> DemoSettings:
+    """Time each backbone here, choose the plan, save and print it; reuse a saved plan."""
+    path = out / "plan.json"
+    if path.is_file():
+        plan = json.loads(path.read_text())
+    else:
+        console.rule("0. calibrate: training speed of each backbone on this machine")
+        rates = {e: round(training_rate(e, s.size, s.batch_size), 2) for e in s.encoders}
+        plan = plan_demo(s, rates).to_dict()
+        atomic.write_text(path, json.dumps(plan, indent=2) + "\n")
+    table = Table(title=f"demo plan (budget {plan['budget_minutes']:g} min)")
+    for column in ("encoder", "train img/s", "epochs"):
+        table.add_column(column, justify="left" if column == "encoder" else "right")
+    for encoder, epochs in plan["epochs"].items():
+        table.add_row(encoder, f"{plan['train_images_per_s'][encoder]:g}", str(epochs))
+    console.print(table)
+    console.print(
+        f"{plan['n_images']} images; estimated {plan['estimated_minutes']:g} min in all "
+        f"(saved in {path})"
+    )
+    s.n_images, s.epochs = plan["n_images"], dict(plan["epochs"])
+    return s
 
 
 def _synthesise(out: Path, s: DemoSettings, console: Console) -> Path:
@@ -84,7 +194,7 @@ def _train_and_evaluate(encoder: str, work: Path, runs: Path, s: DemoSettings, c
     from ptxseg.training.fit import fit
 
     run = runs / encoder
-    best = run / "checkpoints" / "best.ckpt"
+    model = run / "model"  # the inference model: the operating point is stored with it
     if not (run / "train_summary.json").is_file():
         console.rule(f"3. train {encoder}")
         config = load_config(
@@ -108,7 +218,7 @@ def _train_and_evaluate(encoder: str, work: Path, runs: Path, s: DemoSettings, c
         fit(config)
     if not (run / "eval" / "test" / "summary.json").is_file():
         console.rule(f"4. evaluate {encoder} on the test split")
-        evaluate_checkpoint(best, work, run / "eval" / "test", split="test", tta="hflip")
+        evaluate_checkpoint(model, work, run / "eval" / "test", split="test", tta="hflip")
     return run
 
 
@@ -163,6 +273,8 @@ def run_demo(out: str | Path, settings: DemoSettings | None = None) -> Path:
     s = settings or DemoSettings()
     out = Path(out)
     console = Console()
+    if s.calibrate:
+        s = _calibrate(out, s, console)
     siim = _synthesise(out, s, console)
     work = out / "work"
     _prepare(siim, work, s, console)

@@ -98,18 +98,31 @@ def demo(
         "efficientnet-b0,resnet50,xception", help="Comma-separated backbones to train."
     ),
     epochs: int = typer.Option(
-        0, help="Epochs for every backbone (0: 25 for efficientnet-b0, 10 for the others)."
+        0,
+        help="Epochs for every backbone (0: 25 for efficientnet-b0, 10 for the others, scaled "
+        "down to fit --minutes on this machine).",
+    ),
+    minutes: float = typer.Option(
+        15.0, help="Time budget: epochs (then images) shrink until the measured estimate fits."
+    ),
+    calibrate: bool = typer.Option(
+        True, help="Time the backbones first and fit the budget (--no-calibrate: run as given)."
     ),
 ) -> None:
     """The whole pipeline on synthetic data: synth, prepare, train, evaluate, benchmark, report.
 
-    Runs in about 15 minutes on 2 CPU cores; rerunning skips the steps already done.
+    First times each backbone on this machine and scales the epochs to about 15 minutes on 2
+    CPU cores (saved in OUT/plan.json); rerunning skips the steps already done.
     Example: ptxseg demo --out demo-output
     """
     from ptxseg.demo import DemoSettings, run_demo
 
     settings = DemoSettings(
-        n_images=n_images, size=size, encoders=[e for e in encoders.split(",") if e]
+        n_images=n_images,
+        size=size,
+        encoders=[e for e in encoders.split(",") if e],
+        budget_minutes=minutes,
+        calibrate=calibrate,
     )
     if epochs:
         settings.epochs = {}
