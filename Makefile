@@ -1,17 +1,20 @@
 # The two commands: `make demo` (the main job on synthetic data) and `make test`.
-# Both create .venv and install ptxseg into it when needed.
+# Both create .venv and install ptxseg into it when needed, from the committed lock
+# (requirements/dev.txt: exact versions with hashes), so a fresh machine gets the versions the
+# tests passed with. `make lock` refreshes the lock from pyproject.toml's ranges.
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
+LOCK := requirements/dev.txt
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml $(LOCK) | cksum | cut -d' ' -f1)
 DEMO_DIR ?= demo-output
 
-.PHONY: demo test test-browser format install clean
+.PHONY: demo test test-browser format install lock clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml $(LOCK)
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
-	$(BIN)/pip install --upgrade pip
-	$(BIN)/pip install -e ".[dev]"
+	$(BIN)/pip install --require-hashes -r $(LOCK)
+	$(BIN)/pip install --no-deps -e .
 	rm -f $(VENV)/.installed-* && touch $(STAMP)
 
 install: $(STAMP)
@@ -29,6 +32,14 @@ test: $(STAMP)
 test-browser: $(STAMP)
 	bash scripts/install-browser.sh
 	$(BIN)/python -m pytest -q -m browser
+
+# Resolve pyproject.toml's ranges (the dev and browser extras) to exact versions with hashes.
+lock:
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install --quiet pip-tools
+	$(BIN)/pip-compile --quiet --extra dev --extra browser --generate-hashes --allow-unsafe \
+		--strip-extras --no-emit-index-url --no-emit-find-links \
+		-c requirements/constraints.txt -o $(LOCK) pyproject.toml
 
 format: $(STAMP)
 	$(BIN)/ruff format .

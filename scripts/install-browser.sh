@@ -13,7 +13,7 @@ if [ ! -x /usr/bin/chromium ]; then
     $SUDO apt-get update
     $SUDO apt-get install -y --no-install-recommends chromium
 fi
-"$VENV/bin/pip" install "playwright>=1.40"
+# Playwright comes with the lock (requirements/dev.txt, the browser extra).
 
 /usr/bin/chromium --version
 "$VENV/bin/python" -c "import playwright.sync_api; print('playwright for Python: ok')"
