@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 DEMO_DIR ?= demo-output
 
-.PHONY: demo test test-browser format install clean
+.PHONY: demo test test-browser test-pacs format install clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -29,6 +29,11 @@ test: $(STAMP)
 test-browser: $(STAMP)
 	bash scripts/install-browser.sh
 	$(BIN)/python -m pytest -q -m browser
+
+# The PACS round trips against a real Orthanc (Debian's orthanc + orthanc-dicomweb packages).
+test-pacs: $(STAMP)
+	bash scripts/install-orthanc.sh
+	$(BIN)/python -m pytest -q -m pacs
 
 format: $(STAMP)
 	$(BIN)/ruff format .
