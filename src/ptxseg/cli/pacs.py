@@ -55,9 +55,11 @@ def _reporter(console):
 
 
 def _stop_on_signals(stop: threading.Event) -> None:
-    """Ctrl-C or SIGTERM ends the loop after the current step."""
+    """Ctrl-C or SIGTERM ends the loop after the current step; a second one ends it at once."""
 
     def handler(signum, frame):  # noqa: ARG001 - signal handler signature
+        if stop.is_set():
+            raise KeyboardInterrupt
         stop.set()
 
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -155,7 +157,7 @@ def listen(
 ) -> None:
     """Receive images by DICOM C-STORE, segment CR/DX ones, send SEG (positives) and SR onward.
 
-    C-ECHO is answered. Stop with Ctrl-C: queued images are finished first.
+    C-ECHO is answered. Stop with Ctrl-C: queued images are finished first (twice: at once).
 
     Example: ptxseg listen -c best.ckpt --port 11112 --send-to ORTHANC@127.0.0.1:4242
     """
