@@ -9,7 +9,7 @@ LOCK := requirements/dev.txt
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml $(LOCK) | cksum | cut -d' ' -f1)
 DEMO_DIR ?= demo-output
 
-.PHONY: demo test test-browser format install lock clean
+.PHONY: demo test test-browser test-pacs format install lock clean
 
 $(STAMP): pyproject.toml $(LOCK)
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -32,6 +32,11 @@ test: $(STAMP)
 test-browser: $(STAMP)
 	bash scripts/install-browser.sh
 	$(BIN)/python -m pytest -q -m browser
+
+# The PACS round trips against a real Orthanc (Debian's orthanc + orthanc-dicomweb packages).
+test-pacs: $(STAMP)
+	bash scripts/install-orthanc.sh
+	$(BIN)/python -m pytest -q -m pacs
 
 # Resolve pyproject.toml's ranges (the dev and browser extras) to exact versions with hashes.
 lock:

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import pydicom
 import pytest
 from predict_helpers import RegionModel, make_checkpoint
 
@@ -15,6 +16,7 @@ from ptxseg.data.rle import rle_decode
 from ptxseg.inference.outputs import read_mask
 from ptxseg.inference.pipeline import collect_inputs, predict_files
 from ptxseg.inference.predictor import Predictor
+from ptxseg.inference.sr import read_report
 
 
 def _pngs(folder: Path, n: int, shape=(80, 96)) -> list[Path]:
@@ -68,7 +70,7 @@ def test_rerun_skips_finished_images(tmp_path):
     assert len(_rows(out / "summary.csv")) == 3 and len(_rows(out / "submission.csv")) == 3
 
 
-def test_cli_on_real_dicoms_with_seg(siim_real, tmp_path):
+def test_cli_on_real_dicoms_with_seg_and_sr(siim_real, tmp_path):
     src = siim_real / "vishakhnair16-stage2-test"
     inputs = tmp_path / "in"
     inputs.mkdir()
@@ -90,6 +92,7 @@ def test_cli_on_real_dicoms_with_seg(siim_real, tmp_path):
                 "-o",
                 str(out),
                 "--seg",
+                "--sr",
                 "--shard",
                 "0/1",
             ]
@@ -103,3 +106,8 @@ def test_cli_on_real_dicoms_with_seg(siim_real, tmp_path):
             1024 * 1024 * findings["pixel_spacing_mm"][0] ** 2 / 100, rel=1e-3
         )
         assert Path(findings["seg_file"]).is_file()
+        report = read_report(findings["sr_file"])  # every DICOM gets an SR, referencing its SEG
+        assert report["pneumothorax"] is True and report["area_cm2"] == findings["area_cm2"]
+        assert report["source_sop_instance_uid"] == findings["seg_referenced_sop_instance_uid"]
+        seg = pydicom.dcmread(findings["seg_file"])
+        assert report["segmentation_sop_instance_uid"] == seg.SOPInstanceUID

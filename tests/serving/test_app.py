@@ -13,6 +13,7 @@ from pathlib import Path
 import cv2
 import httpx
 import numpy as np
+import pydicom
 import pytest
 from dicom_files import chest_like, write_dicom
 from fastapi.testclient import TestClient
@@ -211,8 +212,13 @@ def test_real_dicom_seg_matches_the_mask_even_with_invalid_source_uids(tmp_path,
 
 def test_seg_from_an_incomplete_header_is_422_and_predict_still_answers(dicom_bytes):
     pytest.importorskip("ptxseg.inference.seg")
+    ds = pydicom.dcmread(io.BytesIO(dicom_bytes))
+    del ds.SOPClassUID  # a SEG must name the source's SOP class; absent type-2 values are filled
+    buffer = io.BytesIO()
+    ds.save_as(buffer)
+    dicom_bytes = buffer.getvalue()
     client = TestClient(create_app(FakePredictor(), ServeSettings(), renderer=DefaultRenderer()))
-    refused = client.post("/v1/seg", content=dicom_bytes)  # no PatientBirthDate, StudyDate, ...
+    refused = client.post("/v1/seg", content=dicom_bytes)
     assert (
         refused.status_code == 422
         and "findings and the mask are still valid" in (refused.json()["detail"])

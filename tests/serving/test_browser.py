@@ -23,6 +23,7 @@ from serve_helpers import (  # noqa: F401
     restore_library_loggers,
 )
 
+from ptxseg.data.dicom import read_image
 from ptxseg.inference.findings import compute_findings
 from ptxseg.serving.app import ServeSettings, create_app
 from ptxseg.serving.card import LIMITATIONS
@@ -109,6 +110,12 @@ def test_upload_a_dicom_and_read_the_findings(browser, case, tmp_path):
             expected_side = "right" if np.argwhere(mask)[:, 1].mean() < SIZE / 2 else "left"
             assert page.inner_text("#side") == f"patient's {expected_side}"
             assert page.inner_text("#operating-point") == "top 0.6, min area 20 px, bottom 0.4"
+            f = compute_findings(mask, 0.934, read_image(path)[1], OP, "demo")
+            assert page.inner_text("#size-estimate") == (
+                f"BTS {f['bts_class_est']} (rim {f['bts_rim_mm_est'] / 10:.1f} cm) · "
+                f"ACCP {f['accp_class_est']} (apex {f['accp_apex_mm_est'] / 10:.1f} cm)"
+            )
+            assert "estimated from the mask" in page.inner_text("#size-note")
             assert page.is_visible("#dl-seg") and page.is_visible("#dl-overlay")
             assert page.get_attribute("#dl-mask", "href").startswith("data:image/png")
 

@@ -8,6 +8,7 @@ from ptxseg.cli import (  # noqa: F401  (importing registers the commands)
     augment,
     data,
     evaluate,
+    pacs,
     predict,
     report,
     serve,

@@ -49,6 +49,11 @@ def predict(
     bottom: float | None = options.BOTTOM,
     min_area: int | None = options.MIN_AREA,
     seg: bool = typer.Option(False, "--seg", help="Also write a DICOM SEG per positive DICOM."),
+    sr: bool = typer.Option(
+        False,
+        "--sr",
+        help="Also write a DICOM SR (TID 1500 measurement report) per DICOM: sr/<ImageId>.dcm.",
+    ),
     explain: bool = typer.Option(False, "--explain", help="Also write Grad-CAM heatmap PNGs."),
     shard: str | None = typer.Option(
         None,
@@ -65,18 +70,20 @@ def predict(
 ) -> None:
     """Predict masks, overlays and findings for chest X-rays; write summary and submission CSVs.
 
-    Example: ptxseg predict scans/ --checkpoint best.ckpt --out results/ --seg
+    Example: ptxseg predict scans/ --checkpoint best.ckpt --out results/ --seg --sr
     """
     from rich.console import Console
 
     from ptxseg.data.dicom import DicomHeaderWarning
     from ptxseg.inference.pipeline import collect_inputs, predict_files
     from ptxseg.inference.predictor import Predictor
+    from ptxseg.inference.seg import InvalidSourceUIDWarning
     from ptxseg.shards import parse_shard, take_shard
 
     console = Console(stderr=True)
     # Invalid header values are frequent in real data; each image's findings JSON lists them.
     warnings.filterwarnings("ignore", category=DicomHeaderWarning)
+    warnings.filterwarnings("ignore", category=InvalidSourceUIDWarning)
     try:
         index, count = parse_shard(shard)
         files = collect_inputs(inputs)
@@ -119,6 +126,7 @@ def predict(
         mine,
         out,
         seg=seg,
+        sr=sr,
         explain=explain,
         workers=workers,
         skip_existing=not overwrite,

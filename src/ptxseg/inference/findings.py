@@ -1,4 +1,5 @@
-"""Turn a predicted mask into a radiologist's findings: yes/no, probability, area, side, box.
+"""Turn a predicted mask into a radiologist's findings: yes/no, probability, area, side, box, and
+the estimated BTS and ACCP size classes (`size_classes`).
 
 Side is said in the patient's terms. Chest radiographs in PA and AP view are displayed with the
 patient's right on the image's LEFT, so a region whose centre lies left of the image's midline is
@@ -12,6 +13,8 @@ from typing import Any
 
 import cv2
 import numpy as np
+
+from ptxseg.inference.size_classes import estimate_sizes
 
 FRONTAL_VIEWS = ("PA", "AP")
 LATERAL_VIEWS = ("LL", "RL", "LATERAL", "LAT")
@@ -75,7 +78,7 @@ def compute_findings(
     positive = area_px > 0
     pixel_mm2 = pixel_area_mm2(metadata)
     can_side, convention = side_convention(metadata.get("ViewPosition"))
-    return {
+    findings = {
         "image_id": metadata.get("ImageId"),
         "input_file": metadata.get("path"),
         "pneumothorax": positive,
@@ -93,10 +96,15 @@ def compute_findings(
         "operating_point": operating_point,
         "encoder": encoder,
     }
+    findings.update(estimate_sizes(mask, metadata.get("PixelSpacing"), measurable=can_side))
+    return findings
 
 
 def caption(findings: dict[str, Any]) -> str:
-    """One line for the overlay: 'Pneumothorax: right, 12.3 cm², p=0.93' or 'No pneumothorax'."""
+    """One line for the overlay: 'Pneumothorax: right, 12.3 cm², p=0.93' or 'No pneumothorax'.
+
+    With size estimates: 'Pneumothorax: right, 12.3 cm², est. BTS large / ACCP small, p=0.93'.
+    """
     p = findings["probability"]
     if not findings["pneumothorax"]:
         return f"No pneumothorax (p={p:.2f})"
@@ -105,4 +113,7 @@ def caption(findings: dict[str, Any]) -> str:
         parts.append(f"{findings['area_cm2']:.1f} cm²")
     else:
         parts.append(f"{findings['area_px']} px")
+    bts, accp = findings.get("bts_class_est"), findings.get("accp_class_est")
+    if bts and accp:
+        parts.append(f"est. BTS {bts} / ACCP {accp}")
     return f"Pneumothorax: {', '.join(parts)}, p={p:.2f}"

@@ -83,6 +83,7 @@ def predict_files(
     out_dir: str | Path,
     *,
     seg: bool = False,
+    sr: bool = False,
     explain: bool = False,
     workers: int = 2,
     skip_existing: bool = True,
@@ -90,7 +91,10 @@ def predict_files(
     shard_count: int = 1,
     progress: bool = True,
 ) -> RunResult:
-    """Predict `files` into `out_dir` (masks/, overlays/, findings/, seg/, explain/, CSVs)."""
+    """Predict `files` into `out_dir` (masks/, overlays/, findings/, seg/, sr/, explain/, CSVs).
+
+    `seg` writes a DICOM SEG per positive DICOM input, `sr` a DICOM SR (TID 1500) per DICOM input.
+    """
     from ptxseg.data.rle import rle_encode
 
     out = Path(out_dir)
@@ -128,12 +132,18 @@ def predict_files(
         findings = dict(pred.findings, image_id=image_id, input_file=str(path))
         if meta.get("HeaderWarnings"):
             findings["header_warnings"] = meta["HeaderWarnings"]
+        segmentation = None
         if seg and pred.mask.any() and meta.get("source") == "dicom":
-            from ptxseg.inference.seg import write_segmentation
+            from ptxseg.inference.seg import build_segmentation, save_segmentation
 
-            findings["seg_file"] = str(
-                write_segmentation(path, pred.mask, out / "seg" / f"{image_id}.dcm", findings)
-            )
+            segmentation, notes = build_segmentation(path, pred.mask)
+            target = out / "seg" / f"{image_id}.dcm"
+            findings["seg_file"] = str(save_segmentation(segmentation, notes, target, findings))
+        if sr and meta.get("source") == "dicom":
+            from ptxseg.inference.sr import write_report
+
+            target = out / "sr" / f"{image_id}.dcm"
+            findings["sr_file"] = str(write_report(path, findings, target, segmentation))
         if explain:
             from ptxseg.inference.explain import heatmap_overlay
             from ptxseg.inference.outputs import encode_png

@@ -2,10 +2,9 @@
 
 Some real SIIM files carry identifiers that are not valid DICOM UIDs (SOPInstanceUID `ID_...`) or
 are empty (Study/Series Instance UID). A SEG object must reference valid UIDs, so such values are
-replaced on a copy of the source header: the SOP Instance UID by the file meta
-MediaStorageSOPInstanceUID when that one is valid, else by a UID derived deterministically from
-the invalid value; empty Study/Series UIDs by UIDs derived from the image's UID. Every replacement
-is reported with an `InvalidSourceUIDWarning` and listed in the returned notes.
+replaced on a copy of the source header by `ptxseg.data.uids.repair_source` (deterministic: the
+same file always gets the same UIDs). Every replacement is reported with an
+`InvalidSourceUIDWarning` and listed in the returned notes. The SR writer (`sr.py`) shares this.
 
 The Pixel Measures Sequence carries SliceThickness 1 mm: the standard needs it only for volumes,
 but highdicom's reader (0.28) refuses a SEG without it. It means nothing for a radiograph.
@@ -13,8 +12,7 @@ but highdicom's reader (0.28) refuses a SEG without it. It means nothing for a r
 
 from __future__ import annotations
 
-import re
-import uuid
+import io
 import warnings
 from pathlib import Path
 from typing import Any
@@ -22,8 +20,10 @@ from typing import Any
 import numpy as np
 
 from ptxseg import atomic
+from ptxseg.data.uids import derived_uid, is_valid_uid, repair_source
 
-UID_PATTERN = re.compile(r"(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*")
+__all__ = ["derived_uid", "is_valid_uid", "build_segmentation", "write_segmentation"]
+
 SLICE_THICKNESS_MM = 1.0
 SNOMED_PNEUMOTHORAX = ("36118008", "SCT", "Pneumothorax")
 SNOMED_ABNORMAL = ("49755003", "SCT", "Morphologically abnormal structure")
@@ -33,36 +33,55 @@ class InvalidSourceUIDWarning(UserWarning):
     """A source image UID was invalid or empty and a valid one was used in its place."""
 
 
-def is_valid_uid(value: Any) -> bool:
-    text = str(value or "")
-    return 0 < len(text) <= 64 and UID_PATTERN.fullmatch(text) is not None
+# Patient and study attributes that the derived objects copy; DICOM allows them empty (type 2)
+# but not absent, and some files leave them out.
+COPIED_TYPE2 = (
+    "PatientName",
+    "PatientID",
+    "PatientBirthDate",
+    "PatientSex",
+    "AccessionNumber",
+    "StudyID",
+    "StudyDate",
+    "StudyTime",
+    "ReferringPhysicianName",
+)
 
 
-def derived_uid(*sources: str) -> str:
-    """A valid UID (2.25.<UUID v5 as integer>) that is the same every time for the same sources."""
-    return f"2.25.{uuid.uuid5(uuid.NAMESPACE_OID, chr(0).join(map(str, sources))).int}"
+def read_source(source) -> tuple[Any, str]:
+    """(a private copy of the source header, a label for messages) from a path or a Dataset.
+
+    Absent type-2 patient and study attributes are added empty to the copy."""
+    import copy
+
+    import pydicom
+
+    if isinstance(source, pydicom.Dataset):
+        ds, label = copy.deepcopy(source), f"image {source.get('SOPInstanceUID', '?')}"
+    else:
+        with warnings.catch_warnings():
+            warnings.simplefilter(
+                "ignore"
+            )  # invalid UIDs are handled by the caller, with a warning
+            ds, label = pydicom.dcmread(str(source)), str(source)
+    for keyword in COPIED_TYPE2:
+        if keyword not in ds:
+            setattr(ds, keyword, "")
+    return ds, label
 
 
-def repair_source(ds) -> list[str]:
-    """Make the source header's UIDs valid in place; return a note per replaced value."""
-    notes = []
-    sop = str(ds.get("SOPInstanceUID", "") or "")
-    if not is_valid_uid(sop):
-        stored = str(getattr(ds, "file_meta", {}).get("MediaStorageSOPInstanceUID", "") or "")
-        if is_valid_uid(stored):
-            new, how = stored, "the file meta MediaStorageSOPInstanceUID"
-        else:
-            new, how = derived_uid("SOPInstanceUID", sop), "a UID derived from it"
-        notes.append(f"SOPInstanceUID {sop!r} is not a valid UID; referenced as {new} ({how})")
-        ds.SOPInstanceUID = new
-    for keyword in ("StudyInstanceUID", "SeriesInstanceUID"):
-        value = str(ds.get(keyword, "") or "")
-        if not is_valid_uid(value):
-            new = derived_uid(keyword, ds.SOPInstanceUID)
-            shown = repr(value) if value else "empty"
-            notes.append(f"{keyword} {shown} is not a valid UID; derived {new} from the image UID")
-            setattr(ds, keyword, new)
+def repair_and_warn(ds, label: str, stacklevel: int = 3) -> list[str]:
+    """Repair the header's UIDs in place (`uids.repair_source`); warn and return a note each."""
+    notes = repair_source(ds)
+    for note in notes:
+        warnings.warn(f"{label}: {note}", InvalidSourceUIDWarning, stacklevel=stacklevel + 1)
     return notes
+
+
+def repaired_source(source, stacklevel: int = 3) -> tuple[Any, list[str], str]:
+    """(a copy of the source header with valid UIDs, the notes, a label); each change warned."""
+    ds, label = read_source(source)
+    return ds, repair_and_warn(ds, label, stacklevel + 1), label
 
 
 def segment_description(version: str):
@@ -82,31 +101,32 @@ def segment_description(version: str):
     )
 
 
-def build_segmentation(source_path: str | Path, mask: np.ndarray):
-    """(highdicom Segmentation, notes) for a bool mask at the source image's size."""
+def build_segmentation(
+    source, mask: np.ndarray, series_uid: str | None = None, sop_uid: str | None = None
+):
+    """(highdicom Segmentation, notes) for a bool mask at the source image's size.
+
+    `source` is a DICOM path or a pydicom Dataset (not modified). The SEG's series and instance
+    UIDs are derived from the source image and the ptxseg version unless given.
+    """
     import highdicom as hd
-    import pydicom
 
     from ptxseg import __version__
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # invalid UIDs are handled below, with our own warning
-        ds = pydicom.dcmread(str(source_path))
+    ds, label = read_source(source)
     if mask.shape != (ds.Rows, ds.Columns):
         raise ValueError(
-            f"mask shape {mask.shape} does not match {source_path} ({ds.Rows}x{ds.Columns}): "
+            f"mask shape {mask.shape} does not match {label} ({ds.Rows}x{ds.Columns}): "
             "the SEG mask must be at the original resolution"
         )
-    notes = repair_source(ds)
-    for note in notes:
-        warnings.warn(f"{source_path}: {note}", InvalidSourceUIDWarning, stacklevel=3)
+    notes = repair_and_warn(ds, label, stacklevel=3)
     spacing = ds.get("PixelSpacing") or ds.get("ImagerPixelSpacing")
     measures = None
     if spacing:
         measures = hd.PixelMeasuresSequence(
             pixel_spacing=[float(v) for v in spacing], slice_thickness=SLICE_THICKNESS_MM
         )
-    series_uid = derived_uid("ptxseg-seg-series", ds.SOPInstanceUID, __version__)
+    series_uid = series_uid or derived_uid("ptxseg-seg-series", ds.SOPInstanceUID, __version__)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # pydicom re-validates values it already warned about
         seg = hd.seg.Segmentation(
@@ -116,7 +136,7 @@ def build_segmentation(source_path: str | Path, mask: np.ndarray):
             segment_descriptions=[segment_description(__version__)],
             series_instance_uid=series_uid,
             series_number=900,
-            sop_instance_uid=derived_uid(series_uid, "instance"),
+            sop_instance_uid=sop_uid or derived_uid(series_uid, "instance"),
             instance_number=1,
             manufacturer="ptxseg",
             manufacturer_model_name="ptxseg U-Net",
@@ -128,13 +148,8 @@ def build_segmentation(source_path: str | Path, mask: np.ndarray):
     return seg, notes
 
 
-def write_segmentation(
-    source_path: str | Path, mask: np.ndarray, out: str | Path, findings: dict | None = None
-) -> Path:
-    """Write a DICOM SEG for `mask` next to the other outputs (atomically); notes into findings."""
-    import io
-
-    seg, notes = build_segmentation(source_path, mask)
+def save_segmentation(seg, notes: list[str], out: str | Path, findings: dict | None = None) -> Path:
+    """Write a built SEG to `out` (atomically); its source reference and notes into findings."""
     buf = io.BytesIO()
     seg.save_as(buf)
     if findings is not None:
@@ -144,6 +159,14 @@ def write_segmentation(
         if notes:
             findings["seg_notes"] = notes
     return atomic.write_bytes(out, buf.getvalue())
+
+
+def write_segmentation(
+    source_path: str | Path, mask: np.ndarray, out: str | Path, findings: dict | None = None
+) -> Path:
+    """Write a DICOM SEG for `mask` next to the other outputs (atomically); notes into findings."""
+    seg, notes = build_segmentation(source_path, mask)
+    return save_segmentation(seg, notes, out, findings)
 
 
 def read_segmentation_mask(path: str | Path) -> np.ndarray:

@@ -15,6 +15,16 @@ function describeOperatingPoint(op) {
   return `top ${op.top}, min area ${op.min_area} px, bottom ${op.bottom}`;
 }
 
+// BTS rim at the hilum level and ACCP apex-to-cupola distance, both estimated from the mask.
+function describeSize(f) {
+  if (f.bts_class_est === null || f.bts_class_est === undefined) {
+    return f.pneumothorax ? "not estimated" : "—";
+  }
+  const cm = (mm) => `${fmt(mm / 10, 1)} cm`;
+  return `BTS ${f.bts_class_est} (rim ${cm(f.bts_rim_mm_est)}) · ` +
+    `ACCP ${f.accp_class_est} (apex ${cm(f.accp_apex_mm_est)})`;
+}
+
 function showError(message, requestId) {
   const box = $("error");
   box.replaceChildren();
@@ -92,6 +102,8 @@ function showFindings(r) {
     ? "cm² n/a (no pixel spacing)" : `${fmt(f.area_cm2, 2)} cm²`;
   $("area").textContent = `${f.area_px.toLocaleString()} px · ${cm2}`;
   $("side").textContent = f.side ? `patient's ${f.side}` : (f.pneumothorax ? "not determinable" : "—");
+  $("size-estimate").textContent = describeSize(f);
+  $("size-note").textContent = f.pneumothorax && f.size_est_method ? `Size: ${f.size_est_method}.` : "";
   $("bbox").textContent = f.bbox ? f.bbox.join(", ") : "—";
   $("operating-point").textContent = describeOperatingPoint(f.operating_point);
   const inp = r.input;

@@ -1,0 +1,86 @@
+"""DICOM UIDs: validity, deterministic derivation, and the repair of SIIM's invalid identifiers.
+
+Some real SIIM files carry identifiers that are not valid DICOM UIDs (SOPInstanceUID `ID_...`) or
+are empty (Study/Series Instance UID). Objects that reference them (SEG, SR) need valid UIDs, and a
+PACS refuses to store the files themselves (Orthanc: "missing StudyInstanceUID, SeriesInstanceUID
+or SOPInstanceUID"). `repair_source` replaces such values on a header in memory, `repair_file` on a
+copy of a file; both give the same UIDs every time for the same file, so a SEG or SR made from the
+original file references the same instance as its repaired copy in a PACS:
+
+- SOPInstanceUID: the file meta MediaStorageSOPInstanceUID when that one is valid (the SIIM files
+  keep the original UID there), else a UID derived from the invalid value;
+- StudyInstanceUID, SeriesInstanceUID: a UID derived from the (repaired) SOPInstanceUID.
+"""
+
+from __future__ import annotations
+
+import io
+import re
+import uuid
+import warnings
+from pathlib import Path
+from typing import Any
+
+from ptxseg import atomic
+
+UID_PATTERN = re.compile(r"(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*")
+
+
+def is_valid_uid(value: Any) -> bool:
+    text = str(value or "")
+    return 0 < len(text) <= 64 and UID_PATTERN.fullmatch(text) is not None
+
+
+def derived_uid(*sources: str) -> str:
+    """A valid UID (2.25.<UUID v5 as integer>) that is the same every time for the same sources."""
+    return f"2.25.{uuid.uuid5(uuid.NAMESPACE_OID, chr(0).join(map(str, sources))).int}"
+
+
+def repaired_sop_uid(ds) -> tuple[str, str | None]:
+    """(the SOP Instance UID a repaired header has, how it was found or None when unchanged)."""
+    sop = str(ds.get("SOPInstanceUID", "") or "")
+    if is_valid_uid(sop):
+        return sop, None
+    meta = getattr(ds, "file_meta", None)
+    stored = str((meta or {}).get("MediaStorageSOPInstanceUID", "") or "")
+    if is_valid_uid(stored):
+        return stored, "the file meta MediaStorageSOPInstanceUID"
+    return derived_uid("SOPInstanceUID", sop), "a UID derived from it"
+
+
+def repair_source(ds) -> list[str]:
+    """Make the header's SOP, Study and Series Instance UIDs valid in place; a note per change."""
+    notes = []
+    sop = str(ds.get("SOPInstanceUID", "") or "")
+    new, how = repaired_sop_uid(ds)
+    if how is not None:
+        notes.append(f"SOPInstanceUID {sop!r} is not a valid UID; referenced as {new} ({how})")
+        ds.SOPInstanceUID = new
+    for keyword in ("StudyInstanceUID", "SeriesInstanceUID"):
+        value = str(ds.get(keyword, "") or "")
+        if not is_valid_uid(value):
+            new = derived_uid(keyword, ds.SOPInstanceUID)
+            shown = repr(value) if value else "empty"
+            notes.append(f"{keyword} {shown} is not a valid UID; derived {new} from the image UID")
+            setattr(ds, keyword, new)
+    return notes
+
+
+def repair_file(source: str | Path, target: str | Path) -> list[str]:
+    """Write a copy of `source` with valid UIDs to `target` (atomically); the notes of the repair.
+
+    The pixel data and every other attribute are copied unchanged. A file whose UIDs are already
+    valid is copied as it is (empty notes). The source is never modified.
+    """
+    import pydicom
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # pydicom warns about the very values repaired here
+        ds = pydicom.dcmread(str(source))
+        notes = repair_source(ds)
+        if "file_meta" in ds:
+            ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+        buf = io.BytesIO()
+        ds.save_as(buf)
+    atomic.write_bytes(target, buf.getvalue())
+    return notes
