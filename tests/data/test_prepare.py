@@ -232,8 +232,8 @@ def test_out_that_is_a_file_is_a_one_line_usage_error(siim_folder, tmp_path, cap
     with pytest.raises(SystemExit) as exit_info:
         main([*args, "--out", str(tmp_path / "taken")])
     assert exit_info.value.code == 2
-    out = capsys.readouterr().out
-    assert "is a file" in out and "Traceback" not in out
+    err = capsys.readouterr().err
+    assert "error: --out" in err and "is a file" in err and len(err.strip().splitlines()) == 1
 
 
 def test_cli_exit_code_1_when_files_were_skipped(siim_folder, tmp_path, capsys):

@@ -9,16 +9,10 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from ptxseg.cli.app import app
+from ptxseg.cli.app import EXIT_INPUTS_FAILED, app, fail
 from ptxseg.progress import progress_bar
 
 console = Console()
-
-
-def fail(message: str) -> None:
-    """Print a user error in red and exit with status 2 (no traceback)."""
-    console.print(f"[red]error:[/red] {message}")
-    raise typer.Exit(2)
 
 
 @app.command()
@@ -85,7 +79,7 @@ def prepare(
     if not result.cache_written:
         console.print("cache already up to date; nothing rewritten")
     if result.problems.get("skipped"):
-        raise typer.Exit(1)  # some inputs failed (listed above and in unmatched.json)
+        raise typer.Exit(EXIT_INPUTS_FAILED)  # listed above and in unmatched.json
 
 
 @app.command("benchmark-data")

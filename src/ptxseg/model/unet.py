@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
+import re
 import threading
 import warnings
 from pathlib import Path
@@ -162,8 +164,8 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
             state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # noqa: BLE001  (any unreadable file gets the same clear message)
         raise ValueError(
-            f"cannot read encoder weights file {path}: {error}. Expected a torch or safetensors "
-            f"file holding a state dict"
+            f"cannot read encoder weights file {path}: {load_error(error)}. Expected a torch or "
+            f"safetensors file holding a state dict"
         ) from None
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]
@@ -323,6 +325,24 @@ def _cached_hub_weights(encoder: str) -> str | None:
     return cached if isinstance(cached, str) else None
 
 
+def load_error(error: Exception) -> str:
+    """What went wrong in `torch.load(..., weights_only=True)`, in one line.
+
+    torch's own message spans lines and suggests `weights_only=False`, which would run any code
+    the file holds: ptxseg never loads a file that way, so the advice is left out."""
+    text = str(error)
+    found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", text)
+    if found:
+        return (
+            f"it holds a Python object ({found.group(1)}) besides tensors, which a safe "
+            "(weights-only) load refuses"
+        )
+    if "Weights only load failed" in text or isinstance(error, pickle.UnpicklingError):
+        return "it is not a PyTorch checkpoint, or it is damaged"
+    first = text.strip().splitlines()[0] if text.strip() else ""
+    return f"{type(error).__name__}: {first[:200]}"
+
+
 def read_checkpoint(checkpoint: str | Path) -> dict[str, Any]:
     """A Lightning checkpoint dict with its `ptxseg` entry; clear errors naming the file."""
     path = Path(checkpoint)
@@ -334,8 +354,8 @@ def read_checkpoint(checkpoint: str | Path) -> dict[str, Any]:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # noqa: BLE001
         raise ValueError(
-            f"cannot read checkpoint {path}: {type(error).__name__}: {error}. Is it a complete "
-            f"`.ckpt` written by `ptxseg train`?"
+            f"cannot read checkpoint {path}: {load_error(error)}. Is it a complete `.ckpt` "
+            f"written by `ptxseg train`?"
         ) from None
     if not isinstance(ckpt, dict) or "ptxseg" not in ckpt or "state_dict" not in ckpt:
         raise ValueError(
