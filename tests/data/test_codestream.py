@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from dicom_files import tiny_bomb
 
-from ptxseg.data.codestream import stream_size
+from ptxseg.data.codestream import png_chunks_fit, stream_size
 
 
 @pytest.mark.parametrize("ext", [".png", ".jpg", ".jp2"])
@@ -29,3 +29,13 @@ CUT = [b"", b"\xff\xd8", b"\xff\xd8\xff\xda\x00\x02", b"\x89PNG\r\n\x1a\n", b"GI
 @pytest.mark.parametrize("data", CUT)
 def test_unknown_or_cut_headers_give_none(data):
     assert stream_size(data) is None
+
+
+def test_png_chunk_layout():
+    ok, data = cv2.imencode(".png", np.zeros((20, 30), np.uint8))
+    data = data.tobytes()
+    assert png_chunks_fit(data)
+    assert not png_chunks_fit(data[:-4])  # IEND cut
+    damaged = bytearray(data)
+    damaged[33] = 228  # the length of the chunk after IHDR now claims 3.8 GB
+    assert not png_chunks_fit(bytes(damaged))

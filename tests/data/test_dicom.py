@@ -213,6 +213,24 @@ def test_header_warnings_stay_with_their_image_across_threads(tmp_path):
         assert bool(problems) == stem.startswith("ID_")
 
 
+def test_a_rescale_slope_that_is_not_a_number_is_an_error(tmp_path):
+    """Found by fuzzing: `nan` gave an image of NaNs."""
+    pixels = (chest_like().astype(np.uint16) * 16).astype(np.uint16)
+    tags = {"RescaleSlope": "2.0000", "RescaleIntercept": -100}
+    path = write_dicom(tmp_path / "nan.dcm", pixels, bits_stored=12, **tags)
+    replace_bytes(path, b"2.0000", b"nan   ")
+    with pytest.raises(ImageReadError, match="nan.dcm: cannot decode .*not numbers"):
+        read_dicom(path)
+
+
+def test_a_png_chunk_claiming_gigabytes_is_refused_before_decoding(no_decoding):
+    """Found by fuzzing: one flipped byte made OpenCV search for 3 seconds."""
+    png = bytearray(cv2.imencode(".png", chest_like(48))[1].tobytes())
+    png[33] = 228  # the length of the chunk after IHDR
+    with pytest.raises(ImageReadError, match="x.png is a damaged or truncated PNG"):
+        read_image(bytes(png), name="x.png")
+
+
 # ------------------------------------------------------------------- real files
 
 

@@ -51,6 +51,22 @@ def _jp2_size(data: bytes) -> tuple[int, int] | None:
     return _u32(data, at + 4), _u32(data, at + 8)
 
 
+def png_chunks_fit(data: bytes) -> bool:
+    """True when every chunk of a PNG lies inside the data, up to IEND.
+
+    A damaged chunk length (one flipped byte can claim 3.8 GB) sends decoders on a long search;
+    checking the chunk layout first costs microseconds."""
+    at = len(PNG_SIGNATURE)
+    while at + 12 <= len(data):
+        length, kind = _u32(data, at), data[at + 4 : at + 8]
+        if length > 2**31 - 1 or at + 12 + length > len(data):
+            return False
+        if kind == b"IEND":
+            return True
+        at += 12 + length
+    return False
+
+
 def stream_size(data: bytes) -> tuple[int, int] | None:
     """(height, width) claimed by a PNG, JPEG (any SOF, JPEG-LS) or JPEG 2000 stream, else None."""
     if data.startswith(PNG_SIGNATURE) and len(data) >= 24 and data[12:16] == b"IHDR":

@@ -31,7 +31,7 @@ from pydicom.pixels import apply_modality_lut, apply_voi_lut
 from pydicom.tag import Tag
 from pydicom.uid import UID
 
-from ptxseg.data.codestream import stream_size
+from ptxseg.data.codestream import PNG_SIGNATURE, png_chunks_fit, stream_size
 
 JPEG_BASELINE = "1.2.840.10008.1.2.4.50"
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
@@ -96,8 +96,20 @@ def read_dicom(
     """Read a DICOM file (path or bytes) into a float32 (H, W) image in [0, 1] and its metadata."""
     label = _name(source, name)
     fp: str | BinaryIO = io.BytesIO(source) if isinstance(source, bytes) else str(source)
-    try:
+    try:  # pydicom parses elements when they are first used: damage shows up anywhere here
         ds = pydicom.dcmread(fp)
+        if PIXEL_DATA not in ds:
+            raise ImageReadError(
+                f"{label} has no pixel data (SOP class {_text(ds, 'SOPClassUID') or 'unknown'}): "
+                "expected a DICOM image such as a CR or DX chest radiograph; a truncated file "
+                "also ends before its pixel data"
+            )
+        meta = read_header(ds, label)
+        syntax = meta["TransferSyntaxUID"] or ""
+        check_pixel_count(label, meta["Rows"], meta["Columns"], max_pixels, "the header")
+        frame = _first_frame(ds, label) if _is_encapsulated(syntax) else None
+    except ImageReadError:
+        raise
     except FileNotFoundError:
         raise ImageReadError(f"{label}: file not found") from None
     except Exception as err:  # the parser raises many types on damaged files
@@ -105,16 +117,6 @@ def read_dicom(
             f"{label} is not a readable DICOM file ({_reason(err)}); "
             "expected a DICOM Part 10 chest X-ray"
         ) from None
-    if PIXEL_DATA not in ds:
-        raise ImageReadError(
-            f"{label} has no pixel data (SOP class {_text(ds, 'SOPClassUID') or 'unknown'}): "
-            "expected a DICOM image such as a CR or DX chest radiograph; a truncated file "
-            "also ends before its pixel data"
-        )
-    meta = read_header(ds, label)
-    syntax = meta["TransferSyntaxUID"] or ""
-    check_pixel_count(label, meta["Rows"], meta["Columns"], max_pixels, "the header")
-    frame = _first_frame(ds, label) if _is_encapsulated(syntax) else None
     if frame is not None:
         _check_frame(frame, meta, label, max_pixels)
     try:
@@ -204,6 +206,11 @@ def _pixels_general(ds: pydicom.Dataset, bits: int, photometric: str) -> np.ndar
         low, high = 0.0, float(2**bits - 1)
     else:
         low, high = float(values.min()), float(values.max())
+    if not (np.isfinite(low) and np.isfinite(high)):
+        raise ValueError(
+            "the header's rescale or window values turn the pixels into values that are not "
+            "numbers (check RescaleSlope, RescaleIntercept, WindowCenter and WindowWidth)"
+        )
     image = (values - low) / max(high - low, 1e-6)
     image = np.clip(image, 0.0, 1.0, out=image)
     # MONOCHROME1 is inverted after the modality and VOI transforms, as the standard specifies.
@@ -214,7 +221,7 @@ def _raw_value(ds: pydicom.Dataset, keyword: str) -> Any:
     """An element's value as stored (bytes for text), without pydicom's converting or warning."""
     try:
         element = ds.get_item(keyword)
-    except (KeyError, ValueError):
+    except Exception:  # a damaged element reads as absent; the header check says so
         return None
     return None if element is None else element.value
 
@@ -267,7 +274,7 @@ def read_header(ds: pydicom.Dataset, label: str) -> dict[str, Any]:
     try:
         rows, columns = _int(ds, "Rows"), _int(ds, "Columns")
         bits = _int(ds, "BitsStored")
-    except (TypeError, ValueError, OverflowError):
+    except Exception:  # pydicom parses the element here and raises many types
         raise ImageReadError(
             f"{label}: Rows, Columns or BitsStored is not a number: the header is damaged"
         ) from None
@@ -318,6 +325,10 @@ def _read_raster(data: bytes, label: str, max_pixels: int) -> tuple[np.ndarray, 
             f"{label} is not a readable image: expected a DICOM, PNG or JPEG chest X-ray"
         )
     check_pixel_count(label, *size, max_pixels, "the image header")
+    if data.startswith(PNG_SIGNATURE) and not png_chunks_fit(data):
+        raise ImageReadError(
+            f"{label} is a damaged or truncated PNG (a chunk runs past the end of the file)"
+        )
     array = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
     if array is None:
         raise ImageReadError(
