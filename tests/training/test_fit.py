@@ -344,3 +344,17 @@ def test_cli_with_several_cached_sizes_names_them(tiny_work, tmp_path, capsys):
     assert "has caches at 64, 128 px, not at the configured 256: choose one with --size" in (
         capsys.readouterr().err
     )
+
+
+def test_a_resumed_run_ends_with_the_weights_of_a_run_that_went_straight_through(
+    tiny_work, tmp_path
+):
+    """Each epoch's augmentations are seeded from (seed, rank, epoch): a crash costs time only."""
+    options = {"data.work": str(tiny_work), "data.aug": "full", "trainer.seed": 5}
+    straight = fit(tiny_config(tmp_path / "straight", **options, **{"trainer.epochs": 2}))
+    fit(tiny_config(tmp_path / "resumed", **options))
+    resumed = tmp_path / "resumed"
+    fit(load_config(resumed / "config.yaml", {"trainer.resume": True, "trainer.epochs": 2}))
+    a = torch.load(straight / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
+    b = torch.load(resumed / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
