@@ -7,7 +7,7 @@ import pytest
 from hypothesis import HealthCheck, settings
 
 # Fuzz tests draw `max_examples` cases; `HYPOTHESIS_PROFILE=fuzz pytest ...` draws many more.
-settings.register_profile("default", max_examples=300, deadline=5000)
+settings.register_profile("default", max_examples=150, deadline=5000)
 settings.register_profile(
     "fuzz", max_examples=20000, deadline=5000, suppress_health_check=[HealthCheck.too_slow]
 )

@@ -350,7 +350,12 @@ def test_a_resumed_run_ends_with_the_weights_of_a_run_that_went_straight_through
     tiny_work, tmp_path
 ):
     """Each epoch's augmentations are seeded from (seed, rank, epoch): a crash costs time only."""
-    options = {"data.work": str(tiny_work), "data.aug": "full", "trainer.seed": 5}
+    options = {
+        "data.work": str(tiny_work),
+        "data.aug": "full",
+        "trainer.seed": 5,
+        "trainer.limit_batches": 2,
+    }
     straight = fit(tiny_config(tmp_path / "straight", **options, **{"trainer.epochs": 2}))
     fit(tiny_config(tmp_path / "resumed", **options))
     resumed = tmp_path / "resumed"
