@@ -1,8 +1,17 @@
 """Shared fixtures: where the real SIIM files are, and small synthetic inputs."""
 
+import os
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, settings
+
+# Fuzz tests draw `max_examples` cases; `HYPOTHESIS_PROFILE=fuzz pytest ...` draws many more.
+settings.register_profile("default", max_examples=150, deadline=5000)
+settings.register_profile(
+    "fuzz", max_examples=20000, deadline=5000, suppress_health_check=[HealthCheck.too_slow]
+)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
 
 SIIM_REAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "siim-real"
 

@@ -61,3 +61,33 @@ def chest_like(size: int = 64, seed: int = 0) -> np.ndarray:
     y, x = np.mgrid[0:size, 0:size] / size
     base = 120 + 80 * np.sin(6 * x) * np.cos(4 * y) + rng.normal(0, 3, (size, size))
     return np.clip(base, 0, 255).astype(np.uint8)
+
+
+def replace_bytes(path: Path, old: bytes, new: bytes) -> Path:
+    """Overwrite one header value in place (same length), for values pydicom refuses to write."""
+    data = path.read_bytes()
+    assert data.count(old) == 1 and len(old) == len(new)
+    path.write_bytes(data.replace(old, new))
+    return path
+
+
+def claim_size(data: bytes, height: int, width: int) -> bytes:
+    """A PNG or JPEG whose header claims height x width pixels (a decompression bomb's header)."""
+    import struct
+    import zlib
+
+    out = bytearray(data)
+    if data.startswith(b"\x89PNG"):
+        out[16:24] = struct.pack(">II", width, height)
+        out[29:33] = struct.pack(">I", zlib.crc32(bytes(out[12:29])) & 0xFFFFFFFF)
+    else:
+        at = out.find(b"\xff\xc0")
+        out[at + 5 : at + 9] = struct.pack(">HH", height, width)
+    return bytes(out)
+
+
+def tiny_bomb(kind: str = "jpeg", height: int = 30000, width: int = 30000) -> bytes:
+    """A few hundred bytes whose header claims height x width pixels."""
+    ok, encoded = cv2.imencode(".jpg" if kind == "jpeg" else ".png", np.zeros((8, 8), np.uint8))
+    assert ok
+    return claim_size(encoded.tobytes(), height, width)

@@ -110,5 +110,5 @@ def test_cli_reports_unknown_set_key(capsys):
     with pytest.raises(SystemExit) as info:
         main(["train", "--data", "w", "--out", "r", "--set", "optim.lrr=1"])
     assert info.value.code == 2
-    out = capsys.readouterr().out
-    assert "optim.lrr" in out and "lr_patience" in out
+    err = capsys.readouterr().err
+    assert "optim.lrr" in err and "lr_patience" in err

@@ -222,6 +222,17 @@ def validate(config: TrainConfig) -> None:
             "null or scse",
         ),
         (config.model.in_channels in (1, 3), "model.in_channels", "1 or 3"),
+        (
+            config.trainer.limit_batches is None
+            or 0 < config.trainer.limit_batches <= 1
+            or (
+                config.trainer.limit_batches > 1
+                and float(config.trainer.limit_batches).is_integer()
+            ),
+            "trainer.limit_batches",
+            "a fraction of the batches in (0, 1] such as 0.25, or a whole number of batches "
+            "such as 10 (--limit-batches)",
+        ),
     ]
     for ok, key, expected in checks:
         if not ok:

@@ -1,14 +1,23 @@
 """DICOM reading: variants written with pydicom, corrupt inputs, and the real SIIM files."""
 
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 
 import cv2
 import numpy as np
 import pydicom
 import pytest
-from dicom_files import chest_like, write_dicom
+from dicom_files import chest_like, claim_size, replace_bytes, tiny_bomb, write_dicom
+from pydicom.encaps import encapsulate
 
-from ptxseg.data.dicom import DicomHeaderWarning, ImageReadError, read_dicom, read_image
+from ptxseg.data import dicom
+from ptxseg.data.dicom import (
+    DicomHeaderWarning,
+    ImageReadError,
+    ImageTooLargeError,
+    read_dicom,
+    read_image,
+)
 
 
 def test_uncompressed_8bit(tmp_path):
@@ -115,6 +124,111 @@ def test_read_image_png_jpeg_and_bytes(tmp_path):
     assert np.allclose(from_bytes, pixels / 255) and meta["source"] == "dicom"
     with pytest.raises(ImageReadError, match="not a readable image"):
         read_image(b"plain text, not an image")
+
+
+@pytest.fixture()
+def no_decoding(monkeypatch):
+    """Any decode fails the test: the pixel limit must act on the header alone."""
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("decoded although the header is over the pixel limit")
+
+    monkeypatch.setattr(dicom.cv2, "imdecode", refuse)
+    monkeypatch.setattr(pydicom.Dataset, "pixel_array", property(refuse))
+
+
+@pytest.mark.parametrize("kind", ["jpeg", "png"])
+def test_a_tiny_file_claiming_30000_pixels_square_is_refused_before_decoding(kind, no_decoding):
+    bomb = tiny_bomb(kind)
+    assert len(bomb) < 400
+    with pytest.raises(ImageTooLargeError, match=r"30000x30000 pixels \(900 MP\).*limit of 60 MP"):
+        read_image(bomb, name=f"bomb.{kind}")
+
+
+def test_dicom_header_or_frame_over_the_limit_is_refused_before_decoding(tmp_path, no_decoding):
+    big = write_dicom(tmp_path / "big.dcm", chest_like(), Rows=30000, Columns=30000)
+    with pytest.raises(ImageTooLargeError, match="big.dcm: the header claims 30000x30000"):
+        read_dicom(big)
+    # the header says 64x64, the JPEG frame inside claims 30000x30000 (the OpenCV fast path)
+    path = write_dicom(tmp_path / "frame.dcm", chest_like(), jpeg=True)
+    ds = pydicom.dcmread(path)
+    frame = next(pydicom.encaps.generate_frames(ds.PixelData, number_of_frames=1))
+    ds.PixelData = encapsulate([claim_size(frame, 30000, 30000)])
+    ds.save_as(path)
+    with pytest.raises(ImageTooLargeError, match="the compressed frame claims 30000x30000"):
+        read_dicom(path)
+    # the same through pydicom's path (a VOI window turns the fast path off)
+    ds.WindowCenter, ds.WindowWidth = 128, 256
+    ds.save_as(path)
+    with pytest.raises(ImageTooLargeError, match="compressed frame"):
+        read_dicom(path)
+
+
+def test_the_pixel_limit_is_configurable(tmp_path):
+    path = write_dicom(tmp_path / "a.dcm", chest_like(64), jpeg=True)
+    with pytest.raises(ImageTooLargeError, match=r"64x64 pixels .* limit of 0.004 MP"):
+        read_image(path, max_pixels=4000)
+    assert read_image(path, max_pixels=4096)[0].shape == (64, 64)
+    cv2.imwrite(str(tmp_path / "a.png"), chest_like(64))
+    with pytest.raises(ImageTooLargeError):
+        read_image(tmp_path / "a.png", max_pixels=4000)
+
+
+def test_a_frame_that_differs_from_the_header_is_an_error(tmp_path):
+    path = write_dicom(tmp_path / "odd.dcm", chest_like(64), jpeg=True)
+    ds = pydicom.dcmread(path)
+    ds.Rows = 48
+    ds.save_as(path)
+    with pytest.raises(ImageReadError, match="odd.dcm: the compressed frame is 64x64 pixels but"):
+        read_dicom(path)
+
+
+def test_malformed_pixel_spacing_is_a_header_warning(tmp_path):
+    path = write_dicom(tmp_path / "sp.dcm", chest_like(), jpeg=True)
+    replace_bytes(path, b"0.168\\0.168", b"abc        ")
+    with pytest.warns(DicomHeaderWarning, match="PixelSpacing 'abc'"):
+        image, meta = read_image(path)
+    assert image.shape == (64, 64) and meta["PixelSpacing"] is None
+
+
+def test_header_warnings_stay_with_their_image_across_threads(tmp_path):
+    """Each image's warnings are its own, however many threads read at once."""
+    paths = [
+        write_dicom(tmp_path / f"ID_{i:09x}.dcm", chest_like(32, i), SOPInstanceUID=f"ID_{i:09x}")
+        for i in range(6)
+    ]
+    paths += [write_dicom(tmp_path / f"clean{i}.dcm", chest_like(32, i)) for i in range(2)]
+
+    def own_warnings(path):
+        _, meta = read_image(path)
+        return path.stem, meta["HeaderWarnings"]
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DicomHeaderWarning)
+        with ThreadPoolExecutor(8) as pool:
+            results = list(pool.map(own_warnings, paths * 40))
+    for stem, problems in results:
+        others = [p.stem for p in paths if p.stem != stem and p.stem in " ".join(problems)]
+        assert not others, f"{stem} got the warnings of {others}"
+        assert bool(problems) == stem.startswith("ID_")
+
+
+def test_a_rescale_slope_that_is_not_a_number_is_an_error(tmp_path):
+    """Found by fuzzing: `nan` gave an image of NaNs."""
+    pixels = (chest_like().astype(np.uint16) * 16).astype(np.uint16)
+    tags = {"RescaleSlope": "2.0000", "RescaleIntercept": -100}
+    path = write_dicom(tmp_path / "nan.dcm", pixels, bits_stored=12, **tags)
+    replace_bytes(path, b"2.0000", b"nan   ")
+    with pytest.raises(ImageReadError, match="nan.dcm: cannot decode .*not numbers"):
+        read_dicom(path)
+
+
+def test_a_png_chunk_claiming_gigabytes_is_refused_before_decoding(no_decoding):
+    """Found by fuzzing: one flipped byte made OpenCV search for 3 seconds."""
+    png = bytearray(cv2.imencode(".png", chest_like(48))[1].tobytes())
+    png[33] = 228  # the length of the chunk after IHDR
+    with pytest.raises(ImageReadError, match="x.png is a damaged or truncated PNG"):
+        read_image(bytes(png), name="x.png")
 
 
 # ------------------------------------------------------------------- real files

@@ -5,7 +5,7 @@ import os
 
 import numpy as np
 import pytest
-from dicom_files import chest_like, write_dicom
+from dicom_files import chest_like, replace_bytes, write_dicom
 
 from ptxseg.cli import main
 from ptxseg.data.dataset import SegmentationDataset, read_manifest, read_splits
@@ -115,7 +115,8 @@ def test_unmatched_files_are_listed_not_fatal(siim_folder, tmp_path):
     prepare(images, csv_path, tmp_path / "w", size=32)
     problems = json.loads((tmp_path / "w" / "unmatched.json").read_text())
     assert [os.path.basename(p) for p in problems["images_without_annotations"]] == ["stray.dcm"]
-    assert [os.path.basename(p) for p in problems["unreadable"]] == ["broken.dcm"]
+    assert [os.path.basename(p["file"]) for p in problems["skipped"]] == ["broken.dcm"]
+    assert "not a readable DICOM file" in problems["skipped"][0]["reason"]
     assert problems["annotations_without_images"] == ["9.9.9.9"]
 
 
@@ -160,3 +161,89 @@ def test_cli_prepare_with_two_workers(siim_folder, tmp_path, capsys):
             ]
         )
     assert exit_info.value.code == 2
+
+
+def _bad_files(images, csv_path):
+    """Files that each used to stop prepare, all listed in the CSV, and a mask past its end."""
+    good = write_dicom(images / "template.dcm", chest_like(64), jpeg=True).read_bytes()
+    (images / "template.dcm").unlink()
+    (images / "trunc.dcm").write_bytes(good[: len(good) * 2 // 3])
+    write_dicom(images / "nopix.dcm", chest_like(64), pixel_data=False)
+    write_dicom(images / "small.dcm", chest_like(32), Rows=64)  # 32 rows of pixels, header: 64
+    write_dicom(images / "spacing.dcm", chest_like(64), jpeg=True)
+    replace_bytes(images / "spacing.dcm", b"0.168\\0.168", b"abc        ")
+    write_dicom(images / "pastend.dcm", chest_like(64), jpeg=True)
+    with csv_path.open("a") as f:
+        for stem in ("trunc", "nopix", "small", "spacing"):
+            f.write(f"{stem}, -1\n")
+        f.write("pastend, 4000 200\n")  # line 26 of the CSV; 64x64 = 4096 pixels
+
+
+def test_bad_files_are_skipped_with_their_reason_and_the_rest_is_prepared(siim_folder, tmp_path):
+    images, csv_path, _ = siim_folder
+    _bad_files(images, csv_path)
+    work = tmp_path / "w"
+    result = prepare(images, csv_path, work, size=32, val=0.2, test=0.2, workers=2)
+    problems = json.loads((work / "unmatched.json").read_text())
+    reasons = {os.path.basename(p["file"]): p["reason"] for p in problems["skipped"]}
+    assert sorted(reasons) == ["nopix.dcm", "pastend.dcm", "small.dcm", "trunc.dcm"]
+    assert "no pixel data" in reasons["nopix.dcm"] and "truncated" in reasons["trunc.dcm"]
+    assert (
+        "train-rle.csv, line 26, ImageId pastend: RLE runs reach pixel 4200"
+        in reasons["pastend.dcm"]
+    )
+    assert "small.dcm" not in reasons["small.dcm"] and reasons["small.dcm"]
+    # a malformed PixelSpacing is a warning: the image is used, its spacing left empty
+    by_id = {r["image_id"]: r for r in read_manifest(work)}
+    assert by_id["spacing"]["pixel_spacing"] == "" and len(by_id) == 21
+    assert any(
+        "PixelSpacing 'abc'" in w for w in problems["header_warnings"][str(images / "spacing.dcm")]
+    )
+    splits = read_splits(work)
+    assert sorted(i for s in ("train", "val", "test") for i in splits[s]) == sorted(by_id)
+    assert sum(c["images"] for c in result.counts.values()) == 21
+    for split in ("train", "val", "test"):
+        data = SegmentationDataset(work, split, 32)
+        assert len(data) == len(splits[split]) and sorted(data.image_ids) == splits[split]
+    assert not list(work.rglob("*.tmp"))
+    # a rerun finds everything up to date, and the skipped files stay out of the same split
+    stamps = {p: p.stat().st_mtime_ns for p in work.rglob("*") if p.is_file()}
+    again = prepare(images, csv_path, work, size=32, val=0.2, test=0.2)
+    assert not again.cache_written and again.problems == result.problems
+    assert stamps == {p: p.stat().st_mtime_ns for p in work.rglob("*") if p.is_file()}
+
+
+def test_a_failed_prepare_leaves_nothing_behind(tmp_path):
+    images = tmp_path / "images"
+    images.mkdir()
+    write_dicom(images / "nopix.dcm", chest_like(64), pixel_data=False)
+    write_dicom(images / "small.dcm", chest_like(32), Rows=64)
+    (tmp_path / "a.csv").write_text("ImageId,EncodedPixels\nnopix,-1\nsmall,-1\n")
+    work = tmp_path / "w"
+    with pytest.raises(ValueError, match="none of the 2 images could be read"):
+        prepare(images, tmp_path / "a.csv", work, size=32)
+    assert [p.name for p in work.rglob("*") if p.is_file()] == []
+
+
+def test_out_that_is_a_file_is_a_one_line_usage_error(siim_folder, tmp_path, capsys):
+    images, csv_path, _ = siim_folder
+    (tmp_path / "taken").write_text("x")
+    args = ["prepare", "--images", str(images), "--annotations", str(csv_path)]
+    with pytest.raises(SystemExit) as exit_info:
+        main([*args, "--out", str(tmp_path / "taken")])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "error: --out" in err and "is a file" in err and len(err.strip().splitlines()) == 1
+
+
+def test_cli_exit_code_1_when_files_were_skipped(siim_folder, tmp_path, capsys):
+    images, csv_path, _ = siim_folder
+    write_dicom(images / "nopix.dcm", chest_like(64), pixel_data=False)
+    with csv_path.open("a") as f:
+        f.write("nopix, -1\n")
+    args = ["prepare", "--images", str(images), "--annotations", str(csv_path)]
+    with pytest.raises(SystemExit) as exit_info:
+        main([*args, "--out", str(tmp_path / "w"), "--size", "32"])
+    assert exit_info.value.code == 1
+    out = capsys.readouterr().out
+    assert "1 skipped" in out and "nopix.dcm" in out

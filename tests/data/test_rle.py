@@ -9,7 +9,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from ptxseg.data.rle import detect_encoding, read_annotations, rle_decode, rle_encode, rles_to_mask
+from ptxseg.data.rle import (
+    check_rle,
+    detect_encoding,
+    read_annotations,
+    rle_decode,
+    rle_encode,
+    rles_to_mask,
+)
 
 # A 3 (rows) x 4 (columns) mask. Column-major order walks down each column:
 # flat index = column * 3 + row.
@@ -171,6 +178,113 @@ def test_not_an_annotation_csv(tmp_path, content, message):
 def test_missing_file(tmp_path):
     with pytest.raises(FileNotFoundError, match="not found"):
         read_annotations(tmp_path / "nope.csv")
+
+
+@pytest.mark.parametrize(
+    "row, message",
+    [
+        ("1.2.3, 5 2 7", "odd number of values"),
+        ("1.2.3, 5 0", "run 0 has length 0"),
+        ("1.2.3, 99999999999999999999999 1", "larger than any image"),
+    ],
+)
+def test_bad_rle_rows_name_the_line_and_image_id_when_the_csv_is_read(tmp_path, row, message):
+    path = tmp_path / "train-rle.csv"
+    path.write_text(f"ImageId, EncodedPixels\n1.2.1, -1\n1.2.2, 0 3\n{row}\n")
+    with pytest.raises(ValueError, match=rf"train-rle.csv, line 4, ImageId 1.2.3: .*{message}"):
+        read_annotations(path)
+
+
+def test_annotations_remember_where_each_string_came_from(tmp_path):
+    path = tmp_path / "a.csv"
+    path.write_text("ImageId,EncodedPixels\na,-1\nb,0 3\nc,1 1\nb,10 2\n")
+    table = read_annotations(path)
+    assert table == {"a": [], "b": ["0 3", "10 2"], "c": ["1 1"]}
+    assert table.where("b", 1) == f"{path}, line 5, ImageId b"
+    check_rle(table["b"][1], 4, 4)  # ends at pixel 12 of 16
+    with pytest.raises(ValueError, match="reach pixel 12 but a 3x3 image has 9 pixels"):
+        check_rle(table["b"][1], 3, 3)
+
+
+# --------------------------------------------------------- fuzzing: only ValueErrors, never hangs
+
+RLE_TOKENS = st.one_of(
+    st.integers(0, 70).map(str),
+    st.sampled_from(["-1", "-5", "0", "1e3", "x", "99999999999999999999", "", "  ", "\t"]),
+)
+CSV_CELLS = st.one_of(
+    st.lists(RLE_TOKENS, max_size=8).map(" ".join),
+    st.text(max_size=12),
+    st.sampled_from(["-1", " -1", "", '"', '"0 1"', "0 1,2", "\x00"]),
+)
+CSV_ROWS = st.lists(
+    st.tuples(st.sampled_from(["a", "b", " c", "", "ImageId", "\ufeffa"]), CSV_CELLS), max_size=6
+)
+
+
+def _csv_text(rows, header: str, sep: str) -> str:
+    return header + "".join(f"{image_id}{sep}{rle}\n" for image_id, rle in rows)
+
+
+def _check_failure(err: BaseException, path) -> None:
+    """A failure is a ValueError (or FileNotFoundError) whose message says where and what."""
+    assert isinstance(err, ValueError), f"{type(err).__name__}: {err}"
+    text = str(err)
+    assert len(text) > 20 and "Traceback" not in text, text
+
+
+@given(
+    rows=CSV_ROWS,
+    header=st.sampled_from(["", "ImageId,EncodedPixels\n", "ImageId, EncodedPixels\n", "\ufeff"]),
+    sep=st.sampled_from([",", ", ", ";", ",,"]),
+)
+def test_fuzz_csv_reader_raises_only_clear_value_errors(tmp_path_factory, rows, header, sep):
+    path = tmp_path_factory.mktemp("csv") / "fuzz.csv"
+    path.write_text(_csv_text(rows, header, sep), encoding="utf-8")
+    try:
+        table = read_annotations(path)
+    except ValueError as err:
+        _check_failure(err, path)
+        assert str(path) in str(err)
+        return
+    for image_id, rles in table.items():
+        for index, rle in enumerate(rles):
+            assert table.where(image_id, index).startswith(f"{path}, line ")
+            try:
+                mask = rle_decode(rle, 8, 8)
+            except ValueError as err:
+                _check_failure(err, path)
+                with pytest.raises(ValueError):
+                    check_rle(rle, 8, 8)
+                continue
+            check_rle(rle, 8, 8)
+            assert mask.shape == (8, 8)
+
+
+@given(data=st.binary(max_size=200))
+def test_fuzz_annotation_csv_bytes(tmp_path_factory, data):
+    path = tmp_path_factory.mktemp("csv") / "bytes.csv"
+    path.write_bytes(data)
+    try:
+        read_annotations(path)
+    except ValueError as err:
+        _check_failure(err, path)
+
+
+@given(
+    rle=st.lists(RLE_TOKENS, max_size=10).map(" ".join),
+    shape=st.tuples(st.integers(1, 9), st.integers(1, 9)),
+    encoding=st.sampled_from(["relative", "absolute"]),
+)
+def test_fuzz_rle_decode_raises_only_value_errors(rle, shape, encoding):
+    try:
+        mask = rle_decode(rle, *shape, encoding=encoding)
+    except ValueError as err:
+        _check_failure(err, None)
+        return
+    assert mask.shape == shape and mask.dtype == bool
+    again = rle_decode(rle_encode(mask, encoding), *shape, encoding=encoding)
+    assert again.tolist() == mask.tolist()
 
 
 # ------------------------------------------------------------------- real files

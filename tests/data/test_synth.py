@@ -254,7 +254,7 @@ def test_cli_writes_refuses_to_overwrite_and_overwrites(tmp_path, capsys):
     assert len(_dicoms(out)) == 3 and "3 with pneumothorax" in capsys.readouterr().out
     with pytest.raises(SystemExit) as done:
         main(args)
-    assert done.value.code == 1 and "--overwrite" in capsys.readouterr().out
+    assert done.value.code == 2 and "--overwrite" in capsys.readouterr().err
     with pytest.raises(SystemExit) as done:
         main([*args, "--overwrite", "--positive-fraction", "0"])
     assert done.value.code == 0

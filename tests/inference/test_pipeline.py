@@ -9,6 +9,7 @@ import cv2
 import numpy as np
 import pydicom
 import pytest
+from dicom_files import chest_like, tiny_bomb, write_dicom
 from predict_helpers import RegionModel, make_checkpoint
 
 from ptxseg.cli import main
@@ -111,3 +112,64 @@ def test_cli_on_real_dicoms_with_seg_and_sr(siim_real, tmp_path):
         assert report["source_sop_instance_uid"] == findings["seg_referenced_sop_instance_uid"]
         seg = pydicom.dcmread(findings["seg_file"])
         assert report["segmentation_sop_instance_uid"] == seg.SOPInstanceUID
+
+
+def test_header_warnings_stay_with_their_image_with_several_workers(tmp_path):
+    """With 4 decoding threads, each findings JSON lists its own file's warnings only."""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    ids = [f"ID_{i:09x}" for i in range(24)]
+    for i, image_id in enumerate(ids):
+        write_dicom(folder / f"{image_id}.dcm", chest_like(64, i), SOPInstanceUID=image_id)
+    for i in range(8):
+        write_dicom(folder / f"clean{i}.dcm", chest_like(64, i))
+    files = collect_inputs([folder])
+    result = predict_files(
+        Predictor(RegionModel(), batch_size=2), files, tmp_path / "out", workers=4, progress=False
+    )
+    assert result.errors == 0
+    for path in files:
+        findings = json.loads((tmp_path / "out" / "findings" / f"{path.stem}.json").read_text())
+        text = " ".join(findings.get("header_warnings", []))
+        assert [i for i in ids if i in text] == ([path.stem] if path.stem in ids else [])
+
+
+def test_cli_bomb_is_a_per_file_error_and_the_exit_code_is_1(tmp_path, capsys):
+    _pngs(tmp_path / "in", 2)
+    (tmp_path / "in" / "bomb.jpg").write_bytes(tiny_bomb("jpeg"))
+    ckpt = make_checkpoint(tmp_path / "m.ckpt", "resnet18", 64)
+    out = tmp_path / "out"
+    with pytest.raises(SystemExit) as done:
+        main(["predict", str(tmp_path / "in"), "-c", str(ckpt), "-o", str(out), "--workers", "2"])
+    assert done.value.code == 1
+    rows = {r["image_id"]: r for r in _rows(out / "summary.csv")}
+    assert [rows[i]["status"] for i in ("bomb", "img0", "img1")] == ["error", "ok", "ok"]
+    assert "30000x30000 pixels" in rows["bomb"]["error"]
+    assert "bomb.jpg" in capsys.readouterr().err
+    # a lower limit refuses the ordinary images too
+    with pytest.raises(SystemExit) as done:
+        main(
+            [
+                "predict",
+                str(tmp_path / "in" / "img0.png"),
+                "-c",
+                str(ckpt),
+                "-o",
+                str(tmp_path / "out2"),
+                "--max-megapixels",
+                "0.001",
+            ]
+        )
+    assert done.value.code == 1
+    assert "limit of 0.001 MP" in _rows(tmp_path / "out2" / "summary.csv")[0]["error"]
+
+
+def test_cli_out_that_is_a_file_is_a_usage_error(tmp_path, capsys):
+    _pngs(tmp_path / "in", 1)
+    (tmp_path / "taken.txt").write_text("x")
+    ckpt = make_checkpoint(tmp_path / "m.ckpt", "resnet18", 64)
+    with pytest.raises(SystemExit) as done:
+        main(["predict", str(tmp_path / "in"), "-c", str(ckpt), "-o", str(tmp_path / "taken.txt")])
+    assert done.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert "taken.txt is a file" in err and len(err.splitlines()) == 1

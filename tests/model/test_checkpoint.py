@@ -133,3 +133,19 @@ def test_load_model_errors_name_the_file(tmp_path):
     torch.save({"state_dict": {}}, foreign)
     with pytest.raises(ValueError, match="foreign.ckpt has no 'ptxseg' entry"):
         load_model(foreign)
+
+
+def test_checkpoint_errors_do_not_advise_an_unsafe_load(tmp_path):
+    """torch advises `weights_only=False` (which runs the file's code); ptxseg does not."""
+    import numpy as np
+
+    with_object = tmp_path / "object.ckpt"
+    torch.save({"state_dict": {}, "ptxseg": {}, "extra": np.zeros(3)}, with_object)
+    garbage = tmp_path / "garbage.ckpt"
+    garbage.write_bytes(b"not a checkpoint at all")
+    for path, reason in ((with_object, "holds a Python object"), (garbage, "not a PyTorch")):
+        with pytest.raises(ValueError) as info:
+            load_model(path)
+        text = str(info.value)
+        assert path.name in text and reason in text, text
+        assert "weights_only" not in text and "\n" not in text

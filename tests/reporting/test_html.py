@@ -234,3 +234,16 @@ def test_report_renders_in_chromium(demo, tmp_path):
         timeout=120,
     )
     assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 20_000
+
+
+def test_cli_report_on_a_folder_without_runs_is_an_error(tmp_path, capsys):
+    from ptxseg.cli import main
+
+    (tmp_path / "empty" / "sub").mkdir(parents=True)
+    (tmp_path / "empty" / "notes.txt").write_text("x")
+    with pytest.raises(SystemExit) as done:
+        main(["report", str(tmp_path / "empty")])
+    assert done.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert "nothing to report in" in err and "config.yaml" in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "empty" / "report.html").exists()

@@ -8,6 +8,7 @@ import io
 import logging
 import threading
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import cv2
@@ -15,7 +16,7 @@ import httpx
 import numpy as np
 import pydicom
 import pytest
-from dicom_files import chest_like, write_dicom
+from dicom_files import chest_like, replace_bytes, tiny_bomb, write_dicom
 from fastapi.testclient import TestClient
 from serve_helpers import (  # noqa: F401  (restore_library_loggers is autouse)
     BOX,
@@ -25,6 +26,7 @@ from serve_helpers import (  # noqa: F401  (restore_library_loggers is autouse)
     FakePrediction,
     FakePredictor,
     FakeSegRenderer,
+    LocalServer,
     restore_library_loggers,
 )
 
@@ -498,3 +500,123 @@ def test_real_siim_dicoms_get_findings_and_a_seg_without_identifiers_in_the_logs
     shown = caplog.text + "".join(str(w.message) for w in caught)
     for secret in filter(None, secrets):
         assert secret not in shown
+
+
+# --- hostile and broken uploads ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["jpeg", "png", "dicom"])
+def test_a_decompression_bomb_is_413_before_decoding(kind, tmp_path):
+    if kind == "dicom":
+        data = write_dicom(tmp_path / "b.dcm", chest_like(64), Rows=30000, Columns=30000)
+        data = data.read_bytes()
+    else:
+        data = tiny_bomb(kind)
+    client, predictor = make_client()
+    response = upload(client, data, name=f"bomb.{kind}")
+    assert response.status_code == 413, response.text
+    body = response.json()
+    assert body["code"] == "image_too_large" and "30000x30000 pixels" in body["detail"]
+    assert "60 megapixels" in body["detail"] and predictor.calls == 0
+    small_limit, _ = make_client(max_megapixels=0.001)
+    assert upload(small_limit, cv2.imencode(".png", chest_like(64))[1].tobytes()).status_code == 413
+    assert client.get("/v1/model").json()["max_megapixels"] == 60
+
+
+def test_malformed_pixel_spacing_is_answered_and_kept_out_of_the_log(tmp_path, caplog):
+    path = write_dicom(tmp_path / "sp.dcm", chest_like(64), jpeg=True)
+    replace_bytes(path, b"0.168\\0.168", b"abc-header ")
+    client, _ = make_client()
+    with caplog.at_level(logging.DEBUG):
+        response = upload(client, path.read_bytes())
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["input"]["pixel_spacing_mm"] is None
+    assert any("abc-header" in w for w in body["input"]["header_warnings"])
+    assert "abc-header" not in caplog.text and "Traceback" not in caplog.text
+
+
+class QuotingPredictor:
+    """Fails with a message that quotes a header value, as library errors often do."""
+
+    def predict(self, image, metadata):
+        raise ValueError(f"cannot use {metadata['PatientID']!r}")
+
+
+def test_internal_errors_log_the_type_and_frames_not_the_message(dicom_bytes, caplog):
+    client, _ = make_client(QuotingPredictor())
+    with caplog.at_level(logging.DEBUG):
+        response = upload(client, dicom_bytes)
+    assert response.status_code == 500
+    assert "ValueError" in caplog.text and "test_app.py" in caplog.text
+    assert PATIENT["PatientID"] not in caplog.text and PATIENT["PatientID"] not in response.text
+
+
+def test_a_client_that_disconnects_mid_upload_is_not_a_server_error(caplog):
+    app = create_app(FakePredictor(), ServeSettings(max_upload_mb=1))
+    sent = []
+    messages = iter(
+        [
+            {"type": "http.request", "body": b"\x00" * 1000, "more_body": True},
+            {"type": "http.disconnect"},
+        ]
+    )
+
+    async def receive():
+        return next(messages)
+
+    async def send(message):
+        sent.append(message)
+
+    for content_type in (b"application/dicom", b"multipart/form-data; boundary=xyz"):
+        scope = {
+            "type": "http",
+            "asgi": {"version": "3.0"},
+            "http_version": "1.1",
+            "method": "POST",
+            "scheme": "http",
+            "path": "/v1/predict",
+            "raw_path": b"/v1/predict",
+            "query_string": b"",
+            "root_path": "",
+            "headers": [(b"content-type", content_type), (b"host", b"test")],
+            "client": ("127.0.0.1", 1),
+            "server": ("127.0.0.1", 80),
+        }
+        messages = iter(
+            [
+                {"type": "http.request", "body": b"--xyz\r\n" + b"\x00" * 100, "more_body": True},
+                {"type": "http.disconnect"},
+            ]
+        )
+        sent.clear()
+        with caplog.at_level(logging.DEBUG):
+            asyncio.run(app(scope, receive, send))
+        assert sent[0]["status"] == 400
+        assert "code=client_disconnected" in caplog.text
+        assert "status=500" not in caplog.text and "Traceback" not in caplog.text
+        assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+def test_concurrent_uploads_get_only_their_own_header_warnings(tmp_path):
+    """Four inference threads, 48 uploads in flight from 12 clients: no warning crosses over."""
+    uids = [f"ID_{i:09x}" for i in range(16)]
+    files = {
+        uid: write_dicom(tmp_path / f"{uid}.dcm", chest_like(64, i), SOPInstanceUID=uid)
+        for i, uid in enumerate(uids)
+    }
+    files["clean"] = write_dicom(tmp_path / "clean.dcm", chest_like(64))
+    app = create_app(FakePredictor(), ServeSettings(workers=4), renderer=FakeSegRenderer())
+    jobs = [(name, path.read_bytes()) for name, path in files.items()] * 3
+
+    def send(url, job):
+        name, data = job
+        answer = httpx.post(f"{url}/v1/predict?include=none", files={"file": ("x", data)})
+        return name, answer.json()["input"]["header_warnings"]
+
+    with LocalServer(app) as url, ThreadPoolExecutor(12) as pool:
+        results = list(pool.map(lambda job: send(url, job), jobs))
+    assert len(results) == len(jobs)
+    for name, problems in results:
+        text = " ".join(problems)
+        assert [u for u in uids if u in text] == ([name] if name != "clean" else [])

@@ -239,8 +239,8 @@ def test_cli_rejects_mask_of_other_size(tmp_path, capsys):
     cv2.imwrite(str(tmp_path / "mask.png"), np.zeros((32, 32), np.uint8))
     out = tmp_path / "preview.png"
     args = ["augment-preview", "--image", str(tmp_path / "cxr.png"), "--out", str(out)]
-    assert _cli([*args, "--mask", str(tmp_path / "mask.png")]) == 1
-    assert "give the mask at the image's size" in capsys.readouterr().out
+    assert _cli([*args, "--mask", str(tmp_path / "mask.png")]) == 2
+    assert "give the mask at the image's size" in capsys.readouterr().err
     assert not out.exists()
 
 

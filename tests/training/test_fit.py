@@ -4,6 +4,7 @@ import csv
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -287,3 +288,78 @@ def test_overfits_a_handful_of_images(tmp_path):
     run = fit(config, data, data)
     summary = json.loads((run / "train_summary.json").read_text())
     assert summary["best_val_dice"] > 0.9
+
+
+# --- command-line mistakes: one line, exit code 2, nothing written ---
+
+
+def _train_cli(args: list[str]) -> int:
+    from ptxseg.cli import main
+
+    try:
+        main(
+            ["train", "--no-progress", "--encoder", "resnet18", "--encoder-weights", "none", *args]
+        )
+    except SystemExit as exit_:
+        return int(exit_.code or 0)
+    return 0
+
+
+@pytest.mark.parametrize(
+    "value, message",
+    [
+        (
+            "0.01",
+            "--limit-batches 0.01 keeps none of the 2 training batches per epoch: use at least 0.5",
+        ),
+        ("-1", "'trainer.limit_batches' = -1.0: expected a fraction of the batches in (0, 1]"),
+        ("0", "'trainer.limit_batches' = 0.0: expected a fraction"),
+        ("2.5", "'trainer.limit_batches' = 2.5: expected"),
+    ],
+)
+def test_cli_bad_limit_batches_is_a_one_line_error(tiny_work, tmp_path, capsys, value, message):
+    out = tmp_path / "run"
+    args = ["--data", str(tiny_work), "--size", "64", "--epochs", "1", "--batch-size", "8"]
+    assert _train_cli([*args, f"--limit-batches={value}", "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1, err
+    assert not out.exists()  # no config.yaml, no train_summary.json naming a missing checkpoint
+
+
+def test_cli_trains_at_the_one_cached_size(tiny_work, tmp_path, capsys):
+    out = tmp_path / "run"
+    args = ["--data", str(tiny_work), "--epochs", "1", "--limit-batches", "1", "--out", str(out)]
+    assert _train_cli(args) == 0  # the default config says 256; the work folder holds 64
+    assert "training at 64 px, the size cached in" in capsys.readouterr().out
+    assert load_config(out / "config.yaml").data.size == 64
+    summary = json.loads((out / "train_summary.json").read_text())
+    assert (out / summary["best_checkpoint"]).is_file()
+
+
+def test_cli_with_several_cached_sizes_names_them(tiny_work, tmp_path, capsys):
+    work = tmp_path / "work"
+    shutil.copytree(tiny_work, work)
+    (work / "cache" / "128").mkdir()
+    assert _train_cli(["--data", str(work), "--out", str(tmp_path / "run")]) == 2
+    assert "has caches at 64, 128 px, not at the configured 256: choose one with --size" in (
+        capsys.readouterr().err
+    )
+
+
+def test_a_resumed_run_ends_with_the_weights_of_a_run_that_went_straight_through(
+    tiny_work, tmp_path
+):
+    """Each epoch's augmentations are seeded from (seed, rank, epoch): a crash costs time only."""
+    options = {
+        "data.work": str(tiny_work),
+        "data.aug": "full",
+        "trainer.seed": 5,
+        "trainer.limit_batches": 2,
+    }
+    straight = fit(tiny_config(tmp_path / "straight", **options, **{"trainer.epochs": 2}))
+    fit(tiny_config(tmp_path / "resumed", **options))
+    resumed = tmp_path / "resumed"
+    fit(load_config(resumed / "config.yaml", {"trainer.resume": True, "trainer.epochs": 2}))
+    a = torch.load(straight / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
+    b = torch.load(resumed / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

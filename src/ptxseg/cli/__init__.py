@@ -4,6 +4,9 @@ Each module below registers its commands on the shared `app`; heavy imports (tor
 the commands so that `ptxseg --help` stays instant.
 """
 
+import sys
+import traceback
+
 from ptxseg.cli import (  # noqa: F401  (importing registers the commands)
     augment,
     data,
@@ -15,12 +18,20 @@ from ptxseg.cli import (  # noqa: F401  (importing registers the commands)
     synth,
     train,
 )
-from ptxseg.cli.app import app
+from ptxseg.cli.app import EXIT_INTERNAL, app
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Console entry point; `argv` lets tests call the CLI in-process."""
-    app(args=argv, prog_name="ptxseg")
+    """Console entry point; `argv` lets tests call the CLI in-process.
+
+    An exception that no command turned into a message is a bug, not a failed input: its
+    traceback is printed and the exit code is 3, so that 1 keeps meaning "some inputs failed".
+    """
+    try:
+        app(args=argv, prog_name="ptxseg")
+    except Exception:
+        traceback.print_exc()
+        sys.exit(EXIT_INTERNAL)
 
 
 __all__ = ["app", "main"]

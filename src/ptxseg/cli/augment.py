@@ -4,7 +4,7 @@ from pathlib import Path
 
 import typer
 
-from ptxseg.cli.app import app
+from ptxseg.cli.app import app, fail
 
 
 @app.command("augment-preview")
@@ -37,8 +37,7 @@ def augment_preview(
 
     console = Console()
     if mask is not None and image is None:
-        console.print("[red]error:[/red] --mask needs --image (the radiograph it belongs to)")
-        raise typer.Exit(code=1)
+        fail("--mask needs --image (the radiograph it belongs to)")
     try:
         if image is None:
             pixels, region = synthetic_pair(size=size, seed=seed)
@@ -46,6 +45,5 @@ def augment_preview(
             pixels, region = load_pair(image, mask, size)
         path = plot_preview(pixels, region, out, n=n, seed=seed, size=size)
     except (ImageReadError, ValueError, OSError) as error:
-        console.print(f"[red]error:[/red] {error}")
-        raise typer.Exit(code=1) from None
+        fail(str(error))
     console.print(f"wrote {path}")

@@ -9,16 +9,10 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from ptxseg.cli.app import app
+from ptxseg.cli.app import EXIT_INPUTS_FAILED, app, fail
 from ptxseg.progress import progress_bar
 
 console = Console()
-
-
-def fail(message: str) -> None:
-    """Print a user error in red and exit with status 2 (no traceback)."""
-    console.print(f"[red]error:[/red] {message}")
-    raise typer.Exit(2)
 
 
 @app.command()
@@ -36,8 +30,14 @@ def prepare(
     rle_encoding: str = typer.Option(
         "auto", help="auto (detect from the CSV), relative (SIIM) or absolute."
     ),
+    max_megapixels: float = typer.Option(
+        60.0, help="Skip images whose header claims more pixels (decompression bombs)."
+    ),
 ) -> None:
     """Join DICOMs with annotations; write manifest, seeded split and resized array cache.
+
+    Unreadable or inconsistent files are skipped and listed with their reason in
+    OUT/unmatched.json; the exit code is then 1.
 
     Example: ptxseg prepare --images siim/dicom-images-train --annotations siim/train-rle.csv
     --out work --size 256
@@ -47,9 +47,19 @@ def prepare(
     try:
         with progress_bar(console=console) as progress:
             result = run_prepare(
-                images, annotations, out, size, seed, val, test, workers, rle_encoding, progress
+                images,
+                annotations,
+                out,
+                size,
+                seed,
+                val,
+                test,
+                workers,
+                rle_encoding,
+                progress,
+                max_pixels=int(max_megapixels * 1e6),
             )
-    except (ValueError, FileNotFoundError) as err:
+    except (ValueError, FileNotFoundError, FileExistsError) as err:
         fail(str(err))
     table = Table(title=f"{out} ({size}px, {result.encoding} RLE)")
     for column in ("split", "images", "positive", "positive share"):
@@ -64,8 +74,12 @@ def prepare(
                 f"[yellow]{len(items)} {key.replace('_', ' ')}[/yellow] "
                 f"(listed in {out}/unmatched.json)"
             )
+    for item in result.problems.get("skipped", [])[:20]:
+        console.print(f"[yellow]skipped[/yellow] {item['file']}: {item['reason']}", soft_wrap=True)
     if not result.cache_written:
         console.print("cache already up to date; nothing rewritten")
+    if result.problems.get("skipped"):
+        raise typer.Exit(EXIT_INPUTS_FAILED)  # listed above and in unmatched.json
 
 
 @app.command("benchmark-data")

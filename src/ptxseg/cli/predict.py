@@ -9,7 +9,7 @@ from pathlib import Path
 import typer
 
 from ptxseg.cli import options
-from ptxseg.cli.app import app
+from ptxseg.cli.app import EXIT_INPUTS_FAILED, app, fail
 
 
 def stored_operating_point(checkpoint: Path):
@@ -67,10 +67,16 @@ def predict(
     int8_calibration: int = typer.Option(
         8, help="int8: calibrate on this many of the (unsharded, sorted) inputs."
     ),
+    max_megapixels: float = typer.Option(
+        60.0, help="Refuse images whose header claims more pixels (decompression bombs)."
+    ),
 ) -> None:
     """Predict masks, overlays and findings for chest X-rays; write summary and submission CSVs.
 
-    Example: ptxseg predict scans/ --checkpoint best.ckpt --out results/ --seg --sr
+    Exit code 0 when every input was predicted, 1 when some failed (listed, and in summary.csv),
+    2 for a usage error.
+
+    Example: ptxseg predict scans/ --checkpoint runs/r50/model --out results/ --seg --sr
     """
     from rich.console import Console
 
@@ -84,15 +90,17 @@ def predict(
     # Invalid header values are frequent in real data; each image's findings JSON lists them.
     warnings.filterwarnings("ignore", category=DicomHeaderWarning)
     warnings.filterwarnings("ignore", category=InvalidSourceUIDWarning)
+    if out.exists() and not out.is_dir():
+        fail(f"--out {out} is a file: expected an output folder (new, or an earlier run's)")
+    if max_megapixels <= 0:
+        fail(f"--max-megapixels {max_megapixels:g}: expected a positive number, e.g. 60")
     try:
         index, count = parse_shard(shard)
         files = collect_inputs(inputs)
     except (ValueError, FileNotFoundError) as err:
-        raise typer.BadParameter(str(err)) from None
+        fail(str(err))
     if not files:
-        raise typer.BadParameter(
-            f"no DICOM, PNG or JPEG files found in {', '.join(map(str, inputs))}"
-        )
+        fail(f"no DICOM, PNG or JPEG files found in {', '.join(map(str, inputs))}")
     calibration = None
     if precision == "int8":
         calibration = _calibration_images(files[:int8_calibration])
@@ -132,6 +140,7 @@ def predict(
         skip_existing=not overwrite,
         shard_index=index,
         shard_count=count,
+        max_pixels=int(max_megapixels * 1e6),
     )
     positives = sum(1 for r in result.rows if str(r.get("pneumothorax")) == "True")
     console.print(
@@ -140,7 +149,9 @@ def predict(
     )
     for row in result.rows:
         if row["status"] == "error":
-            console.print(f"[yellow]error[/yellow] {row['file']}: {row['error']}")
+            console.print(f"[yellow]error[/yellow] {row['file']}: {row['error']}", soft_wrap=True)
+    if result.errors:
+        raise typer.Exit(EXIT_INPUTS_FAILED)  # listed above and in summary.csv
 
 
 def _calibration_images(files):

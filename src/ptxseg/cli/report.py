@@ -5,7 +5,7 @@ from pathlib import Path
 
 import typer
 
-from ptxseg.cli.app import app
+from ptxseg.cli.app import app, fail
 
 
 def _num(value) -> str:
@@ -86,10 +86,16 @@ def report(
     out: Path = typer.Option(None, help="Folder for report.html (default: FOLDER itself)."),
 ) -> None:
     """One self-contained HTML report: setup, metrics, curves, panels, ROC, benchmark, ablation."""
-    from ptxseg.reporting.html import write_report
+    from ptxseg.reporting.html import discover, write_report
 
     if not folder.is_dir():
-        raise typer.BadParameter(f"{folder} is not a folder", param_hint="FOLDER")
+        fail(f"{folder} is not a folder: expected a run, grid or benchmark folder")
+    if not any(discover(folder).values()):
+        fail(
+            f"nothing to report in {folder}: expected a run folder (config.yaml + metrics.csv, "
+            "from `ptxseg train`), a grid folder (ablation.csv, from `ptxseg ablate`) or a "
+            "benchmark folder (benchmark.csv), or a folder holding them (up to 3 levels down)"
+        )
     path = write_report(folder, out)
     typer.echo(f"wrote {path}")
 

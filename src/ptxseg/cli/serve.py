@@ -29,6 +29,12 @@ def serve(
     max_upload_mb: float = typer.Option(
         50.0, min=0.001, help="Largest accepted upload in MB; larger ones get HTTP 413."
     ),
+    max_megapixels: float = typer.Option(
+        60.0,
+        min=0.001,
+        help="Largest image a header may claim, in megapixels; larger ones get HTTP 413 "
+        "before any decoding (decompression bombs).",
+    ),
     keep_uploads: Path | None = typer.Option(
         None, help="Keep a copy of each upload here, named by request id (default: keep nothing)."
     ),
@@ -50,7 +56,10 @@ def serve(
             err=True,
         )
     settings = ServeSettings(
-        max_upload_mb=max_upload_mb, workers=workers, keep_uploads=keep_uploads
+        max_upload_mb=max_upload_mb,
+        max_megapixels=max_megapixels,
+        workers=workers,
+        keep_uploads=keep_uploads,
     )
     try:
         application = load_app(checkpoint, settings, runtime, device, precision, tta)

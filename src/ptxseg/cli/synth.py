@@ -4,7 +4,7 @@ from pathlib import Path
 
 import typer
 
-from ptxseg.cli.app import app
+from ptxseg.cli.app import app, fail
 
 
 @app.command("synth")
@@ -51,8 +51,7 @@ def synth(
             conspicuity=conspicuity,
         )
     except (FileExistsError, ValueError) as error:
-        console.print(f"[red]error:[/red] {error}")
-        raise typer.Exit(code=1) from None
+        fail(str(error))
     console.print(
         f"wrote {summary['n_images']} images ({summary['n_positive']} with pneumothorax, "
         f"{summary['n_regions']} regions, {summary['n_patients']} patients) at {size}px:\n"

@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
-from ptxseg.cli.app import app
+from ptxseg.cli.app import app, fail
 
 console = Console()
 
@@ -46,17 +46,12 @@ OVERRIDES = {
 }
 
 
-def _fail(message: str) -> None:
-    console.print(f"[red]error:[/red] {message}")
-    raise typer.Exit(2)
-
-
 def _parse_set(items: list[str]) -> dict[str, str]:
     values = {}
     for item in items:
         key, sep, value = item.partition("=")
         if not sep:
-            _fail(f"--set {item!r}: expected section.key=value, e.g. --set optim.lr_factor=0.3")
+            fail(f"--set {item!r}: expected section.key=value, e.g. --set optim.lr_factor=0.3")
         values[key.strip()] = value.strip()
     return values
 
@@ -135,23 +130,48 @@ def train(
     try:
         resolved = load_config(base, overrides)
         if not resolved.data.work:
-            _fail("no training data: pass --data WORK (a folder written by `ptxseg prepare`)")
+            fail("no training data: pass --data WORK (a folder written by `ptxseg prepare`)")
         if out is None and base is None:
-            _fail("no run folder: pass --out runs/NAME")
+            fail("no run folder: pass --out runs/NAME")
+        if "data.size" not in overrides and not resume:
+            resolved = _cached_size(resolved)
         run_dir = fit(resolved)
     except (ValueError, FileNotFoundError, FileExistsError, EncoderWeightsError) as error:
-        _fail(str(error))
+        fail(str(error))
     import json
 
     summary_path = run_dir / "train_summary.json"
-    if summary_path.is_file():
-        s = json.loads(summary_path.read_text())
+    s = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
+    if s.get("best_val_dice") is not None:
         console.print(
             f"[green]done[/green]: {run_dir} — best val Dice {s['best_val_dice']:.4f} at epoch "
             f"{s['best_epoch']}, competition Dice {s['best_val_competition_dice']:.4f} "
             f"(all-empty baseline {s['empty_baseline_val']['competition_dice']:.4f}), "
             f"{s['train_images_per_s']} images/s"
         )
+
+
+def _cached_size(config):
+    """The config with the one size cached in its work folder, when it asked for another.
+
+    The size came from a preset or the default, not from --size: with one cached size that size
+    is used (and said); with several the error lists them."""
+    from ptxseg.config import apply_overrides
+    from ptxseg.data.dataset import available_sizes
+
+    sizes = available_sizes(config.data.work)
+    if not sizes or config.data.size in sizes:
+        return config
+    if len(sizes) > 1:
+        fail(
+            f"{config.data.work} has caches at {', '.join(map(str, sizes))} px, not at the "
+            f"configured {config.data.size}: choose one with --size"
+        )
+    console.print(
+        f"training at {sizes[0]} px, the size cached in {config.data.work} "
+        f"(the config says {config.data.size}; --size or `ptxseg prepare --size` for another)"
+    )
+    return apply_overrides(config, {"data.size": sizes[0]})
 
 
 @app.command("benchmark-training")
@@ -179,7 +199,7 @@ def benchmark_training(
 
     names = [e.strip() for e in encoders.split(",") if e.strip()]
     if not names:
-        _fail("--encoders is empty: give names such as resnet50,efficientnet-b0")
+        fail("--encoders is empty: give names such as resnet50,efficientnet-b0")
 
     def show(row: dict) -> None:
         text = row.get("error") or (

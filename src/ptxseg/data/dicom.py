@@ -3,8 +3,16 @@
 The SIIM files are 8-bit JPEG Baseline DICOMs; those are decoded with OpenCV's libjpeg-turbo,
 several times faster than pydicom's plugins and within one gray level of them. Everything else
 (12-16 bit, rescale, VOI LUT or windowing, MONOCHROME1, JPEG Lossless / 2000) goes through pydicom.
-Invalid header values that occur in the real data (SOPInstanceUID `ID_...`, empty IDs, age `152`)
-are read with a `DicomHeaderWarning`; unreadable files raise `ImageReadError` naming the file.
+
+Every reader checks the pixel count that the header claims (DICOM Rows x Columns and the size in
+an encapsulated frame, PNG and JPEG headers) against `max_pixels` before any decoding, so a tiny
+file that claims 30000 x 30000 pixels is refused in microseconds (`ImageTooLargeError`).
+
+Invalid header values that occur in the real data (SOPInstanceUID `ID_...`, empty IDs, age `152`,
+a PixelSpacing that is not a number) are collected per image into `metadata["HeaderWarnings"]`
+and announced with one `DicomHeaderWarning`; the values are read from the dataset itself, never
+captured from the process-wide warnings machinery, so threads never see each other's warnings.
+Unreadable files raise `ImageReadError` naming the file.
 """
 
 from __future__ import annotations
@@ -19,19 +27,35 @@ import cv2
 import numpy as np
 import pydicom
 from pydicom.encaps import generate_frames
-from pydicom.errors import InvalidDicomError
 from pydicom.pixels import apply_modality_lut, apply_voi_lut
+from pydicom.tag import Tag
+from pydicom.uid import UID
+
+from ptxseg.data.codestream import PNG_SIGNATURE, png_chunks_fit, stream_size
 
 JPEG_BASELINE = "1.2.840.10008.1.2.4.50"
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 DICOM_SUFFIXES = (".dcm", ".dicom")
 MAX_PLAUSIBLE_AGE = 120
+# The largest radiography detectors give about 4300 x 4300 = 18.5 MP; 60 MP leaves room for
+# stitched long-length images and refuses what would take gigabytes to decode.
+DEFAULT_MAX_PIXELS = 60_000_000
+VALID_UID = re.compile(r"[0-9]+(\.[0-9]+)*")
+PIXEL_DATA = Tag("PixelData")
 
 Source = str | Path | bytes
 
 
 class ImageReadError(ValueError):
     """A file that cannot be read as a chest X-ray; the message names the file and the reason."""
+
+
+class ImageTooLargeError(ImageReadError):
+    """The header claims more pixels than the reader's limit; nothing was decoded."""
+
+    def __init__(self, message: str, height: int, width: int, limit: int):
+        super().__init__(message)
+        self.height, self.width, self.limit = height, width, limit
 
 
 class DicomHeaderWarning(UserWarning):
@@ -44,46 +68,65 @@ def _name(source: Source, name: str | None) -> str:
     return "<uploaded bytes>" if isinstance(source, bytes) else str(source)
 
 
+def megapixels(n: int) -> str:
+    return f"{n / 1e6:.3g} MP"
+
+
+def check_pixel_count(label: str, height: int, width: int, max_pixels: int, where: str) -> None:
+    """Raise ImageTooLargeError when `where` (a header) claims more than `max_pixels` pixels."""
+    if height * width > max_pixels:
+        raise ImageTooLargeError(
+            f"{label}: {where} claims {height}x{width} pixels ({megapixels(height * width)}), "
+            f"more than the limit of {megapixels(max_pixels)}; nothing was decoded. A chest "
+            "X-ray has at most about 20 MP: check the file, or raise the limit (--max-megapixels)",
+            height,
+            width,
+            max_pixels,
+        )
+
+
 def is_dicom_bytes(head: bytes) -> bool:
     """True when the bytes start like a DICOM Part 10 file (128-byte preamble, then `DICM`)."""
     return len(head) >= 132 and head[128:132] == b"DICM"
 
 
-def read_dicom(source: Source, name: str | None = None) -> tuple[np.ndarray, dict[str, Any]]:
+def read_dicom(
+    source: Source, name: str | None = None, max_pixels: int = DEFAULT_MAX_PIXELS
+) -> tuple[np.ndarray, dict[str, Any]]:
     """Read a DICOM file (path or bytes) into a float32 (H, W) image in [0, 1] and its metadata."""
     label = _name(source, name)
     fp: str | BinaryIO = io.BytesIO(source) if isinstance(source, bytes) else str(source)
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        try:
-            ds = pydicom.dcmread(fp)
-        except FileNotFoundError:
-            raise ImageReadError(f"{label}: file not found") from None
-        except (InvalidDicomError, EOFError, OSError, ValueError, KeyError) as err:
+    try:  # pydicom parses elements when they are first used: damage shows up anywhere here
+        ds = pydicom.dcmread(fp)
+        if PIXEL_DATA not in ds:
             raise ImageReadError(
-                f"{label} is not a readable DICOM file ({err}); "
-                "expected a DICOM Part 10 chest X-ray"
-            ) from None
-        if "PixelData" not in ds:
-            raise ImageReadError(
-                f"{label} has no pixel data (SOP class {ds.get('SOPClassUID', 'unknown')}): "
-                "expected a DICOM image such as a CR or DX chest radiograph"
+                f"{label} has no pixel data (SOP class {_text(ds, 'SOPClassUID') or 'unknown'}): "
+                "expected a DICOM image such as a CR or DX chest radiograph; a truncated file "
+                "also ends before its pixel data"
             )
-        meta = _metadata(ds, label)
-        try:
-            image = _pixels(ds)
-        except Exception as err:  # decoders raise many types; the user needs the file name
-            raise ImageReadError(
-                f"{label}: cannot decode the pixel data ({meta['TransferSyntaxUID']}): {err}. "
-                "The file may be corrupt, or need a decoder plugin "
-                "(pip install pylibjpeg pylibjpeg-libjpeg pylibjpeg-openjpeg)"
-            ) from None
-    problems = meta["HeaderWarnings"] + [
-        str(w.message).split(". Please see")[0]
-        for w in caught
-        if issubclass(w.category, UserWarning)
-    ]
-    meta["HeaderWarnings"] = list(dict.fromkeys(problems))
+        meta = read_header(ds, label)
+        syntax = meta["TransferSyntaxUID"] or ""
+        check_pixel_count(label, meta["Rows"], meta["Columns"], max_pixels, "the header")
+        frame = _first_frame(ds, label) if _is_encapsulated(syntax) else None
+    except ImageReadError:
+        raise
+    except FileNotFoundError:
+        raise ImageReadError(f"{label}: file not found") from None
+    except Exception as err:  # the parser raises many types on damaged files
+        raise ImageReadError(
+            f"{label} is not a readable DICOM file ({_reason(err)}); "
+            "expected a DICOM Part 10 chest X-ray"
+        ) from None
+    if frame is not None:
+        _check_frame(frame, meta, label, max_pixels)
+    try:
+        image = _pixels(ds, frame, meta)
+    except Exception as err:  # decoders raise many types; the user needs the file name
+        raise ImageReadError(
+            f"{label}: cannot decode the pixel data ({syntax}): {_reason(err)}. "
+            "The file may be corrupt, or need a decoder plugin "
+            "(pip install pylibjpeg pylibjpeg-libjpeg pylibjpeg-openjpeg)"
+        ) from None
     if meta["HeaderWarnings"]:
         warnings.warn(
             f"{label}: read despite invalid header values: {'; '.join(meta['HeaderWarnings'])}",
@@ -93,15 +136,55 @@ def read_dicom(source: Source, name: str | None = None) -> tuple[np.ndarray, dic
     return image, meta
 
 
-def _pixels(ds: pydicom.Dataset) -> np.ndarray:
-    syntax = str(ds.file_meta.get("TransferSyntaxUID", ""))
+def _reason(err: BaseException) -> str:
+    """A decoder's own message when it is meant for people, else a plain description."""
+    text = str(err).split("\n")[0].strip()
+    if isinstance(err, ValueError | RuntimeError | NotImplementedError | OSError | EOFError) and (
+        text and "not supported between" not in text and "object has no attribute" not in text
+    ):
+        return text[:300]
+    return "the header and the pixel data do not agree"
+
+
+def _is_encapsulated(syntax: str) -> bool:
+    try:
+        return bool(syntax) and UID(syntax).is_encapsulated
+    except ValueError:  # not a known transfer syntax: pydicom decides when decoding
+        return False
+
+
+def _first_frame(ds: pydicom.Dataset, label: str) -> bytes:
+    try:
+        return next(generate_frames(ds.PixelData, number_of_frames=1))
+    except Exception as err:
+        raise ImageReadError(
+            f"{label}: the compressed pixel data cannot be split into frames ({_reason(err)}); "
+            "the file may be truncated or corrupt"
+        ) from None
+
+
+def _check_frame(frame: bytes, meta: dict[str, Any], label: str, max_pixels: int) -> None:
+    """The first compressed frame's own size: within the limit and equal to the header's."""
+    size = stream_size(frame)
+    if size is None:
+        return  # RLE Lossless and others carry no size of their own: Rows x Columns rule
+    check_pixel_count(label, *size, max_pixels, "the compressed frame")
+    if size != (meta["Rows"], meta["Columns"]):
+        raise ImageReadError(
+            f"{label}: the compressed frame is {size[0]}x{size[1]} pixels but the header says "
+            f"{meta['Rows']}x{meta['Columns']}: the file is inconsistent; re-export it"
+        )
+
+
+def _pixels(ds: pydicom.Dataset, frame: bytes | None, meta: dict[str, Any]) -> np.ndarray:
+    syntax = meta["TransferSyntaxUID"]
     bits = int(ds.get("BitsStored", 8))
-    photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2"))
+    photometric = meta["PhotometricInterpretation"] or "MONOCHROME2"
     plain = not any(k in ds for k in ("RescaleSlope", "VOILUTSequence", "WindowCenter"))
-    if syntax == JPEG_BASELINE and bits == 8 and int(ds.get("SamplesPerPixel", 1)) == 1 and plain:
-        frame = next(generate_frames(ds.PixelData, number_of_frames=1))
+    fast = syntax == JPEG_BASELINE and bits == 8 and int(ds.get("SamplesPerPixel", 1)) == 1
+    if fast and plain and frame is not None:
         decoded = cv2.imdecode(np.frombuffer(frame, np.uint8), cv2.IMREAD_GRAYSCALE)
-        if decoded is not None and decoded.shape == (ds.Rows, ds.Columns):
+        if decoded is not None and decoded.shape == (meta["Rows"], meta["Columns"]):
             if photometric == "MONOCHROME1":
                 decoded = 255 - decoded
             return np.multiply(decoded, np.float32(1 / 255), dtype=np.float32)
@@ -109,11 +192,12 @@ def _pixels(ds: pydicom.Dataset) -> np.ndarray:
 
 
 def _pixels_general(ds: pydicom.Dataset, bits: int, photometric: str) -> np.ndarray:
+    ds.pixel_array_options(index=0)  # multi-frame: decode the first frame only
     arr = ds.pixel_array
-    if arr.ndim == 3 and photometric.startswith("MONOCHROME"):
-        arr = arr[0]  # multi-frame: the first frame
-    elif arr.ndim == 3:
+    if arr.ndim == 3 and arr.shape[-1] in (3, 4) and not photometric.startswith("MONOCHROME"):
         arr = cv2.cvtColor(arr.astype(np.uint8), cv2.COLOR_RGB2GRAY)
+    if arr.ndim != 2:
+        raise ValueError(f"expected one grayscale frame, got pixel data of shape {arr.shape}")
     values = apply_modality_lut(arr, ds).astype(np.float32)
     has_voi = "VOILUTSequence" in ds or "WindowCenter" in ds
     if has_voi:
@@ -122,15 +206,38 @@ def _pixels_general(ds: pydicom.Dataset, bits: int, photometric: str) -> np.ndar
         low, high = 0.0, float(2**bits - 1)
     else:
         low, high = float(values.min()), float(values.max())
+    if not (np.isfinite(low) and np.isfinite(high)):
+        raise ValueError(
+            "the header's rescale or window values turn the pixels into values that are not "
+            "numbers (check RescaleSlope, RescaleIntercept, WindowCenter and WindowWidth)"
+        )
     image = (values - low) / max(high - low, 1e-6)
     image = np.clip(image, 0.0, 1.0, out=image)
     # MONOCHROME1 is inverted after the modality and VOI transforms, as the standard specifies.
     return 1.0 - image if photometric == "MONOCHROME1" else image
 
 
+def _raw_value(ds: pydicom.Dataset, keyword: str) -> Any:
+    """An element's value as stored (bytes for text), without pydicom's converting or warning."""
+    try:
+        element = ds.get_item(keyword)
+    except Exception:  # a damaged element reads as absent; the header check says so
+        return None
+    return None if element is None else element.value
+
+
 def _text(ds: pydicom.Dataset, keyword: str) -> str:
-    value = ds.get(keyword, "")
-    return "" if value is None else str(value).strip()
+    value = _raw_value(ds, keyword)
+    if value is None:
+        return ""
+    if isinstance(value, bytes):
+        value = value.decode("utf-8", "replace")
+    return str(value).strip(" \x00")
+
+
+def _int(ds: pydicom.Dataset, keyword: str, default: int = 0) -> int:
+    value = ds.get(keyword, default)
+    return int(value) if value not in (None, "") else default
 
 
 def parse_age(text: str) -> int | None:
@@ -141,27 +248,61 @@ def parse_age(text: str) -> int | None:
     return int(match.group(1))
 
 
-def _metadata(ds: pydicom.Dataset, label: str) -> dict[str, Any]:
+def parse_pixel_spacing(ds: pydicom.Dataset) -> tuple[list[float] | None, str | None]:
+    """(row, column) spacing in mm from PixelSpacing (else ImagerPixelSpacing), and a problem.
+
+    A value that is not two positive numbers gives (None, the reason): the image is still read,
+    only areas in cm² cannot be computed.
+    """
+    for keyword in ("PixelSpacing", "ImagerPixelSpacing"):
+        text = _text(ds, keyword)
+        if not text:
+            continue
+        parts = [p.strip() for p in text.split("\\")]
+        try:
+            values = [float(p) for p in parts]
+        except ValueError:
+            values = []
+        if len(values) == 2 and all(0 < v < 100 for v in values):
+            return values, None
+        return None, f"{keyword} {text[:40]!r} is not two positive numbers in mm; ignored"
+    return None, None
+
+
+def read_header(ds: pydicom.Dataset, label: str) -> dict[str, Any]:
+    """The metadata of a dataset: sizes, geometry, identifiers, and the problems found."""
+    try:
+        rows, columns = _int(ds, "Rows"), _int(ds, "Columns")
+        bits = _int(ds, "BitsStored")
+    except Exception:  # pydicom parses the element here and raises many types
+        raise ImageReadError(
+            f"{label}: Rows, Columns or BitsStored is not a number: the header is damaged"
+        ) from None
+    if rows <= 0 or columns <= 0:
+        raise ImageReadError(f"{label}: the header gives no image size (Rows x Columns)")
     problems: list[str] = []
     sop_uid = _text(ds, "SOPInstanceUID")
-    if sop_uid and not re.fullmatch(r"[0-9]+(\.[0-9]+)*", sop_uid):
-        problems.append(f"SOPInstanceUID {sop_uid!r} is not a valid UID")
-    for key in ("StudyInstanceUID", "SeriesInstanceUID", "PatientID"):
-        if not _text(ds, key):
+    for key in ("SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID", "PatientID"):
+        value = _text(ds, key)
+        if not value and key != "SOPInstanceUID":
             problems.append(f"{key} is empty")
+        elif value and key.endswith("UID") and not VALID_UID.fullmatch(value):
+            problems.append(f"{key} {value[:70]!r} is not a valid UID")
     age_text = _text(ds, "PatientAge")
     age = parse_age(age_text)
     if age is None and age_text:
         problems.append(f"PatientAge {age_text!r} is not a plausible age in years; ignored")
-    spacing = ds.get("PixelSpacing") or ds.get("ImagerPixelSpacing")
+    spacing, spacing_problem = parse_pixel_spacing(ds)
+    problems += [spacing_problem] if spacing_problem else []
     path_stem = Path(label).stem if not label.startswith("<") else ""
+    syntax = ds.file_meta.get("TransferSyntaxUID", None) if hasattr(ds, "file_meta") else None
     return {
         "ImageId": path_stem or sop_uid,
         "path": label,
         "source": "dicom",
-        "Rows": int(ds.get("Rows", 0)),
-        "Columns": int(ds.get("Columns", 0)),
-        "PixelSpacing": [float(s) for s in spacing] if spacing else None,
+        "Rows": rows,
+        "Columns": columns,
+        "PixelSpacing": spacing,
         "ViewPosition": _text(ds, "ViewPosition") or None,
         "PatientSex": _text(ds, "PatientSex") or None,
         "PatientAge": age,
@@ -171,17 +312,28 @@ def _metadata(ds: pydicom.Dataset, label: str) -> dict[str, Any]:
         "SOPInstanceUID": sop_uid or None,
         "Modality": _text(ds, "Modality") or None,
         "PhotometricInterpretation": _text(ds, "PhotometricInterpretation") or None,
-        "BitsStored": int(ds.get("BitsStored", 0)) or None,
-        "TransferSyntaxUID": str(ds.file_meta.get("TransferSyntaxUID", "")) or None,
-        "HeaderWarnings": problems,
+        "BitsStored": bits or None,
+        "TransferSyntaxUID": str(syntax) if syntax else None,
+        "HeaderWarnings": list(dict.fromkeys(problems)),
     }
 
 
-def _read_raster(data: bytes, label: str) -> tuple[np.ndarray, dict[str, Any]]:
+def _read_raster(data: bytes, label: str, max_pixels: int) -> tuple[np.ndarray, dict[str, Any]]:
+    size = stream_size(data)
+    if size is None or 0 in size:
+        raise ImageReadError(
+            f"{label} is not a readable image: expected a DICOM, PNG or JPEG chest X-ray"
+        )
+    check_pixel_count(label, *size, max_pixels, "the image header")
+    if data.startswith(PNG_SIGNATURE) and not png_chunks_fit(data):
+        raise ImageReadError(
+            f"{label} is a damaged or truncated PNG (a chunk runs past the end of the file)"
+        )
     array = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
     if array is None:
         raise ImageReadError(
-            f"{label} is not a readable image: expected a DICOM, PNG or JPEG chest X-ray"
+            f"{label} is not a readable image (damaged or truncated): expected a DICOM, PNG or "
+            "JPEG chest X-ray"
         )
     if array.ndim == 3:
         code = cv2.COLOR_BGRA2GRAY if array.shape[2] == 4 else cv2.COLOR_BGR2GRAY
@@ -202,7 +354,9 @@ def _read_raster(data: bytes, label: str) -> tuple[np.ndarray, dict[str, Any]]:
     return image, meta
 
 
-def read_image(source: Source, name: str | None = None) -> tuple[np.ndarray, dict[str, Any]]:
+def read_image(
+    source: Source, name: str | None = None, max_pixels: int = DEFAULT_MAX_PIXELS
+) -> tuple[np.ndarray, dict[str, Any]]:
     """Read a DICOM, PNG or JPEG (path or bytes) into a float32 (H, W) image in [0, 1]."""
     label = _name(source, name)
     if isinstance(source, bytes):
@@ -216,5 +370,5 @@ def read_image(source: Source, name: str | None = None) -> tuple[np.ndarray, dic
             raise ImageReadError(f"{label} is a folder, expected an image file") from None
     suffix = Path(label).suffix.lower()
     if is_dicom_bytes(data[:132]) or suffix in DICOM_SUFFIXES:
-        return read_dicom(data, name=label)
-    return _read_raster(data, label)
+        return read_dicom(data, name=label, max_pixels=max_pixels)
+    return _read_raster(data, label, max_pixels)

@@ -25,9 +25,24 @@ from rich.progress import Progress
 
 from ptxseg import atomic
 from ptxseg.data.dataset import ANNOTATIONS, MANIFEST, SPLITS, SPLITS_FILE, cache_dir, cache_paths
-from ptxseg.data.dicom import DicomHeaderWarning, ImageReadError, parse_age, read_dicom
+from ptxseg.data.dicom import (
+    DEFAULT_MAX_PIXELS,
+    DicomHeaderWarning,
+    ImageReadError,
+    check_pixel_count,
+    read_dicom,
+    read_header,
+)
 from ptxseg.data.preprocess import mask_to_model_size, to_model_input
-from ptxseg.data.rle import EMPTY, detect_encoding, read_annotations, rles_to_mask
+from ptxseg.data.rle import (
+    EMPTY,
+    Annotations,
+    check_rle,
+    detect_encoding,
+    read_annotations,
+    rles_to_mask,
+)
+from ptxseg.processes import die_with_parent
 
 MANIFEST_COLUMNS = (
     "image_id",
@@ -77,34 +92,55 @@ def find_dicoms(images: Path) -> list[Path]:
     return sorted(p for p in images.rglob("*") if p.suffix.lower() in (".dcm", ".dicom"))
 
 
-def _header(path: Path) -> pydicom.Dataset | None:
-    with warnings.catch_warnings():
+def _header(path: Path) -> tuple[pydicom.Dataset | None, str]:
+    """The header without the pixel data, or None and the reason it cannot be read."""
+    with warnings.catch_warnings():  # main thread only; the reasons go to unmatched.json
         warnings.simplefilter("ignore")
         try:
-            return pydicom.dcmread(path, stop_before_pixels=True)
-        except Exception:
-            return None
+            return pydicom.dcmread(path, stop_before_pixels=True), ""
+        except Exception as err:  # the parser raises many types on damaged files
+            return None, f"not a readable DICOM file ({type(err).__name__})"
+
+
+def _skip(problems: dict[str, list], path: Path | str, reason: str) -> None:
+    problems.setdefault("skipped", []).append({"file": str(path), "reason": reason})
 
 
 def join_images(
-    files: Sequence[Path], annotations: dict[str, list[str]], progress: Progress | None = None
+    files: Sequence[Path],
+    annotations: dict[str, list[str]],
+    progress: Progress | None = None,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
 ) -> tuple[list[Record], dict[str, list]]:
-    """Match files to annotations (ImageId = file stem, else the header's UIDs)."""
+    """Match files to annotations (ImageId = file stem, else the header's UIDs).
+
+    A file whose header cannot be read, or claims more than `max_pixels`, is listed in
+    `problems["skipped"]` with its reason; invalid header values of the files that are used (a
+    PixelSpacing that is not a number, an invalid UID) in `problems["header_warnings"]`.
+    """
     records: list[Record] = []
-    problems: dict[str, list] = {"images_without_annotations": [], "unreadable": []}
+    problems: dict[str, list] = {"images_without_annotations": [], "skipped": []}
     matched: set[str] = set()
     task = progress.add_task("reading headers", total=len(files)) if progress else None
     for path in files:
-        ds = _header(path)
+        ds, reason = _header(path)
         if progress is not None:
             progress.advance(task)
-        if ds is None or "Rows" not in ds:
-            problems["unreadable"].append(str(path))
+        try:
+            meta = read_header(ds, str(path)) if ds is not None else None
+            if meta is not None:
+                check_pixel_count(
+                    str(path), meta["Rows"], meta["Columns"], max_pixels, "the header"
+                )
+        except ImageReadError as err:
+            meta, reason = None, str(err).removeprefix(f"{path}: ")
+        if meta is None:
+            _skip(problems, path, reason)
             continue
         image_id = path.stem
         if image_id not in annotations:
             uids = (
-                str(ds.get("SOPInstanceUID", "")),
+                meta["SOPInstanceUID"] or "",
                 str(ds.file_meta.get("MediaStorageSOPInstanceUID", "")),
             )
             image_id = next((u for u in uids if u in annotations), image_id)
@@ -115,28 +151,46 @@ def join_images(
             problems.setdefault("duplicate_images", []).append(str(path))
             continue
         matched.add(image_id)
-        spacing = ds.get("PixelSpacing")
+        spacing = meta["PixelSpacing"]
         records.append(
             Record(
                 image_id=image_id,
                 path=path,
                 rles=annotations[image_id],
-                height=int(ds.Rows),
-                width=int(ds.Columns),
-                pixel_spacing=float(spacing[0]) if spacing else None,
-                view_position=str(ds.get("ViewPosition", "") or ""),
-                patient_sex=str(ds.get("PatientSex", "") or ""),
-                patient_age=_age(ds),
-                patient_id=str(ds.get("PatientID", "") or ""),
+                height=meta["Rows"],
+                width=meta["Columns"],
+                pixel_spacing=spacing[0] if spacing else None,
+                view_position=meta["ViewPosition"] or "",
+                patient_sex=meta["PatientSex"] or "",
+                patient_age="" if meta["PatientAge"] is None else str(meta["PatientAge"]),
+                patient_id=meta["PatientID"] or "",
             )
         )
+        if meta["HeaderWarnings"]:  # read anyway: SIIM's stage-2 files all have a few
+            problems.setdefault("header_warnings", {})[str(path)] = meta["HeaderWarnings"]
     problems["annotations_without_images"] = sorted(set(annotations) - matched)
     return records, problems
 
 
-def _age(ds: pydicom.Dataset) -> str:
-    age = parse_age(str(ds.get("PatientAge", "") or ""))
-    return "" if age is None else str(age)
+def check_masks(
+    records: Sequence[Record], annotations: Annotations, encoding: str, problems: dict
+) -> list[Record]:
+    """The records whose RLE strings fit their image; the others are skipped, naming the CSV
+    line and ImageId, before any image is decoded."""
+    kept = []
+    for r in records:
+        reason = ""
+        for index, rle in enumerate(r.rles):
+            try:
+                check_rle(rle, r.height, r.width, encoding)
+            except ValueError as err:
+                reason = f"{annotations.where(r.image_id, index)}: {err}"
+                break
+        if reason:
+            _skip(problems, r.path, reason)
+        else:
+            kept.append(r)
+    return kept
 
 
 # ---------------------------------------------------------------- the split
@@ -165,20 +219,24 @@ def make_split(records: Sequence[Record], seed: int, val: float, test: float) ->
     return {s: sorted(ids) for s, ids in out.items()}
 
 
-def load_or_make_split(
-    work: Path, records: Sequence[Record], seed: int, val: float, test: float
-) -> dict:
+def plan_split(work: Path, records: Sequence[Record], seed: int, val: float, test: float) -> dict:
+    """The saved split when it matches this run, else a new one; nothing is written here.
+
+    A saved split lists under "skipped" the images a previous run could not read; they stay out
+    of it, so a rerun gives the same split. Delete splits.json to split again from scratch.
+    """
     path = work / SPLITS_FILE
     ids = {r.image_id for r in records}
     if path.is_file():
         saved = json.loads(path.read_text())
         saved_ids = {i for s in SPLITS for i in saved[s]}
+        skipped = set(saved.get("skipped", {}))
         same_args = (saved["seed"], saved["val_fraction"], saved["test_fraction"]) == (
             seed,
             val,
             test,
         )
-        if saved_ids == ids and same_args:
+        if saved_ids <= ids and ids - saved_ids <= skipped and same_args:
             return saved
         raise ValueError(
             f"{path} holds a split of {len(saved_ids)} images (seed {saved['seed']}, val "
@@ -188,8 +246,18 @@ def load_or_make_split(
         )
     split = {"seed": seed, "val_fraction": val, "test_fraction": test}
     split.update(make_split(records, seed, val, test))
-    atomic.write_if_changed(path, json.dumps(split, indent=1) + "\n")
     return split
+
+
+def drop_from_split(split: dict, failed: dict[str, str]) -> dict:
+    """The split without the images that could not be read; they are listed under "skipped"."""
+    if not failed:
+        return split
+    out = dict(split)
+    for s in SPLITS:
+        out[s] = [i for i in split[s] if i not in failed]
+    out["skipped"] = dict(sorted({**split.get("skipped", {}), **failed}.items()))
+    return out
 
 
 # ---------------------------------------------------------------- the cache
@@ -197,16 +265,22 @@ def load_or_make_split(
 
 def _load_one(
     args: tuple[str, list[str], int, int, int, str],
-) -> tuple[np.ndarray, np.ndarray, int]:
-    """Decode one DICOM and its mask, resized to size x size (runs in a worker process)."""
+) -> tuple[np.ndarray, np.ndarray, int] | str:
+    """Decode one DICOM and its mask at size x size, or the reason it cannot be (in a worker)."""
     path, rles, height, width, size, encoding = args
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DicomHeaderWarning)
-        warnings.simplefilter("ignore", UserWarning)
-        image, _ = read_dicom(path)
-    if image.shape != (height, width):
-        raise ImageReadError(f"{path}: pixel data is {image.shape}, header says {height}x{width}")
-    mask = rles_to_mask(rles, height, width, encoding)
+    try:
+        with warnings.catch_warnings():  # one thread per worker process
+            warnings.simplefilter("ignore", DicomHeaderWarning)
+            warnings.simplefilter("ignore", UserWarning)
+            image, _ = read_dicom(path)
+        if image.shape != (height, width):
+            raise ImageReadError(
+                f"{path}: the pixel data is {image.shape[0]}x{image.shape[1]} but the header "
+                f"said {height}x{width}"
+            )
+        mask = rles_to_mask(rles, height, width, encoding)
+    except ValueError as err:  # ImageReadError included: the file is skipped with its reason
+        return str(err).removeprefix(f"{path}: ").removeprefix(f"{path} ")
     return to_model_input(image, size), mask_to_model_size(mask, size), int(mask.sum())
 
 
@@ -219,6 +293,18 @@ def fingerprint(records: Sequence[Record], encoding: str, size: int) -> str:
     return digest.hexdigest()
 
 
+def _temporary(path: Path) -> Path:
+    return path.with_name(f".{path.name}.tmp")
+
+
+def remove_stale_temporaries(work: Path, size: int) -> None:
+    """Temporary files of an interrupted run (kill -9 leaves them); a rerun rewrites them."""
+    for folder in (work, cache_dir(work, size)):
+        if folder.is_dir():
+            for path in folder.glob(".*.tmp"):
+                path.unlink(missing_ok=True)
+
+
 def build_cache(
     work: Path,
     records: Sequence[Record],
@@ -226,39 +312,87 @@ def build_cache(
     encoding: str,
     workers: int,
     progress: Progress | None = None,
-) -> bool:
-    """Write the uint8 arrays of every split; returns False when they were already up to date."""
+) -> tuple[bool, dict[str, str]]:
+    """Write the uint8 arrays of every split.
+
+    Returns (written, failed): written is False when the arrays were already up to date; failed
+    maps the ImageIds that could not be decoded to the reason; they are left out of the arrays.
+    Every array is decoded under a temporary name first and renamed only when all splits are
+    done, and when no image at all could be read nothing is renamed (ValueError).
+    """
     folder = cache_dir(work, size)
     info_path = folder / "info.json"
-    key = fingerprint(records, encoding, size)
     areas_path = folder / "mask-areas.json"
-    if info_path.is_file() and json.loads(info_path.read_text()).get("fingerprint") == key:
+    if info_path.is_file() and json.loads(info_path.read_text()).get("fingerprint") == fingerprint(
+        records, encoding, size
+    ):
         areas = json.loads(areas_path.read_text())
         for r in records:
             r.mask_area = areas[r.image_id]
-        return False
+        return False, {}
     folder.mkdir(parents=True, exist_ok=True)
     areas: dict[str, int] = {}
-    pool = ProcessPoolExecutor(workers) if workers > 1 else None
+    failed: dict[str, str] = {}
+    temporaries: list[Path] = []
+    pool = (
+        ProcessPoolExecutor(workers, initializer=die_with_parent, initargs=(os.getpid(),))
+        if workers > 1
+        else None
+    )
     try:
+        renames = []
         for split in SPLITS:
             rows = [r for r in records if r.split == split]
-            _write_split(work, size, split, rows, encoding, pool, progress, areas)
+            renames += _write_split(
+                work, size, split, rows, encoding, pool, progress, areas, failed, temporaries
+            )
+        if len(failed) == len(records):
+            raise ValueError(
+                f"none of the {len(records)} images could be read, e.g. "
+                f"{'; '.join(list(failed.values())[:3])}"
+            )
+        for tmp, final in renames:
+            os.replace(tmp, final)
     finally:
         if pool is not None:
             pool.shutdown(cancel_futures=True)
-    for r in records:
+        for path in temporaries:
+            path.unlink(missing_ok=True)
+    kept = [r for r in records if r.image_id not in failed]
+    for r in kept:
         r.mask_area = areas[r.image_id]
     atomic.write_if_changed(areas_path, json.dumps(areas))
-    atomic.write_if_changed(
-        info_path, json.dumps({"fingerprint": key, "size": size, "encoding": encoding})
-    )
-    return True
+    info = {"fingerprint": fingerprint(kept, encoding, size), "size": size, "encoding": encoding}
+    atomic.write_if_changed(info_path, json.dumps(info))
+    return True, failed
 
 
-def _write_split(work, size, split, rows, encoding, pool, progress, areas) -> None:
+def _write_split(
+    work, size, split, rows, encoding, pool, progress, areas, failed, temporaries
+) -> list[tuple[Path, Path]]:
+    """Decode `rows` into temporary arrays of the split; returns (temporary, final) names.
+
+    Unreadable files are left out and listed in `failed`; every temporary file is added to
+    `temporaries`, which the caller removes whatever happens."""
     paths = cache_paths(work, size, split)
-    tmp = {k: p.with_name(f".{p.name}.tmp") for k, p in paths.items()}
+    tmp = {k: _temporary(p) for k, p in paths.items()}
+    compact = {k: _temporary(tmp[k]) for k in ("images", "masks")}
+    temporaries += [*tmp.values(), *compact.values()]
+    kept = _decode_into(tmp, rows, size, encoding, pool, progress, areas, failed, split)
+    if len(kept) < len(rows):  # rare: copy the rows that were read into arrays of their size
+        for key in ("images", "masks"):
+            full = np.load(tmp[key], mmap_mode="r")
+            shape = (len(kept), size, size)
+            out = np.lib.format.open_memmap(compact[key], "w+", np.uint8, shape)
+            out[:] = full[: len(kept)]
+            out.flush()
+            del full, out
+            os.replace(compact[key], tmp[key])
+    tmp["ids"].write_text(json.dumps([r.image_id for r in kept]))
+    return [(tmp[k], paths[k]) for k in ("images", "masks", "ids")]
+
+
+def _decode_into(tmp, rows, size, encoding, pool, progress, areas, failed, split) -> list[Record]:
     n = len(rows)
     images = np.lib.format.open_memmap(tmp["images"], "w+", np.uint8, (n, size, size))
     masks = np.lib.format.open_memmap(tmp["masks"], "w+", np.uint8, (n, size, size))
@@ -270,20 +404,22 @@ def _write_split(work, size, split, rows, encoding, pool, progress, areas) -> No
         for i in range(0, n, chunk)
     )
     task = progress.add_task(f"caching {split} at {size}px", total=n) if progress else None
-    index = 0
+    kept: list[Record] = []
+    rows_in_order = iter(rows)
     for batch in results:
-        for image, mask, area in batch:
-            images[index], masks[index] = image, mask
-            areas[rows[index].image_id] = area
-            index += 1
+        for result in batch:
+            record = next(rows_in_order)
+            if isinstance(result, str):
+                failed[record.image_id] = result
+            else:
+                index = len(kept)
+                images[index], masks[index], areas[record.image_id] = result
+                kept.append(record)
             if progress is not None:
                 progress.advance(task)
     images.flush()
     masks.flush()
-    del images, masks
-    tmp["ids"].write_text(json.dumps([r.image_id for r in rows]))
-    for key in ("images", "masks", "ids"):
-        os.replace(tmp[key], paths[key])
+    return kept
 
 
 # ---------------------------------------------------------------- manifest
@@ -346,11 +482,19 @@ def prepare(
     workers: int = 1,
     rle_encoding: str = "auto",
     progress: Progress | None = None,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
 ) -> PrepareResult:
     """Run every step of `ptxseg prepare`; see the module docstring."""
     if size <= 0 or size % 32:
         raise ValueError(f"--size {size}: expected a positive multiple of 32 (256, 512, 1024)")
+    if max_pixels <= 0:
+        raise ValueError(f"--max-megapixels must be positive, got {max_pixels / 1e6:g}")
     images, out = Path(images), Path(out)
+    if out.exists() and not out.is_dir():
+        raise FileExistsError(
+            f"--out {out} is a file: expected a work folder (new, or written by an earlier "
+            "prepare); choose another path"
+        )
     table = read_annotations(annotations)
     if rle_encoding == "auto":
         rle_encoding = detect_encoding(r for rles in table.values() for r in rles)
@@ -359,19 +503,33 @@ def prepare(
     files = find_dicoms(images)
     if not files:
         raise FileNotFoundError(f"no .dcm files found under {images}")
-    records, problems = join_images(files, table, progress)
-    if not records:
+    candidates, problems = join_images(files, table, progress, max_pixels)
+    candidates = check_masks(candidates, table, rle_encoding, problems)
+    if not candidates:
         raise ValueError(
             f"none of the {len(files)} DICOMs under {images} matches an ImageId of {annotations} "
-            f"({len(table)} images): check that they belong together (ImageId = file name stem "
-            "or the header's SOPInstanceUID)"
+            f"({len(table)} images) and can be read: check that they belong together (ImageId = "
+            "file name stem or the header's SOPInstanceUID)"
+            + "".join(f"; {p['file']}: {p['reason']}" for p in problems["skipped"][:3])
         )
-    out.mkdir(parents=True, exist_ok=True)
-    split = load_or_make_split(out, records, seed, val, test)
+    split = plan_split(out, candidates, seed, val, test)
     where = {i: s for s in SPLITS for i in split[s]}
+    records = [r for r in candidates if r.image_id in where]
+    for r in candidates:
+        if r.image_id in where:
+            r.split = where[r.image_id]
+        else:  # skipped by an earlier run: its saved split says why
+            _skip(problems, r.path, split["skipped"][r.image_id])
+    out.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(out, size)
+    written, failed = build_cache(out, records, size, rle_encoding, max(1, workers), progress)
     for r in records:
-        r.split = where[r.image_id]
-    written = build_cache(out, records, size, rle_encoding, max(1, workers), progress)
+        if r.image_id in failed:
+            _skip(problems, r.path, failed[r.image_id])
+    records = [r for r in records if r.image_id not in failed]
+    split = drop_from_split(split, failed)
+    problems["skipped"].sort(key=lambda p: p["file"])
+    atomic.write_if_changed(out / SPLITS_FILE, json.dumps(split, indent=1) + "\n")
     atomic.write_if_changed(out / MANIFEST, manifest_text(records, rle_encoding))
     atomic.write_if_changed(out / ANNOTATIONS, annotations_text(records))
     atomic.write_if_changed(out / "unmatched.json", json.dumps(problems, indent=1) + "\n")

@@ -17,6 +17,7 @@ import numpy as np
 
 ENCODINGS = ("relative", "absolute")
 EMPTY = "-1"
+MAX_VALUE = 2**40  # no image has more pixels; larger values would overflow the cumulative sums
 
 
 def _check_encoding(encoding: str) -> None:
@@ -29,13 +30,13 @@ def _check_encoding(encoding: str) -> None:
 def _parse_pairs(rle: str) -> tuple[np.ndarray, np.ndarray]:
     """Split an RLE string into (starts, lengths) integer arrays, checking its syntax."""
     # np.fromstring's text mode is several times faster than int() per token. Older NumPy stops
-    # at a bad token, newer raises: either way malformed strings go to the slow path's messages.
+    # at a bad token (with a DeprecationWarning), newer raises: either way malformed strings go
+    # to the slow path's messages. No warnings filter here: filters are process-wide, not per
+    # thread.
     tokens = rle.split()
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", DeprecationWarning)
-            values = np.fromstring(rle, dtype=np.int64, sep=" ")
-    except ValueError:
+        values = np.fromstring(rle, dtype=np.int64, sep=" ")
+    except (ValueError, DeprecationWarning):
         values = np.empty(0, dtype=np.int64)
     if values.size != len(tokens):
         bad = next((t for t in tokens if not t.lstrip("-").isdigit()), None)
@@ -43,7 +44,15 @@ def _parse_pairs(rle: str) -> tuple[np.ndarray, np.ndarray]:
             raise ValueError(
                 f"RLE value {bad!r} is not an integer in {_preview(rle)}: expected whole numbers"
             )
-        values = np.array(tokens, dtype=np.int64)
+        try:
+            values = np.array(tokens, dtype=np.int64)
+        except OverflowError:
+            values = np.array([MAX_VALUE + 1])
+    if values.size and values.max() > MAX_VALUE:
+        raise ValueError(
+            f"RLE value {_preview(str(max(tokens, key=lambda t: (len(t), t))))} is larger than "
+            f"any image has pixels (at most {MAX_VALUE}) in {_preview(rle)}"
+        )
     if values.size % 2:
         raise ValueError(
             f"RLE has an odd number of values ({values.size}): expected 'start length' pairs, "
@@ -76,12 +85,8 @@ def is_empty_rle(rle: str) -> bool:
     return text in ("", EMPTY)
 
 
-def rle_decode(rle: str, height: int, width: int, encoding: str = "relative") -> np.ndarray:
-    """Decode one RLE string into a boolean mask of shape (height, width)."""
-    _check_encoding(encoding)
-    mask = np.zeros(height * width, dtype=bool)
-    if is_empty_rle(rle):
-        return mask.reshape(width, height).T
+def _runs(rle: str, height: int, width: int, encoding: str) -> tuple[np.ndarray, np.ndarray]:
+    """Absolute (starts, ends) of a non-empty RLE string, checked against the image size."""
     starts, lengths = _parse_pairs(rle)
     starts = _absolute_starts(starts, lengths, encoding)
     ends = starts + lengths
@@ -91,11 +96,29 @@ def rle_decode(rle: str, height: int, width: int, encoding: str = "relative") ->
             f"absolute RLE run {i} starts at {starts[i]}, before the previous run ends at "
             f"{ends[i - 1]}: starts must increase (is this relative RLE? try encoding='relative')"
         )
-    if ends[-1] > mask.size:
+    if ends[-1] > height * width:
         raise ValueError(
-            f"RLE runs reach pixel {ends[-1]} but a {height}x{width} image has {mask.size} pixels: "
-            f"check the image size and the encoding ({encoding!r})"
+            f"RLE runs reach pixel {ends[-1]} but a {height}x{width} image has "
+            f"{height * width} pixels: check the image size and the encoding ({encoding!r})"
         )
+    return starts, ends
+
+
+def check_rle(rle: str, height: int, width: int, encoding: str = "relative") -> None:
+    """Raise ValueError when `rle` is malformed or runs past a (height, width) image."""
+    _check_encoding(encoding)
+    if not is_empty_rle(rle):
+        _runs(rle, height, width, encoding)
+
+
+def rle_decode(rle: str, height: int, width: int, encoding: str = "relative") -> np.ndarray:
+    """Decode one RLE string into a boolean mask of shape (height, width)."""
+    _check_encoding(encoding)
+    mask = np.zeros(height * width, dtype=bool)
+    if is_empty_rle(rle):
+        return mask.reshape(width, height).T
+    starts, ends = _runs(rle, height, width, encoding)
+    lengths = ends - starts
     # Fill the span from the first start to the last end with alternating runs and gaps: one
     # np.repeat, no Python loop over runs, and nothing outside the span is touched.
     segments = np.empty(2 * starts.size - 1, dtype=np.int64)
@@ -178,13 +201,45 @@ def _looks_like_header(row: list[str]) -> bool:
     return value != EMPTY and not value.replace(" ", "").isdigit()
 
 
-def read_annotations(path: str | Path, strict: bool = False) -> dict[str, list[str]]:
+def _csv_rows(text: str, path: Path) -> Iterable[tuple[int, list[str]]]:
+    """(line number, row) of a CSV text; a malformed row is a ValueError naming its line."""
+    reader = csv.reader(io.StringIO(text, newline=""))
+    while True:
+        try:
+            row = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as err:
+            raise ValueError(
+                f"{path}, line {reader.line_num}: not a valid CSV row ({err})"
+            ) from None
+        yield reader.line_num, row
+
+
+class Annotations(dict):
+    """{ImageId: [RLE, ...]} as read from a CSV, remembering the line of every RLE string."""
+
+    def __init__(self, source: Path):
+        super().__init__()
+        self.source = source
+        self.lines: dict[str, list[int]] = {}
+
+    def where(self, image_id: str, index: int = 0) -> str:
+        """`train-rle.csv, line 12, ImageId 1.2.3`: where a user finds the string in the file."""
+        lines = self.lines.get(image_id, [])
+        line = f", line {lines[index]}" if index < len(lines) else ""
+        return f"{self.source}{line}, ImageId {image_id}"
+
+
+def read_annotations(path: str | Path, strict: bool = False) -> Annotations:
     """Read a SIIM annotation CSV into {ImageId: [RLE, ...]} (an empty list means no pneumothorax).
 
     Handles the stage-1 header with leading spaces (`ImageId, EncodedPixels`, values `" -1"`), the
     Kaggle sample's UTF-8 BOM with no header, the stage-2 header, several rows per image (one per
     region) and repeated `-1` rows. An image listed both as `-1` and with a mask keeps its mask and
-    is reported in a warning (or a ValueError with `strict=True`).
+    is reported in a warning (or a ValueError with `strict=True`). Every RLE string's syntax is
+    checked here (pairs of integers, positive lengths), so a bad row is named by its line and
+    ImageId before any image is read; `Annotations.where` names the line for later checks.
     """
     path = Path(path)
     try:
@@ -195,9 +250,9 @@ def read_annotations(path: str | Path, strict: bool = False) -> dict[str, list[s
         raise ValueError(
             f"{path} is not a text CSV: expected SIIM annotations 'ImageId,EncodedPixels'"
         ) from None
-    annotations: dict[str, list[str]] = {}
+    annotations = Annotations(path)
     negatives: set[str] = set()
-    for line_no, row in enumerate(csv.reader(io.StringIO(text)), start=1):
+    for line_no, row in _csv_rows(text, path):
         if not row or not "".join(row).strip():
             continue
         if len(row) != 2:
@@ -213,13 +268,18 @@ def read_annotations(path: str | Path, strict: bool = False) -> dict[str, list[s
         masks = annotations.setdefault(image_id, [])
         if is_empty_rle(rle):
             negatives.add(image_id)
-        elif rle.replace(" ", "").isdigit():
-            masks.append(rle)
-        else:
+            continue
+        if not rle.replace(" ", "").isdigit():
             raise ValueError(
-                f"{path}, line {line_no}: EncodedPixels {_preview(rle)} is neither -1 nor "
-                "'start length' integer pairs"
+                f"{path}, line {line_no}, ImageId {image_id}: EncodedPixels {_preview(rle)} is "
+                "neither -1 nor 'start length' integer pairs"
             )
+        try:
+            _parse_pairs(rle)
+        except ValueError as err:
+            raise ValueError(f"{path}, line {line_no}, ImageId {image_id}: {err}") from None
+        masks.append(rle)
+        annotations.lines.setdefault(image_id, []).append(line_no)
     if not annotations:
         raise ValueError(f"{path} holds no annotation rows: expected 'ImageId,EncodedPixels'")
     conflicts = sorted(i for i in negatives if annotations[i])

@@ -67,10 +67,10 @@ class RunResult:
         return self.predicted + self.skipped + self.errors
 
 
-def _load(path: Path):
+def _load(path: Path, max_pixels: int):
     from ptxseg.data.dicom import read_image
 
-    return read_image(path)
+    return read_image(path, max_pixels=max_pixels)
 
 
 def _table_name(stem: str, index: int, count: int) -> str:
@@ -90,13 +90,18 @@ def predict_files(
     shard_index: int = 0,
     shard_count: int = 1,
     progress: bool = True,
+    max_pixels: int | None = None,
 ) -> RunResult:
     """Predict `files` into `out_dir` (masks/, overlays/, findings/, seg/, sr/, explain/, CSVs).
 
     `seg` writes a DICOM SEG per positive DICOM input, `sr` a DICOM SR (TID 1500) per DICOM input.
+    A file whose header claims more than `max_pixels` (default: the readers' limit) is an error
+    row, refused before it is decoded.
     """
+    from ptxseg.data.dicom import DEFAULT_MAX_PIXELS
     from ptxseg.data.rle import rle_encode
 
+    max_pixels = max_pixels or DEFAULT_MAX_PIXELS
     out = Path(out_dir)
     for sub in ("masks", "overlays", "findings"):
         (out / sub).mkdir(parents=True, exist_ok=True)
@@ -179,7 +184,8 @@ def predict_files(
         ThreadPoolExecutor(max(1, workers)) as pool,
         ThreadPoolExecutor(max(1, workers)) as writer,
     ):
-        for batch in _batches(_prefetch(pool, todo, 2 * batch_size + workers), batch_size):
+        prefetched = _prefetch(pool, todo, 2 * batch_size + workers, max_pixels)
+        for batch in _batches(prefetched, batch_size):
             loaded = []
             for path, future in batch:
                 try:
@@ -226,11 +232,13 @@ def _finished(out: Path, image_id: str) -> dict[str, Any] | None:
         return None
 
 
-def _prefetch(pool: ThreadPoolExecutor, paths: Sequence[Path], depth: int) -> Iterator:
+def _prefetch(
+    pool: ThreadPoolExecutor, paths: Sequence[Path], depth: int, max_pixels: int
+) -> Iterator:
     """Yield (path, future) in order, keeping at most `depth` decodes in flight."""
     pending: deque[tuple[Path, Future]] = deque()
     for path in paths:
-        pending.append((path, pool.submit(_load, path)))
+        pending.append((path, pool.submit(_load, path, max_pixels)))
         if len(pending) >= depth:
             yield pending.popleft()
     while pending:

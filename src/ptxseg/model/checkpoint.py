@@ -23,7 +23,7 @@ import torch
 from ptxseg import __version__, atomic
 from ptxseg.config import TrainConfig
 from ptxseg.model.operating_point import OperatingPoint
-from ptxseg.model.unet import SegmentationModel, build_model
+from ptxseg.model.unet import SegmentationModel, build_model, load_error
 
 MODEL_INFO = "ptxseg.json"
 WEIGHTS = "model.safetensors"
@@ -39,18 +39,6 @@ def is_model_folder(path: str | os.PathLike) -> bool:
     return (Path(path) / MODEL_INFO).is_file()
 
 
-def _first_line(error: BaseException) -> str:
-    """The cause of a load error in one line, without torch's advice to unpickle the file anyway
-    (ptxseg never loads a model file that could run code)."""
-    text = str(error).strip()
-    if "Weights only load failed" in text or "weights_only" in text:
-        return (
-            "it holds Python objects besides tensors and plain values, which could run code "
-            "when loaded, so ptxseg does not load it"
-        )
-    return (text.splitlines()[0] if text else type(error).__name__).rstrip(".")
-
-
 def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     """A training checkpoint dict with its `ptxseg` entry (weights_only=True)."""
     path = Path(path)
@@ -63,7 +51,7 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # noqa: BLE001 - every unreadable file gets the same clear error
         raise CheckpointError(
-            f"cannot read checkpoint {path} ({_first_line(error)}): "
+            f"cannot read checkpoint {path} ({load_error(error)}): "
             "expected a complete .ckpt written by `ptxseg train`; a truncated copy or a file "
             "from another program cannot be loaded"
         ) from None
@@ -144,7 +132,7 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> S
         try:
             state = load_file(str(weights), device="cpu")
         except Exception as error:  # noqa: BLE001
-            raise CheckpointError(f"cannot read {weights}: {_first_line(error)}") from None
+            raise CheckpointError(f"cannot read {weights}: {load_error(error)}") from None
         target, what = model.net, "its own ptxseg.json"
     else:
         ckpt = read_checkpoint(path)
@@ -154,7 +142,7 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> S
     try:
         target.load_state_dict(state)
     except RuntimeError as error:
-        raise CheckpointError(f"{path} does not match {what}: {_first_line(error)}") from None
+        raise CheckpointError(f"{path} does not match {what}: {load_error(error)}") from None
     model.operating_point = OperatingPoint.coerce(info.get("operating_point"))
     model.validation = info.get("validation")
     return model.to(device).eval()

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
+import re
 import threading
 import warnings
 from pathlib import Path
@@ -141,6 +143,24 @@ def _offline_message(encoder: str, reason: str) -> str:
     )
 
 
+def load_error(error: BaseException) -> str:
+    """What went wrong in `torch.load(..., weights_only=True)` (or safetensors), in one line.
+
+    torch's own message spans lines and suggests `weights_only=False`, which would run any code
+    the file holds: ptxseg never loads a file that way, so the advice is left out."""
+    text = str(error).strip()
+    found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", text)
+    if found:
+        return (
+            f"it holds a Python object ({found.group(1)}) besides tensors, which a safe "
+            "(weights-only) load refuses"
+        )
+    if "Weights only load failed" in text or isinstance(error, pickle.UnpicklingError):
+        return "it is not a PyTorch checkpoint, or it is damaged"
+    first = text.splitlines()[0] if text else ""
+    return f"{type(error).__name__}: {first[:200]}".rstrip(".")
+
+
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     """An encoder state dict from a file: plain, or under `state_dict`, with or without a prefix.
 
@@ -162,8 +182,8 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
             state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # noqa: BLE001  (any unreadable file gets the same clear message)
         raise ValueError(
-            f"cannot read encoder weights file {path}: {error}. Expected a torch or safetensors "
-            f"file holding a state dict"
+            f"cannot read encoder weights file {path}: {load_error(error)}. Expected a torch or "
+            f"safetensors file holding a state dict"
         ) from None
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]

@@ -22,6 +22,7 @@ from __future__ import annotations
 import base64
 import logging
 import time
+import traceback
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,7 +37,7 @@ from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 
 from ptxseg import atomic
-from ptxseg.data.dicom import ImageReadError, read_image
+from ptxseg.data.dicom import DEFAULT_MAX_PIXELS, ImageReadError, ImageTooLargeError, read_image
 from ptxseg.data.rle import rle_encode
 from ptxseg.serving.card import INTENDED_USE
 from ptxseg.serving.render import (
@@ -70,6 +71,7 @@ class ServeSettings:
     """How the service runs; the CLI fills it from `ptxseg serve` options."""
 
     max_upload_mb: float = 50.0
+    max_megapixels: float = DEFAULT_MAX_PIXELS / 1e6
     workers: int = 1
     keep_uploads: Path | None = None
     model_card: dict[str, Any] = field(default_factory=dict)
@@ -142,7 +144,18 @@ class _Service:
         # A stable, non-identifying name: the same file always gets the same image id.
         name = f"upload-{upload.sha256[:12]}{upload.suffix}"
         try:
-            image, metadata = read_image(upload.data, name=name)
+            image, metadata = read_image(
+                upload.data, name=name, max_pixels=int(self.settings.max_megapixels * 1e6)
+            )
+        except ImageTooLargeError as err:
+            raise UploadError(
+                413,
+                "image_too_large",
+                f"The uploaded image claims {err.height}x{err.width} pixels, more than this "
+                f"server's limit of {self.settings.max_megapixels:g} megapixels; it was not "
+                "decoded. Send a single chest X-ray, or ask the administrator to raise "
+                "--max-megapixels.",
+            ) from None
         except ImageReadError as err:
             what = "DICOM" if upload.kind == "dicom" else upload.kind.upper()
             raise UploadError(
@@ -236,6 +249,8 @@ def create_app(
     settings = settings or ServeSettings()
     if settings.workers < 1:
         raise ValueError(f"workers={settings.workers}: expected at least 1 inference worker")
+    if settings.max_megapixels <= 0:
+        raise ValueError(f"max_megapixels={settings.max_megapixels}: expected a positive limit")
     if renderer is None:
         renderer = default_renderer()
     # Header problems are returned to the client in `input.header_warnings`; a warning in the log
@@ -269,6 +284,7 @@ def create_app(
         card = dict(settings.model_card)
         card.setdefault("intended_use", INTENDED_USE)
         card["max_upload_mb"] = settings.max_upload_mb
+        card["max_megapixels"] = settings.max_megapixels
         card["uploads_kept"] = settings.keep_uploads is not None
         return card
 
@@ -278,8 +294,8 @@ def create_app(
         description="Send the file as multipart form field `file`, or as the raw request body. "
         "`include` is a comma-separated subset of image, overlay, mask, seg (default "
         f"{DEFAULT_INCLUDE}); `seg` adds a DICOM SEG (base64) for DICOM input; `none` returns "
-        "the findings and the RLE only. Errors: 413 too large, 415 not DICOM/PNG/JPEG, 422 "
-        "unreadable.",
+        "the findings and the RLE only. Errors: 413 too large (bytes, or pixels claimed by the "
+        "header), 415 not DICOM/PNG/JPEG, 422 unreadable.",
         openapi_extra=_UPLOAD_BODY,
     )
     async def predict(
@@ -338,8 +354,10 @@ def create_app(
         except SegUnavailableError as err:
             _log(request_id, upload, 501, start, None, "seg_unavailable")
             return _error(501, "seg_unavailable", str(err), request_id)
-        except Exception:
-            log.exception("request %s failed", request_id)
+        except Exception as err:
+            # The traceback's frames, not its message: messages can quote header values.
+            frames = "".join(traceback.format_tb(err.__traceback__))
+            log.error("request %s failed: %s\n%s", request_id, type(err).__name__, frames)
             _log(request_id, upload, 500, start, None, "internal_error")
             return _error(
                 500,

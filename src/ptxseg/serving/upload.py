@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 from starlette.formparsers import MultiPartException, MultiPartParser
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 
 MULTIPART_OVERHEAD = 64 * 1024  # boundaries and part headers around the file in a form upload
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -114,6 +114,12 @@ async def read_upload(request: Request, max_bytes: int) -> Upload:
         if err.status == 413:
             raise _too_large(max_bytes) from None
         raise
+    except ClientDisconnect:
+        raise UploadError(
+            400,
+            "client_disconnected",
+            "The connection closed before the upload was complete. Send the file again.",
+        ) from None
     if len(data) > max_bytes:
         raise _too_large(max_bytes)
     if not data:

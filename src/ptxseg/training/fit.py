@@ -189,6 +189,7 @@ def fit(
     module.metrics_path = run_dir / "metrics.csv"
     data = SegmentationDataModule(config, train_dataset, val_dataset)
     data.setup("fit")  # bad data fails here, before anything is written
+    check_batch_limit(config, data)
     trainer, recorder = build_trainer(config, run_dir, callbacks)
     if trainer.is_global_zero:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -206,7 +207,27 @@ def fit(
     return run_dir
 
 
+def check_batch_limit(config: TrainConfig, data: SegmentationDataModule) -> None:
+    """A fraction of the batches that keeps none of them is an error, before anything runs."""
+    limit = config.trainer.limit_batches
+    if limit is None or limit > 1:
+        return
+    world = config.trainer.devices * config.trainer.num_nodes
+    for name, loader in (
+        ("training", data.train_dataloader()),
+        ("validation", data.val_dataloader()),
+    ):
+        n = len(loader) // world
+        if int(n * limit) < 1:
+            least = 1 / n if n else 1.0
+            raise ValueError(
+                f"--limit-batches {limit:g} keeps none of the {n} {name} batches per epoch: use "
+                f"at least {math.ceil(least * 100) / 100:g}, or a whole number of batches such as 1"
+            )
+
+
 def _summary(config, module, trainer, recorder, data, wall: float) -> dict[str, Any]:
+    run_dir = Path(config.trainer.out)
     rows = module.epoch_rows
     finite = [r for r in rows if not math.isnan(r["val_dice"])]
     best = max(finite, key=lambda r: r["val_dice"]) if finite else None
@@ -232,6 +253,8 @@ def _summary(config, module, trainer, recorder, data, wall: float) -> dict[str, 
         "world_size": trainer.world_size,
         "precision": config.trainer.precision,
         "empty_baseline_val": empty_baseline(data.val_dataset),
-        "best_checkpoint": "checkpoints/best.ckpt",
-        "inference_model": INFERENCE_MODEL,
+        "best_checkpoint": "checkpoints/best.ckpt"
+        if (run_dir / "checkpoints" / "best.ckpt").is_file()
+        else None,
+        "inference_model": INFERENCE_MODEL if (run_dir / INFERENCE_MODEL).is_dir() else None,
     }

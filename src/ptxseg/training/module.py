@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import math
+import random
 from pathlib import Path
 from typing import Any
 
@@ -211,6 +212,36 @@ class ShardSampler(Sampler[int]):
         return len(self.indices)
 
 
+class EpochSeeded(Sampler[int]):
+    """Another sampler's order; its iteration first seeds the global generators from (seed,
+    rank, epoch).
+
+    An epoch then draws the same augmentations whether the run went straight through or was
+    resumed from `last.ckpt` after a crash, so the resumed run ends with the same weights. The
+    seeding sits here because this is where an epoch's data begins: Lightning fetches the first
+    batch of a run before `on_train_epoch_start`. DataLoader worker processes keep their own
+    generators: with `data.workers > 0` a resumed run repeats the order, not each augmentation.
+    """
+
+    def __init__(self, sampler: Sampler, seed: int, rank: int) -> None:
+        self.sampler, self.seed, self.rank, self.epoch = sampler, seed, rank, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+        if hasattr(self.sampler, "set_epoch"):
+            self.sampler.set_epoch(epoch)
+
+    def __len__(self) -> int:
+        return len(self.sampler)
+
+    def __iter__(self):
+        seed = int(np.random.SeedSequence([self.seed, self.rank, self.epoch]).generate_state(1)[0])
+        random.seed(seed)
+        np.random.seed(seed)
+        torch.manual_seed(seed)
+        yield from self.sampler
+
+
 def build_transform(strategy: str, size: int):
     """The named augmentation from `ptxseg.training.augment`; `none` works without it."""
     try:
@@ -295,7 +326,8 @@ class SegmentationDataModule(L.LightningDataModule):
             rank=rank,
         )
         # A last batch of one image would break BatchNorm; drop it when there are full batches.
-        return self._loader(self.train_dataset, sampler, drop_last=len(sampler) > d.batch_size)
+        seeded = EpochSeeded(sampler, self.config.trainer.seed, rank)
+        return self._loader(self.train_dataset, seeded, drop_last=len(sampler) > d.batch_size)
 
     def val_dataloader(self) -> DataLoader:
         rank, world = self._rank_world()
