@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import csv
 import math
-import os
 import statistics
 import time
 from collections.abc import Callable, Sequence
@@ -310,22 +309,10 @@ def plot_benchmark(rows: Sequence[dict], path: Path) -> Path:
 
 
 def environment_line() -> str:
-    """Which machine the numbers come from (CPU model or GPU name, torch version, threads)."""
-    import platform
+    """Which machine the numbers come from: torch and CUDA versions, CPU, GPU name."""
+    from ptxseg import system
 
-    import torch
-
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as handle:
-            cpu = next(line.split(":", 1)[1].strip() for line in handle if "model name" in line)
-    except (OSError, StopIteration):
-        pass
-    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none"
-    return (
-        f"torch {torch.__version__}; CPU: {cpu} ({os.cpu_count()} logical cores, "
-        f"{torch.get_num_threads()} torch threads); GPU: {gpu}"
-    )
+    return system.environment_line()
 
 
 def write_benchmark(rows: Sequence[dict], out_dir: Path, note: str = "") -> dict[str, Path]:

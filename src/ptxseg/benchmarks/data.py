@@ -235,5 +235,9 @@ def format_markdown(rows: Sequence[dict]) -> str:
 
 def write_table(rows: Sequence[dict], out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
-    atomic.write_text(out / "data-benchmark.md", format_markdown(rows))
+    from ptxseg.system import environment_line
+
+    atomic.write_text(
+        out / "data-benchmark.md", f"{environment_line()}\n\n" + format_markdown(rows)
+    )
     atomic.write_csv(out / "data-benchmark.csv", COLUMNS, rows)

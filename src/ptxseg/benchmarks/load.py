@@ -307,7 +307,9 @@ def write_report(report: LoadTestReport, out: str | Path) -> str:
     """Write load-test.md and load-test.csv into `out` (atomically); return the Markdown."""
 
     out = Path(out)
-    table = markdown_table(report)
+    from ptxseg.system import environment_line
+
+    table = f"{environment_line()}\n\n{markdown_table(report)}"
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=COLUMNS, lineterminator="\n")
     writer.writeheader()
