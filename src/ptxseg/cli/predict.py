@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 import warnings
 from pathlib import Path
 
@@ -48,14 +49,36 @@ def predict(
     top: float | None = options.TOP,
     bottom: float | None = options.BOTTOM,
     min_area: int | None = options.MIN_AREA,
-    seg: bool = typer.Option(False, "--seg", help="Also write a DICOM SEG per positive DICOM."),
-    explain: bool = typer.Option(False, "--explain", help="Also write Grad-CAM heatmap PNGs."),
+    outputs: str = typer.Option(
+        "mask,findings,overlay",
+        help="What to write per image: mask, findings, overlay, seg (DICOM SEG of positive "
+        "DICOMs), explain (Grad-CAM). Masks and findings are always written.",
+    ),
+    seg: bool = typer.Option(False, "--seg", help="Also write a DICOM SEG (same as adding seg)."),
+    explain: bool = typer.Option(
+        False, "--explain", help="Also write Grad-CAM heatmaps (same as adding explain)."
+    ),
+    decode: str = typer.Option(
+        "auto",
+        help="Where images are decoded and resized: cpu, device (nvJPEG and the GPU for JPEG "
+        "Baseline DICOMs), or auto (device with the torch runtime on CUDA).",
+    ),
+    compile: bool = typer.Option(
+        False,
+        "--compile/--no-compile",
+        help="torch.compile the model (torch runtime): faster per batch on a GPU after a "
+        "compilation of a minute or so; pays off for large archives.",
+    ),
     shard: str | None = typer.Option(
         None,
         help="'i/n': predict the i-th of n shards of the sorted inputs (0-based); 'auto' "
         "reads torchrun's RANK/WORLD_SIZE or a Slurm array's task id and count.",
     ),
-    workers: int = typer.Option(2, help="Threads decoding and writing beside the model."),
+    workers: int = typer.Option(
+        None,
+        help="Processes reading and writing beside the model (default: one per core; 0: none, "
+        "all in this process).",
+    ),
     overwrite: bool = typer.Option(
         False, "--overwrite", help="Predict images again even when their findings exist."
     ),
@@ -70,16 +93,21 @@ def predict(
     from rich.console import Console
 
     from ptxseg.data.dicom import DicomHeaderWarning
-    from ptxseg.inference.pipeline import collect_inputs, predict_files
-    from ptxseg.inference.predictor import Predictor
+    from ptxseg.inference import pipeline
     from ptxseg.shards import parse_shard, take_shard
+    from ptxseg.system import process_age_s
 
+    started = time.perf_counter()
+    at_command = process_age_s()
     console = Console(stderr=True)
     # Invalid header values are frequent in real data; each image's findings JSON lists them.
     warnings.filterwarnings("ignore", category=DicomHeaderWarning)
     try:
         index, count = parse_shard(shard)
-        files = collect_inputs(inputs)
+        chosen = pipeline.parse_outputs(outputs.split(",") + ["seg"] * seg + ["explain"] * explain)
+        if decode not in pipeline.DECODERS:
+            raise ValueError(f"--decode {decode!r}: expected {', '.join(pipeline.DECODERS)}")
+        files = pipeline.collect_inputs(inputs)
     except (ValueError, FileNotFoundError) as err:
         raise typer.BadParameter(str(err)) from None
     if not files:
@@ -89,7 +117,14 @@ def predict(
     calibration = None
     if precision == "int8":
         calibration = _calibration_images(files[:int8_calibration])
+    # The worker processes start (and import what they need) while the model loads.
+    device_decode = decode != "cpu" and runtime == "torch" and device.startswith("cuda")
+    pool = pipeline.Workers(
+        pipeline.default_workers() if workers is None else workers, device_decode
+    )
     try:
+        from ptxseg.inference.predictor import Predictor
+
         op = None
         if any(v is not None for v in (threshold, top, bottom, min_area)):
             op = stored_operating_point(checkpoint).with_overrides(
@@ -104,31 +139,57 @@ def predict(
             tta=tta,
             batch_size=batch_size,
             calibration=calibration,
+            compile=compile,
+        )
+        model_ready = time.perf_counter() - started
+        mine = take_shard(files, index, count)
+        console.print(
+            f"{len(mine)} of {len(files)} inputs (shard {index}/{count}); {runtime} {precision} "
+            f"on {predictor.device}{' compiled' if compile else ''}, {predictor.encoder} at "
+            f"{predictor.input_size}, TTA {predictor.tta}, operating point "
+            f"{predictor.operating_point.describe()}"
+        )
+        result = pipeline.predict_files(
+            predictor,
+            mine,
+            out,
+            outputs=chosen,
+            pool=pool,
+            decode=decode,
+            skip_existing=not overwrite,
+            shard_index=index,
+            shard_count=count,
         )
     except (ValueError, FileNotFoundError, ImportError) as err:
         console.print(f"[red]error:[/red] {err}")
         raise typer.Exit(2) from None
-    mine = take_shard(files, index, count)
-    console.print(
-        f"{len(mine)} of {len(files)} inputs (shard {index}/{count}); {runtime} {precision}, "
-        f"{predictor.encoder} at {predictor.input_size}, TTA {predictor.tta}, operating point "
-        f"{predictor.operating_point.describe()}"
-    )
-    result = predict_files(
-        predictor,
-        mine,
-        out,
-        seg=seg,
-        explain=explain,
-        workers=workers,
-        skip_existing=not overwrite,
-        shard_index=index,
-        shard_count=count,
-    )
+    finally:
+        pool.close()
     positives = sum(1 for r in result.rows if str(r.get("pneumothorax")) == "True")
+    rate = f"{result.images_per_s:.1f} images/s end to end" if result.images_per_s else "-"
+    first = result.first_result_s
     console.print(
         f"predicted {result.predicted}, skipped (already done) {result.skipped}, "
-        f"errors {result.errors}; {positives} with pneumothorax. Results in {out}"
+        f"errors {result.errors}; {positives} with pneumothorax. {result.seconds:.1f} s, {rate}"
+        + (f", first result {first:.1f} s after start" if first is not None else "")
+        + f" (decoded on the {'GPU' if result.decoder == 'device' else 'CPU'}). Results in {out}"
+    )
+    pipeline.write_run_record(
+        result,
+        out / pipeline.table_name("run", index, count, "json"),
+        {
+            "process_age_at_command_s": round(at_command, 3) if at_command is not None else None,
+            "model_ready_after_command_s": round(model_ready, 3),
+            "runtime": runtime,
+            "precision": precision,
+            "device": str(predictor.device),
+            "compiled": compile,
+            "batch_size": batch_size,
+            "workers": pool.count,
+            "outputs": list(chosen),
+            "encoder": predictor.encoder,
+            "input_size": predictor.input_size,
+        },
     )
     for row in result.rows:
         if row["status"] == "error":

@@ -51,6 +51,27 @@ def is_dicom_bytes(head: bytes) -> bool:
 
 def read_dicom(source: Source, name: str | None = None) -> tuple[np.ndarray, dict[str, Any]]:
     """Read a DICOM file (path or bytes) into a float32 (H, W) image in [0, 1] and its metadata."""
+    image, _, meta = _read_dicom(source, name, keep_frame=False)
+    return image, meta
+
+
+def read_dicom_frame(
+    source: Source, name: str | None = None
+) -> tuple[np.ndarray | None, bytes | None, dict[str, Any]]:
+    """(image, frame, metadata): the JPEG Baseline frame left compressed where it can be.
+
+    For the files that `read_dicom` decodes with libjpeg-turbo (8-bit JPEG Baseline, one sample,
+    no rescale or VOI LUT) this returns `(None, frame, meta)` so that another decoder (nvJPEG on a
+    GPU, see `ptxseg.data.device_images`) can decode it; `meta["Invert"]` then says whether the
+    decoded pixels must be turned over (MONOCHROME1). Every other file comes back decoded as
+    `(image, None, meta)`, exactly as `read_dicom` reads it.
+    """
+    return _read_dicom(source, name, keep_frame=True)
+
+
+def _read_dicom(
+    source: Source, name: str | None, keep_frame: bool
+) -> tuple[np.ndarray | None, bytes | None, dict[str, Any]]:
     label = _name(source, name)
     fp: str | BinaryIO = io.BytesIO(source) if isinstance(source, bytes) else str(source)
     with warnings.catch_warnings(record=True) as caught:
@@ -70,8 +91,9 @@ def read_dicom(source: Source, name: str | None = None) -> tuple[np.ndarray, dic
                 "expected a DICOM image such as a CR or DX chest radiograph"
             )
         meta = _metadata(ds, label)
+        frame = _baseline_frame(ds) if keep_frame else None
         try:
-            image = _pixels(ds)
+            image = None if frame is not None else _pixels(ds)
         except Exception as err:  # decoders raise many types; the user needs the file name
             raise ImageReadError(
                 f"{label}: cannot decode the pixel data ({meta['TransferSyntaxUID']}): {err}. "
@@ -88,24 +110,49 @@ def read_dicom(source: Source, name: str | None = None) -> tuple[np.ndarray, dic
         warnings.warn(
             f"{label}: read despite invalid header values: {'; '.join(meta['HeaderWarnings'])}",
             DicomHeaderWarning,
-            stacklevel=2,
+            stacklevel=3,
         )
-    return image, meta
+    if frame is not None:
+        meta["Invert"] = str(ds.get("PhotometricInterpretation", "")) == "MONOCHROME1"
+    return image, frame, meta
+
+
+def _is_plain_baseline(ds: pydicom.Dataset) -> bool:
+    """8-bit one-sample JPEG Baseline without rescale or VOI LUT: any JPEG decoder reads it."""
+    syntax = str(ds.file_meta.get("TransferSyntaxUID", ""))
+    bits = int(ds.get("BitsStored", 8))
+    plain = not any(k in ds for k in ("RescaleSlope", "VOILUTSequence", "WindowCenter"))
+    return (
+        syntax == JPEG_BASELINE and bits == 8 and int(ds.get("SamplesPerPixel", 1)) == 1 and plain
+    )
+
+
+def _baseline_frame(ds: pydicom.Dataset) -> bytes | None:
+    """The first compressed frame of a plain JPEG Baseline file, else None."""
+    if not _is_plain_baseline(ds):
+        return None
+    try:
+        return next(generate_frames(ds.PixelData, number_of_frames=1))
+    except Exception:  # noqa: BLE001 - a damaged encapsulation: let the full reader report it
+        return None
 
 
 def _pixels(ds: pydicom.Dataset) -> np.ndarray:
-    syntax = str(ds.file_meta.get("TransferSyntaxUID", ""))
     bits = int(ds.get("BitsStored", 8))
     photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2"))
-    plain = not any(k in ds for k in ("RescaleSlope", "VOILUTSequence", "WindowCenter"))
-    if syntax == JPEG_BASELINE and bits == 8 and int(ds.get("SamplesPerPixel", 1)) == 1 and plain:
+    if _is_plain_baseline(ds):
         frame = next(generate_frames(ds.PixelData, number_of_frames=1))
         decoded = cv2.imdecode(np.frombuffer(frame, np.uint8), cv2.IMREAD_GRAYSCALE)
         if decoded is not None and decoded.shape == (ds.Rows, ds.Columns):
-            if photometric == "MONOCHROME1":
-                decoded = 255 - decoded
-            return np.multiply(decoded, np.float32(1 / 255), dtype=np.float32)
+            return pixels_of_frame(decoded, photometric == "MONOCHROME1")
     return _pixels_general(ds, bits, photometric)
+
+
+def pixels_of_frame(decoded: np.ndarray, invert: bool) -> np.ndarray:
+    """The float32 [0, 1] image of a decoded 8-bit frame (turned over for MONOCHROME1)."""
+    if invert:
+        decoded = 255 - decoded
+    return np.multiply(decoded, np.float32(1 / 255), dtype=np.float32)
 
 
 def _pixels_general(ds: pydicom.Dataset, bits: int, photometric: str) -> np.ndarray:
