@@ -1,10 +1,16 @@
 """Shared fixtures: where the real SIIM files are, and small synthetic inputs."""
 
+import os
 from pathlib import Path
 
 import pytest
 
-SIIM_REAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "siim-real"
+# The shared folder beside the checkout; PTXSEG_SIIM_REAL names another (benchmarks/gpu.sh on a
+# machine where the checkout travels without it).
+SIIM_REAL = Path(
+    os.environ.get("PTXSEG_SIIM_REAL")
+    or Path(__file__).resolve().parents[2] / "shared" / "data" / "siim-real"
+)
 
 
 @pytest.fixture(scope="session")

@@ -148,3 +148,20 @@ def process_age_s() -> float | None:
     except (OSError, IndexError, ValueError):
         return None
     return max(0.0, uptime - started)
+
+
+def process_context(preload: tuple[str, ...] = ()):
+    """A multiprocessing context for worker pools: forkserver where there is one, else spawn.
+
+    Workers fork from a small server that imported only `preload`, so they start quickly and
+    inherit nothing from this process: no CUDA context, no thread pools, no locks held by
+    threads at the moment of a fork.
+    """
+    import multiprocessing
+
+    if "forkserver" in multiprocessing.get_all_start_methods():
+        context = multiprocessing.get_context("forkserver")
+        if preload:
+            context.set_forkserver_preload(list(preload))
+        return context
+    return multiprocessing.get_context("spawn")

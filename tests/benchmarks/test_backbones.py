@@ -101,3 +101,10 @@ def test_cli_writes_one_row_per_configuration(tmp_path):
         rows = list(csv.DictReader(handle))
     assert [r["encoder"] for r in rows] == ["resnet18", "nope"]
     assert rows[0]["error"] == "" and "nope" in rows[1]["error"]
+
+
+def test_compiled_configuration_is_its_own_row(monkeypatch):
+    monkeypatch.setenv("PTXSEG_COMPILE_BACKEND", "aot_eager")
+    row = measure(BenchConfig("resnet18", **{**TINY, "train": False}, compile=True))
+    assert row["error"] == "" and row["compile"] == "yes" and row["images_per_s"] > 0
+    assert measure(BenchConfig("resnet18", **{**TINY, "train": False}))["compile"] == "no"

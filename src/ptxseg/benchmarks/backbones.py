@@ -30,6 +30,7 @@ COLUMNS: dict[str, str] = {
     "batch_size": "Batch",
     "device": "Device",
     "precision": "Precision",
+    "compile": "Compiled",
     "params_m": "Params (M)",
     "gflops_per_image": "GFLOPs/img",
     "latency_p50_ms": "Infer p50 (ms/batch)",
@@ -46,6 +47,7 @@ COLUMNS: dict[str, str] = {
 SHORT_COLUMNS: dict[str, str] = {
     "encoder": "encoder",
     "precision": "prec",
+    "compile": "compiled",
     "params_m": "params M",
     "gflops_per_image": "GFLOP/img",
     "latency_p50_ms": "p50 ms",
@@ -71,6 +73,7 @@ class BenchConfig:
     iters: int = 10
     threads: int | None = None
     train: bool = True  # also time a training step (forward + backward + Adam)
+    compile: bool = False  # torch.compile the model, channels_last (the GPU path)
 
     def __post_init__(self) -> None:
         if self.size % 32 != 0 or self.size <= 0:
@@ -122,6 +125,7 @@ def measure(config: BenchConfig, build: Callable[[str], object] | None = None) -
         batch_size=config.batch_size,
         device=config.device,
         precision=config.precision,
+        compile="yes" if config.compile else "no",
     )
     try:
         row.update(_measure(config, build or build_benchmark_model))
@@ -161,6 +165,14 @@ def _measure(config: BenchConfig, build: Callable[[str], object]) -> dict:
     gflops = count_gflops_per_image(model, config.size, config.device)
 
     x = torch.rand(config.batch_size, 1, config.size, config.size, device=device)
+    run = model
+    if config.compile:
+        from ptxseg.model.acceleration import compile_function, use_fast_float32
+
+        use_fast_float32(device)
+        model = model.to(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=torch.channels_last)
+        run = compile_function(model)
     if cuda:
         torch.cuda.reset_peak_memory_stats(device)
     times: list[float] = []
@@ -168,7 +180,7 @@ def _measure(config: BenchConfig, build: Callable[[str], object]) -> dict:
         for i in range(config.warmup + config.iters):
             sync()
             start = time.perf_counter()
-            model(x)
+            run(x)
             sync()
             if i >= config.warmup:
                 times.append(time.perf_counter() - start)
@@ -199,7 +211,7 @@ def _measure(config: BenchConfig, build: Callable[[str], object]) -> dict:
         start = time.perf_counter()
         optimizer.zero_grad(set_to_none=True)
         with autocast():
-            loss = loss_fn(model(x).float(), target)
+            loss = loss_fn(run(x).float(), target)
         loss.backward()
         optimizer.step()
         sync()
@@ -282,7 +294,10 @@ def plot_benchmark(rows: Sequence[dict], path: Path) -> Path:
     import matplotlib.pyplot as plt
 
     ok = [r for r in rows if not r.get("error")]
-    labels = [f"{r['encoder']} {r['precision']}" for r in ok]
+    labels = [
+        f"{r['encoder']} {r['precision']}" + (" compiled" if r.get("compile") == "yes" else "")
+        for r in ok
+    ]
     panels = [
         ("latency_p50_ms", "Inference p50 (ms/batch)"),
         ("train_step_ms", "Training step (ms)"),

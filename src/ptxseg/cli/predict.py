@@ -60,8 +60,9 @@ def predict(
     ),
     decode: str = typer.Option(
         "auto",
-        help="Where images are decoded and resized: cpu, device (nvJPEG and the GPU for JPEG "
-        "Baseline DICOMs), or auto (device with the torch runtime on CUDA).",
+        help="Where images are decoded and resized: cpu (worker processes), device (in batches "
+        "on the model's device: nvJPEG on a GPU for JPEG Baseline DICOMs), or auto (device for "
+        "the torch runtime on a GPU, else cpu).",
     ),
     compile: bool = typer.Option(
         False,

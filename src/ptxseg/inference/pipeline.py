@@ -21,7 +21,6 @@ timings (images/s end to end, seconds to the first result) go to `run.json`.
 from __future__ import annotations
 
 import json
-import multiprocessing
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -44,7 +43,7 @@ from ptxseg.inference.workers import (
     warm_up,
     write_outputs,
 )
-from ptxseg.system import process_age_s, usable_cores
+from ptxseg.system import process_age_s, process_context, usable_cores
 
 INPUT_SUFFIXES = (".dcm", ".dicom", ".png", ".jpg", ".jpeg")
 DECODERS = ("auto", "cpu", "device")
@@ -120,17 +119,6 @@ class RunResult:
 # ---------------------------------------------------------------------------- worker pools
 
 
-def _process_context():
-    """forkserver (workers fork from a clean, pre-imported server: quick, and no CUDA or thread
-    state inherited from this process), else spawn."""
-    methods = multiprocessing.get_all_start_methods()
-    if "forkserver" in methods:
-        context = multiprocessing.get_context("forkserver")
-        context.set_forkserver_preload(["ptxseg.inference.workers"])
-        return context
-    return multiprocessing.get_context("spawn")
-
-
 class Workers:
     """The reader and writer pools of a run; start them early (before the model loads) to hide
     their start-up. `count` processes in all, split by `device_decode` (readers then only parse
@@ -146,7 +134,7 @@ class Workers:
         share = 4 if device_decode else 2
         self.read_slots = max(1, self.count // share)
         self.write_slots = max(1, self.count - self.read_slots)
-        context = _process_context()
+        context = process_context(("ptxseg.inference.workers",))
         self.readers = ProcessPoolExecutor(self.read_slots, mp_context=context)
         self.writers = ProcessPoolExecutor(self.write_slots, mp_context=context)
         for pool, slots in ((self.readers, self.read_slots), (self.writers, self.write_slots)):
@@ -165,19 +153,24 @@ class Workers:
 
 
 def use_device_decoder(predictor, decode: str) -> bool:
-    """Whether frames go to nvJPEG: `device` insists (and fails without CUDA), `auto` takes it
-    when the torch runtime runs on a CUDA device."""
+    """Whether images are decoded and resized in batches on the model's device.
+
+    `device` insists (nvJPEG on CUDA; on the CPU the same batched path with libjpeg-turbo, which
+    gives the CPU path's bytes); `auto` takes it only for the torch runtime on a CUDA device with
+    nvJPEG; `cpu` never. The device path needs the torch runtime.
+    """
     from ptxseg.data.device_images import jpeg_device_available
 
     if decode not in DECODERS:
         raise ValueError(f"--decode {decode!r}: expected one of {', '.join(DECODERS)}")
-    available = predictor.runtime == "torch" and jpeg_device_available(predictor.device)
-    if decode == "device" and not available:
+    if decode == "device" and predictor.runtime != "torch":
         raise ValueError(
-            f"--decode device needs the torch runtime on a CUDA device (nvJPEG); this run uses "
-            f"{predictor.runtime} on {predictor.device}: use --decode cpu or auto"
+            f"--decode device needs the torch runtime (this run uses {predictor.runtime}): "
+            "use --decode cpu or auto"
         )
-    return decode != "cpu" and available
+    if decode == "auto":
+        return predictor.runtime == "torch" and jpeg_device_available(predictor.device)
+    return decode == "device"
 
 
 # ---------------------------------------------------------------------------- the run

@@ -202,9 +202,13 @@ class BatchAugment:
         if p.elastic:
             grid = grid + self._elastic_field(n, height, width, dev) * bend[:, None, None, None]
         grid = torch.einsum("nij,nhwj->nhwi", a, grid) + b[:, None, None, :]
-        image = nnf.grid_sample(
-            image, grid, mode="bilinear", padding_mode="zeros", align_corners=False
+        # torchvision fills with 0 through a coverage channel that it multiplies in once more,
+        # which darkens the border band a little further; do the same, for the same images.
+        stacked = torch.cat([image, torch.ones_like(image)], dim=1)
+        sampled = nnf.grid_sample(
+            stacked, grid, mode="bilinear", padding_mode="zeros", align_corners=False
         )
+        image = sampled[:, :1] * sampled[:, 1:]
         mask = nnf.grid_sample(
             mask, grid, mode="nearest", padding_mode="zeros", align_corners=False
         )

@@ -102,14 +102,21 @@ class SegmentationModule(L.LightningModule):
         extra = torch.stack([torch.ones_like(loss.detach()) * n, loss.detach() * n]).double()
         return loss, aux, torch.cat([counts, extra])
 
-    def _step(self, batch: dict, stage: str) -> torch.Tensor:
-        image, mask = batch["image"], batch["mask"]
+    def step_outputs(
+        self, image: torch.Tensor, mask: torch.Tensor, train: bool = True
+    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+        """(loss, auxiliary loss or None, summed stats) of a batch on the module's device.
+
+        Only the training step is compiled: validation's last batch has another shape, and its
+        no-grad graph would be a second compilation for a tenth of the images.
+        """
         if self.config.trainer.channels_last:
             image = image.contiguous(memory_format=torch.channels_last)
-        # Only the training step is compiled: validation's last batch has another shape, and
-        # its no-grad graph would be a second compilation for a tenth of the images.
-        step = self._train_step if stage == "train" else self._compute
-        loss, aux, stats = step(image, mask)
+        return (self._train_step if train else self._compute)(image, mask)
+
+    def _step(self, batch: dict, stage: str) -> torch.Tensor:
+        image, mask = batch["image"], batch["mask"]
+        loss, aux, stats = self.step_outputs(image, mask, train=stage == "train")
         if aux is not None:
             self.log(f"{stage}/aux_loss", aux, on_step=False, on_epoch=True, sync_dist=True)
         self.log(
