@@ -536,6 +536,7 @@ def stage_predict(bench: Bench, data: BenchData, model: Path | None) -> None:
                 images=info["predicted"],
                 errors=info["errors"],
                 images_per_s=info["images_per_s"],
+                steady_images_per_s=info["images_per_s_after_first_result"],
                 first_result_s=info["first_result_after_start_s"],
                 model_ready_s=info["model_ready_after_command_s"],
             )
@@ -576,7 +577,9 @@ def stage_predict(bench: Bench, data: BenchData, model: Path | None) -> None:
     rows.append(row)
     notes = (
         f"Inputs: {data.predict_source}; model {model}. images_per_s: predicted images over "
-        "the pipeline's own seconds (reading, model, masks, writing); command_s: the whole "
+        "the pipeline's own seconds (reading, model, masks, writing; a compiled model's "
+        "compilation included); steady_images_per_s: the same after the first result; "
+        "command_s: the whole "
         "command; first_result_s: from the process start to the first findings written; "
         "model_ready_s: from the command's start to the model on the device. dice_vs_reference: "
         "pooled Dice of all masks against the first row's."

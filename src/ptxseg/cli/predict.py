@@ -168,6 +168,8 @@ def predict(
         pool.close()
     positives = sum(1 for r in result.rows if str(r.get("pneumothorax")) == "True")
     rate = f"{result.images_per_s:.1f} images/s end to end" if result.images_per_s else "-"
+    if result.steady_images_per_s:
+        rate += f" ({result.steady_images_per_s:.1f} after the first result)"
     first = result.first_result_s
     console.print(
         f"predicted {result.predicted}, skipped (already done) {result.skipped}, "

@@ -290,11 +290,10 @@ def build_cache(
         return False
     folder.mkdir(parents=True, exist_ok=True)
     areas: dict[str, int] = {}
-    pool = (
-        ProcessPoolExecutor(workers, mp_context=process_context(("ptxseg.data.prepare",)))
-        if workers > 1
-        else None
-    )
+    # Workers that must not inherit this process's CUDA state start from a fork server (the
+    # caller's script then needs a __main__ guard); on the CPU the platform's default does.
+    context = process_context(("ptxseg.data.prepare",)) if device != "cpu" else None
+    pool = ProcessPoolExecutor(workers, mp_context=context) if workers > 1 else None
     try:
         for split in SPLITS:
             rows = [r for r in records if r.split == split]

@@ -106,6 +106,7 @@ class RunResult:
     seconds: float = 0.0  # predict_files from call to return
     first_result_s: float | None = None  # since the process started (else since the call)
     decoder: str = "cpu"  # where images were decoded and resized: cpu or device (nvJPEG)
+    steady_seconds: float = 0.0  # from the first result to the end: start-up and compile left out
 
     @property
     def total(self) -> int:
@@ -115,21 +116,36 @@ class RunResult:
     def images_per_s(self) -> float | None:
         return self.predicted / self.seconds if self.seconds > 0 and self.predicted else None
 
+    @property
+    def steady_images_per_s(self) -> float | None:
+        """Images/s once results flow: the images after the first over the time after it."""
+        if self.predicted < 2 or self.steady_seconds <= 0:
+            return None
+        return (self.predicted - 1) / self.steady_seconds
+
 
 # ---------------------------------------------------------------------------- worker pools
 
 
 class Workers:
     """The reader and writer pools of a run; start them early (before the model loads) to hide
-    their start-up. `count` processes in all, split by `device_decode` (readers then only parse
-    headers, so writers get more); 0 runs everything in this process (small runs, tests)."""
+    their start-up.
 
-    def __init__(self, count: int, device_decode: bool = False) -> None:
+    `processes=True` (what `ptxseg predict` uses) runs `count` worker processes in all, split by
+    `device_decode` (readers then only parse headers, so writers get more); they start from a
+    fork server, so a script that uses them needs the usual `if __name__ == "__main__":` guard.
+    Otherwise `count` reader threads and `count` writer threads run in this process (OpenCV and
+    numpy release the interpreter lock; DICOM parsing and findings do not); 0 means one each.
+    """
+
+    def __init__(self, count: int, device_decode: bool = False, processes: bool = True) -> None:
         self.count = max(0, int(count))
-        if self.count == 0:
-            self.readers: Executor = ThreadPoolExecutor(1)
-            self.writers: Executor = ThreadPoolExecutor(1)
-            self.read_slots = self.write_slots = 1
+        self.processes = processes and self.count > 0
+        if not self.processes:
+            threads = max(1, self.count)
+            self.readers: Executor = ThreadPoolExecutor(threads)
+            self.writers: Executor = ThreadPoolExecutor(threads)
+            self.read_slots = self.write_slots = threads
             return
         share = 4 if device_decode else 2
         self.read_slots = max(1, self.count // share)
@@ -199,8 +215,9 @@ def predict_files(
     """Predict `files` into `out_dir` (masks/, findings/, overlays/, seg/, explain/, CSVs).
 
     `outputs` names what to write besides masks and findings (`seg`/`explain` add theirs);
-    `workers` reader and writer processes are started unless a started `pool` is given; `decode`
-    is auto, cpu or device (nvJPEG, see `use_device_decoder`).
+    `workers` reader and writer threads are started unless a started `pool` is given (a
+    `Workers` of processes, as `ptxseg predict` passes); `decode` is auto, cpu or device (see
+    `use_device_decoder`).
     """
     start = time.perf_counter()
     from ptxseg.data.rle import rle_encode
@@ -247,13 +264,15 @@ def predict_files(
         submission[path] = (res.image_id, res.rle)
         result.predicted += 1
         if result.first_result_s is None:
+            first_clock.append(time.perf_counter())
             age = process_age_s()
             result.first_result_s = round(
                 age if age is not None else time.perf_counter() - start, 3
             )
 
+    first_clock: list[float] = []
     own_pool = pool is None
-    pool = pool or Workers(workers, on_device)
+    pool = pool or Workers(workers, on_device, processes=False)
     run = _Run(predictor, out, chosen, on_device, pool)
     try:
         with _progress(progress, len(todo)) as advance:
@@ -267,7 +286,9 @@ def predict_files(
         out / table_name("submission", shard_index, shard_count),
         [submission[p] for p in files if p in submission],
     )
-    result.seconds = time.perf_counter() - start
+    end = time.perf_counter()
+    result.seconds = end - start
+    result.steady_seconds = end - first_clock[0] if first_clock else 0.0
     return result
 
 
@@ -279,6 +300,9 @@ def write_run_record(result: RunResult, path: Path, extra: dict[str, Any]) -> Pa
         "errors": result.errors,
         "seconds": round(result.seconds, 3),
         "images_per_s": round(result.images_per_s, 2) if result.images_per_s else None,
+        "images_per_s_after_first_result": round(result.steady_images_per_s, 2)
+        if result.steady_images_per_s
+        else None,
         "first_result_after_start_s": result.first_result_s,
         "decoder": result.decoder,
         **extra,
