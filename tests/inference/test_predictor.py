@@ -184,6 +184,8 @@ def test_compiled_predictor_matches_eager_and_pads_the_last_batch(monkeypatch):
     np.testing.assert_allclose(got, eager, atol=1e-5)
     with pytest.raises(ValueError, match="torch runtime"):
         Predictor(model, runtime="onnxruntime", compile=True)
+    with pytest.raises(ValueError, match="reduce-overhead"):
+        Predictor(model, compile=True, compile_mode="fastest")
 
 
 @pytest.mark.gpu

@@ -36,6 +36,7 @@ from ptxseg.inference.outputs import read_mask, summary_row, write_submission, w
 from ptxseg.inference.workers import (
     ALWAYS,
     OUTPUTS,
+    PRELOAD,
     ReadResult,
     WriteResult,
     WriteTask,
@@ -150,7 +151,7 @@ class Workers:
         share = 4 if device_decode else 2
         self.read_slots = max(1, self.count // share)
         self.write_slots = max(1, self.count - self.read_slots)
-        context = process_context(("ptxseg.inference.workers",))
+        context = process_context(PRELOAD)
         self.readers = ProcessPoolExecutor(self.read_slots, mp_context=context)
         self.writers = ProcessPoolExecutor(self.write_slots, mp_context=context)
         for pool, slots in ((self.readers, self.read_slots), (self.writers, self.write_slots)):
@@ -347,6 +348,13 @@ class _Run:
         )
         writes: deque[tuple[Path, Future]] = deque()
         limit = 2 * batch_size + 2 * self.pool.write_slots
+        failed: set[Path] = set()
+
+        def fail_once(path: Path, error: str) -> None:
+            if path not in failed:
+                failed.add(path)
+                fail(path, error)
+                advance()
 
         def collect(keep: int) -> None:
             while len(writes) > keep:
@@ -366,18 +374,16 @@ class _Run:
                 except Exception as err:  # noqa: BLE001
                     read = ReadResult(str(path), error=f"{type(err).__name__}: {err}")
                 if read.error is not None:
-                    fail(path, read.error)
-                    advance()
+                    fail_once(path, read.error)
                 else:
                     items.append((path, read))
             if not items:
                 continue
             try:
-                launched = self.launch(items, fail, advance)
+                launched = self.launch(items, fail_once)
             except Exception as err:  # noqa: BLE001 - the batch's files get the error
                 for path, _ in items:
-                    fail(path, f"{type(err).__name__}: {err}")
-                    advance()
+                    fail_once(path, f"{type(err).__name__}: {err}")
                 launched = None
             if pending is not None:  # the device works on this batch while we finish the last
                 self.finish(pending, writes)
@@ -389,16 +395,16 @@ class _Run:
 
     # ------------------------------------------------------------------ model
 
-    def launch(self, items, fail, advance) -> _Batch | None:
+    def launch(self, items, fail) -> _Batch | None:
         """Start the model on a batch: on the device asynchronously, on the CPU at once."""
         if self.on_device:
-            return self._launch_device(items, fail, advance)
+            return self._launch_device(items, fail)
         inputs = np.stack([read.model_input for _, read in items])
         batch = _Batch(items, [tuple(read.shape) for _, read in items], inputs_host=inputs)
         batch.probs = self.predictor.probabilities(inputs)
         return batch
 
-    def _launch_device(self, items, fail, advance) -> _Batch | None:
+    def _launch_device(self, items, fail) -> _Batch | None:
         import torch
 
         from ptxseg.data.device_images import decode_frames, to_model_inputs
@@ -416,7 +422,6 @@ class _Run:
                 again = read_input(str(path), size, keep_frame=False)  # the CPU's own reader
                 if again.error is not None:
                     fail(path, again.error)
-                    advance()
                     continue
                 items[i] = (path, again)
                 continue
