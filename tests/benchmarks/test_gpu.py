@@ -85,3 +85,10 @@ def test_cli_runs_the_train_and_backbone_stages_at_toy_size(tmp_path):
     train = (tmp_path / "r" / "gpu-train.md").read_text()
     assert "now: compiled" in train and "loader_overhead_pct" in train
     assert "compiled channels_last" in (tmp_path / "r" / "gpu-backbones.md").read_text()
+
+
+def test_peak_difference_compares_the_findings_of_two_runs(tmp_path):
+    for folder, value in (("x", 0.25), ("y", 0.5)):
+        (tmp_path / folder / "findings").mkdir(parents=True)
+        (tmp_path / folder / "findings" / "1.json").write_text(json.dumps({"probability": value}))
+    assert gpu.peak_difference(tmp_path / "x", tmp_path / "y") == 0.25

@@ -540,10 +540,12 @@ def stage_predict(bench: Bench, data: BenchData, model: Path | None) -> None:
                 first_result_s=info["first_result_after_start_s"],
                 model_ready_s=info["model_ready_after_command_s"],
             )
+            row["positive_masks"] = sum(1 for m in (out / "masks").glob("*.png") if _any(m))
             if reference is None:
                 reference = out
             else:
                 row["dice_vs_reference"] = mask_dice(reference, out)
+                row["max_probability_difference"] = peak_difference(reference, out)
         else:
             row["error"] = f"exit {code}"
         rows.append(row)
@@ -582,7 +584,9 @@ def stage_predict(bench: Bench, data: BenchData, model: Path | None) -> None:
         "command_s: the whole "
         "command; first_result_s: from the process start to the first findings written; "
         "model_ready_s: from the command's start to the model on the device. dice_vs_reference: "
-        "pooled Dice of all masks against the first row's."
+        "pooled Dice of all masks against the first row's (1 when both are empty: see "
+        "positive_masks); max_probability_difference: largest change of an image's peak "
+        "probability against the first row."
     )
     if bench.gpu:
         notes += " " + _input_agreement(data.predict_inputs, s.size, device)
@@ -606,6 +610,24 @@ def mask_dice(a: Path, b: Path) -> float:
         inter += int((x & y).sum())
         total += int(x.sum()) + int(y.sum())
     return round(1.0 if total == 0 else 2 * inter / total, 5)
+
+
+def _any(mask_png: Path) -> bool:
+    from ptxseg.inference.outputs import read_mask
+
+    return bool(read_mask(mask_png).any())
+
+
+def peak_difference(a: Path, b: Path) -> float:
+    """Largest difference of the per-image peak probability (findings) between two runs."""
+    worst = 0.0
+    for path in (a / "findings").glob("*.json"):
+        other = b / "findings" / path.name
+        if other.is_file():
+            x = json.loads(path.read_text())["probability"]
+            y = json.loads(other.read_text())["probability"]
+            worst = max(worst, abs(x - y))
+    return round(worst, 6)
 
 
 def _input_agreement(folder: Path, size: int, device: str, n: int = 64) -> str:
