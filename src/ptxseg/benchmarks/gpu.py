@@ -387,6 +387,8 @@ def stage_train(bench: Bench, data: BenchData) -> Path | None:
     if before and now:
         rows[1]["x_before"] = round(now / before, 2)
     try:
+        if bench.elapsed() > s.budget_s:
+            raise TimeoutError("skipped: the time budget is spent")
         alone = model_alone_rate(work, s, bench.gpu)
         row = {"run": "now, model alone (one batch on the device, augmented there)"}
         row.update(images_per_s=round(alone, 1))
@@ -492,30 +494,52 @@ def _model_for_predict(bench: Bench, model: Path | None) -> Path:
 def stage_predict(bench: Bench, data: BenchData, model: Path | None) -> None:
     s = bench.s
     model = _model_for_predict(bench, model)
-    device = s.device
-    paths = [("reference: eager fp32, CPU decode", "fp32", "cpu", [], "mask,findings")]
+    files16 = s.work / "inputs-16"
+    if not files16.is_dir():
+        files16.mkdir(parents=True)
+        for path in sorted(data.predict_inputs.glob("*.dcm"))[:16]:
+            shutil.copyfile(path, files16 / path.name)
+    bf16 = "bf16" if bench.gpu else "fp32"
+    everything = data.predict_inputs
+    # (label, inputs, precision, decode, outputs, extra options); the most telling first, so
+    # that a spent budget drops the least.
+    runs = [("reference: eager fp32, CPU decode", everything, "fp32", "cpu", "mask,findings", [])]
     if bench.gpu:
-        paths += [
-            ("eager bf16, CPU decode", "bf16", "cpu", [], "mask,findings"),
-            ("eager bf16, nvJPEG", "bf16", "device", [], "mask,findings"),
-            ("compiled bf16, nvJPEG", "bf16", "device", ["--compile"], "mask,findings"),
-            ("eager bf16, nvJPEG, with overlays", "bf16", "device", [], "mask,findings,overlay"),
+        runs.append(("eager bf16, nvJPEG", everything, bf16, "device", "mask,findings", []))
+    runs.append(
+        ("16 files, default outputs (start-up)", files16, bf16, "auto", "mask,findings,overlay", [])
+    )
+    if bench.gpu:
+        runs += [
+            ("compiled bf16, nvJPEG", everything, bf16, "device", "mask,findings", ["--compile"]),
+            ("eager bf16, CPU decode", everything, bf16, "cpu", "mask,findings", []),
+            (
+                "eager bf16, nvJPEG, overlays",
+                everything,
+                bf16,
+                "device",
+                "mask,findings,overlay",
+                [],
+            ),
         ]
-    rows = []
+    rows: list[dict[str, Any]] = []
     reference: Path | None = None
-    for label, precision, decode, extra, outputs in paths:
-        out = s.work / f"predict-{len(rows)}"
+    for index, (label, inputs, precision, decode, outputs, extra) in enumerate(runs):
+        if index and bench.elapsed() > s.budget_s:
+            rows.append({"path": label, "error": "skipped: the time budget is spent"})
+            continue
+        out = s.work / f"predict-{index}"
         shutil.rmtree(out, ignore_errors=True)
         code, seconds = bench.ptxseg(
-            f"predict-{len(rows)}",
+            f"predict-{index}",
             "predict",
-            data.predict_inputs,
+            inputs,
             "-c",
             model,
             "-o",
             out,
             "--device",
-            device,
+            s.device,
             "--precision",
             precision,
             "--decode",
@@ -530,66 +554,38 @@ def stage_predict(bench: Bench, data: BenchData, model: Path | None) -> None:
         )
         row: dict[str, Any] = {"path": label, "command_s": round(seconds, 1)}
         record = out / "run.json"
-        if code == 0 and record.is_file():
-            info = json.loads(record.read_text())
-            row.update(
-                images=info["predicted"],
-                errors=info["errors"],
-                images_per_s=info["images_per_s"],
-                steady_images_per_s=info["images_per_s_after_first_result"],
-                first_result_s=info["first_result_after_start_s"],
-                model_ready_s=info["model_ready_after_command_s"],
-            )
-            row["positive_masks"] = sum(1 for m in (out / "masks").glob("*.png") if _any(m))
-            if reference is None:
-                reference = out
-            else:
-                row["dice_vs_reference"] = mask_dice(reference, out)
-                row["max_probability_difference"] = peak_difference(reference, out)
-        else:
+        if code != 0 or not record.is_file():
             row["error"] = f"exit {code}"
+            rows.append(row)
+            continue
+        info = json.loads(record.read_text())
+        row.update(
+            images=info["predicted"],
+            errors=info["errors"],
+            images_per_s=info["images_per_s"],
+            steady_images_per_s=info["images_per_s_after_first_result"],
+            first_result_s=info["first_result_after_start_s"],
+            model_ready_s=info["model_ready_after_command_s"],
+            positive_masks=sum(1 for m in (out / "masks").glob("*.png") if _any(m)),
+        )
+        if reference is None:
+            reference = out
+        elif inputs == everything:
+            row["dice_vs_reference"] = mask_dice(reference, out)
+            row["max_probability_difference"] = peak_difference(reference, out)
         rows.append(row)
-    small = s.work / "predict-16"
-    files16 = s.work / "inputs-16"
-    if not files16.is_dir():
-        files16.mkdir(parents=True)
-        for path in sorted(data.predict_inputs.glob("*.dcm"))[:16]:
-            shutil.copyfile(path, files16 / path.name)
-    shutil.rmtree(small, ignore_errors=True)
-    code, seconds = bench.ptxseg(
-        "predict-16",
-        "predict",
-        files16,
-        "-c",
-        model,
-        "-o",
-        small,
-        "--device",
-        device,
-        "--precision",
-        "bf16" if bench.gpu else "fp32",
-        "--batch-size",
-        s.batch_size,
-    )
-    row = {"path": "16 files, default outputs (start-up dominated)", "command_s": round(seconds, 1)}
-    if code == 0 and (small / "run.json").is_file():
-        info = json.loads((small / "run.json").read_text())
-        row.update(images=info["predicted"], first_result_s=info["first_result_after_start_s"])
-        row["model_ready_s"] = info["model_ready_after_command_s"]
-    rows.append(row)
     notes = (
         f"Inputs: {data.predict_source}; model {model}. images_per_s: predicted images over "
         "the pipeline's own seconds (reading, model, masks, writing; a compiled model's "
         "compilation included); steady_images_per_s: the same after the first result; "
-        "command_s: the whole "
-        "command; first_result_s: from the process start to the first findings written; "
-        "model_ready_s: from the command's start to the model on the device. dice_vs_reference: "
-        "pooled Dice of all masks against the first row's (1 when both are empty: see "
-        "positive_masks); max_probability_difference: largest change of an image's peak "
-        "probability against the first row."
+        "command_s: the whole command; first_result_s: from the process start to the first "
+        "findings written; model_ready_s: from the command's start to the model on the device. "
+        "dice_vs_reference: pooled Dice of all masks against the first row's (1 when both are "
+        "empty: see positive_masks); max_probability_difference: largest change of an image's "
+        "peak probability against the first row."
     )
     if bench.gpu:
-        notes += " " + _input_agreement(data.predict_inputs, s.size, device)
+        notes += " " + _input_agreement(data.predict_inputs, s.size, s.device)
     bench.write(
         "predict",
         f"ptxseg predict end to end: U-Net-{s.encoder} at {s.size} px, batch {s.batch_size}",
