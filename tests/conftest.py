@@ -13,7 +13,12 @@ settings.register_profile(
 )
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
 
-SIIM_REAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "siim-real"
+# The shared folder beside the checkout; PTXSEG_SIIM_REAL names another (benchmarks/gpu.sh on a
+# machine where the checkout travels without it).
+SIIM_REAL = Path(
+    os.environ.get("PTXSEG_SIIM_REAL")
+    or Path(__file__).resolve().parents[2] / "shared" / "data" / "siim-real"
+)
 
 
 @pytest.fixture(scope="session")

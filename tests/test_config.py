@@ -71,7 +71,7 @@ def test_unknown_keys_name_the_key_and_the_valid_ones(key, message):
     [
         ("optim.scheduler", "step", "expected plateau or cosine"),
         ("data.size", 100, "multiple of 32"),
-        ("trainer.precision", "64", "expected 32, bf16-mixed, 16-mixed"),
+        ("trainer.precision", "64", "expected auto, 32, bf16-mixed, 16-mixed"),
         ("trainer.epochs", "many", "expects int"),
         ("data.positive_fraction", 1.5, "between 0 and 1"),
         ("model.decoder_attention", "cbam", "null or scse"),

@@ -20,7 +20,8 @@ import yaml
 from ptxseg import atomic
 
 SCHEDULERS = ("plateau", "cosine")
-PRECISIONS = ("32", "bf16-mixed", "16-mixed")
+PRECISIONS = ("auto", "32", "bf16-mixed", "16-mixed")
+AUGMENT_ON = ("auto", "loader", "device")
 DECODER_ATTENTIONS = (None, "scse")
 
 
@@ -31,6 +32,9 @@ class DataConfig:
     work: str = ""  # the folder written by `ptxseg prepare`
     size: int = 256  # the cached resolution used for training (multiple of 32)
     aug: str = "full"  # augmentation strategy name (see `ptxseg.training.augment.STRATEGIES`)
+    # Where augmentation runs: in the loader's worker processes, or on the device's batch after
+    # the transfer (`ptxseg.training.batch_augment`); auto: on the device when it is a GPU.
+    augment_on: str = "auto"
     batch_size: int = 8
     workers: int = 2
     positive_fraction: float | None = None  # None: natural distribution, shuffled
@@ -81,11 +85,12 @@ class TrainerConfig:
 
     out: str = "runs/default"
     epochs: int = 30
-    precision: str = "32"
+    precision: str = "auto"  # auto: bf16-mixed on a bf16-capable GPU, else 32
     accelerator: str = "auto"
     devices: int = 1
     num_nodes: int = 1
-    channels_last: bool = False
+    channels_last: bool | None = None  # None: on for GPUs, off for the CPU
+    compile: bool | None = None  # torch.compile the training step; None: on for GPUs
     seed: int = 42
     limit_batches: float | None = None  # fraction (<=1.0) or number of batches per epoch
     resume: bool = False
@@ -213,6 +218,7 @@ def validate(config: TrainConfig) -> None:
         (config.optim.scheduler in SCHEDULERS, "optim.scheduler", " or ".join(SCHEDULERS)),
         (config.optim.lr > 0, "optim.lr", "> 0"),
         (config.trainer.precision in PRECISIONS, "trainer.precision", ", ".join(PRECISIONS)),
+        (config.data.augment_on in AUGMENT_ON, "data.augment_on", ", ".join(AUGMENT_ON)),
         (config.trainer.epochs > 0, "trainer.epochs", "> 0"),
         (config.trainer.devices > 0, "trainer.devices", "> 0"),
         (config.trainer.num_nodes > 0, "trainer.num_nodes", "> 0"),

@@ -36,8 +36,13 @@ def _watch(parent: int, interval: float) -> None:
 
 
 def die_with_parent(parent: int, interval: float = 0.5) -> None:
-    """Make this process end when `parent` ends (a pool initializer)."""
-    if sys.platform.startswith("linux"):
+    """Make this process end when `parent` ends (a pool initializer).
+
+    A worker started through a fork server is the server's child, not `parent`'s, and the server
+    lives as long as any of its workers: such a worker watches `parent` itself."""
+    if os.getppid() != parent:
+        threading.Thread(target=_watch, args=(parent, interval), daemon=True).start()
+    elif sys.platform.startswith("linux"):
         libc = ctypes.CDLL(None, use_errno=True)
         if libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
             threading.Thread(target=_watch, args=(parent, interval), daemon=True).start()

@@ -108,13 +108,48 @@ def package_versions(names: tuple[str, ...]) -> dict[str, str]:
 
 
 def gpu_description() -> str:
-    """The CUDA device's name with the CUDA and cuDNN versions, or 'none'."""
+    """The CUDA device's name and memory with the torch, CUDA and cuDNN versions, or 'none'."""
     import torch
 
     if not torch.cuda.is_available():
         return "none"
     index = torch.cuda.current_device()
+    props = torch.cuda.get_device_properties(index)
     return (
-        f"{torch.cuda.get_device_name(index)} (CUDA {torch.version.cuda}, "
-        f"cuDNN {torch.backends.cudnn.version()})"
+        f"{props.name} ({props.total_memory / 2**30:.0f} GiB; torch {torch.__version__}, "
+        f"CUDA {torch.version.cuda}, cuDNN {torch.backends.cudnn.version()})"
     )
+
+
+def process_age_s() -> float | None:
+    """Seconds since this process started (Linux), so start-up includes the interpreter's own.
+
+    None where /proc is not there.
+    """
+    try:
+        with open("/proc/self/stat") as handle:
+            # The command name (field 2) may hold spaces; fields after its ')' are plain.
+            fields = handle.read().rsplit(")", 1)[1].split()
+        with open("/proc/uptime") as handle:
+            uptime = float(handle.read().split()[0])
+        started = int(fields[19]) / os.sysconf("SC_CLK_TCK")  # field 22: starttime in ticks
+    except (OSError, IndexError, ValueError):
+        return None
+    return max(0.0, uptime - started)
+
+
+def process_context(preload: tuple[str, ...] = ()):
+    """A multiprocessing context for worker pools: forkserver where there is one, else spawn.
+
+    Workers fork from a small server that imported only `preload`, so they start quickly and
+    inherit nothing from this process: no CUDA context, no thread pools, no locks held by
+    threads at the moment of a fork.
+    """
+    import multiprocessing
+
+    if "forkserver" in multiprocessing.get_all_start_methods():
+        context = multiprocessing.get_context("forkserver")
+        if preload:
+            context.set_forkserver_preload(list(preload))
+        return context
+    return multiprocessing.get_context("spawn")

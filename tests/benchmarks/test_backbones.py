@@ -94,3 +94,10 @@ def test_cli_writes_one_row_per_configuration(tmp_path):
     assert [r["encoder"] for r in rows] == ["resnet18", "nope"]
     assert rows[0]["error"] == "" and "nope" in rows[1]["error"]
     assert rows[0]["speedup"] == "1.0" and rows[1]["speedup"] == ""  # against resnet18
+
+
+def test_compiled_configuration_is_its_own_row(monkeypatch):
+    monkeypatch.setenv("PTXSEG_COMPILE_BACKEND", "aot_eager")
+    row = measure(BenchConfig("resnet18", **{**TINY, "train": False}, compile=True))
+    assert row["error"] == "" and row["compile"] == "yes" and row["images_per_s"] > 0
+    assert measure(BenchConfig("resnet18", **{**TINY, "train": False}))["compile"] == "no"

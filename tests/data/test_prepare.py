@@ -247,3 +247,33 @@ def test_cli_exit_code_1_when_files_were_skipped(siim_folder, tmp_path, capsys):
     assert exit_info.value.code == 1
     out = capsys.readouterr().out
     assert "1 skipped" in out and "nopix.dcm" in out
+
+
+def test_cache_records_its_decoder_and_gpu_decoding_needs_a_gpu(siim_folder, tmp_path):
+    images, csv_path, _ = siim_folder
+    prepare(images, csv_path, tmp_path / "w", size=32, workers=1, device="auto")
+    info = json.loads((tmp_path / "w" / "cache" / "32" / "info.json").read_text())
+    import torch
+
+    assert info["decoder"] == ("nvjpeg" if torch.cuda.is_available() else "opencv")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="needs a CUDA device"):
+            prepare(images, csv_path, tmp_path / "w2", size=32, device="cuda")
+        assert not (tmp_path / "w2").exists()
+
+
+def test_frames_decoded_in_batches_give_the_workers_bytes(siim_folder):
+    """The GPU path of the cache (frames from the workers, decoded and shrunk in a batch) run
+    on the CPU: the same images as decoding in the workers."""
+    from ptxseg.data.prepare import decode_loaded, load_for_cache
+
+    images, _, masks = siim_folder
+    paths = sorted(images.rglob("*.dcm"))[:4]
+    jobs = [(str(p), [], 64, 64, 32, "relative") for p in paths]
+    framed = [load_for_cache((*job, True)) for job in jobs]
+    plain = [load_for_cache((*job, False)) for job in jobs]
+    assert all(f.frame is not None and f.image is None for f in framed)
+    decode_loaded(framed, 32, "cpu")
+    for f, p in zip(framed, plain, strict=True):
+        assert f.frame is None
+        np.testing.assert_array_equal(f.image, p.image)

@@ -9,13 +9,20 @@ import cv2
 import numpy as np
 import pydicom
 import pytest
+import torch
 from dicom_files import chest_like, tiny_bomb, write_dicom
-from predict_helpers import RegionModel, make_checkpoint
+from predict_helpers import RegionModel, TinyUnet, make_checkpoint
 
 from ptxseg.cli import main
 from ptxseg.data.rle import rle_decode
 from ptxseg.inference.outputs import read_mask
-from ptxseg.inference.pipeline import collect_inputs, predict_files
+from ptxseg.inference.pipeline import (
+    collect_inputs,
+    pack_bits,
+    parse_outputs,
+    predict_files,
+    use_device_decoder,
+)
 from ptxseg.inference.predictor import Predictor
 from ptxseg.inference.sr import read_report
 
@@ -173,3 +180,126 @@ def test_cli_out_that_is_a_file_is_a_usage_error(tmp_path, capsys):
     assert done.value.code == 2
     err = capsys.readouterr().err.strip()
     assert "taken.txt is a file" in err and len(err.splitlines()) == 1
+
+
+# --- archive scale: outputs to choose, the device path, the run record ---
+
+
+def _masks(folder: Path) -> dict[str, np.ndarray]:
+    return {p.stem: read_mask(p) for p in sorted((folder / "masks").glob("*.png"))}
+
+
+def _real_dicoms(siim_real: Path) -> list[Path]:
+    return sorted(siim_real.rglob("*.dcm"))
+
+
+def test_outputs_are_chosen_and_checked(tmp_path):
+    assert parse_outputs("overlay") == ("mask", "findings", "overlay")
+    assert parse_outputs("seg,mask") == ("mask", "findings", "seg")
+    with pytest.raises(ValueError, match="unknown output"):
+        parse_outputs("mask,heatmap")
+    files = _pngs(tmp_path / "in", 2)
+    out = tmp_path / "out"
+    result = predict_files(
+        Predictor(RegionModel()), files, out, outputs=("mask",), workers=0, progress=False
+    )
+    assert result.predicted == 2 and result.images_per_s > 0 and result.first_result_s > 0
+    assert not (out / "overlays").exists() and len(list((out / "findings").iterdir())) == 2
+
+
+@pytest.mark.filterwarnings("ignore::ptxseg.data.dicom.DicomHeaderWarning")
+def test_the_device_path_on_the_cpu_writes_the_cpu_paths_results(siim_real, tmp_path):
+    """Batched decoding and resizing on the model's device (here the CPU: libjpeg-turbo and the
+    exact area shrink) gives the CPU path's masks and findings."""
+    files = _real_dicoms(siim_real)
+    runs = {}
+    for decode in ("cpu", "device"):
+        predictor = Predictor(TinyUnet(256), batch_size=4)
+        runs[decode] = predict_files(
+            predictor, files, tmp_path / decode, decode=decode, workers=0, progress=False
+        )
+    assert (runs["cpu"].decoder, runs["device"].decoder) == ("cpu", "device")
+    assert runs["device"].predicted == len(files) and runs["device"].errors == 0
+    cpu, device = _masks(tmp_path / "cpu"), _masks(tmp_path / "device")
+    assert cpu.keys() == device.keys()
+    for key in cpu:
+        np.testing.assert_array_equal(cpu[key], device[key])
+        a = json.loads((tmp_path / "cpu" / "findings" / f"{key}.json").read_text())
+        b = json.loads((tmp_path / "device" / "findings" / f"{key}.json").read_text())
+        assert a["probability"] == b["probability"] and a["area_px"] == b["area_px"]
+
+
+@pytest.mark.filterwarnings("ignore::ptxseg.data.dicom.DicomHeaderWarning")
+def test_frames_the_device_cannot_decode_fall_back_to_the_cpu_reader(
+    siim_real, tmp_path, monkeypatch
+):
+    from ptxseg.data import device_images
+
+    files = _real_dicoms(siim_real)[:3]
+    real = device_images.decode_frames
+
+    def first_fails(frames, device):
+        out = real(frames, device)
+        return [ValueError("nvJPEG refused it")] + out[1:]
+
+    predict_files(Predictor(TinyUnet(256)), files, tmp_path / "ref", decode="cpu", workers=0)
+    monkeypatch.setattr(device_images, "decode_frames", first_fails)
+    result = predict_files(
+        Predictor(TinyUnet(256)), files, tmp_path / "dev", decode="device", workers=0
+    )
+    assert (result.predicted, result.errors) == (3, 0)
+    ref, got = _masks(tmp_path / "ref"), _masks(tmp_path / "dev")
+    assert all(np.array_equal(ref[k], got[k]) for k in ref)
+
+
+def test_decoder_choice_without_cuda():
+    torch_predictor = Predictor(RegionModel())
+    assert use_device_decoder(torch_predictor, "auto") is torch.cuda.is_available()
+    assert use_device_decoder(torch_predictor, "cpu") is False
+    assert use_device_decoder(torch_predictor, "device") is True
+    with pytest.raises(ValueError, match="expected one of"):
+        use_device_decoder(torch_predictor, "gpu")
+    onnx_like = type("P", (), {"runtime": "onnxruntime", "device": "cpu"})()
+    with pytest.raises(ValueError, match="needs the torch runtime"):
+        use_device_decoder(onnx_like, "device")
+
+
+def test_bits_packed_on_the_device_unpack_on_the_host():
+    rng = np.random.default_rng(0)
+    for shape in ((7, 9), (16, 16), (1, 3)):
+        mask = rng.random(shape) > 0.5
+        packed = pack_bits(torch.from_numpy(mask)).numpy()
+        np.testing.assert_array_equal(packed, np.packbits(mask.ravel()))
+
+
+def test_cli_reports_speed_and_writes_the_run_record(tmp_path, capsys):
+    _pngs(tmp_path / "in", 3)
+    ckpt = make_checkpoint(tmp_path / "m.ckpt", "resnet18", 64)
+    out = tmp_path / "out"
+    args = ["predict", str(tmp_path / "in"), "-c", str(ckpt), "-o", str(out)]
+    with pytest.raises(SystemExit) as done:
+        main([*args, "--outputs", "mask,findings", "--workers", "0", "--decode", "cpu"])
+    assert done.value.code in (0, None)
+    record = json.loads((out / "run.json").read_text())
+    assert record["predicted"] == 3 and record["decoder"] == "cpu" and record["workers"] == 0
+    assert record["images_per_s"] > 0 and record["first_result_after_start_s"] > 0
+    assert record["outputs"] == ["mask", "findings"] and not (out / "overlays").exists()
+    assert "images/s end to end" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as refused:
+        main([*args, "--outputs", "mask,heatmap"])
+    assert refused.value.code == 2
+
+
+@pytest.mark.gpu
+@pytest.mark.filterwarnings("ignore::ptxseg.data.dicom.DicomHeaderWarning")
+def test_nvjpeg_run_agrees_with_the_cpu_run(siim_real, tmp_path):
+    files = _real_dicoms(siim_real)
+    cpu = predict_files(Predictor(TinyUnet(256)), files, tmp_path / "cpu", decode="cpu")
+    gpu = predict_files(
+        Predictor(TinyUnet(256), device="cuda", batch_size=8), files, tmp_path / "gpu"
+    )
+    assert gpu.decoder == "device" and gpu.predicted == cpu.predicted == len(files)
+    a, b = _masks(tmp_path / "cpu"), _masks(tmp_path / "gpu")
+    inter = sum(int((a[k] & b[k]).sum()) for k in a)
+    total = sum(int(a[k].sum() + b[k].sum()) for k in a)
+    assert total == 0 or 2 * inter / total >= 0.99

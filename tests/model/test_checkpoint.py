@@ -149,3 +149,21 @@ def test_checkpoint_errors_do_not_advise_an_unsafe_load(tmp_path):
         text = str(info.value)
         assert path.name in text and reason in text, text
         assert "weights_only" not in text and "\n" not in text
+
+
+@pytest.mark.parametrize("encoder", ["resnet50", "efficientnet-b0", "xception"])
+def test_models_load_without_initialising_and_give_the_saved_outputs(tmp_path, encoder):
+    """load_model builds the network on the meta device and takes the file's tensors: nothing
+    is left uninitialised, and the outputs are those of the model that was saved."""
+    from ptxseg.config import TrainConfig
+    from ptxseg.model.unet import build_model
+
+    ckpt = make_checkpoint(tmp_path / "m.ckpt", encoder, 64)
+    loaded = load_model(ckpt)
+    assert not any(t.is_meta for t in (*loaded.parameters(), *loaded.buffers()))
+    reference = build_model(TrainConfig.from_dict(loaded.config), load_weights=False)
+    state = torch.load(ckpt, weights_only=True)["state_dict"]
+    reference.load_state_dict({k.removeprefix("model."): v for k, v in state.items()})
+    x = torch.rand(2, 1, 64, 64)
+    with torch.no_grad():
+        assert torch.equal(loaded(x), reference.eval()(x))

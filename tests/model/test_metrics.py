@@ -155,3 +155,18 @@ def test_accumulator_takes_masks_and_area_score_and_rejects_logits():
         acc.update(torch.randn(2, 1, 4, 4) * 5, torch.zeros(2, 1, 4, 4))
     with pytest.raises(ValueError, match="unknown detection score"):
         MetricAccumulator(score="mean")
+
+
+def test_device_counts_match_the_host_formulas():
+    from ptxseg.model.metrics import count_stats
+
+    rng = np.random.default_rng(5)
+    pred = rng.random((6, 1, 12, 12)) > 0.6
+    truth = rng.random((6, 1, 12, 12)) > 0.7
+    pred[0], truth[0] = False, False  # empty/empty: Dice 1
+    pred[1], truth[1] = True, False  # prediction on an empty truth: Dice 0
+    stats = count_stats(torch.from_numpy(pred), torch.from_numpy(truth))
+    tp, fp, fn, tn = confusion_counts(pred, truth)
+    expected = [tp.sum(), fp.sum(), fn.sum(), tn.sum(), dice_scores(tp, fp, fn).sum()]
+    assert stats.dtype == torch.float64 and stats.shape == (5,)
+    np.testing.assert_allclose(stats.numpy(), expected)

@@ -163,6 +163,13 @@ def test_fit_writes_the_run_folder_and_the_checkpoint_rebuilds_the_model(tmp_pat
     summary = json.loads((run / "train_summary.json").read_text())
     assert summary["best_epoch"] == 0 and summary["train_images"] == 8
     assert summary["empty_baseline_val"] == {"dice": 0.0, "competition_dice": 0.5}
+    assert summary["device"] == "cpu" and summary["peak_gpu_mb"] is None
+    assert len(summary["epoch_images_per_s"]) == 1 and summary["train_images_per_s"] > 0
+    assert (summary["compile"], summary["channels_last"], summary["augment_on"]) == (
+        False,
+        False,
+        "loader",
+    )
 
     loaded = load_model(run / "checkpoints" / "last.ckpt")
     assert loaded.encoder == "resnet18" and loaded.input_size == 64
@@ -218,6 +225,68 @@ def test_resume_continues_from_the_saved_epoch(tmp_path):
     assert model.forward_with_aux(torch.rand(1, 1, 64, 64))[1].shape == (1, 1)
     with pytest.raises(FileNotFoundError, match="cannot resume"):
         fit(tiny_config(tmp_path / "empty", **{"trainer.resume": True}), train, val)
+
+
+def test_device_defaults_are_decided_for_the_accelerator(tmp_path):
+    from ptxseg.model.acceleration import cuda_bf16
+    from ptxseg.training.fit import resolve_device_defaults
+
+    cpu = resolve_device_defaults(tiny_config(tmp_path, **{"trainer.precision": "auto"}))
+    t = cpu.trainer
+    assert (t.precision, t.compile, t.channels_last, cpu.data.augment_on) == (
+        "32",
+        False,
+        False,
+        "loader",
+    )
+    gpu = resolve_device_defaults(tiny_config(tmp_path, **{"trainer.accelerator": "gpu"}))
+    t = gpu.trainer
+    assert (t.compile, t.channels_last, gpu.data.augment_on) == (True, True, "device")
+    assert t.precision == "32"  # tiny_config asks for 32; auto would be bf16 on a GPU:
+    auto = {"trainer.accelerator": "gpu", "trainer.precision": "auto"}
+    expected = "bf16-mixed" if cuda_bf16() else "32"
+    assert resolve_device_defaults(tiny_config(tmp_path, **auto)).trainer.precision == expected
+    chosen = {"trainer.accelerator": "gpu", "trainer.compile": False, "data.augment_on": "loader"}
+    kept = resolve_device_defaults(tiny_config(tmp_path, **chosen))
+    assert kept.trainer.compile is False and kept.data.augment_on == "loader"
+
+
+def _count_augmented_batches(monkeypatch) -> list[int]:
+    from ptxseg.training import batch_augment
+
+    seen: list[int] = []
+    original = batch_augment.BatchAugment.__call__
+
+    def counting(self, image, mask):
+        seen.append(image.shape[0])
+        return original(self, image, mask)
+
+    monkeypatch.setattr(batch_augment.BatchAugment, "__call__", counting)
+    return seen
+
+
+def test_device_augmentation_sees_every_training_batch_and_no_validation_batch(
+    tmp_path, monkeypatch
+):
+    seen = _count_augmented_batches(monkeypatch)
+    overrides = {"data.augment_on": "device", "data.aug": "full"}
+    run = fit(tiny_config(tmp_path / "run", **overrides), SquaresDataset(8), SquaresDataset(4))
+    summary = json.loads((run / "train_summary.json").read_text())
+    assert summary["augment_on"] == "device" and summary["compile"] is False
+    assert seen == [4, 4]  # two training batches of 4
+
+
+@pytest.mark.slow
+def test_compiled_step_with_device_augmentation_trains(tmp_path, monkeypatch):
+    """The GPU recipe on the CPU: the training step compiled (aot_eager backend: the compiler's
+    graph capture without a C++ build), batches augmented after the transfer."""
+    monkeypatch.setenv("PTXSEG_COMPILE_BACKEND", "aot_eager")
+    seen = _count_augmented_batches(monkeypatch)
+    overrides = {"data.augment_on": "device", "data.aug": "full", "trainer.compile": True}
+    run = fit(tiny_config(tmp_path / "run", **overrides), SquaresDataset(8), SquaresDataset(4))
+    summary = json.loads((run / "train_summary.json").read_text())
+    assert summary["compile"] is True and summary["augment_on"] == "device" and seen == [4, 4]
+    assert load_model(run / "checkpoints" / "best.ckpt").encoder == "resnet18"
 
 
 def test_cli_trains_on_prepared_data(tiny_work, tmp_path, capsys):
@@ -363,3 +432,12 @@ def test_a_resumed_run_ends_with_the_weights_of_a_run_that_went_straight_through
     a = torch.load(straight / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
     b = torch.load(resumed / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.gpu
+def test_gpu_run_records_its_device_and_memory(tmp_path):
+    overrides = {"trainer.accelerator": "gpu", "trainer.precision": "auto"}
+    run = fit(tiny_config(tmp_path / "run", **overrides), SquaresDataset(16), SquaresDataset(8))
+    summary = json.loads((run / "train_summary.json").read_text())
+    assert summary["device"].startswith("cuda") and summary["peak_gpu_mb"] > 0
+    assert summary["gpu"] and summary["compile"] is True and summary["augment_on"] == "device"

@@ -36,6 +36,7 @@ COLUMNS: dict[str, str] = {
     "batch_size": "Batch",
     "device": "Device",
     "precision": "Precision",
+    "compile": "Compiled",
     "params_m": "Params (M)",
     "gflops_per_image": "GFLOPs/img",
     "latency_p50_ms": "Infer p50 (ms/batch)",
@@ -53,6 +54,7 @@ COLUMNS: dict[str, str] = {
 SHORT_COLUMNS: dict[str, str] = {
     "encoder": "encoder",
     "precision": "prec",
+    "compile": "compiled",
     "params_m": "params M",
     "gflops_per_image": "GFLOP/img",
     "latency_p50_ms": "p50 ms",
@@ -79,6 +81,7 @@ class BenchConfig:
     iters: int = 10
     threads: int | None = None
     train: bool = True  # also time a training step (forward + backward + Adam)
+    compile: bool = False  # torch.compile the model, channels_last (the GPU path)
 
     def __post_init__(self) -> None:
         if self.size % 32 != 0 or self.size <= 0:
@@ -120,6 +123,7 @@ def measure(config: BenchConfig, build: Callable[[str, int], object] | None = No
         batch_size=config.batch_size,
         device=config.device,
         precision=config.precision,
+        compile="yes" if config.compile else "no",
     )
     try:
         row.update(_measure(config, build or build_benchmark_model))
@@ -157,6 +161,7 @@ def _measure(config: BenchConfig, build: Callable[[str, int], object]) -> dict:
         precision=config.precision,
         tta="none",
         batch_size=config.batch_size,
+        compile=config.compile,
     )
     inputs = np.random.default_rng(0).integers(
         0, 256, (config.batch_size, config.size, config.size), dtype=np.uint8
@@ -187,8 +192,15 @@ def _measure(config: BenchConfig, build: Callable[[str, int], object]) -> dict:
     }
     if not config.train:
         return result
-    model = model.to(memory_format=torch.contiguous_format).train()
+    layout = torch.channels_last if config.compile else torch.contiguous_format
+    model = model.to(memory_format=layout).train()
     x = torch.rand(config.batch_size, 1, config.size, config.size, device=device)
+    x = x.contiguous(memory_format=layout)
+    train_run = model
+    if config.compile:
+        from ptxseg.model.acceleration import compile_function
+
+        train_run = compile_function(model)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
     target = (torch.rand_like(x) > 0.9).float()
     loss_fn = torch.nn.BCEWithLogitsLoss()
@@ -197,7 +209,7 @@ def _measure(config: BenchConfig, build: Callable[[str, int], object]) -> dict:
     def train_step() -> None:
         optimizer.zero_grad(set_to_none=True)
         with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=bf16):
-            loss = loss_fn(model(x).float(), target)
+            loss = loss_fn(train_run(x).float(), target)
         loss.backward()
         optimizer.step()
 
@@ -230,8 +242,8 @@ def run_benchmark(
 ) -> list[dict]:
     """Measure every configuration one after another; `isolate` spawns a process per row.
 
-    `speedup` is images/s over the `baseline` encoder's at the same precision (default: the
-    first encoder).
+    `speedup` is images/s over the `baseline` encoder's, eager, at the same precision (default:
+    the first encoder), so a compiled row shows what compiling gains.
     """
     rows = []
     for config in configs:
@@ -240,7 +252,12 @@ def run_benchmark(
         if on_row is not None:
             on_row(row)
     base = baseline or (configs[0].encoder if configs else None)
-    add_ratios(rows, "images_per_s", lambda r: r["encoder"] == base, group=lambda r: r["precision"])
+    add_ratios(
+        rows,
+        "images_per_s",
+        lambda r: r["encoder"] == base and r.get("compile") != "yes",
+        group=lambda r: r["precision"],
+    )
     return rows
 
 
@@ -252,7 +269,10 @@ def plot_benchmark(rows: Sequence[dict], path: Path) -> Path:
     import matplotlib.pyplot as plt
 
     ok = [r for r in rows if not r.get("error")]
-    labels = [f"{r['encoder']} {r['precision']}" for r in ok]
+    labels = [
+        f"{r['encoder']} {r['precision']}" + (" compiled" if r.get("compile") == "yes" else "")
+        for r in ok
+    ]
     fmt = lambda v: f"{v:g}" if isinstance(v, float) else str(v)  # noqa: E731
     panels = [
         ("latency_p50_ms", "Inference p50 (ms/batch)"),

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import typer
@@ -25,7 +24,12 @@ def prepare(
     val: float = typer.Option(0.1, help="Share of images for validation."),
     test: float = typer.Option(0.1, help="Share of images for the test split."),
     workers: int = typer.Option(
-        min(4, os.cpu_count() or 1), help="Processes that decode DICOMs in parallel."
+        None, help="Processes that read (and on the CPU decode) DICOMs; default: one per core."
+    ),
+    device: str = typer.Option(
+        "auto",
+        help="Where JPEG Baseline frames are decoded and resized: cpu, cuda (nvJPEG), or auto "
+        "(cuda when there is a GPU).",
     ),
     rle_encoding: str = typer.Option(
         "auto", help="auto (detect from the CSV), relative (SIIM) or absolute."
@@ -43,7 +47,9 @@ def prepare(
     --out work --size 256
     """
     from ptxseg.data.prepare import prepare as run_prepare
+    from ptxseg.system import usable_cores
 
+    workers = usable_cores() if workers is None else workers
     try:
         with progress_bar(console=console) as progress:
             result = run_prepare(
@@ -57,6 +63,7 @@ def prepare(
                 workers,
                 rle_encoding,
                 progress,
+                device=device,
                 max_pixels=int(max_megapixels * 1e6),
             )
     except (ValueError, FileNotFoundError, FileExistsError) as err:

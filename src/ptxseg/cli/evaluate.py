@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 
 from ptxseg.cli import options
-from ptxseg.cli.app import app
+from ptxseg.cli.app import app, fail
 
 
 def _fmt(value) -> str:
@@ -108,7 +108,6 @@ def evaluate(
             score=score,
         )
     except (ValueError, FileNotFoundError, NotADirectoryError) as err:
-        Console(stderr=True, soft_wrap=True).print(f"[red]error:[/red] {err}")
-        raise typer.Exit(2) from None
+        fail(str(err))
     print_summary(summary)
     Console().print(f"wrote {', '.join(summary['files'])} to {out}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 import warnings
 from pathlib import Path
 
@@ -48,19 +49,49 @@ def predict(
     top: float | None = options.TOP,
     bottom: float | None = options.BOTTOM,
     min_area: int | None = options.MIN_AREA,
-    seg: bool = typer.Option(False, "--seg", help="Also write a DICOM SEG per positive DICOM."),
+    outputs: str = typer.Option(
+        "mask,findings,overlay",
+        help="What to write per image: mask, findings, overlay, seg (DICOM SEG of positive "
+        "DICOMs), sr (DICOM SR of every DICOM), explain (Grad-CAM). Masks and findings are "
+        "always written.",
+    ),
+    seg: bool = typer.Option(False, "--seg", help="Also write a DICOM SEG (same as adding seg)."),
     sr: bool = typer.Option(
         False,
         "--sr",
-        help="Also write a DICOM SR (TID 1500 measurement report) per DICOM: sr/<ImageId>.dcm.",
+        help="Also write a DICOM SR (TID 1500 measurement report) per DICOM: sr/<ImageId>.dcm "
+        "(same as adding sr).",
     ),
-    explain: bool = typer.Option(False, "--explain", help="Also write Grad-CAM heatmap PNGs."),
+    explain: bool = typer.Option(
+        False, "--explain", help="Also write Grad-CAM heatmaps (same as adding explain)."
+    ),
+    decode: str = typer.Option(
+        "auto",
+        help="Where images are decoded and resized: cpu (worker processes), device (in batches "
+        "on the model's device: nvJPEG on a GPU for JPEG Baseline DICOMs), or auto (device for "
+        "the torch runtime on a GPU, else cpu).",
+    ),
+    compile: bool = typer.Option(
+        False,
+        "--compile/--no-compile",
+        help="torch.compile the model (torch runtime): faster per batch on a GPU after a "
+        "compilation of a minute or so; pays off for large archives.",
+    ),
+    compile_mode: str = typer.Option(
+        "default",
+        help="torch.compile mode with --compile: default, or reduce-overhead (adds CUDA graphs: "
+        "fewer launches per batch, more GPU memory), max-autotune, max-autotune-no-cudagraphs.",
+    ),
     shard: str | None = typer.Option(
         None,
         help="'i/n': predict the i-th of n shards of the sorted inputs (0-based); 'auto' "
         "reads torchrun's RANK/WORLD_SIZE or a Slurm array's task id and count.",
     ),
-    workers: int = typer.Option(2, help="Threads decoding and writing beside the model."),
+    workers: int = typer.Option(
+        None,
+        help="Processes reading and writing beside the model (default: one per core; 0: none, "
+        "all in this process).",
+    ),
     overwrite: bool = typer.Option(
         False, "--overwrite", help="Predict images again even when their findings exist."
     ),
@@ -81,11 +112,13 @@ def predict(
     from rich.console import Console
 
     from ptxseg.data.dicom import DicomHeaderWarning
-    from ptxseg.inference.pipeline import collect_inputs, predict_files
-    from ptxseg.inference.predictor import Predictor
+    from ptxseg.inference import pipeline
     from ptxseg.inference.seg import InvalidSourceUIDWarning
     from ptxseg.shards import parse_shard, take_shard
+    from ptxseg.system import process_age_s
 
+    started = time.perf_counter()
+    at_command = process_age_s()
     console = Console(stderr=True)
     # Invalid header values are frequent in real data; each image's findings JSON lists them.
     warnings.filterwarnings("ignore", category=DicomHeaderWarning)
@@ -96,7 +129,11 @@ def predict(
         fail(f"--max-megapixels {max_megapixels:g}: expected a positive number, e.g. 60")
     try:
         index, count = parse_shard(shard)
-        files = collect_inputs(inputs)
+        extra = ["seg"] * seg + ["sr"] * sr + ["explain"] * explain
+        chosen = pipeline.parse_outputs(outputs.split(",") + extra)
+        if decode not in pipeline.DECODERS:
+            raise ValueError(f"--decode {decode!r}: expected {', '.join(pipeline.DECODERS)}")
+        files = pipeline.collect_inputs(inputs)
     except (ValueError, FileNotFoundError) as err:
         fail(str(err))
     if not files:
@@ -104,7 +141,14 @@ def predict(
     calibration = None
     if precision == "int8":
         calibration = _calibration_images(files[:int8_calibration])
+    # The worker processes start (and import what they need) while the model loads.
+    device_decode = decode != "cpu" and runtime == "torch" and device.startswith("cuda")
+    pool = pipeline.Workers(
+        pipeline.default_workers() if workers is None else workers, device_decode
+    )
     try:
+        from ptxseg.inference.predictor import Predictor
+
         op = None
         if any(v is not None for v in (threshold, top, bottom, min_area)):
             op = stored_operating_point(checkpoint).with_overrides(
@@ -119,33 +163,60 @@ def predict(
             tta=tta,
             batch_size=batch_size,
             calibration=calibration,
+            compile=compile,
+            compile_mode=compile_mode,
+        )
+        model_ready = time.perf_counter() - started
+        mine = take_shard(files, index, count)
+        console.print(
+            f"{len(mine)} of {len(files)} inputs (shard {index}/{count}); {runtime} {precision} "
+            f"on {predictor.device}{' compiled' if compile else ''}, {predictor.encoder} at "
+            f"{predictor.input_size}, TTA {predictor.tta}, operating point "
+            f"{predictor.operating_point.describe()}"
+        )
+        result = pipeline.predict_files(
+            predictor,
+            mine,
+            out,
+            outputs=chosen,
+            pool=pool,
+            decode=decode,
+            skip_existing=not overwrite,
+            shard_index=index,
+            shard_count=count,
+            max_pixels=int(max_megapixels * 1e6),
         )
     except (ValueError, FileNotFoundError, ImportError) as err:
-        console.print(f"[red]error:[/red] {err}")
-        raise typer.Exit(2) from None
-    mine = take_shard(files, index, count)
-    console.print(
-        f"{len(mine)} of {len(files)} inputs (shard {index}/{count}); {runtime} {precision}, "
-        f"{predictor.encoder} at {predictor.input_size}, TTA {predictor.tta}, operating point "
-        f"{predictor.operating_point.describe()}"
-    )
-    result = predict_files(
-        predictor,
-        mine,
-        out,
-        seg=seg,
-        sr=sr,
-        explain=explain,
-        workers=workers,
-        skip_existing=not overwrite,
-        shard_index=index,
-        shard_count=count,
-        max_pixels=int(max_megapixels * 1e6),
-    )
+        fail(str(err))
+    finally:
+        pool.close()
     positives = sum(1 for r in result.rows if str(r.get("pneumothorax")) == "True")
+    rate = f"{result.images_per_s:.1f} images/s end to end" if result.images_per_s else "-"
+    if result.steady_images_per_s:
+        rate += f" ({result.steady_images_per_s:.1f} after the first result)"
+    first = result.first_result_s
     console.print(
         f"predicted {result.predicted}, skipped (already done) {result.skipped}, "
-        f"errors {result.errors}; {positives} with pneumothorax. Results in {out}"
+        f"errors {result.errors}; {positives} with pneumothorax. {result.seconds:.1f} s, {rate}"
+        + (f", first result {first:.1f} s after start" if first is not None else "")
+        + f" (decoded on the {'GPU' if result.decoder == 'device' else 'CPU'}). Results in {out}"
+    )
+    pipeline.write_run_record(
+        result,
+        out / pipeline.table_name("run", index, count, "json"),
+        {
+            "process_age_at_command_s": round(at_command, 3) if at_command is not None else None,
+            "model_ready_after_command_s": round(model_ready, 3),
+            "runtime": runtime,
+            "precision": precision,
+            "device": str(predictor.device),
+            "compiled": compile_mode if compile else False,
+            "batch_size": batch_size,
+            "workers": pool.count,
+            "outputs": list(chosen),
+            "encoder": predictor.encoder,
+            "input_size": predictor.input_size,
+        },
     )
     for row in result.rows:
         if row["status"] == "error":

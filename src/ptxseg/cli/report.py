@@ -27,6 +27,11 @@ def benchmark(
     precision: str = typer.Option(
         "fp32", help="fp32, bf16, or both as 'fp32,bf16' (bf16 runs under autocast)."
     ),
+    compile: str = typer.Option(
+        "auto",
+        help="off, on, or both as 'off,on': also measure the model under torch.compile with "
+        "channels_last (auto: both on cuda, off on the CPU).",
+    ),
     warmup: int = typer.Option(3, help="Untimed iterations before measuring."),
     iters: int = typer.Option(10, help="Timed iterations per measurement."),
     threads: int = typer.Option(0, help="torch threads in each worker (0: torch's default)."),
@@ -46,9 +51,27 @@ def benchmark(
     from ptxseg.benchmarks.backbones import write_benchmark as write
     from ptxseg.benchmarks.common import environment_lines
 
+    compiled = (
+        _split_list("off,on" if device.startswith("cuda") else "off")
+        if compile == "auto"
+        else _split_list(compile)
+    )
+    if set(compiled) - {"off", "on"}:
+        raise typer.BadParameter(f"--compile {compile!r}: expected off, on, off,on or auto")
     try:
         configs = [
-            BenchConfig(enc, size, batch_size, device, prec, warmup, iters, threads or None)
+            BenchConfig(
+                enc,
+                size,
+                batch_size,
+                device,
+                prec,
+                warmup,
+                iters,
+                threads or None,
+                compile=mode == "on",
+            )
+            for mode in compiled
             for prec in _split_list(precision)
             for enc in _split_list(encoders)
         ]
@@ -76,6 +99,58 @@ def benchmark(
     console.print(table)
     paths = write(rows, out, baseline=baseline or "")
     console.print("wrote " + ", ".join(str(p) for p in paths.values()))
+
+
+@app.command("benchmark-gpu")
+def benchmark_gpu(
+    out: Path = typer.Option(Path("benchmarks/results"), help="Folder for gpu-*.md and .csv."),
+    work: Path = typer.Option(
+        Path("/tmp/ptxseg-gpu-bench"), help="Scratch folder (data, runs, logs); reused."
+    ),
+    dicoms: Path | None = typer.Option(
+        None, help="Real SIIM DICOMs for the predict stage (default: synthetic ones)."
+    ),
+    images: int = typer.Option(2048, help="DICOMs to prepare and predict (repeated copies)."),
+    distinct: int = typer.Option(48, help="Distinct synthetic radiographs."),
+    source_size: int = typer.Option(1024, help="Side of the synthetic radiographs."),
+    size: int = typer.Option(512, help="Model input and cache size."),
+    encoder: str = typer.Option("resnet50", help="Encoder of the U-Net."),
+    batch_size: int = typer.Option(32, help="Images per batch."),
+    train_batches: int = typer.Option(40, help="Batches per training epoch (2 epochs)."),
+    workers: int = typer.Option(None, help="Worker processes (default: one per core)."),
+    device: str = typer.Option("cuda", help="cuda, or cpu to check the stages at toy sizes."),
+    stages: str = typer.Option(
+        "prepare,train,predict,backbones,serve", help="Stages to run, in this order."
+    ),
+    budget: float = typer.Option(420.0, help="Seconds after which no further stage starts."),
+) -> None:
+    """Every GPU measurement in one run: prepare, train, predict, backbones, serve.
+
+    Example (what benchmarks/gpu.sh runs): ptxseg benchmark-gpu --out benchmarks/results
+    """
+    from ptxseg.benchmarks.gpu import GpuBenchSettings, run
+
+    try:
+        settings = GpuBenchSettings(
+            out=out,
+            work=work,
+            dicoms=dicoms,
+            images=images,
+            distinct=distinct,
+            source_size=source_size,
+            size=size,
+            encoder=encoder,
+            batch_size=batch_size,
+            train_batches=train_batches,
+            device=device,
+            stages=tuple(_split_list(stages)),
+            budget_s=budget,
+            **({} if workers is None else {"workers": workers}),
+        )
+    except ValueError as err:
+        raise typer.BadParameter(str(err)) from None
+    tables = run(settings, say=typer.echo)
+    typer.echo("wrote " + ", ".join(str(t) for t in tables))
 
 
 @app.command()

@@ -39,6 +39,8 @@ OVERRIDES = {
     "devices": "trainer.devices",
     "num_nodes": "trainer.num_nodes",
     "channels_last": "trainer.channels_last",
+    "compile": "trainer.compile",
+    "augment_on": "data.augment_on",
     "seed": "trainer.seed",
     "limit_batches": "trainer.limit_batches",
     "resume": "trainer.resume",
@@ -85,7 +87,9 @@ def train(
     positive_fraction: float = typer.Option(
         None, help="Share of positive images drawn per epoch (default: natural share)."
     ),
-    precision: str = typer.Option(None, help="32, bf16-mixed or 16-mixed."),
+    precision: str = typer.Option(
+        None, help="auto (bf16-mixed on a GPU, 32 on the CPU), 32, bf16-mixed or 16-mixed."
+    ),
     accelerator: str = typer.Option(None, help="auto, cpu or gpu."),
     devices: int = typer.Option(None, help="Devices per node; >1 trains with DDP."),
     num_nodes: int = typer.Option(None, help="Nodes (with SLURM or torchrun)."),
@@ -103,7 +107,19 @@ def train(
     bce_weight: float = typer.Option(None, help="Weight of the BCE loss."),
     focal_weight: float = typer.Option(None, help="Weight of the focal loss (0: off)."),
     channels_last: bool = typer.Option(
-        None, "--channels-last/--no-channels-last", help="channels_last memory format."
+        None,
+        "--channels-last/--no-channels-last",
+        help="channels_last memory format (default: on for a GPU, off for the CPU).",
+    ),
+    compile: bool = typer.Option(
+        None,
+        "--compile/--no-compile",
+        help="torch.compile the training step (default: on for a GPU, off for the CPU).",
+    ),
+    augment_on: str = typer.Option(
+        None,
+        help="Where augmentation runs: loader (CPU worker processes) or device (the batch "
+        "after its transfer); default: device on a GPU, loader on the CPU.",
     ),
     limit_batches: float = typer.Option(
         None, help="Batches per epoch: a fraction (<=1) or a count (quick checks)."

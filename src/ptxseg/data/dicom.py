@@ -94,6 +94,27 @@ def read_dicom(
     source: Source, name: str | None = None, max_pixels: int = DEFAULT_MAX_PIXELS
 ) -> tuple[np.ndarray, dict[str, Any]]:
     """Read a DICOM file (path or bytes) into a float32 (H, W) image in [0, 1] and its metadata."""
+    image, _, meta = _read_dicom(source, name, max_pixels, keep_frame=False)
+    return image, meta
+
+
+def read_dicom_frame(
+    source: Source, name: str | None = None, max_pixels: int = DEFAULT_MAX_PIXELS
+) -> tuple[np.ndarray | None, bytes | None, dict[str, Any]]:
+    """(image, frame, metadata): the JPEG Baseline frame left compressed where it can be.
+
+    For the files that `read_dicom` decodes with libjpeg-turbo (8-bit JPEG Baseline, one sample,
+    no rescale or VOI LUT) this returns `(None, frame, meta)` so that another decoder (nvJPEG on a
+    GPU, see `ptxseg.data.device_images`) can decode it; `meta["Invert"]` then says whether the
+    decoded pixels must be turned over (MONOCHROME1). Every other file comes back decoded as
+    `(image, None, meta)`, exactly as `read_dicom` reads it. The same checks apply to both.
+    """
+    return _read_dicom(source, name, max_pixels, keep_frame=True)
+
+
+def _read_dicom(
+    source: Source, name: str | None, max_pixels: int, keep_frame: bool
+) -> tuple[np.ndarray | None, bytes | None, dict[str, Any]]:
     label = _name(source, name)
     fp: str | BinaryIO = io.BytesIO(source) if isinstance(source, bytes) else str(source)
     try:  # pydicom parses elements when they are first used: damage shows up anywhere here
@@ -108,6 +129,7 @@ def read_dicom(
         syntax = meta["TransferSyntaxUID"] or ""
         check_pixel_count(label, meta["Rows"], meta["Columns"], max_pixels, "the header")
         frame = _first_frame(ds, label) if _is_encapsulated(syntax) else None
+        plain = frame is not None and _is_plain_baseline(ds, meta)
     except ImageReadError:
         raise
     except FileNotFoundError:
@@ -119,21 +141,26 @@ def read_dicom(
         ) from None
     if frame is not None:
         _check_frame(frame, meta, label, max_pixels)
-    try:
-        image = _pixels(ds, frame, meta)
-    except Exception as err:  # decoders raise many types; the user needs the file name
-        raise ImageReadError(
-            f"{label}: cannot decode the pixel data ({syntax}): {_reason(err)}. "
-            "The file may be corrupt, or need a decoder plugin "
-            "(pip install pylibjpeg pylibjpeg-libjpeg pylibjpeg-openjpeg)"
-        ) from None
+    image = None
+    if keep_frame and plain:
+        meta["Invert"] = meta["PhotometricInterpretation"] == "MONOCHROME1"
+    else:
+        try:
+            image = _pixels(ds, frame if plain else None, meta)
+        except Exception as err:  # decoders raise many types; the user needs the file name
+            raise ImageReadError(
+                f"{label}: cannot decode the pixel data ({syntax}): {_reason(err)}. "
+                "The file may be corrupt, or need a decoder plugin "
+                "(pip install pylibjpeg pylibjpeg-libjpeg pylibjpeg-openjpeg)"
+            ) from None
+        frame = None
     if meta["HeaderWarnings"]:
         warnings.warn(
             f"{label}: read despite invalid header values: {'; '.join(meta['HeaderWarnings'])}",
             DicomHeaderWarning,
-            stacklevel=2,
+            stacklevel=3,
         )
-    return image, meta
+    return image, frame, meta
 
 
 def _reason(err: BaseException) -> str:
@@ -176,19 +203,32 @@ def _check_frame(frame: bytes, meta: dict[str, Any], label: str, max_pixels: int
         )
 
 
-def _pixels(ds: pydicom.Dataset, frame: bytes | None, meta: dict[str, Any]) -> np.ndarray:
-    syntax = meta["TransferSyntaxUID"]
-    bits = int(ds.get("BitsStored", 8))
-    photometric = meta["PhotometricInterpretation"] or "MONOCHROME2"
+def _is_plain_baseline(ds: pydicom.Dataset, meta: dict[str, Any]) -> bool:
+    """8-bit one-sample JPEG Baseline without rescale or VOI LUT: any JPEG decoder reads it."""
     plain = not any(k in ds for k in ("RescaleSlope", "VOILUTSequence", "WindowCenter"))
-    fast = syntax == JPEG_BASELINE and bits == 8 and int(ds.get("SamplesPerPixel", 1)) == 1
-    if fast and plain and frame is not None:
+    return (
+        meta["TransferSyntaxUID"] == JPEG_BASELINE
+        and int(ds.get("BitsStored", 8)) == 8
+        and int(ds.get("SamplesPerPixel", 1)) == 1
+        and plain
+    )
+
+
+def pixels_of_frame(decoded: np.ndarray, invert: bool) -> np.ndarray:
+    """The float32 [0, 1] image of a decoded 8-bit frame (turned over for MONOCHROME1)."""
+    if invert:
+        decoded = 255 - decoded
+    return np.multiply(decoded, np.float32(1 / 255), dtype=np.float32)
+
+
+def _pixels(ds: pydicom.Dataset, frame: bytes | None, meta: dict[str, Any]) -> np.ndarray:
+    """The image; `frame` (a plain JPEG Baseline frame) goes through libjpeg-turbo."""
+    photometric = meta["PhotometricInterpretation"] or "MONOCHROME2"
+    if frame is not None:
         decoded = cv2.imdecode(np.frombuffer(frame, np.uint8), cv2.IMREAD_GRAYSCALE)
         if decoded is not None and decoded.shape == (meta["Rows"], meta["Columns"]):
-            if photometric == "MONOCHROME1":
-                decoded = 255 - decoded
-            return np.multiply(decoded, np.float32(1 / 255), dtype=np.float32)
-    return _pixels_general(ds, bits, photometric)
+            return pixels_of_frame(decoded, photometric == "MONOCHROME1")
+    return _pixels_general(ds, int(ds.get("BitsStored", 8)), photometric)
 
 
 def _pixels_general(ds: pydicom.Dataset, bits: int, photometric: str) -> np.ndarray:

@@ -4,6 +4,12 @@ Steps: find the DICOMs, read their headers, join them with the annotations, make
 seeded split, then decode and resize every image and mask once, in parallel, into memory-mapped
 arrays. Every output is written under a temporary name and renamed, and a rerun with the same
 inputs finds the cache up to date and writes nothing.
+
+Decoding runs in a pool of worker processes. With a CUDA device (`device="auto"` or "cuda") the
+workers only parse the files and hand the JPEG Baseline frames to nvJPEG, and the resize runs on
+the GPU (`ptxseg.data.device_images`: the same bytes as the CPU for 1024 px images cached at 512
+or 256; nvJPEG itself may differ from libjpeg-turbo by a gray level in a few pixels). The cache's
+`info.json` records which decoder wrote it.
 """
 
 from __future__ import annotations
@@ -31,6 +37,7 @@ from ptxseg.data.dicom import (
     ImageReadError,
     check_pixel_count,
     read_dicom,
+    read_dicom_frame,
     read_header,
 )
 from ptxseg.data.preprocess import mask_to_model_size, to_model_input
@@ -43,6 +50,7 @@ from ptxseg.data.rle import (
     rles_to_mask,
 )
 from ptxseg.processes import die_with_parent
+from ptxseg.system import process_context
 
 MANIFEST_COLUMNS = (
     "image_id",
@@ -263,25 +271,63 @@ def drop_from_split(split: dict, failed: dict[str, str]) -> dict:
 # ---------------------------------------------------------------- the cache
 
 
-def _load_one(
-    args: tuple[str, list[str], int, int, int, str],
-) -> tuple[np.ndarray, np.ndarray, int] | str:
-    """Decode one DICOM and its mask at size x size, or the reason it cannot be (in a worker)."""
-    path, rles, height, width, size, encoding = args
+@dataclass
+class Loaded:
+    """One image for the cache: its model input, or its JPEG frame for the device to decode."""
+
+    path: str
+    image: np.ndarray | None  # uint8 (size, size)
+    frame: bytes | None
+    invert: bool
+    mask: np.ndarray  # uint8 0/1 (size, size)
+    shape: tuple[int, int]  # the original (height, width)
+    area: int  # mask pixels at the original size
+
+
+def load_for_cache(args: tuple[str, list[str], int, int, int, str, bool]) -> Loaded | str:
+    """Decode one DICOM and its mask at size x size, or the reason it cannot be (in a worker).
+
+    With `keep_frame`, a JPEG Baseline file at least `size` pixels on each side comes back as its
+    compressed frame for the device's decoder instead.
+    """
+    path, rles, height, width, size, encoding, keep_frame = args
     try:
         with warnings.catch_warnings():  # one thread per worker process
             warnings.simplefilter("ignore", DicomHeaderWarning)
             warnings.simplefilter("ignore", UserWarning)
-            image, _ = read_dicom(path)
-        if image.shape != (height, width):
+            image, frame, meta = read_dicom_frame(path)
+            if frame is not None and not (keep_frame and min(height, width) >= size):
+                image, frame = _decode_here(path, frame, meta), None
+        shape = (int(meta["Rows"]), int(meta["Columns"])) if frame is not None else image.shape
+        if shape != (height, width):
             raise ImageReadError(
-                f"{path}: the pixel data is {image.shape[0]}x{image.shape[1]} but the header "
+                f"{path}: the pixel data is {shape[0]}x{shape[1]} but the header "
                 f"said {height}x{width}"
             )
         mask = rles_to_mask(rles, height, width, encoding)
     except ValueError as err:  # ImageReadError included: the file is skipped with its reason
-        return str(err).removeprefix(f"{path}: ").removeprefix(f"{path} ")
-    return to_model_input(image, size), mask_to_model_size(mask, size), int(mask.sum())
+        return _reason_of(err, path)
+    small = None if image is None else to_model_input(image, size)
+    invert = bool(meta.get("Invert", False))
+    return Loaded(
+        path, small, frame, invert, mask_to_model_size(mask, size), (height, width), int(mask.sum())
+    )
+
+
+def _reason_of(err: BaseException, path: str) -> str:
+    return str(err).removeprefix(f"{path}: ").removeprefix(f"{path} ")
+
+
+def _decode_here(path: str, frame: bytes, meta: dict) -> np.ndarray:
+    """The float image of a frame decoded on the CPU, exactly as `read_dicom` would read it."""
+    import cv2
+
+    from ptxseg.data.dicom import pixels_of_frame
+
+    decoded = cv2.imdecode(np.frombuffer(frame, np.uint8), cv2.IMREAD_GRAYSCALE)
+    if decoded is None or decoded.shape != (meta["Rows"], meta["Columns"]):
+        return read_dicom(path)[0]  # the reader's own fallback (pydicom's decoders)
+    return pixels_of_frame(decoded, bool(meta.get("Invert")))
 
 
 def fingerprint(records: Sequence[Record], encoding: str, size: int) -> str:
@@ -312,8 +358,9 @@ def build_cache(
     encoding: str,
     workers: int,
     progress: Progress | None = None,
+    device: str = "cpu",
 ) -> tuple[bool, dict[str, str]]:
-    """Write the uint8 arrays of every split.
+    """Write the uint8 arrays of every split (`device` "cuda": nvJPEG and the GPU resize).
 
     Returns (written, failed): written is False when the arrays were already up to date; failed
     maps the ImageIds that could not be decoded to the reason; they are left out of the arrays.
@@ -334,8 +381,13 @@ def build_cache(
     areas: dict[str, int] = {}
     failed: dict[str, str] = {}
     temporaries: list[Path] = []
+    # Workers that must not inherit this process's CUDA state start from a fork server (the
+    # caller's script then needs a __main__ guard); on the CPU the platform's default does.
+    context = process_context(("ptxseg.data.prepare",)) if device != "cpu" else None
     pool = (
-        ProcessPoolExecutor(workers, initializer=die_with_parent, initargs=(os.getpid(),))
+        ProcessPoolExecutor(
+            workers, mp_context=context, initializer=die_with_parent, initargs=(os.getpid(),)
+        )
         if workers > 1
         else None
     )
@@ -344,7 +396,17 @@ def build_cache(
         for split in SPLITS:
             rows = [r for r in records if r.split == split]
             renames += _write_split(
-                work, size, split, rows, encoding, pool, progress, areas, failed, temporaries
+                work,
+                size,
+                split,
+                rows,
+                encoding,
+                pool,
+                progress,
+                areas,
+                failed,
+                temporaries,
+                device,
             )
         if len(failed) == len(records):
             raise ValueError(
@@ -362,13 +424,18 @@ def build_cache(
     for r in kept:
         r.mask_area = areas[r.image_id]
     atomic.write_if_changed(areas_path, json.dumps(areas))
-    info = {"fingerprint": fingerprint(kept, encoding, size), "size": size, "encoding": encoding}
+    info = {
+        "fingerprint": fingerprint(kept, encoding, size),
+        "size": size,
+        "encoding": encoding,
+        "decoder": "nvjpeg" if device != "cpu" else "opencv",
+    }
     atomic.write_if_changed(info_path, json.dumps(info))
     return True, failed
 
 
 def _write_split(
-    work, size, split, rows, encoding, pool, progress, areas, failed, temporaries
+    work, size, split, rows, encoding, pool, progress, areas, failed, temporaries, device="cpu"
 ) -> list[tuple[Path, Path]]:
     """Decode `rows` into temporary arrays of the split; returns (temporary, final) names.
 
@@ -378,7 +445,7 @@ def _write_split(
     tmp = {k: _temporary(p) for k, p in paths.items()}
     compact = {k: _temporary(tmp[k]) for k in ("images", "masks")}
     temporaries += [*tmp.values(), *compact.values()]
-    kept = _decode_into(tmp, rows, size, encoding, pool, progress, areas, failed, split)
+    kept = _decode_into(tmp, rows, size, encoding, pool, progress, areas, failed, split, device)
     if len(kept) < len(rows):  # rare: copy the rows that were read into arrays of their size
         for key in ("images", "masks"):
             full = np.load(tmp[key], mmap_mode="r")
@@ -392,34 +459,90 @@ def _write_split(
     return [(tmp[k], paths[k]) for k in ("images", "masks", "ids")]
 
 
-def _decode_into(tmp, rows, size, encoding, pool, progress, areas, failed, split) -> list[Record]:
+def _decode_into(
+    tmp, rows, size, encoding, pool, progress, areas, failed, split, device
+) -> list[Record]:
     n = len(rows)
     images = np.lib.format.open_memmap(tmp["images"], "w+", np.uint8, (n, size, size))
     masks = np.lib.format.open_memmap(tmp["masks"], "w+", np.uint8, (n, size, size))
-    jobs = [(str(r.path), r.rles, r.height, r.width, size, encoding) for r in rows]
+    keep_frame = device != "cpu"
+    jobs = [(str(r.path), r.rles, r.height, r.width, size, encoding, keep_frame) for r in rows]
     # Bounded memory: submit in chunks, so at most a few chunks of decoded images wait at once.
     chunk = 64
     results = (
-        (pool.map(_load_one, jobs[i : i + chunk]) if pool else map(_load_one, jobs[i : i + chunk]))
+        (
+            pool.map(load_for_cache, jobs[i : i + chunk])
+            if pool
+            else map(load_for_cache, jobs[i : i + chunk])
+        )
         for i in range(0, n, chunk)
     )
     task = progress.add_task(f"caching {split} at {size}px", total=n) if progress else None
     kept: list[Record] = []
     rows_in_order = iter(rows)
     for batch in results:
-        for result in batch:
+        loaded = list(batch)
+        if keep_frame:
+            decode_loaded(loaded, size, device)
+        for result in loaded:
             record = next(rows_in_order)
             if isinstance(result, str):
                 failed[record.image_id] = result
             else:
                 index = len(kept)
-                images[index], masks[index], areas[record.image_id] = result
+                images[index], masks[index] = result.image, result.mask
+                areas[record.image_id] = result.area
                 kept.append(record)
             if progress is not None:
                 progress.advance(task)
     images.flush()
     masks.flush()
     return kept
+
+
+def resolve_decode_device(device: str) -> str:
+    """'cpu' or a CUDA device for decoding; `auto` takes CUDA when nvJPEG can run there."""
+    from ptxseg.data.device_images import jpeg_device_available
+
+    if device == "auto":
+        return "cuda" if jpeg_device_available("cuda") else "cpu"
+    if device == "cpu":
+        return device
+    if not jpeg_device_available(device):
+        raise ValueError(
+            f"--device {device}: decoding on the GPU needs a CUDA device (none is available); "
+            "use --device cpu or auto"
+        )
+    return device
+
+
+def decode_loaded(loaded: list[Loaded | str], size: int, device: str) -> None:
+    """Fill in the images of the loaded items that carry frames: nvJPEG, then the GPU resize.
+
+    A frame nvJPEG refuses is read by the CPU reader; one that cannot be read at all becomes its
+    reason (a str) in `loaded`, as in the workers."""
+    from ptxseg.data.device_images import decode_frames, to_model_inputs
+
+    framed = [(i, one) for i, one in enumerate(loaded) if isinstance(one, Loaded) and one.frame]
+    if not framed:
+        return
+    decoded = decode_frames([one.frame for _, one in framed], device)
+    good = []
+    for (i, one), image in zip(framed, decoded, strict=True):
+        if isinstance(image, Exception) or tuple(image.shape) != one.shape:
+            try:  # nvJPEG refused it: the CPU reader decodes it (or says why it cannot)
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", DicomHeaderWarning)
+                    one.image, one.frame = to_model_input(read_dicom(one.path)[0], size), None
+            except ValueError as err:
+                loaded[i] = _reason_of(err, one.path)
+        else:
+            good.append((one, image))
+    if good:
+        inverts = [one.invert for one, _ in good]
+        small = to_model_inputs([image for _, image in good], size, inverts).cpu().numpy()
+        for (one, _), image in zip(good, small, strict=True):
+            one.image, one.frame = image, None
 
 
 # ---------------------------------------------------------------- manifest
@@ -482,9 +605,14 @@ def prepare(
     workers: int = 1,
     rle_encoding: str = "auto",
     progress: Progress | None = None,
+    device: str = "cpu",
     max_pixels: int = DEFAULT_MAX_PIXELS,
 ) -> PrepareResult:
-    """Run every step of `ptxseg prepare`; see the module docstring."""
+    """Run every step of `ptxseg prepare`; see the module docstring.
+
+    `device`: cpu, cuda, or auto (cuda when a GPU with nvJPEG is there).
+    """
+    device = resolve_decode_device(device)
     if size <= 0 or size % 32:
         raise ValueError(f"--size {size}: expected a positive multiple of 32 (256, 512, 1024)")
     if max_pixels <= 0:
@@ -522,7 +650,9 @@ def prepare(
             _skip(problems, r.path, split["skipped"][r.image_id])
     out.mkdir(parents=True, exist_ok=True)
     remove_stale_temporaries(out, size)
-    written, failed = build_cache(out, records, size, rle_encoding, max(1, workers), progress)
+    written, failed = build_cache(
+        out, records, size, rle_encoding, max(1, workers), progress, device
+    )
     for r in records:
         if r.image_id in failed:
             _skip(problems, r.path, failed[r.image_id])

@@ -40,11 +40,14 @@ def mask_side(mask: np.ndarray) -> str | None:
     Each connected region is assigned to the half of the image that holds its centroid; regions
     in both halves make the finding bilateral. None for an empty mask.
     """
-    if not mask.any():
+    box = bounding_box(mask)
+    if box is None:
         return None
-    count, _, _, centroids = cv2.connectedComponentsWithStats(mask.astype(np.uint8), 8)
+    x0, y0, x1, y1 = box  # regions lie inside the box: label only that part (same centroids)
+    crop = np.ascontiguousarray(mask[y0:y1, x0:x1], dtype=np.uint8)
+    count, _, _, centroids = cv2.connectedComponentsWithStats(crop, 8)
     midline = mask.shape[1] / 2
-    sides = {"right" if cx < midline else "left" for cx, _ in centroids[1:count]}
+    sides = {"right" if cx + x0 < midline else "left" for cx, _ in centroids[1:count]}
     return "bilateral" if len(sides) == 2 else sides.pop()
 
 

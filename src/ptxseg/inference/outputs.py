@@ -49,7 +49,14 @@ def encode_png(array: np.ndarray) -> bytes:
 
 def write_mask(path: str | Path, mask: np.ndarray) -> Path:
     """Mask PNG with 0 / 255 at the original size."""
+    if not mask.any():  # most images: the same bytes every time
+        return atomic.write_bytes(path, _empty_png(mask.shape))
     return atomic.write_bytes(path, encode_png(mask.astype(np.uint8) * 255))
+
+
+@functools.lru_cache(maxsize=8)
+def _empty_png(shape: tuple[int, ...]) -> bytes:
+    return encode_png(np.zeros(shape, np.uint8))
 
 
 def read_mask(path: str | Path) -> np.ndarray:

@@ -1,18 +1,31 @@
-"""Predict a list of files (or folders) into an output folder, streaming and resumable.
+"""Predict a list of files (or folders) into an output folder: streaming, resumable, at scale.
 
-Files are decoded by a thread pool while the model runs on the previous batch, and at most a few
-batches are held in memory. Each image's findings JSON is written last, so it marks the image as
-done: a rerun skips those images. A file that cannot be read or predicted becomes an `error` row in
-summary.csv and the run goes on. `ptxseg.shards` splits the sorted input list for parallel jobs.
+Three stages run at the same time, each on its own resources:
+
+1. reader processes (`workers.read_input`) parse the files: the CPU decodes and resizes each image
+   into its 8-bit model input, or, when the model runs on a GPU, hands on the JPEG Baseline frame
+   of a DICOM for nvJPEG to decode (`ptxseg.data.device_images`);
+2. this process batches the inputs, decodes and resizes frames on the device, runs the model and
+   makes the full-size masks there (`Predictor.probabilities_on_device`,
+   `full_size_masks_on_device`), and starts the next batch while the previous one's masks come
+   back; on the CPU the Predictor runs as everywhere else and the writers make the masks;
+3. writer processes (`workers.write_outputs`) compute the findings and write the files asked for
+   (`OUTPUTS`; masks and findings always).
+
+Each image's findings JSON is written last, so it marks the image as done: a rerun skips those
+images. A file that cannot be read or predicted becomes an `error` row in summary.csv and the run
+goes on. `ptxseg.shards` splits the sorted input list for parallel jobs. The run's counts and
+timings (images/s end to end, seconds to the first result) go to `run.json`.
 """
 
 from __future__ import annotations
 
 import json
-import threading
+import os
+import time
 from collections import deque
-from collections.abc import Iterable, Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,17 +33,50 @@ from typing import Any
 import numpy as np
 
 from ptxseg import atomic
-from ptxseg.inference.outputs import (
-    read_mask,
-    summary_row,
-    write_json,
-    write_mask,
-    write_overlay,
-    write_submission,
-    write_summary,
+from ptxseg.inference.outputs import read_mask, summary_row, write_submission, write_summary
+from ptxseg.inference.workers import (
+    ALWAYS,
+    OUTPUTS,
+    PRELOAD,
+    ReadResult,
+    WriteResult,
+    WriteTask,
+    read_input,
+    warm_up,
+    write_outputs,
 )
+from ptxseg.processes import die_with_parent
+from ptxseg.system import process_age_s, process_context, usable_cores
 
 INPUT_SUFFIXES = (".dcm", ".dicom", ".png", ".jpg", ".jpeg")
+DECODERS = ("auto", "cpu", "device")
+DEFAULT_OUTPUTS = ("mask", "findings", "overlay")
+FOLDERS = {
+    "mask": "masks",
+    "findings": "findings",
+    "overlay": "overlays",
+    "seg": "seg",
+    "sr": "sr",
+    "explain": "explain",
+}
+
+
+def parse_outputs(text: str | Sequence[str]) -> tuple[str, ...]:
+    """'mask,findings,overlay' -> the outputs in `OUTPUTS` order; mask and findings always."""
+    names = [n.strip() for n in (text.split(",") if isinstance(text, str) else text)]
+    unknown = [n for n in names if n and n not in OUTPUTS]
+    if unknown:
+        raise ValueError(
+            f"unknown output(s) {', '.join(unknown)}: choose from {', '.join(OUTPUTS)} "
+            "(mask and findings are always written)"
+        )
+    chosen = set(names) | set(ALWAYS)
+    return tuple(n for n in OUTPUTS if n in chosen)
+
+
+def default_workers() -> int:
+    """Worker processes for reading and writing: one per usable core."""
+    return usable_cores()
 
 
 def collect_inputs(paths: Iterable[str | Path]) -> list[Path]:
@@ -61,20 +107,101 @@ class RunResult:
     skipped: int = 0
     errors: int = 0
     rows: list[dict[str, Any]] = field(default_factory=list)
+    seconds: float = 0.0  # predict_files from call to return
+    first_result_s: float | None = None  # since the process started (else since the call)
+    decoder: str = "cpu"  # where images were decoded and resized: cpu or device (nvJPEG)
+    steady_seconds: float = 0.0  # from the first result to the end: start-up and compile left out
 
     @property
     def total(self) -> int:
         return self.predicted + self.skipped + self.errors
 
+    @property
+    def images_per_s(self) -> float | None:
+        return self.predicted / self.seconds if self.seconds > 0 and self.predicted else None
 
-def _load(path: Path, max_pixels: int):
-    from ptxseg.data.dicom import read_image
+    @property
+    def steady_images_per_s(self) -> float | None:
+        """Images/s once results flow: the images after the first over the time after it."""
+        if self.predicted < 2 or self.steady_seconds <= 0:
+            return None
+        return (self.predicted - 1) / self.steady_seconds
 
-    return read_image(path, max_pixels=max_pixels)
+
+# ---------------------------------------------------------------------------- worker pools
 
 
-def _table_name(stem: str, index: int, count: int) -> str:
-    return f"{stem}.csv" if count == 1 else f"{stem}.shard-{index}-of-{count}.csv"
+class Workers:
+    """The reader and writer pools of a run; start them early (before the model loads) to hide
+    their start-up.
+
+    `processes=True` (what `ptxseg predict` uses) runs `count` worker processes in all, split by
+    `device_decode` (readers then only parse headers, so writers get more); they start from a
+    fork server, so a script that uses them needs the usual `if __name__ == "__main__":` guard.
+    Otherwise `count` reader threads and `count` writer threads run in this process (OpenCV and
+    numpy release the interpreter lock; DICOM parsing and findings do not); 0 means one each.
+    """
+
+    def __init__(self, count: int, device_decode: bool = False, processes: bool = True) -> None:
+        self.count = max(0, int(count))
+        self.processes = processes and self.count > 0
+        if not self.processes:
+            threads = max(1, self.count)
+            self.readers: Executor = ThreadPoolExecutor(threads)
+            self.writers: Executor = ThreadPoolExecutor(threads)
+            self.read_slots = self.write_slots = threads
+            return
+        share = 4 if device_decode else 2
+        self.read_slots = max(1, self.count // share)
+        self.write_slots = max(1, self.count - self.read_slots)
+        context = process_context(PRELOAD)
+        # the workers end with this process, even after kill -9 (`ptxseg.processes`)
+        pool_options = dict(
+            mp_context=context, initializer=die_with_parent, initargs=(os.getpid(),)
+        )
+        self.readers = ProcessPoolExecutor(self.read_slots, **pool_options)
+        self.writers = ProcessPoolExecutor(self.write_slots, **pool_options)
+        for pool, slots in ((self.readers, self.read_slots), (self.writers, self.write_slots)):
+            for _ in range(slots):  # start every process now, in the background
+                pool.submit(warm_up)
+
+    def close(self) -> None:
+        self.readers.shutdown(cancel_futures=True)
+        self.writers.shutdown(cancel_futures=True)
+
+    def __enter__(self) -> Workers:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def use_device_decoder(predictor, decode: str) -> bool:
+    """Whether images are decoded and resized in batches on the model's device.
+
+    `device` insists (nvJPEG on CUDA; on the CPU the same batched path with libjpeg-turbo, which
+    gives the CPU path's bytes); `auto` takes it only for the torch runtime on a CUDA device with
+    nvJPEG; `cpu` never. The device path needs the torch runtime.
+    """
+    from ptxseg.data.device_images import jpeg_device_available
+
+    if decode not in DECODERS:
+        raise ValueError(f"--decode {decode!r}: expected one of {', '.join(DECODERS)}")
+    if decode == "device" and predictor.runtime != "torch":
+        raise ValueError(
+            f"--decode device needs the torch runtime (this run uses {predictor.runtime}): "
+            "use --decode cpu or auto"
+        )
+    if decode == "auto":
+        return predictor.runtime == "torch" and jpeg_device_available(predictor.device)
+    return decode == "device"
+
+
+# ---------------------------------------------------------------------------- the run
+
+
+def table_name(stem: str, index: int, count: int, suffix: str = "csv") -> str:
+    return f"{stem}.{suffix}" if count == 1 else f"{stem}.shard-{index}-of-{count}.{suffix}"
 
 
 def predict_files(
@@ -82,30 +209,39 @@ def predict_files(
     files: Sequence[Path],
     out_dir: str | Path,
     *,
+    outputs: Sequence[str] = DEFAULT_OUTPUTS,
     seg: bool = False,
     sr: bool = False,
     explain: bool = False,
     workers: int = 2,
+    pool: Workers | None = None,
+    decode: str = "auto",
     skip_existing: bool = True,
     shard_index: int = 0,
     shard_count: int = 1,
     progress: bool = True,
     max_pixels: int | None = None,
 ) -> RunResult:
-    """Predict `files` into `out_dir` (masks/, overlays/, findings/, seg/, sr/, explain/, CSVs).
+    """Predict `files` into `out_dir` (masks/, findings/, overlays/, seg/, sr/, explain/, CSVs).
 
-    `seg` writes a DICOM SEG per positive DICOM input, `sr` a DICOM SR (TID 1500) per DICOM input.
-    A file whose header claims more than `max_pixels` (default: the readers' limit) is an error
-    row, refused before it is decoded.
+    `outputs` names what to write besides masks and findings (`seg`, `sr` and `explain` add
+    theirs: a DICOM SEG per positive DICOM input, a DICOM SR (TID 1500) per DICOM input);
+    `workers` reader and writer threads are started unless a started `pool` is given (a
+    `Workers` of processes, as `ptxseg predict` passes); `decode` is auto, cpu or device (see
+    `use_device_decoder`). A file whose header claims more than `max_pixels` (default: the
+    readers' limit) is an error row, refused before it is decoded.
     """
+    start = time.perf_counter()
     from ptxseg.data.dicom import DEFAULT_MAX_PIXELS
     from ptxseg.data.rle import rle_encode
 
     max_pixels = max_pixels or DEFAULT_MAX_PIXELS
+    chosen = parse_outputs(list(outputs) + ["seg"] * seg + ["sr"] * sr + ["explain"] * explain)
     out = Path(out_dir)
-    for sub in ("masks", "overlays", "findings"):
-        (out / sub).mkdir(parents=True, exist_ok=True)
-    result = RunResult(out)
+    for name in chosen:
+        (out / FOLDERS[name]).mkdir(parents=True, exist_ok=True)
+    on_device = use_device_decoder(predictor, decode)
+    result = RunResult(out, decoder="device" if on_device else "cpu")
     rows: dict[Path, dict[str, Any]] = {}
     submission: dict[Path, tuple[str, str]] = {}
     todo: list[Path] = []
@@ -130,95 +266,265 @@ def predict_files(
         else:
             todo.append(path)
 
-    def finish(path: Path, image: np.ndarray, meta: dict[str, Any], pred) -> None:
-        image_id = image_id_for(path)
-        write_mask(out / "masks" / f"{image_id}.png", pred.mask)
-        write_overlay(out / "overlays" / f"{image_id}.png", image, pred.mask, pred.findings)
-        findings = dict(pred.findings, image_id=image_id, input_file=str(path))
-        if meta.get("HeaderWarnings"):
-            findings["header_warnings"] = meta["HeaderWarnings"]
-        segmentation = None
-        if seg and pred.mask.any() and meta.get("source") == "dicom":
-            from ptxseg.inference.seg import build_segmentation, save_segmentation
-
-            segmentation, notes = build_segmentation(path, pred.mask)
-            target = out / "seg" / f"{image_id}.dcm"
-            findings["seg_file"] = str(save_segmentation(segmentation, notes, target, findings))
-        if sr and meta.get("source") == "dicom":
-            from ptxseg.inference.sr import write_report
-
-            target = out / "sr" / f"{image_id}.dcm"
-            findings["sr_file"] = str(write_report(path, findings, target, segmentation))
-        if explain:
-            from ptxseg.inference.explain import heatmap_overlay
-            from ptxseg.inference.outputs import encode_png
-
-            cam = predictor.explain(image)
-            png = encode_png(heatmap_overlay(image, cam))
-            atomic.write_bytes(out / "explain" / f"{image_id}.png", png)
-        write_json(out / "findings" / f"{image_id}.json", findings)  # last: marks it done
-        rows[path] = summary_row(image_id, str(path), findings)
-        submission[path] = (image_id, rle_encode(pred.mask))
-
-    def fail(path: Path, err: BaseException) -> None:
-        rows[path] = summary_row(
-            image_id_for(path), str(path), error=f"{type(err).__name__}: {err}"
-        )
+    def fail(path: Path, error: str) -> None:
+        rows[path] = summary_row(image_id_for(path), str(path), error=error)
         result.errors += 1
 
-    lock = threading.Lock()
+    def written(path: Path, res: WriteResult) -> None:
+        if res.error is not None:
+            fail(path, res.error)
+            return
+        rows[path] = summary_row(res.image_id, str(path), res.findings)
+        submission[path] = (res.image_id, res.rle)
+        result.predicted += 1
+        if result.first_result_s is None:
+            first_clock.append(time.perf_counter())
+            age = process_age_s()
+            result.first_result_s = round(
+                age if age is not None else time.perf_counter() - start, 3
+            )
 
-    def write_job(path: Path, image: np.ndarray, meta: dict[str, Any], pred) -> None:
-        try:
-            finish(path, image, meta, pred)
-            with lock:
-                result.predicted += 1
-        except Exception as err:
-            with lock:
-                fail(path, err)
-
-    batch_size = predictor.batch_size
-    writes: deque[Future] = deque()
-    with (
-        _progress(progress, len(todo)) as advance,
-        ThreadPoolExecutor(max(1, workers)) as pool,
-        ThreadPoolExecutor(max(1, workers)) as writer,
-    ):
-        prefetched = _prefetch(pool, todo, 2 * batch_size + workers, max_pixels)
-        for batch in _batches(prefetched, batch_size):
-            loaded = []
-            for path, future in batch:
-                try:
-                    loaded.append((path, *future.result()))
-                except Exception as err:
-                    with lock:
-                        fail(path, err)
-                    advance()
-            try:
-                preds = predictor.predict_batch(
-                    [im for _, im, _ in loaded], [m for *_, m in loaded]
-                )
-            except Exception as err:
-                with lock:
-                    for path, *_ in loaded:
-                        fail(path, err)
-                        advance()
-                continue
-            for (path, image, meta), pred in zip(loaded, preds, strict=True):
-                writes.append(writer.submit(write_job, path, image, meta, pred))
-            while len(writes) > 2 * batch_size:  # bounded: images wait in memory until written
-                writes.popleft().result()
-                advance()
-        while writes:
-            writes.popleft().result()
-            advance()
+    first_clock: list[float] = []
+    own_pool = pool is None
+    pool = pool or Workers(workers, on_device, processes=False)
+    run = _Run(predictor, out, chosen, on_device, pool, max_pixels)
+    try:
+        with _progress(progress, len(todo)) as advance:
+            run.go(todo, fail, written, advance)
+    finally:
+        if own_pool:
+            pool.close()
     result.rows = [rows[p] for p in files if p in rows]
-    write_summary(out / _table_name("summary", shard_index, shard_count), result.rows)
+    write_summary(out / table_name("summary", shard_index, shard_count), result.rows)
     write_submission(
-        out / _table_name("submission", shard_index, shard_count),
+        out / table_name("submission", shard_index, shard_count),
         [submission[p] for p in files if p in submission],
     )
+    end = time.perf_counter()
+    result.seconds = end - start
+    result.steady_seconds = end - first_clock[0] if first_clock else 0.0
     return result
+
+
+def write_run_record(result: RunResult, path: Path, extra: dict[str, Any]) -> Path:
+    """`run.json`: counts, end-to-end images/s, seconds to the first result, and `extra`."""
+    record = {
+        "predicted": result.predicted,
+        "skipped": result.skipped,
+        "errors": result.errors,
+        "seconds": round(result.seconds, 3),
+        "images_per_s": round(result.images_per_s, 2) if result.images_per_s else None,
+        "images_per_s_after_first_result": round(result.steady_images_per_s, 2)
+        if result.steady_images_per_s
+        else None,
+        "first_result_after_start_s": result.first_result_s,
+        "decoder": result.decoder,
+        **extra,
+    }
+    return atomic.write_text(path, json.dumps(record, indent=2) + "\n")
+
+
+@dataclass
+class _Batch:
+    """A batch on its way: the files, and what the model made of them (or will, on a GPU)."""
+
+    items: list[tuple[Path, ReadResult]]
+    shapes: list[tuple[int, int]]
+    inputs_host: np.ndarray | None = None  # uint8 (B, S, S), for explanations
+    probs: np.ndarray | None = None  # CPU path: model-size probabilities
+    packed: Any = None  # device path: pinned host copy of the packed masks
+    offsets: list[int] = field(default_factory=list)
+    peaks: Any = None
+    ready: Any = None  # CUDA event recorded after the copies back
+
+
+class _Run:
+    """The loop of `predict_files`: reads in flight, one batch on the device, writes in flight."""
+
+    def __init__(
+        self, predictor, out: Path, outputs, on_device: bool, pool: Workers, max_pixels: int
+    ) -> None:
+        self.predictor, self.out, self.outputs = predictor, out, outputs
+        self.on_device, self.pool, self.max_pixels = on_device, pool, max_pixels
+        self.describer = predictor.describer()
+
+    def go(
+        self,
+        todo: Sequence[Path],
+        fail: Callable[[Path, str], None],
+        written: Callable[[Path, WriteResult], None],
+        advance: Callable[[], None],
+    ) -> None:
+        size, batch_size = self.predictor.input_size, self.predictor.batch_size
+        reads = _prefetch(
+            lambda p: self.pool.readers.submit(
+                read_input, str(p), size, self.on_device, self.max_pixels
+            ),
+            todo,
+            2 * batch_size + 2 * self.pool.read_slots,
+        )
+        writes: deque[tuple[Path, Future]] = deque()
+        limit = 2 * batch_size + 2 * self.pool.write_slots
+        failed: set[Path] = set()
+
+        def fail_once(path: Path, error: str) -> None:
+            if path not in failed:
+                failed.add(path)
+                fail(path, error)
+                advance()
+
+        def collect(keep: int) -> None:
+            while len(writes) > keep:
+                path, future = writes.popleft()
+                try:
+                    written(path, future.result())
+                except Exception as err:  # noqa: BLE001 - a dead worker: that file's row
+                    fail(path, f"{type(err).__name__}: {err}")
+                advance()
+
+        pending: _Batch | None = None
+        for chunk in _batches(reads, batch_size):
+            items = []
+            for path, future in chunk:
+                try:
+                    read = future.result()
+                except Exception as err:  # noqa: BLE001
+                    read = ReadResult(str(path), error=f"{type(err).__name__}: {err}")
+                if read.error is not None:
+                    fail_once(path, read.error)
+                else:
+                    items.append((path, read))
+            if not items:
+                continue
+            try:
+                launched = self.launch(items, fail_once)
+            except Exception as err:  # noqa: BLE001 - the batch's files get the error
+                for path, _ in items:
+                    fail_once(path, f"{type(err).__name__}: {err}")
+                launched = None
+            if pending is not None:  # the device works on this batch while we finish the last
+                self.finish(pending, writes)
+            pending = launched
+            collect(limit)
+        if pending is not None:
+            self.finish(pending, writes)
+        collect(0)
+
+    # ------------------------------------------------------------------ model
+
+    def launch(self, items, fail) -> _Batch | None:
+        """Start the model on a batch: on the device asynchronously, on the CPU at once."""
+        if self.on_device:
+            return self._launch_device(items, fail)
+        inputs = np.stack([read.model_input for _, read in items])
+        batch = _Batch(items, [tuple(read.shape) for _, read in items], inputs_host=inputs)
+        batch.probs = self.predictor.probabilities(inputs)
+        return batch
+
+    def _launch_device(self, items, fail) -> _Batch | None:
+        import torch
+
+        from ptxseg.data.device_images import decode_frames, to_model_inputs
+        from ptxseg.inference.predictor import full_size_masks_on_device
+
+        predictor, size = self.predictor, self.predictor.input_size
+        device = torch.device(predictor.device)
+        framed = [i for i, (_, read) in enumerate(items) if read.frame is not None]
+        decoded = decode_frames([items[i][1].frame for i in framed], device)
+        singles: dict[int, Any] = {}
+        frames, inverts, where = [], [], []
+        for i, image in zip(framed, decoded, strict=True):
+            path, read = items[i]
+            if isinstance(image, Exception) or tuple(image.shape) != tuple(read.shape):
+                # the CPU's own reader
+                again = read_input(str(path), size, keep_frame=False, max_pixels=self.max_pixels)
+                if again.error is not None:
+                    fail(path, again.error)
+                    continue
+                items[i] = (path, again)
+                continue
+            frames.append(image)
+            inverts.append(read.invert)
+            where.append(i)
+        if frames:
+            small = to_model_inputs(frames, size, inverts)
+            singles.update({i: small[k : k + 1] for k, i in enumerate(where)})
+        kept = [
+            i for i, (_, read) in enumerate(items) if i in singles or read.model_input is not None
+        ]
+        if not kept:
+            return None
+        host = [i for i in kept if i not in singles]
+        if host:
+            uploaded = predictor.upload(np.stack([items[i][1].model_input for i in host]))
+            singles.update({i: uploaded[k : k + 1] for k, i in enumerate(host)})
+        inputs = torch.cat([singles[i] for i in kept])
+        items = [items[i] for i in kept]
+        shapes = [tuple(read.shape) for _, read in items]
+        probs = predictor.probabilities_on_device(inputs)
+        masks, peaks = full_size_masks_on_device(probs, shapes, predictor.operating_point)
+        packed = torch.cat([pack_bits(m) for m in masks])
+        batch = _Batch(items, shapes)
+        batch.offsets = np.cumsum([0] + [(h * w + 7) // 8 for h, w in shapes]).tolist()
+        batch.packed, batch.peaks, batch.ready = _copy_back(packed, peaks.float())
+        if "explain" in self.outputs:
+            batch.inputs_host = inputs.cpu().numpy()
+        return batch
+
+    # ------------------------------------------------------------------ writing
+
+    def finish(self, batch: _Batch, writes: deque) -> None:
+        """Hand each image of a launched batch to a writer."""
+        if batch.ready is not None:
+            batch.ready.synchronize()
+        packed = batch.packed.numpy() if batch.packed is not None else None
+        peaks = batch.peaks.numpy() if batch.peaks is not None else None
+        for i, ((path, read), shape) in enumerate(zip(batch.items, batch.shapes, strict=True)):
+            task = WriteTask(
+                path=str(path),
+                image_id=image_id_for(path),
+                out_dir=str(self.out),
+                outputs=self.outputs,
+                meta=read.meta,
+                shape=shape,
+                describer=self.describer,
+            )
+            if packed is not None:
+                task.mask_bits = packed[batch.offsets[i] : batch.offsets[i + 1]].copy()
+                task.peak = float(peaks[i])
+            else:
+                task.prob_small = batch.probs[i]
+            if "explain" in self.outputs:
+                task.cam_small = self.predictor.explain_input(batch.inputs_host[i])
+            writes.append((path, self.pool.writers.submit(write_outputs, task)))
+
+
+def pack_bits(mask):
+    """`np.packbits(mask.ravel())` of a bool torch tensor, computed on its device."""
+    import torch
+
+    flat = mask.reshape(-1).to(torch.uint8)
+    pad = (-flat.numel()) % 8
+    if pad:
+        flat = torch.cat([flat, flat.new_zeros(pad)])
+    weights = torch.pow(2, torch.arange(7, -1, -1, device=flat.device)).to(torch.int32)
+    return (flat.view(-1, 8).to(torch.int32) * weights).sum(1).to(torch.uint8)
+
+
+def _copy_back(*tensors):
+    """Asynchronous copies of device tensors into pinned host memory, and an event when done."""
+    import torch
+
+    if tensors[0].device.type != "cuda":
+        return (*(t.cpu() for t in tensors), None)
+    hosts = []
+    for t in tensors:
+        host = torch.empty(t.shape, dtype=t.dtype, pin_memory=True)
+        host.copy_(t, non_blocking=True)
+        hosts.append(host)
+    event = torch.cuda.Event()
+    event.record()
+    return (*hosts, event)
 
 
 def _finished(out: Path, image_id: str) -> dict[str, Any] | None:
@@ -232,13 +538,11 @@ def _finished(out: Path, image_id: str) -> dict[str, Any] | None:
         return None
 
 
-def _prefetch(
-    pool: ThreadPoolExecutor, paths: Sequence[Path], depth: int, max_pixels: int
-) -> Iterator:
-    """Yield (path, future) in order, keeping at most `depth` decodes in flight."""
+def _prefetch(submit: Callable[[Path], Future], paths: Sequence[Path], depth: int) -> Iterator:
+    """Yield (path, future) in order, keeping at most `depth` reads in flight."""
     pending: deque[tuple[Path, Future]] = deque()
     for path in paths:
-        pending.append((path, pool.submit(_load, path, max_pixels)))
+        pending.append((path, submit(path)))
         if len(pending) >= depth:
             yield pending.popleft()
     while pending:

@@ -1,6 +1,7 @@
 """Inference back ends behind one call: a float32 (B, 1, S, S) batch in [0, 1] -> logits.
 
-- `torch`: eager PyTorch, channels_last, fp32 or bf16 (autocast; oneDNN uses AVX512-BF16/AMX).
+- `torch`: PyTorch on the CPU or a GPU, channels_last, fp32 or bf16 (autocast; oneDNN uses
+  AVX512-BF16/AMX on the CPU), optionally compiled; see `ptxseg.inference.torch_runner`.
 - `onnxruntime`: fp32 with all graph optimisations, or int8 (static QDQ or dynamic quantisation).
 - `openvino`: fp32 or bf16 (inference precision hint), or int8 by running the QDQ model.
 Every runner returns float32 numpy logits, so the Predictor does not care which one ran.
@@ -89,28 +90,20 @@ def check_int8_file(metadata: dict, cpu: CpuInfo | None = None) -> None:
 
 
 def torch_runner(
-    model, device: str = "cpu", precision: str = "fp32", channels_last: bool = True
-) -> Runner:
-    """Eager PyTorch; bf16 through autocast, so sensitive ops (sigmoid, norms) stay fp32."""
-    import torch
+    model,
+    device: str = "cpu",
+    precision: str = "fp32",
+    channels_last: bool = True,
+    compile: bool = False,
+    compile_mode: str = "default",
+    batch_size: int = 4,
+):
+    """PyTorch (see `ptxseg.inference.torch_runner`); bf16 through autocast, so sensitive ops
+    (sigmoid, norms) stay fp32. Besides the Runner call it offers device-side probabilities."""
+    from ptxseg.inference.torch_runner import TorchRunner
 
     check_runtime("torch", precision)
-    model = model.to(device).eval()
-    fmt = torch.channels_last if channels_last else torch.contiguous_format
-    model = model.to(memory_format=fmt)
-    device_type = torch.device(device).type
-
-    def run(batch: np.ndarray) -> np.ndarray:
-        x = torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32)).to(device)
-        x = x.contiguous(memory_format=fmt)
-        with (
-            torch.inference_mode(),
-            torch.autocast(device_type, dtype=torch.bfloat16, enabled=precision == "bf16"),
-        ):
-            logits = model(x)
-        return logits.float().cpu().numpy()
-
-    return run
+    return TorchRunner(model, device, precision, channels_last, compile, compile_mode, batch_size)
 
 
 def onnxruntime_runner(onnx_path: str | Path, threads: int | None = None) -> Runner:

@@ -48,7 +48,8 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
             "inference-model folder (RUN/model) or an .onnx file from `ptxseg export`"
         )
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        # Memory-mapped: only the tensors that are used are read (not the optimizer state).
+        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except Exception as error:  # noqa: BLE001 - every unreadable file gets the same clear error
         raise CheckpointError(
             f"cannot read checkpoint {path} ({load_error(error)}): "
@@ -121,8 +122,14 @@ def _config(info: dict[str, Any], path: Path) -> TrainConfig:
 def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> SegmentationModel:
     """Rebuild a trained model from a `.ckpt` or an inference-model folder, in eval mode."""
     path = Path(path)
-    info = read_info(path)
-    model = build_model(_config(info, path), load_weights=False)
+    if path.is_dir():
+        info = read_info(path)
+        ckpt = None
+    else:
+        ckpt = read_checkpoint(path)
+        info = info_from_checkpoint(ckpt)
+    # Built without initialising the weights: the file replaces every one of them.
+    model = build_model(_config(info, path), load_weights=False, empty=True)
     if path.is_dir():
         from safetensors.torch import load_file
 
@@ -135,14 +142,17 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> S
             raise CheckpointError(f"cannot read {weights}: {load_error(error)}") from None
         target, what = model.net, "its own ptxseg.json"
     else:
-        ckpt = read_checkpoint(path)
         prefix = "model."
         state = {k[len(prefix) :]: v for k, v in ckpt["state_dict"].items() if k.startswith(prefix)}
         target, what = model, "its own config"
     try:
-        target.load_state_dict(state)
+        target.load_state_dict(state, assign=True)
     except RuntimeError as error:
         raise CheckpointError(f"{path} does not match {what}: {load_error(error)}") from None
+    if any(t.is_meta for t in (*model.parameters(), *model.buffers())):
+        # An encoder with tensors outside its state dict: build it the ordinary way.
+        model = build_model(_config(info, path), load_weights=False)
+        (model.net if path.is_dir() else model).load_state_dict(state)
     model.operating_point = OperatingPoint.coerce(info.get("operating_point"))
     model.validation = info.get("validation")
     return model.to(device).eval()

@@ -105,6 +105,25 @@ def confusion_counts(
     return tuple(c.cpu().numpy().astype(np.int64) for c in (tp, fp, fn, tn))  # type: ignore[return-value]
 
 
+def count_stats(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Summed TP, FP, FN, TN and the sum of per-image Dice of boolean batches, on their device.
+
+    For a training loop that must not wait for the device: no transfer to the host and no value
+    check (both must be bool tensors of shape (N, ...)). Returns float64 (5,) with the empty rule
+    of `dice_scores` (empty truth and empty prediction: Dice 1).
+    """
+    p, t = pred.reshape(pred.shape[0], -1), target.reshape(target.shape[0], -1)
+    tp = (p & t).sum(1)
+    fp = (p & ~t).sum(1)
+    fn = (~p & t).sum(1)
+    tn = p.shape[1] - tp - fp - fn
+    den = (2 * tp + fp + fn).double()
+    dice = torch.where(den > 0, 2 * tp.double() / den.clamp_min(1), torch.ones_like(den))
+    return torch.cat(
+        [torch.stack([tp.sum(), fp.sum(), fn.sum(), tn.sum()]).double(), dice.sum()[None]]
+    )
+
+
 # --------------------------------------------------------------------------- formulas
 
 

@@ -19,8 +19,6 @@ from typing import Any
 
 import numpy as np
 
-from ptxseg.model.metrics import as_tensor, batched
-
 TTA_MODES = ("none", "hflip")
 FIELDS = ("top", "bottom", "min_area", "tta", "input_size")
 
@@ -157,21 +155,36 @@ class OperatingPoint:
             )
 
     def keep(self, prob: Any) -> Any:
-        """Per image: is the mask kept (at least `min_area` pixels above `top`)? bool (N,)."""
-        flat = batched(as_tensor(prob, "probability"), "probability")
-        return (flat > self.top).sum(1) >= self.min_area
+        """Per image: is the mask kept (at least `min_area` pixels above `top`)? bool (N,).
+
+        Returns the kind it was given: a numpy array, or a torch tensor on its device.
+        """
+        return (_flat(prob) > self.top).sum(1) >= self.min_area
 
     def apply(self, prob: Any) -> Any:
         """Binary mask(s) from probabilities: (H, W), (N, H, W) or (N, 1, H, W).
 
         Returns the same kind it was given: a numpy bool array or a torch bool tensor.
         """
-        is_numpy = isinstance(prob, np.ndarray)
-        t = as_tensor(prob, "probability")
-        flat = batched(t, "probability")
+        flat = _flat(prob)
         keep = (flat > self.top).sum(1) >= self.min_area
-        mask = ((flat > self.bottom) & keep[:, None]).reshape(t.shape)
-        return mask.cpu().numpy() if is_numpy else mask
+        return ((flat > self.bottom) & keep[:, None]).reshape(prob.shape)
+
+
+def _flat(prob: Any) -> Any:
+    """(N, pixels) view of probabilities; numpy stays numpy (no torch import: worker processes
+    apply operating points too), tensors go through the metrics' shape rules."""
+    if isinstance(prob, np.ndarray):
+        if prob.ndim == 2:
+            return prob.reshape(1, -1)
+        if prob.ndim == 3 or (prob.ndim == 4 and prob.shape[1] == 1):
+            return prob.reshape(prob.shape[0], -1)
+        raise ValueError(
+            f"probability has shape {prob.shape}: expected (H, W), (N, H, W) or (N, 1, H, W)"
+        )
+    from ptxseg.model.metrics import as_tensor, batched
+
+    return batched(as_tensor(prob, "probability"), "probability")
 
 
 DEFAULT = OperatingPoint()

@@ -155,7 +155,8 @@ def load_error(error: BaseException) -> str:
             f"it holds a Python object ({found.group(1)}) besides tensors, which a safe "
             "(weights-only) load refuses"
         )
-    if "Weights only load failed" in text or isinstance(error, pickle.UnpicklingError):
+    not_torch = ("Weights only load failed", "mmap can only be used", "failed finding central")
+    if any(s in text for s in not_torch) or isinstance(error, pickle.UnpicklingError):
         return "it is not a PyTorch checkpoint, or it is damaged"
     first = text.splitlines()[0] if text else ""
     return f"{type(error).__name__}: {first[:200]}".rstrip(".")
@@ -281,10 +282,15 @@ def _finish(net: nn.Module, config: TrainConfig) -> SegmentationModel:
     return SegmentationModel(net, config)
 
 
-def build_model(config: TrainConfig | dict, load_weights: bool = True) -> SegmentationModel:
+def build_model(
+    config: TrainConfig | dict, load_weights: bool = True, empty: bool = False
+) -> SegmentationModel:
     """U-Net from the config; fills `config.model.mean/std` when unset.
 
     `load_weights=False` skips pretrained weights (used when a checkpoint supplies them).
+    `empty=True` also skips initialising the network: its parameters are placeholders on the
+    meta device that a checkpoint must replace (`load_state_dict(..., assign=True)`); this saves
+    the random initialisation of tens of millions of weights when a model is loaded.
     """
     if isinstance(config, dict):
         config = TrainConfig.from_dict(config)
@@ -292,6 +298,17 @@ def build_model(config: TrainConfig | dict, load_weights: bool = True) -> Segmen
     check_encoder(m.encoder)
     if m.mean is None or m.std is None:
         m.mean, m.std = preprocessing_params(m.encoder)
+    if empty:
+        with torch.device("meta"):
+            net = smp.Unet(
+                encoder_weights=None,
+                in_channels=m.in_channels,
+                encoder_name=m.encoder,
+                classes=1,
+                decoder_attention_type=m.decoder_attention,
+                aux_params={"classes": 1, "dropout": 0.2} if m.aux_head else None,
+            )
+        return _finish(net, config)
     source = _weights_source(m.encoder_weights) if load_weights else "none"
     kwargs: dict[str, Any] = dict(
         encoder_name=m.encoder,

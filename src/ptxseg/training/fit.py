@@ -4,8 +4,12 @@ The run folder holds `config.yaml` (the resolved config), `checkpoints/best.ckpt
 `checkpoints/last.ckpt` (training checkpoints with the optimizer state, for --resume), `model/`
 (the best weights as an inference-model folder in safetensors: what predict, serve and export
 share; see `ptxseg.model.checkpoint`), `metrics.csv` (one tidy row per epoch), `logs/` (CSV and
-TensorBoard logs of Lightning) and `train_summary.json` (best epoch, speed, memory, and the
-all-empty baseline to compare with).
+TensorBoard logs of Lightning) and `train_summary.json` (best epoch, speed, memory, the device
+and the all-empty baseline to compare with).
+
+Settings left to the device (`auto` precision and augmentation place, unset compile and
+channels_last) are decided here, before the config is saved, by `ptxseg.model.acceleration`:
+a GPU trains compiled, in bf16-mixed, channels_last, augmenting on the device.
 """
 
 from __future__ import annotations
@@ -21,10 +25,16 @@ import torch
 from torch.utils.data import Dataset
 
 from ptxseg import atomic
-from ptxseg.config import TrainConfig, save_config
+from ptxseg.config import TrainConfig, apply_overrides, save_config
 from ptxseg.model import metrics
+from ptxseg.model.acceleration import (
+    resolve_channels_last,
+    resolve_compile,
+    resolve_training_precision,
+    use_fast_float32,
+)
 from ptxseg.model.checkpoint import export_inference_model
-from ptxseg.system import peak_rss_mb
+from ptxseg.system import gpu_description, peak_rss_mb
 from ptxseg.training.module import (
     SegmentationDataModule,
     SegmentationModule,
@@ -36,22 +46,58 @@ INFERENCE_MODEL = "model"
 
 
 class RunRecorder(L.Callback):
-    """Times the training batches (images/s over all processes), excluding validation."""
+    """Times each training epoch end to end (loader waits included, validation excluded).
+
+    The clock runs from the start of an epoch's training batches to the start of its validation
+    and waits for the device only there, never per step. Records the device trained on, since
+    Lightning moves the module back to the CPU when `fit` returns.
+    """
 
     def __init__(self, run_dir: Path) -> None:
         self.run_dir = run_dir
         self.train_seconds = 0.0
         self.train_images = 0
-        self._t0 = 0.0
+        self.epoch_images_per_s: list[float] = []
+        self.device: torch.device | None = None
+        self._t0: float | None = None
+        self._images = 0
 
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
-        self._t0 = time.perf_counter()
+    def _sync(self) -> None:
+        if self.device is not None and self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        self.device = trainer.strategy.root_device
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        self._sync()
+        self._t0, self._images = time.perf_counter(), 0
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        if torch.cuda.is_available() and pl_module.device.type == "cuda":
-            torch.cuda.synchronize(pl_module.device)
-        self.train_seconds += time.perf_counter() - self._t0
-        self.train_images += int(batch["image"].shape[0]) * trainer.world_size
+        self._images += int(batch["image"].shape[0]) * trainer.world_size
+
+    def _stop(self) -> None:
+        if self._t0 is None:
+            return
+        self._sync()
+        seconds = time.perf_counter() - self._t0
+        self._t0 = None
+        self.train_seconds += seconds
+        self.train_images += self._images
+        if seconds > 0 and self._images:
+            self.epoch_images_per_s.append(round(self._images / seconds, 2))
+
+    def on_validation_start(self, trainer, pl_module) -> None:
+        self._stop()
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        self._stop()
+
+    def peak_gpu_mb(self) -> float | None:
+        """The most GPU memory PyTorch allocated while training, or None off CUDA."""
+        if self.device is None or self.device.type != "cuda":
+            return None
+        return torch.cuda.max_memory_allocated(self.device) / 2**20
 
 
 def empty_baseline(dataset: Dataset) -> dict[str, float]:
@@ -76,6 +122,24 @@ def _accelerator(config: TrainConfig) -> str:
     if accel == "auto":
         return "gpu" if torch.cuda.is_available() else "cpu"
     return accel
+
+
+def resolve_device_defaults(config: TrainConfig) -> TrainConfig:
+    """The config with every device-dependent default decided for the accelerator it will use."""
+    device = "cuda" if _accelerator(config) in ("gpu", "cuda") else "cpu"
+    t, d = config.trainer, config.data
+    place = d.augment_on
+    if place == "auto":
+        place = "device" if device == "cuda" else "loader"
+    return apply_overrides(
+        config,
+        {
+            "trainer.precision": resolve_training_precision(t.precision, device),
+            "trainer.channels_last": resolve_channels_last(t.channels_last, device),
+            "trainer.compile": resolve_compile(t.compile, device),
+            "data.augment_on": place,
+        },
+    )
 
 
 def _strategy(config: TrainConfig) -> str:
@@ -159,6 +223,8 @@ def build_trainer(
         enable_progress_bar=t.progress_bar,
         enable_model_summary=False,
         default_root_dir=run_dir,
+        # Fixed batch shapes: let cuDNN time its algorithms once and keep the fastest.
+        benchmark=_accelerator(config) in ("gpu", "cuda"),
     )
     return trainer, recorder
 
@@ -184,6 +250,8 @@ def fit(
             f"run folder {run_dir} already holds checkpoints: continue it with --resume, or "
             f"choose another --out"
         )
+    config = resolve_device_defaults(config)
+    use_fast_float32("cuda" if _accelerator(config) in ("gpu", "cuda") else "cpu")
     L.seed_everything(config.trainer.seed, workers=True, verbose=False)
     module = SegmentationModule(config)  # resolves the normalisation into the config
     module.metrics_path = run_dir / "metrics.csv"
@@ -231,11 +299,9 @@ def _summary(config, module, trainer, recorder, data, wall: float) -> dict[str, 
     rows = module.epoch_rows
     finite = [r for r in rows if not math.isnan(r["val_dice"])]
     best = max(finite, key=lambda r: r["val_dice"]) if finite else None
-    gpu_mb = (
-        torch.cuda.max_memory_allocated() / 2**20
-        if torch.cuda.is_available() and module.device.type == "cuda"
-        else None
-    )
+    gpu_mb = recorder.peak_gpu_mb()
+    rates = recorder.epoch_images_per_s
+    device = recorder.device if recorder.device is not None else module.device
     return {
         "encoder": config.model.encoder,
         "epochs_run": len(rows),
@@ -247,11 +313,22 @@ def _summary(config, module, trainer, recorder, data, wall: float) -> dict[str, 
         "train_images_per_s": round(recorder.train_images / recorder.train_seconds, 2)
         if recorder.train_seconds
         else None,
+        "epoch_images_per_s": rates,
+        "train_images_per_s_after_first_epoch": round(
+            sum(rates[1:]) / len(rates[1:]), 2
+        )  # the first epoch includes compilation and warm-up
+        if len(rates) > 1
+        else None,
         "peak_rss_mb": round(peak_rss_mb(), 1),
         "peak_gpu_mb": round(gpu_mb, 1) if gpu_mb is not None else None,
-        "device": str(module.device),
+        "device": str(device),
+        "gpu": gpu_description() if device.type == "cuda" else None,
+        "torch": torch.__version__,
         "world_size": trainer.world_size,
         "precision": config.trainer.precision,
+        "channels_last": config.trainer.channels_last,
+        "compile": config.trainer.compile,
+        "augment_on": config.data.augment_on,
         "empty_baseline_val": empty_baseline(data.val_dataset),
         "best_checkpoint": "checkpoints/best.ckpt"
         if (run_dir / "checkpoints" / "best.ckpt").is_file()

@@ -2,7 +2,12 @@
 
 Metrics come from per-image confusion counts (`ptxseg.model.metrics`) at probability 0.5, summed
 over the epoch and over all processes, so Dice, IoU and pixel accuracy are pooled over the split and
-the competition Dice is the mean per-image Dice with empty/empty = 1, also under DDP.
+the competition Dice is the mean per-image Dice with empty/empty = 1, also under DDP. The sums stay
+on the device during the epoch: a step never waits for the GPU to report a number.
+
+On a GPU (see `ptxseg.model.acceleration`) the training step (model, loss and counts) is compiled
+with `torch.compile`, Adam is the fused kernel, and augmentation runs on the batch after its
+transfer (`ptxseg.training.batch_augment`) when `data.augment_on` says so.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from ptxseg import atomic
 from ptxseg.config import TrainConfig
 from ptxseg.model import metrics
+from ptxseg.model.acceleration import compile_function
 from ptxseg.model.losses import aux_loss, build_loss
 from ptxseg.model.unet import build_model
 
@@ -67,49 +73,64 @@ class SegmentationModule(L.LightningModule):
         self._stats: dict[str, torch.Tensor] = {}
         self._reset("train")
         self._reset("val")
+        self._train_step = self._compute  # replaced by its compiled form in setup() when asked
 
     def _reset(self, stage: str) -> None:
-        self._stats[stage] = torch.zeros(len(STAT_NAMES), dtype=torch.float64)
+        self._stats[stage] = torch.zeros(len(STAT_NAMES), dtype=torch.float64, device=self.device)
 
     def setup(self, stage: str) -> None:
-        if self.config.trainer.channels_last:
+        t = self.config.trainer
+        if t.channels_last:
             self.model.to(memory_format=torch.channels_last)
+        if t.compile:
+            self._train_step = compile_function(self._compute)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x)
 
-    def _step(self, batch: dict, stage: str) -> torch.Tensor:
-        image, mask = batch["image"], batch["mask"]
-        if self.config.trainer.channels_last:
-            image = image.contiguous(memory_format=torch.channels_last)
+    def _compute(
+        self, image: torch.Tensor, mask: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+        """(loss, auxiliary loss or None, summed stats of STAT_NAMES) of one batch, on device."""
         logits, label_logits = self.model.forward_with_aux(image)
         loss = self.loss(logits, mask)
+        aux = None
         if label_logits is not None:
             aux = aux_loss(label_logits, mask)
-            self.log(f"{stage}/aux_loss", aux, on_step=False, on_epoch=True, sync_dist=True)
             loss = loss + self.config.loss.aux_weight * aux
-        batch_size = image.shape[0]
+        n = image.shape[0]
+        counts = metrics.count_stats(logits.detach() > 0, mask > 0.5)
+        extra = torch.stack([torch.ones_like(loss.detach()) * n, loss.detach() * n]).double()
+        return loss, aux, torch.cat([counts, extra])
+
+    def step_outputs(
+        self, image: torch.Tensor, mask: torch.Tensor, train: bool = True
+    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+        """(loss, auxiliary loss or None, summed stats) of a batch on the module's device.
+
+        Only the training step is compiled: validation's last batch has another shape, and its
+        no-grad graph would be a second compilation for a tenth of the images.
+        """
+        if self.config.trainer.channels_last:
+            image = image.contiguous(memory_format=torch.channels_last)
+        return (self._train_step if train else self._compute)(image, mask)
+
+    def _step(self, batch: dict, stage: str) -> torch.Tensor:
+        image, mask = batch["image"], batch["mask"]
+        loss, aux, stats = self.step_outputs(image, mask, train=stage == "train")
+        if aux is not None:
+            self.log(f"{stage}/aux_loss", aux, on_step=False, on_epoch=True, sync_dist=True)
         self.log(
             f"{stage}/loss",
             loss,
             on_step=False,
             on_epoch=True,
             sync_dist=True,
-            batch_size=batch_size,
+            batch_size=image.shape[0],
         )
-        with torch.no_grad():
-            tp, fp, fn, tn = metrics.confusion_counts(logits.detach() > 0, mask > 0.5)
-            comp = metrics.dice_scores(tp, fp, fn).sum()
-            row = [
-                tp.sum(),
-                fp.sum(),
-                fn.sum(),
-                tn.sum(),
-                comp,
-                batch_size,
-                loss.item() * batch_size,
-            ]
-            self._stats[stage] += torch.tensor(np.array(row, dtype=np.float64))
+        if self._stats[stage].device != stats.device:
+            self._stats[stage] = self._stats[stage].to(stats.device)
+        self._stats[stage] += stats.detach()
         return loss
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
@@ -161,7 +182,11 @@ class SegmentationModule(L.LightningModule):
 
     def configure_optimizers(self) -> dict:
         o = self.config.optim
-        optimizer = torch.optim.Adam(self.parameters(), lr=o.lr, weight_decay=o.weight_decay)
+        # The fused kernel updates every parameter in one launch on a GPU.
+        fused = self.device.type == "cuda"
+        optimizer = torch.optim.Adam(
+            self.parameters(), lr=o.lr, weight_decay=o.weight_decay, fused=fused or None
+        )
         if o.scheduler == "plateau":
             scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
                 optimizer, mode="max", factor=o.lr_factor, patience=o.lr_patience
@@ -272,16 +297,24 @@ class SegmentationDataModule(L.LightningDataModule):
         super().__init__()
         self.config = config
         self.train_dataset, self.val_dataset = train_dataset, val_dataset
+        self.batch_augment = None  # a BatchAugment when augmentation runs on the device
+        self._augment_epoch: int | None = None
 
     def setup(self, stage: str | None = None) -> None:
         d = self.config.data
+        if d.augment_on == "device" and d.aug != "none":
+            from ptxseg.training.batch_augment import BatchAugment
+
+            self.batch_augment = BatchAugment(d.aug, d.size)
         if self.train_dataset is None or self.val_dataset is None:
             from ptxseg.data.dataset import SegmentationDataset
 
             if not d.work:
                 raise ValueError("no training data: set --data WORK (a `ptxseg prepare` folder)")
             if self.train_dataset is None:
-                transform = build_transform(d.aug, d.size)
+                # Augmented on the device after the transfer (on_after_batch_transfer) or here.
+                on_device = d.augment_on == "device"
+                transform = None if on_device else build_transform(d.aug, d.size)
                 self.train_dataset = SegmentationDataset(d.work, "train", d.size, transform)
             if self.val_dataset is None:
                 self.val_dataset = SegmentationDataset(d.work, "val", d.size)
@@ -291,6 +324,19 @@ class SegmentationDataModule(L.LightningDataModule):
                     f"the {name} split{(' of ' + d.work) if d.work else ''} is empty: early "
                     f"stopping and checkpoints need both; prepare more images or a larger --val"
                 )
+
+    def on_after_batch_transfer(self, batch: dict, dataloader_idx: int) -> dict:
+        """Augment a training batch where it now is (the GPU) when augmentation runs there."""
+        trainer = self.trainer
+        if self.batch_augment is None or trainer is None or not trainer.training:
+            return batch
+        epoch, rank = trainer.current_epoch, trainer.global_rank
+        if self._augment_epoch != epoch:  # a fresh, repeatable stream per epoch and process
+            self._augment_epoch = epoch
+            self.batch_augment.reseed(self.config.trainer.seed, rank, epoch)
+        batch = dict(batch)
+        batch["image"], batch["mask"] = self.batch_augment(batch["image"], batch["mask"])
+        return batch
 
     def _rank_world(self) -> tuple[int, int]:
         trainer = self.trainer

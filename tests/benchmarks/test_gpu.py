@@ -1,0 +1,94 @@
+"""benchmark-gpu: its data, its tables, and its stages run end to end at toy sizes on the CPU."""
+
+import csv
+import json
+
+import numpy as np
+import pytest
+
+from ptxseg.benchmarks import gpu
+from ptxseg.cli import main
+
+
+def toy(tmp_path, **changes) -> gpu.GpuBenchSettings:
+    values = dict(
+        out=tmp_path / "results",
+        work=tmp_path / "work",
+        images=10,
+        distinct=4,
+        source_size=128,
+        size=64,
+        encoder="resnet18",
+        batch_size=4,
+        train_batches=2,
+        workers=2,
+        device="cpu",
+    )
+    values.update(changes)
+    return gpu.GpuBenchSettings(**values)
+
+
+def test_unknown_stages_are_refused(tmp_path):
+    with pytest.raises(ValueError, match="choose from prepare"):
+        toy(tmp_path, stages=("predict", "warp"))
+
+
+def test_data_repeats_a_few_radiographs_with_their_annotations(tmp_path):
+    bench = gpu.Bench(toy(tmp_path), say=lambda _: None)
+    data = gpu.make_data(bench)
+    files = sorted(data.dicoms.glob("*.dcm"))
+    assert len(files) == 10 and len({f.stat().st_ino for f in files}) <= 10
+    with open(data.annotations, newline="") as handle:
+        ids = {row["ImageId"] for row in csv.DictReader(handle)}
+    assert ids == {f.stem for f in files}
+    assert data.predict_inputs == data.dicoms and "synthetic" in data.predict_source
+
+
+def test_tables_name_the_machine(tmp_path):
+    bench = gpu.Bench(toy(tmp_path), say=lambda _: None)
+    path = bench.write("demo", "A title", [{"path": "a", "images_per_s": 1.5}], "A note.")
+    text = path.read_text()
+    assert text.startswith("# A title") and "torch " in text and "GPU: " in text
+    assert "| a | 1.5 |" in text and (tmp_path / "results" / "gpu-demo.csv").is_file()
+
+
+def test_mask_dice_compares_two_prediction_folders(tmp_path):
+    from ptxseg.inference.outputs import write_mask
+
+    a, b = np.zeros((8, 8), bool), np.zeros((8, 8), bool)
+    a[:4], b[:2] = True, True
+    write_mask(tmp_path / "x" / "masks" / "1.png", a)
+    write_mask(tmp_path / "y" / "masks" / "1.png", b)
+    assert gpu.mask_dice(tmp_path / "x", tmp_path / "y") == pytest.approx(2 * 16 / 48, abs=1e-5)
+
+
+@pytest.mark.slow
+def test_prepare_and_predict_stages_at_toy_size(tmp_path):
+    settings = toy(tmp_path, stages=("prepare", "predict"))
+    tables = gpu.run(settings, say=lambda _: None)
+    assert [t.name for t in tables] == ["gpu-prepare.md", "gpu-predict.md"]
+    predict = (tmp_path / "results" / "gpu-predict.md").read_text()
+    assert "reference: eager fp32, CPU decode" in predict and "exit " not in predict
+    record = json.loads((tmp_path / "work" / "predict-0" / "run.json").read_text())
+    assert record["predicted"] == 10 and record["errors"] == 0
+
+
+@pytest.mark.slow
+def test_cli_runs_the_train_and_backbone_stages_at_toy_size(tmp_path):
+    args = ["benchmark-gpu", "--device", "cpu", "--out", str(tmp_path / "r")]
+    args += ["--work", str(tmp_path / "w"), "--images", "12", "--distinct", "4"]
+    args += ["--source-size", "128", "--size", "64", "--encoder", "resnet18"]
+    args += ["--batch-size", "4", "--train-batches", "2", "--workers", "2"]
+    with pytest.raises(SystemExit) as done:
+        main([*args, "--stages", "train,backbones"])
+    assert done.value.code in (0, None)
+    train = (tmp_path / "r" / "gpu-train.md").read_text()
+    assert "now: compiled" in train and "loader_overhead_pct" in train
+    assert "compiled channels_last" in (tmp_path / "r" / "gpu-backbones.md").read_text()
+
+
+def test_peak_difference_compares_the_findings_of_two_runs(tmp_path):
+    for folder, value in (("x", 0.25), ("y", 0.5)):
+        (tmp_path / folder / "findings").mkdir(parents=True)
+        (tmp_path / folder / "findings" / "1.json").write_text(json.dumps({"probability": value}))
+    assert gpu.peak_difference(tmp_path / "x", tmp_path / "y") == 0.25
