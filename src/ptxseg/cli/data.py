@@ -36,18 +36,33 @@ def prepare(
     rle_encoding: str = typer.Option(
         "auto", help="auto (detect from the CSV), relative (SIIM) or absolute."
     ),
+    folds: int = typer.Option(
+        0,
+        help="Also split the train and val images into K cross-validation folds (grouped by "
+        "patient, stratified, seeded; saved in splits.json and reused). 0: keep saved folds.",
+    ),
 ) -> None:
     """Join DICOMs with annotations; write manifest, seeded split and resized array cache.
 
     Example: ptxseg prepare --images siim/dicom-images-train --annotations siim/train-rle.csv
-    --out work --size 256
+    --out work --size 256 [--folds 5]
     """
     from ptxseg.data.prepare import prepare as run_prepare
 
     try:
         with progress_bar(console=console) as progress:
             result = run_prepare(
-                images, annotations, out, size, seed, val, test, workers, rle_encoding, progress
+                images,
+                annotations,
+                out,
+                size,
+                seed,
+                val,
+                test,
+                workers,
+                rle_encoding,
+                progress,
+                folds=folds,
             )
     except (ValueError, FileNotFoundError) as err:
         fail(str(err))
@@ -58,6 +73,14 @@ def prepare(
         share = f"{c['positive'] / c['images']:.1%}" if c["images"] else "-"
         table.add_row(split, str(c["images"]), str(c["positive"]), share)
     console.print(table)
+    if result.folds:
+        folds_table = Table(title=f"{len(result.folds)} folds of the train and val images")
+        for column in ("fold", "images", "positive", "positive share"):
+            folds_table.add_column(column, justify="right")
+        for k, c in enumerate(result.folds):
+            share = f"{c['positive'] / c['images']:.1%}" if c["images"] else "-"
+            folds_table.add_row(str(k), str(c["images"]), str(c["positive"]), share)
+        console.print(folds_table)
     for key, items in result.problems.items():
         if items:
             console.print(

@@ -1,9 +1,10 @@
 """`ptxseg prepare`: DICOMs + annotation CSV -> manifest, saved split and uint8 array cache.
 
 Steps: find the DICOMs, read their headers, join them with the annotations, make (or reuse) the
-seeded split, then decode and resize every image and mask once, in parallel, into memory-mapped
-arrays. Every output is written under a temporary name and renamed, and a rerun with the same
-inputs finds the cache up to date and writes nothing.
+seeded split (and, with `--folds K`, the cross-validation folds of `ptxseg.data.folds`), then
+decode and resize every image and mask once, in parallel, into memory-mapped arrays. Every output
+is written under a temporary name and renamed, and a rerun with the same inputs finds the cache
+up to date and writes nothing.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import os
 import warnings
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +27,7 @@ from rich.progress import Progress
 from ptxseg import atomic
 from ptxseg.data.dataset import ANNOTATIONS, MANIFEST, SPLITS, SPLITS_FILE, cache_dir, cache_paths
 from ptxseg.data.dicom import DicomHeaderWarning, ImageReadError, parse_age, read_dicom
+from ptxseg.data.folds import load_or_make_folds
 from ptxseg.data.preprocess import mask_to_model_size, to_model_input
 from ptxseg.data.rle import EMPTY, detect_encoding, read_annotations, rles_to_mask
 
@@ -44,6 +46,7 @@ MANIFEST_COLUMNS = (
     "patient_age",
     "patient_id",
     "rle_encoding",
+    "fold",
 )
 
 
@@ -63,6 +66,7 @@ class Record:
     patient_id: str
     split: str = ""
     mask_area: int = -1
+    fold: int | None = None  # with `prepare --folds K`: the fold of a train or val image
 
 
 # ---------------------------------------------------------------- atomic writes
@@ -310,6 +314,7 @@ def manifest_text(records: Sequence[Record], encoding: str) -> str:
                 r.patient_age,
                 r.patient_id,
                 encoding,
+                "" if r.fold is None else r.fold,
             ]
         )
     return out.getvalue()
@@ -333,6 +338,7 @@ class PrepareResult:
     encoding: str
     problems: dict[str, list]
     cache_written: bool
+    folds: list[dict[str, int]] = field(default_factory=list)  # images and positives per fold
 
 
 def prepare(
@@ -346,8 +352,13 @@ def prepare(
     workers: int = 1,
     rle_encoding: str = "auto",
     progress: Progress | None = None,
+    folds: int = 0,
 ) -> PrepareResult:
-    """Run every step of `ptxseg prepare`; see the module docstring."""
+    """Run every step of `ptxseg prepare`; see the module docstring.
+
+    `folds` > 1 adds that many cross-validation folds of the train and val images to the split
+    (`ptxseg.data.folds`); 0 keeps the folds that are saved, if any.
+    """
     if size <= 0 or size % 32:
         raise ValueError(f"--size {size}: expected a positive multiple of 32 (256, 512, 1024)")
     images, out = Path(images), Path(out)
@@ -368,9 +379,14 @@ def prepare(
         )
     out.mkdir(parents=True, exist_ok=True)
     split = load_or_make_split(out, records, seed, val, test)
+    groups = {r.image_id: r.patient_id or f"image:{r.image_id}" for r in records}
+    positive = {r.image_id: bool(r.rles) for r in records}
+    split = load_or_make_folds(out, split, groups, positive, folds)
     where = {i: s for s in SPLITS for i in split[s]}
+    fold_of = {i: k for k, ids in enumerate(split.get("folds") or []) for i in ids}
     for r in records:
         r.split = where[r.image_id]
+        r.fold = fold_of.get(r.image_id)
     written = build_cache(out, records, size, rle_encoding, max(1, workers), progress)
     atomic.write_if_changed(out / MANIFEST, manifest_text(records, rle_encoding))
     atomic.write_if_changed(out / ANNOTATIONS, annotations_text(records))
@@ -382,4 +398,8 @@ def prepare(
         }
         for s in SPLITS
     }
-    return PrepareResult(out, counts, rle_encoding, problems, written)
+    fold_counts = [
+        {"images": len(ids), "positive": sum(positive[i] for i in ids)}
+        for ids in split.get("folds") or []
+    ]
+    return PrepareResult(out, counts, rle_encoding, problems, written, fold_counts)

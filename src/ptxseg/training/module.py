@@ -249,6 +249,14 @@ class SegmentationDataModule(L.LightningDataModule):
 
             if not d.work:
                 raise ValueError("no training data: set --data WORK (a `ptxseg prepare` folder)")
+            if d.fold is not None:  # train on the other folds, validate on this one
+                from ptxseg.data.folds import fold_datasets
+
+                train, val = fold_datasets(d.work, d.size, d.fold, build_transform(d.aug, d.size))
+                if self.train_dataset is None:
+                    self.train_dataset = train
+                if self.val_dataset is None:
+                    self.val_dataset = val
             if self.train_dataset is None:
                 transform = build_transform(d.aug, d.size)
                 self.train_dataset = SegmentationDataset(d.work, "train", d.size, transform)
@@ -293,6 +301,7 @@ class SegmentationDataModule(L.LightningDataModule):
             seed=self.config.trainer.seed,
             num_replicas=world,
             rank=rank,
+            epochs=self.config.trainer.epochs,
         )
         # A last batch of one image would break BatchNorm; drop it when there are full batches.
         return self._loader(self.train_dataset, sampler, drop_last=len(sampler) > d.batch_size)
