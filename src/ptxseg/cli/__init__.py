@@ -6,6 +6,7 @@ the commands so that `ptxseg --help` stays instant.
 
 from ptxseg.cli import (  # noqa: F401  (importing registers the commands)
     augment,
+    cv,
     data,
     evaluate,
     predict,
