@@ -34,7 +34,7 @@ def test_constant_and_natural():
 @pytest.mark.parametrize(
     "text, fragment",
     [
-        ("1.5", "outside [0, 1]"),
+        ("1.5", "not in [0, 1]"),
         ("0.8:x", "not a number"),
         ("0.8:0.4:0.2", "expected"),
         ("0.8@1,0.4@5", "start at epoch 0"),

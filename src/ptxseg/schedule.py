@@ -108,7 +108,7 @@ def _share(text, whole) -> float:
             f"positive fraction {whole!r}: {text!r} is not a number; {SYNTAX}"
         ) from None
     if not 0.0 <= share <= 1.0:
-        raise ValueError(f"positive fraction {whole!r}: {share:g} is outside [0, 1]; {SYNTAX}")
+        raise ValueError(f"positive fraction {whole!r}: {share:g} is not in [0, 1]; {SYNTAX}")
     return share
 
 

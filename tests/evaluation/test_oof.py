@@ -67,7 +67,9 @@ def test_oof_needs_one_member_per_fold(cv_folder, tmp_path):
     )
     with pytest.raises(EnsembleError, match="folds \\[0, 1\\] but .* has 3 folds"):
         evaluate_oof(two, work, tmp_path / "x", progress=False)
-    loose = write_ensemble(tmp_path / "loose.json", [cv / "fold0" / "model"])
+    plain = fold_member(tmp_path / "plain", seed=7, fold=None)  # trained on the train split
+    loose = write_ensemble(tmp_path / "loose.json", [cv / "fold0" / "model", plain])
+    assert read_ensemble(loose).folds == [0, None]  # folds come from the members' configs
     with pytest.raises(EnsembleError, match="has no fold"):
         evaluate_oof(loose, work, tmp_path / "x", progress=False)
     assert not (tmp_path / "x").exists()
@@ -83,9 +85,7 @@ def test_a_fold_model_searches_on_its_own_fold_and_an_ensemble_of_them_refuses_v
     shutil.copytree(cv / "fold2" / "model", single)
     summary = evaluate_checkpoint(single, work, tmp_path / "ev", split="test", progress=False)
     assert summary["operating_point_source"].startswith("searched on the fold2 split")
-    fresh = write_ensemble(
-        tmp_path / "e.json", [cv / f"fold{k}" / "model" for k in range(3)], [0, 1, 2]
-    )
+    fresh = write_ensemble(tmp_path / "e.json", [cv / f"fold{k}" / "model" for k in range(3)])
     with pytest.raises(ValueError, match="--split oof"):
         evaluate_checkpoint(fresh, work, tmp_path / "ev2", split="test", progress=False)
 

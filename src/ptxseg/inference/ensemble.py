@@ -80,6 +80,12 @@ def member_size(path: Path) -> int:
     return int(size)
 
 
+def member_fold(path: Path) -> int | None:
+    """The fold a `.ckpt` or model folder was validated on (`train --fold`), or None."""
+    config = checkpoint.read_info(path).get("config") or {}
+    return (config.get("data") or {}).get("fold")
+
+
 def check_members(members: Sequence[Path]) -> int:
     """The shared input size of the members; EnsembleError when a member is missing, is not a
     ptxseg model, or takes another size."""
@@ -145,13 +151,15 @@ def write_ensemble(
     operating_point: OperatingPoint | None = None,
     validation: dict[str, Any] | None = None,
 ) -> Path:
-    """Write an ensemble file listing `members` relative to it (checked first), atomically."""
+    """Write an ensemble file listing `members` relative to it (checked first), atomically.
+
+    `folds` default to the fold each member was trained for (`train --fold`), if any."""
     file = ensemble_file(path) if Path(path).is_dir() else Path(path)
     if file.suffix.lower() != ".json":
         raise EnsembleError(f"ensemble file {file}: expected a name ending in .json")
     resolved = [Path(m).resolve() for m in members]
     size = check_members(resolved)
-    folds = list(folds) if folds is not None else [None] * len(resolved)
+    folds = list(folds) if folds is not None else [member_fold(m) for m in resolved]
     if len(folds) != len(resolved):
         raise EnsembleError(f"{len(folds)} folds given for {len(resolved)} members")
     base = file.parent.resolve()
@@ -273,9 +281,10 @@ def load_ensemble(
     if isinstance(source, str | os.PathLike):
         spec = read_ensemble(source)
         members = [checkpoint.load_model(m, device) for m in spec.members]
-        model = EnsembleModel(
-            members, spec.operating_point, spec.folds, [str(m) for m in spec.members]
-        )
+        folds = [
+            f if f is not None else _fold_of(m) for f, m in zip(spec.folds, members, strict=True)
+        ]
+        model = EnsembleModel(members, spec.operating_point, folds, [str(m) for m in spec.members])
         model.validation = spec.validation
         return model.to(device).eval()
     paths = [s for s in source if isinstance(s, str | os.PathLike)]
