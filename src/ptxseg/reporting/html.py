@@ -603,6 +603,11 @@ def ablation_section(folder: Path) -> str:
     )
 
 
+def _minutes(seconds) -> str:
+    value = _float(seconds)
+    return "–" if math.isnan(value) else f"{value / 60:.1f}"
+
+
 def cv_section(folder: Path) -> str:
     """The folds of a `ptxseg cv` folder side by side, the pooled out-of-fold row, and the
     ensemble's other evaluations."""
@@ -636,7 +641,7 @@ def cv_section(folder: Path) -> str:
                 done.get("best_epoch", "–"),
                 _float(done.get("best_val_competition_dice")),
                 _float(averaged.get("val_competition_dice")),
-                _float(done.get("wall_time_s")),
+                _minutes(done.get("wall_time_s")),
                 *(oof_values(by_fold[k]) if k in by_fold else ["–"] * 5),
             ]
         )
@@ -648,7 +653,7 @@ def cv_section(folder: Path) -> str:
         "best epoch",
         "val competition Dice (best epoch, 0.5)",
         "val competition Dice (averaged)",
-        "training (s)",
+        "training (min)",
         "OOF images",
         "OOF competition Dice",
         "OOF Dice (pooled)",
