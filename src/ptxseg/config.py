@@ -18,6 +18,7 @@ from typing import Any
 import yaml
 
 from ptxseg import atomic
+from ptxseg.schedule import SYNTAX, PositiveFraction
 
 SCHEDULERS = ("plateau", "cosine")
 PRECISIONS = ("auto", "32", "bf16-mixed", "16-mixed")
@@ -37,8 +38,10 @@ class DataConfig:
     augment_on: str = "auto"
     batch_size: int = 8
     workers: int = 2
-    positive_fraction: float | None = None  # None: natural distribution, shuffled
+    # None: natural share, shuffled; 0.5; linear "0.8:0.4"; steps "0.8@0,0.4@10" (ptxseg.schedule)
+    positive_fraction: float | str | None = None
     samples_per_epoch: int | None = None  # with positive_fraction; None: size of the train split
+    fold: int | None = None  # None: the train/val split; k: train on the other folds, validate on k
 
 
 @dataclass
@@ -95,6 +98,8 @@ class TrainerConfig:
     limit_batches: float | None = None  # fraction (<=1.0) or number of batches per epoch
     resume: bool = False
     progress_bar: bool = True
+    average_top: int = 0  # >1: average the weights of the N best epochs by val competition Dice
+    average_bn_batches: int = 100  # training batches that recompute BatchNorm after averaging
 
 
 @dataclass
@@ -166,6 +171,11 @@ def _coerce(key: str, value: Any, default: Any, annotation: str) -> Any:
             if isinstance(value, float) and not value.is_integer():
                 raise ValueError
             return int(value)
+        if annotation.startswith("float | str"):  # a number, else text that validate() checks
+            try:
+                return float(value)
+            except ValueError:
+                return str(value).strip()
         if annotation.startswith("float"):
             return float(value)
         if annotation.startswith("list"):
@@ -210,11 +220,10 @@ def validate(config: TrainConfig) -> None:
         (config.data.size % 32 == 0 and config.data.size > 0, "data.size", "a multiple of 32"),
         (config.data.batch_size > 0, "data.batch_size", "> 0"),
         (config.data.workers >= 0, "data.workers", ">= 0"),
-        (
-            config.data.positive_fraction is None or 0.0 <= config.data.positive_fraction <= 1.0,
-            "data.positive_fraction",
-            "between 0 and 1, or null",
-        ),
+        (_positive_fraction_ok(config.data.positive_fraction), "data.positive_fraction", SYNTAX),
+        (config.data.fold is None or config.data.fold >= 0, "data.fold", "null or >= 0"),
+        (config.trainer.average_top >= 0, "trainer.average_top", ">= 0 (0 or 1: off)"),
+        (config.trainer.average_bn_batches >= 0, "trainer.average_bn_batches", ">= 0"),
         (config.optim.scheduler in SCHEDULERS, "optim.scheduler", " or ".join(SCHEDULERS)),
         (config.optim.lr > 0, "optim.lr", "> 0"),
         (config.trainer.precision in PRECISIONS, "trainer.precision", ", ".join(PRECISIONS)),
@@ -244,6 +253,14 @@ def validate(config: TrainConfig) -> None:
         if not ok:
             value = getattr(getattr(config, key.split(".")[0]), key.split(".")[1])
             raise ValueError(f"config key {key!r} = {value!r}: expected {expected}")
+
+
+def _positive_fraction_ok(value: float | str | None) -> bool:
+    try:
+        PositiveFraction.parse(value)
+    except ValueError:
+        return False
+    return True
 
 
 def preset_names() -> list[str]:

@@ -6,38 +6,11 @@ import os
 import numpy as np
 import pytest
 from dicom_files import chest_like, replace_bytes, write_dicom
+from siim_folders import make_siim_folder
 
 from ptxseg.cli import main
 from ptxseg.data.dataset import SegmentationDataset, read_manifest, read_splits
 from ptxseg.data.prepare import make_split, prepare
-from ptxseg.data.rle import rle_encode
-
-
-def make_siim_folder(root, n=20, size=64, seed=0):
-    """n DICOMs in the Kaggle layout plus a stage-1 CSV; every third image is positive."""
-    rng = np.random.default_rng(seed)
-    rows = ["ImageId, EncodedPixels"]
-    masks = {}
-    for i in range(n):
-        image_id = f"1.2.3.{i}"
-        folder = root / "dicom-images-train" / f"study{i}" / f"series{i}"
-        folder.mkdir(parents=True)
-        write_dicom(
-            folder / f"{image_id}.dcm",
-            chest_like(size, seed + i),
-            jpeg=True,
-            PatientID=f"patient{i // 2}",
-        )
-        mask = np.zeros((size, size), bool)
-        if i % 3 == 0:
-            y, x = rng.integers(0, size // 2, 2)
-            mask[y : y + size // 4, x : x + size // 8] = True
-            rows.append(f"{image_id}, {rle_encode(mask)}")
-        else:
-            rows.append(f"{image_id}, -1")
-        masks[image_id] = mask
-    (root / "train-rle.csv").write_text("\n".join(rows) + "\n")
-    return root / "dicom-images-train", root / "train-rle.csv", masks
 
 
 @pytest.fixture()

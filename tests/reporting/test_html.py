@@ -247,3 +247,35 @@ def test_cli_report_on_a_folder_without_runs_is_an_error(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert "nothing to report in" in err and "config.yaml" in err and len(err.splitlines()) == 1
     assert not (tmp_path / "empty" / "report.html").exists()
+
+
+def test_cv_folder_shows_its_folds_side_by_side(tmp_path):
+    """A `ptxseg cv` folder: one row per fold (training and out-of-fold numbers) and pooled."""
+    cv = tmp_path / "cv"
+    cv.mkdir()
+    (cv / "cv.json").write_text(json.dumps({"data": "w", "folds": 3, "config": "demo"}))
+
+    def metrics(dice):
+        return {"dice_per_image": {"value": dice, "kind": "per-image", "description": ""}}
+
+    for k in range(2):  # fold 2 is still training
+        (cv / f"fold{k}").mkdir()
+        done = {"epochs_run": 4, "best_epoch": 3, "best_val_competition_dice": 0.61 + k / 100,
+                "wall_time_s": 750,
+                "averaged": {"val_competition_dice": 0.7 + k / 100}}  # fmt: skip
+        (cv / f"fold{k}" / "done.json").write_text(json.dumps(done))
+    folds = [{"fold": k, "counts": {"n_images": 10}, "metrics": metrics(0.8 + k / 100)}
+             for k in range(2)]  # fmt: skip
+    oof = {"split": "oof", "counts": {"n_images": 20}, "metrics": metrics(0.805), "folds": folds,
+           "operating_point_description": "threshold 0.4",
+           "operating_point_source": "searched"}  # fmt: skip
+    (cv / "eval" / "oof").mkdir(parents=True)
+    (cv / "eval" / "oof" / "summary.json").write_text(json.dumps(oof))
+    assert discover(cv)["cvs"] == [cv]
+    text = re.sub(r"(<[^>]+>)+", "|", render_report(cv))
+    assert "Cross-validation: 3 folds" in text
+    assert "|fold 0|4|3|0.6100|0.7000|12.5|10|0.8000|" in text
+    assert "|fold 1|4|3|0.6200|0.7100|12.5|10|0.8100|" in text
+    assert "|fold 2|not finished|" in text
+    assert "|pooled|20|0.8050|" in text
+    assert "Ensemble operating point: threshold 0.4" in text

@@ -9,6 +9,7 @@ import traceback
 
 from ptxseg.cli import (  # noqa: F401  (importing registers the commands)
     augment,
+    cv,
     data,
     evaluate,
     pacs,

@@ -37,6 +37,11 @@ def prepare(
     max_megapixels: float = typer.Option(
         60.0, help="Skip images whose header claims more pixels (decompression bombs)."
     ),
+    folds: int = typer.Option(
+        0,
+        help="Also split the train and val images into K cross-validation folds (grouped by "
+        "patient, stratified, seeded; saved in splits.json and reused). 0: keep saved folds.",
+    ),
 ) -> None:
     """Join DICOMs with annotations; write manifest, seeded split and resized array cache.
 
@@ -44,7 +49,7 @@ def prepare(
     OUT/unmatched.json; the exit code is then 1.
 
     Example: ptxseg prepare --images siim/dicom-images-train --annotations siim/train-rle.csv
-    --out work --size 256
+    --out work --size 256 [--folds 5]
     """
     from ptxseg.data.prepare import prepare as run_prepare
     from ptxseg.system import usable_cores
@@ -65,6 +70,7 @@ def prepare(
                 progress,
                 device=device,
                 max_pixels=int(max_megapixels * 1e6),
+                folds=folds,
             )
     except (ValueError, FileNotFoundError, FileExistsError) as err:
         fail(str(err))
@@ -75,6 +81,14 @@ def prepare(
         share = f"{c['positive'] / c['images']:.1%}" if c["images"] else "-"
         table.add_row(split, str(c["images"]), str(c["positive"]), share)
     console.print(table)
+    if result.folds:
+        folds_table = Table(title=f"{len(result.folds)} folds of the train and val images")
+        for column in ("fold", "images", "positive", "positive share"):
+            folds_table.add_column(column, justify="right")
+        for k, c in enumerate(result.folds):
+            share = f"{c['positive'] / c['images']:.1%}" if c["images"] else "-"
+            folds_table.add_row(str(k), str(c["images"]), str(c["positive"]), share)
+        console.print(folds_table)
     for key, items in result.problems.items():
         if items:
             console.print(

@@ -43,12 +43,51 @@ def print_summary(summary: dict) -> None:
     )
 
 
+def _evaluate_oof(checkpoints: list[Path], data: Path, out: Path, **kwargs) -> dict:
+    from ptxseg.evaluation.oof import evaluate_oof
+
+    if len(checkpoints) != 1:
+        raise ValueError(
+            "--split oof evaluates one cross-validated ensemble: give its cv folder or "
+            "ensemble.json as the only --checkpoint"
+        )
+    return evaluate_oof(checkpoints[0], data, out, **kwargs)
+
+
+def print_folds(summary: dict) -> None:
+    """The out-of-fold metrics of every fold side by side, then the pooled ones."""
+    from rich.console import Console
+    from rich.table import Table
+
+    names = ("dice_per_image", "dice_pooled", "dice_positive_per_image", "roc_auc")
+    table = Table(title=f"out of fold: {len(summary['folds'])} folds (tta: {summary['tta']})")
+    for column in ("fold", "images", "positive", *names):
+        table.add_column(column, justify="right")
+
+    def add(name: str, entry: dict) -> None:
+        metrics = entry["metrics"]
+        cells = [_fmt(metrics[n]["value"]) if n in metrics else "-" for n in names]
+        counts = entry["counts"]
+        table.add_row(name, str(counts["n_images"]), str(counts["n_positive"]), *cells)
+
+    for fold in summary["folds"]:
+        add(str(fold["fold"]), fold)
+    add("pooled", summary)
+    Console().print(table)
+    print_summary(summary)
+
+
 @app.command()
 def evaluate(
-    checkpoint: Path = typer.Option(..., help=options.CHECKPOINT_HELP),
+    checkpoint: list[Path] = typer.Option(..., help=options.CHECKPOINTS_HELP),
     data: Path = typer.Option(..., help="Work folder written by `ptxseg prepare`."),
     out: Path = typer.Option(..., help="Folder for per_image.csv, summary.json, roc.csv, ..."),
-    split: str = typer.Option("test", help="Split to evaluate: train, val or test."),
+    split: str = typer.Option(
+        "test",
+        help="Split to evaluate: train, val, test, fold<k> (one fold), or oof: the out-of-fold "
+        "predictions of a cv ensemble, fold by fold and pooled (searches and stores its "
+        "operating point).",
+    ),
     tta: str | None = options.TTA,
     batch_size: int = typer.Option(8, help="Images per forward pass."),
     device: str = typer.Option("cpu", help="torch device: cpu, cuda, cuda:1, ..."),
@@ -83,6 +122,9 @@ def evaluate(
     per_image.csv, summary.json, roc.csv and panels.npz to --out. The operating point is the
     model's; without one it is searched on the val split (with this TTA) and stored there.
 
+    Several --checkpoint options (or an ensemble file) evaluate their ensemble.
+    `--split oof` takes a cv folder or its ensemble.json.
+
     Example: ptxseg evaluate --checkpoint runs/r1/best.ckpt --data work --split test
     --out runs/r1/eval-test --tta hflip
     """
@@ -91,8 +133,25 @@ def evaluate(
     from ptxseg.evaluation.evaluate import evaluate_checkpoint
 
     try:
+        if split == "oof":
+            summary = _evaluate_oof(
+                checkpoint,
+                data,
+                out,
+                tta=tta,
+                batch_size=batch_size,
+                device=device,
+                search=search,
+                overrides=options.overrides(threshold, top, bottom, min_area),
+                resolution=resolution,
+                save_probs=save_probs,
+                score=score,
+            )
+            print_folds(summary)
+            Console().print(f"wrote {', '.join(summary['files'])} to {out}")
+            return
         summary = evaluate_checkpoint(
-            checkpoint,
+            checkpoint if len(checkpoint) > 1 else checkpoint[0],
             data,
             out,
             split,
@@ -107,7 +166,7 @@ def evaluate(
             save_probs=save_probs,
             score=score,
         )
-    except (ValueError, FileNotFoundError, NotADirectoryError) as err:
+    except (ValueError, FileNotFoundError, NotADirectoryError) as err:  # EnsembleError too
         fail(str(err))
     print_summary(summary)
     Console().print(f"wrote {', '.join(summary['files'])} to {out}")

@@ -25,6 +25,13 @@ CHECKPOINT_HELP = (
 )
 
 
+CHECKPOINTS_HELP = (
+    "The model: a .ckpt from `ptxseg train`, an inference-model folder (RUN/model), an .onnx "
+    "file from `ptxseg export`, or an ensemble: an ensemble.json (or the `ptxseg cv` folder "
+    "holding one), or this option repeated to average several models' probabilities."
+)
+
+
 def overrides(threshold, top, bottom, min_area) -> dict:
     """The operating-point overrides given on the command line."""
     return {"threshold": threshold, "top": top, "bottom": bottom, "min_area": min_area}

@@ -13,15 +13,20 @@ from ptxseg.cli import options
 from ptxseg.cli.app import EXIT_INPUTS_FAILED, app, fail
 
 
-def stored_operating_point(checkpoint: Path):
-    """The operating point stored with a model file (the default when it has none)."""
-    from ptxseg.inference.onnx import read_metadata
-    from ptxseg.model.checkpoint import read_operating_point
-    from ptxseg.model.operating_point import DEFAULT, OperatingPoint
+def stored_operating_point(checkpoint: Path | list[Path]):
+    """The operating point stored with a model, an ONNX file or an ensemble file (the default
+    when it has none, and for a list of models)."""
+    from ptxseg.inference.ensemble import read_operating_point
+    from ptxseg.model.operating_point import DEFAULT
 
-    if checkpoint.suffix.lower() == ".onnx":
-        return OperatingPoint.coerce(read_metadata(checkpoint).get("operating_point")) or DEFAULT
+    if isinstance(checkpoint, list | tuple):
+        return DEFAULT
     return read_operating_point(checkpoint) or DEFAULT
+
+
+def one_or_many(checkpoints: list[Path]) -> Path | list[Path]:
+    """One `--checkpoint` as a path, several as the list whose probabilities are averaged."""
+    return checkpoints[0] if len(checkpoints) == 1 else list(checkpoints)
 
 
 def _device(device: str) -> str:
@@ -36,7 +41,7 @@ def predict(
     inputs: list[Path] = typer.Argument(
         ..., help="DICOM, PNG or JPEG files and folders (searched recursively), mixed."
     ),
-    checkpoint: Path = typer.Option(..., "--checkpoint", "-c", help=options.CHECKPOINT_HELP),
+    checkpoint: list[Path] = typer.Option(..., "--checkpoint", "-c", help=options.CHECKPOINTS_HELP),
     out: Path = typer.Option(..., "--out", "-o", help="Output folder."),
     runtime: str = typer.Option("torch", help="torch, onnxruntime or openvino."),
     precision: str = typer.Option(
@@ -141,6 +146,7 @@ def predict(
     calibration = None
     if precision == "int8":
         calibration = _calibration_images(files[:int8_calibration])
+    checkpoint = one_or_many(checkpoint)
     # The worker processes start (and import what they need) while the model loads.
     device_decode = decode != "cpu" and runtime == "torch" and device.startswith("cuda")
     pool = pipeline.Workers(
@@ -239,12 +245,20 @@ def _calibration_images(files):
 
 @app.command()
 def export(
-    checkpoint: Path = typer.Option(..., "--checkpoint", "-c", help="A .ckpt from `ptxseg train`."),
+    checkpoint: list[Path] = typer.Option(
+        ...,
+        "--checkpoint",
+        "-c",
+        help="A .ckpt from `ptxseg train` or a model folder; an ensemble file, a cv folder, or "
+        "this option repeated for an ensemble.",
+    ),
     format: str = typer.Option(
         "onnx",
         "--format",
-        help="onnx (a file for ONNX Runtime / OpenVINO) or safetensors (an inference-model "
-        "folder: weights, config and operating point; no optimizer state).",
+        help="onnx (a file for ONNX Runtime / OpenVINO; an ensemble becomes one graph that "
+        "averages its members' probabilities) or safetensors (an inference-model folder: "
+        "weights, config and operating point, no optimizer state; an ensemble becomes a folder "
+        "of member folders and its ensemble.json).",
     ),
     out: Path | None = typer.Option(
         None, "--out", "-o", help="Output file or folder (default: CKPT.onnx or CKPT-model/)."
@@ -259,6 +273,13 @@ def export(
 
     Example: ptxseg export --checkpoint best.ckpt --format onnx --out model.onnx
     """
+    from ptxseg.inference.ensemble import (
+        EnsembleError,
+        ensemble_file,
+        export_ensemble_folder,
+        is_ensemble,
+        load_ensemble,
+    )
     from ptxseg.inference.export import FORMATS, ParityError, export_onnx
     from ptxseg.inference.onnx import quantize_onnx
     from ptxseg.inference.runtimes import cpu_precision_plan
@@ -266,20 +287,35 @@ def export(
 
     if format not in FORMATS:
         raise typer.BadParameter(f"--format {format!r}: expected one of {', '.join(FORMATS)}")
+    several = len(checkpoint) > 1
+    source = ensemble_file(checkpoint[0]) if is_ensemble(checkpoint[0]) else checkpoint[0]
+    if several and out is None:
+        raise typer.BadParameter("several --checkpoint: give --out for the exported ensemble")
     if format == "safetensors":
-        target = out or checkpoint.with_name(checkpoint.stem + "-model")
+        target = out or source.with_name(source.stem + "-model")
         try:
-            export_inference_model(checkpoint, target)
+            if several:
+                raise ValueError(
+                    "--format safetensors of several models: write an ensemble file first "
+                    "(`ptxseg ensemble MODEL... --out ensemble.json`) and export that"
+                )
+            if is_ensemble(source):
+                export_ensemble_folder(source, target)
+            else:
+                export_inference_model(source, target)
         except (ValueError, FileNotFoundError, FileExistsError) as err:
             typer.echo(f"error: {err}", err=True)
             raise typer.Exit(1) from None
         typer.echo(f"wrote {target}/ (model.safetensors, config.json, ptxseg.json)")
         return
-    target = out or checkpoint.with_suffix(".onnx")
+    target = out or source.with_suffix(".onnx")
     try:
-        model = load_model(checkpoint)
+        if several or is_ensemble(source):
+            model = load_ensemble(list(checkpoint) if several else source)
+        else:
+            model = load_model(source)
         info = export_onnx(model, target, opset=opset)
-    except (ParityError, ValueError, FileNotFoundError) as err:
+    except (ParityError, ValueError, FileNotFoundError, EnsembleError) as err:
         typer.echo(f"error: {err}", err=True)
         raise typer.Exit(1) from None
     typer.echo(

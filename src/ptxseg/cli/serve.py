@@ -14,7 +14,7 @@ LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 @app.command()
 def serve(
-    checkpoint: Path = typer.Option(..., "--checkpoint", "-c", help=options.CHECKPOINT_HELP),
+    checkpoint: list[Path] = typer.Option(..., "--checkpoint", "-c", help=options.CHECKPOINTS_HELP),
     host: str = typer.Option(
         "127.0.0.1", help="Address to listen on; 0.0.0.0 exposes the service to the network."
     ),
@@ -62,7 +62,8 @@ def serve(
         keep_uploads=keep_uploads,
     )
     try:
-        application = load_app(checkpoint, settings, runtime, device, precision, tta)
+        model = checkpoint[0] if len(checkpoint) == 1 else list(checkpoint)
+        application = load_app(model, settings, runtime, device, precision, tta)
     except (FileNotFoundError, ValueError) as err:
         typer.secho(f"error: {err}", fg="red", err=True)
         raise typer.Exit(2) from None

@@ -19,6 +19,9 @@ OVERRIDES = {
     "batch_size": "data.batch_size",
     "workers": "data.workers",
     "positive_fraction": "data.positive_fraction",
+    "fold": "data.fold",
+    "average_top": "trainer.average_top",
+    "average_bn_batches": "trainer.average_bn_batches",
     "encoder": "model.encoder",
     "encoder_weights": "model.encoder_weights",
     "decoder_attention": "model.decoder_attention",
@@ -48,7 +51,8 @@ OVERRIDES = {
 }
 
 
-def _parse_set(items: list[str]) -> dict[str, str]:
+def parse_set(items: list[str]) -> dict[str, str]:
+    """`--set section.key=value` items as config overrides."""
     values = {}
     for item in items:
         key, sep, value = item.partition("=")
@@ -56,6 +60,14 @@ def _parse_set(items: list[str]) -> dict[str, str]:
             fail(f"--set {item!r}: expected section.key=value, e.g. --set optim.lr_factor=0.3")
         values[key.strip()] = value.strip()
     return values
+
+
+def config_overrides(options: dict, set_items: list[str]) -> dict:
+    """The config keys that the given (not None) command-line options and `--set` items set."""
+    given = {k: v for k, v in options.items() if k in OVERRIDES and v is not None}
+    overrides = {OVERRIDES[k]: (str(v) if isinstance(v, Path) else v) for k, v in given.items()}
+    overrides.update(parse_set(set_items))
+    return overrides
 
 
 @app.command()
@@ -84,8 +96,23 @@ def train(
     ),
     warmup_epochs: int = typer.Option(None, help="Linear warm-up epochs (cosine)."),
     patience: int = typer.Option(None, help="Early stopping: epochs without a better val Dice."),
-    positive_fraction: float = typer.Option(
-        None, help="Share of positive images drawn per epoch (default: natural share)."
+    positive_fraction: str = typer.Option(
+        None,
+        help="Share of positive images drawn per epoch: 0.5; linear over the epochs 0.8:0.4; "
+        "steps 0.8@0,0.6@10,0.4@20 (from epoch 10 on: 0.6). Default: the natural share.",
+    ),
+    fold: int = typer.Option(
+        None,
+        help="Cross-validation: train on every other fold and validate on fold K (a work "
+        "folder prepared with --folds).",
+    ),
+    average_top: int = typer.Option(
+        None,
+        help="Keep the N checkpoints with the best val competition Dice and ship their weight "
+        "average (BatchNorm recomputed on training batches) as RUN/model. 0: off.",
+    ),
+    average_bn_batches: int = typer.Option(
+        None, help="Training batches that recompute BatchNorm after averaging (default 100)."
     ),
     precision: str = typer.Option(
         None, help="auto (bf16-mixed on a GPU, 32 on the CPU), 32, bf16-mixed or 16-mixed."
@@ -137,9 +164,7 @@ def train(
     from ptxseg.model.unet import EncoderWeightsError
     from ptxseg.training.fit import fit
 
-    given = {k: v for k, v in locals().items() if k in OVERRIDES and v is not None}
-    overrides = {OVERRIDES[k]: (str(v) if isinstance(v, Path) else v) for k, v in given.items()}
-    overrides.update(_parse_set(set_))
+    overrides = config_overrides(locals(), set_)
     base = config
     if base is None and resume and out is not None and (out / "config.yaml").is_file():
         base = str(out / "config.yaml")  # resuming continues with the run's own config

@@ -18,6 +18,7 @@ import torch
 from torch.utils.data import Dataset, Sampler
 
 from ptxseg.data.rle import read_annotations, rles_to_mask
+from ptxseg.schedule import PositiveFraction
 
 SPLITS = ("train", "val", "test")
 MANIFEST = "manifest.csv"
@@ -170,47 +171,59 @@ class PositiveFractionSampler(Sampler[int]):
     """Draws each epoch's images so that a set share of them shows a pneumothorax.
 
     About 22% of SIIM images are positive; the winning solutions trained with a larger share and
-    lowered it over time. `positive_fraction=None` keeps the natural share (a plain shuffle).
+    lowered it over time. `positive_fraction` is None (the natural share, a plain shuffle), a
+    share, or a schedule over `epochs` (`ptxseg.schedule`: "0.8:0.4" linear, "0.8@0,0.4@10"
+    steps); Lightning calls `set_epoch` before every epoch, which moves the schedule on.
     With several processes (DDP) each rank takes its own interleaved slice of the same draw.
     """
 
     def __init__(
         self,
         has_pneumothorax: np.ndarray,
-        positive_fraction: float | None = None,
+        positive_fraction: float | str | PositiveFraction | None = None,
         num_samples: int | None = None,
         seed: int = 0,
         num_replicas: int = 1,
         rank: int = 0,
+        epochs: int = 1,
     ) -> None:
         labels = np.asarray(has_pneumothorax, dtype=bool)
-        if positive_fraction is not None and not 0.0 <= positive_fraction <= 1.0:
-            raise ValueError(f"positive_fraction must be in [0, 1], got {positive_fraction}")
+        schedule = (
+            positive_fraction
+            if isinstance(positive_fraction, PositiveFraction)
+            else PositiveFraction.parse(positive_fraction)
+        )
         self.positives = np.flatnonzero(labels)
         self.negatives = np.flatnonzero(~labels)
-        if positive_fraction is not None:
-            if positive_fraction > 0 and self.positives.size == 0:
-                raise ValueError("positive_fraction > 0 but the split has no positive images")
-            if positive_fraction < 1 and self.negatives.size == 0:
-                raise ValueError("positive_fraction < 1 but the split has no negative images")
+        shares = schedule.shares()
+        if any(s > 0 for s in shares) and self.positives.size == 0:
+            raise ValueError("positive_fraction > 0 but the split has no positive images")
+        if any(s < 1 for s in shares) and self.negatives.size == 0:
+            raise ValueError("positive_fraction < 1 but the split has no negative images")
         if not 0 <= rank < num_replicas:
             raise ValueError(f"rank {rank} is outside 0..{num_replicas - 1}")
-        self.positive_fraction = positive_fraction
+        self.schedule, self.epochs = schedule, max(1, int(epochs))
         self.total = int(num_samples if num_samples is not None else labels.size)
         self.num_replicas, self.rank, self.seed, self.epoch = num_replicas, rank, seed, 0
         self.per_rank = math.ceil(self.total / num_replicas)
+
+    @property
+    def positive_fraction(self) -> float | None:
+        """The share of positive images in this epoch's draw (None: the natural share)."""
+        return self.schedule.at(self.epoch, self.epochs)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
     def _draw(self) -> np.ndarray:
         rng = np.random.default_rng([self.seed, self.epoch])
-        if self.positive_fraction is None:
+        share = self.positive_fraction
+        if share is None:
             n = self.positives.size + self.negatives.size
             order = rng.permutation(n)
             reps = math.ceil(self.total / max(n, 1))
             return np.concatenate([order] * reps)[: self.total] if reps > 1 else order[: self.total]
-        n_pos = round(self.total * self.positive_fraction)
+        n_pos = round(self.total * share)
         pos = rng.choice(self.positives, n_pos, replace=n_pos > self.positives.size)
         neg_n = self.total - n_pos
         neg = rng.choice(self.negatives, neg_n, replace=neg_n > self.negatives.size)

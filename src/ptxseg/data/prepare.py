@@ -1,9 +1,10 @@
 """`ptxseg prepare`: DICOMs + annotation CSV -> manifest, saved split and uint8 array cache.
 
 Steps: find the DICOMs, read their headers, join them with the annotations, make (or reuse) the
-seeded split, then decode and resize every image and mask once, in parallel, into memory-mapped
-arrays. Every output is written under a temporary name and renamed, and a rerun with the same
-inputs finds the cache up to date and writes nothing.
+seeded split (and, with `--folds K`, the cross-validation folds of `ptxseg.data.folds`), then
+decode and resize every image and mask once, in parallel, into memory-mapped arrays. Every output
+is written under a temporary name and renamed, and a rerun with the same inputs finds the cache
+up to date and writes nothing.
 
 Decoding runs in a pool of worker processes. With a CUDA device (`device="auto"` or "cuda") the
 workers only parse the files and hand the JPEG Baseline frames to nvJPEG, and the resize runs on
@@ -22,7 +23,7 @@ import os
 import warnings
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -40,6 +41,7 @@ from ptxseg.data.dicom import (
     read_dicom_frame,
     read_header,
 )
+from ptxseg.data.folds import load_or_make_folds
 from ptxseg.data.preprocess import mask_to_model_size, to_model_input
 from ptxseg.data.rle import (
     EMPTY,
@@ -67,6 +69,7 @@ MANIFEST_COLUMNS = (
     "patient_age",
     "patient_id",
     "rle_encoding",
+    "fold",
 )
 
 
@@ -86,6 +89,7 @@ class Record:
     patient_id: str
     split: str = ""
     mask_area: int = -1
+    fold: int | None = None  # with `prepare --folds K`: the fold of a train or val image
 
 
 # ---------------------------------------------------------------- atomic writes
@@ -569,6 +573,7 @@ def manifest_text(records: Sequence[Record], encoding: str) -> str:
                 r.patient_age,
                 r.patient_id,
                 encoding,
+                "" if r.fold is None else r.fold,
             ]
         )
     return out.getvalue()
@@ -592,6 +597,7 @@ class PrepareResult:
     encoding: str
     problems: dict[str, list]
     cache_written: bool
+    folds: list[dict[str, int]] = field(default_factory=list)  # images and positives per fold
 
 
 def prepare(
@@ -607,10 +613,13 @@ def prepare(
     progress: Progress | None = None,
     device: str = "cpu",
     max_pixels: int = DEFAULT_MAX_PIXELS,
+    folds: int = 0,
 ) -> PrepareResult:
     """Run every step of `ptxseg prepare`; see the module docstring.
 
-    `device`: cpu, cuda, or auto (cuda when a GPU with nvJPEG is there).
+    `device`: cpu, cuda, or auto (cuda when a GPU with nvJPEG is there). `folds` > 1 adds that
+    many cross-validation folds of the train and val images to the split (`ptxseg.data.folds`);
+    0 keeps the folds that are saved, if any.
     """
     device = resolve_decode_device(device)
     if size <= 0 or size % 32:
@@ -658,6 +667,12 @@ def prepare(
             _skip(problems, r.path, failed[r.image_id])
     records = [r for r in records if r.image_id not in failed]
     split = drop_from_split(split, failed)
+    groups = {r.image_id: r.patient_id or f"image:{r.image_id}" for r in records}
+    positive = {r.image_id: bool(r.rles) for r in records}
+    split = load_or_make_folds(out, split, groups, positive, folds)
+    fold_of = {i: k for k, ids in enumerate(split.get("folds") or []) for i in ids}
+    for r in records:
+        r.fold = fold_of.get(r.image_id)
     problems["skipped"].sort(key=lambda p: p["file"])
     atomic.write_if_changed(out / SPLITS_FILE, json.dumps(split, indent=1) + "\n")
     atomic.write_if_changed(out / MANIFEST, manifest_text(records, rle_encoding))
@@ -670,4 +685,8 @@ def prepare(
         }
         for s in SPLITS
     }
-    return PrepareResult(out, counts, rle_encoding, problems, written)
+    fold_counts = [
+        {"images": len(ids), "positive": sum(positive[i] for i in ids)}
+        for ids in split.get("folds") or []
+    ]
+    return PrepareResult(out, counts, rle_encoding, problems, written, fold_counts)

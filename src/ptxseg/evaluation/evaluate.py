@@ -27,7 +27,7 @@ import json
 import math
 import os
 import warnings
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,9 +36,10 @@ import numpy as np
 
 from ptxseg import atomic
 from ptxseg.data.dataset import FullSizeTruth
+from ptxseg.data.folds import fold_name, open_split
 from ptxseg.evaluation.search import search_operating_point
+from ptxseg.inference.ensemble import store_operating_point
 from ptxseg.inference.predictor import Predictor, full_size_mask
-from ptxseg.model.checkpoint import store_operating_point
 from ptxseg.model.metrics import (
     METRIC_KINDS,
     SCORES,
@@ -83,17 +84,16 @@ class SplitPredictions:
     image_ids: list[str]
     probs: np.ndarray  # float32 (N, S, S)
     targets: np.ndarray  # uint8 (N, S, S), 0/1
-    images: np.ndarray  # uint8 (N, S, S), memory-mapped from the cache
+    images: Any  # uint8 (N, S, S), memory-mapped from the cache (rows of it for a fold)
 
 
 def collect_probabilities(
     predictor: Predictor, work: str | os.PathLike, split: str, progress: bool = True
 ) -> SplitPredictions:
-    """Run the Predictor over the cached model inputs of `split` and keep every probability map."""
-    from ptxseg.data.dataset import SegmentationDataset
-
+    """Run the Predictor over the cached model inputs of `split` (train, val, test or fold<k>)
+    and keep every probability map."""
     size = int(predictor.input_size)
-    dataset = SegmentationDataset(work, split, size)  # names `prepare --size` when missing
+    dataset = open_split(work, split, size)  # names `prepare --size` when missing
     if len(dataset) == 0:
         raise ValueError(f"split {split!r} in {work} has no images: nothing to evaluate")
     images, masks = dataset.arrays()
@@ -127,6 +127,110 @@ def _accumulate(pred: SplitPredictions, op: OperatingPoint, score: str) -> Metri
     return acc
 
 
+def concatenate_predictions(parts: list[SplitPredictions], split: str) -> SplitPredictions:
+    """Several splits' predictions as one (the pooled out-of-fold predictions of the folds)."""
+    return SplitPredictions(
+        split,
+        [i for p in parts for i in p.image_ids],
+        np.concatenate([p.probs for p in parts]),
+        np.concatenate([p.targets for p in parts]),
+        np.concatenate([np.asarray(p.images) for p in parts]),
+    )
+
+
+@dataclass
+class ScoredSplit:
+    """Per-image arrays and summaries of one split's masks at one operating point.
+
+    `per`, `values`, `metrics` at the scored resolution (full size against the original RLE,
+    or the model's size); `small*` always at the model's size.
+    """
+
+    per: dict[str, np.ndarray]
+    values: dict[str, float]
+    metrics: dict[str, Any]
+    small: dict[str, np.ndarray]
+    small_values: dict[str, float]
+    small_metrics: dict[str, Any]
+
+
+def score_predictions(
+    pred: SplitPredictions, op: OperatingPoint, truth: FullSizeTruth | None, score: str
+) -> ScoredSplit:
+    """Score the masks of `pred` at `op`: at full size when `truth` is given, else model size."""
+    small = _accumulate(pred, op, score).per_image()
+    small_values, small_metrics = _summaries(small)
+    if truth is None:
+        return ScoredSplit(small, small_values, small_metrics, small, small_values, small_metrics)
+    per = dict(full_size_counts(pred, op, truth), max_prob=small["max_prob"])
+    per.update(truth_area=per["tp"] + per["fn"], predicted_area=per["tp"] + per["fp"])
+    per["dice"] = dice_scores(per["tp"], per["fp"], per["fn"])
+    per["iou"] = iou_scores(per["tp"], per["fp"], per["fn"])
+    per["score"] = small["score"] if score == "max_prob" else per["predicted_area"] * 1.0
+    values, metrics = _summaries(per)
+    return ScoredSplit(per, values, metrics, small, small_values, small_metrics)
+
+
+def score_summary(scored: ScoredSplit, resolution: str) -> dict[str, Any]:
+    """The metric part of `summary.json` (counts, competition Dice, both tables)."""
+    values = scored.values
+    return {
+        "scored_at": SCORED_AT[resolution],
+        "counts": {k: values[k] for k in values if k.startswith("n_")},
+        "competition_dice": values["dice_per_image"],
+        "empty_baseline_competition_dice": values["empty_baseline_dice_per_image"],
+        "metrics": scored.metrics,
+        "model_size": {
+            "scored_at": SCORED_AT["model"],
+            "competition_dice": scored.small_values["dice_per_image"],
+            "metrics": scored.small_metrics,
+        },
+    }
+
+
+def evaluation_files(
+    pred: SplitPredictions,
+    scored: ScoredSplit,
+    op: OperatingPoint,
+    n_panels: int,
+    extra_columns: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """`per_image.csv` (plus `extra_columns`, one value per image), `roc.csv`, `panels.npz`."""
+    per = scored.per
+    fpr, tpr, thresholds = roc_curve(per["truth_area"] > 0, per["score"])
+    rows = per_image_rows(pred.image_ids, per, scored.small["dice"])
+    columns = PER_IMAGE_COLUMNS
+    for name, column in (extra_columns or {}).items():
+        columns = (*columns, name)
+        for row, value in zip(rows, column, strict=True):
+            row[name] = value
+    return {
+        "per_image.csv": _table(rows, columns),
+        "roc.csv": [["fpr", "tpr", "threshold"]]
+        + [
+            [_fmt(f), _fmt(t), "inf" if math.isinf(h) else _fmt(h)]
+            for f, t, h in zip(fpr, tpr, thresholds, strict=True)
+        ],
+        "panels.npz": _panels_arrays(pred, per, op, n_panels),
+    }
+
+
+def validation_split(predictor: Predictor) -> str:
+    """Where a model's operating point may be searched: the val split, or a fold model's own
+    fold. An ensemble of fold models has none (its members trained on every fold but one):
+    its point is searched out of fold (`ptxseg evaluate --split oof`)."""
+    folds = getattr(predictor.model, "folds", None)
+    if folds is not None and any(f is not None for f in folds):
+        raise ValueError(
+            "this ensemble's members were trained on cross-validation folds, so every val image "
+            "trained some of them: search its operating point on the out-of-fold predictions "
+            "with `ptxseg evaluate --checkpoint CV_FOLDER --data WORK --split oof --out DIR` "
+            "(it is stored in the cv folder's ensemble.json), or give --threshold"
+        )
+    fold = (predictor.config.get("data") or {}).get("fold")
+    return "val" if fold is None else fold_name(fold)
+
+
 # --------------------------------------------------------------------------- operating point
 
 
@@ -138,11 +242,11 @@ def _fully_overridden(overrides: Mapping[str, Any]) -> bool:
 # --------------------------------------------------------------------------- outputs
 
 
-def _json_ready(value: Any) -> Any:
+def json_ready(value: Any) -> Any:
     if isinstance(value, Mapping):
-        return {str(k): _json_ready(v) for k, v in value.items()}
+        return {str(k): json_ready(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_json_ready(v) for v in value]
+        return [json_ready(v) for v in value]
     if isinstance(value, np.generic):
         value = value.item()
     if isinstance(value, float) and not math.isfinite(value):
@@ -328,18 +432,19 @@ def evaluate(
     searched = None
     val_pred = None
     if do_search:
-        val_pred = collect_probabilities(predictor, work, "val", progress)
+        on = validation_split(predictor)
+        val_pred = collect_probabilities(predictor, work, on, progress)
         searched = search_operating_point(val_pred.probs, val_pred.targets)
         op = searched.operating_point.with_path(predictor.tta, predictor.input_size)
         val_metrics = _accumulate(val_pred, op, score).compute()
-        source = "searched on the val split"
+        source = f"searched on the {on} split"
         if checkpoint is not None:
             store_operating_point(
                 checkpoint,
                 op,
                 metrics={
                     **val_metrics,
-                    "split": "val",
+                    "split": on,
                     "tta": predictor.tta,
                     "detection_score": score,
                 },
@@ -356,22 +461,11 @@ def evaluate(
         source += "; overridden on the command line: " + ", ".join(sorted(overrides))
     predictor.set_operating_point(op)
 
-    if val_pred is not None and split == "val":
+    if val_pred is not None and split == val_pred.split:
         pred = val_pred
     else:
         pred = collect_probabilities(predictor, work, split, progress)
-    small = _accumulate(pred, op, score).per_image()
-    small_values, small_metrics = _summaries(small)
-    if truth is not None:
-        per = dict(full_size_counts(pred, op, truth), max_prob=small["max_prob"])
-        per.update(truth_area=per["tp"] + per["fn"], predicted_area=per["tp"] + per["fp"])
-        per["dice"] = dice_scores(per["tp"], per["fp"], per["fn"])
-        per["iou"] = iou_scores(per["tp"], per["fp"], per["fn"])
-        per["score"] = small["score"] if score == "max_prob" else per["predicted_area"] * 1.0
-        values, metrics = _summaries(per)
-    else:
-        per, values, metrics = small, small_values, small_metrics
-    fpr, tpr, thresholds = roc_curve(per["truth_area"] > 0, per["score"])
+    scored = score_predictions(pred, op, truth, score)
 
     summary = {
         "split": split,
@@ -383,42 +477,29 @@ def evaluate(
         "precision": predictor.precision,
         "tta": predictor.tta,
         "detection_score": score,
-        "scored_at": SCORED_AT[resolution],
         "operating_point": op.to_dict(),
         "operating_point_description": op.describe(),
         "operating_point_source": source,
         "operating_point_search": None if searched is None else searched.to_dict(),
-        "counts": {k: values[k] for k in values if k.startswith("n_")},
-        "competition_dice": values["dice_per_image"],
-        "empty_baseline_competition_dice": values["empty_baseline_dice_per_image"],
-        "metrics": metrics,
-        "model_size": {
-            "scored_at": SCORED_AT["model"],
-            "competition_dice": small_values["dice_per_image"],
-            "metrics": small_metrics,
-        },
+        **score_summary(scored, resolution),
     }
-    rows = per_image_rows(pred.image_ids, per, small["dice"])
-    files: dict[str, Any] = {
-        "per_image.csv": _table(rows, PER_IMAGE_COLUMNS),
-        "roc.csv": [["fpr", "tpr", "threshold"]]
-        + [
-            [_fmt(f), _fmt(t), "inf" if math.isinf(h) else _fmt(h)]
-            for f, t, h in zip(fpr, tpr, thresholds, strict=True)
-        ],
-        "panels.npz": _panels_arrays(pred, per, op, n_panels),
-    }
+    files = evaluation_files(pred, scored, op, n_panels)
     if save_probs:
         for p in {id(x): x for x in (val_pred, pred) if x is not None}.values():
-            files[f"probs-{p.split}.npz"] = {
-                "image_ids": np.array(p.image_ids, dtype=str),
-                "probabilities": p.probs.astype(np.float16),
-                "truths": p.targets.astype(np.uint8),
-            }
+            files[f"probs-{p.split}.npz"] = probability_arrays(p)
     summary["files"] = sorted([*files, "summary.json"])
-    files["summary.json"] = _json_ready(summary)
+    files["summary.json"] = json_ready(summary)
     write_outputs(out_dir, files)
     return files["summary.json"]
+
+
+def probability_arrays(pred: SplitPredictions) -> dict[str, np.ndarray]:
+    """What `probs-<split>.npz` holds: ids, float16 probabilities and the truth at model size."""
+    return {
+        "image_ids": np.array(pred.image_ids, dtype=str),
+        "probabilities": pred.probs.astype(np.float16),
+        "truths": pred.targets.astype(np.uint8),
+    }
 
 
 def _fmt(x: float) -> str:
@@ -426,7 +507,7 @@ def _fmt(x: float) -> str:
 
 
 def evaluate_checkpoint(
-    checkpoint: str | os.PathLike,
+    checkpoint: str | os.PathLike | Sequence[str | os.PathLike],
     work: str | os.PathLike,
     out_dir: str | os.PathLike,
     split: str = "test",
@@ -437,19 +518,24 @@ def evaluate_checkpoint(
     batch_size: int = 8,
     **options: Any,
 ) -> dict[str, Any]:
-    """Build the Predictor of `checkpoint` (a .ckpt, a model folder or an .onnx file) and
-    `evaluate` it; a searched operating point is stored with the model. See `evaluate`."""
+    """Build the Predictor of `checkpoint` (a .ckpt, a model folder, an .onnx file, an ensemble
+    file, or a list of models to average) and `evaluate` it; a searched operating point is
+    stored with the model (not with a list: write an ensemble file to keep one). See `evaluate`.
+    """
+    models = list(checkpoint) if isinstance(checkpoint, list | tuple) else [checkpoint]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", OperatingPointWarning)
         predictor = Predictor(
-            checkpoint,
+            models[0] if len(models) == 1 else models,
             runtime=runtime,
             device=device,
             precision=precision,
             tta=tta,
             batch_size=batch_size,
         )
-    store = None if Path(checkpoint).suffix.lower() == ".onnx" else checkpoint
-    summary = evaluate(predictor, work, out_dir, split, checkpoint=store, **options)
-    summary["checkpoint"] = str(checkpoint)
+    single = len(models) == 1 and Path(models[0]).suffix.lower() != ".onnx"
+    summary = evaluate(
+        predictor, work, out_dir, split, checkpoint=models[0] if single else None, **options
+    )
+    summary["checkpoint"] = str(models[0]) if len(models) == 1 else [str(m) for m in models]
     return summary

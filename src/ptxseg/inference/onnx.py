@@ -30,12 +30,15 @@ def model_metadata(model) -> dict[str, Any]:
     """What a served model needs besides its weights, from a SegmentationModel's attributes."""
     op = OperatingPoint.coerce(getattr(model, "operating_point", None))
     encoder = getattr(model, "encoder", None)
-    return {
+    meta = {
         "encoder": encoder if isinstance(encoder, str) else None,
         "input_size": int(model.input_size),
         "config": getattr(model, "config", None) or {},
         "operating_point": None if op is None else op.to_dict(),
     }
+    if callable(getattr(model, "description", None)):  # an ensemble: its members
+        meta["ensemble"] = model.description()
+    return meta
 
 
 def read_metadata(onnx_path: str | Path) -> dict[str, Any]:

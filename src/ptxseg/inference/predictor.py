@@ -113,8 +113,10 @@ def _is_onnx(model: Any) -> bool:
 
 
 class Predictor:
-    """Segment pneumothorax with a model: a `.ckpt`, an inference-model folder, an `.onnx` file
-    or a loaded `SegmentationModel`.
+    """Segment pneumothorax with a model: a `.ckpt`, an inference-model folder, an `.onnx` file,
+    a loaded `SegmentationModel`, or an ensemble: an ensemble file (or a folder holding
+    `ensemble.json`) or a list of models, whose probabilities are averaged
+    (`ptxseg.inference.ensemble`; TTA applies on top).
 
     `runtime` is torch, onnxruntime or openvino; `precision` fp32, bf16 or int8 (see
     `ptxseg.inference.runtimes.SUPPORTED`). `operating_point` (OperatingPoint or dict) replaces
@@ -146,6 +148,11 @@ class Predictor:
         self.model = None
         self._tmp = None
         onnx_path = None
+        if isinstance(model, list | tuple):
+            if not model:
+                raise ValueError("no model given: expected one model path or several")
+            if len(model) == 1:
+                model = model[0]
         if _is_onnx(model):
             if runtime == "torch":
                 raise ValueError(
@@ -318,7 +325,9 @@ class Predictor:
         self._need_model()
         from ptxseg.inference.explain import grad_cam
 
-        return grad_cam(self.model, to_float(model_input), device=self.device)
+        members = getattr(self.model, "members", None) or [self.model]  # an ensemble: the mean
+        small = to_float(model_input)
+        return np.mean([grad_cam(m, small, device=self.device) for m in members], axis=0)
 
 
 def full_size_cam(cam: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
@@ -331,8 +340,12 @@ def full_size_cam(cam: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
 def _load(model, device: str):
     import torch
 
+    from ptxseg.inference.ensemble import is_ensemble, load_ensemble
+
     if isinstance(model, torch.nn.Module):
         return model.to(device).eval()
+    if isinstance(model, list | tuple) or is_ensemble(model):
+        return load_ensemble(model, device=device)
     from ptxseg.model.checkpoint import load_model
 
     return load_model(model, device=device)

@@ -7,6 +7,10 @@ The report renders whatever it finds and says what is missing instead of failing
   `roc.csv`, `panels.npz`); an evaluation folder directly in `RUN/eval/` is accepted too;
 - a **grid folder** (written by `ptxseg ablate`): `ablation.csv` / `ablation.png`;
 - a **benchmark folder**: `benchmark.csv` / `benchmark.png` (in the folder or its `benchmark/`);
+- a **cross-validation folder** (written by `ptxseg cv`): `cv.json`, the folds' runs
+  `fold<k>/`, `ensemble.json` and the evaluations in `eval/<split>/`; its folds are shown side by
+  side (training and out-of-fold metrics) with the pooled out-of-fold row and the ensemble's
+  evaluations;
 - any folder holding several of these (the demo folder: `runs/<encoder>/` + `benchmark/`).
 
 Images are inlined as base64 PNGs and the CSS is inline: the file has no external resources.
@@ -131,7 +135,7 @@ def load_run(path: Path, root: Path | None = None) -> RunInfo:
 def discover(root: Path) -> dict:
     """Runs, grids and benchmark folders under `root` (itself included, three levels deep)."""
     root = Path(root)
-    runs, grids, benchmarks = [], [], []
+    runs, grids, benchmarks, cvs = [], [], [], []
     candidates = [root] + sorted(
         p for depth in ("*", "*/*", "*/*/*") for p in root.glob(depth) if p.is_dir()
     )
@@ -144,7 +148,9 @@ def discover(root: Path) -> dict:
             grids.append(path)
         if (path / "benchmark.csv").is_file():
             benchmarks.append(path)
-    return {"runs": runs, "grids": grids, "benchmarks": benchmarks}
+        if (path / "cv.json").is_file():
+            cvs.append(path)
+    return {"runs": runs, "grids": grids, "benchmarks": benchmarks, "cvs": cvs}
 
 
 # --------------------------------------------------------------------------- readers
@@ -597,6 +603,85 @@ def ablation_section(folder: Path) -> str:
     )
 
 
+def _minutes(seconds) -> str:
+    value = _float(seconds)
+    return "–" if math.isnan(value) else f"{value / 60:.1f}"
+
+
+def cv_section(folder: Path) -> str:
+    """The folds of a `ptxseg cv` folder side by side, the pooled out-of-fold row, and the
+    ensemble's other evaluations."""
+    spec = _read_json(folder / "cv.json") or {}
+    n = int(spec.get("folds") or 0)
+    oof = _read_json(folder / "eval" / "oof" / "summary.json") or {}
+    by_fold = {int(f["fold"]): f for f in oof.get("folds", [])}
+
+    def oof_values(entry: dict) -> list:
+        values = {name: v[1] for name, v in summary_metrics(entry).items()}
+        counts = entry.get("counts") or {}
+        return [
+            counts.get("n_images", "–"),
+            values.get("dice_per_image", math.nan),
+            values.get("dice_pooled", math.nan),
+            values.get("dice_positive_per_image", math.nan),
+            values.get("roc_auc", math.nan),
+        ]
+
+    rows = []
+    for k in range(n):
+        done = _read_json(folder / f"fold{k}" / "done.json")
+        if done is None:
+            rows.append([f"fold {k}", "not finished", *["–"] * 10])
+            continue
+        averaged = done.get("averaged") or {}
+        rows.append(
+            [
+                Raw(f'<a href="#{esc(_anchor(f"fold{k}"))}">fold {k}</a>'),
+                done.get("epochs_run", "–"),
+                done.get("best_epoch", "–"),
+                _float(done.get("best_val_competition_dice")),
+                _float(averaged.get("val_competition_dice")),
+                _minutes(done.get("wall_time_s")),
+                *(oof_values(by_fold[k]) if k in by_fold else ["–"] * 5),
+            ]
+        )
+    if oof:
+        rows.append(["pooled", "", "", "", "", "", *oof_values(oof)])
+    headers = [
+        "fold",
+        "epochs",
+        "best epoch",
+        "val competition Dice (best epoch, 0.5)",
+        "val competition Dice (averaged)",
+        "training (min)",
+        "OOF images",
+        "OOF competition Dice",
+        "OOF Dice (pooled)",
+        "OOF Dice positives",
+        "OOF ROC AUC",
+    ]
+    parts = [
+        f"<h2>Cross-validation: {n} folds</h2><p class=meta>{esc(folder)}; config "
+        f"{esc(spec.get('config'))}, overrides {esc(spec.get('overrides'))}</p>",
+        table(headers, rows),
+        "<p>Validation columns come from training (each fold validated on itself, probability"
+        " 0.5, model size). OOF columns score each fold's masks from the one model that did not"
+        " train on it, at full size with the ensemble's operating point; the pooled row covers"
+        " every fold.</p>",
+    ]
+    if not oof:
+        parts.append(missing(f"no out-of-fold evaluation in {folder}/eval/oof (run ptxseg cv)"))
+    else:
+        parts.append(
+            f"<p>Ensemble operating point: {esc(oof.get('operating_point_description'))}"
+            f" ({esc(oof.get('operating_point_source'))}).</p>"
+        )
+    for split, eval_dir in find_evals(folder).items():
+        if split != "oof":
+            parts.append(metrics_section(f"{split} (ensemble)", eval_dir))
+    return "".join(parts)
+
+
 def _anchor(name: str) -> str:
     return "run-" + re.sub(r"[^A-Za-z0-9_-]+", "-", name)
 
@@ -611,12 +696,14 @@ def render_report(root: Path) -> str:
         raise ValueError(f"{root} is not a folder: expected a run, grid or demo folder")
     found = discover(root)
     runs, grids, benches = found["runs"], found["grids"], found["benchmarks"]
+    cvs = found["cvs"]
     sections = []
-    if not (runs or grids or benches):
+    if not (runs or grids or benches or cvs):
         sections.append(
             missing(
                 f"nothing to report in {root}: expected a run folder (config.yaml + metrics.csv), "
-                "a grid folder (ablation.csv) or a benchmark folder (benchmark.csv)"
+                "a grid folder (ablation.csv), a cv folder (cv.json) or a benchmark folder "
+                "(benchmark.csv)"
             )
         )
     if len(runs) > 1 or (runs and any(r.evals for r in runs)):
@@ -625,6 +712,8 @@ def render_report(root: Path) -> str:
         sections.append(_guard(benchmark_section, folder))
     for folder in grids:
         sections.append(_guard(ablation_section, folder))
+    for folder in cvs:
+        sections.append(_guard(cv_section, folder))
     for run in runs:
         sections.append(_guard(run_section, run))
     stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")

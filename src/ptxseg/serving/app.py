@@ -416,14 +416,17 @@ def _log(
 
 
 def load_app(
-    checkpoint: str | Path,
+    checkpoint: str | Path | list,
     settings: ServeSettings | None = None,
     runtime: str = "torch",
     device: str = "cpu",
     precision: str = "fp32",
     tta: str | None = None,
 ) -> FastAPI:
-    """Load the model once (and run it once, so the first request is not slower), then the app."""
+    """Load the model once (and run it once, so the first request is not slower), then the app.
+
+    `checkpoint` is any model the Predictor takes: a path, an ensemble file, or a list of paths
+    whose probabilities are averaged."""
     from ptxseg.inference.predictor import Predictor
     from ptxseg.serving.card import build_model_card
 

@@ -10,6 +10,7 @@ import hashlib
 from pathlib import Path
 from typing import Any
 
+from ptxseg.inference.ensemble import is_ensemble, read_ensemble
 from ptxseg.model.checkpoint import WEIGHTS, read_info
 
 INTENDED_USE = (
@@ -66,18 +67,53 @@ def card_from_info(info: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def ensemble_card(source: str | Path | list) -> dict[str, Any]:
+    """The members of an ensemble (file or list), with their folds and weight hashes."""
+    if isinstance(source, list | tuple):
+        paths, folds, op = [Path(p) for p in source], [None] * len(source), None
+        name = None
+    else:
+        spec = read_ensemble(source)
+        paths, folds, op, name = spec.members, spec.folds, spec.operating_point, spec.path.name
+    members = []
+    for path, fold in zip(paths, folds, strict=True):
+        weights = path / WEIGHTS if path.is_dir() else path
+        members.append(
+            {
+                "name": path.name if path.is_file() else f"{path.parent.name}/{path.name}",
+                "fold": fold,
+                "sha256": _sha256(weights),
+                "path_on_disk": path,
+            }
+        )
+    return {
+        "file": name,
+        "members": members,
+        "combination": "mean of the members' probabilities (test-time augmentation on top)",
+        "operating_point": None if op is None else op.to_dict(),
+    }
+
+
 def build_model_card(
-    checkpoint: str | Path | None = None,
+    checkpoint: str | Path | list | None = None,
     info: dict[str, Any] | None = None,
     predictor: Any = None,
 ) -> dict[str, Any]:
     """The full card: model facts from the checkpoint, how it runs here, intended use, limits.
 
     `info` describes the model (`checkpoint.read_info`, read from `checkpoint` when not given;
-    an exported `.onnx` has none). `predictor` (a `Predictor`) adds the runtime, the TTA and the
-    operating point actually in use, which may override the stored one.
+    an exported `.onnx` has none; an ensemble file or a list of models is described by its
+    first member and lists all members under `ensemble`). `predictor` (a `Predictor`) adds the
+    runtime, the TTA and the operating point actually in use, which may override the stored
+    one.
     """
     card: dict[str, Any] = {"name": "ptxseg pneumothorax segmentation"}
+    if isinstance(checkpoint, list | tuple) or is_ensemble(checkpoint):
+        card["ensemble"] = ensemble_card(checkpoint)
+        info = info or read_info(card["ensemble"]["members"][0]["path_on_disk"])
+        for member in card["ensemble"]["members"]:
+            del member["path_on_disk"]
+        checkpoint = None
     if checkpoint is not None:
         path = Path(checkpoint)
         if path.is_dir():
@@ -88,6 +124,8 @@ def build_model_card(
             info = read_info(path)
     if info is not None:
         card.update(card_from_info(info))
+    if "ensemble" in card:  # the ensemble's point, not its first member's
+        card["operating_point"] = card["ensemble"]["operating_point"]
     if predictor is not None:
         size = getattr(predictor, "input_size", None)
         card["encoder"] = card.get("encoder") or getattr(predictor, "encoder", None)

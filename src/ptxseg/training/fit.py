@@ -3,9 +3,10 @@
 The run folder holds `config.yaml` (the resolved config), `checkpoints/best.ckpt` and
 `checkpoints/last.ckpt` (training checkpoints with the optimizer state, for --resume), `model/`
 (the best weights as an inference-model folder in safetensors: what predict, serve and export
-share; see `ptxseg.model.checkpoint`), `metrics.csv` (one tidy row per epoch), `logs/` (CSV and
-TensorBoard logs of Lightning) and `train_summary.json` (best epoch, speed, memory, the device
-and the all-empty baseline to compare with).
+share; see `ptxseg.model.checkpoint`; with `--average-top N` the weight average of the N best
+epochs, `checkpoints/averaged.ckpt`, see `ptxseg.training.averaging`), `metrics.csv` (one tidy
+row per epoch), `logs/` (CSV and TensorBoard logs of Lightning) and `train_summary.json` (best
+epoch, speed, memory, the device and the all-empty baseline to compare with).
 
 Settings left to the device (`auto` precision and augmentation place, unset compile and
 channels_last) are decided here, before the config is saved, by `ptxseg.model.acceleration`:
@@ -35,6 +36,7 @@ from ptxseg.model.acceleration import (
 )
 from ptxseg.model.checkpoint import export_inference_model
 from ptxseg.system import gpu_description, peak_rss_mb
+from ptxseg.training.averaging import average_run, top_checkpoints
 from ptxseg.training.module import (
     SegmentationDataModule,
     SegmentationModule,
@@ -258,7 +260,13 @@ def fit(
     data = SegmentationDataModule(config, train_dataset, val_dataset)
     data.setup("fit")  # bad data fails here, before anything is written
     check_batch_limit(config, data)
-    trainer, recorder = build_trainer(config, run_dir, callbacks)
+    top = (
+        top_checkpoints(run_dir, config.trainer.average_top)
+        if config.trainer.average_top > 1
+        else None
+    )
+    extra = [*(callbacks or []), *([top] if top is not None else [])]
+    trainer, recorder = build_trainer(config, run_dir, extra)
     if trainer.is_global_zero:
         run_dir.mkdir(parents=True, exist_ok=True)
         save_config(config, run_dir / "config.yaml")
@@ -268,9 +276,15 @@ def fit(
     if trainer.is_global_zero:
         write_metrics_csv(run_dir / "metrics.csv", module.epoch_rows)
         best = run_dir / "checkpoints" / "best.ckpt"
+        averaged = (
+            average_run(run_dir, config, top, data, module.device) if top is not None else None
+        )
+        if averaged and "checkpoint" in averaged:  # the average is what the run ships
+            best = run_dir / averaged["checkpoint"]
         if best.is_file():  # what predict, serve and users share: weights without optimizer state
             export_inference_model(best, run_dir / INFERENCE_MODEL)
         summary = _summary(config, module, trainer, recorder, data, wall)
+        summary["averaged"] = averaged
         atomic.write_text(run_dir / "train_summary.json", json.dumps(summary, indent=2) + "\n")
     return run_dir
 

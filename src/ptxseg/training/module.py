@@ -311,6 +311,14 @@ class SegmentationDataModule(L.LightningDataModule):
 
             if not d.work:
                 raise ValueError("no training data: set --data WORK (a `ptxseg prepare` folder)")
+            if d.fold is not None:  # train on the other folds, validate on this one
+                from ptxseg.data.folds import fold_datasets
+
+                train, val = fold_datasets(d.work, d.size, d.fold, build_transform(d.aug, d.size))
+                if self.train_dataset is None:
+                    self.train_dataset = train
+                if self.val_dataset is None:
+                    self.val_dataset = val
             if self.train_dataset is None:
                 # Augmented on the device after the transfer (on_after_batch_transfer) or here.
                 on_device = d.augment_on == "device"
@@ -370,6 +378,7 @@ class SegmentationDataModule(L.LightningDataModule):
             seed=self.config.trainer.seed,
             num_replicas=world,
             rank=rank,
+            epochs=self.config.trainer.epochs,
         )
         # A last batch of one image would break BatchNorm; drop it when there are full batches.
         seeded = EpochSeeded(sampler, self.config.trainer.seed, rank)

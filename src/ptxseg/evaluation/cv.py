@@ -1,0 +1,196 @@
+"""`ptxseg cv`: train every fold, ensemble the folds, choose the ensemble's operating point OOF.
+
+The cross-validation folder:
+```
+CV/cv.json          the options (work folder, folds, config, overrides); another set is an error
+CV/fold<k>/         the run of fold k (`ptxseg train --fold k --out CV/fold<k>`); its `done.json`
+                    (the run summary) is written last and marks the fold finished
+CV/ensemble.json    the members CV/fold<k>/model and the operating point searched on the pooled
+                    out-of-fold predictions (`ptxseg.evaluation.oof`)
+CV/eval/oof/        that out-of-fold evaluation: each fold and pooled
+```
+A rerun skips finished folds and continues an interrupted one from its `last.ckpt`. Folds are
+independent: `--folds-to-run i/n` (0-based, `ptxseg.shards`) runs every n-th fold from i, so n
+GPUs or machines can share the folder; the run that finds every fold finished writes the
+ensemble and its out-of-fold evaluation (rerun once without `--folds-to-run` to make sure).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+from ptxseg import atomic
+from ptxseg.config import TrainConfig, load_config
+from ptxseg.data.folds import read_folds
+from ptxseg.inference.ensemble import ENSEMBLE_FILE, write_ensemble
+from ptxseg.shards import parse_shard, take_shard
+
+SPEC = "cv.json"
+DONE = "done.json"
+SPEC_KEYS = ("data", "folds", "config", "overrides")
+
+
+def fold_dir(cv_dir: Path, fold: int) -> Path:
+    return Path(cv_dir) / f"fold{fold}"
+
+
+def fold_config(
+    cv_dir: Path,
+    fold: int,
+    data: Path,
+    config: str | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> TrainConfig:
+    """The training config of one fold: the base config, the overrides, then the fold's keys."""
+    keys = dict(overrides or {})
+    keys.update(
+        {
+            "data.work": str(data),
+            "data.fold": fold,
+            "trainer.out": str(fold_dir(cv_dir, fold)),
+        }
+    )
+    return load_config(config, keys)
+
+
+def check_folds(data: Path, folds: int) -> None:
+    """`folds` must be the number of folds `prepare` saved in the work folder."""
+    saved = len(read_folds(data))
+    if saved != folds:
+        raise ValueError(
+            f"{data} holds {saved} folds, not {folds}: use --folds {saved}, or prepare a work "
+            f"folder with --folds {folds}"
+        )
+
+
+def write_spec(cv_dir: Path, spec: dict[str, Any]) -> None:
+    """Record the options in `CV/cv.json`; other options in the same folder are an error (the
+    folds would not belong together)."""
+    path = Path(cv_dir) / SPEC
+    old = read_json(path)
+    if old is not None:
+        diff = {k: (old.get(k), spec.get(k)) for k in SPEC_KEYS if old.get(k) != spec.get(k)}
+        if diff:
+            raise ValueError(
+                f"{path} was written for other options (old -> new: {diff}); use the same "
+                "options to resume, or another --out"
+            )
+    Path(cv_dir).mkdir(parents=True, exist_ok=True)
+    atomic.write_text(path, json.dumps(spec, indent=2, default=str) + "\n")
+
+
+def read_json(path: Path) -> dict | None:
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def read_done(cv_dir: Path, fold: int) -> dict | None:
+    """The summary of a finished fold, or None."""
+    return read_json(fold_dir(cv_dir, fold) / DONE)
+
+
+def select_folds(folds: int, spec: str | None) -> list[int]:
+    """The folds of shard `i/n` of `--folds-to-run` (all of them without it)."""
+    index, count = parse_shard(spec, "--folds-to-run")
+    return take_shard(list(range(folds)), index, count)
+
+
+FoldTrainer = Callable[[TrainConfig], Path]
+
+
+def run_folds(
+    cv_dir: Path,
+    folds: list[int],
+    make_config: Callable[[int], TrainConfig],
+    train: FoldTrainer,
+    on_event: Callable[[str, int, dict | None], None] | None = None,
+) -> dict[int, dict]:
+    """Train the given folds one after another, skipping finished ones (resumable); returns the
+    summaries of the folds that are finished now."""
+    finished = {}
+    for fold in folds:
+        done = read_done(cv_dir, fold)
+        if done is not None:
+            finished[fold] = done
+            if on_event:
+                on_event("skipped", fold, done)
+            continue
+        config = make_config(fold)
+        run_dir = Path(config.trainer.out)
+        config.trainer.resume = (run_dir / "checkpoints" / "last.ckpt").is_file()
+        if on_event:
+            on_event("resumed" if config.trainer.resume else "started", fold, None)
+        start = time.perf_counter()
+        train(config)
+        summary = read_json(run_dir / "train_summary.json") or {}
+        summary = {"fold": fold, **summary, "cv_seconds": round(time.perf_counter() - start, 1)}
+        atomic.write_text(run_dir / DONE, json.dumps(summary, indent=2, default=str) + "\n")
+        finished[fold] = summary
+        if on_event:
+            on_event("done", fold, summary)
+    return finished
+
+
+def make_ensemble(cv_dir: Path, folds: int) -> Path:
+    """`CV/ensemble.json` over the folds' inference models; an existing file with the same
+    members keeps its operating point."""
+    members = [fold_dir(cv_dir, k) / "model" for k in range(folds)]
+    path = Path(cv_dir) / ENSEMBLE_FILE
+    old = read_json(path)
+    if old is not None:
+        same = [m.get("path") for m in old.get("members", [])] == [
+            f"fold{k}/model" for k in range(folds)
+        ]
+        if same:
+            return path
+    return write_ensemble(path, members, list(range(folds)))
+
+
+def training_budget(cv_dir: Path, folds: int) -> dict[str, Any]:
+    """Epochs, images seen and wall time of every fold (the cost of the ensemble)."""
+    rows = [read_done(cv_dir, k) or {} for k in range(folds)]
+    return {
+        "folds": folds,
+        "epochs": [r.get("epochs_run") for r in rows],
+        "train_images": sum(int(r.get("train_images") or 0) for r in rows),
+        "wall_time_s": round(sum(float(r.get("wall_time_s") or 0) for r in rows), 1),
+    }
+
+
+def finish_cv(
+    cv_dir: Path,
+    data: Path,
+    folds: int,
+    tta: str | None = None,
+    device: str = "cpu",
+    batch_size: int = 8,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Write the ensemble of the folds and evaluate it out of fold (which searches and stores
+    its operating point), unless that was done before with the same TTA; returns the OOF
+    summary."""
+    from ptxseg.evaluation.oof import evaluate_oof
+    from ptxseg.inference.ensemble import read_ensemble
+
+    path = make_ensemble(cv_dir, folds)
+    out = Path(cv_dir) / "eval" / "oof"
+    stored = read_ensemble(path).operating_point
+    previous = read_json(out / "summary.json")
+    if stored is not None and previous is not None and (tta is None or stored.tta == tta):
+        return previous
+    return evaluate_oof(
+        path,
+        data,
+        out,
+        tta=tta or "none",
+        search=True,
+        device=device,
+        batch_size=batch_size,
+        progress=progress,
+    )

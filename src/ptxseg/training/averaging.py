@@ -1,0 +1,131 @@
+"""Averaging a run's best epochs (`train --average-top N`) and `ptxseg average-checkpoints`.
+
+During training a second checkpoint callback keeps the N checkpoints with the best validation
+competition Dice in `RUN/checkpoints/top/`. After training their weights are averaged
+(`ptxseg.model.averaging`), and the BatchNorm running statistics are recomputed on
+`trainer.average_bn_batches` (default 100) batches of the run's own training loader (its
+augmentation and positive-share sampler; an epoch that is shorter gives fewer). The average is
+scored on the validation data at probability 0.5, as the epochs are, and written as
+`RUN/checkpoints/averaged.ckpt`; the run's inference model `RUN/model/` is then made from it.
+
+An averaged checkpoint holds weights and config (no optimizer state: it cannot be resumed)
+and loads wherever a `.ckpt` does.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import os
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from ptxseg.config import TrainConfig
+from ptxseg.model import metrics
+from ptxseg.model.averaging import average_models, has_batchnorm, refresh_batchnorm
+from ptxseg.model.checkpoint import save_inference_model, write_checkpoint
+from ptxseg.model.unet import SegmentationModel
+
+TOP_DIR = "top"
+AVERAGED = "averaged.ckpt"
+MONITOR = "val/competition_dice"
+
+
+def top_checkpoints(run_dir: Path, n: int):
+    """The callback that keeps the `n` checkpoints with the best validation competition Dice."""
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    return ModelCheckpoint(
+        dirpath=Path(run_dir) / "checkpoints" / TOP_DIR,
+        filename="epoch{epoch:03d}",
+        monitor=MONITOR,
+        mode="max",
+        save_top_k=n,
+        auto_insert_metric_name=False,
+        enable_version_counter=False,
+    )
+
+
+def training_images(config: TrainConfig, n_batches: int, data=None) -> Iterator[torch.Tensor]:
+    """Up to `n_batches` image batches of the training loader that `config` describes (or of
+    the given data module): the batches BatchNorm statistics are recomputed on."""
+    if data is None:
+        from ptxseg.training.module import SegmentationDataModule
+
+        data = SegmentationDataModule(config)
+        data.setup("fit")
+    loader = data.train_dataloader()
+    for batch in itertools.islice(loader, n_batches):
+        yield batch["image"]
+
+
+def validation_scores(
+    model: torch.nn.Module, dataset: Dataset, batch_size: int = 8, device: str = "cpu"
+) -> dict[str, float]:
+    """Pooled Dice and competition Dice at probability 0.5 on `dataset` (model size)."""
+    counts = []
+    model = model.to(device).eval()
+    with torch.inference_mode():
+        for start in range(0, len(dataset), batch_size):
+            items = [dataset[i] for i in range(start, min(start + batch_size, len(dataset)))]
+            images = torch.stack([it["image"] for it in items]).to(device)
+            masks = torch.stack([it["mask"] for it in items])
+            counts.append(np.stack(metrics.confusion_counts(model(images) > 0, masks > 0.5)))
+    if not counts:
+        return {"val_dice": math.nan, "val_competition_dice": math.nan}
+    tp, fp, fn, _ = np.concatenate(counts, axis=1)
+    return {
+        "val_dice": float(metrics.dice_scores(tp.sum(), fp.sum(), fn.sum())),
+        "val_competition_dice": float(metrics.dice_scores(tp, fp, fn).mean()),
+    }
+
+
+def write_model(model: SegmentationModel, out: str | os.PathLike, source: dict[str, Any]) -> Path:
+    """A `.ckpt` (weights + config, what `load_model` reads) or else an inference-model folder."""
+    out = Path(out)
+    if out.suffix.lower() != ".ckpt":
+        return save_inference_model(model, out, source)
+    state = {f"model.{k}": v.detach().cpu() for k, v in model.state_dict().items()}
+    entry = {"config": model.config, "operating_point": None, "source": source}
+    return write_checkpoint(out, {"state_dict": state, "ptxseg": entry})
+
+
+def average_and_refresh(
+    paths: Sequence[str | os.PathLike],
+    images: Iterator[torch.Tensor] | None,
+    device: str = "cpu",
+) -> tuple[SegmentationModel, dict[str, Any]]:
+    """The weight average of `paths` with BatchNorm recomputed on `images` (None: not)."""
+    model, source = average_models(paths)
+    source["bn_batches"] = 0
+    if images is not None and has_batchnorm(model):
+        source["bn_batches"] = refresh_batchnorm(model, images, device)
+    return model.eval(), source
+
+
+def average_run(run_dir: Path, config: TrainConfig, callback, data, device) -> dict[str, Any]:
+    """Average the run's top checkpoints, recompute BatchNorm, score on val, write
+    `checkpoints/averaged.ckpt`; returns what the run summary records about it."""
+    ranked = sorted(
+        ((float(score), Path(path)) for path, score in callback.best_k_models.items()),
+        key=lambda pair: -pair[0] if not math.isnan(pair[0]) else math.inf,
+    )
+    paths = [path for _, path in ranked if path.is_file()]
+    if not paths:
+        return {"error": "no top checkpoints were written (no finite validation score)"}
+    images = training_images(config, config.trainer.average_bn_batches, data)
+    bn = None if config.trainer.average_bn_batches == 0 else images
+    model, source = average_and_refresh(paths, bn, device)
+    scores = validation_scores(model, data.val_dataset, config.data.batch_size, device)
+    source.update(
+        checkpoints=[os.path.relpath(p, run_dir) for p in paths],
+        checkpoint_scores=[round(s, 6) for s, _ in ranked[: len(paths)]],
+        **{k: round(v, 6) for k, v in scores.items()},
+    )
+    write_model(model.cpu(), run_dir / "checkpoints" / AVERAGED, source)
+    return {"checkpoint": f"checkpoints/{AVERAGED}", **source}
