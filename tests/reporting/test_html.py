@@ -279,3 +279,21 @@ def test_cv_folder_shows_its_folds_side_by_side(tmp_path):
     assert "|fold 2|not finished|" in text
     assert "|pooled|20|0.8050|" in text
     assert "Ensemble operating point: threshold 0.4" in text
+
+
+def test_metrics_table_shows_full_size_and_model_size_side_by_side(tmp_path):
+    from ptxseg.reporting.html import metrics_section
+
+    def metrics(value):
+        return {"dice_per_image": {"value": value, "kind": "per-image", "description": "comp"}}
+
+    summary = {
+        "split": "test",
+        "scored_at": "full size: masks at the original resolution against the original RLE",
+        "metrics": metrics(0.8072),
+        "model_size": {"scored_at": "model size", "metrics": metrics(0.8096)},
+    }
+    (tmp_path / "summary.json").write_text(json.dumps(summary))
+    text = re.sub(r"(<[^>]+>)+", "|", metrics_section("test", tmp_path))
+    assert "|full size|model size|" in text and "|dice_per_image|per-image|0.8072|0.8096|" in text
+    assert "full size: masks at the original resolution" in text

@@ -121,12 +121,7 @@ def read_ensemble(path: str | os.PathLike) -> EnsembleSpec:
             f"ensemble file {file} not found: expected an ensemble.json written by `ptxseg cv` "
             "or `ptxseg ensemble`"
         )
-    try:
-        data = json.loads(file.read_text())
-    except (OSError, json.JSONDecodeError) as error:
-        raise EnsembleError(f"cannot read ensemble file {file}: {error}") from None
-    if not isinstance(data, dict) or data.get("format") != FORMAT:
-        raise EnsembleError(f'{file} is not a ptxseg ensemble file (no "format": "{FORMAT}")')
+    data = checkpoint.read_description(file, FORMAT, "ptxseg ensemble file", EnsembleError)
     entries = data.get("members")
     if not isinstance(entries, list) or not entries:
         raise EnsembleError(f"ensemble file {file} lists no members")

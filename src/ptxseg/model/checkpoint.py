@@ -70,6 +70,20 @@ def write_checkpoint(path: str | os.PathLike, ckpt: dict[str, Any]) -> Path:
     return atomic.write_through(path, lambda f: torch.save(ckpt, f), binary=True)
 
 
+def read_description(
+    file: Path, fmt: str, what: str, error: type[ValueError] = CheckpointError
+) -> dict[str, Any]:
+    """A JSON file that describes models (`ptxseg.json`, `ensemble.json`) with its "format" tag;
+    `error` (naming the file) when it cannot be read or is something else."""
+    try:
+        data = json.loads(file.read_text())
+    except (OSError, json.JSONDecodeError) as problem:
+        raise error(f"cannot read {file}: {problem}") from None
+    if not isinstance(data, dict) or data.get("format") != fmt:
+        raise error(f'{file} is not a {what} (no "format": "{fmt}")')
+    return data
+
+
 def read_info(path: str | os.PathLike) -> dict[str, Any]:
     """What a model is, without its weights: config, operating point, validation metrics.
 
@@ -83,12 +97,9 @@ def read_info(path: str | os.PathLike) -> dict[str, Any]:
                 f"{path} is a folder without {MODEL_INFO}: expected an inference-model folder "
                 "written by `ptxseg train` (RUN/model) or `ptxseg export --format safetensors`"
             )
-        try:
-            info = json.loads(info_path.read_text())
-        except (OSError, json.JSONDecodeError) as error:
-            raise CheckpointError(f"cannot read {info_path}: {error}") from None
-        if not isinstance(info, dict) or info.get("format") != FORMAT or "config" not in info:
-            raise CheckpointError(f"{info_path} is not a ptxseg model description")
+        info = read_description(info_path, FORMAT, "ptxseg model description", CheckpointError)
+        if "config" not in info:
+            raise CheckpointError(f"{info_path} is a ptxseg model description without a config")
         return info
     return info_from_checkpoint(read_checkpoint(path))
 

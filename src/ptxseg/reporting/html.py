@@ -256,6 +256,7 @@ def summary_metrics(summary: dict) -> dict[str, tuple[str, float, str]]:
 
 SUMMARY_INFO = (
     "split",
+    "scored_at",
     "encoder",
     "input_size",
     "tta",
@@ -442,17 +443,23 @@ def metrics_section(split: str, eval_dir: Path) -> str:
             parts.append(table(["evaluation", "value"], info, left=2))
         order = {"pooled": 0, "per-image": 1, "image-level": 2}
         metrics = sorted(summary_metrics(summary).items(), key=lambda kv: order.get(kv[1][0], 3))
+        small = summary_metrics(summary.get("model_size") or {})  # evaluate's secondary table
         rows = [
-            [name, Raw(f'<span class="kind {esc(kind)}">{esc(kind)}</span>'), value, text]
+            [name, Raw(f'<span class="kind {esc(kind)}">{esc(kind)}</span>'), value]
+            + ([small.get(name, ("", math.nan, ""))[1]] if small else [])
+            + [text]
             for name, (kind, value, text) in metrics
         ]
+        headers = ["metric", "kind", "value", "meaning"]
+        if small:
+            headers = ["metric", "kind", "full size", "model size", "meaning"]
         parts.append(
             "<p>Pooled metrics sum pixel counts over the whole split; per-image metrics average"
             " one value per image (the competition Dice is the per-image mean, an empty truth"
             " with an empty prediction counting 1).</p>"
         )
         if rows:
-            parts.append(table(["metric", "kind", "value", "meaning"], rows, left=2, text_cols=1))
+            parts.append(table(headers, rows, left=2, text_cols=1))
         else:
             parts.append(missing(f"{eval_dir / 'summary.json'}: no metrics found"))
     roc = eval_dir / "roc.csv"
