@@ -12,8 +12,9 @@
 #   backbones  inference/training images/s: eager NCHW fp32/bf16, channels_last, compiled,
 #              compiled with CUDA graphs
 #   serve      seconds until `ptxseg serve` answers, first request
+#   writes     predict's writer processes alone: empty, one-lesion and noisy masks
 # DICOM_DIR: real SIIM DICOMs for the predict stage (a few are enough: they are repeated to
-# 2048 files); default: synthetic ones from `ptxseg synth`. --with-tests also runs the tests
+# 1024 files); default: synthetic ones from `ptxseg synth`. --with-tests also runs the tests
 # marked `gpu` first.
 #
 # The machine needs the PyTorch stack (torch, torchvision, Lightning, timm, OpenCV, numpy, typer,
@@ -65,7 +66,7 @@ budget=$(( left - 60 ))
 args=(--out benchmarks/results --budget "$budget")
 if [ -n "$dicoms" ]; then args+=(--dicoms "$dicoms"); fi
 # BENCH_ARGS adds options, e.g. a rehearsal on a CPU at toy sizes:
-#   BENCH_ARGS="--device cpu --images 10 --distinct 4 --source-size 128 --size 64
+#   BENCH_ARGS="--device cpu --images 24 --distinct 12 --source-size 128 --size 64
 #   --encoder resnet18 --batch-size 4 --train-batches 2" bash benchmarks/gpu.sh
 read -r -a extra <<< "${BENCH_ARGS:-}"
 args+=("${extra[@]}")

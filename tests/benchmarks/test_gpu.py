@@ -92,3 +92,25 @@ def test_peak_difference_compares_the_findings_of_two_runs(tmp_path):
         (tmp_path / folder / "findings").mkdir(parents=True)
         (tmp_path / folder / "findings" / "1.json").write_text(json.dumps({"probability": value}))
     assert gpu.peak_difference(tmp_path / "x", tmp_path / "y") == 0.25
+
+
+def test_sample_masks_are_empty_one_region_and_noise():
+    masks = gpu.sample_masks((200, 160))
+    empty, lesion, noise = masks.values()
+    assert not empty.any()
+    assert 0.02 < lesion.mean() < 0.2  # one region, a lesion's share of the image
+    assert 0.4 < noise.mean() < 0.6
+
+
+def test_writes_stage_times_the_writer_pool_per_kind_of_mask(tmp_path):
+    settings = toy(tmp_path, stages=("writes",))
+    tables = gpu.run(settings, say=lambda _: None)
+    assert [t.name for t in tables] == ["gpu-writes.md"]
+    with open(tmp_path / "results" / "gpu-writes.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [r["mask"] for r in rows] == ["empty", "lesion (one region)", "noise (untrained model)"]
+    assert all(r["errors"] == "0" and float(r["images_per_s"]) > 0 for r in rows)
+    # what the writers wrote is what predict writes: the mask and its findings
+    lesion = tmp_path / "work" / "writes" / "lesion"
+    assert (lesion / "masks" / "m0.png").is_file() and (lesion / "findings" / "m0.json").is_file()
+    assert json.loads((lesion / "findings" / "m0.json").read_text())["pneumothorax"] is True

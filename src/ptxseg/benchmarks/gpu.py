@@ -17,6 +17,10 @@ and writes `gpu-<stage>.md` (and `.csv`) with the machine in its header.
 - `backbones`: inference and training step images/s of the encoder at the benchmark's size and
   batch: eager NCHW fp32/bf16, eager channels_last bf16, compiled, compiled with CUDA graphs.
 - `serve`: seconds from `ptxseg serve` to its first answer, and the first request's latency.
+- `writes`: what the writer processes of `predict` sustain alone for empty, lesion-like and noisy
+  full-size masks (findings, PNG, RLE): the bound of `predict` once reading and the model keep
+  up. An untrained model's masks are noise, the slowest kind, so this says what `predict` with a
+  trained model can reach on the same cores.
 
 The same stages run on the CPU at toy sizes (`--device cpu`), which is how the tests check them.
 """
@@ -32,7 +36,7 @@ import sys
 import time
 import urllib.request
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +45,8 @@ import numpy as np
 from ptxseg.benchmarks.common import environment_lines, write_table
 from ptxseg.system import usable_cores
 
-STAGES = ("prepare", "train", "predict", "backbones", "serve")
+# cheapest and most telling first: a spent budget drops the tail of `predict`, not whole stages
+STAGES = ("prepare", "writes", "train", "backbones", "serve", "predict")
 
 
 @dataclass
@@ -51,7 +56,7 @@ class GpuBenchSettings:
     out: Path = Path("benchmarks/results")
     work: Path = Path("/tmp/ptxseg-gpu-bench")
     dicoms: Path | None = None  # real DICOMs for the predict stage (replicated to `images`)
-    images: int = 2048  # DICOMs for prepare and predict (copies of a few distinct ones)
+    images: int = 1024  # DICOMs for prepare and predict (copies of a few distinct ones)
     distinct: int = 48  # distinct synthetic radiographs
     source_size: int = 1024  # their side (SIIM's)
     size: int = 512  # model input and cache size
@@ -156,6 +161,8 @@ def run(settings: GpuBenchSettings, say: Callable[[str], None] = print) -> list[
                 stage_backbones(bench)
             elif stage == "serve":
                 stage_serve(bench, data, model)
+            elif stage == "writes":
+                stage_writes(bench, data)
         except Exception as err:  # noqa: BLE001 - one stage failing leaves the others
             bench.write(stage, f"{stage}: failed", [{"error": f"{type(err).__name__}: {err}"}])
     say(f"done in {bench.elapsed():.0f} s")
@@ -842,3 +849,101 @@ def _post_file(url: str, path: Path) -> int:
     with urllib.request.urlopen(request, timeout=120) as answer:
         answer.read()
         return answer.status
+
+
+# ---------------------------------------------------------------------------- writes
+
+
+def sample_masks(shape: tuple[int, int], seed: int = 0) -> dict[str, np.ndarray]:
+    """Full-size masks of the kinds a model gives: none, one lesion-like region, noise (what an
+    untrained model gives: 512 px coin flips scaled up)."""
+    import cv2
+
+    height, width = shape
+    rng = np.random.default_rng(seed)
+    lesion = np.zeros(shape, np.uint8)
+    centre = (int(width * 0.3), int(height * 0.3))
+    cv2.ellipse(lesion, centre, (width // 9, height // 4), 0, 0, 360, 1, -1)
+    noise = cv2.resize(
+        (rng.random((512, 512)) > 0.5).astype(np.uint8),
+        (width, height),
+        interpolation=cv2.INTER_NEAREST,
+    )
+    return {
+        "empty": np.zeros(shape, bool),
+        "lesion (one region)": lesion.astype(bool),
+        "noise (untrained model)": noise.astype(bool),
+    }
+
+
+def stage_writes(bench: Bench, data: BenchData, tasks_per_kind: int | None = None) -> None:
+    """Images/s of `predict`'s writer pool alone, per kind of mask, outputs mask and findings."""
+    from ptxseg.inference.pipeline import Workers
+    from ptxseg.inference.workers import WriteTask, read_input, write_outputs
+    from ptxseg.model.operating_point import OperatingPoint
+
+    s = bench.s
+    source = sorted(data.predict_inputs.glob("*.dcm"))[0]
+    read = read_input(str(source), s.size, keep_frame=False)
+    if read.error is not None:
+        raise ValueError(f"{source}: {read.error}")
+    describer = {
+        "operating_point": dict(OperatingPoint().to_dict(), applied_tta="none"),
+        "encoder": s.encoder,
+        "runtime": "torch",
+        "precision": "bf16",
+    }
+    rows: list[dict[str, Any]] = []
+    with Workers(s.workers, device_decode=True) as pool:
+        count = tasks_per_kind or 16 * pool.write_slots
+        for kind, mask in sample_masks(tuple(read.shape)).items():
+            out = s.work / "writes" / kind.split()[0]
+            shutil.rmtree(out, ignore_errors=True)
+            task = WriteTask(
+                path=str(source),
+                image_id="",
+                out_dir=str(out),
+                outputs=("mask", "findings"),
+                meta=read.meta,
+                shape=tuple(read.shape),
+                describer=describer,
+            )
+            task.mask_bits, task.peak = np.packbits(mask.ravel()), 0.9
+            task.image_id = "serial"
+            write_outputs(task)  # imports and caches warm in this process
+            start = time.perf_counter()
+            result = write_outputs(task)
+            serial_ms = (time.perf_counter() - start) * 1000
+            if result.error is not None:
+                rows.append({"mask": kind, "error": result.error})
+                continue
+            # one task object per submission: the pool pickles them later, in its own thread
+            warm = [replace(task, image_id=f"w{k}") for k in range(pool.write_slots)]
+            for future in [pool.writers.submit(write_outputs, t) for t in warm]:
+                future.result()  # every writer has imported what it needs
+            start = time.perf_counter()
+            futures = [
+                pool.writers.submit(write_outputs, replace(task, image_id=f"m{k}"))
+                for k in range(count)
+            ]
+            errors = sum(1 for f in futures if f.result().error is not None)
+            seconds = time.perf_counter() - start
+            rows.append(
+                {
+                    "mask": kind,
+                    "ms_per_image_one_process": round(serial_ms, 1),
+                    "writer_processes": pool.write_slots,
+                    "images": count,
+                    "errors": errors,
+                    "images_per_s": round(count / seconds, 1),
+                }
+            )
+    bench.write(
+        "writes",
+        f"predict's writers alone: masks of {read.shape[1]}x{read.shape[0]}, mask and findings",
+        rows,
+        f"One real input's header ({source.name}); each image: findings (regions, size classes), "
+        "the mask PNG, the findings JSON and the RLE, as `predict --outputs mask,findings` "
+        "writes them. ms_per_image_one_process: one image in this process; images_per_s: the "
+        "writer processes of `predict --workers N --decode device` together, after a warm-up.",
+    )

@@ -110,7 +110,7 @@ def benchmark_gpu(
     dicoms: Path | None = typer.Option(
         None, help="Real SIIM DICOMs for the predict stage (default: synthetic ones)."
     ),
-    images: int = typer.Option(2048, help="DICOMs to prepare and predict (repeated copies)."),
+    images: int = typer.Option(1024, help="DICOMs to prepare and predict (repeated copies)."),
     distinct: int = typer.Option(48, help="Distinct synthetic radiographs."),
     source_size: int = typer.Option(1024, help="Side of the synthetic radiographs."),
     size: int = typer.Option(512, help="Model input and cache size."),
@@ -120,11 +120,11 @@ def benchmark_gpu(
     workers: int = typer.Option(None, help="Worker processes (default: one per core)."),
     device: str = typer.Option("cuda", help="cuda, or cpu to check the stages at toy sizes."),
     stages: str = typer.Option(
-        "prepare,train,predict,backbones,serve", help="Stages to run, in this order."
+        "prepare,writes,train,backbones,serve,predict", help="Stages to run, in this order."
     ),
     budget: float = typer.Option(420.0, help="Seconds after which no further stage starts."),
 ) -> None:
-    """Every GPU measurement in one run: prepare, train, predict, backbones, serve.
+    """Every GPU measurement in one run: prepare, writes, train, backbones, serve, predict.
 
     Example (what benchmarks/gpu.sh runs): ptxseg benchmark-gpu --out benchmarks/results
     """
