@@ -6,13 +6,13 @@ decode and resize every image and mask once, in parallel, into memory-mapped arr
 is written under a temporary name and renamed, and a rerun with the same inputs finds the cache
 up to date and writes nothing.
 
-Decoding runs in a pool of worker processes. With a CUDA device (`device="cuda"`, or "auto"
-when there is one) the workers only parse the files and hand the JPEG Baseline frames to nvJPEG, and the resize runs on
-the GPU (`ptxseg.data.device_images`: the same bytes as the CPU for 1024 px images cached at 512
-or 256; nvJPEG itself may differ from libjpeg-turbo by a gray level in a few pixels). The cache's
-`info.json` records which decoder wrote it. The CPU pool is the default: on one H200 with 16
-cores it cached 1024 px DICOMs at 512 px at 219 images/s against 103 for nvJPEG
-(`benchmarks/results/gpu-prepare.md`).
+Decoding runs in a pool of worker processes. With a CUDA device (`device="cuda"`, or "auto" when
+there is one) the workers only parse the files and hand the JPEG Baseline frames to nvJPEG, and
+the resize runs on the GPU (`ptxseg.data.device_images`: the same bytes as the CPU for 1024 px
+images cached at 512 or 256; nvJPEG itself may differ from libjpeg-turbo by a gray level in a
+few pixels). The cache's `info.json` records which decoder wrote it. The CPU pool is the
+default: on one H200 with 16 cores it cached 1024 px DICOMs at 512 px at 219 images/s against
+103 for nvJPEG (`benchmarks/results/gpu-prepare.md`).
 """
 
 from __future__ import annotations
