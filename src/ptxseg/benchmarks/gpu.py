@@ -567,6 +567,8 @@ def stage_predict(bench: Bench, data: BenchData, model: Path | None) -> None:
             steady_images_per_s=info["images_per_s_after_first_result"],
             first_result_s=info["first_result_after_start_s"],
             model_ready_s=info["model_ready_after_command_s"],
+            imports_s=info.get("process_age_at_command_s"),
+            cuda_ready_s=info.get("startup_after_command_s", {}).get("cuda_ready_s"),
             positive_masks=sum(1 for m in (out / "masks").glob("*.png") if _any(m)),
         )
         if reference is None:
@@ -580,7 +582,9 @@ def stage_predict(bench: Bench, data: BenchData, model: Path | None) -> None:
         "the pipeline's own seconds (reading, model, masks, writing; a compiled model's "
         "compilation included); steady_images_per_s: the same after the first result; "
         "command_s: the whole command; first_result_s: from the process start to the first "
-        "findings written; model_ready_s: from the command's start to the model on the device. "
+        "findings written; model_ready_s: from the command's start to the model on the device; "
+        "imports_s: from the process start to the command's start (Python, torch, ptxseg); "
+        "cuda_ready_s: from the command's start until the CUDA context exists. "
         "dice_vs_reference: pooled Dice of all masks against the first row's (1 when both are "
         "empty: see positive_masks); max_probability_difference: largest change of an image's "
         "peak probability against the first row."

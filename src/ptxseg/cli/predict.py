@@ -36,6 +36,18 @@ def _device(device: str) -> str:
     return device
 
 
+def _cuda_ready(device: str, started: float) -> float | None:
+    """Seconds after `started` when the CUDA context exists (None without CUDA: Predictor says
+    why). Timed apart from the model load so that run.json shows which of the two is slow."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return None
+    torch.zeros(1, device=device)
+    torch.cuda.synchronize(device)
+    return round(time.perf_counter() - started, 3)
+
+
 @app.command()
 def predict(
     inputs: list[Path] = typer.Argument(
@@ -152,8 +164,13 @@ def predict(
     pool = pipeline.Workers(
         pipeline.default_workers() if workers is None else workers, device_decode
     )
+    startup = {"workers_launched_s": round(time.perf_counter() - started, 3)}
     try:
         from ptxseg.inference.predictor import Predictor
+
+        startup["predictor_imported_s"] = round(time.perf_counter() - started, 3)
+        if runtime == "torch" and device.startswith("cuda"):
+            startup["cuda_ready_s"] = _cuda_ready(_device(device), started)
 
         op = None
         if any(v is not None for v in (threshold, top, bottom, min_area)):
@@ -213,6 +230,8 @@ def predict(
         {
             "process_age_at_command_s": round(at_command, 3) if at_command is not None else None,
             "model_ready_after_command_s": round(model_ready, 3),
+            # where the start-up goes: seconds after the command started that each step ended
+            "startup_after_command_s": startup,
             "runtime": runtime,
             "precision": precision,
             "device": str(predictor.device),
