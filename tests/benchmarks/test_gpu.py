@@ -114,3 +114,17 @@ def test_writes_stage_times_the_writer_pool_per_kind_of_mask(tmp_path):
     lesion = tmp_path / "work" / "writes" / "lesion"
     assert (lesion / "masks" / "m0.png").is_file() and (lesion / "findings" / "m0.json").is_file()
     assert json.loads((lesion / "findings" / "m0.json").read_text())["pneumothorax"] is True
+
+
+def test_startup_text_says_where_a_predict_run_started_up():
+    record = {
+        "model_ready_after_command_s": 8.6,
+        "startup_after_command_s": {
+            "workers_launched_s": 0.31,
+            "torch_imported_s": 1.27,
+            "predictor_imported_s": 1.28,
+            "cuda_ready_s": 3.04,
+        },
+    }
+    assert gpu.startup_text(record) == "workers 0.3, torch 1.3, cuda 3.0, model 8.6"
+    assert gpu.startup_text({"model_ready_after_command_s": 2.7}) == "model 2.7"

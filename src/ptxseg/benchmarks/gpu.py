@@ -568,7 +568,7 @@ def stage_predict(bench: Bench, data: BenchData, model: Path | None) -> None:
             first_result_s=info["first_result_after_start_s"],
             model_ready_s=info["model_ready_after_command_s"],
             imports_s=info.get("process_age_at_command_s"),
-            cuda_ready_s=info.get("startup_after_command_s", {}).get("cuda_ready_s"),
+            startup=startup_text(info),
             positive_masks=sum(1 for m in (out / "masks").glob("*.png") if _any(m)),
         )
         if reference is None:
@@ -583,8 +583,9 @@ def stage_predict(bench: Bench, data: BenchData, model: Path | None) -> None:
         "compilation included); steady_images_per_s: the same after the first result; "
         "command_s: the whole command; first_result_s: from the process start to the first "
         "findings written; model_ready_s: from the command's start to the model on the device; "
-        "imports_s: from the process start to the command's start (Python, torch, ptxseg); "
-        "cuda_ready_s: from the command's start until the CUDA context exists. "
+        "imports_s: from the process start to the command's start; startup: seconds after the "
+        "command's start when the workers were launched, torch imported, the CUDA context "
+        "ready and the model on the device (run.json). "
         "dice_vs_reference: pooled Dice of all masks against the first row's (1 when both are "
         "empty: see positive_masks); max_probability_difference: largest change of an image's "
         "peak probability against the first row."
@@ -597,6 +598,18 @@ def stage_predict(bench: Bench, data: BenchData, model: Path | None) -> None:
         rows,
         notes,
     )
+
+
+def startup_text(record: dict[str, Any]) -> str:
+    """`workers 0.3, torch 1.3, cuda 3.0, model 8.6`: where a predict run's start-up went."""
+    steps = record.get("startup_after_command_s", {})
+    names = (("workers", "workers_launched_s"), ("torch", "torch_imported_s"))
+    parts = [f"{label} {steps[key]:.1f}" for label, key in names if steps.get(key) is not None]
+    if steps.get("cuda_ready_s") is not None:
+        parts.append(f"cuda {steps['cuda_ready_s']:.1f}")
+    if record.get("model_ready_after_command_s") is not None:
+        parts.append(f"model {record['model_ready_after_command_s']:.1f}")
+    return ", ".join(parts)
 
 
 def mask_dice(a: Path, b: Path) -> float:
