@@ -39,3 +39,15 @@ def test_written_table_names_the_machine_and_the_reference(tmp_path):
     assert "instruction sets:" in md and "- baseline: the reference named in each row" in md
     assert "| x | 2 | 1 | u | 2 | d |" in md
     assert (tmp_path / "data-benchmark.csv").read_text().splitlines()[1] == "x,2.0,1.0,u,2.0,d"
+
+
+def test_loader_row_compares_raw_rows_with_float_items(tmp_path):
+    from siim_folders import make_siim_folder
+
+    from ptxseg.benchmarks.data import bench_loader
+
+    images, csv_path, _ = make_siim_folder(tmp_path / "siim", n=12, size=64)
+    row = bench_loader(images, csv_path, size=32, batch=4, workers=0)
+    assert row["ptxseg"] > 0 and row["reference"] > 0 and row["unit"] == "images/s"
+    assert row["speed-up"] == row["ptxseg"] / row["reference"]
+    assert "uint8 rows" in row["detail"] and "float32 items" in row["detail"]

@@ -4,10 +4,16 @@ import json
 
 import numpy as np
 import pytest
+import torch
 from siim_folders import make_siim_folder
 
 from ptxseg.cli import main
-from ptxseg.data.dataset import SegmentationDataset, read_manifest, read_splits
+from ptxseg.data.dataset import (
+    SegmentationDataset,
+    batch_to_float,
+    read_manifest,
+    read_splits,
+)
 from ptxseg.data.folds import (
     CachedRows,
     FoldDataset,
@@ -162,3 +168,16 @@ def test_cli_prepare_folds_prints_them(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "2 folds of the train and val images" in out
     assert len(json.loads((tmp_path / "w" / "splits.json").read_text())["folds"]) == 2
+
+
+def test_raw_fold_items_are_the_cache_rows_and_convert_to_the_float_items(prepared):
+    _, _, work = prepared
+    train, val = fold_datasets(work, 32, fold=0)
+    raw_train, raw_val = fold_datasets(work, 32, fold=0, raw=True)
+    for floats, raw in ((train, raw_train), (val, raw_val)):
+        item, row = floats[1], raw[1]
+        assert row["image"].dtype == torch.uint8 and row["mask"].dtype == torch.uint8
+        image, mask = batch_to_float(row["image"], row["mask"])
+        assert torch.equal(image, item["image"]) and torch.equal(mask, item["mask"])
+    with pytest.raises(ValueError, match="raw"):
+        fold_datasets(work, 32, fold=0, transform=lambda i, m: (i, m), raw=True)

@@ -441,3 +441,37 @@ def test_gpu_run_records_its_device_and_memory(tmp_path):
     summary = json.loads((run / "train_summary.json").read_text())
     assert summary["device"].startswith("cuda") and summary["peak_gpu_mb"] > 0
     assert summary["gpu"] and summary["compile"] is True and summary["augment_on"] == "device"
+
+
+@pytest.fixture(scope="module")
+def folds_work(tmp_path_factory) -> Path:
+    """A 32 px work folder with 3 cross-validation folds."""
+    from siim_folders import make_siim_folder
+
+    from ptxseg.data.prepare import prepare
+
+    root = tmp_path_factory.mktemp("folds")
+    images, csv_path, _ = make_siim_folder(root / "siim", n=30, size=32)
+    prepare(images, csv_path, root / "work", size=32, val=0.2, test=0.2, folds=3)
+    return root / "work"
+
+
+@pytest.mark.parametrize("place", ["loader", "device"])
+@pytest.mark.parametrize("fold", [None, 1])
+def test_data_module_augments_in_one_place_only(folds_work, place, fold):
+    """Loader augmentation: float items, transformed. Device augmentation: the cache's uint8
+    rows untransformed (a quarter of the bytes to the GPU), made float after the transfer.
+    The same for a fold's datasets."""
+    overrides = {"data.work": str(folds_work), "data.size": 32, "data.augment_on": place}
+    overrides.update({"data.aug": "full", "data.fold": fold, "data.batch_size": 4})
+    data = SegmentationDataModule(tiny_config(Path("unused"), **overrides))
+    data.setup("fit")
+    expected = torch.uint8 if place == "device" else torch.float32
+    assert data.train_dataset[0]["image"].dtype == expected
+    assert data.val_dataset[0]["mask"].dtype == expected
+    parts = getattr(data.train_dataset, "parts", [data.train_dataset])
+    assert all((p.transform is None) == (place == "device") for p in parts)
+    batch = next(iter(data.val_dataloader()))
+    converted = data.on_after_batch_transfer(batch, 0)  # outside a Trainer: only converts
+    assert converted["image"].dtype == torch.float32 and float(converted["image"].max()) <= 1
+    assert set(converted["mask"].unique().tolist()) <= {0.0, 1.0}

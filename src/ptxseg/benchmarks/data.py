@@ -192,6 +192,46 @@ def bench_prepare(images: Path, annotations: Path, sizes=(256, 512), workers=(1,
     return rows
 
 
+def bench_loader(
+    images: Path, annotations: Path, size: int = 512, batch: int = 16, workers: int = 2
+) -> dict:
+    """Training batches through DataLoader workers: the cache's uint8 rows (what device
+    augmentation takes, made float on the GPU) against float32 items (what loader augmentation
+    takes), augmentation left out of both so that only the data's form differs."""
+    from torch.utils.data import DataLoader
+
+    from ptxseg.data.dataset import SegmentationDataset
+    from ptxseg.data.prepare import prepare
+
+    with tempfile.TemporaryDirectory() as tmp:
+        prepare(images, annotations, Path(tmp), size=size, workers=workers)
+        rates = {}
+        for raw in (True, False):
+            dataset = SegmentationDataset(tmp, "train", size, raw=raw)
+            loader = DataLoader(
+                dataset, batch_size=batch, num_workers=workers, persistent_workers=workers > 0
+            )
+            epochs = max(1, 512 // len(dataset))
+
+            def run(loader=loader, epochs=epochs) -> None:
+                for _ in range(epochs):
+                    for _ in loader:
+                        pass
+
+            rates[raw] = timed(run, items=epochs * len(dataset), warmup=1, repeats=3).rate
+            del loader
+    per_batch = batch * size * size * 2 / 2**20  # image + mask
+    return {
+        "benchmark": f"training loader {size}px, batches of {batch}, {workers} workers",
+        "ptxseg": rates[True],
+        "reference": rates[False],
+        "unit": "images/s",
+        "speed-up": rates[True] / rates[False],
+        "detail": f"uint8 rows ({per_batch:.0f} MB a batch) vs float32 items "
+        f"({4 * per_batch:.0f} MB)",
+    }
+
+
 # ---------------------------------------------------------------- the command body
 
 
@@ -211,6 +251,7 @@ def run(
         synthetic = sorted(tmp.rglob("*.dcm"))
         rows.append(bench_dicom(synthetic, "synthetic 1024px"))
         rows += bench_prepare(tmp / "dicom-images-train", tmp / "train-rle.csv")
+        rows.append(bench_loader(tmp / "dicom-images-train", tmp / "train-rle.csv"))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     write_table(rows, out)

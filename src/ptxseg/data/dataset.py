@@ -71,9 +71,23 @@ def _check_split(split: str) -> None:
         raise ValueError(f"unknown split {split!r}: expected one of {', '.join(SPLITS)}")
 
 
+def batch_to_float(image: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Items or batches as the cache holds them (uint8) -> what the model takes: the image in
+    [0, 1] and the mask 0/1, float32, the same numbers `SegmentationDataset` gives; float ones
+    pass unchanged. Raw batches cross to the GPU at a quarter of the bytes and are made float
+    there."""
+    if image.dtype == torch.uint8:
+        image = image.float().div_(255)
+    if mask.dtype == torch.uint8:
+        mask = mask.float()
+    return image, mask
+
+
 class SegmentationDataset(Dataset):
     """One split of the cache at one size; items are dicts of image, mask and image_id.
 
+    Items are float32 (image in [0, 1], `transform` applied), or with `raw` the uint8 rows of
+    the cache, for batches that `batch_to_float` converts (and augments) on the device.
     The arrays are opened lazily in each process (memory maps do not survive pickling into
     DataLoader workers well), and only the rows that are asked for are read from disk.
     """
@@ -85,9 +99,15 @@ class SegmentationDataset(Dataset):
         size: int,
         transform: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
         | None = None,
+        raw: bool = False,
     ) -> None:
         _check_split(split)
+        if raw and transform is not None:
+            raise ValueError(
+                "raw (uint8) items cannot be transformed: augment after batch_to_float"
+            )
         self.work, self.split, self.size, self.transform = Path(work), split, int(size), transform
+        self.raw = raw
         self.paths = cache_paths(work, size, split)
         if not self.paths["ids"].is_file():
             have = available_sizes(work)
@@ -122,6 +142,10 @@ class SegmentationDataset(Dataset):
 
     def __getitem__(self, index: int) -> dict:
         images, masks = self.arrays()
+        if self.raw:
+            image = torch.from_numpy(np.array(images[index])).unsqueeze(0)
+            mask = torch.from_numpy(np.array(masks[index])).unsqueeze(0)
+            return {"image": image, "mask": mask, "image_id": self.image_ids[index]}
         image = torch.from_numpy(np.array(images[index], dtype=np.float32)).div_(255).unsqueeze(0)
         mask = torch.from_numpy(np.array(masks[index], dtype=np.float32)).unsqueeze(0)
         if self.transform is not None:

@@ -167,9 +167,10 @@ class FoldDataset(Dataset):
         transform: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
         | None = None,
         name: str = "fold",
+        raw: bool = False,
     ) -> None:
         self.work, self.size, self.split = Path(work), int(size), name
-        self.parts = [SegmentationDataset(work, s, size, transform) for s in POOL_SPLITS]
+        self.parts = [SegmentationDataset(work, s, size, transform, raw) for s in POOL_SPLITS]
         wanted = set(image_ids)
         part, row = [], []
         for p, dataset in enumerate(self.parts):
@@ -205,16 +206,17 @@ class FoldDataset(Dataset):
 
 
 def fold_datasets(
-    work: str | Path, size: int, fold: int, transform=None
+    work: str | Path, size: int, fold: int, transform=None, raw: bool = False
 ) -> tuple[FoldDataset, FoldDataset]:
-    """(train on every fold but `fold`, with `transform`; validate on `fold`, untransformed)."""
+    """(train on every fold but `fold`, with `transform`; validate on `fold`, untransformed);
+    `raw`: uint8 items for both (see `SegmentationDataset`)."""
     folds = read_folds(work)
     check_fold(fold, folds)
     train_ids = [i for k, ids in enumerate(folds) if k != fold for i in ids]
     others = f"folds {', '.join(str(k) for k in range(len(folds)) if k != fold)}"
     return (
-        FoldDataset(work, size, train_ids, transform, name=others),
-        FoldDataset(work, size, folds[fold], None, name=fold_name(fold)),
+        FoldDataset(work, size, train_ids, transform, name=others, raw=raw),
+        FoldDataset(work, size, folds[fold], None, name=fold_name(fold), raw=raw),
     )
 
 

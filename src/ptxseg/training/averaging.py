@@ -26,6 +26,7 @@ import torch
 from torch.utils.data import Dataset
 
 from ptxseg.config import TrainConfig
+from ptxseg.data.dataset import batch_to_float
 from ptxseg.model import metrics
 from ptxseg.model.averaging import average_models, has_batchnorm, refresh_batchnorm
 from ptxseg.model.checkpoint import save_inference_model, write_checkpoint
@@ -61,7 +62,7 @@ def training_images(config: TrainConfig, n_batches: int, data=None) -> Iterator[
         data.setup("fit")
     loader = data.train_dataloader()
     for batch in itertools.islice(loader, n_batches):
-        yield batch["image"]
+        yield batch_to_float(batch["image"], batch["mask"])[0]
 
 
 def validation_scores(
@@ -73,8 +74,11 @@ def validation_scores(
     with torch.inference_mode():
         for start in range(0, len(dataset), batch_size):
             items = [dataset[i] for i in range(start, min(start + batch_size, len(dataset)))]
-            images = torch.stack([it["image"] for it in items]).to(device)
-            masks = torch.stack([it["mask"] for it in items])
+            images, masks = batch_to_float(
+                torch.stack([it["image"] for it in items]),
+                torch.stack([it["mask"] for it in items]),
+            )
+            images = images.to(device)
             counts.append(np.stack(metrics.confusion_counts(model(images) > 0, masks > 0.5)))
     if not counts:
         return {"val_dice": math.nan, "val_competition_dice": math.nan}

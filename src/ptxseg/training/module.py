@@ -311,21 +311,25 @@ class SegmentationDataModule(L.LightningDataModule):
 
             if not d.work:
                 raise ValueError("no training data: set --data WORK (a `ptxseg prepare` folder)")
+            # Augmented here, in the loader workers, or on the device after the transfer
+            # (on_after_batch_transfer): then the loader ships the cache's uint8 rows, a
+            # quarter of the bytes, and the device makes them float.
+            on_device = d.augment_on == "device"
+            transform = None if on_device else build_transform(d.aug, d.size)
             if d.fold is not None:  # train on the other folds, validate on this one
                 from ptxseg.data.folds import fold_datasets
 
-                train, val = fold_datasets(d.work, d.size, d.fold, build_transform(d.aug, d.size))
+                train, val = fold_datasets(d.work, d.size, d.fold, transform, raw=on_device)
                 if self.train_dataset is None:
                     self.train_dataset = train
                 if self.val_dataset is None:
                     self.val_dataset = val
             if self.train_dataset is None:
-                # Augmented on the device after the transfer (on_after_batch_transfer) or here.
-                on_device = d.augment_on == "device"
-                transform = None if on_device else build_transform(d.aug, d.size)
-                self.train_dataset = SegmentationDataset(d.work, "train", d.size, transform)
+                self.train_dataset = SegmentationDataset(
+                    d.work, "train", d.size, transform, raw=on_device
+                )
             if self.val_dataset is None:
-                self.val_dataset = SegmentationDataset(d.work, "val", d.size)
+                self.val_dataset = SegmentationDataset(d.work, "val", d.size, raw=on_device)
         for name, dataset in (("train", self.train_dataset), ("val", self.val_dataset)):
             if len(dataset) == 0:
                 raise ValueError(
@@ -334,7 +338,12 @@ class SegmentationDataModule(L.LightningDataModule):
                 )
 
     def on_after_batch_transfer(self, batch: dict, dataloader_idx: int) -> dict:
-        """Augment a training batch where it now is (the GPU) when augmentation runs there."""
+        """Make a raw (uint8) batch float where it now is (the GPU), and augment a training
+        batch there when augmentation runs there."""
+        from ptxseg.data.dataset import batch_to_float
+
+        batch = dict(batch)
+        batch["image"], batch["mask"] = batch_to_float(batch["image"], batch["mask"])
         trainer = self.trainer
         if self.batch_augment is None or trainer is None or not trainer.training:
             return batch
@@ -342,7 +351,6 @@ class SegmentationDataModule(L.LightningDataModule):
         if self._augment_epoch != epoch:  # a fresh, repeatable stream per epoch and process
             self._augment_epoch = epoch
             self.batch_augment.reseed(self.config.trainer.seed, rank, epoch)
-        batch = dict(batch)
         batch["image"], batch["mask"] = self.batch_augment(batch["image"], batch["mask"])
         return batch
 
