@@ -21,6 +21,7 @@ from ptxseg.inference.pipeline import (
     pack_bits,
     parse_outputs,
     predict_files,
+    resume_batches,
     use_device_decoder,
 )
 from ptxseg.inference.predictor import Predictor
@@ -64,6 +65,65 @@ def test_folder_run_writes_every_output_and_reports_a_corrupt_file(tmp_path):
         overlay = cv2.imread(str(tmp_path / "out" / "overlays" / f"{image_id}.png"))
         assert overlay.shape == (80, 96, 3)
     assert not list((tmp_path / "out").rglob("*.tmp"))
+
+
+class BatchSensitiveModel(RegionModel):
+    """RegionModel whose logits move with the mean of the whole batch, as real kernels move a
+    little with the batch they run in."""
+
+    def __init__(self):
+        super().__init__()
+        with torch.no_grad():
+            self.scale.fill_(0.25)  # logits +-2, where the probability still moves
+
+    def forward(self, x):
+        per_image = 0.0 * x.mean(dim=(1, 2, 3), keepdim=True)  # (B, 1, 1, 1)
+        return self.pattern * self.scale + (x.mean() - 0.5) + per_image
+
+
+def test_resume_batches_keeps_the_batches_of_an_uninterrupted_run():
+    order = [Path(f"f{i}") for i in range(7)]
+    todo = [order[1], order[6]]
+    assert resume_batches(order, todo, 3) == order[0:3] + order[6:7]
+    assert resume_batches(order, order, 3) == order
+    assert resume_batches(order, [], 3) == []
+    assert resume_batches(order, todo, 1) == todo
+
+
+def test_rerun_after_an_interruption_gives_what_an_uninterrupted_run_gives(tmp_path):
+    (tmp_path / "in").mkdir()
+    files = []
+    for i, level in enumerate((20, 60, 100, 140, 180)):  # batches of different brightness
+        files.append(tmp_path / "in" / f"img{i}.png")
+        cv2.imwrite(str(files[-1]), np.full((80, 96), level, np.uint8))
+    clean, resumed = tmp_path / "clean", tmp_path / "resumed"
+    for out in (clean, resumed):
+        predict_files(Predictor(BatchSensitiveModel(), batch_size=2), files, out, progress=False)
+    # as if killed: img1 (batched with img0) and img4 (alone in the last batch) not finished
+    for image_id in ("img1", "img4"):
+        (resumed / "findings" / f"{image_id}.json").unlink()
+    stamp = (resumed / "findings" / "img0.json").stat().st_mtime_ns
+    again = predict_files(
+        Predictor(BatchSensitiveModel(), batch_size=2), files, resumed, progress=False
+    )
+    assert (again.predicted, again.skipped, again.errors) == (2, 3, 0)
+    assert (resumed / "findings" / "img0.json").stat().st_mtime_ns == stamp  # not rewritten
+    for image_id in ("img1", "img4"):
+        name = f"findings/{image_id}.json"
+        assert _without_paths(resumed / name) == _without_paths(clean / name)
+    # the same two files predicted in a batch of their own would not have been the same
+    alone = tmp_path / "alone"
+    predict_files(
+        Predictor(BatchSensitiveModel(), batch_size=2), [files[1], files[4]], alone, progress=False
+    )
+    img1 = "findings/img1.json"
+    assert _without_paths(alone / img1) != _without_paths(clean / img1)
+
+
+def _without_paths(path: Path) -> dict:
+    findings = json.loads(path.read_text())
+    findings.pop("input_file")
+    return findings
 
 
 def test_rerun_skips_finished_images(tmp_path):

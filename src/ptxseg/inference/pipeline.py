@@ -245,6 +245,7 @@ def predict_files(
     rows: dict[Path, dict[str, Any]] = {}
     submission: dict[Path, tuple[str, str]] = {}
     todo: list[Path] = []
+    order: list[Path] = []  # every file to predict or already predicted: batches are cut here
     seen: dict[str, Path] = {}
     for path in files:
         image_id = image_id_for(path)
@@ -258,6 +259,7 @@ def predict_files(
             result.errors += 1
             continue
         seen[image_id] = path
+        order.append(path)
         done = _finished(out, image_id)
         if skip_existing and done is not None:
             rows[path] = summary_row(image_id, str(path), done)
@@ -288,9 +290,10 @@ def predict_files(
     own_pool = pool is None
     pool = pool or Workers(workers, on_device, processes=False)
     run = _Run(predictor, out, chosen, on_device, pool, max_pixels)
+    reads = resume_batches(order, todo, predictor.batch_size)
     try:
         with _progress(progress, len(todo)) as advance:
-            run.go(todo, fail, written, advance)
+            run.go(reads, set(reads) - set(todo), fail, written, advance)
     finally:
         if own_pool:
             pool.close()
@@ -304,6 +307,21 @@ def predict_files(
     result.seconds = end - start
     result.steady_seconds = end - first_clock[0] if first_clock else 0.0
     return result
+
+
+def resume_batches(order: Sequence[Path], todo: Sequence[Path], size: int) -> list[Path]:
+    """The files to read: each batch of `order` (cut every `size` files, as a run from the start
+    cuts it) that holds a file of `todo`, whole. A model's numbers depend a little on the other
+    images of its batch (the kernels change with the batch), so a rerun after an interruption
+    predicts its finished companions again, without writing them, to give the files left what
+    an uninterrupted run gives them, to the last digit."""
+    wanted = set(todo)
+    kept: list[Path] = []
+    for start in range(0, len(order), max(1, size)):
+        batch = order[start : start + max(1, size)]
+        if any(path in wanted for path in batch):
+            kept.extend(batch)
+    return kept
 
 
 def write_run_record(result: RunResult, path: Path, extra: dict[str, Any]) -> Path:
@@ -347,15 +365,20 @@ class _Run:
         self.predictor, self.out, self.outputs = predictor, out, outputs
         self.on_device, self.pool, self.max_pixels = on_device, pool, max_pixels
         self.describer = predictor.describer()
+        self.companions: set[Path] = set()  # set by go()
 
     def go(
         self,
         todo: Sequence[Path],
+        companions: set[Path],
         fail: Callable[[Path, str], None],
         written: Callable[[Path, WriteResult], None],
         advance: Callable[[], None],
     ) -> None:
+        """Predict `todo` in batches cut every `batch_size` files; `companions` (finished
+        earlier) go through the model beside the others but are neither written nor counted."""
         size, batch_size = self.predictor.input_size, self.predictor.batch_size
+        self.companions = companions
         reads = _prefetch(
             lambda p: self.pool.readers.submit(
                 read_input, str(p), size, self.on_device, self.max_pixels
@@ -368,7 +391,7 @@ class _Run:
         failed: set[Path] = set()
 
         def fail_once(path: Path, error: str) -> None:
-            if path not in failed:
+            if path not in failed and path not in companions:
                 failed.add(path)
                 fail(path, error)
                 advance()
@@ -480,6 +503,8 @@ class _Run:
         packed = batch.packed.numpy() if batch.packed is not None else None
         peaks = batch.peaks.numpy() if batch.peaks is not None else None
         for i, ((path, read), shape) in enumerate(zip(batch.items, batch.shapes, strict=True)):
+            if path in self.companions:
+                continue
             task = WriteTask(
                 path=str(path),
                 image_id=image_id_for(path),
