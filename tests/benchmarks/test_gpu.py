@@ -128,3 +128,9 @@ def test_startup_text_says_where_a_predict_run_started_up():
     }
     assert gpu.startup_text(record) == "workers 0.3, torch 1.3, cuda 3.0, model 8.6"
     assert gpu.startup_text({"model_ready_after_command_s": 2.7}) == "model 2.7"
+
+
+def test_loop_text_lists_the_main_loops_waits():
+    record = {"main_loop_s": {"reads": 0.21, "launch": 3.14, "device": 0.0, "writers": 9.81}}
+    assert gpu.loop_text(record) == "reads 0.2, launch 3.1, device 0.0, writers 9.8"
+    assert gpu.loop_text({}) == ""

@@ -3,6 +3,7 @@
 import csv
 import json
 import shutil
+import time
 from pathlib import Path
 
 import cv2
@@ -15,14 +16,17 @@ from predict_helpers import RegionModel, TinyUnet, make_checkpoint
 
 from ptxseg.cli import main
 from ptxseg.data.rle import rle_decode
+from ptxseg.inference import pipeline
 from ptxseg.inference.outputs import read_mask
 from ptxseg.inference.pipeline import (
+    LOOP_STEPS,
     collect_inputs,
     pack_bits,
     parse_outputs,
     predict_files,
     resume_batches,
     use_device_decoder,
+    write_run_record,
 )
 from ptxseg.inference.predictor import Predictor
 from ptxseg.inference.sr import read_report
@@ -322,6 +326,28 @@ def test_decoder_choice_without_cuda():
     onnx_like = type("P", (), {"runtime": "onnxruntime", "device": "cpu"})()
     with pytest.raises(ValueError, match="needs the torch runtime"):
         use_device_decoder(onnx_like, "device")
+
+
+def test_the_run_says_what_bounds_its_main_loop(tmp_path, monkeypatch):
+    """Slow writers show as the main loop's largest wait, in the result and in run.json."""
+    real_write = pipeline.write_outputs
+
+    def slow_write(task):
+        time.sleep(0.1)
+        return real_write(task)
+
+    monkeypatch.setattr(pipeline, "write_outputs", slow_write)
+    files = _pngs(tmp_path / "in", 4)
+    out = tmp_path / "out"
+    result = predict_files(
+        Predictor(RegionModel()), files, out, outputs=("mask",), workers=0, progress=False
+    )
+    spent = result.loop_s
+    assert set(spent) == set(LOOP_STEPS) and min(spent.values()) >= 0
+    assert max(spent, key=spent.get) == "writers" and spent["writers"] >= 0.25
+    assert sum(spent.values()) <= result.seconds
+    write_run_record(result, out / "run.json", {})
+    assert json.loads((out / "run.json").read_text())["main_loop_s"] == spent
 
 
 def test_bits_packed_on_the_device_unpack_on_the_host():

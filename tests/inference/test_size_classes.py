@@ -1,5 +1,6 @@
 """Size estimates (BTS rim at the hilum, ACCP apex to cupola) on masks of known geometry."""
 
+import cv2
 import numpy as np
 import pytest
 
@@ -8,6 +9,7 @@ from ptxseg.inference.size_classes import (
     ACCP_LARGE_APEX_MM,
     BTS_LARGE_RIM_MM,
     HILUM_LEVEL,
+    apex_distance_px,
     estimate_sizes,
     first_run_lengths,
     size_class,
@@ -122,3 +124,28 @@ def test_findings_carry_the_estimates_and_lateral_views_none():
     assert (f["bts_class_est"], f["accp_class_est"], f["side"]) == ("large", "small", "right")
     lateral = compute_findings(mask, 0.9, {"PixelSpacing": SPACING, "ViewPosition": "LL"}, OP)
     assert lateral["bts_rim_mm_est"] is None and lateral["side"] is None
+
+
+def _apex_on_the_whole_half(side_mask):
+    """The apex distance with the distance transform over the whole half (the definition)."""
+    rows = np.flatnonzero(side_mask.any(axis=1))
+    top = int(rows[0])
+    columns = np.flatnonzero(side_mask[top])
+    column = int(columns[len(columns) // 2])
+    run = int(first_run_lengths(side_mask[top:, column][None, :])[0])
+    padded = np.pad(side_mask.astype(np.uint8), 1)
+    distance = cv2.distanceTransform(padded, cv2.DIST_L2, cv2.DIST_MASK_PRECISE)[1:-1, 1:-1]
+    return float(min(run, 2.0 * float(distance[top : top + run, column].max())))
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_apex_distance_in_the_mask_box_equals_the_whole_half(seed):
+    rng = np.random.default_rng(seed)
+    half = np.zeros((96, 48), np.uint8)
+    for _ in range(rng.integers(1, 5)):  # blobs, some cut by the image edges
+        centre = (int(rng.integers(-5, 53)), int(rng.integers(-5, 101)))
+        axes = (int(rng.integers(2, 30)), int(rng.integers(2, 40)))
+        cv2.ellipse(half, centre, axes, float(rng.integers(0, 180)), 0, 360, 1, -1)
+    half |= (rng.random(half.shape) > 0.97).astype(np.uint8)  # and specks
+    mask = half.astype(bool)
+    assert apex_distance_px(mask) == _apex_on_the_whole_half(mask)

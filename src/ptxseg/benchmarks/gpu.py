@@ -569,6 +569,7 @@ def stage_predict(bench: Bench, data: BenchData, model: Path | None) -> None:
             model_ready_s=info["model_ready_after_command_s"],
             imports_s=info.get("process_age_at_command_s"),
             startup=startup_text(info),
+            main_loop=loop_text(info),
             positive_masks=sum(1 for m in (out / "masks").glob("*.png") if _any(m)),
         )
         if reference is None:
@@ -585,7 +586,9 @@ def stage_predict(bench: Bench, data: BenchData, model: Path | None) -> None:
         "findings written; model_ready_s: from the command's start to the model on the device; "
         "imports_s: from the process start to the command's start; startup: seconds after the "
         "command's start when the workers were launched, torch imported, the CUDA context "
-        "ready and the model on the device (run.json). "
+        "ready and the model on the device (run.json); main_loop: seconds the main process "
+        "spent waiting for the readers, launching batches, waiting for the device, handing "
+        "results out and waiting for the writers (the largest is what bounds the run). "
         "dice_vs_reference: pooled Dice of all masks against the first row's (1 when both are "
         "empty: see positive_masks); max_probability_difference: largest change of an image's "
         "peak probability against the first row."
@@ -610,6 +613,12 @@ def startup_text(record: dict[str, Any]) -> str:
     if record.get("model_ready_after_command_s") is not None:
         parts.append(f"model {record['model_ready_after_command_s']:.1f}")
     return ", ".join(parts)
+
+
+def loop_text(record: dict[str, Any]) -> str:
+    """`reads 0.2, launch 3.1, device 0.4, hand_out 0.6, writers 9.8`, from run.json."""
+    spent = record.get("main_loop_s") or {}
+    return ", ".join(f"{name} {seconds:.1f}" for name, seconds in spent.items())
 
 
 def mask_dice(a: Path, b: Path) -> float:

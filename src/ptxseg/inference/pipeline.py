@@ -51,6 +51,10 @@ from ptxseg.system import process_age_s, process_context, usable_cores
 INPUT_SUFFIXES = (".dcm", ".dicom", ".png", ".jpg", ".jpeg")
 DECODERS = ("auto", "cpu", "device")
 DEFAULT_OUTPUTS = ("mask", "findings", "overlay")
+LOOP_STEPS = ("reads", "launch", "device", "hand_out", "writers")
+"""Where the main loop waits (`RunResult.loop_s`): for the readers, launching a batch (the model
+on the CPU; on a GPU the kernels, and any wait for the device inside), for a batch's results to
+come back from the device, handing results to the writers, and for the writers."""
 FOLDERS = {
     "mask": "masks",
     "findings": "findings",
@@ -111,6 +115,7 @@ class RunResult:
     first_result_s: float | None = None  # since the process started (else since the call)
     decoder: str = "cpu"  # where images were decoded and resized: cpu or device (nvJPEG)
     steady_seconds: float = 0.0  # from the first result to the end: start-up and compile left out
+    loop_s: dict[str, float] = field(default_factory=dict)  # where the main loop spent its time
 
     @property
     def total(self) -> int:
@@ -306,6 +311,7 @@ def predict_files(
     end = time.perf_counter()
     result.seconds = end - start
     result.steady_seconds = end - first_clock[0] if first_clock else 0.0
+    result.loop_s = {name: round(seconds, 3) for name, seconds in run.spent.items()}
     return result
 
 
@@ -337,6 +343,9 @@ def write_run_record(result: RunResult, path: Path, extra: dict[str, Any]) -> Pa
         else None,
         "first_result_after_start_s": result.first_result_s,
         "decoder": result.decoder,
+        # seconds this process spent waiting for reads, launching batches, waiting for the
+        # device, handing results to the writers and waiting for them: the largest is the bound
+        "main_loop_s": result.loop_s,
         **extra,
     }
     return atomic.write_text(path, json.dumps(record, indent=2) + "\n")
@@ -366,6 +375,15 @@ class _Run:
         self.on_device, self.pool, self.max_pixels = on_device, pool, max_pixels
         self.describer = predictor.describer()
         self.companions: set[Path] = set()  # set by go()
+        self.spent = dict.fromkeys(LOOP_STEPS, 0.0)
+
+    def timed(self, step: str, fn: Callable[..., Any], *args) -> Any:
+        """`fn(*args)`, its seconds added to `spent[step]`."""
+        start = time.perf_counter()
+        try:
+            return fn(*args)
+        finally:
+            self.spent[step] += time.perf_counter() - start
 
     def go(
         self,
@@ -400,7 +418,7 @@ class _Run:
             while len(writes) > keep:
                 path, future = writes.popleft()
                 try:
-                    written(path, future.result())
+                    written(path, self.timed("writers", future.result))
                 except Exception as err:  # noqa: BLE001 - a dead worker: that file's row
                     fail(path, f"{type(err).__name__}: {err}")
                 advance()
@@ -410,7 +428,7 @@ class _Run:
             items = []
             for path, future in chunk:
                 try:
-                    read = future.result()
+                    read = self.timed("reads", future.result)
                 except Exception as err:  # noqa: BLE001
                     read = ReadResult(str(path), error=f"{type(err).__name__}: {err}")
                 if read.error is not None:
@@ -420,7 +438,7 @@ class _Run:
             if not items:
                 continue
             try:
-                launched = self.launch(items, fail_once)
+                launched = self.timed("launch", self.launch, items, fail_once)
             except Exception as err:  # noqa: BLE001 - the batch's files get the error
                 for path, _ in items:
                     fail_once(path, f"{type(err).__name__}: {err}")
@@ -499,7 +517,10 @@ class _Run:
     def finish(self, batch: _Batch, writes: deque) -> None:
         """Hand each image of a launched batch to a writer."""
         if batch.ready is not None:
-            batch.ready.synchronize()
+            self.timed("device", batch.ready.synchronize)
+        self.timed("hand_out", self._hand_out, batch, writes)
+
+    def _hand_out(self, batch: _Batch, writes: deque) -> None:
         packed = batch.packed.numpy() if batch.packed is not None else None
         peaks = batch.peaks.numpy() if batch.peaks is not None else None
         for i, ((path, read), shape) in enumerate(zip(batch.items, batch.shapes, strict=True)):

@@ -87,9 +87,14 @@ def apex_distance_px(side_mask: np.ndarray) -> float:
     columns = np.flatnonzero(side_mask[top])
     column = int(columns[len(columns) // 2])
     run = int(first_run_lengths(side_mask[top:, column][None, :])[0])
-    padded = np.pad(side_mask.astype(np.uint8), 1)
-    distance = cv2.distanceTransform(padded, cv2.DIST_L2, cv2.DIST_MASK_PRECISE)[1:-1, 1:-1]
-    thickness = 2.0 * float(distance[top : top + run, column].max())
+    # The distances inside the mask's box, padded by a ring without air, are those of the whole
+    # half (a nearer pixel without air outside the box would have a nearer one on the ring), at
+    # a fraction of the cost for the usual small mask.
+    used = np.flatnonzero(side_mask.any(axis=0))
+    left, right, bottom = int(used[0]), int(used[-1]) + 1, int(rows[-1]) + 1
+    box = np.pad(side_mask[top:bottom, left:right].astype(np.uint8), 1)
+    distance = cv2.distanceTransform(box, cv2.DIST_L2, cv2.DIST_MASK_PRECISE)
+    thickness = 2.0 * float(distance[1 : 1 + run, 1 + column - left].max())
     return float(min(run, thickness))
 
 
