@@ -8,7 +8,8 @@
 #   train      `ptxseg train` end to end before (eager, NCHW, loader augmentation) and now
 #              (compiled, channels_last, bf16, augmentation on the GPU), and the model alone
 #   predict    `ptxseg predict` on DICOMs: CPU decode vs nvJPEG, eager vs compiled, overlays or
-#              not; images/s end to end, time to the first result, Dice against eager fp32
+#              not, the model's masks or every mask empty; images/s end to end, time to the
+#              first result, where start-up and main loop spent their time, Dice against fp32
 #   backbones  inference/training images/s: eager NCHW fp32/bf16, channels_last, compiled,
 #              compiled with CUDA graphs
 #   serve      seconds until `ptxseg serve` answers, first request

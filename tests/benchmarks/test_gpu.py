@@ -71,6 +71,11 @@ def test_prepare_and_predict_stages_at_toy_size(tmp_path):
     assert "reference: eager fp32, CPU decode" in predict and "exit " not in predict
     record = json.loads((tmp_path / "work" / "predict-0" / "run.json").read_text())
     assert record["predicted"] == 10 and record["errors"] == 0
+    with open(tmp_path / "results" / "gpu-predict.csv", newline="") as handle:
+        rows = {r["path"]: r for r in csv.DictReader(handle)}
+    empty = rows["eager fp32, CPU decode, every mask empty"]
+    assert empty["images"] == "10" and empty["positive_masks"] == "0"
+    assert empty["main_loop"].startswith("reads ") and "writers " in empty["main_loop"]
 
 
 @pytest.mark.slow
