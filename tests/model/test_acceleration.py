@@ -1,5 +1,8 @@
 """The device policy: what is on by default where, and the compiled path's arithmetic."""
 
+import threading
+import time
+
 import pytest
 import torch
 
@@ -36,3 +39,47 @@ def test_compiled_function_gives_the_eager_result(monkeypatch):
 def test_unknown_compile_mode_lists_the_valid_ones():
     with pytest.raises(ValueError, match="reduce-overhead"):
         acc.compile_function(lambda x: x, "fastest")
+
+
+def test_device_warm_up_does_nothing_off_cuda():
+    warm = acc.DeviceWarmUp("cpu", time.perf_counter())
+    assert warm._thread is None and warm.wait() is None
+
+
+def test_device_warm_up_runs_beside_the_caller(monkeypatch):
+    """The context is made in a thread: the caller goes on (here it releases the fake driver,
+    which would otherwise wait in vain) and `wait` gives when the context was ready."""
+    caller_went_on = threading.Event()
+    made = []
+    zeros = torch.zeros
+
+    def fake_zeros(*args, device=None, **kwargs):
+        made.append((device, caller_went_on.wait(10)))
+        return zeros(1)
+
+    monkeypatch.setattr(acc.torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(acc.torch.cuda, "synchronize", lambda device=None: None)
+    monkeypatch.setattr(acc.torch, "zeros", fake_zeros)
+    started = time.perf_counter()
+    warm = acc.DeviceWarmUp("cuda:0", started)
+    caller_went_on.set()
+    ready = warm.wait()
+    assert made == [(torch.device("cuda:0"), True)]
+    assert ready is not None and 0 <= ready <= time.perf_counter() - started + 0.001
+
+
+def test_device_warm_up_leaves_failures_to_the_model_load(monkeypatch):
+    monkeypatch.setattr(acc.torch.cuda, "is_available", lambda: True)
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("CUDA error: no CUDA-capable device is detected")
+
+    monkeypatch.setattr(acc.torch, "zeros", broken)
+    warm = acc.DeviceWarmUp("cuda", time.perf_counter())
+    assert warm.wait() is None and "no CUDA-capable device" in str(warm.error)
+
+
+@pytest.mark.gpu
+def test_device_warm_up_makes_the_context():
+    warm = acc.DeviceWarmUp("cuda", time.perf_counter())
+    assert warm.wait() > 0 and torch.cuda.is_initialized()

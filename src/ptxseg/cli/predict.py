@@ -36,18 +36,6 @@ def _device(device: str) -> str:
     return device
 
 
-def _cuda_ready(device: str, started: float) -> float | None:
-    """Seconds after `started` when the CUDA context exists (None without CUDA: Predictor says
-    why). Timed apart from the model load so that run.json shows which of the two is slow."""
-    import torch
-
-    if not torch.cuda.is_available():
-        return None
-    torch.zeros(1, device=device)
-    torch.cuda.synchronize(device)
-    return round(time.perf_counter() - started, 3)
-
-
 @app.command()
 def predict(
     inputs: list[Path] = typer.Argument(
@@ -168,12 +156,14 @@ def predict(
     try:
         import torch  # noqa: F401 - timed on its own: the largest import
 
+        from ptxseg.model.acceleration import DeviceWarmUp
+
         startup["torch_imported_s"] = round(time.perf_counter() - started, 3)
+        # The CUDA context is made in a thread while the model's libraries import and it loads.
+        warm = DeviceWarmUp(_device(device) if runtime == "torch" else "cpu", started)
         from ptxseg.inference.predictor import Predictor
 
         startup["predictor_imported_s"] = round(time.perf_counter() - started, 3)
-        if runtime == "torch" and device.startswith("cuda"):
-            startup["cuda_ready_s"] = _cuda_ready(_device(device), started)
 
         op = None
         if any(v is not None for v in (threshold, top, bottom, min_area)):
@@ -193,6 +183,8 @@ def predict(
             compile_mode=compile_mode,
         )
         model_ready = time.perf_counter() - started
+        if warm.wait() is not None:
+            startup["cuda_ready_s"] = warm.ready_s
         mine = take_shard(files, index, count)
         console.print(
             f"{len(mine)} of {len(files)} inputs (shard {index}/{count}); {runtime} {precision} "

@@ -82,3 +82,45 @@ def compile_function(fn: Callable[..., Any], mode: str = "default") -> Callable[
     if backend == "inductor" and mode != "default":
         options["mode"] = mode
     return torch.compile(fn, **options)
+
+
+class DeviceWarmUp:
+    """Create the CUDA context in a thread while this one goes on importing and loading.
+
+    Creating the context of a large GPU takes seconds in the driver, and torch releases the
+    interpreter lock while it allocates, so the imports of segmentation_models_pytorch, timm and
+    torchvision (held by that lock) run meanwhile instead of after it. `wait()` joins the thread
+    and gives the seconds after `started` (a `time.perf_counter()` value) when the context was
+    ready; None when `device` is not a CUDA device or the context could not be made (the model's
+    own load then says why).
+    """
+
+    def __init__(self, device: str | torch.device, started: float) -> None:
+        import threading
+
+        self.started = started
+        self.ready_s: float | None = None
+        self.error: BaseException | None = None
+        self._thread: threading.Thread | None = None
+        if device_type(device) == "cuda":
+            self._thread = threading.Thread(
+                target=self._warm, args=(torch.device(device),), name="cuda-context", daemon=True
+            )
+            self._thread.start()
+
+    def _warm(self, device: torch.device) -> None:
+        import time
+
+        try:
+            if not torch.cuda.is_available():
+                return
+            torch.zeros(1, device=device)
+            torch.cuda.synchronize(device)
+            self.ready_s = round(time.perf_counter() - self.started, 3)
+        except Exception as err:  # noqa: BLE001 - reported by the caller's own use of the device
+            self.error = err
+
+    def wait(self) -> float | None:
+        if self._thread is not None:
+            self._thread.join()
+        return self.ready_s

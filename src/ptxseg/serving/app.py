@@ -427,11 +427,17 @@ def load_app(
 
     `checkpoint` is any model the Predictor takes: a path, an ensemble file, or a list of paths
     whose probabilities are averaged."""
+    import time
+
     from ptxseg.inference.predictor import Predictor
+    from ptxseg.model.acceleration import DeviceWarmUp
     from ptxseg.serving.card import build_model_card
 
     settings = settings or ServeSettings()
+    # the CUDA context is made while the model's libraries import and the model loads
+    warm = DeviceWarmUp(device if runtime == "torch" else "cpu", time.perf_counter())
     predictor = Predictor(checkpoint, runtime=runtime, device=device, precision=precision, tta=tta)
+    warm.wait()
     size = int(getattr(predictor, "input_size", 256))
     predictor.predict(np.zeros((size, size), np.float32), {})
     settings.model_card = build_model_card(checkpoint, predictor=predictor)
