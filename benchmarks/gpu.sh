@@ -14,6 +14,8 @@
 #              compiled with CUDA graphs
 #   serve      seconds until `ptxseg serve` answers, first request
 #   writes     predict's writer processes alone: empty, one-lesion and noisy masks
+#   pipeline   predict around a stand-in model (everything but the network), 1 or 8 files per
+#              message to a worker process
 # DICOM_DIR: real SIIM DICOMs for the predict stage (a few are enough: they are repeated to
 # 1024 files); default: synthetic ones from `ptxseg synth`. --with-tests also runs the tests
 # marked `gpu` first.

@@ -139,3 +139,19 @@ def test_loop_text_lists_the_main_loops_waits():
     record = {"main_loop_s": {"reads": 0.21, "launch": 3.14, "device": 0.0, "writers": 9.81}}
     assert gpu.loop_text(record) == "reads 0.2, launch 3.1, device 0.0, writers 9.8"
     assert gpu.loop_text({}) == ""
+
+
+def test_pipeline_stage_runs_predict_around_a_stand_in_model(tmp_path):
+    settings = toy(tmp_path, stages=("pipeline",))
+    tables = gpu.run(settings, say=lambda _: None)
+    assert [t.name for t in tables] == ["gpu-pipeline.md"]
+    with open(tmp_path / "results" / "gpu-pipeline.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [(r["files_per_task"], r["masks"]) for r in rows] == [
+        ("1", "every one empty"),
+        ("8", "every one empty"),
+        ("8", "one lesion each"),
+    ]
+    assert all(r["images"] == "10" and r["errors"] == "0" for r in rows)
+    assert [r["positive_masks"] for r in rows] == ["0", "0", "10"]
+    assert all(float(r["main_cpu_ms_per_image"]) > 0 and "writers" in r["main_loop"] for r in rows)

@@ -16,7 +16,7 @@ from predict_helpers import RegionModel, TinyUnet, make_checkpoint
 
 from ptxseg.cli import main
 from ptxseg.data.rle import rle_decode
-from ptxseg.inference import pipeline
+from ptxseg.inference import pipeline, workers
 from ptxseg.inference.outputs import read_mask
 from ptxseg.inference.pipeline import (
     LOOP_STEPS,
@@ -330,13 +330,13 @@ def test_decoder_choice_without_cuda():
 
 def test_the_run_says_what_bounds_its_main_loop(tmp_path, monkeypatch):
     """Slow writers show as the main loop's largest wait, in the result and in run.json."""
-    real_write = pipeline.write_outputs
+    real_write = workers.write_outputs
 
     def slow_write(task):
         time.sleep(0.1)
         return real_write(task)
 
-    monkeypatch.setattr(pipeline, "write_outputs", slow_write)
+    monkeypatch.setattr(workers, "write_outputs", slow_write)
     files = _pngs(tmp_path / "in", 4)
     out = tmp_path / "out"
     result = predict_files(
@@ -348,6 +348,64 @@ def test_the_run_says_what_bounds_its_main_loop(tmp_path, monkeypatch):
     assert sum(spent.values()) <= result.seconds
     write_run_record(result, out / "run.json", {})
     assert json.loads((out / "run.json").read_text())["main_loop_s"] == spent
+
+
+def test_a_task_that_dies_fails_its_own_files_only(tmp_path, monkeypatch):
+    """Files travel to the workers in groups; a group whose worker dies (here: raises) gives
+    each of its files an error row, and the other groups are predicted and written."""
+    real_read, real_write = pipeline.read_inputs, pipeline.write_many
+
+    def read_or_die(paths, *args):
+        if any(p.endswith("img3.png") for p in paths):
+            raise RuntimeError("reader process died")
+        return real_read(paths, *args)
+
+    def write_or_die(tasks):
+        if any(t.image_id == "img5" for t in tasks):
+            raise RuntimeError("writer process died")
+        return real_write(tasks)
+
+    monkeypatch.setattr(pipeline, "read_inputs", read_or_die)
+    monkeypatch.setattr(pipeline, "write_many", write_or_die)
+    files = _pngs(tmp_path / "in", 8)
+    assert pipeline.files_per_task(4) == 2
+    result = predict_files(
+        Predictor(RegionModel(), batch_size=4), files, tmp_path / "out", workers=0, progress=False
+    )
+    errors = {r["image_id"]: r["error"] for r in result.rows if r["status"] == "error"}
+    assert errors == {
+        "img2": "RuntimeError: reader process died",
+        "img3": "RuntimeError: reader process died",
+        "img4": "RuntimeError: writer process died",
+        "img5": "RuntimeError: writer process died",
+    }
+    assert result.predicted == 4 and result.errors == 4
+    done = sorted(p.stem for p in (tmp_path / "out" / "findings").iterdir())
+    assert done == ["img0", "img1", "img6", "img7"]
+
+
+def test_an_empty_device_mask_travels_without_its_bits(tmp_path):
+    describer = {"operating_point": {}, "encoder": "x", "runtime": "torch", "precision": "fp32"}
+    task = workers.WriteTask(
+        path="a.png",
+        image_id="a",
+        out_dir=str(tmp_path),
+        outputs=("mask", "findings"),
+        meta={},
+        shape=(6, 10),
+        describer=describer,
+        empty=True,
+        peak=0.31,
+    )
+    (result,) = workers.write_many([task])
+    assert result.error is None and result.rle == "-1"
+    assert result.findings["pneumothorax"] is False and result.findings["probability"] == 0.31
+    mask = read_mask(tmp_path / "masks" / "a.png")
+    assert mask.shape == (6, 10) and not mask.any()
+
+
+def test_files_per_task_keeps_a_batch_on_two_workers_at_least():
+    assert [pipeline.files_per_task(b) for b in (1, 2, 4, 16, 32, 64)] == [1, 1, 2, 8, 8, 8]
 
 
 def test_bits_packed_on_the_device_unpack_on_the_host():

@@ -42,8 +42,9 @@ from ptxseg.inference.workers import (
     WriteResult,
     WriteTask,
     read_input,
+    read_inputs,
     warm_up,
-    write_outputs,
+    write_many,
 )
 from ptxseg.processes import die_with_parent
 from ptxseg.system import process_age_s, process_context, usable_cores
@@ -51,6 +52,9 @@ from ptxseg.system import process_age_s, process_context, usable_cores
 INPUT_SUFFIXES = (".dcm", ".dicom", ".png", ".jpg", ".jpeg")
 DECODERS = ("auto", "cpu", "device")
 DEFAULT_OUTPUTS = ("mask", "findings", "overlay")
+FILES_PER_TASK = 8
+"""Files a reader or writer process handles per task: a message between processes costs the main
+process about as much as a small file's whole work, so they go in groups (see `files_per_task`)."""
 LOOP_STEPS = ("reads", "launch", "device", "hand_out", "writers")
 """Where the main loop waits (`RunResult.loop_s`): for the readers, launching a batch (the model
 on the CPU; on a GPU the kernels, and any wait for the device inside), for a batch's results to
@@ -226,6 +230,7 @@ def predict_files(
     shard_count: int = 1,
     progress: bool = True,
     max_pixels: int | None = None,
+    per_task: int | None = None,
 ) -> RunResult:
     """Predict `files` into `out_dir` (masks/, findings/, overlays/, seg/, sr/, explain/, CSVs).
 
@@ -234,7 +239,8 @@ def predict_files(
     `workers` reader and writer threads are started unless a started `pool` is given (a
     `Workers` of processes, as `ptxseg predict` passes); `decode` is auto, cpu or device (see
     `use_device_decoder`). A file whose header claims more than `max_pixels` (default: the
-    readers' limit) is an error row, refused before it is decoded.
+    readers' limit) is an error row, refused before it is decoded. `per_task` files go to a
+    worker per task (default: `files_per_task`).
     """
     start = time.perf_counter()
     from ptxseg.data.dicom import DEFAULT_MAX_PIXELS
@@ -295,6 +301,7 @@ def predict_files(
     own_pool = pool is None
     pool = pool or Workers(workers, on_device, processes=False)
     run = _Run(predictor, out, chosen, on_device, pool, max_pixels)
+    run.per_task = per_task or files_per_task(predictor.batch_size)
     reads = resume_batches(order, todo, predictor.batch_size)
     try:
         with _progress(progress, len(todo)) as advance:
@@ -376,6 +383,8 @@ class _Run:
         self.describer = predictor.describer()
         self.companions: set[Path] = set()  # set by go()
         self.spent = dict.fromkeys(LOOP_STEPS, 0.0)
+        self.writing = 0  # images handed to the writers and not yet collected
+        self.per_task = files_per_task(predictor.batch_size)  # files per reader or writer task
 
     def timed(self, step: str, fn: Callable[..., Any], *args) -> Any:
         """`fn(*args)`, its seconds added to `spent[step]`."""
@@ -397,15 +406,17 @@ class _Run:
         earlier) go through the model beside the others but are neither written nor counted."""
         size, batch_size = self.predictor.input_size, self.predictor.batch_size
         self.companions = companions
+        per_task = self.per_task
         reads = _prefetch(
-            lambda p: self.pool.readers.submit(
-                read_input, str(p), size, self.on_device, self.max_pixels
+            lambda paths: self.pool.readers.submit(
+                read_inputs, [str(p) for p in paths], size, self.on_device, self.max_pixels
             ),
             todo,
-            2 * batch_size + 2 * self.pool.read_slots,
+            per_task,
+            2 * batch_size + 2 * per_task * self.pool.read_slots,
         )
-        writes: deque[tuple[Path, Future]] = deque()
-        limit = 2 * batch_size + 2 * self.pool.write_slots
+        writes: deque[tuple[list[Path], Future]] = deque()
+        limit = 2 * batch_size + 2 * per_task * self.pool.write_slots
         failed: set[Path] = set()
 
         def fail_once(path: Path, error: str) -> None:
@@ -415,21 +426,27 @@ class _Run:
                 advance()
 
         def collect(keep: int) -> None:
-            while len(writes) > keep:
-                path, future = writes.popleft()
+            while self.writing > keep:
+                paths, future = writes.popleft()
+                self.writing -= len(paths)
                 try:
-                    written(path, self.timed("writers", future.result))
-                except Exception as err:  # noqa: BLE001 - a dead worker: that file's row
-                    fail(path, f"{type(err).__name__}: {err}")
-                advance()
+                    results = self.timed("writers", future.result)
+                except Exception as err:  # noqa: BLE001 - a dead worker: those files' rows
+                    results = [err] * len(paths)
+                for path, result in zip(paths, results, strict=True):
+                    if isinstance(result, Exception):
+                        fail(path, f"{type(result).__name__}: {result}")
+                    else:
+                        written(path, result)
+                    advance()
 
         pending: _Batch | None = None
         for chunk in _batches(reads, batch_size):
             items = []
-            for path, future in chunk:
+            for path, future, position in chunk:
                 try:
-                    read = self.timed("reads", future.result)
-                except Exception as err:  # noqa: BLE001
+                    read = self.timed("reads", future.result)[position]
+                except Exception as err:  # noqa: BLE001 - a dead worker: those files' rows
                     read = ReadResult(str(path), error=f"{type(err).__name__}: {err}")
                 if read.error is not None:
                     fail_once(path, read.error)
@@ -523,6 +540,8 @@ class _Run:
     def _hand_out(self, batch: _Batch, writes: deque) -> None:
         packed = batch.packed.numpy() if batch.packed is not None else None
         peaks = batch.peaks.numpy() if batch.peaks is not None else None
+        paths: list[Path] = []
+        tasks: list[WriteTask] = []
         for i, ((path, read), shape) in enumerate(zip(batch.items, batch.shapes, strict=True)):
             if path in self.companions:
                 continue
@@ -536,13 +555,25 @@ class _Run:
                 describer=self.describer,
             )
             if packed is not None:
-                task.mask_bits = packed[batch.offsets[i] : batch.offsets[i + 1]].copy()
+                bits = packed[batch.offsets[i] : batch.offsets[i + 1]]
                 task.peak = float(peaks[i])
+                if bits.any():
+                    task.mask_bits = bits.copy()
+                else:  # most images: nothing to send
+                    task.empty = True
             else:
                 task.prob_small = batch.probs[i]
             if "explain" in self.outputs:
                 task.cam_small = self.predictor.explain_input(batch.inputs_host[i])
-            writes.append((path, self.pool.writers.submit(write_outputs, task)))
+            paths.append(path)
+            tasks.append(task)
+        per_task = self.per_task
+        for start in range(0, len(tasks), per_task):
+            group = tasks[start : start + per_task]
+            writes.append(
+                (paths[start : start + per_task], self.pool.writers.submit(write_many, group))
+            )
+            self.writing += len(group)
 
 
 def pack_bits(mask):
@@ -584,12 +615,23 @@ def _finished(out: Path, image_id: str) -> dict[str, Any] | None:
         return None
 
 
-def _prefetch(submit: Callable[[Path], Future], paths: Sequence[Path], depth: int) -> Iterator:
-    """Yield (path, future) in order, keeping at most `depth` reads in flight."""
-    pending: deque[tuple[Path, Future]] = deque()
-    for path in paths:
-        pending.append((path, submit(path)))
-        if len(pending) >= depth:
+def files_per_task(batch_size: int) -> int:
+    """Files per reader or writer task: up to `FILES_PER_TASK`, no more than half a batch (so
+    that a batch still spreads over two workers at least)."""
+    return max(1, min(FILES_PER_TASK, batch_size // 2))
+
+
+def _prefetch(
+    submit: Callable[[list[Path]], Future], paths: Sequence[Path], per_task: int, depth: int
+) -> Iterator[tuple[Path, Future, int]]:
+    """Yield (path, future, position in the task's results) in order: `per_task` files to a
+    task, at most about `depth` files in flight."""
+    pending: deque[tuple[Path, Future, int]] = deque()
+    for start in range(0, len(paths), per_task):
+        group = list(paths[start : start + per_task])
+        future = submit(group)
+        pending.extend((path, future, k) for k, path in enumerate(group))
+        while len(pending) >= depth:
             yield pending.popleft()
     while pending:
         yield pending.popleft()

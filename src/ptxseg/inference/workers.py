@@ -10,6 +10,7 @@ Nothing here imports torch, so the workers start in a fraction of a second.
 - `write_outputs`: one model result -> the full-size mask (from the probability with
   OpenCV, exactly as `Predictor.postprocess`, or from the device's packed mask), the findings and
   the files that were asked for; the findings JSON last, as the mark that the image is done.
+- `read_inputs` and `write_many` do several files per task: fewer messages between processes.
 """
 
 from __future__ import annotations
@@ -78,6 +79,14 @@ def read_input(path: str, size: int, keep_frame: bool, max_pixels: int | None = 
         return ReadResult(path, error=f"{type(err).__name__}: {err}")
 
 
+def read_inputs(
+    paths: list[str], size: int, keep_frame: bool, max_pixels: int | None = None
+) -> list[ReadResult]:
+    """`read_input` of several files in one task: fewer, larger messages between processes,
+    which is most of what the main process spends per image at a thousand images a second."""
+    return [read_input(path, size, keep_frame, max_pixels) for path in paths]
+
+
 @dataclass
 class WriteTask:
     """One model result to write (pickles between processes)."""
@@ -91,6 +100,7 @@ class WriteTask:
     describer: dict[str, Any]  # Predictor.describer(): operating point, encoder, runtime...
     prob_small: np.ndarray | None = None  # float32 (S, S): the mask is made here, exactly
     mask_bits: np.ndarray | None = None  # np.packbits of the device's bool (H, W) mask
+    empty: bool = False  # the device's mask is empty (no bits sent)
     peak: float | None = None  # maximum model-size probability (with mask_bits)
     cam_small: np.ndarray | None = None  # Grad-CAM at the model's size (explain)
 
@@ -106,6 +116,8 @@ class WriteResult:
 
 def full_mask(task: WriteTask) -> tuple[np.ndarray, float]:
     """(bool full-size mask, peak probability) of a task, from whichever form it carries."""
+    if task.empty:
+        return np.zeros(task.shape, bool), float(task.peak)
     if task.mask_bits is not None:
         height, width = task.shape
         bits = np.unpackbits(task.mask_bits, count=height * width)
@@ -162,6 +174,11 @@ def write_outputs(task: WriteTask) -> WriteResult:
         return WriteResult(task.path, task.image_id, findings, rle_encode(mask))
     except Exception as err:  # noqa: BLE001 - reported in summary.csv
         return WriteResult(task.path, task.image_id, error=f"{type(err).__name__}: {err}")
+
+
+def write_many(tasks: list[WriteTask]) -> list[WriteResult]:
+    """`write_outputs` of several images in one task (see `read_inputs`)."""
+    return [write_outputs(task) for task in tasks]
 
 
 def _original(path: str) -> np.ndarray:

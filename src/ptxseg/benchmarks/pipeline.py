@@ -1,0 +1,103 @@
+"""What `ptxseg predict`'s pipeline sustains around the model: readers, main loop and writers.
+
+A stand-in model (constant logits at the model's input size, next to nothing to compute) takes
+the network's place in the real `predict_files`, so a run measures everything else: parsing the
+DICOMs, decoding and resizing them (on the GPU with nvJPEG, or in the reader processes),
+making the full-size masks, the messages between processes and the writers. If this cannot
+reach a target rate on a machine, no model will; if it can, the model (or its compilation) is
+what bounds `predict` there. `ptxseg benchmark-gpu --stages pipeline` runs it.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+
+class StandInModel(nn.Module):
+    """Logits -8 everywhere (every mask empty) or +8 in one box (a lesion-like region covering
+    about 4% of the image), whatever the input."""
+
+    def __init__(self, input_size: int, lesion: bool) -> None:
+        super().__init__()
+        logits = torch.full((1, 1, input_size, input_size), -8.0)
+        if lesion:
+            a, b = input_size // 5, input_size // 5 + input_size // 5
+            logits[..., a:b, a:b] = 8.0
+        self.register_buffer("pattern", logits)
+        self.input_size = input_size
+        self.encoder = "stand-in"
+        self.config = {"encoder": "stand-in", "size": input_size}
+        self.operating_point = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # tied to the input, so that the batch really goes through the device
+        return self.pattern.expand(x.shape[0], -1, -1, -1) + 0.0 * x[:, :1, :1, :1]
+
+
+def measure(
+    inputs: list[Path],
+    work: Path,
+    *,
+    size: int,
+    device: str,
+    batch_size: int,
+    workers: int,
+    per_task: int,
+    lesion: bool,
+) -> dict[str, Any]:
+    """One `predict_files` run over `inputs` with the stand-in model: a row for the table.
+
+    The pool is warmed up on the first batches first; main_cpu_ms_per_image is the CPU time of
+    this process (its threads included) per image: the main loop's own cost."""
+    from ptxseg.inference.pipeline import Workers, predict_files, use_device_decoder
+    from ptxseg.inference.predictor import Predictor
+
+    predictor = Predictor(StandInModel(size, lesion), device=device, batch_size=batch_size)
+    decode = "device" if use_device_decoder(predictor, "auto") else "cpu"
+    outputs = ("mask", "findings")
+    with Workers(workers, device_decode=decode == "device") as pool:
+        warm, out = work / "warm", work / "out"
+        for folder in (warm, out):
+            shutil.rmtree(folder, ignore_errors=True)
+        first = inputs[: 2 * batch_size]
+        predict_files(
+            predictor, first, warm, outputs=outputs, pool=pool, decode=decode, progress=False
+        )
+        cpu = time.process_time()
+        result = predict_files(
+            predictor,
+            inputs,
+            out,
+            outputs=outputs,
+            pool=pool,
+            decode=decode,
+            progress=False,
+            per_task=per_task,
+        )
+        cpu = time.process_time() - cpu
+        slots = (pool.read_slots, pool.write_slots)
+    positives = sum(1 for row in result.rows if str(row.get("pneumothorax")) == "True")
+    return {
+        "files_per_task": per_task,
+        "masks": "one lesion each" if lesion else "every one empty",
+        "decode": "nvJPEG" if decode == "device" else "CPU",
+        "images": result.predicted,
+        "errors": result.errors,
+        "positive_masks": positives,
+        "images_per_s": round(result.images_per_s or 0.0, 1),
+        "main_cpu_ms_per_image": round(1000 * cpu / max(1, result.predicted), 3),
+        "main_loop": format_loop(result.loop_s),
+        "reader_processes": slots[0],
+        "writer_processes": slots[1],
+    }
+
+
+def format_loop(spent: dict[str, float] | None) -> str:
+    """`reads 0.2, launch 3.1, device 0.4, hand_out 0.6, writers 9.8`: a run's `loop_s`."""
+    return ", ".join(f"{name} {seconds:.1f}" for name, seconds in (spent or {}).items())
