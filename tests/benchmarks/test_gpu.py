@@ -147,11 +147,13 @@ def test_pipeline_stage_runs_predict_around_a_stand_in_model(tmp_path):
     assert [t.name for t in tables] == ["gpu-pipeline.md"]
     with open(tmp_path / "results" / "gpu-pipeline.csv", newline="") as handle:
         rows = list(csv.DictReader(handle))
-    assert [(r["files_per_task"], r["masks"]) for r in rows] == [
-        ("1", "every one empty"),
-        ("8", "every one empty"),
-        ("8", "one lesion each"),
+    assert [(r["files_per_task"], r["masks"], r["decode"]) for r in rows] == [
+        ("1", "every one empty", "CPU"),
+        ("8", "every one empty", "CPU"),
+        ("8", "one lesion each", "CPU"),
+        ("1", "every one empty", "stubbed"),
+        ("8", "every one empty", "stubbed"),
     ]
     assert all(r["images"] == "10" and r["errors"] == "0" for r in rows)
-    assert [r["positive_masks"] for r in rows] == ["0", "0", "10"]
+    assert [r["positive_masks"] for r in rows] == ["0", "0", "10", "0", "0"]
     assert all(float(r["main_cpu_ms_per_image"]) > 0 and "writers" in r["main_loop"] for r in rows)

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import shutil
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -50,18 +52,26 @@ def measure(
     workers: int,
     per_task: int,
     lesion: bool,
+    stub_device: bool = False,
 ) -> dict[str, Any]:
     """One `predict_files` run over `inputs` with the stand-in model: a row for the table.
 
     The pool is warmed up on the first batches first; main_cpu_ms_per_image is the CPU time of
-    this process (its threads included) per image: the main loop's own cost."""
+    this process (its threads included) per image: the main loop's own cost. `stub_device`
+    takes the device path (readers parse, the main process batches) with its tensor work
+    replaced by ready-made zeros (`stubbed_device_work`): on a CPU, what the main loop costs
+    when a GPU does that work."""
+    from contextlib import nullcontext
+
     from ptxseg.inference.pipeline import Workers, predict_files, use_device_decoder
     from ptxseg.inference.predictor import Predictor
 
     predictor = Predictor(StandInModel(size, lesion), device=device, batch_size=batch_size)
-    decode = "device" if use_device_decoder(predictor, "auto") else "cpu"
+    on_device = stub_device or use_device_decoder(predictor, "auto")
+    decode = "device" if on_device else "cpu"
     outputs = ("mask", "findings")
-    with Workers(workers, device_decode=decode == "device") as pool:
+    stubs = stubbed_device_work(size) if stub_device else nullcontext()
+    with stubs, Workers(workers, device_decode=on_device) as pool:
         warm, out = work / "warm", work / "out"
         for folder in (warm, out):
             shutil.rmtree(folder, ignore_errors=True)
@@ -86,7 +96,7 @@ def measure(
     return {
         "files_per_task": per_task,
         "masks": "one lesion each" if lesion else "every one empty",
-        "decode": "nvJPEG" if decode == "device" else "CPU",
+        "decode": "stubbed" if stub_device else "nvJPEG" if on_device else "CPU",
         "images": result.predicted,
         "errors": result.errors,
         "positive_masks": positives,
@@ -96,6 +106,63 @@ def measure(
         "reader_processes": slots[0],
         "writer_processes": slots[1],
     }
+
+
+@contextmanager
+def stubbed_device_work(size: int) -> Iterator[None]:
+    """Within: the device half of `predict`'s GPU path (decode, resize, the model, full-size
+    masks, bit packing) answers with ready-made zeros of the right shapes, so the main loop's own
+    cost (messages, batching, handing out) shows on a machine without a GPU."""
+    from unittest import mock
+
+    zeros: dict[tuple, torch.Tensor] = {}
+
+    def zero(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+        if (shape, dtype) not in zeros:
+            zeros[(shape, dtype)] = torch.zeros(shape, dtype=dtype)
+        return zeros[(shape, dtype)]
+
+    def decode_frames(frames, device):
+        return [zero(jpeg_shape(frame), torch.uint8) for frame in frames]
+
+    def to_model_inputs(images, size, invert=()):
+        return zero((len(images), size, size), torch.uint8)
+
+    def probabilities_on_device(self, inputs):
+        return zero((inputs.shape[0], self.input_size, self.input_size), torch.float32)
+
+    def full_size_masks_on_device(prob_small, shapes, op):
+        return [zero(tuple(shape), torch.bool) for shape in shapes], zero(
+            (len(shapes),), torch.float32
+        )
+
+    def pack_bits(mask):
+        return zero(((mask.numel() + 7) // 8,), torch.uint8)
+
+    with (
+        mock.patch("ptxseg.data.device_images.decode_frames", decode_frames),
+        mock.patch("ptxseg.data.device_images.to_model_inputs", to_model_inputs),
+        mock.patch(
+            "ptxseg.inference.predictor.Predictor.probabilities_on_device",
+            probabilities_on_device,
+        ),
+        mock.patch(
+            "ptxseg.inference.predictor.full_size_masks_on_device", full_size_masks_on_device
+        ),
+        mock.patch("ptxseg.inference.pipeline.pack_bits", pack_bits),
+    ):
+        yield
+
+
+def jpeg_shape(frame: bytes) -> tuple[int, int]:
+    """(height, width) from a JPEG's start-of-frame segment; (0, 0) when there is none."""
+    for marker in (b"\xff\xc0", b"\xff\xc1", b"\xff\xc2"):
+        at = frame.find(marker)
+        if at >= 0 and len(frame) >= at + 9:
+            return int.from_bytes(frame[at + 5 : at + 7], "big"), int.from_bytes(
+                frame[at + 7 : at + 9], "big"
+            )
+    return 0, 0
 
 
 def format_loop(spent: dict[str, float] | None) -> str:
