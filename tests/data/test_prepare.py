@@ -250,3 +250,31 @@ def test_frames_decoded_in_batches_give_the_workers_bytes(siim_folder):
     for f, p in zip(framed, plain, strict=True):
         assert f.frame is None
         np.testing.assert_array_equal(f.image, p.image)
+
+
+def test_chunks_come_back_whole_and_in_order_with_two_in_flight(tmp_path):
+    """The workers get the next chunk before this process takes the last one's results."""
+    from concurrent.futures import ProcessPoolExecutor
+
+    from ptxseg.data.prepare import CHUNK, _chunks_loaded
+
+    jobs = []
+    for i in range(2 * CHUNK + 5):  # every 7th file a readable DICOM, the others not
+        path = tmp_path / f"f{i:03d}.dcm"
+        if i % 7:
+            path.write_text("not a DICOM")
+        else:
+            write_dicom(path, chest_like(16, seed=i))
+        jobs.append((str(path), [], 16, 16, 8, "relative", False))
+    with ProcessPoolExecutor(2) as pool:
+        chunks = list(_chunks_loaded(jobs, pool))
+    assert [len(c) for c in chunks] == [CHUNK, CHUNK, 5]
+    loaded = [one for chunk in chunks for one in chunk]
+    read = [i for i, one in enumerate(loaded) if not isinstance(one, str)]
+    assert read == list(range(0, len(jobs), 7))
+    assert all(loaded[i].path == jobs[i][0] for i in read)
+    assert [one if isinstance(one, str) else one.path for one in loaded] == [
+        one if isinstance(one, str) else one.path
+        for chunk in _chunks_loaded(jobs, None)
+        for one in chunk
+    ]

@@ -23,8 +23,9 @@ import io
 import json
 import os
 import warnings
-from collections.abc import Sequence
-from concurrent.futures import ProcessPoolExecutor
+from collections import deque
+from collections.abc import Iterator, Sequence
+from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -473,21 +474,10 @@ def _decode_into(
     masks = np.lib.format.open_memmap(tmp["masks"], "w+", np.uint8, (n, size, size))
     keep_frame = device != "cpu"
     jobs = [(str(r.path), r.rles, r.height, r.width, size, encoding, keep_frame) for r in rows]
-    # Bounded memory: submit in chunks, so at most a few chunks of decoded images wait at once.
-    chunk = 64
-    results = (
-        (
-            pool.map(load_for_cache, jobs[i : i + chunk])
-            if pool
-            else map(load_for_cache, jobs[i : i + chunk])
-        )
-        for i in range(0, n, chunk)
-    )
     task = progress.add_task(f"caching {split} at {size}px", total=n) if progress else None
     kept: list[Record] = []
     rows_in_order = iter(rows)
-    for batch in results:
-        loaded = list(batch)
+    for loaded in _chunks_loaded(jobs, pool):
         if keep_frame:
             decode_loaded(loaded, size, device)
         for result in loaded:
@@ -504,6 +494,27 @@ def _decode_into(
     images.flush()
     masks.flush()
     return kept
+
+
+CHUNK = 64
+"""Images submitted to the workers at a time; two chunks are in flight, so the workers go on
+with the next while this process writes (or decodes on the GPU) the last, and memory stays
+bounded."""
+
+
+def _chunks_loaded(jobs: list[tuple], pool: ProcessPoolExecutor | None) -> Iterator[list]:
+    """`load_for_cache` of every job, a list per chunk of `CHUNK` jobs, in order."""
+    if pool is None:
+        for i in range(0, len(jobs), CHUNK):
+            yield [load_for_cache(job) for job in jobs[i : i + CHUNK]]
+        return
+    in_flight: deque[list[Future]] = deque()
+    for i in range(0, len(jobs), CHUNK):
+        in_flight.append([pool.submit(load_for_cache, job) for job in jobs[i : i + CHUNK]])
+        if len(in_flight) == 2:
+            yield [future.result() for future in in_flight.popleft()]
+    while in_flight:
+        yield [future.result() for future in in_flight.popleft()]
 
 
 def resolve_decode_device(device: str) -> str:
