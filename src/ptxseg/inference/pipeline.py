@@ -258,6 +258,7 @@ def predict_files(
     todo: list[Path] = []
     order: list[Path] = []  # every file to predict or already predicted: batches are cut here
     seen: dict[str, Path] = {}
+    present = _present(out) if skip_existing else set()
     for path in files:
         image_id = image_id_for(path)
         if image_id in seen:
@@ -271,8 +272,8 @@ def predict_files(
             continue
         seen[image_id] = path
         order.append(path)
-        done = _finished(out, image_id)
-        if skip_existing and done is not None:
+        done = _finished(out, image_id) if image_id in present else None
+        if done is not None:
             rows[path] = summary_row(image_id, str(path), done)
             submission[path] = (image_id, rle_encode(read_mask(out / "masks" / f"{image_id}.png")))
             result.skipped += 1
@@ -602,6 +603,20 @@ def _copy_back(*tensors):
     event = torch.cuda.Event()
     event.record()
     return (*hosts, event)
+
+
+def _present(out: Path) -> set[str]:
+    """ImageIds with both a findings JSON and a mask PNG in `out`: two folder listings instead of
+    two file checks per input, which count at archive scale."""
+
+    def stems(folder: Path, suffix: str) -> set[str]:
+        try:
+            with os.scandir(folder) as entries:
+                return {e.name[: -len(suffix)] for e in entries if e.name.endswith(suffix)}
+        except FileNotFoundError:
+            return set()
+
+    return stems(out / "findings", ".json") & stems(out / "masks", ".png")
 
 
 def _finished(out: Path, image_id: str) -> dict[str, Any] | None:
