@@ -3,19 +3,20 @@
 #
 #   bash benchmarks/gpu.sh [DICOM_DIR] [--with-tests]
 #
-# Stages (ptxseg benchmark-gpu; each writes benchmarks/results/gpu-<stage>.md and .csv):
-#   prepare    CPU process pool against nvJPEG + GPU resize, and how far the caches differ
-#   train      `ptxseg train` end to end before (eager, NCHW, loader augmentation) and now
-#              (compiled, channels_last, bf16, augmentation on the GPU), and the model alone
+# Stages (ptxseg benchmark-gpu; each writes benchmarks/results/gpu-<stage>.md and .csv), in the
+# order they run: what the open targets need first, the settled ones last
+#   pipeline   predict around a stand-in model (everything but the network), 1 or 8 files per
+#              message to a worker process
+#   serve      seconds until `ptxseg serve` answers, first request
 #   predict    `ptxseg predict` on DICOMs: CPU decode vs nvJPEG, eager vs compiled, overlays or
 #              not, the model's masks or every mask empty; images/s end to end, time to the
 #              first result, where start-up and main loop spent their time, Dice against fp32
+#   train      `ptxseg train` end to end before (eager, NCHW, loader augmentation) and now
+#              (compiled, channels_last, bf16, augmentation on the GPU), and the model alone
+#   writes     predict's writer processes alone: empty, one-lesion and noisy masks
+#   prepare    CPU process pool against nvJPEG + GPU resize, and how far the caches differ
 #   backbones  inference/training images/s: eager NCHW fp32/bf16, channels_last, compiled,
 #              compiled with CUDA graphs
-#   serve      seconds until `ptxseg serve` answers, first request
-#   writes     predict's writer processes alone: empty, one-lesion and noisy masks
-#   pipeline   predict around a stand-in model (everything but the network), 1 or 8 files per
-#              message to a worker process
 # DICOM_DIR: real SIIM DICOMs for the predict stage (a few are enough: they are repeated to
 # 1024 files); default: synthetic ones from `ptxseg synth`. --with-tests also runs the tests
 # marked `gpu` first.
@@ -63,7 +64,7 @@ fi
 
 # What is left of the 7 minutes goes to the benchmark: no stage (and no predict run) starts
 # after its budget, and the last minute is for the stage in flight. Skipped parts say so in the
-# tables; BENCH_ARGS="--stages predict,backbones,serve" runs them on their own.
+# tables; BENCH_ARGS="--stages writes,prepare,backbones" runs the rest on their own.
 left=$(( 410 - ($(date +%s) - started) ))
 budget=$(( left - 60 ))
 args=(--out benchmarks/results --budget "$budget")

@@ -48,8 +48,10 @@ from ptxseg.benchmarks.common import environment_lines, write_table
 from ptxseg.benchmarks.pipeline import format_loop
 from ptxseg.system import usable_cores
 
-# cheapest and most telling first: a spent budget drops the tail of `predict`, not whole stages
-STAGES = ("prepare", "writes", "pipeline", "train", "backbones", "serve", "predict")
+# What the open targets need first (predict's rate and start-up, serve's start-up, training's
+# rate and loader overhead), the stages whose targets are settled last: a spent budget drops
+# those. Without a train stage before them, predict and serve use a random-weight model.
+STAGES = ("pipeline", "serve", "predict", "train", "writes", "prepare", "backbones")
 
 
 @dataclass

@@ -120,13 +120,13 @@ def benchmark_gpu(
     workers: int = typer.Option(None, help="Worker processes (default: one per core)."),
     device: str = typer.Option("cuda", help="cuda, or cpu to check the stages at toy sizes."),
     stages: str = typer.Option(
-        "prepare,writes,pipeline,train,backbones,serve,predict",
+        "pipeline,serve,predict,train,writes,prepare,backbones",
         help="Stages to run, in this order.",
     ),
     budget: float = typer.Option(420.0, help="Seconds after which no further stage starts."),
 ) -> None:
-    """Every GPU measurement in one run: prepare, writes, pipeline, train, backbones, serve,
-    predict.
+    """Every GPU measurement in one run: pipeline, serve, predict, train, writes, prepare,
+    backbones.
 
     Example (what benchmarks/gpu.sh runs): ptxseg benchmark-gpu --out benchmarks/results
     """
