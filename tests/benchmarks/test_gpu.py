@@ -29,7 +29,7 @@ def toy(tmp_path, **changes) -> gpu.GpuBenchSettings:
 
 
 def test_unknown_stages_are_refused(tmp_path):
-    with pytest.raises(ValueError, match="choose from prepare"):
+    with pytest.raises(ValueError, match="warp: choose from pipeline, serve, predict"):
         toy(tmp_path, stages=("predict", "warp"))
 
 

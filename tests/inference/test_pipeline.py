@@ -404,6 +404,30 @@ def test_an_empty_device_mask_travels_without_its_bits(tmp_path):
     assert mask.shape == (6, 10) and not mask.any()
 
 
+class _SlowRegionModel(RegionModel):
+    def forward(self, x):
+        time.sleep(0.3)
+        return super().forward(x)
+
+
+def test_first_results_are_written_while_later_batches_run_on_the_cpu(tmp_path):
+    """On the CPU the writers get a batch as soon as the model has run, and the first result is
+    timed when its findings were written (the writer's clock), not when this process looked."""
+    files = _pngs(tmp_path / "in", 6)
+    result = predict_files(
+        Predictor(_SlowRegionModel(), batch_size=2),
+        files,
+        tmp_path / "out",
+        outputs=("mask",),
+        workers=1,
+        progress=False,
+    )
+    assert result.predicted == 6
+    # written after the first of three 0.3 s batches: the two others ran after it
+    assert result.steady_seconds >= 0.45  # 0.6 s; handed out a batch late it would be 0.3 s
+    assert result.steady_seconds < result.seconds
+
+
 def test_files_per_task_keeps_a_batch_on_two_workers_at_least():
     assert [pipeline.files_per_task(b) for b in (1, 2, 4, 16, 32, 64)] == [1, 1, 2, 8, 8, 8]
 

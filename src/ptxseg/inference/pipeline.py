@@ -291,14 +291,13 @@ def predict_files(
         rows[path] = summary_row(res.image_id, str(path), res.findings)
         submission[path] = (res.image_id, res.rle)
         result.predicted += 1
-        if result.first_result_s is None:
-            first_clock.append(time.perf_counter())
-            age = process_age_s()
-            result.first_result_s = round(
-                age if age is not None else time.perf_counter() - start, 3
-            )
+        done_at = res.done_at if res.done_at is not None else time.monotonic()
+        first_done[0] = min(first_done[0], done_at)
 
-    first_clock: list[float] = []
+    # when the earliest findings were written, by the writer's clock (CLOCK_MONOTONIC, one for
+    # every process), not when this process collected them
+    first_done = [float("inf")]
+    start_monotonic = time.monotonic()
     own_pool = pool is None
     pool = pool or Workers(workers, on_device, processes=False)
     run = _Run(predictor, out, chosen, on_device, pool, max_pixels)
@@ -318,7 +317,13 @@ def predict_files(
     )
     end = time.perf_counter()
     result.seconds = end - start
-    result.steady_seconds = end - first_clock[0] if first_clock else 0.0
+    if first_done[0] != float("inf"):
+        since_first = time.monotonic() - first_done[0]
+        age = process_age_s()
+        result.first_result_s = round(
+            age - since_first if age is not None else first_done[0] - start_monotonic, 3
+        )
+        result.steady_seconds = since_first
     result.loop_s = {name: round(seconds, 3) for name, seconds in run.spent.items()}
     return result
 
@@ -427,7 +432,8 @@ class _Run:
                 advance()
 
         def collect(keep: int) -> None:
-            while self.writing > keep:
+            """Take the writers' results in order: all but `keep` images, and any done."""
+            while writes and (self.writing > keep or writes[0][1].done()):
                 paths, future = writes.popleft()
                 self.writing -= len(paths)
                 try:
@@ -460,6 +466,10 @@ class _Run:
             except Exception as err:  # noqa: BLE001 - the batch's files get the error
                 for path, _ in items:
                     fail_once(path, f"{type(err).__name__}: {err}")
+                launched = None
+            if launched is not None and not self.on_device:
+                # the model ran on the CPU already: nothing to overlap, the writers start now
+                self.finish(launched, writes)
                 launched = None
             if pending is not None:  # the device works on this batch while we finish the last
                 self.finish(pending, writes)

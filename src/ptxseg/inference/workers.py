@@ -15,6 +15,7 @@ Nothing here imports torch, so the workers start in a fraction of a second.
 
 from __future__ import annotations
 
+import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -112,6 +113,7 @@ class WriteResult:
     findings: dict[str, Any] | None = None
     rle: str | None = None
     error: str | None = None
+    done_at: float | None = None  # time.monotonic() when the findings JSON was written
 
 
 def full_mask(task: WriteTask) -> tuple[np.ndarray, float]:
@@ -171,7 +173,8 @@ def write_outputs(task: WriteTask) -> WriteResult:
             png = encode_png(heatmap_overlay(image, cam))
             atomic.write_bytes(out / "explain" / f"{task.image_id}.png", png)
         write_json(out / "findings" / f"{task.image_id}.json", findings)  # last: marks it done
-        return WriteResult(task.path, task.image_id, findings, rle_encode(mask))
+        done_at = time.monotonic()
+        return WriteResult(task.path, task.image_id, findings, rle_encode(mask), done_at=done_at)
     except Exception as err:  # noqa: BLE001 - reported in summary.csv
         return WriteResult(task.path, task.image_id, error=f"{type(err).__name__}: {err}")
 
