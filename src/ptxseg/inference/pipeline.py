@@ -301,7 +301,8 @@ def predict_files(
     own_pool = pool is None
     pool = pool or Workers(workers, on_device, processes=False)
     run = _Run(predictor, out, chosen, on_device, pool, max_pixels)
-    run.per_task = per_task or files_per_task(predictor.batch_size)
+    if per_task:
+        run.per_task = per_task
     reads = resume_batches(order, todo, predictor.batch_size)
     try:
         with _progress(progress, len(todo)) as advance:
