@@ -22,6 +22,7 @@ from ptxseg.inference.pipeline import (
     LOOP_STEPS,
     collect_inputs,
     pack_bits,
+    pack_bits_many,
     parse_outputs,
     predict_files,
     resume_batches,
@@ -438,6 +439,15 @@ def test_bits_packed_on_the_device_unpack_on_the_host():
         mask = rng.random(shape) > 0.5
         packed = pack_bits(torch.from_numpy(mask)).numpy()
         np.testing.assert_array_equal(packed, np.packbits(mask.ravel()))
+
+
+def test_a_batch_of_masks_packs_as_each_mask_would():
+    rng = np.random.default_rng(1)
+    for shapes in (((16, 16), (8, 24), (16, 16)), ((7, 9), (16, 16), (1, 3))):
+        masks = [rng.random(shape) > 0.5 for shape in shapes]
+        packed = pack_bits_many([torch.from_numpy(m) for m in masks]).numpy()
+        expected = np.concatenate([np.packbits(m.ravel()) for m in masks])
+        np.testing.assert_array_equal(packed, expected)
 
 
 def test_cli_reports_speed_and_writes_the_run_record(tmp_path, capsys):

@@ -136,8 +136,8 @@ def stubbed_device_work(size: int) -> Iterator[None]:
             (len(shapes),), torch.float32
         )
 
-    def pack_bits(mask):
-        return zero(((mask.numel() + 7) // 8,), torch.uint8)
+    def pack_bits_many(masks):
+        return zero((sum((m.numel() + 7) // 8 for m in masks),), torch.uint8)
 
     with (
         mock.patch("ptxseg.data.device_images.decode_frames", decode_frames),
@@ -149,7 +149,7 @@ def stubbed_device_work(size: int) -> Iterator[None]:
         mock.patch(
             "ptxseg.inference.predictor.full_size_masks_on_device", full_size_masks_on_device
         ),
-        mock.patch("ptxseg.inference.pipeline.pack_bits", pack_bits),
+        mock.patch("ptxseg.inference.pipeline.pack_bits_many", pack_bits_many),
     ):
         yield
 

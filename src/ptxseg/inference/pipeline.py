@@ -516,24 +516,26 @@ class _Run:
             frames.append(image)
             inverts.append(read.invert)
             where.append(i)
-        if frames:
-            small = to_model_inputs(frames, size, inverts)
-            singles.update({i: small[k : k + 1] for k, i in enumerate(where)})
+        small = to_model_inputs(frames, size, inverts) if frames else None
         kept = [
-            i for i, (_, read) in enumerate(items) if i in singles or read.model_input is not None
+            i for i, (_, read) in enumerate(items) if i in where or read.model_input is not None
         ]
         if not kept:
             return None
-        host = [i for i in kept if i not in singles]
-        if host:
-            uploaded = predictor.upload(np.stack([items[i][1].model_input for i in host]))
-            singles.update({i: uploaded[k : k + 1] for k, i in enumerate(host)})
-        inputs = torch.cat([singles[i] for i in kept])
+        if kept == where:  # the usual batch: every image decoded here, in order
+            inputs = small
+        else:
+            singles.update({i: small[k : k + 1] for k, i in enumerate(where)})
+            host = [i for i in kept if i not in singles]
+            if host:
+                uploaded = predictor.upload(np.stack([items[i][1].model_input for i in host]))
+                singles.update({i: uploaded[k : k + 1] for k, i in enumerate(host)})
+            inputs = torch.cat([singles[i] for i in kept])
         items = [items[i] for i in kept]
         shapes = [tuple(read.shape) for _, read in items]
         probs = predictor.probabilities_on_device(inputs)
         masks, peaks = full_size_masks_on_device(probs, shapes, predictor.operating_point)
-        packed = torch.cat([pack_bits(m) for m in masks])
+        packed = pack_bits_many(masks)
         batch = _Batch(items, shapes)
         batch.offsets = np.cumsum([0] + [(h * w + 7) // 8 for h, w in shapes]).tolist()
         batch.packed, batch.peaks, batch.ready = _copy_back(packed, peaks.float())
@@ -598,6 +600,19 @@ def pack_bits(mask):
         flat = torch.cat([flat, flat.new_zeros(pad)])
     weights = torch.pow(2, torch.arange(7, -1, -1, device=flat.device)).to(torch.int32)
     return (flat.view(-1, 8).to(torch.int32) * weights).sum(1).to(torch.uint8)
+
+
+def pack_bits_many(masks):
+    """The `pack_bits` of each mask, one after the other: in one pass when every mask's pixel
+    count is a multiple of 8 (any width that is), so a batch costs a few kernels, not a few
+    per image."""
+    import torch
+
+    if not masks:
+        raise ValueError("pack_bits_many needs at least one mask")
+    if any(m.numel() % 8 for m in masks):
+        return torch.cat([pack_bits(m) for m in masks])
+    return pack_bits(torch.cat([m.reshape(-1) for m in masks]))
 
 
 def _copy_back(*tensors):

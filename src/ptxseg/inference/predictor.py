@@ -86,14 +86,22 @@ def full_size_masks_on_device(prob_small, shapes: Sequence[tuple[int, int]], op:
 
     keep = op.keep(prob_small)
     peaks = prob_small.flatten(1).amax(1)
-    masks = []
-    for i, (height, width) in enumerate(shapes):
-        small = prob_small[i]
-        if tuple(small.shape) != (height, width):
+    groups: dict[tuple[int, int], list[int]] = {}
+    for i, shape in enumerate(shapes):
+        groups.setdefault((int(shape[0]), int(shape[1])), []).append(i)
+    masks: list = [None] * len(shapes)
+    # one resize per size of image in the batch (usually one): a few kernels, not a few per image
+    for (height, width), indices in groups.items():
+        whole = len(indices) == len(shapes)
+        small = prob_small if whole else prob_small[indices]
+        kept = keep if whole else keep[indices]
+        if tuple(small.shape[-2:]) != (height, width):
             small = torch.nn.functional.interpolate(
-                small[None, None], size=(height, width), mode="bilinear", align_corners=False
-            )[0, 0]
-        masks.append((small > op.bottom) & keep[i])
+                small[:, None], size=(height, width), mode="bilinear", align_corners=False
+            )[:, 0]
+        group = (small > op.bottom) & kept[:, None, None]
+        for k, i in enumerate(indices):
+            masks[i] = group[k]
     return masks, peaks
 
 
