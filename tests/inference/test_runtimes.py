@@ -109,3 +109,16 @@ def test_an_8_bit_int8_file_is_refused_on_a_cpu_without_vnni(tmp_path, monkeypat
         Predictor(tmp_path / "q.onnx", runtime="onnxruntime", precision="int8")
     note = cpu_precision_plan("int8", "cpu", AVX2)["note"]
     assert "reduce_range" in note and "no VNNI" in note
+
+
+def test_upload_copies_a_read_only_batch_instead_of_aliasing_it():
+    """A memory-mapped cache is read-only; torch must not get a tensor over it (it warns, and
+    writing to it would be undefined)."""
+
+    from ptxseg.inference.torch_runner import TorchRunner
+
+    batch = np.arange(2 * 8 * 8, dtype=np.uint8).reshape(2, 8, 8)
+    batch.flags.writeable = False
+    uploaded = TorchRunner(nn.Conv2d(1, 1, 1), "cpu").upload(batch)
+    assert not np.shares_memory(uploaded.numpy(), batch)
+    np.testing.assert_array_equal(uploaded.numpy(), batch)

@@ -52,7 +52,10 @@ class TorchRunner:
 
     def upload(self, inputs: np.ndarray) -> torch.Tensor:
         """uint8 (B, S, S) host inputs on the device; pinned and asynchronous on CUDA."""
-        host = torch.from_numpy(np.ascontiguousarray(inputs))
+        array = np.ascontiguousarray(inputs)
+        if not array.flags.writeable:  # a read-only cache (memmap): torch wants writable memory
+            array = array.copy()
+        host = torch.from_numpy(array)
         if self.device.type != "cuda":
             return host.to(self.device)
         buffer, done = self._pinned_buffer(host.shape)
