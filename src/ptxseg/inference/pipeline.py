@@ -53,8 +53,10 @@ INPUT_SUFFIXES = (".dcm", ".dicom", ".png", ".jpg", ".jpeg")
 DECODERS = ("auto", "cpu", "device")
 DEFAULT_OUTPUTS = ("mask", "findings", "overlay")
 FILES_PER_TASK = 8
-"""Files a reader or writer process handles per task: a message between processes costs the main
-process about as much as a small file's whole work, so they go in groups (see `files_per_task`)."""
+"""Files a reader or writer process handles per task when the device decodes: a message between
+processes costs the main process about as much as a small file's whole work there, so they go in
+groups (see `files_per_task`). On the CPU path each message carries a decoded image or a
+probability map, whose bytes outweigh the message, and files go one by one."""
 LOOP_STEPS = ("reads", "launch", "device", "hand_out", "writers")
 """Where the main loop waits (`RunResult.loop_s`): for the readers, launching a batch (the model
 on the CPU; on a GPU the kernels, and any wait for the device inside), for a batch's results to
@@ -240,7 +242,7 @@ def predict_files(
     `Workers` of processes, as `ptxseg predict` passes); `decode` is auto, cpu or device (see
     `use_device_decoder`). A file whose header claims more than `max_pixels` (default: the
     readers' limit) is an error row, refused before it is decoded. `per_task` files go to a
-    worker per task (default: `files_per_task`).
+    worker per task (default: `files_per_task` when the device decodes, else 1).
     """
     start = time.perf_counter()
     from ptxseg.data.dicom import DEFAULT_MAX_PIXELS
@@ -391,7 +393,8 @@ class _Run:
         self.companions: set[Path] = set()  # set by go()
         self.spent = dict.fromkeys(LOOP_STEPS, 0.0)
         self.writing = 0  # images handed to the writers and not yet collected
-        self.per_task = files_per_task(predictor.batch_size)  # files per reader or writer task
+        # files per reader or writer task
+        self.per_task = files_per_task(predictor.batch_size) if on_device else 1
 
     def timed(self, step: str, fn: Callable[..., Any], *args) -> Any:
         """`fn(*args)`, its seconds added to `spent[step]`."""
