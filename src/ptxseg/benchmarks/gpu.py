@@ -977,9 +977,10 @@ def stage_pipeline(bench: Bench, data: BenchData) -> None:
         "A stand-in model (constant logits: every mask empty, or one box of about 4% of the "
         "image each) in the real `predict_files`, outputs mask and findings: everything but "
         "the network. files_per_task: files a reader or writer process gets per message "
-        "(`predict` uses 8); main_cpu_ms_per_image: CPU time of the main process, its threads "
-        "included, per image; main_loop: seconds the main loop waited for readers, launching "
-        "batches, the device, handing out and writers. decode 'stubbed': the GPU path's "
+        "(`predict` uses 8 when the GPU decodes, 1 on the CPU path); main_cpu_ms_per_image: "
+        "CPU time of the main process, its threads included, per image; main_loop: seconds "
+        "the main loop waited for readers, launching batches, the device, handing out and "
+        "writers. decode 'stubbed': the GPU path's "
         "readers and main loop with the device's work (decode, resize, model, masks) replaced by "
         "ready-made zeros, which shows the main loop's own cost on a machine without a GPU.",
     )
