@@ -107,12 +107,16 @@ def test_sample_masks_are_empty_one_region_and_noise():
     assert 0.4 < noise.mean() < 0.6
 
 
+def stage_rows(tmp_path, stage: str) -> list[dict]:
+    """Run one stage at toy size; the rows of the table it wrote."""
+    tables = gpu.run(toy(tmp_path, stages=(stage,)), say=lambda _: None)
+    assert [t.name for t in tables] == [f"gpu-{stage}.md"]
+    with open(tmp_path / "results" / f"gpu-{stage}.csv", newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
 def test_writes_stage_times_the_writer_pool_per_kind_of_mask(tmp_path):
-    settings = toy(tmp_path, stages=("writes",))
-    tables = gpu.run(settings, say=lambda _: None)
-    assert [t.name for t in tables] == ["gpu-writes.md"]
-    with open(tmp_path / "results" / "gpu-writes.csv", newline="") as handle:
-        rows = list(csv.DictReader(handle))
+    rows = stage_rows(tmp_path, "writes")
     assert [r["mask"] for r in rows] == ["empty", "lesion (one region)", "noise (untrained model)"]
     assert all(r["errors"] == "0" and float(r["images_per_s"]) > 0 for r in rows)
     # what the writers wrote is what predict writes: the mask and its findings
@@ -142,11 +146,7 @@ def test_loop_text_lists_the_main_loops_waits():
 
 
 def test_pipeline_stage_runs_predict_around_a_stand_in_model(tmp_path):
-    settings = toy(tmp_path, stages=("pipeline",))
-    tables = gpu.run(settings, say=lambda _: None)
-    assert [t.name for t in tables] == ["gpu-pipeline.md"]
-    with open(tmp_path / "results" / "gpu-pipeline.csv", newline="") as handle:
-        rows = list(csv.DictReader(handle))
+    rows = stage_rows(tmp_path, "pipeline")
     assert [(r["files_per_task"], r["masks"], r["decode"]) for r in rows] == [
         ("1", "every one empty", "CPU"),
         ("8", "every one empty", "CPU"),
