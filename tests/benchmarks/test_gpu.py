@@ -89,6 +89,7 @@ def test_cli_runs_the_train_and_backbone_stages_at_toy_size(tmp_path):
     assert done.value.code in (0, None)
     train = (tmp_path / "r" / "gpu-train.md").read_text()
     assert "now: compiled" in train and "loader_overhead_pct" in train
+    assert "first_batch_wait_s" in train and "overhead_after_first_batch_pct" in train
     assert "compiled channels_last" in (tmp_path / "r" / "gpu-backbones.md").read_text()
 
 

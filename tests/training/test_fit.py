@@ -165,6 +165,10 @@ def test_fit_writes_the_run_folder_and_the_checkpoint_rebuilds_the_model(tmp_pat
     assert summary["empty_baseline_val"] == {"dice": 0.0, "competition_dice": 0.5}
     assert summary["device"] == "cpu" and summary["peak_gpu_mb"] is None
     assert len(summary["epoch_images_per_s"]) == 1 and summary["train_images_per_s"] > 0
+    # the wait for the epoch's first batch is kept apart; the rate after it is the higher one
+    (first_batch_s,) = summary["epoch_first_batch_s"]
+    (after_first,) = summary["epoch_images_per_s_after_first_batch"]
+    assert first_batch_s > 0 and after_first >= summary["epoch_images_per_s"][0]
     assert (summary["compile"], summary["channels_last"], summary["augment_on"]) == (
         False,
         False,

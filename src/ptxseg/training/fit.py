@@ -51,8 +51,10 @@ class RunRecorder(L.Callback):
     """Times each training epoch end to end (loader waits included, validation excluded).
 
     The clock runs from the start of an epoch's training batches to the start of its validation
-    and waits for the device only there, never per step. Records the device trained on, since
-    Lightning moves the module back to the CPU when `fit` returns.
+    and waits for the device only there, never per step. Also kept apart: the wait for an epoch's
+    first batch (the loader starting the epoch, a fixed cost that short epochs feel most) and the
+    rate once that batch is in hand. Records the device trained on, since Lightning moves the
+    module back to the CPU when `fit` returns.
     """
 
     def __init__(self, run_dir: Path) -> None:
@@ -60,8 +62,11 @@ class RunRecorder(L.Callback):
         self.train_seconds = 0.0
         self.train_images = 0
         self.epoch_images_per_s: list[float] = []
+        self.epoch_first_batch_s: list[float] = []  # epoch start -> its first batch in hand
+        self.epoch_images_per_s_after_first_batch: list[float] = []
         self.device: torch.device | None = None
         self._t0: float | None = None
+        self._first: float | None = None
         self._images = 0
 
     def _sync(self) -> None:
@@ -75,6 +80,10 @@ class RunRecorder(L.Callback):
         self._sync()
         self._t0, self._images = time.perf_counter(), 0
 
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if self._first is None and self._t0 is not None:
+            self._first = time.perf_counter()
+
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         self._images += int(batch["image"].shape[0]) * trainer.world_size
 
@@ -82,12 +91,17 @@ class RunRecorder(L.Callback):
         if self._t0 is None:
             return
         self._sync()
-        seconds = time.perf_counter() - self._t0
-        self._t0 = None
-        self.train_seconds += seconds
-        self.train_images += self._images
+        end = time.perf_counter()
+        seconds = end - self._t0
         if seconds > 0 and self._images:
             self.epoch_images_per_s.append(round(self._images / seconds, 2))
+            if self._first is not None and end > self._first:
+                self.epoch_first_batch_s.append(round(self._first - self._t0, 3))
+                steady = self._images / (end - self._first)
+                self.epoch_images_per_s_after_first_batch.append(round(steady, 2))
+        self._t0 = self._first = None
+        self.train_seconds += seconds
+        self.train_images += self._images
 
     def on_validation_start(self, trainer, pl_module) -> None:
         self._stop()
@@ -328,6 +342,9 @@ def _summary(config, module, trainer, recorder, data, wall: float) -> dict[str, 
         if recorder.train_seconds
         else None,
         "epoch_images_per_s": rates,
+        # the wait for each epoch's first batch, and the rate once it was in hand
+        "epoch_first_batch_s": recorder.epoch_first_batch_s,
+        "epoch_images_per_s_after_first_batch": recorder.epoch_images_per_s_after_first_batch,
         "train_images_per_s_after_first_epoch": round(
             sum(rates[1:]) / len(rates[1:]), 2
         )  # the first epoch includes compilation and warm-up
