@@ -2,11 +2,13 @@
 
 `TinyUnet` is a random-weight smp U-Net (ResNet18, no download) that normalises inside, like
 `ptxseg.model.unet.SegmentationModel`; `RegionModel` fires on a known rectangle so tests can check
-that masks come back aligned at the original size and on the right side.
+that masks come back aligned at the original size and on the right side; `ConfidentModel` is
+sure of its masks (bright discs), so reduced precision can be held to fp32's masks (`disc_images`).
 """
 
 from __future__ import annotations
 
+import numpy as np
 import segmentation_models_pytorch as smp
 import torch
 from torch import nn
@@ -80,3 +82,35 @@ def make_checkpoint(path, encoder: str = "resnet50", size: int = 64, operating_p
         path,
     )
     return path
+
+
+class ConfidentModel(nn.Module):
+    """logit = 40 * (local mean brightness - 0.5): bright discs are pneumothorax, surely."""
+
+    def __init__(self, size: int = 64):
+        super().__init__()
+        self.features = nn.Conv2d(1, 2, 3, padding=1)
+        self.segmentation_head = nn.Conv2d(2, 1, 1)
+        with torch.no_grad():
+            self.features.weight.copy_(torch.stack([torch.full((1, 3, 3), 1 / 9)] * 2))
+            self.features.weight[1] *= -1
+            self.features.bias.copy_(torch.tensor([-0.5, 0.5]))
+            self.segmentation_head.weight.copy_(torch.tensor([40.0, -40.0]).view(1, 2, 1, 1))
+            self.segmentation_head.bias.zero_()
+        self.input_size, self.encoder, self.config, self.operating_point = size, "conv", {}, None
+
+    def forward(self, x):
+        return self.segmentation_head(torch.relu(self.features(x)))
+
+
+def disc_images(n: int = 8, size: int = 64, seed: int = 0) -> list[np.ndarray]:
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:size, :size]
+    images = []
+    for _ in range(n):
+        image = 0.2 + 0.05 * rng.random((size, size))
+        for _ in range(2):
+            cy, cx, r = rng.integers(12, size - 12, 2).tolist() + [int(rng.integers(4, 10))]
+            image[(yy - cy) ** 2 + (xx - cx) ** 2 < r * r] = 0.8
+        images.append(image.astype(np.float32))
+    return images

@@ -11,6 +11,7 @@ from predict_helpers import RegionModel, TinyUnet, make_checkpoint
 from ptxseg.data.preprocess import to_model_input
 from ptxseg.inference.predictor import Predictor, full_size_mask
 from ptxseg.model.operating_point import OperatingPoint, OperatingPointWarning
+from ptxseg.system import cpu_info
 
 
 def test_mask_comes_back_aligned_at_the_original_size():
@@ -106,6 +107,11 @@ def test_loads_a_real_checkpoint_with_its_operating_point(tmp_path):
     ("runtime", "precision", "tol"), [("torch", "bf16", 0.05), ("onnxruntime", "fp32", 1e-4)]
 )
 def test_runtimes_agree_with_torch_fp32(runtime, precision, tol):
+    if precision == "bf16" and not cpu_info().native_bf16:
+        pytest.skip(
+            f"this CPU ({cpu_info().isa()}) has no bf16 instructions, so bf16 is refused here "
+            "(tests/inference/test_runtimes.py checks the refusal)"
+        )
     model = TinyUnet()
     image = np.random.default_rng(1).random((64, 64), np.float32)
     ref = Predictor(model).predict(image).probability

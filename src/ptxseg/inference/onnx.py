@@ -121,20 +121,30 @@ def synthetic_calibration_images(n: int = 8, size: int = 256, seed: int = 0) -> 
     return images
 
 
+METHODS = ("minmax", "percentile", "entropy")
+
+
 def quantize_onnx(
     fp32_path: str | Path,
     out: str | Path,
     calibration: Sequence[np.ndarray] | None = None,
     mode: str = "static",
     reduce_range: bool = False,
+    *,
+    per_channel: bool = True,
+    nodes_to_exclude: Sequence[str] | None = None,
+    method: str = "minmax",
 ) -> Path:
     """Write an int8 copy of an fp32 ONNX model (metadata kept).
 
-    `static` (default): QDQ format, per-channel int8 weights and uint8 activations calibrated on
-    `calibration` images (H, W in [0, 1]; synthetic ones when None) - the fast path on VNNI CPUs.
-    `dynamic`: int8 weights, activations quantised at run time (no calibration; slower for convs).
-    `reduce_range` quantises to 7 bits: CPUs without VNNI multiply u8 x s8 pairs into int16
-    accumulators that saturate on full 8-bit values (ONNX Runtime documents the option for them).
+    `static` (default): QDQ format, int8 weights (per channel, or per tensor) and uint8
+    activations calibrated on `calibration` images (H, W in [0, 1]; synthetic ones when None)
+    with `method` (minmax, percentile at 99.999%, or entropy); `nodes_to_exclude` stay in fp32
+    (default: the segmentation head). `dynamic`: int8 weights, activations quantised at run time
+    (no calibration; slower for convs). `reduce_range` quantises to 7 bits: CPUs without VNNI
+    multiply u8 x s8 pairs into int16 accumulators that saturate on full 8-bit values (ONNX
+    Runtime documents the option for them). `ptxseg.inference.int8` chooses these settings by
+    checking the masks.
     """
     import onnx
     from onnxruntime.quantization import (
@@ -145,6 +155,8 @@ def quantize_onnx(
         quantize_static,
     )
 
+    if method not in METHODS:
+        raise ValueError(f"unknown calibration method {method!r}: expected one of {METHODS}")
     fp32_path, out = Path(fp32_path), Path(out)
     metadata = read_metadata(fp32_path)
     size = int(metadata["input_size"])
@@ -157,20 +169,21 @@ def quantize_onnx(
                 fp32_path,
                 tmp,
                 weight_type=QuantType.QInt8,
-                per_channel=True,
+                per_channel=per_channel,
                 reduce_range=reduce_range,
             )
         elif mode == "static":
             images = calibration if calibration else synthetic_calibration_images(size=size)
             reader = _Calibration(calibration_batches(images, size), INPUT_NAME)
-            # The last convolution writes the logits that are cut at 0: in uint8 they lose the
-            # fine steps around 0, and the masks of a trained U-Net-ResNet50 fell to a Dice of
-            # 0.53 against fp32 (0.98 with this one layer in fp32, at about the same speed).
-            head = [
-                n.name
-                for n in onnx.load(str(fp32_path)).graph.node
-                if "segmentation_head" in n.name
-            ]
+            if nodes_to_exclude is None:
+                # The last convolution writes the logits that are cut at 0: in uint8 they lose
+                # the fine steps around 0 (a trained U-Net-ResNet50's masks fell to a Dice of
+                # 0.53 against fp32; 0.98 with this one layer in fp32, at about the same speed).
+                nodes_to_exclude = [
+                    n.name
+                    for n in onnx.load(str(fp32_path)).graph.node
+                    if "segmentation_head" in n.name
+                ]
             quantize_static(
                 fp32_path,
                 tmp,
@@ -178,10 +191,14 @@ def quantize_onnx(
                 quant_format=QuantFormat.QDQ,
                 activation_type=QuantType.QUInt8,
                 weight_type=QuantType.QInt8,
-                per_channel=True,
+                per_channel=per_channel,
                 reduce_range=reduce_range,
-                calibrate_method=CalibrationMethod.MinMax,
-                nodes_to_exclude=head,
+                calibrate_method={
+                    "minmax": CalibrationMethod.MinMax,
+                    "percentile": CalibrationMethod.Percentile,
+                    "entropy": CalibrationMethod.Entropy,
+                }[method],
+                nodes_to_exclude=list(nodes_to_exclude),
             )
         else:
             raise ValueError(f"unknown quantisation mode {mode!r}: expected 'static' or 'dynamic'")

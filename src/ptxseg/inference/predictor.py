@@ -31,8 +31,10 @@ import numpy as np
 
 from ptxseg.data.preprocess import to_float, to_model_input
 from ptxseg.inference.findings import compute_findings
-from ptxseg.inference.onnx import model_metadata, quantize_onnx, read_metadata, write_onnx
+from ptxseg.inference.int8 import Int8Check, checked_quantize, warn_if_unchecked
+from ptxseg.inference.onnx import model_metadata, read_metadata, write_onnx
 from ptxseg.inference.runtimes import (
+    Runner,
     check_int8_file,
     check_runtime,
     cpu_precision_plan,
@@ -113,6 +115,8 @@ def describe(
         mask, peak, metadata, describer["operating_point"], describer["encoder"]
     )
     findings["runtime"], findings["precision"] = describer["runtime"], describer["precision"]
+    if describer.get("path_choice"):
+        findings["path_choice"] = describer["path_choice"]
     return findings
 
 
@@ -129,8 +133,11 @@ class Predictor:
     `runtime` is torch, onnxruntime or openvino; `precision` fp32, bf16 or int8 (see
     `ptxseg.inference.runtimes.SUPPORTED`). `operating_point` (OperatingPoint or dict) replaces
     the stored one. `tta` is none or hflip; None takes the TTA the operating point was searched
-    with (none when unknown); another one than that warns. int8 is calibrated on `calibration`
-    images (synthetic when None).
+    with (none when unknown); another one than that warns. int8 from an fp32 model is
+    calibrated on real `calibration` images and its masks are checked against fp32 on them
+    (`ptxseg.inference.int8`: remedies, or `Int8Refused`); `int8_check` holds the result. An
+    int8 .onnx file is taken as it was made (and warns when its check is missing or failed).
+    `path_choice` says how the runtime and precision were chosen (`ptxseg.inference.choice`).
     """
 
     def __init__(
@@ -143,7 +150,6 @@ class Predictor:
         tta: str | None = None,
         batch_size: int = 4,
         calibration: Sequence[np.ndarray] | None = None,
-        int8_mode: str = "static",
         threads: int | None = None,
         channels_last: bool = True,
         compile: bool = False,
@@ -155,6 +161,10 @@ class Predictor:
         self.batch_size = max(1, int(batch_size))
         self.model = None
         self._tmp = None
+        self.threads = threads
+        self.int8_check: Int8Check | None = None
+        self.path_choice: dict[str, Any] | None = None
+        self.onnx_path: Path | None = None
         onnx_path = None
         if isinstance(model, list | tuple):
             if not model:
@@ -170,6 +180,7 @@ class Predictor:
             onnx_path = Path(model)
             meta = read_metadata(onnx_path)
             check_int8_file(meta)
+            warn_if_unchecked(meta, onnx_path)
         else:
             self.model = _load(model, device)
             meta = model_metadata(self.model)
@@ -193,11 +204,14 @@ class Predictor:
         if onnx_path is None:
             onnx_path = self._export_tmp()
         if precision == "int8" and meta.get("precision") != "int8":
-            onnx_path = self._quantize_tmp(onnx_path, calibration, int8_mode)
-        if runtime == "onnxruntime":
-            self._run = onnxruntime_runner(onnx_path, threads)
-        else:
-            self._run = openvino_runner(onnx_path, precision, threads)
+            onnx_path = self._quantize_checked(onnx_path, calibration)
+        self._run = self._runner(onnx_path, precision)
+        self.onnx_path = onnx_path
+
+    def _runner(self, onnx_path: Path, precision: str) -> Runner:
+        if self.runtime == "onnxruntime":
+            return onnxruntime_runner(onnx_path, self.threads)
+        return openvino_runner(onnx_path, precision, self.threads)
 
     def _tmpdir(self) -> Path:
         if self._tmp is None:
@@ -209,14 +223,35 @@ class Predictor:
         write_onnx(self.model, path)
         return path
 
-    def _quantize_tmp(self, fp32_path: Path, calibration, mode: str) -> Path:
-        return quantize_onnx(
+    def _quantize_checked(self, fp32_path: Path, images, source: str = "") -> Path:
+        """An int8 copy of `fp32_path` whose masks agree with fp32 on `images` (see
+        `ptxseg.inference.int8.checked_quantize`), in this predictor's runtime and TTA."""
+        if not images:
+            raise ValueError(
+                "int8 from an fp32 model needs real images to calibrate with and to check its "
+                "masks against fp32 (the inputs, or a work folder's validation images); "
+                "`serve`, `listen` and `dicomweb` take int8 only as a file made by "
+                "`ptxseg export --int8`"
+            )
+        inputs = np.stack([self.model_input(_as_float(im)) for im in images])
+
+        def probabilities_of(path: Path) -> np.ndarray:
+            precision = "int8" if path != fp32_path else "fp32"
+            run = self._runner(path, precision)
+            return runner_probabilities(run, inputs, self.tta, self.batch_size)
+
+        self.int8_check = checked_quantize(
             fp32_path,
             self._tmpdir() / "model-int8.onnx",
-            calibration,
-            mode,
+            list(images),
+            probabilities_of,
+            self.operating_point,
             reduce_range=self.precision_plan["reduce_range"],
+            runtime=self.runtime,
+            source=source or f"{len(images)} given images",
+            tta=self.tta,
         )
+        return self._tmpdir() / "model-int8.onnx"
 
     def set_operating_point(self, op: OperatingPoint) -> None:
         """Use `op` from now on (warns when it was searched with another TTA)."""
@@ -231,10 +266,7 @@ class Predictor:
 
     def logits(self, batch: np.ndarray) -> np.ndarray:
         """Raw logits for a (B, 1, S, S) float32 batch in [0, 1], run in chunks of batch_size."""
-        parts = [
-            self._run(batch[i : i + self.batch_size]) for i in range(0, len(batch), self.batch_size)
-        ]
-        return np.concatenate(parts) if parts else np.zeros((0, 1) + batch.shape[2:], np.float32)
+        return chunked_logits(self._run, batch, self.batch_size)
 
     def probabilities(self, inputs: np.ndarray) -> np.ndarray:
         """Model-size probabilities (B, S, S) of uint8 model inputs (B, S, S), TTA included."""
@@ -246,12 +278,7 @@ class Predictor:
         if self._torch is not None:
             on_device = self._torch.probabilities(self._torch.upload(inputs), self.tta)
             return np.ascontiguousarray(on_device.cpu().numpy(), dtype=np.float32)
-        batch = to_float(inputs)[:, None]
-        prob = sigmoid(self.logits(batch))[:, 0]
-        if self.tta == "hflip":
-            flipped = sigmoid(self.logits(np.ascontiguousarray(batch[..., ::-1])))[:, 0]
-            prob = (prob + flipped[..., ::-1]) / 2
-        return np.ascontiguousarray(prob, dtype=np.float32)
+        return runner_probabilities(self._run, inputs, self.tta, self.batch_size)
 
     def probabilities_on_device(self, inputs):
         """float32 (B, S, S) probabilities on the model's device of uint8 inputs (B, S, S) there.
@@ -314,6 +341,7 @@ class Predictor:
             "encoder": self.encoder,
             "runtime": self.runtime,
             "precision": self.precision,
+            "path_choice": (self.path_choice or {}).get("line"),
         }
 
     def explain(self, image: np.ndarray) -> np.ndarray:
@@ -336,6 +364,29 @@ class Predictor:
         members = getattr(self.model, "members", None) or [self.model]  # an ensemble: the mean
         small = to_float(model_input)
         return np.mean([grad_cam(m, small, device=self.device) for m in members], axis=0)
+
+
+def chunked_logits(run: Runner, batch: np.ndarray, batch_size: int) -> np.ndarray:
+    """A runner's logits for a (B, 1, S, S) float32 batch, in chunks of `batch_size`."""
+    parts = [run(batch[i : i + batch_size]) for i in range(0, len(batch), batch_size)]
+    return np.concatenate(parts) if parts else np.zeros((0, 1) + batch.shape[2:], np.float32)
+
+
+def runner_probabilities(run: Runner, inputs: np.ndarray, tta: str, batch_size: int) -> np.ndarray:
+    """Model-size probabilities (B, S, S) of uint8 inputs through an ONNX runner, TTA included:
+    the Predictor's path for ONNX Runtime and OpenVINO (and for int8 attempts being checked)."""
+    batch = to_float(inputs)[:, None]
+    prob = sigmoid(chunked_logits(run, batch, batch_size))[:, 0]
+    if tta == "hflip":
+        flipped = np.ascontiguousarray(batch[..., ::-1])
+        flipped_prob = sigmoid(chunked_logits(run, flipped, batch_size))[:, 0]
+        prob = (prob + flipped_prob[..., ::-1]) / 2
+    return np.ascontiguousarray(prob, dtype=np.float32)
+
+
+def _as_float(image: np.ndarray) -> np.ndarray:
+    """uint8 model inputs are accepted where float images in [0, 1] are expected."""
+    return image.astype(np.float32) / 255.0 if image.dtype == np.uint8 else image
 
 
 def full_size_cam(cam: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
