@@ -21,6 +21,26 @@ SIIM_REAL = Path(
 )
 
 
+# `--runtime auto` / `--precision auto` (the commands' default on a CPU) measure every path once
+# per model; the suite pins the path its tests were written for, in this process and in the
+# commands it starts, and keeps any cache out of the user's home. Tests of the choice clear these
+# and fake the measurements (tests/inference/test_choice.py).
+os.environ.setdefault("PTXSEG_RUNTIME", "torch")
+os.environ.setdefault("PTXSEG_PRECISION", "fp32")
+
+
+@pytest.fixture(autouse=True, scope="session")
+def cache_outside_home(tmp_path_factory):
+    """ptxseg's cache folder (runtime choices) in a temporary folder for the whole session."""
+    before = os.environ.get("PTXSEG_CACHE_DIR")
+    os.environ["PTXSEG_CACHE_DIR"] = str(tmp_path_factory.mktemp("ptxseg-cache"))
+    yield
+    if before is None:
+        os.environ.pop("PTXSEG_CACHE_DIR", None)
+    else:
+        os.environ["PTXSEG_CACHE_DIR"] = before
+
+
 @pytest.fixture(scope="session")
 def siim_real() -> Path:
     """The folder of real SIIM-ACR files; tests that need it skip when it is absent."""

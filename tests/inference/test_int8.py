@@ -203,4 +203,4 @@ def test_predictor_int8_needs_real_images_and_keeps_its_check():
         warnings.simplefilter("ignore")
         p = Predictor(model, runtime="onnxruntime", precision="int8", calibration=images)
     assert p.int8_check.kept.agreement.dice >= FAITHFUL_DICE
-    assert read_metadata(p.onnx_path)["int8_check"]["source"] == "4 given images"
+    assert read_metadata(p.onnx_path)["int8_check"]["source"] == "the given images"

@@ -32,6 +32,12 @@ def print_summary(summary: dict) -> None:
     for name, entry in summary["metrics"].items():
         table.add_row(name, entry["kind"], _fmt(entry["value"]), entry["description"])
     console.print(table)
+    path = summary.get("inference_path") or {}
+    console.print(
+        f"scored path: {summary.get('runtime')} {summary.get('precision')}"
+        + (f" ({path['line']})" if path.get("line") else ""),
+        soft_wrap=True,
+    )
     console.print(
         f"operating point: {summary['operating_point_description']} "
         f"({summary['operating_point_source']})"
@@ -91,8 +97,8 @@ def evaluate(
     tta: str | None = options.TTA,
     batch_size: int = typer.Option(8, help="Images per forward pass."),
     device: str = typer.Option("cpu", help="torch device: cpu, cuda, cuda:1, ..."),
-    runtime: str = typer.Option("torch", help="torch, onnxruntime or openvino (as predict)."),
-    precision: str = typer.Option("fp32", help="fp32, bf16 or int8 (as predict)."),
+    runtime: str = options.RUNTIME,
+    precision: str = options.PRECISION,
     threshold: float | None = options.THRESHOLD,
     top: float | None = options.TOP,
     bottom: float | None = options.BOTTOM,

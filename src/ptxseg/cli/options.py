@@ -35,3 +35,18 @@ CHECKPOINTS_HELP = (
 def overrides(threshold, top, bottom, min_area) -> dict:
     """The operating-point overrides given on the command line."""
     return {"threshold": threshold, "top": top, "bottom": bottom, "min_area": min_area}
+
+
+RUNTIME = typer.Option(
+    "auto",
+    envvar="PTXSEG_RUNTIME",
+    help="auto (on a CPU: the fastest runtime here whose masks agree with fp32, measured once "
+    "and cached; torch on a GPU), torch, onnxruntime or openvino.",
+)
+PRECISION = typer.Option(
+    "auto",
+    envvar="PTXSEG_PRECISION",
+    help="auto (with --runtime: the fastest precision whose masks agree with fp32), fp32, bf16 "
+    "(torch, openvino; CPUs with AVX-512 BF16 or AMX) or int8 (onnxruntime, openvino; checked "
+    "against fp32's masks on real images, refused below Dice 0.99).",
+)

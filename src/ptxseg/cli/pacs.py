@@ -19,16 +19,18 @@ PACS_EXTRA = "pip install 'ptxseg[pacs]' (dicomweb-client and pynetdicom)"
 def _analyzer(
     checkpoint: Path, runtime: str, precision: str, device: str, batch_size: int, tta: str | None
 ):
-    from ptxseg.inference.predictor import Predictor
+    from ptxseg.inference.choice import build_predictor
     from ptxseg.integration.analysis import Analyzer
 
-    predictor = Predictor(
+    # int8 only as a file made by `ptxseg export --int8`: there are no images to check it on
+    predictor = build_predictor(
         checkpoint,
         runtime=runtime,
         device=device,
         precision=precision,
         batch_size=batch_size,
         tta=tta,
+        int8_on_the_fly=False,
     )
     return Analyzer.from_checkpoint(predictor, checkpoint)
 
@@ -87,8 +89,8 @@ def dicomweb(
     watch: float | None = typer.Option(
         None, "--watch", help="Repeat every SECONDS until Ctrl-C (new images are picked up)."
     ),
-    runtime: str = typer.Option("torch", help="torch, onnxruntime or openvino."),
-    precision: str = typer.Option("fp32", help="fp32, bf16 or int8."),
+    runtime: str = options.RUNTIME,
+    precision: str = options.PRECISION,
     device: str = typer.Option("cpu", help="cpu or cuda (torch runtime)."),
     tta: str | None = options.TTA,
     batch_size: int = typer.Option(4, help="Images retrieved and segmented together."),
@@ -123,6 +125,7 @@ def dicomweb(
     report = _reporter(console)
     op, tta = analyzer.predictor.operating_point.describe(), analyzer.predictor.tta
     report(f"{url}: {analyzer.model_name}, operating point {op}, TTA {tta}")
+    report(f"path: {analyzer.predictor.path_choice['line']}")
     studies = list(study) if study else None
     if watch is not None:
         stop = threading.Event()
@@ -160,8 +163,8 @@ def listen(
         "127.0.0.1", help="Address to listen on (0.0.0.0 accepts images from the network)."
     ),
     queue_size: int = typer.Option(16, help="Images waiting at most; more are refused (0xA700)."),
-    runtime: str = typer.Option("torch", help="torch, onnxruntime or openvino."),
-    precision: str = typer.Option("fp32", help="fp32, bf16 or int8."),
+    runtime: str = options.RUNTIME,
+    precision: str = options.PRECISION,
     device: str = typer.Option("cpu", help="cpu or cuda (torch runtime)."),
     tta: str | None = options.TTA,
     batch_size: int = typer.Option(4, help="Queued images segmented together at most."),
@@ -192,6 +195,7 @@ def listen(
         _error(console, f"{err}")
         raise typer.Exit(2) from None
     report = _reporter(console)
+    report(f"path: {analyzer.predictor.path_choice['line']}")
     listener = Listener(
         analyzer,
         destination,

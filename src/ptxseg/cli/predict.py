@@ -43,10 +43,8 @@ def predict(
     ),
     checkpoint: list[Path] = typer.Option(..., "--checkpoint", "-c", help=options.CHECKPOINTS_HELP),
     out: Path = typer.Option(..., "--out", "-o", help="Output folder."),
-    runtime: str = typer.Option("torch", help="torch, onnxruntime or openvino."),
-    precision: str = typer.Option(
-        "fp32", help="fp32, bf16 (torch, openvino) or int8 (onnxruntime, openvino)."
-    ),
+    runtime: str = options.RUNTIME,
+    precision: str = options.PRECISION,
     batch_size: int = typer.Option(4, help="Images per model call."),
     device: str = typer.Option("cpu", help="cpu or cuda (torch runtime)."),
     tta: str | None = options.TTA,
@@ -101,7 +99,10 @@ def predict(
         False, "--overwrite", help="Predict images again even when their findings exist."
     ),
     int8_calibration: int = typer.Option(
-        8, help="int8: calibrate on this many of the (unsharded, sorted) inputs."
+        8,
+        help="int8: calibrate on this many images (the validation split of the model's work "
+        "folder, else the first of the unsharded, sorted inputs); the int8 masks are checked "
+        "against fp32 on 4 times as many.",
     ),
     max_megapixels: float = typer.Option(
         60.0, help="Refuse images whose header claims more pixels (decompression bombs)."
@@ -143,12 +144,10 @@ def predict(
         fail(str(err))
     if not files:
         fail(f"no DICOM, PNG or JPEG files found in {', '.join(map(str, inputs))}")
-    calibration = None
-    if precision == "int8":
-        calibration = _calibration_images(files[:int8_calibration])
     checkpoint = one_or_many(checkpoint)
     # The worker processes start (and import what they need) while the model loads.
-    device_decode = decode != "cpu" and runtime == "torch" and device.startswith("cuda")
+    torch_runtime = runtime in ("torch", "auto")  # auto is torch on a GPU
+    device_decode = decode != "cpu" and torch_runtime and device.startswith("cuda")
     pool = pipeline.Workers(
         pipeline.default_workers() if workers is None else workers, device_decode
     )
@@ -160,8 +159,8 @@ def predict(
 
         startup["torch_imported_s"] = round(time.perf_counter() - started, 3)
         # The CUDA context is made in a thread while the model's libraries import and it loads.
-        warm = DeviceWarmUp(_device(device) if runtime == "torch" else "cpu", started)
-        from ptxseg.inference.predictor import Predictor
+        warm = DeviceWarmUp(_device(device) if torch_runtime else "cpu", started)
+        from ptxseg.inference import choice
 
         startup["predictor_imported_s"] = round(time.perf_counter() - started, 3)
 
@@ -170,24 +169,28 @@ def predict(
             op = stored_operating_point(checkpoint).with_overrides(
                 **options.overrides(threshold, top, bottom, min_area)
             )
-        predictor = Predictor(
+        check_n = 4 * int8_calibration if precision == "int8" else choice.CHECK_IMAGES
+        predictor = choice.build_predictor(
             checkpoint,
-            runtime=runtime,
-            device=_device(device),
-            precision=precision,
+            runtime,
+            precision,
+            _device(device),
             operating_point=op,
             tta=tta,
             batch_size=batch_size,
-            calibration=calibration,
+            images=lambda size, config: choice.default_check_images(config, size, files, check_n),
             compile=compile,
             compile_mode=compile_mode,
+            progress=lambda m: console.print(f"checking {choice.describe_measurement(m)}"),
         )
         model_ready = time.perf_counter() - started
         if warm.wait() is not None:
             startup["cuda_ready_s"] = warm.ready_s
         mine = take_shard(files, index, count)
+        console.print(f"path: {predictor.path_choice['line']}", soft_wrap=True)
         console.print(
-            f"{len(mine)} of {len(files)} inputs (shard {index}/{count}); {runtime} {precision} "
+            f"{len(mine)} of {len(files)} inputs (shard {index}/{count}); {predictor.runtime} "
+            f"{predictor.precision} "
             f"on {predictor.device}{' compiled' if compile else ''}, {predictor.encoder} at "
             f"{predictor.input_size}, TTA {predictor.tta}, operating point "
             f"{predictor.operating_point.describe()}"
@@ -229,6 +232,7 @@ def predict(
             "startup_after_command_s": startup,
             "runtime": runtime,
             "precision": precision,
+            "inference_path": predictor.path_choice,
             "device": str(predictor.device),
             "compiled": compile_mode if compile else False,
             "batch_size": batch_size,
@@ -243,18 +247,6 @@ def predict(
             console.print(f"[yellow]error[/yellow] {row['file']}: {row['error']}", soft_wrap=True)
     if result.errors:
         raise typer.Exit(EXIT_INPUTS_FAILED)  # listed above and in summary.csv
-
-
-def _calibration_images(files):
-    from ptxseg.data.dicom import read_image
-
-    images = []
-    for path in files:
-        try:
-            images.append(read_image(path)[0])
-        except Exception:  # noqa: BLE001 - unreadable files are reported by the run itself
-            continue
-    return images or None
 
 
 @app.command()
@@ -279,7 +271,23 @@ def export(
     ),
     opset: int = typer.Option(17, help="ONNX opset version."),
     int8: bool = typer.Option(
-        False, "--int8", help="Also write an int8 (static QDQ) copy next to it (*.int8.onnx)."
+        False,
+        "--int8",
+        help="Also write an int8 (static QDQ) copy next to it (*.int8.onnx), calibrated and "
+        "checked against fp32's masks on real images (--data, else the model's work folder, "
+        "else --images); refused, with the numbers, when they agree below Dice 0.99.",
+    ),
+    data: Path | None = typer.Option(
+        None, help="--int8: a work folder whose validation split calibrates and checks int8."
+    ),
+    images: list[Path] | None = typer.Option(
+        None,
+        "--images",
+        help="--int8: DICOM/PNG/JPEG files or folders to calibrate and check int8 with, when "
+        "no work folder is at hand (repeatable).",
+    ),
+    int8_calibration: int = typer.Option(
+        8, help="--int8: calibrate on this many images; check on 4 times as many."
     ),
 ) -> None:
     """Export a model: ONNX (dynamic batch, [0, 1] input, logits) with a parity check through
@@ -295,8 +303,6 @@ def export(
         load_ensemble,
     )
     from ptxseg.inference.export import FORMATS, ParityError, export_onnx
-    from ptxseg.inference.onnx import quantize_onnx
-    from ptxseg.inference.runtimes import cpu_precision_plan
     from ptxseg.model.checkpoint import export_inference_model, load_model
 
     if format not in FORMATS:
@@ -337,12 +343,42 @@ def export(
         f"PyTorch: max probability difference {info['max_probability_difference']:.2e}"
     )
     if int8:
-        plan = cpu_precision_plan("int8")
-        q = quantize_onnx(
-            target, target.with_suffix(".int8.onnx"), reduce_range=plan["reduce_range"]
-        )
-        how = plan["note"] or "full 8 bits for CPUs with VNNI, as this one"
-        typer.echo(f"wrote {q} (int8, calibrated on synthetic images; {how})")
+        _export_int8(target, data, images or [], int8_calibration)
+
+
+def _export_int8(target: Path, data: Path | None, inputs: list[Path], n: int) -> None:
+    """`target`.int8.onnx, made and checked by the Predictor's int8 path (atomically)."""
+    from ptxseg import atomic
+    from ptxseg.inference import choice
+    from ptxseg.inference.pipeline import collect_inputs
+    from ptxseg.inference.runtimes import cpu_precision_plan
+
+    out = target.with_suffix(".int8.onnx")
+
+    def real_images(size: int, config: dict) -> choice.CheckImages:
+        found = choice.default_check_images(config, size, files, 4 * n, data)
+        if not found.real:
+            raise ValueError(
+                "--int8 checks int8 masks against fp32 on real images: give --data WORK (its "
+                "validation split) or --images FILES; the model's own work folder was not found"
+            )
+        return found
+
+    try:
+        files = collect_inputs(inputs) if inputs else []
+        predictor = choice.build_predictor(target, "onnxruntime", "int8", images=real_images)
+        check = predictor.int8_check
+        atomic.write_bytes(out, Path(predictor.onnx_path).read_bytes())
+    except (ValueError, FileNotFoundError, ImportError) as err:
+        typer.echo(f"error: {err}", err=True)
+        raise typer.Exit(1) from None
+    kept = check.kept
+    note = cpu_precision_plan("int8")["note"] or "full 8 bits for CPUs with VNNI, as this one"
+    typer.echo(
+        f"wrote {out} (int8: masks at Dice {kept.agreement.dice:.3f} vs fp32 on "
+        f"{kept.agreement.images} images of {check.source}; {kept.recipe.name}: "
+        f"{kept.recipe.describe()}; {note})"
+    )
 
 
 @app.command("benchmark-runtime")

@@ -19,8 +19,8 @@ def serve(
         "127.0.0.1", help="Address to listen on; 0.0.0.0 exposes the service to the network."
     ),
     port: int = typer.Option(8000, help="TCP port."),
-    runtime: str = typer.Option("torch", help="torch, onnxruntime or openvino."),
-    precision: str = typer.Option("fp32", help="fp32, bf16 or int8 (see `ptxseg predict`)."),
+    runtime: str = options.RUNTIME,
+    precision: str = options.PRECISION,
     device: str = typer.Option("cpu", help="cpu or cuda (torch runtime)."),
     tta: str | None = options.TTA,
     workers: int = typer.Option(
@@ -67,6 +67,9 @@ def serve(
     except (FileNotFoundError, ValueError) as err:
         typer.secho(f"error: {err}", fg="red", err=True)
         raise typer.Exit(2) from None
+    path = settings.model_card.get("runtime", {}).get("choice")
+    if path:
+        typer.echo(f"path: {path}")
     typer.echo(f"ptxseg: model loaded; open http://{host}:{port}/ (API docs: /docs)")
     # access_log off: uvicorn's lines add nothing to ours, which carry request ids and hashes.
     uvicorn.run(application, host=host, port=port, log_level=log_level, access_log=False)

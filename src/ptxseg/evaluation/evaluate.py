@@ -475,6 +475,7 @@ def evaluate(
         "input_size": int(predictor.input_size),
         "runtime": predictor.runtime,
         "precision": predictor.precision,
+        "inference_path": predictor.path_choice,
         "tta": predictor.tta,
         "detection_score": score,
         "operating_point": op.to_dict(),
@@ -521,17 +522,24 @@ def evaluate_checkpoint(
     """Build the Predictor of `checkpoint` (a .ckpt, a model folder, an .onnx file, an ensemble
     file, or a list of models to average) and `evaluate` it; a searched operating point is
     stored with the model (not with a list: write an ensemble file to keep one). See `evaluate`.
+
+    `runtime`/`precision` `auto` choose the path that `predict` would run on this CPU
+    (`ptxseg.inference.choice`), checked on the validation split of `work`, which also
+    calibrates and checks int8; the summary's `inference_path` says which path was scored.
     """
+    from ptxseg.inference.choice import build_predictor, default_check_images
+
     models = list(checkpoint) if isinstance(checkpoint, list | tuple) else [checkpoint]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", OperatingPointWarning)
-        predictor = Predictor(
+        predictor = build_predictor(
             models[0] if len(models) == 1 else models,
             runtime=runtime,
             device=device,
             precision=precision,
             tta=tta,
             batch_size=batch_size,
+            images=lambda size, config: default_check_images(config, size, work=work),
         )
     single = len(models) == 1 and Path(models[0]).suffix.lower() != ".onnx"
     summary = evaluate(

@@ -138,6 +138,8 @@ class Predictor:
     (`ptxseg.inference.int8`: remedies, or `Int8Refused`); `int8_check` holds the result. An
     int8 .onnx file is taken as it was made (and warns when its check is missing or failed).
     `path_choice` says how the runtime and precision were chosen (`ptxseg.inference.choice`).
+    `onnx_export` is an fp32 ONNX export of `model` already made (saves exporting it again);
+    `calibration_source` says where the calibration images come from (for int8's record).
     """
 
     def __init__(
@@ -154,6 +156,8 @@ class Predictor:
         channels_last: bool = True,
         compile: bool = False,
         compile_mode: str = "default",
+        onnx_export: str | Path | None = None,
+        calibration_source: str = "",
     ):
         check_runtime(runtime, precision)
         self.precision_plan = cpu_precision_plan(precision, device)
@@ -182,7 +186,7 @@ class Predictor:
             check_int8_file(meta)
             warn_if_unchecked(meta, onnx_path)
         else:
-            self.model = _load(model, device)
+            self.model = load_any_model(model, device)
             meta = model_metadata(self.model)
         self.input_size = int(meta["input_size"])
         self.encoder = meta.get("encoder")
@@ -202,9 +206,9 @@ class Predictor:
         if compile:
             raise ValueError(f"compile applies to the torch runtime, not {runtime!r}")
         if onnx_path is None:
-            onnx_path = self._export_tmp()
+            onnx_path = Path(onnx_export) if onnx_export else self._export_tmp()
         if precision == "int8" and meta.get("precision") != "int8":
-            onnx_path = self._quantize_checked(onnx_path, calibration)
+            onnx_path = self._quantize_checked(onnx_path, calibration, calibration_source)
         self._run = self._runner(onnx_path, precision)
         self.onnx_path = onnx_path
 
@@ -248,7 +252,7 @@ class Predictor:
             self.operating_point,
             reduce_range=self.precision_plan["reduce_range"],
             runtime=self.runtime,
-            source=source or f"{len(images)} given images",
+            source=source or "the given images",
             tta=self.tta,
         )
         return self._tmpdir() / "model-int8.onnx"
@@ -396,7 +400,8 @@ def full_size_cam(cam: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     return cam / peak if peak > 0 else cam
 
 
-def _load(model, device: str):
+def load_any_model(model, device: str = "cpu"):
+    """A loaded model (a module as it is) from anything the Predictor takes but an .onnx file."""
     import torch
 
     from ptxseg.inference.ensemble import is_ensemble, load_ensemble

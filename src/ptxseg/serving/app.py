@@ -426,17 +426,21 @@ def load_app(
     """Load the model once (and run it once, so the first request is not slower), then the app.
 
     `checkpoint` is any model the Predictor takes: a path, an ensemble file, or a list of paths
-    whose probabilities are averaged."""
+    whose probabilities are averaged. `runtime`/`precision` may be `auto`
+    (`ptxseg.inference.choice`); int8 only as a file made by `ptxseg export --int8`, since the
+    service has no images to check it on."""
     import time
 
-    from ptxseg.inference.predictor import Predictor
+    from ptxseg.inference.choice import build_predictor
     from ptxseg.model.acceleration import DeviceWarmUp
     from ptxseg.serving.card import build_model_card
 
     settings = settings or ServeSettings()
     # the CUDA context is made while the model's libraries import and the model loads
-    warm = DeviceWarmUp(device if runtime == "torch" else "cpu", time.perf_counter())
-    predictor = Predictor(checkpoint, runtime=runtime, device=device, precision=precision, tta=tta)
+    warm = DeviceWarmUp(device if runtime in ("torch", "auto") else "cpu", time.perf_counter())
+    predictor = build_predictor(
+        checkpoint, runtime, precision, device, tta=tta, int8_on_the_fly=False
+    )
     warm.wait()
     size = int(getattr(predictor, "input_size", 256))
     predictor.predict(np.zeros((size, size), np.float32), {})

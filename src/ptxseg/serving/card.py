@@ -136,6 +136,10 @@ def build_model_card(
         card["runtime"] = {
             key: getattr(predictor, key, None) for key in ("runtime", "precision", "device")
         }
+        choice = getattr(predictor, "path_choice", None)
+        if choice:  # how the runtime and precision were chosen (`ptxseg.inference.choice`)
+            card["runtime"]["chosen_by"] = choice.get("chosen_by")
+            card["runtime"]["choice"] = choice.get("line")
     card["intended_use"] = INTENDED_USE
     card["limitations"] = LIMITATIONS
     return card
