@@ -307,6 +307,8 @@ def decide(
             reasons[m.name] = m.error
         elif not m.images_per_s:
             reasons[m.name] = "not timed"
+        elif ref is None and m.precision == "int8":
+            eligible.append(m)  # an int8 file: loading it warned if its stored check fell short
         elif m.dice_vs_fp32 is not None and m.dice_vs_fp32 < FAITHFUL_DICE:
             reasons[m.name] = f"masks at Dice {m.dice_vs_fp32:.3f} vs fp32, below {FAITHFUL_DICE}"
         elif m.precision != "fp32" and ref is not None and not conclusive:
@@ -351,8 +353,13 @@ def describe_choice(
         speed = f"{best.images_per_s / ref.images_per_s:.2f}x {ref.name}"
     else:
         speed = f"{best.images_per_s:.1f} images/s"
-    if best.precision == "fp32" or best.dice_vs_fp32 is None:
-        masks = "fp32 masks" if best.precision == "fp32" else "its stored int8 check"
+    if best.precision == "fp32":
+        masks = "fp32 masks"
+    elif ref is None:
+        stored = "unknown" if best.dice_vs_fp32 is None else f"{best.dice_vs_fp32:.3f}"
+        masks = f"an int8 file (masks at Dice {stored} vs fp32 when it was made)"
+    elif best.dice_vs_fp32 is None:
+        masks = "masks not compared"
     else:
         masks = f"masks at Dice {best.dice_vs_fp32:.3f} vs fp32"
     tried = len([m for m in measurements if not m.error])
@@ -584,7 +591,7 @@ def build_predictor(
     images: Callable[[int, dict], CheckImages] | None = None,
     int8_on_the_fly: bool = True,
     cpu: CpuInfo | None = None,
-    measure: Callable[..., tuple[list[Measurement], dict[str, Predictor]]] = measure_paths,
+    measure: Callable[..., tuple[list[Measurement], dict[str, Predictor]]] | None = None,
     use_cache: bool = True,
     progress: Callable[[Measurement], None] | None = None,
     **options: Any,
@@ -595,8 +602,9 @@ def build_predictor(
     `images(size, config)` gives the `CheckImages` to check on (default: `default_check_images`);
     they calibrate and check int8 too. `int8_on_the_fly` False (serve, listen, dicomweb) leaves
     int8 to files made by `ptxseg export --int8`. `options` go to the Predictor (channels_last,
-    compile, compile_mode, threads). The Predictor's `path_choice` is the `Choice` as a dict; an
-    int8 refusal names this CPU's faithful alternatives, measured on the same images.
+    compile, compile_mode, threads); `measure` replaces `measure_paths` (tests fake it). The
+    Predictor's `path_choice` is the `Choice` as a dict; an int8 refusal names this CPU's faithful
+    alternatives, measured on the same images.
     """
     cpu = cpu or cpu_info()
     common = dict(tta=tta, batch_size=batch_size, operating_point=operating_point)
@@ -649,7 +657,7 @@ def build_predictor(
         return predictor
     check = check_images(size, config)
     reference = reference_path(paths, kind)
-    measurements, built = measure(
+    measurements, built = (measure or measure_paths)(
         loaded,
         paths,
         reference,
@@ -667,11 +675,15 @@ def build_predictor(
             f"no path keeps fp32's masks on this CPU ({cpu.model}; {cpu.isa()}): "
             + "; ".join(f"{k}: {v}" for k, v in {**reasons, **skipped}.items())
         )
+    predictor = built.pop(best.name, None)
+    built.clear()  # the other paths' predictors go now
+    if predictor is None:  # a faked measurement (tests) builds nothing
+        predictor = _build(loaded, best.runtime, best.precision, device, common, options, check)
     info = {
         "images": len(check.images),
         "source": check.source,
         "real": check.real,
-        "tta": built[best.name].tta if best.name in built else tta,
+        "tta": predictor.tta,
         "batch_size": batch_size,
         "cpu": f"{cpu.model}; {cpu.isa()}",
     }
@@ -686,10 +698,6 @@ def build_predictor(
     )
     if use_cache:
         write_cached(key, material, choice)
-    predictor = built.get(best.name)
-    if predictor is None:  # a faked measurement (tests) builds nothing
-        predictor = _build(loaded, best.runtime, best.precision, device, common, options, check)
-    built.clear()
     predictor.path_choice = choice.to_dict()
     return predictor
 
