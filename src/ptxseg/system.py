@@ -68,6 +68,24 @@ def usable_cores() -> int:
         return os.cpu_count() or 1
 
 
+def physical_cores() -> int:
+    """The physical cores under this process's usable CPUs: logical CPUs that share a core (SMT
+    siblings, as /sys reports them) count once. A virtual machine may not report its vCPUs'
+    siblings; then every vCPU counts as a core."""
+    try:
+        cpus = sorted(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        return usable_cores()
+    cores = set()
+    for cpu in cpus:
+        try:
+            with open(f"/sys/devices/system/cpu/cpu{cpu}/topology/thread_siblings_list") as f:
+                cores.add(f.read().strip())
+        except OSError:
+            cores.add(str(cpu))
+    return len(cores) or usable_cores()
+
+
 def peak_rss_mb() -> float:
     """High-water mark of this process's resident memory.
 

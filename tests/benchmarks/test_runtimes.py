@@ -1,9 +1,18 @@
 """benchmark-runtime: one row per path, ratios, Dice vs fp32, an error cell instead of a crash."""
 
 import numpy as np
-from predict_helpers import TinyUnet
+import pytest
+from predict_helpers import ConfidentModel, TinyUnet
 
-from ptxseg.benchmarks.runtimes import benchmark_model, cpu_peak_gflops, dice, write_tables
+from ptxseg.benchmarks.runtimes import (
+    benchmark_model,
+    cpu_peak_gflops,
+    dice,
+    flop_per_cycle,
+    mark_auto,
+    write_tables,
+)
+from ptxseg.system import CpuInfo
 
 
 def test_dice_of_mask_stacks():
@@ -28,10 +37,69 @@ def test_rows_per_path_with_eager_reference_and_table(tmp_path):
     assert "- baseline: torch eager fp32" in text and "instruction sets:" in text
 
 
-def test_peak_is_cores_times_64_flop_per_cycle_times_clock():
-    assert cpu_peak_gflops(cores=2, mhz=2000.0) == (256.0, "2 cores x 64 FLOP/cycle x 2.00 GHz")
-    peak, how = cpu_peak_gflops(cores=4, mhz=0.0)
-    assert peak != peak and how == "4 cores, clock unknown"
+AVX2 = CpuInfo("AMD EPYC 7B13", 2, frozenset({"avx2", "fma", "hypervisor"}))
+ZEN4 = CpuInfo("AMD EPYC 9B14", 2, frozenset({"avx2", "fma", "avx512f", "avx512_bf16"}))
+XEON = CpuInfo("Intel Xeon Platinum 8481C", 2, frozenset({"avx2", "fma", "avx512f"}))
+
+
+@pytest.mark.parametrize(
+    ("cpu", "flop", "named"),
+    [
+        (AVX2, 32, "AVX2: 2 FMA units x 8 fp32 lanes"),
+        (ZEN4, 32, "AVX-512 run as two 256-bit halves"),
+        (XEON, 64, "AVX-512: 2 FMA units x 16 fp32 lanes"),
+        (CpuInfo("old", 1, frozenset({"avx"})), 16, "128-bit SSE"),
+    ],
+)
+def test_peak_fits_the_instruction_set_and_names_its_assumption(cpu, flop, named):
+    assert flop_per_cycle(cpu)[0] == flop
+    peak, how = cpu_peak_gflops(cores=2, mhz=2000.0, cpu=cpu)
+    assert peak == 2 * flop * 2.0 and f"x {flop} FLOP/cycle x 2.00 GHz" in how and named in how
+    assert "those that share a core count once" in how
+    assert ("virtual machine" in how) == ("hypervisor" in cpu.flags)
+    peak, how = cpu_peak_gflops(cores=4, mhz=0.0, cpu=cpu)
+    assert peak != peak and "clock unknown" in how
+
+
+def test_the_auto_column_marks_the_path_the_choice_would_take(monkeypatch):
+    from ptxseg.inference import choice
+
+    monkeypatch.setattr(choice, "cpu_info", lambda: ZEN4)
+    rows = [
+        {"path": "torch eager fp32", "images_per_s": 10.0, "dice_vs_fp32": 1.0},
+        {"path": "torch fp32 channels_last", "images_per_s": 11.0, "dice_vs_fp32": 1.0},
+        {"path": "onnxruntime fp32", "images_per_s": 17.7, "dice_vs_fp32": 1.0},
+        {"path": "openvino bf16", "images_per_s": 37.8, "dice_vs_fp32": 0.996},
+        {"path": "openvino int8 (QDQ model)", "images_per_s": 40.0, "dice_vs_fp32": 0.914},
+        {"path": "onnxruntime int8, plain int8", "images_per_s": 50.0, "dice_vs_fp32": 1.0},
+    ]
+    mark_auto(rows)
+    assert [r["path"] for r in rows if r.get("auto")] == ["openvino bf16"]
+    monkeypatch.setattr(choice, "cpu_info", lambda: AVX2)
+    for row in rows:
+        row.pop("auto", None)
+    mark_auto(rows)
+    assert [r["path"] for r in rows if r.get("auto")] == ["onnxruntime fp32"]
+
+
+def test_int8_rows_are_checked_and_each_remedy_gets_a_row(tmp_path):
+    """On synthetic images with a sure model: the int8 row is the checked one, and the ladder's
+    recipes each have their row with the check's Dice beside the test Dice."""
+    rows = benchmark_model(
+        ConfidentModel(),
+        2,
+        paths=["torch eager fp32", "onnxruntime int8 (static QDQ)"],
+        min_time=0.0,
+        int8_remedies=True,
+    )
+    by_path = {r["path"]: r for r in rows}
+    assert "error" not in by_path["onnxruntime int8 (static QDQ)"], rows
+    remedies = [r for r in rows if r["path"].startswith("onnxruntime int8, ")]
+    assert [r["path"].split(", ", 1)[1] for r in remedies[:2]] == [
+        "plain int8",
+        "+ per-channel weights",
+    ]
+    assert all("check_dice" in r and "calibrated on" in r["recipe"] for r in remedies)
 
 
 def test_a_path_without_the_baseline_has_no_ratio():

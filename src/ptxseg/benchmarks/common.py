@@ -192,12 +192,15 @@ def write_table(
     rows: Sequence[Mapping[str, Any]],
     baseline: str = "",
     notes: str = "",
+    header: Sequence[str] = (),
 ) -> dict[str, Path]:
-    """`<name>.md` (title, environment, baseline, table, notes) and `<name>.csv`, atomically."""
+    """`<name>.md` (title, environment, baseline, `header` lines, table, notes) and
+    `<name>.csv`, atomically."""
     out = Path(out_dir)
     text = f"# {title}\n\n" + "\n".join(environment_lines()) + "\n"
     if baseline:
         text += f"- baseline: {baseline}\n"
+    text += "".join(f"- {line}\n" for line in header)
     text += "\n" + rows_to_markdown(rows, columns)
     if notes:
         text += "\n" + notes.strip() + "\n"

@@ -3,10 +3,15 @@
 One run measures every path through the `Predictor` (8-bit input to probabilities, as predict
 and serve run it) on the same model, input size and batch, so the ratios to the baseline, eager
 fp32, hold even on a noisy machine. Each row gives images/s, the ratio to eager fp32, the GFLOP/s
-achieved and its share of the CPU's nominal fp32 peak (cores x 64 FLOP/cycle x clock: two
-AVX-512 FMA units), and the Dice of the path's masks (at the model's operating point) against the
-fp32 masks, so a faster path states how far its output moved. A path that fails, or that this
-CPU cannot run well (see `inference.runtimes.check_cpu_precision`), gets an `error` cell.
+achieved and its share of the CPU's nominal fp32 peak (`cpu_peak_gflops`: physical cores x the
+FLOP/cycle of the CPU's widest FMA x clock, its assumptions named under the table), the Dice of
+the path's masks (at the model's operating point) against the fp32 masks, so a faster path states
+how far its output moved, and which path `--runtime auto` would choose from these numbers
+(`ptxseg.inference.choice.decide`). int8 rows are made as `predict --precision int8` makes them:
+calibrated and checked on the validation split (`ptxseg.inference.int8`), reported on the test
+split; `int8_remedies` adds a row per recipe of the remedy ladder. A path that fails, is refused,
+or that this CPU cannot run well (see `inference.runtimes.cpu_precision_plan`), gets an `error`
+cell.
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from ptxseg.benchmarks.common import add_ratios, error_text, timed, write_table
-from ptxseg.system import usable_cores
+from ptxseg.system import CpuInfo, cpu_info, physical_cores, usable_cores
 
 # (name, runtime, precision, options)
 PATHS: list[tuple[str, str, str, dict[str, Any]]] = [
@@ -42,11 +47,25 @@ COLUMNS = {
     "gflops_per_s": "GFLOP/s",
     "peak_share": "Share of fp32 peak",
     "dice_vs_fp32": "Dice vs fp32",
+    "check_dice": "Dice vs fp32 on the int8 check",
+    "auto": "auto",
+    "recipe": "int8 recipe",
     "error": "Error",
 }
+AUTO_MARK = "chosen"
 
 
 BASELINE = "torch eager fp32"
+AUTO_PATHS = {
+    "torch fp32 channels_last": ("torch", "fp32"),
+    "onnxruntime fp32": ("onnxruntime", "fp32"),
+    "openvino fp32": ("openvino", "fp32"),
+    "torch bf16 (autocast)": ("torch", "bf16"),
+    "openvino bf16": ("openvino", "bf16"),
+    "onnxruntime int8 (static QDQ)": ("onnxruntime", "int8"),
+    "openvino int8 (QDQ model)": ("openvino", "int8"),
+}
+"""The rows that are paths `--runtime auto` may choose (predict's torch path is channels_last)."""
 
 
 def cpu_mhz() -> float:
@@ -59,13 +78,49 @@ def cpu_mhz() -> float:
     return max(values) if values else 0.0
 
 
-def cpu_peak_gflops(cores: int | None = None, mhz: float | None = None) -> tuple[float, str]:
-    """Nominal fp32 peak: cores x 64 FLOP/cycle (2 AVX-512 FMA units x 16 lanes x 2) x clock."""
-    cores = usable_cores() if cores is None else cores
+def flop_per_cycle(cpu: CpuInfo) -> tuple[int, str]:
+    """fp32 FLOP per cycle and core of the CPU's widest FMA, and the assumption behind it: the
+    flags show the instruction set, not how wide the units that run it are."""
+    if "avx512f" in cpu.flags and "AMD" in cpu.model.upper():
+        return 32, (
+            "AVX-512 run as two 256-bit halves: 2 FMA units x 8 fp32 lanes x 2 (AMD Zen 4; an "
+            "assumption, as the flags do not show it: Zen 5 server cores run 512 bits whole, 64)"
+        )
+    if "avx512f" in cpu.flags:
+        return 64, (
+            "AVX-512: 2 FMA units x 16 fp32 lanes x 2 (an assumption: Xeons with one 512-bit "
+            "FMA unit reach half)"
+        )
+    if "avx2" in cpu.flags and "fma" in cpu.flags:
+        return 32, (
+            "AVX2: 2 FMA units x 8 fp32 lanes x 2 (an assumption: cores with 128-bit units, "
+            "such as AMD Zen 1, reach half)"
+        )
+    return 16, "no AVX2/FMA: 128-bit SSE, 2 units x 4 fp32 lanes x 2"
+
+
+def cpu_peak_gflops(
+    cores: int | None = None, mhz: float | None = None, cpu: CpuInfo | None = None
+) -> tuple[float, str]:
+    """Nominal fp32 peak: physical cores x FLOP/cycle of the ISA (`flop_per_cycle`) x clock, and
+    the text that says how it was counted. Logical CPUs that share a core (SMT) count once."""
+    cpu = cpu or cpu_info()
+    logical = usable_cores()
+    cores = physical_cores() if cores is None else cores
     mhz = cpu_mhz() if mhz is None else mhz
+    flop, assumption = flop_per_cycle(cpu)
+    counted = f"{cores} cores ({logical} logical CPUs; those that share a core count once)"
+    if "hypervisor" in cpu.flags:
+        counted += (
+            "; a virtual machine, whose vCPUs may be SMT siblings of fewer physical cores "
+            "without showing it (then the peak is lower and the shares higher)"
+        )
     if not mhz:
-        return float("nan"), f"{cores} cores, clock unknown"
-    return cores * 64 * mhz / 1000.0, f"{cores} cores x 64 FLOP/cycle x {mhz / 1000:.2f} GHz"
+        return float("nan"), f"{counted}, clock unknown; {flop} FLOP/cycle: {assumption}"
+    return (
+        cores * flop * mhz / 1000.0,
+        f"{counted} x {flop} FLOP/cycle x {mhz / 1000:.2f} GHz; {flop} FLOP/cycle: {assumption}",
+    )
 
 
 def dice(a: np.ndarray, b: np.ndarray) -> float:
@@ -110,8 +165,11 @@ def benchmark_model(
     min_time: float = 3.0,
     min_repeats: int = 2,
     progress=None,
+    int8_remedies: bool = False,
 ) -> list[dict[str, Any]]:
-    """One row per inference path for this model (see PATHS); ratios against BASELINE."""
+    """One row per inference path for this model (see PATHS); ratios against BASELINE; the row
+    of the path `--runtime auto` would choose marked in `auto`. `int8_remedies` adds one
+    onnxruntime int8 row per recipe of the remedy ladder (`ptxseg.inference.int8.ladder`)."""
     from ptxseg.benchmarks.backbones import count_gflops_per_image
     from ptxseg.inference.predictor import Predictor
 
@@ -120,28 +178,35 @@ def benchmark_model(
     peak, _ = cpu_peak_gflops()
     # a prepared split: compare the masks on (up to) 64 of its images; synthetic: a few batches
     images, _ = evaluation_images(work, size, n=64 if work else 2 * batch_size)
-    calibration, _ = evaluation_images(work, size, n=8, split="train")
-    calibration = [c.astype(np.float32) / 255.0 for c in calibration]
+    # int8 is calibrated and checked as predict does it: on the validation split
+    pool, pool_source = evaluation_images(work, size, n=32, split="val")
     batch = np.stack(images[:batch_size])
     evalset = np.stack(images)
     rows: list[dict[str, Any]] = []
-    reference = None
+    reference: dict[str, Any] = {}
     tmp = tempfile.TemporaryDirectory(prefix="ptxseg-bench-")
     cache: dict[str, Path] = {}
 
-    def onnx_files(precision: str) -> Path:
-        """The fp32 ONNX export (once), and its int8 copy (once) for int8 paths."""
+    def onnx_file(precision: str) -> Path:
+        """The fp32 ONNX export (once), and its checked int8 copy (once) for int8 paths."""
         from ptxseg.inference.export import export_onnx
-        from ptxseg.inference.onnx import quantize_onnx
 
         if "fp32" not in cache:
             cache["fp32"] = Path(export_onnx(model, Path(tmp.name) / "m.onnx")["path"])
         if precision == "int8" and "int8" not in cache:
-            cache["int8"] = quantize_onnx(cache["fp32"], Path(tmp.name) / "m8.onnx", calibration)
+            checked = Predictor(
+                cache["fp32"],
+                "onnxruntime",
+                precision="int8",
+                tta="none",
+                calibration=pool,
+                calibration_source=pool_source,
+            )
+            cache["int8"] = Path(tmp.name) / "m8.onnx"
+            cache["int8"].write_bytes(Path(checked.onnx_path).read_bytes())
         return cache["int8" if precision == "int8" else "fp32"]
 
-    chosen = [p for p in PATHS if paths is None or p[0] in paths or p[1] in paths]
-    for name, runtime, precision, options in chosen:
+    def measure(name: str, make) -> dict[str, Any]:
         row: dict[str, Any] = {
             "path": name,
             "encoder": getattr(model, "encoder", ""),
@@ -149,47 +214,144 @@ def benchmark_model(
             "batch_size": batch_size,
         }
         try:
-            predictor = _predictor(Predictor, model, runtime, precision, options, onnx_files)
+            predictor = make()
             timing = timed(
                 lambda p=predictor: p.probabilities(batch),
                 items=batch_size,
                 repeats=min_repeats,
                 min_time=min_time,
             )
-            masks = predictor.operating_point.apply(predictor.probabilities(evalset))
-            if reference is None and name == BASELINE:
-                reference = masks
+            probs = predictor.probabilities(evalset)
+            if not reference and name == BASELINE:
+                reference.update(probs=probs, op=predictor.operating_point)
             rate = timing.mean_rate
             row.update(
                 images_per_s=round(rate, 3),
                 gflops_per_s=round(rate * gflop, 1),
                 peak_share=round(rate * gflop / peak, 3) if peak == peak else "",
-                dice_vs_fp32=round(dice(masks, reference), 4) if reference is not None else "",
+                dice_vs_fp32=_agreement(reference, probs),
             )
         except Exception as err:  # noqa: BLE001 - one failing path must not end the run
             row["error"] = error_text(err, 200)
         rows.append(row)
         if progress:
             progress(row)
+        return row
+
+    chosen = [p for p in PATHS if paths is None or p[0] in paths or p[1] in paths]
+    for name, runtime, precision, options in chosen:
+        measure(
+            name,
+            lambda rt=runtime, prec=precision, opt=options: _predictor(
+                Predictor, model, rt, prec, opt, onnx_file
+            ),
+        )
+    if int8_remedies:
+        remedy_rows(onnx_file("fp32"), pool, pool_source, measure, Path(tmp.name))
     tmp.cleanup()
     add_ratios(rows, "images_per_s", lambda r: r["path"] == BASELINE)
+    mark_auto(rows)
     return rows
 
 
-def _predictor(cls, model, runtime, precision, options, onnx_files):
+def _agreement(reference: dict[str, Any], probs: np.ndarray):
+    """Dice of the masks vs the baseline's ('' without a baseline or without masks to compare)."""
+    from ptxseg.inference.int8 import mask_agreement
+
+    if not reference:
+        return ""
+    found = mask_agreement(reference["probs"], probs, reference["op"]).dice
+    return "" if found is None else round(found, 4)
+
+
+def remedy_rows(fp32: Path, pool, pool_source: str, measure, folder: Path) -> None:
+    """One onnxruntime int8 row per recipe of the remedy ladder (through `measure`), each
+    calibrated on the validation split; a row's `check_dice` is the agreement on the validation
+    images that `predict` decides on, `dice_vs_fp32` the agreement on the test images."""
+    import warnings
+
+    from ptxseg.inference.int8 import Int8AgreementWarning, ladder, more_images, quantize_recipe
+    from ptxseg.inference.predictor import Predictor
+    from ptxseg.inference.runtimes import cpu_precision_plan
+
+    reduce_range = cpu_precision_plan("int8")["reduce_range"]
+    floats = [im.astype(np.float32) / 255.0 for im in pool]
+    val = np.stack(pool)
+    recipes = ladder()
+    fp32_val = None
+    best = None
+    for i, recipe in enumerate([*recipes, None]):
+        if recipe is None:  # the last remedy: the best recipe so far on more images
+            if best is None or len(pool) <= best[0].images:
+                break
+            recipe = more_images(best[0], len(pool))
+        path = folder / f"remedy-{i}.onnx"
+
+        def make(recipe=recipe, path=path):
+            quantize_recipe(fp32, path, recipe, floats, reduce_range)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", Int8AgreementWarning)
+                return Predictor(path, "onnxruntime", precision="int8", tta="none")
+
+        row = measure(f"onnxruntime int8, {recipe.name}", make)
+        if "error" not in row:
+            if fp32_val is None:
+                fp32_val = Predictor(fp32, "onnxruntime", tta="none")
+                fp32_val = {"probs": fp32_val.probabilities(val), "op": fp32_val.operating_point}
+            q = Predictor(path, "onnxruntime", precision="int8", tta="none")
+            row["check_dice"] = _agreement(fp32_val, q.probabilities(val))
+            row["recipe"] = recipe.describe() + f" (calibrated on {pool_source})"
+            score = row["check_dice"] if row["check_dice"] != "" else -1.0
+            if best is None or score > best[1]:
+                best = (recipe, score)
+
+
+def mark_auto(rows: list[dict[str, Any]]) -> None:
+    """Mark the row of the path `--runtime auto --precision auto` would choose from these rows
+    (the same rule, `ptxseg.inference.choice.decide`, over the paths it tries on this CPU)."""
+    from ptxseg.inference.choice import Measurement, candidates, decide
+
+    paths, _ = candidates()
+    measured, by_name = [], {}
+    for row in rows:
+        found = AUTO_PATHS.get(row["path"])
+        if found is None or found not in paths:
+            continue
+        m = Measurement(
+            *found,
+            images_per_s=row.get("images_per_s") or None,
+            dice_vs_fp32=row.get("dice_vs_fp32") if row.get("dice_vs_fp32") != "" else None,
+            error=row.get("error", ""),
+            reference=found == ("torch", "fp32"),
+        )
+        measured.append(m)
+        by_name[m.name] = row
+    best, _ = decide(measured)
+    if best is not None:
+        by_name[best.name]["auto"] = AUTO_MARK
+
+
+def _predictor(cls, model, runtime, precision, options, onnx_file):
     import warnings
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         if runtime == "torch":
             return cls(model, runtime, precision=precision, tta="none", **options)
-        return cls(onnx_files(precision), runtime, precision=precision, tta="none")
+        return cls(onnx_file(precision), runtime, precision=precision, tta="none")
 
 
 def end_to_end(
-    model, dicom_dir: str | Path | None, runtime: str, precision: str, batch_size: int, n: int = 16
+    model,
+    dicom_dir: str | Path | None,
+    runtime: str,
+    precision: str,
+    batch_size: int,
+    calibration: Sequence[np.ndarray] | None = None,
+    n: int = 16,
 ) -> dict[str, Any]:
-    """`predict` images/s on a folder of DICOMs, decoding and every output file included."""
+    """`predict` images/s on a folder of DICOMs, decoding and every output file included (int8
+    calibrated and checked on `calibration`)."""
     import warnings
 
     from ptxseg.inference.pipeline import collect_inputs, predict_files
@@ -205,7 +367,11 @@ def end_to_end(
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             predictor = Predictor(
-                model, runtime=runtime, precision=precision, batch_size=batch_size
+                model,
+                runtime=runtime,
+                precision=precision,
+                batch_size=batch_size,
+                calibration=calibration if precision == "int8" else None,
             )
             results = []
             run = lambda: results.append(  # noqa: E731
@@ -233,6 +399,12 @@ def write_tables(rows: Sequence[dict[str, Any]], out_dir: str | Path, note: str 
         COLUMNS,
         rows,
         baseline=f"{BASELINE} (column x eager fp32; masks compared with its masks)",
-        notes=f"Nominal fp32 peak: {peak_text}. {note}",
+        header=[
+            f"share of fp32 peak: of a nominal peak of {peak_text}",
+            f"auto: `{AUTO_MARK}` marks the path `--runtime auto --precision auto` would choose "
+            "from these numbers: the fastest whose masks agree with fp32 at Dice 0.99, among the "
+            "paths it tries on this CPU (its own check times a few images, TTA included)",
+        ],
+        notes=note,
     )
     return paths["md"]

@@ -401,8 +401,16 @@ def benchmark_runtime(
     dicom_dir: Path | None = typer.Option(
         None, help="DICOM folder for the end-to-end predict rate (default: 16 synthetic DICOMs)."
     ),
-    end_to_end: bool = typer.Option(True, help="Also time `predict` end to end on DICOMs."),
+    end_to_end: bool = typer.Option(
+        True, help="Also time `predict` end to end on DICOMs (eager fp32 and the auto path)."
+    ),
     min_time: float = typer.Option(3.0, help="Seconds to time each path at least."),
+    int8_remedies: bool = typer.Option(
+        False,
+        "--int8-remedies",
+        help="Add an onnxruntime int8 row per recipe of int8's remedy ladder (per-channel "
+        "weights, layers kept in fp32, percentile/entropy calibration, more images).",
+    ),
 ) -> None:
     """Time PyTorch eager fp32 against ONNX Runtime, OpenVINO, bf16 and int8 side by side.
 
@@ -423,6 +431,7 @@ def benchmark_runtime(
             runtimes,
             work,
             min_time,
+            int8_remedies=int8_remedies,
             progress=lambda r: console.print(
                 f"{r['encoder']} {r['path']}: {r.get('images_per_s', '')} images/s "
                 f"{r.get('error', '')}"
@@ -430,25 +439,24 @@ def benchmark_runtime(
         )
         rows += measured
         if end_to_end:
-            best = max(
-                (r for r in measured if r.get("images_per_s") and r.get("dice_vs_fp32", 0) >= 0.99),
-                key=lambda r: r["images_per_s"],
-                default=None,
-            )
+            auto = next((r for r in measured if r.get("auto")), None)
             chosen = [("torch", "fp32")]
-            if best and best["path"] != "torch eager fp32":
-                chosen.append(_runtime_of(best["path"]))
+            if auto and rb.AUTO_PATHS[auto["path"]] != ("torch", "fp32"):
+                chosen.append(rb.AUTO_PATHS[auto["path"]])
+            pool, _ = rb.evaluation_images(work, int(model.input_size), 32, split="val")
             for runtime, precision in chosen:
                 try:
-                    rows.append(rb.end_to_end(model, dicom_dir, runtime, precision, batch_size))
+                    rows.append(
+                        rb.end_to_end(model, dicom_dir, runtime, precision, batch_size, pool)
+                    )
                 except Exception as err:  # noqa: BLE001 - reported in the table
                     rows.append({"path": f"end-to-end {runtime} {precision}", "error": str(err)})
                 console.print(rows[-1])
-    source = f"masks compared on {rb.evaluation_images(work, int(model.input_size), 1)[1]}"
+    size = int(model.input_size)
+    source = (
+        f"Masks compared on the {rb.evaluation_images(work, size, 1)[1]} (up to 64 images, "
+        f"model size, no TTA); int8 calibrated and checked on the "
+        f"{rb.evaluation_images(work, size, 1, split='val')[1]}, as `predict` does."
+    )
     path = rb.write_tables(rows, out, note=source)
     typer.echo(path.read_text())
-
-
-def _runtime_of(path_name: str) -> tuple[str, str]:
-    runtime, precision = path_name.split()[:2]
-    return runtime, precision if precision in ("fp32", "bf16", "int8") else "fp32"
