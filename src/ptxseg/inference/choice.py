@@ -625,6 +625,12 @@ def build_predictor(
         return predictor
     kind = model_kind(model)
     if runtime != AUTO and precision != AUTO:
+        if precision == "int8" and kind != "onnx-int8" and not int8_on_the_fly:
+            raise ValueError(
+                f"precision int8 from {model}: `serve`, `listen` and `dicomweb` take int8 only as "
+                "a file made by `ptxseg export --int8`, which checks its masks against fp32 on "
+                "real images (they have none to check with at start-up)"
+            )
         return _as_asked(model, runtime, precision, device, common, options, check_images, cpu)
     if options.get("compile"):
         if runtime not in (AUTO, "torch"):
@@ -728,6 +734,11 @@ def _as_asked(model, runtime, precision, device, common, options, check_images, 
     if precision == "int8" and kind != "onnx-int8":
         source, size, config = _loaded(model, kind)
         check = check_images(size, config)
+        if check is not None and not check.real:
+            raise ValueError(
+                "int8 from an fp32 model is checked against fp32's masks on real images, and "
+                "none were found: give the inputs, or a work folder (its validation split)"
+            )
     try:
         predictor = Predictor(
             source,

@@ -221,9 +221,11 @@ def quantize_onnx(
     return out
 
 
-ENTROPY_BINS = 2048
+ENTROPY_BINS = 512
 """Histogram bins for entropy calibration. ONNX Runtime's default (128 bins for 128 quantised
-bins) leaves the KL search a single candidate, the full range, so "entropy" would be min-max."""
+bins) leaves the KL search a single candidate, the full range, so "entropy" would be min-max.
+512 bins give it 193 candidates; 2048 (TensorRT's choice) took 5.7 times as long for an
+EfficientNet-B0 at 128 px on 2 cores (538 s against 94 s; min-max: 7 s)."""
 
 
 def _entropy_ranges(fp32_path: Path, reader, folder: Path) -> Path | None:
