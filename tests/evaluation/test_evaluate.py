@@ -328,3 +328,35 @@ def test_full_size_needs_the_original_annotations_and_says_how_to_get_them(prepa
         ckpt, work, tmp_path / "out", search=False, progress=False, resolution="model"
     )
     assert summary["scored_at"].startswith("model size")
+
+
+def test_evaluate_auto_scores_the_path_predict_would_run(prepared, tmp_path, monkeypatch):
+    """`--runtime auto` is checked on the work folder's validation split and the summary says
+    which path was scored (measurements faked: onnxruntime fp32 is the fastest here)."""
+    from ptxseg.inference import choice, runtimes
+    from ptxseg.inference.choice import Measurement
+    from ptxseg.system import CpuInfo
+
+    avx2 = CpuInfo("AVX2 CPU", 2, frozenset({"avx2", "fma"}))
+    monkeypatch.setattr(choice, "cpu_info", lambda: avx2)
+    monkeypatch.setattr(runtimes, "cpu_info", lambda: avx2)
+    monkeypatch.setenv("PTXSEG_CACHE_DIR", str(tmp_path / "cache"))
+    seen = []
+
+    def fake(model, paths, reference, check, **kwargs):
+        seen.append(check.source)
+        speed = {"torch": 1.0, "onnxruntime": 3.0, "openvino": 2.0}
+        return [
+            Measurement(rt, prec, images_per_s=speed[rt], reference=(rt, prec) == reference)
+            for rt, prec in paths
+        ], {}
+
+    monkeypatch.setattr(choice, "measure_paths", fake)
+    root, ckpt = prepared
+    summary = evaluate_checkpoint(
+        ckpt, root / "work", tmp_path / "eval", "test", runtime="auto", precision="auto",
+        search=False, progress=False,
+    )  # fmt: skip
+    assert (summary["runtime"], summary["precision"]) == ("onnxruntime", "fp32")
+    assert summary["inference_path"]["chosen_by"] == "auto"
+    assert seen == [f"the val split of {root / 'work'}"]
