@@ -291,3 +291,9 @@ def test_check_images_come_from_the_work_folder_with_masks_first(tmp_path):
     assert found.real and found.source == f"the val split of {tmp_path / 'work'}"
     fallback = default_check_images({}, 64, n=3)
     assert not fallback.real and len(fallback.images) == 3
+
+
+def test_autos_int8_check_stays_short():
+    """auto tries int8's min-max recipes only; the histogram calibrations take minutes."""
+    assert [r.method for r in choice.AUTO_INT8_RECIPES] == ["minmax"] * 4
+    assert choice.AUTO_INT8_RECIPES[-1].keep_fp32 == tuple(int8.GROUPS)

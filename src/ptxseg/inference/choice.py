@@ -41,7 +41,7 @@ from typing import Any
 import numpy as np
 
 from ptxseg import __version__, atomic
-from ptxseg.inference.int8 import FAITHFUL_DICE, Int8Refused, mask_agreement
+from ptxseg.inference.int8 import FAITHFUL_DICE, Int8Refused, ladder, mask_agreement
 from ptxseg.inference.onnx import read_metadata, synthetic_calibration_images, write_onnx
 from ptxseg.inference.predictor import Predictor, load_any_model
 from ptxseg.inference.runtimes import RUNTIMES, SUPPORTED
@@ -60,6 +60,9 @@ PATHS = (
 )
 """Every CPU path, in the order they are measured (references first)."""
 CHECK_IMAGES = 8
+AUTO_INT8_RECIPES = tuple(r for r in ladder() if r.method == "minmax")
+"""The int8 recipes auto's short check tries: the min-max steps of the ladder (histogram
+calibration takes minutes); `--precision int8` walks the whole ladder."""
 MEMORY_FACTOR = 2.0
 MEMORY_SLACK_MB = 256.0
 """A path needs "much more memory" when it adds more than MEMORY_FACTOR times what fp32 adds,
@@ -430,6 +433,7 @@ def measure_paths(
                         operating_point=operating_point,
                         calibration=check.images if prec == "int8" else None,
                         calibration_source=check.source,
+                        int8_recipes=AUTO_INT8_RECIPES if prec == "int8" else None,
                         onnx_export=export if rt != "torch" else None,
                         **{k: v for k, v in options.items() if k in wanted},
                     )
@@ -720,6 +724,7 @@ def _build(model, runtime, precision, device, common, options, check) -> Predict
             precision,
             calibration=check.images if check is not None and precision == "int8" else None,
             calibration_source=check.source if check is not None else "",
+            int8_recipes=AUTO_INT8_RECIPES if precision == "int8" else None,
             **common,
             **{k: v for k, v in options.items() if k in wanted},
         )

@@ -31,7 +31,7 @@ import numpy as np
 
 from ptxseg.data.preprocess import to_float, to_model_input
 from ptxseg.inference.findings import compute_findings
-from ptxseg.inference.int8 import Int8Check, checked_quantize, warn_if_unchecked
+from ptxseg.inference.int8 import Int8Check, Recipe, checked_quantize, warn_if_unchecked
 from ptxseg.inference.onnx import model_metadata, read_metadata, write_onnx
 from ptxseg.inference.runtimes import (
     Runner,
@@ -139,7 +139,8 @@ class Predictor:
     int8 .onnx file is taken as it was made (and warns when its check is missing or failed).
     `path_choice` says how the runtime and precision were chosen (`ptxseg.inference.choice`).
     `onnx_export` is an fp32 ONNX export of `model` already made (saves exporting it again);
-    `calibration_source` says where the calibration images come from (for int8's record).
+    `calibration_source` says where the calibration images come from (for int8's record);
+    `int8_recipes` limits int8's remedy ladder (default: all of `ptxseg.inference.int8.ladder`).
     """
 
     def __init__(
@@ -158,6 +159,7 @@ class Predictor:
         compile_mode: str = "default",
         onnx_export: str | Path | None = None,
         calibration_source: str = "",
+        int8_recipes: Sequence[Recipe] | None = None,
     ):
         check_runtime(runtime, precision)
         self.precision_plan = cpu_precision_plan(precision, device)
@@ -208,7 +210,9 @@ class Predictor:
         if onnx_path is None:
             onnx_path = Path(onnx_export) if onnx_export else self._export_tmp()
         if precision == "int8" and meta.get("precision") != "int8":
-            onnx_path = self._quantize_checked(onnx_path, calibration, calibration_source)
+            onnx_path = self._quantize_checked(
+                onnx_path, calibration, calibration_source, int8_recipes
+            )
         self._run = self._runner(onnx_path, precision)
         self.onnx_path = onnx_path
 
@@ -227,7 +231,7 @@ class Predictor:
         write_onnx(self.model, path)
         return path
 
-    def _quantize_checked(self, fp32_path: Path, images, source: str = "") -> Path:
+    def _quantize_checked(self, fp32_path: Path, images, source: str = "", recipes=None) -> Path:
         """An int8 copy of `fp32_path` whose masks agree with fp32 on `images` (see
         `ptxseg.inference.int8.checked_quantize`), in this predictor's runtime and TTA."""
         if not images:
@@ -254,6 +258,7 @@ class Predictor:
             runtime=self.runtime,
             source=source or "the given images",
             tta=self.tta,
+            recipes=recipes,
         )
         return self._tmpdir() / "model-int8.onnx"
 
