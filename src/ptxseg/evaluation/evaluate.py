@@ -527,9 +527,15 @@ def evaluate_checkpoint(
     (`ptxseg.inference.choice`), checked on the validation split of `work`, which also
     calibrates and checks int8; the summary's `inference_path` says which path was scored.
     """
-    from ptxseg.inference.choice import build_predictor, default_check_images
+    from ptxseg.inference.choice import (
+        CHECK_IMAGES,
+        INT8_CHECK_IMAGES,
+        build_predictor,
+        default_check_images,
+    )
 
     models = list(checkpoint) if isinstance(checkpoint, list | tuple) else [checkpoint]
+    n = INT8_CHECK_IMAGES if precision == "int8" else CHECK_IMAGES
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", OperatingPointWarning)
         predictor = build_predictor(
@@ -539,7 +545,7 @@ def evaluate_checkpoint(
             precision=precision,
             tta=tta,
             batch_size=batch_size,
-            images=lambda size, config: default_check_images(config, size, work=work),
+            images=lambda size, config: default_check_images(config, size, n=n, work=work),
         )
     single = len(models) == 1 and Path(models[0]).suffix.lower() != ".onnx"
     summary = evaluate(

@@ -60,6 +60,9 @@ PATHS = (
 )
 """Every CPU path, in the order they are measured (references first)."""
 CHECK_IMAGES = 8
+INT8_CHECK_IMAGES = 32
+"""Images an explicit int8 is checked on: 8 calibrate, all 32 check and calibrate the last
+remedy (more images)."""
 AUTO_INT8_RECIPES = tuple(r for r in ladder() if r.method == "minmax")
 """The int8 recipes auto's short check tries: the min-max steps of the ladder (histogram
 calibration takes minutes); `--precision int8` walks the whole ladder."""
@@ -616,7 +619,9 @@ def build_predictor(
 
     def check_images(size: int, config: dict) -> CheckImages:
         if "images" not in memo:
-            memo["images"] = (images or (lambda s, c: default_check_images(c, s)))(size, config)
+            n = INT8_CHECK_IMAGES if precision == "int8" else CHECK_IMAGES
+            default = lambda s, c: default_check_images(c, s, n=n)  # noqa: E731
+            memo["images"] = (images or default)(size, config)
         return memo["images"]
 
     if not str(device).startswith("cpu"):
