@@ -270,7 +270,7 @@ def remedy_rows(fp32: Path, pool, pool_source: str, measure, folder: Path) -> No
     images that `predict` decides on, `dice_vs_fp32` the agreement on the test images."""
     import warnings
 
-    from ptxseg.inference.int8 import Int8AgreementWarning, ladder, more_images, quantize_recipe
+    from ptxseg.inference.int8 import ladder, more_images, quantize_recipe
     from ptxseg.inference.predictor import Predictor
     from ptxseg.inference.runtimes import cpu_precision_plan
 
@@ -290,15 +290,17 @@ def remedy_rows(fp32: Path, pool, pool_source: str, measure, folder: Path) -> No
         def make(recipe=recipe, path=path):
             quantize_recipe(fp32, path, recipe, floats, reduce_range)
             with warnings.catch_warnings():
-                warnings.simplefilter("ignore", Int8AgreementWarning)
+                warnings.simplefilter("ignore")
                 return Predictor(path, "onnxruntime", precision="int8", tta="none")
 
         row = measure(f"onnxruntime int8, {recipe.name}", make)
         if "error" not in row:
-            if fp32_val is None:
-                fp32_val = Predictor(fp32, "onnxruntime", tta="none")
-                fp32_val = {"probs": fp32_val.probabilities(val), "op": fp32_val.operating_point}
-            q = Predictor(path, "onnxruntime", precision="int8", tta="none")
+            with warnings.catch_warnings():  # no TTA and unchecked files, on purpose
+                warnings.simplefilter("ignore")
+                if fp32_val is None:
+                    ref = Predictor(fp32, "onnxruntime", tta="none")
+                    fp32_val = {"probs": ref.probabilities(val), "op": ref.operating_point}
+                q = Predictor(path, "onnxruntime", precision="int8", tta="none")
             row["check_dice"] = _agreement(fp32_val, q.probabilities(val))
             row["recipe"] = recipe.describe() + f" (calibrated on {pool_source})"
             score = row["check_dice"] if row["check_dice"] != "" else -1.0
