@@ -194,17 +194,24 @@ def benchmark_model(
         if "fp32" not in cache:
             cache["fp32"] = Path(export_onnx(model, Path(tmp.name) / "m.onnx")["path"])
         if precision == "int8" and "int8" not in cache:
-            checked = Predictor(
-                cache["fp32"],
-                "onnxruntime",
-                precision="int8",
-                tta="none",
-                calibration=pool,
-                calibration_source=pool_source,
-            )
+            try:
+                checked = Predictor(
+                    cache["fp32"],
+                    "onnxruntime",
+                    precision="int8",
+                    tta="none",
+                    calibration=pool,
+                    calibration_source=pool_source,
+                )
+            except Exception as err:  # refused once: refused for every int8 row
+                cache["int8"] = err
+                raise
             cache["int8"] = Path(tmp.name) / "m8.onnx"
             cache["int8"].write_bytes(Path(checked.onnx_path).read_bytes())
-        return cache["int8" if precision == "int8" else "fp32"]
+        found = cache["int8" if precision == "int8" else "fp32"]
+        if isinstance(found, Exception):
+            raise found
+        return found
 
     def measure(name: str, make) -> dict[str, Any]:
         row: dict[str, Any] = {

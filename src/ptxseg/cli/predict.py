@@ -161,6 +161,7 @@ def predict(
         # The CUDA context is made in a thread while the model's libraries import and it loads.
         warm = DeviceWarmUp(_device(device) if torch_runtime else "cpu", started)
         from ptxseg.inference import choice
+        from ptxseg.inference.int8 import ladder
 
         startup["predictor_imported_s"] = round(time.perf_counter() - started, 3)
 
@@ -182,6 +183,7 @@ def predict(
             compile=compile,
             compile_mode=compile_mode,
             progress=lambda m: console.print(f"checking {choice.describe_measurement(m)}"),
+            **({"int8_recipes": ladder(int8_calibration)} if precision == "int8" else {}),
         )
         model_ready = time.perf_counter() - started
         if warm.wait() is not None:
@@ -350,6 +352,7 @@ def _export_int8(target: Path, data: Path | None, inputs: list[Path], n: int) ->
     """`target`.int8.onnx, made and checked by the Predictor's int8 path (atomically)."""
     from ptxseg import atomic
     from ptxseg.inference import choice
+    from ptxseg.inference.int8 import ladder
     from ptxseg.inference.pipeline import collect_inputs
     from ptxseg.inference.runtimes import cpu_precision_plan
 
@@ -366,7 +369,9 @@ def _export_int8(target: Path, data: Path | None, inputs: list[Path], n: int) ->
 
     try:
         files = collect_inputs(inputs) if inputs else []
-        predictor = choice.build_predictor(target, "onnxruntime", "int8", images=real_images)
+        predictor = choice.build_predictor(
+            target, "onnxruntime", "int8", images=real_images, int8_recipes=ladder(n)
+        )
         check = predictor.int8_check
         atomic.write_bytes(out, Path(predictor.onnx_path).read_bytes())
     except (ValueError, FileNotFoundError, ImportError) as err:

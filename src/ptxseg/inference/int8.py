@@ -371,7 +371,7 @@ def checked_quantize(
     try:
         steps = list(recipes) if recipes is not None else ladder(calibration_images)
         kept_path: Path | None = None
-        for i, recipe in enumerate(_with_more_images(steps, len(float_images), recipes is None)):
+        for i, recipe in enumerate(_with_more_images(steps, len(float_images))):
             if callable(recipe):  # "more images" depends on the best so far
                 if check.best is None:
                     continue
@@ -401,9 +401,9 @@ def checked_quantize(
     return check
 
 
-def _with_more_images(steps: list[Recipe], available: int, add: bool):
+def _with_more_images(steps: list[Recipe], available: int):
     yield from steps
-    if add and steps and available > steps[-1].images:
+    if steps and available > steps[-1].images:
         images = min(available, steps[-1].images * MORE_IMAGES_FACTOR)
         yield lambda best: more_images(best, images)
 
