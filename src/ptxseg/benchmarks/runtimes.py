@@ -185,7 +185,7 @@ def benchmark_model(
     rows: list[dict[str, Any]] = []
     reference: dict[str, Any] = {}
     tmp = tempfile.TemporaryDirectory(prefix="ptxseg-bench-")
-    cache: dict[str, Path] = {}
+    cache: dict[str, Any] = {}  # fp32 and int8 files (or the refusal of int8)
 
     def onnx_file(precision: str) -> Path:
         """The fp32 ONNX export (once), and its checked int8 copy (once) for int8 paths."""
