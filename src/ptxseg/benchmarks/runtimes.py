@@ -16,6 +16,7 @@ cell.
 
 from __future__ import annotations
 
+import statistics
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -43,6 +44,7 @@ COLUMNS = {
     "size": "Size",
     "batch_size": "Batch",
     "images_per_s": "Images/s",
+    "rate_range": "Images/s range (rounds)",
     "speedup": "x eager fp32",
     "gflops_per_s": "GFLOP/s",
     "peak_share": "Share of fp32 peak",
@@ -166,10 +168,15 @@ def benchmark_model(
     min_repeats: int = 2,
     progress=None,
     int8_remedies: bool = False,
+    rounds: int = 3,
 ) -> list[dict[str, Any]]:
     """One row per inference path for this model (see PATHS); ratios against BASELINE; the row
     of the path `--runtime auto` would choose marked in `auto`. `int8_remedies` adds one
-    onnxruntime int8 row per recipe of the remedy ladder (`ptxseg.inference.int8.ladder`)."""
+    onnxruntime int8 row per recipe of the remedy ladder (`ptxseg.inference.int8.ladder`).
+
+    Every path is built first; then they are timed in turn, `rounds` times over (each for
+    `min_time / rounds` seconds), and a row's images/s is its median round: on a machine whose
+    speed drifts (shared cores), each path sees the same conditions."""
     from ptxseg.benchmarks.backbones import count_gflops_per_image
     from ptxseg.inference.predictor import Predictor
 
@@ -213,6 +220,8 @@ def benchmark_model(
             raise found
         return found
 
+    built: dict[int, Any] = {}  # row index -> its predictor, timed once all are built
+
     def measure(name: str, make) -> dict[str, Any]:
         row: dict[str, Any] = {
             "path": name,
@@ -222,27 +231,14 @@ def benchmark_model(
         }
         try:
             predictor = make()
-            timing = timed(
-                lambda p=predictor: p.probabilities(batch),
-                items=batch_size,
-                repeats=min_repeats,
-                min_time=min_time,
-            )
             probs = predictor.probabilities(evalset)
             if not reference and name == BASELINE:
                 reference.update(probs=probs, op=predictor.operating_point)
-            rate = timing.mean_rate
-            row.update(
-                images_per_s=round(rate, 3),
-                gflops_per_s=round(rate * gflop, 1),
-                peak_share=round(rate * gflop / peak, 3) if peak == peak else "",
-                dice_vs_fp32=_agreement(reference, probs),
-            )
+            row["dice_vs_fp32"] = _agreement(reference, probs)
+            built[len(rows)] = predictor
         except Exception as err:  # noqa: BLE001 - one failing path must not end the run
             row["error"] = error_text(err, 200)
         rows.append(row)
-        if progress:
-            progress(row)
         return row
 
     chosen = [p for p in PATHS if paths is None or p[0] in paths or p[1] in paths]
@@ -255,10 +251,42 @@ def benchmark_model(
         )
     if int8_remedies:
         remedy_rows(onnx_file("fp32"), pool, pool_source, measure, Path(tmp.name))
+    rates = _interleaved_rates(built, batch, rounds, min_time, min_repeats)
+    for i, row in enumerate(rows):
+        if i in rates:
+            rate = statistics.median(rates[i])
+            row.update(
+                images_per_s=round(rate, 3),
+                rate_range=f"{min(rates[i]):.3g}-{max(rates[i]):.3g}",
+                gflops_per_s=round(rate * gflop, 1),
+                peak_share=round(rate * gflop / peak, 3) if peak == peak else "",
+            )
+        if progress:
+            progress(row)
+    built.clear()
     tmp.cleanup()
     add_ratios(rows, "images_per_s", lambda r: r["path"] == BASELINE)
     mark_auto(rows)
     return rows
+
+
+def _interleaved_rates(built: dict[int, Any], batch, rounds: int, min_time: float, repeats: int):
+    """Images/s of every predictor in each of `rounds` turns, the predictors one after another."""
+    rates: dict[int, list[float]] = {i: [] for i in built}
+    for turn in range(max(1, rounds)):
+        for i, predictor in built.items():
+            try:
+                timing = timed(
+                    lambda p=predictor: p.probabilities(batch),
+                    items=len(batch),
+                    warmup=1 if turn == 0 else 0,
+                    repeats=repeats,
+                    min_time=min_time / max(1, rounds),
+                )
+            except Exception:  # noqa: BLE001 - it ran once already; a failure here is not a rate
+                continue
+            rates[i].append(timing.mean_rate)
+    return {i: r for i, r in rates.items() if r}
 
 
 def _agreement(reference: dict[str, Any], probs: np.ndarray):

@@ -410,6 +410,9 @@ def benchmark_runtime(
         True, help="Also time `predict` end to end on DICOMs (eager fp32 and the auto path)."
     ),
     min_time: float = typer.Option(3.0, help="Seconds to time each path at least."),
+    rounds: int = typer.Option(
+        3, min=1, help="Time the paths in turn this many times over (median reported)."
+    ),
     int8_remedies: bool = typer.Option(
         False,
         "--int8-remedies",
@@ -437,6 +440,7 @@ def benchmark_runtime(
             work,
             min_time,
             int8_remedies=int8_remedies,
+            rounds=rounds,
             progress=lambda r: console.print(
                 f"{r['encoder']} {r['path']}: {r.get('images_per_s', '')} images/s "
                 f"{r.get('error', '')}"
