@@ -114,8 +114,8 @@ def test_predict_int8_is_checked_or_refused_with_the_measured_number(
     monkeypatch.setattr(int8, "ladder", lambda images: [int8.Recipe("plain int8", images=images)])
     assert run([*argv, "--precision", "int8", "-o", str(tmp_path / "no")]) == 2
     err = " ".join(capsys.readouterr().err.split())
-    assert "error: int8 keeps 1.000 of fp32's mask here" in err
-    assert "Faithful on this CPU:" in err and "torch fp32 keeps 1.000" in err
+    assert "error: int8 (7 bits: no VNNI on this CPU) keeps 1.000 of fp32's mask here" in err
+    assert "Faithful on this CPU: onnxruntime fp32 keeps 1.000 at 2.00x torch fp32" in err
     masks = tmp_path / "no" / "masks"
     assert not masks.exists() or not any(masks.iterdir())
 

@@ -256,8 +256,9 @@ def test_an_int8_refusal_names_the_faithful_alternatives(cpu_is, monkeypatch):
         with pytest.raises(Int8Refused) as refused:
             build_predictor(ConfidentModel(), "onnxruntime", "int8", images=disc_check)
     text = str(refused.value)
-    assert text.startswith("int8 keeps ") and "4 images of 4 disc images" in text
-    assert "Faithful on this CPU: " in text and "torch fp32 keeps 1.000" in text
+    assert text.startswith("int8 (7 bits: no VNNI on this CPU) keeps ")
+    assert "4 images of 4 disc images" in text
+    assert "Faithful on this CPU: " in text and "torch fp32 keeps" not in text
     assert "onnxruntime fp32 keeps 1.000 at " in text
 
 

@@ -156,7 +156,7 @@ def test_every_remedy_is_tried_before_a_refusal_with_the_numbers(tmp_path):
     # six recipes, then the best of them on more images (all 6 here)
     assert len(seen) == 7 and refused.value.check.attempts[-1].recipe.images == 6
     text = str(refused.value.with_alternatives("onnxruntime fp32 keeps 1.000 at 1.8x"))
-    assert text.startswith("int8 keeps 0.")
+    assert text.startswith("int8 (7 bits: no VNNI on this CPU) keeps 0.")
     assert "6 disc images" in text and "plain int8 0." in text and "entropy" in text
     assert "Faithful on this CPU: onnxruntime fp32 keeps 1.000 at 1.8x" in text
     assert not (tmp_path / "q.onnx").exists()

@@ -288,8 +288,9 @@ class Int8Refused(PrecisionUnavailable):
         elif best is None:
             head = "int8 could not be checked"
         else:
+            bits = " (7 bits: no VNNI on this CPU)" if self.check.reduce_range else ""
             head = (
-                f"int8 keeps {best.agreement.dice:.3f} of fp32's mask here (Dice on "
+                f"int8{bits} keeps {best.agreement.dice:.3f} of fp32's mask here (Dice on "
                 f"{best.agreement.images} images of {self.check.source}, best of "
                 f"{len(self.check.attempts)} recipes: {best.recipe.describe()}), below "
                 f"{FAITHFUL_DICE}"
@@ -302,7 +303,7 @@ class Int8Refused(PrecisionUnavailable):
         text = head + (f" [tried: {tried}]" if tried else "")
         if self.alternatives:
             text += f". Faithful on this CPU: {self.alternatives}"
-        return text + ". Use --precision fp32 or bf16, or --runtime auto"
+        return text + ". Use --runtime auto (the fastest path that keeps fp32's masks) or fp32"
 
     def with_alternatives(self, text: str) -> Int8Refused:
         self.alternatives = text
