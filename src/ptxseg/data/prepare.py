@@ -114,6 +114,8 @@ def _header(path: Path) -> tuple[pydicom.Dataset | None, str]:
         try:
             return pydicom.dcmread(path, stop_before_pixels=True), ""
         except Exception as err:  # the parser raises many types on damaged files
+            if path.is_file() and path.stat().st_size == 0:
+                return None, "empty file (0 bytes)"
             return None, f"not a readable DICOM file ({type(err).__name__})"
 
 
@@ -129,12 +131,17 @@ def join_images(
 ) -> tuple[list[Record], dict[str, list]]:
     """Match files to annotations (ImageId = file stem, else the header's UIDs).
 
-    A file whose header cannot be read, or claims more than `max_pixels`, is listed in
-    `problems["skipped"]` with its reason; invalid header values of the files that are used (a
-    PixelSpacing that is not a number, an invalid UID) in `problems["header_warnings"]`.
+    A file whose header cannot be read, or claims more than `max_pixels`, or whose ImageId is
+    listed both as -1 and with a region, is listed in `problems["skipped"]` with its reason (the
+    CSV's conflicting rows, with their lines, in `problems["conflicting_annotations"]`); invalid
+    header values of the files that are used (a PixelSpacing that is not a number, an invalid
+    UID) in `problems["header_warnings"]`.
     """
     records: list[Record] = []
     problems: dict[str, list] = {"images_without_annotations": [], "skipped": []}
+    conflicts = getattr(annotations, "conflicts", {})
+    if conflicts:
+        problems["conflicting_annotations"] = annotations.conflict_rows()
     matched: set[str] = set()
     task = progress.add_task("reading headers", total=len(files)) if progress else None
     for path in files:
@@ -153,12 +160,15 @@ def join_images(
             _skip(problems, path, reason)
             continue
         image_id = path.stem
-        if image_id not in annotations:
+        if image_id not in annotations and image_id not in conflicts:
             uids = (
                 meta["SOPInstanceUID"] or "",
                 str(ds.file_meta.get("MediaStorageSOPInstanceUID", "")),
             )
-            image_id = next((u for u in uids if u in annotations), image_id)
+            image_id = next((u for u in uids if u in annotations or u in conflicts), image_id)
+        if image_id in conflicts:  # its label contradicts itself: neither positive nor negative
+            _skip(problems, path, annotations.conflict_reason(image_id))
+            continue
         if image_id not in annotations:
             problems["images_without_annotations"].append(str(path))
             continue
