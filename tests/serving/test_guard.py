@@ -103,7 +103,12 @@ def test_bound_to_every_interface_it_answers_to_its_own_names_and_addresses():
     assert client.get("/healthz", headers={"Host": "localhost:8000"}).status_code == 200
     assert client.get("/healthz", headers={"Host": socket.gethostname()}).status_code == 200
     assert client.get("/healthz", headers={"Host": "10.9.9.9"}).status_code == 400
-    assert client.get("/healthz", headers={"Host": "attacker.example"}).status_code == 400
+    refused = client.get("/healthz", headers={"Host": "attacker.example"})
+    assert refused.status_code == 400
+    # a rebound page can read the refusal: it names no machine name
+    detail = refused.json()["detail"]
+    listed = re.search(r"answers only to (.*?);", detail).group(1)
+    assert listed == "127.0.0.1, [::1], localhost, this machine's names and addresses"
 
 
 def test_host_values_are_parsed_and_bad_allowed_hosts_refused():

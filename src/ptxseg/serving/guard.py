@@ -122,6 +122,18 @@ class HostRule:
             names.add(normalise_name(bind))
         self.names = frozenset(names)
 
+    def describe(self) -> str:
+        """The names, as a refusal shows them (a page may read it: no machine names)."""
+        shown = sorted(f"[{n}]" if ":" in n else n for n in self.names - self._machine_names())
+        if self.any_interface:
+            shown.append("this machine's names and addresses")
+        return ", ".join(shown)
+
+    def _machine_names(self) -> set[str]:
+        if not self.any_interface:
+            return set()
+        return {n.lower() for n in (socket.gethostname(), socket.getfqdn()) if n} - LOOPBACK_NAMES
+
     def allows(self, name: str, scope: Scope) -> bool:
         if name in self.names:
             return True
@@ -173,7 +185,7 @@ class LocalOnly:
                 400,
                 "host_not_allowed",
                 f"Host {shown!r} is not a name of this server. It answers only to "
-                f"{', '.join(sorted(self.rule.names))}; open it under one of those names, or "
+                f"{self.rule.describe()}; open it under one of those names, or "
                 "ask the administrator to add the name with --allowed-host.",
             )
             log.warning("request %s status=400 code=host_not_allowed host=%r", refused[2], shown)
