@@ -12,7 +12,7 @@ from ptxseg.cli.app import app
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
-@app.command()
+@app.command(rich_help_panel="Serving and PACS")
 def serve(
     checkpoint: list[Path] = typer.Option(..., "--checkpoint", "-c", help=options.CHECKPOINTS_HELP),
     host: str = typer.Option(
@@ -72,7 +72,7 @@ def serve(
     uvicorn.run(application, host=host, port=port, log_level=log_level, access_log=False)
 
 
-@app.command("load-test")
+@app.command("load-test", rich_help_panel="Benchmarks")
 def load_test(
     url: str = typer.Option("http://127.0.0.1:8000", help="The running `ptxseg serve` (local)."),
     file: Path = typer.Option(..., "--file", "-f", help="The DICOM, PNG or JPEG to send."),
