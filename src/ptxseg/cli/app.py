@@ -14,7 +14,6 @@ bug: the traceback is printed).
 
 from typing import NoReturn
 
-import click
 import typer
 from typer.core import TyperGroup
 
@@ -78,7 +77,7 @@ class FlowGroup(TyperGroup):
             if command.help:
                 command.help = reflow(command.help)
 
-    def list_commands(self, ctx: click.Context) -> list[str]:
+    def list_commands(self, ctx: typer.Context) -> list[str]:
         def place(item: tuple[int, str]) -> tuple[int, int, int]:
             index, name = item
             panel = getattr(self.commands[name], "rich_help_panel", None)
