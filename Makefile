@@ -9,7 +9,7 @@ LOCK := requirements/dev.txt
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml $(LOCK) | cksum | cut -d' ' -f1)
 DEMO_DIR ?= demo-output
 
-.PHONY: demo test test-browser test-pacs format install lock clean
+.PHONY: demo test docs test-browser test-pacs format install lock clean
 
 $(STAMP): pyproject.toml $(LOCK)
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -26,7 +26,12 @@ test: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/lint-imports
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet --site-dir build/site-check
 	$(BIN)/python -m pytest -q
+
+# The documentation site (MkDocs + Material, mkdocs.yml) into site/, offline.
+docs: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
 
 # The real-browser test of the web page: Debian's chromium + Playwright (no browser download).
 test-browser: $(STAMP)
@@ -51,4 +56,4 @@ format: $(STAMP)
 	$(BIN)/ruff check --fix .
 
 clean:
-	rm -rf $(DEMO_DIR) build dist src/*.egg-info
+	rm -rf $(DEMO_DIR) build dist site src/*.egg-info

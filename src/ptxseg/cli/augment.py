@@ -7,7 +7,7 @@ import typer
 from ptxseg.cli.app import app, fail
 
 
-@app.command("augment-preview")
+@app.command("augment-preview", rich_help_panel="Training")
 def augment_preview(
     out: Path = typer.Option(..., "--out", help="PNG to write the grid to."),
     image: Path | None = typer.Option(

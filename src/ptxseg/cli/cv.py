@@ -114,7 +114,7 @@ def cv(**params) -> None:
 
 cv.__signature__ = inspect.Signature([*_OWN.values(), *_SHARED.values()])
 cv.__annotations__ = {name: p.annotation for name, p in {**_OWN, **_SHARED}.items()}
-app.command("cv")(cv)
+app.command("cv", rich_help_panel="Training")(cv)
 
 
 def _fmt(value) -> str:
@@ -144,7 +144,7 @@ def print_oof(summary: dict) -> None:
     console.print(f"operating point: {summary['operating_point_source']}")
 
 
-@app.command("average-checkpoints")
+@app.command("average-checkpoints", rich_help_panel="Training")
 def average_checkpoints(
     checkpoints: list[Path] = typer.Argument(..., help=".ckpt files or model folders."),
     out: Path = typer.Option(
@@ -192,7 +192,7 @@ def average_checkpoints(
     )
 
 
-@app.command()
+@app.command(rich_help_panel="Training")
 def ensemble(
     models: list[Path] = typer.Argument(..., help=".ckpt files or model folders (same size)."),
     out: Path = typer.Option(..., "--out", "-o", help="The ensemble file to write (.json)."),

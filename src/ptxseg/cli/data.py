@@ -14,7 +14,7 @@ from ptxseg.progress import progress_bar
 console = Console()
 
 
-@app.command()
+@app.command(rich_help_panel="Data")
 def prepare(
     images: Path = typer.Option(..., help="Folder of DICOMs, searched recursively."),
     annotations: Path = typer.Option(..., help="SIIM annotation CSV (train-rle.csv)."),
@@ -104,7 +104,7 @@ def prepare(
         raise typer.Exit(EXIT_INPUTS_FAILED)  # listed above and in unmatched.json
 
 
-@app.command("benchmark-data")
+@app.command("benchmark-data", rich_help_panel="Benchmarks")
 def benchmark_data(
     out: Path = typer.Option(Path("benchmarks/results"), help="Folder for the table (.md, .csv)."),
     real_dicoms: Path = typer.Option(
@@ -125,7 +125,7 @@ def benchmark_data(
     console.print(f"written to {out}/data-benchmark.md and .csv")
 
 
-@app.command()
+@app.command(rich_help_panel="Demo and reports")
 def demo(
     out: Path = typer.Option(Path("demo-output"), help="Folder for every step's output."),
     n_images: int = typer.Option(400, help="Synthetic radiographs to generate."),

@@ -77,7 +77,7 @@ def print_folds(summary: dict) -> None:
     print_summary(summary)
 
 
-@app.command()
+@app.command(rich_help_panel="Evaluation")
 def evaluate(
     checkpoint: list[Path] = typer.Option(..., help=options.CHECKPOINTS_HELP),
     data: Path = typer.Option(..., help="Work folder written by `ptxseg prepare`."),

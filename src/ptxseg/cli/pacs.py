@@ -74,7 +74,7 @@ def _stop_on_signals(stop: threading.Event) -> None:
         signal.signal(sig, handler)
 
 
-@app.command()
+@app.command(rich_help_panel="Serving and PACS")
 def dicomweb(
     url: str = typer.Option(..., help="DICOMweb root, e.g. http://127.0.0.1:8042/dicom-web."),
     checkpoint: Path = typer.Option(..., "--checkpoint", "-c", help=options.CHECKPOINT_HELP),
@@ -148,7 +148,7 @@ def dicomweb(
         raise typer.Exit(1)
 
 
-@app.command()
+@app.command(rich_help_panel="Serving and PACS")
 def listen(
     checkpoint: Path = typer.Option(..., "--checkpoint", "-c", help=options.CHECKPOINT_HELP),
     send_to: str = typer.Option(
@@ -223,7 +223,7 @@ def listen(
     )
 
 
-@app.command("repair-uids")
+@app.command("repair-uids", rich_help_panel="Serving and PACS")
 def repair_uids(
     inputs: list[Path] = typer.Argument(..., help="DICOM files or folders (searched recursively)."),
     out: Path = typer.Option(..., "--out", "-o", help="Folder for the repaired copies."),

@@ -36,7 +36,7 @@ def _device(device: str) -> str:
     return device
 
 
-@app.command()
+@app.command(rich_help_panel="Prediction and export")
 def predict(
     inputs: list[Path] = typer.Argument(
         ..., help="DICOM, PNG or JPEG files and folders (searched recursively), mixed."
@@ -257,7 +257,7 @@ def _calibration_images(files):
     return images or None
 
 
-@app.command()
+@app.command(rich_help_panel="Prediction and export")
 def export(
     checkpoint: list[Path] = typer.Option(
         ...,
@@ -345,7 +345,7 @@ def export(
         typer.echo(f"wrote {q} (int8, calibrated on synthetic images; {how})")
 
 
-@app.command("benchmark-runtime")
+@app.command("benchmark-runtime", rich_help_panel="Benchmarks")
 def benchmark_runtime(
     checkpoint: Path | None = typer.Option(
         None, "--checkpoint", "-c", help="A .ckpt to measure (default: random-weight --encoder)."

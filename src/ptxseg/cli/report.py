@@ -16,7 +16,7 @@ def _split_list(value: str) -> list[str]:
     return [item.strip() for item in value.split(",") if item.strip()]
 
 
-@app.command()
+@app.command(rich_help_panel="Benchmarks")
 def benchmark(
     encoders: str = typer.Option(
         "resnet50,efficientnet-b0,xception", help="Comma-separated encoder names to compare."
@@ -101,7 +101,7 @@ def benchmark(
     console.print("wrote " + ", ".join(str(p) for p in paths.values()))
 
 
-@app.command("benchmark-gpu")
+@app.command("benchmark-gpu", rich_help_panel="Benchmarks")
 def benchmark_gpu(
     out: Path = typer.Option(Path("benchmarks/results"), help="Folder for gpu-*.md and .csv."),
     work: Path = typer.Option(
@@ -155,7 +155,7 @@ def benchmark_gpu(
     typer.echo("wrote " + ", ".join(str(t) for t in tables))
 
 
-@app.command()
+@app.command(rich_help_panel="Demo and reports")
 def report(
     folder: Path = typer.Argument(
         ..., help="A run folder, an ablation grid folder, or a folder of runs (e.g. the demo)."
@@ -177,7 +177,7 @@ def report(
     typer.echo(f"wrote {path}")
 
 
-@app.command()
+@app.command(rich_help_panel="Evaluation")
 def ablate(
     data: Path = typer.Option(..., help="Work folder written by `ptxseg prepare`."),
     out: Path = typer.Option(Path("ablation"), help="Grid folder (cells/, ablation.md/.csv/.png)."),

@@ -10,7 +10,7 @@ from ptxseg.cli import options
 from ptxseg.cli.app import app
 
 
-@app.command()
+@app.command(rich_help_panel="Serving and PACS")
 def serve(
     checkpoint: list[Path] = typer.Option(..., "--checkpoint", "-c", help=options.CHECKPOINTS_HELP),
     host: str = typer.Option(
@@ -107,7 +107,7 @@ def serve(
     uvicorn.run(application, host=host, port=port, log_level=log_level, access_log=False)
 
 
-@app.command("load-test")
+@app.command("load-test", rich_help_panel="Benchmarks")
 def load_test(
     url: str = typer.Option("http://127.0.0.1:8000", help="The running `ptxseg serve` (local)."),
     file: Path = typer.Option(..., "--file", "-f", help="The DICOM, PNG or JPEG to send."),

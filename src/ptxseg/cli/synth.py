@@ -7,7 +7,7 @@ import typer
 from ptxseg.cli.app import app, fail
 
 
-@app.command("synth")
+@app.command("synth", rich_help_panel="Data")
 def synth(
     out_dir: Path = typer.Argument(
         ..., help="Folder to write dicom-images-train/ and train-rle.csv into."

@@ -70,7 +70,7 @@ def config_overrides(options: dict, set_items: list[str]) -> dict:
     return overrides
 
 
-@app.command()
+@app.command(rich_help_panel="Training")
 def train(
     data: Path = typer.Option(None, help="Work folder written by `ptxseg prepare`."),
     out: Path = typer.Option(None, help="Run folder (config, checkpoints, metrics, logs)."),
@@ -215,7 +215,7 @@ def _cached_size(config):
     return apply_overrides(config, {"data.size": sizes[0]})
 
 
-@app.command("benchmark-training")
+@app.command("benchmark-training", rich_help_panel="Benchmarks")
 def benchmark_training(
     data: Path = typer.Option(..., help="Work folder written by `ptxseg prepare`."),
     encoders: str = typer.Option(
