@@ -77,21 +77,30 @@ def repair_uids(ds) -> list[str]:
     return notes
 
 
-def repair_file(source: str | Path, target: str | Path) -> list[str]:
-    """Write a copy of `source` with a valid header to `target` (atomically); the repair's notes.
-
-    The pixel data and every valid attribute are copied unchanged. A file whose header is already
-    valid is copied as it is (empty notes). The source is never modified.
-    """
+def repaired_copy(source: str | Path):
+    """(the dataset of `source` with a valid header, the notes of the repair); the file is only
+    read. The file meta names the (repaired) SOP Instance UID."""
     import pydicom
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # pydicom warns about the very values repaired here
         ds = pydicom.dcmread(str(source))
         notes = repair_source(ds)
-        if "file_meta" in ds:
-            ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
-        buf = io.BytesIO()
+    if "file_meta" in ds:
+        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    return ds, notes
+
+
+def repair_file(source: str | Path, target: str | Path) -> list[str]:
+    """Write a copy of `source` with a valid header to `target` (atomically); the repair's notes.
+
+    The pixel data and every valid attribute are copied unchanged. A file whose header is already
+    valid is copied as it is (empty notes). The source is never modified.
+    """
+    ds, notes = repaired_copy(source)
+    buf = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
         ds.save_as(buf)
     atomic.write_bytes(target, buf.getvalue())
     return notes
