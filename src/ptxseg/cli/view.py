@@ -64,9 +64,14 @@ def view(
                 stored = vw.store_results(make_client(url), found, report=typer.echo)
                 typer.echo(f"stored {stored} images with their results in {url}")
             studies += [uid for uid in vw.studies_of(found) if uid not in studies]
-        server = vw.make_server(dist, url, port)
     except (ValueError, OSError, DicomwebError, StoreRefused) as err:
         fail(str(err))
+    try:
+        server = vw.make_server(dist, url, port)
+    except DicomwebError as err:
+        fail(str(err))
+    except OSError as err:
+        fail(f"cannot listen on {vw.HOST}:{port} ({err.strerror or err}): choose another --port")
     version = vw.ohif_version(dist)
     if version not in (None, vw.OHIF_VERSION):
         typer.secho(
