@@ -65,6 +65,13 @@ def _all(inputs) -> list[Path]:
     return [path for group in inputs.values() for path in group]
 
 
+def _sample(inputs) -> list[Path]:
+    """For the network paths (the same Analyzer builds both): every synthetic and named input,
+    two real stage-2 files and one stage-1 file; predict and serve take them all."""
+    real = inputs["real"]
+    return inputs["synthetic"] + inputs["names"] + real[:2] + real[-1:]
+
+
 def _check(verdicts: list[Verdict], expected: int, what: str) -> None:
     print(f"{what}: {summary(verdicts)}")
     assert len(verdicts) == expected, f"{what}: {len(verdicts)} files, expected {expected}"
@@ -89,7 +96,7 @@ def _repaired(inputs, folder: Path) -> list[Path]:
     """Copies that a PACS accepts (the real stage-2 files have empty Study/Series UIDs)."""
     folder.mkdir(parents=True, exist_ok=True)
     return [path if repair_file(path, folder / path.name) is None else folder / path.name
-            for path in _all(inputs)]  # fmt: skip
+            for path in dict.fromkeys(_sample(inputs))]  # fmt: skip
 
 
 def _names_intact(paths: list[Path]) -> None:

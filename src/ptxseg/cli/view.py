@@ -7,6 +7,7 @@ from pathlib import Path
 import typer
 
 from ptxseg.cli.app import app, fail
+from ptxseg.cli.pacs import PACS_EXTRA
 
 
 @app.command()
@@ -66,10 +67,14 @@ def view(
             studies += [uid for uid in vw.studies_of(found) if uid not in studies]
     except (ValueError, OSError, DicomwebError, StoreRefused) as err:
         fail(str(err))
+    except ImportError as err:
+        fail(f"{err}; {PACS_EXTRA}")
     try:
         server = vw.make_server(dist, url, port)
     except DicomwebError as err:
         fail(str(err))
+    except ImportError as err:
+        fail(f"{err}; {PACS_EXTRA}")
     except OSError as err:
         fail(f"cannot listen on {vw.HOST}:{port} ({err.strerror or err}): choose another --port")
     version = vw.ohif_version(dist)
