@@ -9,7 +9,7 @@ LOCK := requirements/dev.txt
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml $(LOCK) | cksum | cut -d' ' -f1)
 DEMO_DIR ?= demo-output
 
-.PHONY: demo test docs test-browser test-pacs format install lock clean
+.PHONY: demo test docs test-browser test-pacs test-conformance test-viewer viewer format install lock clean
 
 $(STAMP): pyproject.toml $(LOCK)
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -42,6 +42,26 @@ test-browser: $(STAMP)
 test-pacs: $(STAMP)
 	bash scripts/install-orthanc.sh
 	$(BIN)/python -m pytest -q -m pacs
+
+# Every DICOM output (predict, serve, dicomweb, listen, repair-uids) through dciodvfy, the DICOM
+# validator of Debian's dicom3tools: 0 errors, and only the warnings docs/conformance.md explains.
+test-conformance: $(STAMP)
+	bash scripts/install-dicom3tools.sh
+	$(BIN)/python -m pytest -q -m conformance
+
+# The OHIF viewer that `ptxseg view` serves: npm's @ohif/app at the version and sha512 that
+# viewer/package-lock.json pins, into viewer/node_modules (not part of the wheel).
+viewer:
+	bash scripts/install-viewer.sh
+
+# The results in a radiologist's viewer: Orthanc (Debian) + the pinned OHIF under `ptxseg view`,
+# driven by Playwright in Debian's chromium; screenshots in test-artifacts/viewer/.
+test-viewer: $(STAMP)
+	bash scripts/install-orthanc.sh
+	bash scripts/install-browser.sh
+	bash scripts/install-dicom3tools.sh
+	bash scripts/install-viewer.sh
+	$(BIN)/python -m pytest -q -m viewer
 
 # Resolve pyproject.toml's ranges (the dev and browser extras) to exact versions with hashes.
 lock:

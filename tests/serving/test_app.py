@@ -213,6 +213,19 @@ def test_real_dicom_seg_matches_the_mask_even_with_invalid_source_uids(tmp_path,
         assert not [w for w in caught if secret in str(w.message)]
 
 
+def test_the_seg_repairs_are_listed_with_the_header_warnings():
+    pytest.importorskip("ptxseg.inference.seg")
+    data, _ = siim_like_dicom()
+    client = TestClient(create_app(FakePredictor(), ServeSettings(), renderer=DefaultRenderer()))
+    without = upload(client, data, include="none").json()["input"]["header_warnings"]
+    listed = upload(client, data, include="seg").json()["input"]["header_warnings"]
+    assert not any("referenced as" in w for w in without)
+    assert any(
+        "SOPInstanceUID 'ID_0a1b2c3d4' is not a valid UID; referenced as" in w for w in listed
+    )
+    assert len(listed) == len(set(listed))
+
+
 def test_seg_from_an_incomplete_header_is_422_and_predict_still_answers(dicom_bytes):
     pytest.importorskip("ptxseg.inference.seg")
     ds = pydicom.dcmread(io.BytesIO(dicom_bytes))

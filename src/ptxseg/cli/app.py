@@ -50,6 +50,7 @@ FLOW = (
     "dicomweb",
     "listen",
     "repair-uids",
+    "view",
     "benchmark",
     "benchmark-data",
     "benchmark-training",

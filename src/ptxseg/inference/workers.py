@@ -163,7 +163,9 @@ def write_outputs(task: WriteTask) -> WriteResult:
             from ptxseg.inference.sr import write_report
 
             sr_path = out / "sr" / f"{task.image_id}.dcm"
-            findings["sr_file"] = str(write_report(task.path, findings, sr_path, segmentation))
+            findings["sr_file"] = str(
+                write_report(task.path, findings, sr_path, segmentation, mask=mask)
+            )
         if "explain" in task.outputs and task.cam_small is not None:
             from ptxseg import atomic
             from ptxseg.inference.explain import heatmap_overlay

@@ -182,7 +182,7 @@ class Analyzer:
         return outcomes
 
     def results(self, ds, sop: str, ref: str, meta: dict[str, Any], prediction) -> ImageResult:
-        from ptxseg.inference.seg import build_segmentation
+        from ptxseg.inference.seg import build_segmentation, list_with_header_warnings
         from ptxseg.inference.sr import build_report
 
         findings = dict(prediction.findings, image_id=ref, input_file=None)
@@ -191,19 +191,22 @@ class Analyzer:
         outputs = []
         segmentation = None
         with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # UID repairs are expected for SIIM-style headers
+            warnings.simplefilter("ignore")  # header repairs go to the findings, below
+            notes: list[str] = []
             if prediction.mask.any():
                 series, instance = self.seg_uids(sop)
-                segmentation, _ = build_segmentation(ds, prediction.mask, series, instance)
+                segmentation, notes = build_segmentation(ds, prediction.mask, series, instance)
                 outputs.append(segmentation)
-            report, _ = build_report(
+            report, report_notes = build_report(
                 ds,
                 findings,
                 segmentation=segmentation,
+                mask=prediction.mask,
                 model_name=self.model_name,
                 result_key=self.result_key,
             )
         outputs.append(report)
+        list_with_header_warnings(findings, [redact(n, ds) for n in notes + report_notes])
         return ImageResult(ref, sop, findings, outputs)
 
 

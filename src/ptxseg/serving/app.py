@@ -220,7 +220,7 @@ class _Service:
                 "width": int(image.shape[1]),
                 "pixel_spacing_mm": metadata.get("PixelSpacing"),
                 "view_position": metadata.get("ViewPosition"),
-                "header_warnings": metadata.get("HeaderWarnings", []),
+                "header_warnings": list(metadata.get("HeaderWarnings", [])),
             },
             "findings": findings,
             "mask": {
@@ -239,6 +239,11 @@ class _Service:
             body["overlay_png"] = data_url(self.renderer.overlay_png(image, prediction))
         if "seg" in include:
             body["seg"] = self.seg_entry(upload, prediction, request_id)
+            if upload.kind == "dicom":  # what the SEG repaired in the copied header
+                from ptxseg.data.uids import header_repairs
+
+                known = body["input"]["header_warnings"]
+                known += [n for n in header_repairs(upload.data) if n not in known]
         return body
 
     def seg_entry(self, upload: Upload, prediction: Any, request_id: str) -> dict[str, Any] | None:
