@@ -165,10 +165,11 @@ def dicomweb(
         summary = dw.run_pass(client, analyzer, studies, batch_size, report=report)
     except dw.ConnectionLost as err:
         done = getattr(err, "summary", None)
-        so_far = ""
-        if done is not None and done.analysed:
-            so_far = f" after storing results of {done.analysed} images"
-        report(f"error: {err}{so_far}; run the same command again to finish (done images skip)")
+        stored = done.stored["SR"] if done is not None else 0
+        report(
+            f"error: {err}. Results of {stored} images were stored before; run the same command "
+            "again to finish (images that have a result are skipped)"
+        )
         raise typer.Exit(1) from None
     except dw.DicomwebError as err:
         report(f"error: {err}")
