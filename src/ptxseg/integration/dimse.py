@@ -279,6 +279,10 @@ class Listener:
                 self._note(f"analysis paused for 10 s: cannot write to the spool: {err}")
                 self._stopping.wait(10)
                 continue
+            except Exception as err:  # noqa: BLE001 - a bug must not stop the worker silently
+                self._note(f"analysis paused for 10 s after an unexpected error (a bug): {err!r}")
+                self._stopping.wait(10)
+                continue
             self.write_status()
             if not taken:
                 self._work.wait(1.0)
@@ -367,6 +371,9 @@ class Listener:
                 self.deliver_due()
             except OSError as err:
                 self._note(f"delivery paused for 10 s: cannot update the spool: {err}")
+                self._stopping.wait(10)
+            except Exception as err:  # noqa: BLE001 - a bug must not stop the worker silently
+                self._note(f"delivery paused for 10 s after an unexpected error (a bug): {err!r}")
                 self._stopping.wait(10)
             self.write_status()
             self._deliver.wait(1.0)
