@@ -102,7 +102,7 @@ def check_url(url: str) -> str:
             "http://127.0.0.1:8042/dicom-web"
         ) from None
     if parts.scheme not in ("http", "https") or not parts.hostname:
-        shown = url if "@" not in url else "(not shown: it holds a user name)"
+        shown = public_url(url) if any(c in url for c in "@?#") else url
         raise DicomwebError(
             f"--url {shown}: expected http://... or https://... (the DICOMweb root)"
         )
