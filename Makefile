@@ -9,7 +9,7 @@ LOCK := requirements/dev.txt
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml $(LOCK) | cksum | cut -d' ' -f1)
 DEMO_DIR ?= demo-output
 
-.PHONY: demo test docs test-browser test-pacs test-conformance test-viewer viewer format install lock clean
+.PHONY: demo test docs test-browser test-pacs test-faults test-conformance test-viewer viewer format install lock clean
 
 $(STAMP): pyproject.toml $(LOCK)
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -41,7 +41,12 @@ test-browser: $(STAMP)
 # The PACS round trips against a real Orthanc (Debian's orthanc + orthanc-dicomweb packages).
 test-pacs: $(STAMP)
 	bash scripts/install-orthanc.sh
-	$(BIN)/python -m pytest -q -m pacs
+	$(BIN)/python -m pytest -q -m 'pacs and not slow'
+
+# `ptxseg listen` under kill -9 and a stopped destination (docs/pacs.md); prints its figures.
+test-faults: $(STAMP)
+	bash scripts/install-orthanc.sh
+	$(BIN)/python -m pytest -q -rP -m 'slow and pacs' tests/integration/test_listen_faults.py
 
 # Every DICOM output (predict, serve, dicomweb, listen, repair-uids) through dciodvfy, the DICOM
 # validator of Debian's dicom3tools: 0 errors, and only the warnings docs/conformance.md explains.

@@ -49,6 +49,7 @@ FLOW = (
     "serve",
     "dicomweb",
     "listen",
+    "listen-status",
     "repair-uids",
     "view",
     "benchmark",
