@@ -28,6 +28,7 @@ from pynetdicom.sop_class import (
     SecondaryCaptureImageStorage,
     SegmentationStorage,
 )
+from serve_helpers import local_client
 
 from ptxseg.cli import main
 from ptxseg.data.uids import repair_file
@@ -120,14 +121,12 @@ def test_predict_writes_valid_seg_and_sr(inputs, tmp_path, capsys):
 
 
 def test_serve_seg_endpoint_answers_valid_segs(inputs, tmp_path):
-    from fastapi.testclient import TestClient
-
     from ptxseg.inference.predictor import Predictor
     from ptxseg.serving.app import ServeSettings, create_app
     from ptxseg.serving.render import DefaultRenderer
 
     predictor = Predictor(RegionModel(), operating_point={"top": 0.5, "bottom": 0.5, "min_area": 1})
-    client = TestClient(create_app(predictor, ServeSettings(), renderer=DefaultRenderer()))
+    client = local_client(create_app(predictor, ServeSettings(), renderer=DefaultRenderer()))
     segs = []
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -181,12 +180,22 @@ def test_listen_sends_valid_seg_and_sr(inputs, tmp_path):
     import time
 
     from ptxseg.integration.dimse import Destination, Listener
+    from ptxseg.integration.spool import Spool
 
     copies = _repaired(inputs, tmp_path / "repaired")
     receiver, port = _Receiver(), free_port()
     try:
         destination = Destination("DEST", "127.0.0.1", receiver.port)
-        with Listener(analyzer(), destination, port=port, report=lambda line: None):
+        spool = Spool(tmp_path / "spool")
+        listener = Listener(
+            analyzer(),
+            destination,
+            spool,
+            port=port,
+            secondary_capture=True,  # SIIM's files are Secondary Capture with Modality CR
+            report=lambda line: None,
+        )
+        with spool, listener:
             scu = AE("MODALITY")
             for sop_class in (SecondaryCaptureImageStorage, ComputedRadiographyImageStorage):
                 scu.add_requested_context(sop_class)
