@@ -158,8 +158,8 @@ class Predictor:
     `ptxseg.inference.runtimes.SUPPORTED`). `operating_point` (OperatingPoint or dict) replaces
     the stored one; `operating_point_name` picks one of the stored named points instead of the
     main one (`--operating-point`). `tta` is none or hflip; None takes the TTA the operating
-    point was searched with (none when unknown); another one than that warns. int8 is calibrated on `calibration`
-    images (synthetic when None).
+    point was searched with (none when unknown); another one than that warns. int8 is
+    calibrated on `calibration` images (synthetic when None).
     """
 
     def __init__(
