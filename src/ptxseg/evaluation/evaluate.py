@@ -625,13 +625,20 @@ def evaluate_checkpoint(
     precision: str = "fp32",
     tta: str | None = None,
     batch_size: int = 8,
+    model_card: bool = False,
     **options: Any,
 ) -> dict[str, Any]:
     """Build the Predictor of `checkpoint` (a .ckpt, a model folder, an .onnx file, an ensemble
     file, or a list of models to average) and `evaluate` it; a searched operating point is
     stored with the model (not with a list: write an ensemble file to keep one). See `evaluate`.
+    `model_card` writes the model's README.md and stores its facts (`evaluation.model_card`).
     """
     models = list(checkpoint) if isinstance(checkpoint, list | tuple) else [checkpoint]
+    if model_card and len(models) > 1:
+        raise ValueError(
+            "--model-card describes one model: write an ensemble file of these models first "
+            "(`ptxseg ensemble`) and evaluate that"
+        )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", OperatingPointWarning)
         predictor = Predictor(
@@ -647,4 +654,9 @@ def evaluate_checkpoint(
         predictor, work, out_dir, split, checkpoint=models[0] if single else None, **options
     )
     summary["checkpoint"] = str(models[0]) if len(models) == 1 else [str(m) for m in models]
+    if model_card:
+        from ptxseg.evaluation.model_card import write_model_card
+
+        summary["model_card"] = str(write_model_card(models[0], summary, out_dir))
+        write_outputs(Path(out_dir), {"summary.json": summary})
     return summary
