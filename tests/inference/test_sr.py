@@ -48,7 +48,9 @@ def test_positive_report_lists_every_finding_and_references_source_and_seg(tmp_p
     assert got["algorithm_parameters"] == [
         "model: U-Net resnet50",
         "operating point: top=0.6, bottom=0.4, min_area=12",
+        "operating point name: default",
     ]
+    assert got["calibrated_probability"] is None  # findings of a model without calibrator
     assert got["source_sop_instance_uid"] == source.SOPInstanceUID
     assert got["segmentation_sop_instance_uid"] == seg.SOPInstanceUID
     sr = pydicom.dcmread(path)
@@ -100,3 +102,13 @@ def test_stage2_file_gets_repaired_references(siim_real, tmp_path):
     # 170 px at 0.139 mm: the rim at the hilum level; the band's width caps the apex distance
     assert got["bts_rim_mm_est"] == pytest.approx(170 * 0.139, abs=0.1)
     assert got["bts_class_est"] == "large" and got["accp_class_est"] == "small"
+
+
+def test_report_names_the_operating_point_and_carries_the_calibrated_probability(tmp_path):
+    src = write_dicom(tmp_path / "cr.dcm", chest_like(64), PixelSpacing=[0.5, 0.5])
+    findings = _findings(src, _band((64, 64)))
+    findings.update(calibrated_probability=0.37, operating_point_name="triage")
+    got = read_report(write_report(src, findings, tmp_path / "sr.dcm"))
+    assert got["probability"] == pytest.approx(0.91)  # the raw score keeps its meaning
+    assert got["calibrated_probability"] == pytest.approx(0.37)
+    assert "operating point name: triage" in got["algorithm_parameters"]

@@ -17,7 +17,13 @@ PACS_EXTRA = "pip install 'ptxseg[pacs]' (dicomweb-client and pynetdicom)"
 
 
 def _analyzer(
-    checkpoint: Path, runtime: str, precision: str, device: str, batch_size: int, tta: str | None
+    checkpoint: Path,
+    runtime: str,
+    precision: str,
+    device: str,
+    batch_size: int,
+    tta: str | None,
+    operating_point: str | None = None,
 ):
     from ptxseg.inference.predictor import Predictor
     from ptxseg.integration.analysis import Analyzer
@@ -29,6 +35,7 @@ def _analyzer(
         precision=precision,
         batch_size=batch_size,
         tta=tta,
+        operating_point_name=operating_point,
     )
     return Analyzer.from_checkpoint(predictor, checkpoint)
 
@@ -91,6 +98,7 @@ def dicomweb(
     precision: str = typer.Option("fp32", help="fp32, bf16 or int8."),
     device: str = typer.Option("cpu", help="cpu or cuda (torch runtime)."),
     tta: str | None = options.TTA,
+    operating_point: str | None = options.OPERATING_POINT,
     batch_size: int = typer.Option(4, help="Images retrieved and segmented together."),
 ) -> None:
     """Segment CR/DX images in a DICOMweb PACS and store a SEG (positives) and an SR (all) back.
@@ -116,13 +124,16 @@ def dicomweb(
     _quiet_libraries()
     try:
         client = dw.make_client(url)
-        analyzer = _analyzer(checkpoint, runtime, precision, device, batch_size, tta)
+        analyzer = _analyzer(
+            checkpoint, runtime, precision, device, batch_size, tta, operating_point
+        )
     except (dw.DicomwebError, ValueError, FileNotFoundError, ImportError) as err:
         _error(console, f"{err}")
         raise typer.Exit(2) from None
     report = _reporter(console)
     op, tta = analyzer.predictor.operating_point.describe(), analyzer.predictor.tta
-    report(f"{url}: {analyzer.model_name}, operating point {op}, TTA {tta}")
+    name = analyzer.predictor.operating_point_name
+    report(f"{url}: {analyzer.model_name}, operating point {name}: {op}, TTA {tta}")
     studies = list(study) if study else None
     if watch is not None:
         stop = threading.Event()
@@ -164,6 +175,7 @@ def listen(
     precision: str = typer.Option("fp32", help="fp32, bf16 or int8."),
     device: str = typer.Option("cpu", help="cpu or cuda (torch runtime)."),
     tta: str | None = options.TTA,
+    operating_point: str | None = options.OPERATING_POINT,
     batch_size: int = typer.Option(4, help="Queued images segmented together at most."),
 ) -> None:
     """Receive images by DICOM C-STORE, segment CR/DX ones, send SEG (positives) and SR onward.
@@ -187,7 +199,9 @@ def listen(
         raise typer.BadParameter(str(err)) from None
     _quiet_libraries()
     try:
-        analyzer = _analyzer(checkpoint, runtime, precision, device, batch_size, tta)
+        analyzer = _analyzer(
+            checkpoint, runtime, precision, device, batch_size, tta, operating_point
+        )
     except (ValueError, FileNotFoundError, ImportError) as err:
         _error(console, f"{err}")
         raise typer.Exit(2) from None

@@ -9,11 +9,12 @@ completion COMPLETE, verification UNVERIFIED):
 - one image measurement group (TID 1501) whose source is the radiograph, with
   - finding type Pneumothorax (SCT 36118008); finding site Pleura with the side (patient's terms)
     when a pneumothorax was found and the view allows a side;
-  - algorithm identification: ptxseg and its version, the model and the operating point as
-    parameters;
+  - algorithm identification: ptxseg and its version, the model, the operating point and its
+    name (default, or a named one such as triage) as parameters;
   - qualitative evaluations: Pneumothorax = Present / Absent (SCT), and for positives the BTS and
     the ACCP size class (Small / Large, SCT), both named as estimates;
-  - measurements: the model's probability (no units), the area (cm²; needs PixelSpacing), the BTS
+  - measurements: the model's probability (no units) and, for a model with a calibrator, the
+    calibrated probability (`CALPROB`), the area (cm²; needs PixelSpacing), the BTS
     rim distance at the hilum level and the ACCP apex-to-cupola distance (mm, measurement method
     Estimated, finding sites Hilum of lung / Apex of lung);
 - when a SEG is given (positives): a planar ROI group (TID 1410) that references its segment, with
@@ -54,6 +55,7 @@ ESTIMATED = ("414135002", "SCT", "Estimated")
 CHEST_IMAGING = ("413815006", "SCT", "Chest imaging")
 AREA = ("42798000", "SCT", "Area")
 PROBABILITY = ("PROB", LOCAL_SCHEME, "Pneumothorax probability (model output)")
+CALIBRATED = ("CALPROB", LOCAL_SCHEME, "Pneumothorax probability, calibrated")
 BTS_RIM = ("BTSRIM", LOCAL_SCHEME, "Interpleural rim distance at hilum level (BTS), estimated")
 ACCP_APEX = ("ACCPAPEX", LOCAL_SCHEME, "Apex to cupola distance (ACCP), estimated")
 BTS_CLASS = ("BTSSIZE", LOCAL_SCHEME, "Pneumothorax size class (BTS), estimated")
@@ -116,6 +118,8 @@ def measurements(findings: dict[str, Any]) -> list:
     """The TID 300 measurements that the findings allow (missing values are left out)."""
     laterality = SIDES.get(findings.get("side") or "")
     items = [_measurement(PROBABILITY, findings["probability"], "1"), *area_measurement(findings)]
+    if findings.get("calibrated_probability") is not None:  # models with a calibrator
+        items.insert(1, _measurement(CALIBRATED, findings["calibrated_probability"], "1"))
     for name, key, site in (
         (BTS_RIM, "bts_rim_mm_est", HILUM),
         (ACCP_APEX, "accp_apex_mm_est", APEX),
@@ -163,7 +167,11 @@ def build_report(
     algorithm = hd.sr.AlgorithmIdentification(
         name="ptxseg",
         version=__version__,
-        parameters=[f"model: {model}", describe_operating_point(findings.get("operating_point"))],
+        parameters=[
+            f"model: {model}",
+            describe_operating_point(findings.get("operating_point")),
+            f"operating point name: {findings.get('operating_point_name') or 'default'}",
+        ],
     )
     observer = hd.sr.ObserverContext(
         observer_type=codes.DCM.Device,
@@ -270,8 +278,9 @@ def write_report(
 def read_report(source) -> dict[str, Any]:
     """The content of a report written by `build_report` (path, bytes or Dataset), as a dict.
 
-    Keys: pneumothorax (bool), side, probability, area_cm2, bts_rim_mm_est, bts_class_est,
-    accp_apex_mm_est, accp_class_est, algorithm_version, algorithm_parameters,
+    Keys: pneumothorax (bool), side, probability, calibrated_probability, area_cm2,
+    bts_rim_mm_est, bts_class_est, accp_apex_mm_est, accp_class_est, algorithm_version,
+    algorithm_parameters,
     source_sop_instance_uid, segmentation_sop_instance_uid (None without a SEG).
     """
     import highdicom as hd
@@ -301,6 +310,7 @@ def read_report(source) -> dict[str, Any]:
         "pneumothorax": qualitative.get(PNEUMOTHORAX[0]) == "present",
         "side": side,
         "probability": values.get(PROBABILITY[0]),
+        "calibrated_probability": values.get(CALIBRATED[0]),
         "area_cm2": values.get(AREA[0]),
         "bts_rim_mm_est": values.get(BTS_RIM[0]),
         "bts_class_est": qualitative.get(BTS_CLASS[0]),
