@@ -48,7 +48,9 @@ def test_readme_has_the_model_index_and_every_section(carded):
     index = front["model-index"][0]
     metrics = {m["name"].split(" (")[0]: m["value"] for m in index["results"][0]["metrics"]}
     summary = json.loads((eval_dir / "summary.json").read_text())
-    assert metrics["Competition Dice"] == pytest.approx(summary["metrics"]["dice_per_image"]["value"], abs=1e-4)
+    assert metrics["Competition Dice"] == pytest.approx(
+        summary["metrics"]["dice_per_image"]["value"], abs=1e-4
+    )
     assert index["results"][0]["dataset"]["split"] == "test"
     for heading in (
         "Intended use",
