@@ -257,7 +257,8 @@ def subgroup_table(
         methods["auc"] = "patient-level bootstrap percentile" if aucs is not None else "none"
         row["methods"] = "; ".join(f"{m}: {t}" for m, t in methods.items())
         rows.append(row)
-    summary = _tests(rows, levels, sums, resamples)
+    points = np.stack([matrix.sum(0)] + [matrix[idx].sum(0) for _, _, idx in levels])
+    summary = _tests(rows, levels, sums, points, resamples)
     for row in rows:
         row["n_tests"] = summary["n_tests"]
     summary["method"] = boot.describe() if resamples else "none (bootstrap off)"
@@ -271,7 +272,7 @@ def _cells(stat: str, value, low, high) -> dict[str, Any]:
     return {stat: clean(value), f"{stat}_ci_low": clean(low), f"{stat}_ci_high": clean(high)}
 
 
-def _tests(rows, levels, sums, resamples) -> dict[str, Any]:
+def _tests(rows, levels, sums, points, resamples) -> dict[str, Any]:
     """Fill compared_with, p_<stat>, holm_<stat> and called_out; returns the family's summary."""
     tests = []  # (row index, stat, difference replicates, observed difference, other label)
     by_variable: dict[str, list[int]] = {}
@@ -299,8 +300,10 @@ def _tests(rows, levels, sums, resamples) -> dict[str, Any]:
                 d = _ratio(mine, stat) - _ratio(theirs, stat)
                 if np.isfinite(d).sum() < len(d) // 2:
                     continue  # the statistic is undefined in most resamples (no positives...)
-                observed_mine = rows[k][stat]
-                observed_other = _observed(levels, rows, k, other, stat)
+                mine_point = points[k + 1]
+                other_point = points[0] - mine_point if other is None else points[other + 1]
+                observed_mine = float(_ratio(mine_point[None], stat)[0])
+                observed_other = float(_ratio(other_point[None], stat)[0])
                 tests.append((k, stat, d, observed_mine, observed_other, label))
     p = [bootstrap_p_value(d) for _, _, d, *_ in tests]
     adjusted = holm(p)
@@ -308,7 +311,7 @@ def _tests(rows, levels, sums, resamples) -> dict[str, Any]:
     for (k, stat, d, mine, other, label), raw, adj in zip(tests, p, adjusted, strict=True):
         rows[k][f"p_{stat}"] = round(raw, 6)
         rows[k][f"holm_{stat}"] = round(adj, 6)
-        if adj < ALPHA and mine is not None and other is not None:
+        if adj < ALPHA and np.isfinite(mine) and np.isfinite(other):
             low, high = percentile_interval(d)
             text = (
                 f"{stat.replace('_', ' ')} {mine:.3f} vs {other:.3f} ({label}): "
@@ -317,27 +320,6 @@ def _tests(rows, levels, sums, resamples) -> dict[str, Any]:
             rows[k]["called_out"] = "; ".join(filter(None, [rows[k]["called_out"], text]))
             called.append(f"{rows[k]['variable']} {rows[k]['value']}: {text}")
     return {"n_tests": len(tests), "called_out": called}
-
-
-def _observed(levels, rows, k, other, stat) -> float | None:
-    if other is not None:
-        return rows[other][stat]
-    variable = levels[k][0]
-    # the rest of the split: every other level of this variable, pooled
-    num = den = 0.0
-    for j, (v, _, _idx) in enumerate(levels):
-        if v != variable or j == k:
-            continue
-        row = rows[j]
-        count = {
-            "competition_dice": row["n"],
-            "sensitivity": row["n_positive"],
-            "specificity": row["n"] - row["n_positive"],
-        }[stat]
-        if row[stat] is not None:
-            num += row[stat] * count
-            den += count
-    return num / den if den else None
 
 
 CSV_COLUMNS = (
