@@ -213,8 +213,9 @@ def subgroup_table(
         for value in sorted(set(column), key=lambda v: (v == UNKNOWN, str(v))):
             levels.append((variable, str(value), np.flatnonzero(column == value)))
     subsets = [None] + [idx for _, _, idx in levels]
-    sums = boot.sums(matrix, subsets) if resamples else None
-    aucs = boot.auc(truth, scores, subsets[1:]) if resamples else None
+    sums = aucs = None
+    if resamples:
+        sums, aucs = boot.replicates(matrix, truth, scores, subsets, subsets[1:])
     rows = []
     for k, (variable, value, idx) in enumerate(levels):
         in_level = np.zeros(len(truth), bool)

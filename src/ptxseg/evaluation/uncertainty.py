@@ -146,10 +146,12 @@ def metric_intervals(
     boot = PatientBootstrap(groups, max(resamples, 1), seed)
     matrix = image_matrix(per)
     truth = matrix[:, col("truth")] > 0
-    sums = boot.sums(matrix)[0] if resamples else None
-    auc = None
-    if resamples and "roc_auc" in values:
-        auc = boot.auc(truth, np.asarray(per["score"], float))[0]
+    sums = auc = None
+    if resamples:
+        with_auc = "roc_auc" in values
+        score = np.asarray(per["score"], float) if with_auc else None
+        all_sums, aucs = boot.replicates(matrix, truth, score)
+        sums, auc = all_sums[0], (aucs[0] if with_auc else None)
     out: dict[str, dict[str, Any]] = {}
     for name, value in values.items():
         if name in PROPORTIONS:

@@ -116,29 +116,42 @@ class PatientBootstrap:
     ) -> list[np.ndarray]:
         """For each subset of images (an index array, None for all), the weighted column sums
         of `matrix` (images, k) in every resample: a (resamples, k) array per subset."""
-        matrix = np.asarray(matrix, np.float64).reshape(self.n_images, -1)
-        parts: list[list[np.ndarray]] = [[] for _ in subsets]
-        for w in self.weights():
-            for i, subset in enumerate(subsets):
-                if subset is None:
-                    parts[i].append(w @ matrix)
-                else:
-                    parts[i].append(w[:, subset] @ matrix[subset])
-        return [np.concatenate(p) for p in parts]
+        return self.replicates(matrix, subsets=subsets)[0]
 
     def auc(
         self, labels: np.ndarray, scores: np.ndarray, subsets: Sequence[np.ndarray | None] = (None,)
     ) -> list[np.ndarray]:
         """The ROC AUC (ties count half) of each subset in every resample: (resamples,) each;
         NaN where a resample holds only one class."""
-        labels = np.asarray(labels, bool).ravel()
-        scores = np.asarray(scores, np.float64).ravel()
-        plans = [_auc_plan(labels, scores, subset) for subset in subsets]
-        parts: list[list[np.ndarray]] = [[] for _ in subsets]
+        return self.replicates(None, labels, scores, auc_subsets=subsets)[1]
+
+    def replicates(
+        self,
+        matrix: np.ndarray | None,
+        labels: np.ndarray | None = None,
+        scores: np.ndarray | None = None,
+        subsets: Sequence[np.ndarray | None] = (None,),
+        auc_subsets: Sequence[np.ndarray | None] = (None,),
+    ) -> tuple[list[np.ndarray], list[np.ndarray]]:
+        """`sums` of `matrix` and `auc` of (`labels`, `scores`) in one pass over the resamples
+        (the weights are made once); either part may be left out (None)."""
+        plans = []
+        if scores is not None:
+            labels = np.asarray(labels, bool).ravel()
+            scores = np.asarray(scores, np.float64).ravel()
+            plans = [_auc_plan(labels, scores, subset) for subset in auc_subsets]
+        if matrix is not None:
+            matrix = np.asarray(matrix, np.float64).reshape(self.n_images, -1)
+        else:
+            subsets = ()
+        sums: list[list[np.ndarray]] = [[] for _ in subsets]
+        aucs: list[list[np.ndarray]] = [[] for _ in plans]
         for w in self.weights():
+            for i, subset in enumerate(subsets):
+                sums[i].append(w @ matrix if subset is None else w[:, subset] @ matrix[subset])
             for i, plan in enumerate(plans):
-                parts[i].append(_weighted_auc(w, *plan))
-        return [np.concatenate(p) for p in parts]
+                aucs[i].append(_weighted_auc(w, *plan))
+        return [np.concatenate(p) for p in sums], [np.concatenate(p) for p in aucs]
 
 
 def _auc_plan(labels, scores, subset):
