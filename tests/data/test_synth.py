@@ -266,3 +266,25 @@ def test_plot_samples_reads_the_files_back(dataset, tmp_path):
     out, _ = dataset
     png = synth.plot_samples(out, tmp_path / "panel.png", n=3)
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_drains_are_recorded_per_image_and_leave_everything_else_unchanged(tmp_path):
+    from ptxseg.data.synth import METADATA_NAME, parse_drains, plan_cases, render_case
+
+    plain = plan_cases(40, seed=3, positive_fraction=0.5)
+    drained = plan_cases(40, seed=3, positive_fraction=0.5, drains=(1.0, 0.0))
+    assert [c.drain for c in drained] == [c.positive for c in drained]
+    assert [c.image_id for c in plain] == [c.image_id for c in drained]
+    case = next(c for c in drained if c.drain)
+    without = next(c for c in plain if c.image_id == case.image_id)
+    image, regions = render_case(case, 64)
+    image0, regions0 = render_case(without, 64)
+    assert (image != image0).any()  # the tube is drawn
+    assert all((a == b).all() for a, b in zip(regions, regions0, strict=True))  # same truth
+    summary = synth.generate_dataset(tmp_path / "d", 12, size=64, seed=1, drains=(0.5, 0.5))
+    rows = (tmp_path / "d" / METADATA_NAME).read_text().splitlines()
+    assert rows[0] == "ImageId,chest_drain" and len(rows) == 13
+    assert summary["n_drains"] == sum(r.endswith(",1") for r in rows[1:])
+    assert parse_drains("0.7:0.05") == (0.7, 0.05)
+    with pytest.raises(ValueError, match="P_POS:P_NEG"):
+        parse_drains("0.7")

@@ -58,7 +58,9 @@ def test_positive_report_lists_every_finding_and_references_source_and_seg(tmp_p
     assert got["algorithm_parameters"] == [
         "model: U-Net resnet50",
         "operating point: top=0.6, bottom=0.4, min_area=12",
+        "operating point name: default",
     ]
+    assert got["calibrated_probability"] is None  # findings of a model without calibrator
     assert got["source_sop_instance_uid"] == source.SOPInstanceUID
     assert got["segmentation_sop_instance_uid"] == seg.SOPInstanceUID
     sr = pydicom.dcmread(path)
@@ -108,7 +110,8 @@ def test_codes_are_standard_except_the_listed_local_ones(tmp_path):
     src = write_dicom(tmp_path / "cr.dcm", chest_like(64), PixelSpacing=[0.5, 0.5])
     mask = _band((64, 64))
     seg, _ = build_segmentation(src, mask)
-    sr, _ = build_report(src, _findings(src, mask), segmentation=seg, mask=mask)
+    findings = dict(_findings(src, mask), calibrated_probability=0.4)
+    sr, _ = build_report(src, findings, segmentation=seg, mask=mask)
     used = set(_codes(sr))
     assert {scheme for scheme, _, _ in used} <= {"SCT", "DCM", "UCUM", "RFC5646", LOCAL_SCHEME}
     local = {(value, scheme, meaning) for scheme, value, meaning in used if scheme == LOCAL_SCHEME}
@@ -197,3 +200,13 @@ def test_names_in_other_scripts_travel_intact(tmp_path):
     path = write_report(src, findings, tmp_path / "sr.dcm")
     again = pydicom.dcmread(path)
     assert again.SpecificCharacterSet == "ISO_IR 192" and again.PatientName == name
+
+
+def test_report_names_the_operating_point_and_carries_the_calibrated_probability(tmp_path):
+    src = write_dicom(tmp_path / "cr.dcm", chest_like(64), PixelSpacing=[0.5, 0.5])
+    findings = _findings(src, _band((64, 64)))
+    findings.update(calibrated_probability=0.37, operating_point_name="triage")
+    got = read_report(write_report(src, findings, tmp_path / "sr.dcm"))
+    assert got["probability"] == pytest.approx(0.91)  # the raw score keeps its meaning
+    assert got["calibrated_probability"] == pytest.approx(0.37)
+    assert "operating point name: triage" in got["algorithm_parameters"]

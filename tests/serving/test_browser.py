@@ -117,7 +117,11 @@ def test_upload_a_dicom_and_read_the_findings(browser, case, tmp_path):
             assert "cm²" in page.inner_text("#area")
             expected_side = "right" if np.argwhere(mask)[:, 1].mean() < SIZE / 2 else "left"
             assert page.inner_text("#side") == f"patient's {expected_side}"
-            assert page.inner_text("#operating-point") == "top 0.6, min area 20 px, bottom 0.4"
+            assert (
+                page.inner_text("#operating-point")
+                == "default: top 0.6, min area 20 px, bottom 0.4"
+            )
+            assert "Raw model score" in page.inner_text("#probability-note")  # no calibrator
             f = compute_findings(mask, 0.934, read_image(path)[1], OP, "demo")
             assert page.inner_text("#size-estimate") == (
                 f"BTS {f['bts_class_est']} (rim {f['bts_rim_mm_est'] / 10:.1f} cm) · "

@@ -122,9 +122,12 @@ def _fmt(value) -> str:
 
 
 def print_oof(summary: dict) -> None:
-    """Each fold's and the pooled out-of-fold competition Dice, side by side."""
+    """Each fold's and the pooled out-of-fold competition Dice, side by side, with their 95%
+    intervals."""
+    from ptxseg.evaluation.uncertainty import format_interval
+
     table = Table(title=f"out of fold, {summary['operating_point_description']}")
-    for column in ("fold", "images", "positive", "competition Dice", "Dice (pooled)"):
+    for column in ("fold", "images", "positive", "competition Dice [95%]", "Dice (pooled) [95%]"):
         table.add_column(column, justify="right")
 
     def row(name, entry) -> None:
@@ -133,8 +136,8 @@ def print_oof(summary: dict) -> None:
             name,
             str(counts["n_images"]),
             str(counts["n_positive"]),
-            _fmt(entry["competition_dice"]),
-            _fmt(metrics["dice_pooled"]["value"]),
+            format_interval(metrics["dice_per_image"], 4),
+            format_interval(metrics["dice_pooled"], 4),
         )
 
     for fold in summary.get("folds", []):

@@ -19,6 +19,12 @@ BOTTOM = typer.Option(None, help="Override: probability that binarises a kept ma
 MIN_AREA = typer.Option(
     None, help="Override: pixels (at the model's size) above --top needed to keep a mask."
 )
+OPERATING_POINT = typer.Option(
+    None,
+    "--operating-point",
+    help="A named operating point stored with the model (e.g. triage, rule-in; searched by "
+    "`ptxseg evaluate --search --operating-points ...`); default: the main one.",
+)
 CHECKPOINT_HELP = (
     "The model: a .ckpt from `ptxseg train`, an inference-model folder (RUN/model) or an .onnx "
     "file from `ptxseg export`."

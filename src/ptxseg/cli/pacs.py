@@ -29,6 +29,7 @@ def _analyzer(
     batch_size: int,
     tta: str | None,
     max_megapixels: float,
+    operating_point: str | None = None,
 ):
     from ptxseg.inference.predictor import Predictor
     from ptxseg.integration.analysis import Analyzer
@@ -40,6 +41,7 @@ def _analyzer(
         precision=precision,
         batch_size=batch_size,
         tta=tta,
+        operating_point_name=operating_point,
     )
     return Analyzer.from_checkpoint(predictor, checkpoint, int(max_megapixels * 1e6))
 
@@ -108,6 +110,7 @@ def dicomweb(
     precision: str = typer.Option("fp32", help="fp32, bf16 or int8."),
     device: str = typer.Option("cpu", help="cpu or cuda (torch runtime)."),
     tta: str | None = options.TTA,
+    operating_point: str | None = options.OPERATING_POINT,
     batch_size: int = typer.Option(4, help="Images retrieved and segmented together."),
     max_megapixels: float = MAX_MEGAPIXELS,
 ) -> None:
@@ -138,14 +141,17 @@ def dicomweb(
     try:
         client = dw.make_client(url)
         analyzer = _analyzer(
-            checkpoint, runtime, precision, device, batch_size, tta, max_megapixels
+            checkpoint, runtime, precision, device, batch_size, tta, max_megapixels, operating_point
         )
     except (dw.DicomwebError, ValueError, FileNotFoundError, ImportError) as err:
         _error(console, f"{err}", secrets.scrub)
         raise typer.Exit(2) from None
     report = _reporter(console, secrets.scrub)
     op, tta = analyzer.predictor.operating_point.describe(), analyzer.predictor.tta
-    report(f"{dw.public_url(url)}: {analyzer.model_name}, operating point {op}, TTA {tta}")
+    name = analyzer.predictor.operating_point_name
+    report(
+        f"{dw.public_url(url)}: {analyzer.model_name}, operating point {name}: {op}, TTA {tta}"
+    )
     studies = list(study) if study else None
     if watch is not None:
         stop = threading.Event()
@@ -213,6 +219,7 @@ def listen(
     precision: str = typer.Option("fp32", help="fp32, bf16 or int8."),
     device: str = typer.Option("cpu", help="cpu or cuda (torch runtime)."),
     tta: str | None = options.TTA,
+    operating_point: str | None = options.OPERATING_POINT,
     batch_size: int = typer.Option(4, help="Queued images segmented together at most."),
     max_megapixels: float = MAX_MEGAPIXELS,
 ) -> None:
@@ -260,7 +267,7 @@ def listen(
     _quiet_libraries()
     try:
         analyzer = _analyzer(
-            checkpoint, runtime, precision, device, batch_size, tta, max_megapixels
+            checkpoint, runtime, precision, device, batch_size, tta, max_megapixels, operating_point
         )
     except (ValueError, FileNotFoundError, ImportError) as err:
         store.close()

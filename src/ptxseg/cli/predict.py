@@ -13,15 +13,15 @@ from ptxseg.cli import options
 from ptxseg.cli.app import EXIT_INPUTS_FAILED, app, fail
 
 
-def stored_operating_point(checkpoint: Path | list[Path]):
+def stored_operating_point(checkpoint: Path | list[Path], name: str | None = None):
     """The operating point stored with a model, an ONNX file or an ensemble file (the default
-    when it has none, and for a list of models)."""
+    when it has none, and for a list of models); `name` picks a named one."""
     from ptxseg.inference.ensemble import read_operating_point
     from ptxseg.model.operating_point import DEFAULT
 
     if isinstance(checkpoint, list | tuple):
         return DEFAULT
-    return read_operating_point(checkpoint) or DEFAULT
+    return read_operating_point(checkpoint, name) or DEFAULT
 
 
 def one_or_many(checkpoints: list[Path]) -> Path | list[Path]:
@@ -50,6 +50,7 @@ def predict(
     batch_size: int = typer.Option(4, help="Images per model call."),
     device: str = typer.Option("cpu", help="cpu or cuda (torch runtime)."),
     tta: str | None = options.TTA,
+    operating_point: str | None = options.OPERATING_POINT,
     threshold: float | None = options.THRESHOLD,
     top: float | None = options.TOP,
     bottom: float | None = options.BOTTOM,
@@ -167,7 +168,7 @@ def predict(
 
         op = None
         if any(v is not None for v in (threshold, top, bottom, min_area)):
-            op = stored_operating_point(checkpoint).with_overrides(
+            op = stored_operating_point(checkpoint, operating_point).with_overrides(
                 **options.overrides(threshold, top, bottom, min_area)
             )
         predictor = Predictor(
@@ -181,6 +182,7 @@ def predict(
             calibration=calibration,
             compile=compile,
             compile_mode=compile_mode,
+            operating_point_name=operating_point,
         )
         model_ready = time.perf_counter() - started
         if warm.wait() is not None:
@@ -190,7 +192,7 @@ def predict(
             f"{len(mine)} of {len(files)} inputs (shard {index}/{count}); {runtime} {precision} "
             f"on {predictor.device}{' compiled' if compile else ''}, {predictor.encoder} at "
             f"{predictor.input_size}, TTA {predictor.tta}, operating point "
-            f"{predictor.operating_point.describe()}"
+            f"{predictor.operating_point_name}: {predictor.operating_point.describe()}"
         )
         result = pipeline.predict_files(
             predictor,
@@ -236,6 +238,7 @@ def predict(
             "outputs": list(chosen),
             "encoder": predictor.encoder,
             "input_size": predictor.input_size,
+            **operating_point_record(predictor),
         },
     )
     for row in result.rows:
@@ -243,6 +246,16 @@ def predict(
             console.print(f"[yellow]error[/yellow] {row['file']}: {row['error']}", soft_wrap=True)
     if result.errors:
         raise typer.Exit(EXIT_INPUTS_FAILED)  # listed above and in summary.csv
+
+
+def operating_point_record(predictor) -> dict:
+    """What run.json says about the decision rule: the point's name, values and calibrator."""
+    calibrator = predictor.calibrator
+    return {
+        "operating_point_name": predictor.operating_point_name,
+        "operating_point": predictor.operating_point.to_dict(),
+        "calibrator": None if calibrator is None else calibrator.describe(),
+    }
 
 
 def _calibration_images(files):

@@ -21,6 +21,7 @@ def serve(
     precision: str = typer.Option("fp32", help="fp32, bf16 or int8 (see `ptxseg predict`)."),
     device: str = typer.Option("cpu", help="cpu or cuda (torch runtime)."),
     tta: str | None = options.TTA,
+    operating_point: str | None = options.OPERATING_POINT,
     workers: int = typer.Option(
         1, min=1, help="Inference threads: how many images are analysed at the same time."
     ),
@@ -96,7 +97,9 @@ def serve(
     )
     try:
         model = checkpoint[0] if len(checkpoint) == 1 else list(checkpoint)
-        application = load_app(model, settings, runtime, device, precision, tta)
+        application = load_app(
+            model, settings, runtime, device, precision, tta, operating_point_name=operating_point
+        )
     except (FileNotFoundError, ValueError) as err:
         typer.secho(f"error: {err}", fg="red", err=True)
         raise typer.Exit(2) from None

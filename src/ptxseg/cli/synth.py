@@ -27,6 +27,13 @@ def synth(
         min=0.0,
         help="How visible a pneumothorax is: 1 subtle (as on real films), 3 for quick CPU demos.",
     ),
+    drains: str | None = typer.Option(
+        None,
+        "--drains",
+        help="P_POS:P_NEG: draw a chest drain on that share of positive and of negative images "
+        "(e.g. 0.7:0.05, a shortcut a model can learn), recorded in metadata.csv for "
+        "`ptxseg evaluate --subgroups`.",
+    ),
     panel: Path | None = typer.Option(
         None, "--panel", help="Also plot a few samples with their masks to this PNG."
     ),
@@ -37,7 +44,7 @@ def synth(
     """
     from rich.console import Console
 
-    from ptxseg.data.synth import generate_dataset, plot_samples
+    from ptxseg.data.synth import generate_dataset, parse_drains, plot_samples
 
     console = Console()
     try:
@@ -49,6 +56,7 @@ def synth(
             positive_fraction=positive_fraction,
             overwrite=overwrite,
             conspicuity=conspicuity,
+            drains=parse_drains(drains),
         )
     except (FileExistsError, ValueError) as error:
         fail(str(error))
@@ -57,6 +65,8 @@ def synth(
         f"{summary['n_regions']} regions, {summary['n_patients']} patients) at {size}px:\n"
         f"  {summary['images_dir']}\n  {summary['csv']}"
     )
+    if summary["metadata"]:
+        console.print(f"  {summary['metadata']} ({summary['n_drains']} images with a chest drain)")
     if panel is not None:
         plot_samples(out_dir, panel)
         console.print(f"  {panel}")

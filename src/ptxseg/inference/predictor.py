@@ -40,7 +40,20 @@ from ptxseg.inference.runtimes import (
     openvino_runner,
     torch_runner,
 )
-from ptxseg.model.operating_point import DEFAULT, OperatingPoint, check_tta
+from ptxseg.model.operating_point import (
+    DEFAULT,
+    DEFAULT_NAME,
+    OperatingPoint,
+    check_tta,
+    choose_named,
+)
+from ptxseg.stats.calibration import Calibrator
+
+NO_CALIBRATOR = (
+    "none: this model stores no calibrator (its operating point was searched before "
+    "calibration existed); `probability` is the raw score. Search again to add one: "
+    "ptxseg evaluate --search"
+)
 
 
 @dataclass
@@ -113,7 +126,22 @@ def describe(
         mask, peak, metadata, describer["operating_point"], describer["encoder"]
     )
     findings["runtime"], findings["precision"] = describer["runtime"], describer["precision"]
+    findings.update(calibrated(peak, describer))
     return findings
+
+
+def calibrated(peak: float, describer: dict[str, Any]) -> dict[str, Any]:
+    """The findings' calibrated probability of the raw score `peak`, the calibrator that gave
+    it (or why there is none) and the name of the operating point applied."""
+    stored = describer.get("calibrator")
+    calibrator = Calibrator.coerce(stored) if stored else None
+    return {
+        "calibrated_probability": None
+        if calibrator is None
+        else round(float(calibrator.apply(peak)), 6),
+        "calibration": NO_CALIBRATOR if calibrator is None else calibrator.describe(),
+        "operating_point_name": describer.get("operating_point_name", DEFAULT_NAME),
+    }
 
 
 def _is_onnx(model: Any) -> bool:
@@ -128,9 +156,10 @@ class Predictor:
 
     `runtime` is torch, onnxruntime or openvino; `precision` fp32, bf16 or int8 (see
     `ptxseg.inference.runtimes.SUPPORTED`). `operating_point` (OperatingPoint or dict) replaces
-    the stored one. `tta` is none or hflip; None takes the TTA the operating point was searched
-    with (none when unknown); another one than that warns. int8 is calibrated on `calibration`
-    images (synthetic when None).
+    the stored one; `operating_point_name` picks one of the stored named points instead of the
+    main one (`--operating-point`). `tta` is none or hflip; None takes the TTA the operating
+    point was searched with (none when unknown); another one than that warns. int8 is
+    calibrated on `calibration` images (synthetic when None).
     """
 
     def __init__(
@@ -148,6 +177,7 @@ class Predictor:
         channels_last: bool = True,
         compile: bool = False,
         compile_mode: str = "default",
+        operating_point_name: str | None = None,
     ):
         check_runtime(runtime, precision)
         self.precision_plan = cpu_precision_plan(precision, device)
@@ -178,7 +208,11 @@ class Predictor:
         self.config = meta.get("config") or {}
         stored = OperatingPoint.coerce(meta.get("operating_point"))
         self.stored_operating_point = stored
-        self.operating_point = OperatingPoint.coerce(operating_point) or stored or DEFAULT
+        self.named_points = dict(meta.get("operating_points") or {})
+        self.operating_point_name = operating_point_name or DEFAULT_NAME
+        chosen = choose_named(stored, self.named_points, operating_point_name)
+        self.operating_point = OperatingPoint.coerce(operating_point) or chosen or DEFAULT
+        self.calibrator = Calibrator.coerce(meta.get("calibrator"))
         self.tta = check_tta(tta) if tta is not None else (self.operating_point.tta or "none")
         self.operating_point.warn_if_other_path(self.tta, self.input_size)
         self._torch = None
@@ -314,6 +348,8 @@ class Predictor:
             "encoder": self.encoder,
             "runtime": self.runtime,
             "precision": self.precision,
+            "operating_point_name": self.operating_point_name,
+            "calibrator": None if self.calibrator is None else self.calibrator.to_dict(),
         }
 
     def explain(self, image: np.ndarray) -> np.ndarray:

@@ -10,11 +10,12 @@ RESEARCH, completion COMPLETE, verification UNVERIFIED):
 - one image measurement group (TID 1501) whose source is the radiograph, with
   - finding type Pneumothorax (SCT); finding site Pleura with the side (patient's terms) when a
     pneumothorax was found and the view allows a side;
-  - algorithm identification (TID 4019): ptxseg and its version; the model and the operating
-    point as algorithm parameters;
+  - algorithm identification (TID 4019): ptxseg and its version; the model, the operating
+    point and its name (default, or a named one such as triage) as algorithm parameters;
   - qualitative evaluations: Pneumothorax = Present / Absent (SCT), and for positives the BTS and
     the ACCP size class (Small / Large, SCT);
-  - measurements (TID 300, `IMAGE_MEASUREMENTS`): the model's score, the area (SCT Area, cm²),
+  - measurements (TID 300, `IMAGE_MEASUREMENTS`): the model's score, for a model with a
+    calibrator the calibrated probability, the area (SCT Area, cm²),
     the BTS rim distance and the ACCP apex distance (DCM Distance, mm, finding site Hilum of lung
     / Apex of lung, method Estimated);
 - for positives, one planar ROI group (TID 1410) per region of the mask (the `MAX_REGIONS`
@@ -73,6 +74,7 @@ CHEST_IMAGING = ("413815006", "SCT", "Chest imaging")
 AREA = ("42798000", "SCT", "Area")
 DISTANCE = ("121206", "DCM", "Distance")
 PROBABILITY = ("PROB", LOCAL_SCHEME, "Pneumothorax model score (uncalibrated)")
+CALIBRATED = ("CALPROB", LOCAL_SCHEME, "Pneumothorax probability, calibrated")
 BTS_CLASS = ("BTSSIZE", LOCAL_SCHEME, "Pneumothorax size class (BTS), estimated")
 ACCP_CLASS = ("ACCPSIZE", LOCAL_SCHEME, "Pneumothorax size class (ACCP), estimated")
 UNITS = {
@@ -84,6 +86,9 @@ UNITS = {
 LOCAL_CODES = {
     PROBABILITY: "the network's sigmoid output is a score, not a calibrated probability; DICOM's "
     "Probability (DCM 122157) would claim a calibration the score lacks",
+    CALIBRATED: "the score mapped through the model's calibrator (isotonic or Platt, fitted on the "
+    "validation split); it is kept apart from DCM 122157 because its calibration holds for the "
+    "population of that split only (docs/statistics.md)",
     BTS_CLASS: "DICOM's Size Descriptor (DCM 112025) takes Small / Large but cannot say by which "
     "guideline's threshold; the BTS class (rim >= 2 cm at the hilum) and the ACCP class can "
     "disagree on one image",
@@ -103,13 +108,17 @@ class Numeric:
     estimated: bool = False
 
 
-IMAGE_MEASUREMENTS = (
-    Numeric("probability", PROBABILITY, "1"),
-    Numeric("area_cm2", AREA, "cm2"),
+AREA_MEASUREMENT = Numeric("area_cm2", AREA, "cm2")
+SIDE_MEASUREMENTS = (  # the estimates, given per side in each region group
     Numeric("bts_rim_mm_est", DISTANCE, "mm", HILUM, estimated=True),
     Numeric("accp_apex_mm_est", DISTANCE, "mm", APEX, estimated=True),
 )
-SIDE_MEASUREMENTS = IMAGE_MEASUREMENTS[2:]  # the estimates, given per side in each region group
+IMAGE_MEASUREMENTS = (
+    Numeric("probability", PROBABILITY, "1"),
+    Numeric("calibrated_probability", CALIBRATED, "1"),  # models with a calibrator
+    AREA_MEASUREMENT,
+    *SIDE_MEASUREMENTS,
+)
 CLASS_EVALUATIONS = (("bts_class_est", BTS_CLASS), ("accp_class_est", ACCP_CLASS))
 
 
@@ -307,7 +316,7 @@ def region_groups(ctx: _Context, findings: dict[str, Any], mask: np.ndarray) -> 
                 finding_type=code(PNEUMOTHORAX),
                 algorithm_id=ctx.algorithm,
                 finding_sites=_sites(side),
-                measurements=measurements(values, (IMAGE_MEASUREMENTS[1], *SIDE_MEASUREMENTS), side)
+                measurements=measurements(values, (AREA_MEASUREMENT, *SIDE_MEASUREMENTS), side)
                 or None,
             )
         )
@@ -323,7 +332,7 @@ def segment_group(ctx: _Context, findings: dict[str, Any], segmentation):
         finding_type=code(PNEUMOTHORAX),
         algorithm_id=ctx.algorithm,
         finding_sites=_sites(ctx.laterality),
-        measurements=measurements(findings, IMAGE_MEASUREMENTS[1:2]) or None,
+        measurements=measurements(findings, (AREA_MEASUREMENT,)) or None,
     )
 
 
@@ -335,7 +344,11 @@ def _algorithm(model: str, findings: dict[str, Any]):
     return hd.sr.AlgorithmIdentification(
         name="ptxseg",
         version=__version__,
-        parameters=[f"model: {model}", describe_operating_point(findings.get("operating_point"))],
+        parameters=[
+            f"model: {model}",
+            describe_operating_point(findings.get("operating_point")),
+            f"operating point name: {findings.get('operating_point_name') or 'default'}",
+        ],
     )
 
 

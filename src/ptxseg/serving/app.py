@@ -456,6 +456,7 @@ def load_app(
     device: str = "cpu",
     precision: str = "fp32",
     tta: str | None = None,
+    operating_point_name: str | None = None,
 ) -> FastAPI:
     """Load the model once (and run it once, so the first request is not slower), then the app.
 
@@ -470,7 +471,14 @@ def load_app(
     settings = settings or ServeSettings()
     # the CUDA context is made while the model's libraries import and the model loads
     warm = DeviceWarmUp(device if runtime == "torch" else "cpu", time.perf_counter())
-    predictor = Predictor(checkpoint, runtime=runtime, device=device, precision=precision, tta=tta)
+    predictor = Predictor(
+        checkpoint,
+        runtime=runtime,
+        device=device,
+        precision=precision,
+        tta=tta,
+        operating_point_name=operating_point_name,
+    )
     warm.wait()
     size = int(getattr(predictor, "input_size", 256))
     predictor.predict(np.zeros((size, size), np.float32), {})
