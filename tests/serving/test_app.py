@@ -216,7 +216,7 @@ def test_real_dicom_seg_matches_the_mask_even_with_invalid_source_uids(tmp_path,
 def test_the_seg_repairs_are_listed_with_the_header_warnings():
     pytest.importorskip("ptxseg.inference.seg")
     data, _ = siim_like_dicom()
-    client = TestClient(create_app(FakePredictor(), ServeSettings(), renderer=DefaultRenderer()))
+    client = local_client(create_app(FakePredictor(), ServeSettings(), renderer=DefaultRenderer()))
     without = upload(client, data, include="none").json()["input"]["header_warnings"]
     listed = upload(client, data, include="seg").json()["input"]["header_warnings"]
     assert not any("referenced as" in w for w in without)
