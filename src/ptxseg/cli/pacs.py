@@ -149,9 +149,7 @@ def dicomweb(
     report = _reporter(console, secrets.scrub)
     op, tta = analyzer.predictor.operating_point.describe(), analyzer.predictor.tta
     name = analyzer.predictor.operating_point_name
-    report(
-        f"{dw.public_url(url)}: {analyzer.model_name}, operating point {name}: {op}, TTA {tta}"
-    )
+    report(f"{dw.public_url(url)}: {analyzer.model_name}, operating point {name}: {op}, TTA {tta}")
     studies = list(study) if study else None
     if watch is not None:
         stop = threading.Event()
