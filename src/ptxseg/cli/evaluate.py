@@ -8,6 +8,7 @@ import typer
 
 from ptxseg.cli import options
 from ptxseg.cli.app import app, fail
+from ptxseg.cli.guarded import MODEL, READ, Out, guarded
 
 
 def _fmt(value) -> str:
@@ -78,6 +79,10 @@ def print_folds(summary: dict) -> None:
 
 
 @app.command()
+@guarded(
+    inputs={"checkpoint": MODEL, "data": READ},
+    outputs={"out": Out(owns=("*.csv", "*.json", "*.npz", ".ptxseg*"))},
+)
 def evaluate(
     checkpoint: list[Path] = typer.Option(..., help=options.CHECKPOINTS_HELP),
     data: Path = typer.Option(..., help="Work folder written by `ptxseg prepare`."),
@@ -89,7 +94,7 @@ def evaluate(
         "operating point).",
     ),
     tta: str | None = options.TTA,
-    batch_size: int = typer.Option(8, help="Images per forward pass."),
+    batch_size: int = typer.Option(8, min=1, help="Images per forward pass."),
     device: str = typer.Option("cpu", help="torch device: cpu, cuda, cuda:1, ..."),
     runtime: str = typer.Option("torch", help="torch, onnxruntime or openvino (as predict)."),
     precision: str = typer.Option("fp32", help="fp32, bf16 or int8 (as predict)."),

@@ -8,11 +8,16 @@ import typer
 
 from ptxseg.cli import options
 from ptxseg.cli.app import app
+from ptxseg.cli.guarded import MODEL, READ, TABLES, Out, guarded
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
 @app.command()
+@guarded(
+    inputs={"checkpoint": MODEL},
+    outputs={"keep_uploads": Out(owns=("upload-*",), lock=False)},
+)
 def serve(
     checkpoint: list[Path] = typer.Option(..., "--checkpoint", "-c", help=options.CHECKPOINTS_HELP),
     host: str = typer.Option(
@@ -73,6 +78,7 @@ def serve(
 
 
 @app.command("load-test")
+@guarded(inputs={"file": READ}, outputs={"out": TABLES})
 def load_test(
     url: str = typer.Option("http://127.0.0.1:8000", help="The running `ptxseg serve` (local)."),
     file: Path = typer.Option(..., "--file", "-f", help="The DICOM, PNG or JPEG to send."),
