@@ -50,18 +50,32 @@ def write_through(path: str | Path, write: Callable[[IO[Any]], Any], binary: boo
     is fsynced before the rename and the folder after it."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as err:
+        raise _naming(err, path) from err
     try:
         with os.fdopen(fd, "wb" if binary else "w", newline=None if binary else "") as handle:
             write(handle)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
+    except OSError as err:
+        Path(tmp).unlink(missing_ok=True)
+        raise _naming(err, path, tmp) from err
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
     sync_folder(path.parent)
     return path
+
+
+def _naming(err: OSError, path: Path, tmp: str | None = None) -> OSError:
+    """The error with the file it was writing named as the user knows it (not its temporary
+    name): a full disk at summary.csv says summary.csv."""
+    if tmp is not None and err.filename not in (None, tmp):
+        return err
+    return OSError(err.errno, err.strerror or str(err), str(path))
 
 
 def write_bytes(path: str | Path, data: bytes) -> Path:
