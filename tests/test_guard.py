@@ -127,6 +127,9 @@ def test_a_claim_that_wrote_nothing_leaves_no_folder(tmp_path):
     with guard.claim(tmp_path / "new"):
         pass
     assert not (tmp_path / "new").exists()
+    with pytest.raises(RuntimeError), guard.claim(tmp_path / "failed"):
+        raise RuntimeError("a usage error in the command")
+    assert not (tmp_path / "failed").exists()
     with guard.claim(tmp_path / "kept"):
         (tmp_path / "kept" / "x").write_text("x")
     assert (tmp_path / "kept" / "x").is_file()

@@ -269,8 +269,8 @@ def claim(folder: str | os.PathLike, name: str = LOCK, label: str = "--out") -> 
             os.ftruncate(fd, 0)  # left empty: an output folder's bytes do not depend on the pid
     finally:
         os.close(fd)
-    if created:
-        _remove_if_only_lock(folder, name)
+        if created:  # also when the command failed: no empty folder is left behind
+            _remove_if_only_lock(folder, name)
 
 
 def _remove_if_only_lock(folder: Path, name: str) -> None:

@@ -26,7 +26,7 @@ def _replaceable(params) -> None:
             owns=("dicom-images-train", "train-rle.csv", guard.MADE_BY, ".synth-*", ".ptxseg*")
         ),
         "panel": Out(guard.FILE),
-    }
+    },
 )
 def synth(
     out_dir: Path = typer.Argument(
