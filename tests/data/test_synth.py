@@ -11,6 +11,7 @@ import pytest
 from ptxseg.cli import main
 from ptxseg.data import synth
 from ptxseg.data.rle import read_annotations, rle_decode
+from ptxseg.guard import MADE_BY, made_by
 
 SIIM_UID = re.compile(r"1\.2\.276\.0\.7230010\.3\.1\.4\.8323329\.\d+\.\d{10}\.\d{6}")
 
@@ -29,7 +30,8 @@ def test_layout_and_file_names(dataset):
     out, summary = dataset
     paths = _dicoms(out)
     assert len(paths) == summary["n_images"] == 10
-    assert sorted(p.name for p in out.iterdir()) == [synth.IMAGES_DIR, synth.CSV_NAME]
+    assert sorted(p.name for p in out.iterdir()) == [synth.IMAGES_DIR, MADE_BY, synth.CSV_NAME]
+    assert made_by(out)["command"] == "synth" and made_by(out)["holds"] == "data"
     for path in paths:
         ds = pydicom.dcmread(path, stop_before_pixels=True)
         assert SIIM_UID.fullmatch(path.stem)
@@ -243,6 +245,18 @@ def test_a_failure_leaves_no_half_written_dataset(tmp_path, monkeypatch):
     with pytest.raises(RuntimeError, match="disk full"):
         synth.generate_dataset(tmp_path, 5, size=64)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_overwrite_replaces_only_a_dataset_marked_as_synth_s(tmp_path):
+    synth.generate_dataset(tmp_path / "a", 2, size=32)
+    (tmp_path / "a" / MADE_BY).unlink()  # as a real dataset in the SIIM layout: no mark
+    before = sorted(p.name for p in (tmp_path / "a").rglob("*"))
+    with pytest.raises(FileExistsError, match="not written by synth"):
+        synth.generate_dataset(tmp_path / "a", 3, size=32, overwrite=True)
+    assert sorted(p.name for p in (tmp_path / "a").rglob("*")) == before
+    synth.generate_dataset(tmp_path / "b", 2, size=32)
+    synth.generate_dataset(tmp_path / "b", 3, size=32, overwrite=True)
+    assert len(_dicoms(tmp_path / "b")) == 3 and made_by(tmp_path / "b")["n_images"] == 3
 
 
 def test_cli_writes_refuses_to_overwrite_and_overwrites(tmp_path, capsys):

@@ -8,6 +8,7 @@ import typer
 
 from ptxseg.cli import options
 from ptxseg.cli.app import app, fail
+from ptxseg.cli.guarded import MODEL, READ, Out, guarded
 
 
 def format_interval(entry, digits: int = 3) -> str:
@@ -142,6 +143,10 @@ def print_folds(summary: dict) -> None:
 
 
 @app.command(rich_help_panel="Evaluation")
+@guarded(
+    inputs={"checkpoint": MODEL, "data": READ, "subgroups": READ},
+    outputs={"out": Out(owns=("*.csv", "*.json", "*.npz", "*.png", "*.md", ".ptxseg*"))},
+)
 def evaluate(
     checkpoint: list[Path] = typer.Option(..., help=options.CHECKPOINTS_HELP),
     data: Path = typer.Option(..., help="Work folder written by `ptxseg prepare`."),
@@ -153,7 +158,7 @@ def evaluate(
         "operating point).",
     ),
     tta: str | None = options.TTA,
-    batch_size: int = typer.Option(8, help="Images per forward pass."),
+    batch_size: int = typer.Option(8, min=1, help="Images per forward pass."),
     device: str = typer.Option("cpu", help="torch device: cpu, cuda, cuda:1, ..."),
     runtime: str = typer.Option("torch", help="torch, onnxruntime or openvino (as predict)."),
     precision: str = typer.Option("fp32", help="fp32, bf16 or int8 (as predict)."),
@@ -279,6 +284,10 @@ def evaluate(
 
 
 @app.command(rich_help_panel="Evaluation")
+@guarded(
+    inputs={"evaluations": READ},
+    outputs={"out": Out(owns=("comparison.csv", "comparison.md", "comparison.json", ".ptxseg*"))},
+)
 def compare(
     evaluations: list[Path] = typer.Argument(
         ..., help="Two or more `ptxseg evaluate` --out folders of the same images."

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import typer
 
 TTA = typer.Option(
@@ -41,3 +43,13 @@ CHECKPOINTS_HELP = (
 def overrides(threshold, top, bottom, min_area) -> dict:
     """The operating-point overrides given on the command line."""
     return {"threshold": threshold, "top": top, "bottom": bottom, "min_area": min_area}
+
+
+def positive_number(param: typer.CallbackParam, value: float | None) -> float | None:
+    """A typer callback: a positive, finite number (nan and inf are refused, naming the option)."""
+    if value is not None and not (math.isfinite(value) and value > 0):
+        raise typer.BadParameter(f"{value}: expected a positive number, e.g. 60", param=param)
+    return value
+
+
+MAX_MEGAPIXELS_HELP = "Refuse images whose header claims more pixels (decompression bombs)."

@@ -14,10 +14,11 @@ import typer
 
 from ptxseg.cli import options
 from ptxseg.cli.app import app, fail
+from ptxseg.cli.guarded import MODEL, READ, WALKED, Out, guarded
 
 PACS_EXTRA = "pip install 'ptxseg[pacs]' (dicomweb-client and pynetdicom)"
 MAX_MEGAPIXELS = typer.Option(
-    60.0, help="Refuse images whose header claims more pixels (decompression bombs), as predict."
+    60.0, callback=options.positive_number, help=options.MAX_MEGAPIXELS_HELP
 )
 
 
@@ -94,6 +95,7 @@ def _stop_on_signals(stop: threading.Event) -> None:
 
 
 @app.command(rich_help_panel="Serving and PACS")
+@guarded(inputs={"checkpoint": MODEL})
 def dicomweb(
     url: str = typer.Option(..., help="DICOMweb root, e.g. http://127.0.0.1:8042/dicom-web."),
     checkpoint: Path = typer.Option(..., "--checkpoint", "-c", help=options.CHECKPOINT_HELP),
@@ -111,7 +113,7 @@ def dicomweb(
     device: str = typer.Option("cpu", help="cpu or cuda (torch runtime)."),
     tta: str | None = options.TTA,
     operating_point: str | None = options.OPERATING_POINT,
-    batch_size: int = typer.Option(4, help="Images retrieved and segmented together."),
+    batch_size: int = typer.Option(4, min=1, help="Images retrieved and segmented together."),
     max_megapixels: float = MAX_MEGAPIXELS,
 ) -> None:
     """Segment CR/DX images in a DICOMweb PACS and store a SEG (positives) and an SR (all) back.
@@ -130,7 +132,6 @@ def dicomweb(
         raise typer.BadParameter("give --study UID (repeatable) or --new, not both and not none")
     if watch is not None and watch <= 0:
         raise typer.BadParameter(f"--watch {watch}: expected a positive number of seconds")
-    _positive(max_megapixels, "--max-megapixels", "60")
     try:
         from ptxseg.integration import dicomweb as dw
     except ImportError as err:
@@ -184,6 +185,12 @@ def dicomweb(
 
 
 @app.command(rich_help_panel="Serving and PACS")
+@guarded(
+    inputs={"checkpoint": MODEL},
+    outputs={
+        "spool": Out(owns=("incoming", "outbox", "failed", "lock", "status.json"), lock=False)
+    },
+)
 def listen(
     checkpoint: Path = typer.Option(..., "--checkpoint", "-c", help=options.CHECKPOINT_HELP),
     send_to: str = typer.Option(
@@ -218,7 +225,7 @@ def listen(
     device: str = typer.Option("cpu", help="cpu or cuda (torch runtime)."),
     tta: str | None = options.TTA,
     operating_point: str | None = options.OPERATING_POINT,
-    batch_size: int = typer.Option(4, help="Queued images segmented together at most."),
+    batch_size: int = typer.Option(4, min=1, help="Queued images segmented together at most."),
     max_megapixels: float = MAX_MEGAPIXELS,
 ) -> None:
     """Receive images by DICOM C-STORE, segment CR/DX ones, send SEG (positives) and SR onward.
@@ -251,7 +258,6 @@ def listen(
     except ValueError as err:
         raise typer.BadParameter(str(err)) from None
     _positive(spool_max_gb, "--spool-max-gb", "20")
-    _positive(max_megapixels, "--max-megapixels", "60")
     folder = spool or default_spool(ae_title, port)
     store = Spool(folder, max_bytes=int(spool_max_gb * 1e9))
     try:
@@ -328,6 +334,7 @@ def parse_duration(text: str, option: str) -> float:
 
 
 @app.command("listen-status", rich_help_panel="Serving and PACS")
+@guarded(inputs={"spool": READ})
 def listen_status(
     spool: Path | None = typer.Argument(
         None, help="The listener's spool (default: the one `listen` uses for --ae-title/--port)."
@@ -362,32 +369,63 @@ def listen_status(
         typer.echo(render_status(status))
 
 
+def _copies(inputs: list[Path], out: Path) -> list[tuple[Path, Path]]:
+    """(DICOM, name of its copy under --out) for repair-uids: folders are searched (not --out)."""
+    from ptxseg import guard
+
+    files: list[tuple[Path, Path]] = []
+    for raw in inputs:
+        if raw.is_dir():
+            files += [(p, p.relative_to(raw)) for p in guard.walk(raw, (".dcm",), skip=[out])]
+        elif raw.is_file():
+            files.append((raw, Path(raw.name)))
+        else:
+            raise typer.BadParameter(f"{raw} does not exist: expected a DICOM file or a folder")
+    return files
+
+
+def _no_copy_over_its_source(params) -> None:
+    from ptxseg import guard
+
+    files = _copies(params["inputs"], params["out"])
+    guard.check_targets([params["out"] / name for _, name in files], [p for p, _ in files])
+
+
 @app.command("repair-uids", rich_help_panel="Serving and PACS")
+@guarded(inputs={"inputs": WALKED}, outputs={"out": Out(owns=())}, check=_no_copy_over_its_source)
 def repair_uids(
     inputs: list[Path] = typer.Argument(..., help="DICOM files or folders (searched recursively)."),
     out: Path = typer.Option(..., "--out", "-o", help="Folder for the repaired copies."),
 ) -> None:
     """Copy DICOMs with valid UIDs (SIIM stage-2 files have empty Study/Series UIDs, which a PACS
     refuses). Same name under --out; deterministic: the same file always gets the same UIDs.
+    --out may lie inside an input folder (the search skips it); it may not be an input.
 
     Example: ptxseg repair-uids siim/stage_2_images --out repaired/
     """
+    from ptxseg import guard
+    from ptxseg.cli import errors
     from ptxseg.data.uids import repair_file
 
-    files: list[tuple[Path, Path]] = []
-    for raw in inputs:
-        if raw.is_dir():
-            files += [(p, p.relative_to(raw)) for p in sorted(raw.rglob("*.dcm"))]
-        elif raw.is_file():
-            files.append((raw, Path(raw.name)))
-        else:
-            raise typer.BadParameter(f"{raw} does not exist: expected a DICOM file or a folder")
-    repaired = 0
+    files = _copies(inputs, out)  # none is its own copy (checked before --out was locked)
+    repaired, failed = 0, []
     for source, relative in files:
         try:
             notes = repair_file(source, out / relative)
+        except OSError as err:
+            if err.filename and guard.is_inside(guard.real(err.filename), guard.real(out)):
+                raise  # the output cannot be written: one line, exit 1
+            failed.append((str(source), f"{type(err).__name__}: {err}"))
+            continue
         except Exception as err:  # noqa: BLE001 - report and go on
-            typer.echo(f"error: {source}: {err}", err=True)
+            failed.append((str(source), f"{type(err).__name__}: {err}"))
             continue
         repaired += bool(notes)
-    typer.echo(f"copied {len(files)} files to {out}; {repaired} had UIDs repaired")
+    for line in errors.summarise(failed, where="the lines above"):
+        typer.echo(f"error: {line}", err=True)
+    typer.echo(
+        f"copied {len(files) - len(failed)} files to {out}; {repaired} had UIDs repaired"
+        + (f"; {len(failed)} could not be read" if failed else "")
+    )
+    if failed:
+        raise typer.Exit(1)

@@ -8,9 +8,14 @@ import typer
 
 from ptxseg.cli import options
 from ptxseg.cli.app import app
+from ptxseg.cli.guarded import MODEL, READ, TABLES, Out, guarded
 
 
 @app.command(rich_help_panel="Serving and PACS")
+@guarded(
+    inputs={"checkpoint": MODEL},
+    outputs={"keep_uploads": Out(owns=("upload-*",), lock=False)},
+)
 def serve(
     checkpoint: list[Path] = typer.Option(..., "--checkpoint", "-c", help=options.CHECKPOINTS_HELP),
     host: str = typer.Option(
@@ -111,6 +116,7 @@ def serve(
 
 
 @app.command("load-test", rich_help_panel="Benchmarks")
+@guarded(inputs={"file": READ}, outputs={"out": TABLES})
 def load_test(
     url: str = typer.Option("http://127.0.0.1:8000", help="The running `ptxseg serve` (local)."),
     file: Path = typer.Option(..., "--file", "-f", help="The DICOM, PNG or JPEG to send."),

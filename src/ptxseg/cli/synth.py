@@ -4,10 +4,37 @@ from pathlib import Path
 
 import typer
 
+from ptxseg import guard
 from ptxseg.cli.app import app, fail
+from ptxseg.cli.guarded import Out, guarded
+
+
+def _replaceable(params) -> None:
+    from ptxseg.data.synth import check_out_dir
+
+    try:
+        check_out_dir(params["out_dir"], params["overwrite"])
+    except FileExistsError as err:
+        raise guard.GuardError(str(err)) from None
 
 
 @app.command("synth", rich_help_panel="Data")
+@guarded(
+    check=_replaceable,
+    outputs={
+        "out_dir": Out(
+            owns=(
+                "dicom-images-train",
+                "train-rle.csv",
+                "metadata.csv",
+                guard.MADE_BY,
+                ".synth-*",
+                ".ptxseg*",
+            )
+        ),
+        "panel": Out(guard.FILE),
+    },
+)
 def synth(
     out_dir: Path = typer.Argument(
         ..., help="Folder to write dicom-images-train/ and train-rle.csv into."

@@ -7,10 +7,12 @@ from pathlib import Path
 import typer
 
 from ptxseg.cli.app import app, fail
+from ptxseg.cli.guarded import READ, guarded
 from ptxseg.cli.pacs import PACS_EXTRA
 
 
 @app.command(rich_help_panel="Serving and PACS")
+@guarded(inputs={"results": READ, "ohif": READ})
 def view(
     results: Path | None = typer.Argument(
         None,

@@ -33,7 +33,7 @@ import numpy as np
 import pydicom
 from rich.progress import Progress
 
-from ptxseg import atomic
+from ptxseg import atomic, guard
 from ptxseg.data.dataset import ANNOTATIONS, MANIFEST, SPLITS, SPLITS_FILE, cache_dir, cache_paths
 from ptxseg.data.dicom import (
     DEFAULT_MAX_PIXELS,
@@ -101,10 +101,12 @@ class Record:
 # ---------------------------------------------------------------- finding and joining
 
 
-def find_dicoms(images: Path) -> list[Path]:
+def find_dicoms(images: Path, skip: Sequence[Path] = ()) -> list[Path]:
+    """The DICOM files under `images`; the folders in `skip` (the work folder, when it lies
+    inside) and folders of results are not searched (`ptxseg.guard.walk`)."""
     if not images.is_dir():
         raise FileNotFoundError(f"images folder not found: {images}")
-    return sorted(p for p in images.rglob("*") if p.suffix.lower() in (".dcm", ".dicom"))
+    return guard.walk(images, (".dcm", ".dicom"), skip)
 
 
 def _header(path: Path) -> tuple[pydicom.Dataset | None, str]:
@@ -431,7 +433,7 @@ def build_cache(
                 f"{'; '.join(list(failed.values())[:3])}"
             )
         for tmp, final in renames:
-            os.replace(tmp, final)
+            atomic.replace(tmp, final)  # fsynced: the info.json written after trusts them
     finally:
         if pool is not None:
             pool.shutdown(cancel_futures=True)
@@ -660,7 +662,7 @@ def prepare(
         rle_encoding = detect_encoding(r for rles in table.values() for r in rles)
     elif rle_encoding not in ("relative", "absolute"):
         raise ValueError(f"--rle-encoding {rle_encoding!r}: expected auto, relative or absolute")
-    files = find_dicoms(images)
+    files = find_dicoms(images, skip=[out])
     if not files:
         raise FileNotFoundError(f"no .dcm files found under {images}")
     candidates, problems = join_images(files, table, progress, max_pixels)

@@ -23,7 +23,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from ptxseg import atomic
+from ptxseg import atomic, guard
 from ptxseg.data.rle import rle_encode
 
 IMAGES_DIR = "dicom-images-train"
@@ -610,6 +610,27 @@ def _csv_text(rows: list[tuple[str, str]]) -> str:
     return buffer.getvalue()
 
 
+def check_out_dir(out_dir: str | Path, overwrite: bool) -> list[Path]:
+    """The dataset paths already in `out_dir` that a run would replace; FileExistsError when
+    there are some and `overwrite` is off, or when `out_dir/made-by.json` does not say synth
+    wrote them (a real dataset is never replaced)."""
+    out_dir = Path(out_dir)
+    existing = [p for p in (out_dir / IMAGES_DIR, out_dir / CSV_NAME) if p.exists()]
+    if existing and not overwrite:
+        raise FileExistsError(
+            f"{existing[0]} already exists: choose another output folder or pass overwrite=True "
+            "(--overwrite) to replace the synthetic dataset there"
+        )
+    made = guard.made_by(out_dir)
+    if existing and (made is None or made.get("command") != "synth"):
+        raise FileExistsError(
+            f"{existing[0]} was not written by synth ({out_dir / guard.MADE_BY} does not say "
+            "so): --overwrite replaces only synth's own datasets; choose another output folder, "
+            "or move that one away yourself"
+        )
+    return existing
+
+
 def generate_dataset(
     out_dir: str | Path,
     n_images: int,
@@ -628,19 +649,16 @@ def generate_dataset(
     `ptxseg evaluate --subgroups` reads.
 
     Everything is written under a temporary folder inside `out_dir` and moved into place at the
-    end, so a failure leaves no half-written dataset. An existing dataset in `out_dir` is only
-    replaced with `overwrite=True`. `progress` (default: when `n_images >= 100`) shows a bar.
+    end, so a failure leaves no half-written dataset; then `out_dir/made-by.json` marks it as
+    synth's. An existing dataset in `out_dir` is only replaced with `overwrite=True`, and only
+    when that mark says synth wrote it: a real dataset is never deleted. `progress` (default:
+    when `n_images >= 100`) shows a bar.
     Returns a summary: counts of images, positives, regions and patients, and the paths written.
     """
     _check_arguments(n_images, size, positive_fraction)
     out_dir = Path(out_dir)
     images_dir, csv_path = out_dir / IMAGES_DIR, out_dir / CSV_NAME
-    existing = [p for p in (images_dir, csv_path) if p.exists()]
-    if existing and not overwrite:
-        raise FileExistsError(
-            f"{existing[0]} already exists: choose another output folder or pass overwrite=True "
-            "(--overwrite) to replace the synthetic dataset there"
-        )
+    existing = check_out_dir(out_dir, overwrite)
     cases = plan_cases(n_images, seed, positive_fraction, drains)
     out_dir.mkdir(parents=True, exist_ok=True)
     staging = out_dir / f".synth-{os.getpid()}.tmp"
@@ -669,12 +687,19 @@ def generate_dataset(
             atomic.write_bytes(staging / METADATA_NAME, metadata.encode())
         for path in existing:
             shutil.rmtree(path) if path.is_dir() else path.unlink()
+        if existing:  # the replaced dataset's drains do not describe the new images
+            (out_dir / METADATA_NAME).unlink(missing_ok=True)
+        atomic.sync_tree(staging)
         os.replace(staging / IMAGES_DIR, images_dir)
         os.replace(staging / CSV_NAME, csv_path)
         if drains is not None:
             os.replace(staging / METADATA_NAME, out_dir / METADATA_NAME)
+        atomic.sync_folder(out_dir)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+    details = {"n_images": n_images, "size": size, "seed": seed}
+    details.update(positive_fraction=positive_fraction, conspicuity=conspicuity)
+    guard.mark(out_dir, "synth", "data", **details)
     n_positive = sum(spec.positive for spec in cases)
     return {
         "out_dir": str(out_dir),

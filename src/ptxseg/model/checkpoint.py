@@ -65,6 +65,25 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     return ckpt
 
 
+def check_resumable(path: str | os.PathLike) -> None:
+    """CheckpointError unless `path` is a complete training checkpoint that `train --resume` can
+    continue from (weights, optimizer state and progress); the message names the file."""
+    path = Path(path)
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as error:  # noqa: BLE001 - a damaged file, whatever the parser raised
+        raise CheckpointError(
+            f"cannot resume from {path} ({load_error(error)}; a copy cut short by a full disk or "
+            "a crash): restore the file, or train again into a new --out"
+        ) from None
+    missing = [k for k in ("state_dict", "optimizer_states", "epoch") if k not in ckpt]
+    if not isinstance(ckpt, dict) or missing:
+        raise CheckpointError(
+            f"cannot resume from {path}: it holds no {', '.join(missing) or 'training state'} "
+            "(not a checkpoint that `ptxseg train` writes for --resume); train into a new --out"
+        )
+
+
 def write_checkpoint(path: str | os.PathLike, ckpt: dict[str, Any]) -> Path:
     """Save a checkpoint dict atomically (temporary name, then rename)."""
     return atomic.write_through(path, lambda f: torch.save(ckpt, f), binary=True)
