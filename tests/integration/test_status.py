@@ -78,7 +78,7 @@ def test_listen_refuses_a_spool_in_use_before_loading_a_model(tmp_path, capsys):
     [
         ("--retry-for", "soon", "--retry-for 'soon': expected a positive duration"),
         ("--retry-for", "0h", "expected a positive duration"),
-        ("--max-megapixels", "nan", "--max-megapixels nan: expected a positive number"),
+        ("--max-megapixels", "nan", "'--max-megapixels': nan: expected a positive number"),
         ("--spool-max-gb", "-1", "--spool-max-gb -1: expected a positive number"),
     ],
 )

@@ -286,7 +286,7 @@ def evaluate(
 @app.command(rich_help_panel="Evaluation")
 @guarded(
     inputs={"evaluations": READ},
-    outputs={"out": Out(owns=("comparison.csv", "comparison.md", "comparison.json", ".ptxseg*"))},
+    outputs={"out": Out(owns=("comparison.csv", "comparison.md", "comparison.json"), lock=False)},
 )
 def compare(
     evaluations: list[Path] = typer.Argument(
