@@ -9,7 +9,7 @@ LOCK := requirements/dev.txt
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml $(LOCK) | cksum | cut -d' ' -f1)
 DEMO_DIR ?= demo-output
 
-.PHONY: demo test test-browser test-pacs format install lock clean
+.PHONY: demo test docs test-browser test-pacs test-faults test-conformance test-viewer viewer format install lock clean
 
 $(STAMP): pyproject.toml $(LOCK)
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -26,7 +26,12 @@ test: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/lint-imports
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet --site-dir build/site-check
 	$(BIN)/python -m pytest -q
+
+# The documentation site (MkDocs + Material, mkdocs.yml) into site/, offline.
+docs: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
 
 # The real-browser test of the web page: Debian's chromium + Playwright (no browser download).
 test-browser: $(STAMP)
@@ -36,7 +41,32 @@ test-browser: $(STAMP)
 # The PACS round trips against a real Orthanc (Debian's orthanc + orthanc-dicomweb packages).
 test-pacs: $(STAMP)
 	bash scripts/install-orthanc.sh
-	$(BIN)/python -m pytest -q -m pacs
+	$(BIN)/python -m pytest -q -m 'pacs and not slow'
+
+# `ptxseg listen` under kill -9 and a stopped destination (docs/pacs.md); prints its figures.
+test-faults: $(STAMP)
+	bash scripts/install-orthanc.sh
+	$(BIN)/python -m pytest -q -rP -m 'slow and pacs' tests/integration/test_listen_faults.py
+
+# Every DICOM output (predict, serve, dicomweb, listen, repair-uids) through dciodvfy, the DICOM
+# validator of Debian's dicom3tools: 0 errors, and only the warnings docs/conformance.md explains.
+test-conformance: $(STAMP)
+	bash scripts/install-dicom3tools.sh
+	$(BIN)/python -m pytest -q -m conformance
+
+# The OHIF viewer that `ptxseg view` serves: npm's @ohif/app at the version and sha512 that
+# viewer/package-lock.json pins, into viewer/node_modules (not part of the wheel).
+viewer:
+	bash scripts/install-viewer.sh
+
+# The results in a radiologist's viewer: Orthanc (Debian) + the pinned OHIF under `ptxseg view`,
+# driven by Playwright in Debian's chromium; screenshots in test-artifacts/viewer/.
+test-viewer: $(STAMP)
+	bash scripts/install-orthanc.sh
+	bash scripts/install-browser.sh
+	bash scripts/install-dicom3tools.sh
+	bash scripts/install-viewer.sh
+	$(BIN)/python -m pytest -q -m viewer
 
 # Resolve pyproject.toml's ranges (the dev and browser extras) to exact versions with hashes.
 lock:
@@ -51,4 +81,4 @@ format: $(STAMP)
 	$(BIN)/ruff check --fix .
 
 clean:
-	rm -rf $(DEMO_DIR) build dist src/*.egg-info
+	rm -rf $(DEMO_DIR) build dist site src/*.egg-info

@@ -1,6 +1,17 @@
 """A real Orthanc for the `pacs` tests: Debian's `orthanc` + `orthanc-dicomweb` packages
-(scripts/install-orthanc.sh), started on 127.0.0.1 with a temporary configuration and storage
-folder on free ports, with basic authentication, and stopped after the test."""
+(scripts/install-orthanc.sh), with a temporary configuration and storage folder on free ports,
+basic authentication, and stopped after the test.
+
+Locked down as docs/pacs.md says a PACS beside ptxseg should be: DIMSE only from the registered
+modalities (`modalities`), checked by AE title and by address 127.0.0.1 (DicomAlwaysAllowStore and
+DicomAlwaysAllowEcho false, DicomCheckModalityHost true), and HTTP remote access off.
+
+Orthanc 1.10 has no bind-address setting and listens on 0.0.0.0. Where the machine allows
+unprivileged namespaces (`loopback.namespaces_work()`), each Orthanc runs in its own network
+namespace and is reachable only at 127.0.0.1 through `loopback`'s relays (`isolated` is True);
+elsewhere it runs plainly, its ports open on every interface but refusing what the settings above
+refuse, and a warning says so.
+"""
 
 from __future__ import annotations
 
@@ -9,11 +20,13 @@ import json
 import shutil
 import subprocess
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 import requests
+from loopback import Namespace, namespaces_work
 from pacs_helpers import free_port
 
 USER, PASSWORD = "ptxseg", "test-secret"
@@ -40,9 +53,12 @@ class Orthanc:
     dicom_port: int
     aet: str = "ORTHANC"
     auth: tuple[str, str] = (USER, PASSWORD)
-    process: subprocess.Popen | None = None
+    process: subprocess.Popen | Namespace | None = None
     log: Path | None = None
     modalities: dict = field(default_factory=dict)
+    folder: Path | None = None
+    http_port: int = 0
+    isolated: bool = False
 
     @property
     def dicomweb(self) -> str:
@@ -85,17 +101,9 @@ class Orthanc:
         return self.log.read_text(errors="replace")[-3000:] if self.log else ""
 
 
-def start_orthanc(folder: Path, modalities: dict | None = None) -> Orthanc:
-    """Start Orthanc with its storage in `folder`; skip the test when it is not installed."""
-    binary, plugin = orthanc_binary(), dicomweb_plugin()
-    if binary is None or plugin is None:
-        missing = "the Orthanc binary" if binary is None else "Orthanc's DICOMweb plugin"
-        pytest.skip(
-            f"{missing} is not installed: run scripts/install-orthanc.sh "
-            "(Debian packages orthanc and orthanc-dicomweb), or `make test-pacs`"
-        )
-    http_port, dicom_port = free_port(), free_port()
-    config = {
+def orthanc_config(folder: Path, http_port: int, dicom_port: int, modalities: dict) -> dict:
+    """The test Orthanc's configuration: see the module docstring for what it locks down."""
+    return {
         "Name": "ptxseg-test",
         "StorageDirectory": str(folder / "storage"),
         "IndexDirectory": str(folder / "storage"),
@@ -105,21 +113,64 @@ def start_orthanc(folder: Path, modalities: dict | None = None) -> Orthanc:
         "RemoteAccessAllowed": False,
         "AuthenticationEnabled": True,
         "RegisteredUsers": {USER: PASSWORD},
-        "Plugins": [plugin],
+        "Plugins": [dicomweb_plugin()],
         "DicomWeb": {"Enable": True, "Root": "/dicom-web/"},
-        "DicomModalities": modalities or {},
-        "DicomAlwaysAllowStore": True,
-        "DicomCheckModalityHost": False,
+        "DicomModalities": modalities,
+        "DicomAlwaysAllowStore": False,
+        "DicomAlwaysAllowEcho": False,
+        "DicomCheckModalityHost": True,
         "StableAge": 1,
         "HttpTimeout": 30,
     }
+
+
+def start_orthanc(
+    folder: Path,
+    modalities: dict | None = None,
+    http_port: int | None = None,
+    dicom_port: int | None = None,
+) -> Orthanc:
+    """Start Orthanc with its storage in `folder`; skip the test when it is not installed.
+
+    `modalities` maps a name to [AET, "127.0.0.1", port]: the only peers whose C-STORE and
+    C-ECHO it accepts, and where it pushes. Given ports are reused (a restart, same addresses)."""
+    binary, plugin = orthanc_binary(), dicomweb_plugin()
+    if binary is None or plugin is None:
+        missing = "the Orthanc binary" if binary is None else "Orthanc's DICOMweb plugin"
+        pytest.skip(
+            f"{missing} is not installed: run scripts/install-orthanc.sh "
+            "(Debian packages orthanc and orthanc-dicomweb), or `make test-pacs`"
+        )
+    modalities = modalities or {}
+    http_port, dicom_port = http_port or free_port(), dicom_port or free_port()
+    config = orthanc_config(folder, http_port, dicom_port, modalities)
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / "orthanc.json"
     path.write_text(json.dumps(config, indent=2))
     log = folder / "orthanc.log"
-    with open(log, "wb") as sink:
-        process = subprocess.Popen([binary, str(path)], stdout=sink, stderr=subprocess.STDOUT)
-    server = Orthanc(f"http://127.0.0.1:{http_port}", dicom_port, process=process, log=log)
+    isolated = namespaces_work()
+    if isolated:
+        reach = [int(entry[2]) for entry in modalities.values()]
+        process = Namespace([binary, str(path)], [http_port, dicom_port], reach, log).start()
+    else:
+        warnings.warn(
+            "no unprivileged network namespaces here: the test Orthanc listens on every "
+            "interface (Orthanc 1.10 has no bind-address setting); it refuses HTTP from other "
+            "hosts and DIMSE from unregistered peers",
+            stacklevel=2,
+        )
+        with open(log, "ab") as sink:
+            process = subprocess.Popen([binary, str(path)], stdout=sink, stderr=subprocess.STDOUT)
+    server = Orthanc(
+        f"http://127.0.0.1:{http_port}",
+        dicom_port,
+        process=process,
+        log=log,
+        modalities=modalities,
+        folder=folder,
+        http_port=http_port,
+        isolated=isolated,
+    )
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         if process.poll() is not None:
@@ -133,7 +184,15 @@ def start_orthanc(folder: Path, modalities: dict | None = None) -> Orthanc:
     raise RuntimeError(f"Orthanc did not answer within 60 s:\n{server.log_tail()}")
 
 
+def restart_orthanc(server: Orthanc) -> Orthanc:
+    """Start a stopped Orthanc again: same storage, same ports, same modalities."""
+    return start_orthanc(server.folder, server.modalities, server.http_port, server.dicom_port)
+
+
 def stop_orthanc(server: Orthanc) -> None:
+    if isinstance(server.process, Namespace):
+        server.process.stop()
+        return
     if server.process is None or server.process.poll() is not None:
         return
     server.process.terminate()

@@ -1,5 +1,5 @@
 """Shared pieces of the PACS tests: small CR files, an Analyzer on RegionModel, a fake DICOMweb
-server in memory, and free TCP ports."""
+server in memory, a DIMSE destination that keeps what it gets, and free TCP ports."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from pydicom.dataset import Dataset
 from ptxseg.inference.predictor import Predictor
 from ptxseg.integration.analysis import Analyzer
 
+CR_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.1"
 NEGATIVE_OP = {"top": 0.99999, "bottom": 0.5, "min_area": 1}  # RegionModel's 0.9997 never passes
 
 
@@ -24,10 +25,15 @@ def analyzer(operating_point=None, key: str = "test-key") -> Analyzer:
     return Analyzer(predictor, "RegionModel test", key)
 
 
-def cr_file(path: Path, seed: int = 0, **tags) -> Path:
-    """A 64x64 CR image with valid UIDs and a patient name (to check that logs leave it out)."""
+def cr_file(path: Path, seed: int = 0, sop_class: str = CR_IMAGE_STORAGE, **tags) -> Path:
+    """A 64x64 CR image (CR Image Storage SOP class unless `sop_class` says otherwise) with valid
+    UIDs and a patient name (to check that logs leave it out)."""
     tags = {"PatientName": "Doe^Jane", "PatientID": "PID-4711", **tags}
-    return write_dicom(path, chest_like(64, seed), **tags)
+    write_dicom(path, chest_like(64, seed), **tags)
+    ds = pydicom.dcmread(path)
+    ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = sop_class
+    ds.save_as(path, enforce_file_format=True)
+    return path
 
 
 def cr_blob(tmp_path: Path, name: str = "cr.dcm", **tags) -> bytes:

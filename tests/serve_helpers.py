@@ -16,6 +16,7 @@ from ptxseg.inference.findings import compute_findings
 from ptxseg.serving.render import DefaultRenderer
 
 OP = {"top": 0.5, "bottom": 0.5, "min_area": 0}
+LOCAL = "http://127.0.0.1:8000"  # what a browser on this machine sends as Host
 BOX = (slice(10, 20), slice(5, 15))  # rows, cols: left of the image = the patient's right
 PATIENT = {"PatientName": "Doe^Jane", "PatientID": "PID-778899"}
 FILE_NAME = "Doe_Jane_PID-778899.dcm"
@@ -59,6 +60,14 @@ class FakePredictor:
 class FakeSegRenderer(DefaultRenderer):
     def seg_dicom(self, dicom: bytes, prediction) -> bytes:
         return b"SEG:" + str(int(prediction.mask.sum())).encode()
+
+
+def local_client(app):
+    """A TestClient that sends `Host: 127.0.0.1:8000`, as a page opened on this machine does (the
+    service refuses TestClient's default `testserver`)."""
+    from fastapi.testclient import TestClient
+
+    return TestClient(app, base_url=LOCAL)
 
 
 class LocalServer:

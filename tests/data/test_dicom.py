@@ -1,6 +1,8 @@
 """DICOM reading: variants written with pydicom, corrupt inputs, and the real SIIM files."""
 
+import struct
 import warnings
+import zlib
 from concurrent.futures import ThreadPoolExecutor
 
 import cv2
@@ -15,6 +17,7 @@ from ptxseg.data.dicom import (
     DicomHeaderWarning,
     ImageReadError,
     ImageTooLargeError,
+    ImageTooSmallError,
     read_dicom,
     read_image,
 )
@@ -213,14 +216,173 @@ def test_header_warnings_stay_with_their_image_across_threads(tmp_path):
         assert bool(problems) == stem.startswith("ID_")
 
 
-def test_a_rescale_slope_that_is_not_a_number_is_an_error(tmp_path):
-    """Found by fuzzing: `nan` gave an image of NaNs."""
+@pytest.mark.parametrize(
+    "value, reason",
+    [
+        (b"nan   ", "is not a finite number"),
+        (b"inf   ", "is not a finite number"),
+        (b"-inf  ", "is not a finite number"),
+        (b"0     ", "is zero, which maps every pixel to the same value"),
+        (b"0.0000", "is zero"),
+    ],
+)
+def test_a_rescale_slope_of_zero_or_not_finite_is_refused_with_its_reason(tmp_path, value, reason):
+    """`nan` gave an image of NaNs (found by fuzzing); 0 a constant image that a model called
+    "pneumothorax, large"."""
     pixels = (chest_like().astype(np.uint16) * 16).astype(np.uint16)
     tags = {"RescaleSlope": "2.0000", "RescaleIntercept": -100}
-    path = write_dicom(tmp_path / "nan.dcm", pixels, bits_stored=12, **tags)
-    replace_bytes(path, b"2.0000", b"nan   ")
-    with pytest.raises(ImageReadError, match="nan.dcm: cannot decode .*not numbers"):
+    path = write_dicom(tmp_path / "slope.dcm", pixels, bits_stored=12, **tags)
+    replace_bytes(path, b"2.0000", value)
+    with pytest.raises(ImageReadError, match=rf"slope.dcm: RescaleSlope '.*' {reason}"):
         read_dicom(path)
+    with pytest.raises(ImageReadError, match="RescaleSlope"):
+        read_image(path.read_bytes(), name="slope.dcm")
+
+
+def test_a_rescale_intercept_that_is_not_a_number_is_refused(tmp_path):
+    pixels = (chest_like().astype(np.uint16) * 16).astype(np.uint16)
+    tags = {"RescaleSlope": 1, "RescaleIntercept": "-100.0"}
+    path = write_dicom(tmp_path / "i.dcm", pixels, bits_stored=12, **tags)
+    replace_bytes(path, b"-100.0", b"nan   ")
+    with pytest.raises(ImageReadError, match="i.dcm: RescaleIntercept 'nan' is not a finite"):
+        read_dicom(path)
+
+
+def constant(kind: str, tmp_path):
+    """A file of each reading path whose pixels all have one value."""
+    flat = np.full((64, 64), 100, np.uint8)
+    if kind == "png":
+        path = tmp_path / "flat.png"
+        cv2.imwrite(str(path), flat)
+        return path
+    if kind == "jpeg-dicom":  # the libjpeg-turbo fast path
+        return write_dicom(tmp_path / "flat.dcm", flat, jpeg=True)
+    if kind == "native":
+        return write_dicom(tmp_path / "flat.dcm", flat)
+    # a window that leaves every stored value below its lower end: all black after scaling
+    pixels = (chest_like().astype(np.uint16) * 4).astype(np.uint16)  # at most 1020
+    tags = {"WindowCenter": 3000, "WindowWidth": 100}
+    return write_dicom(tmp_path / "flat.dcm", pixels, bits_stored=12, **tags)
+
+
+@pytest.mark.parametrize("kind", ["png", "jpeg-dicom", "native", "window"])
+def test_an_image_whose_pixels_are_all_equal_after_scaling_is_refused(tmp_path, kind):
+    path = constant(kind, tmp_path)
+    with pytest.raises(ImageReadError, match=rf"{path.name}: all 4,096 pixels have the same value"):
+        read_image(path)
+
+
+def write_colour_dicom(path, rgb: np.ndarray, bits_stored: int):
+    """An uncompressed RGB DICOM (interleaved samples) of `rgb` (H, W, 3)."""
+    ds = pydicom.dcmread(write_dicom(path, rgb[..., 0].copy(), bits_stored=bits_stored))
+    ds.SamplesPerPixel, ds.PhotometricInterpretation, ds.PlanarConfiguration = 3, "RGB", 0
+    ds.PixelData = np.ascontiguousarray(rgb).tobytes()
+    ds.save_as(path)
+    return path
+
+
+@pytest.mark.parametrize("bits", [16, 12])
+def test_16_bit_colour_is_gray_at_its_own_depth_not_wrapped(tmp_path, bits):
+    """16-bit RGB pixels were wrapped modulo 256 and read as a near-black image."""
+    gray8 = chest_like()
+    rgb8 = np.stack([gray8, np.clip(gray8.astype(int) + 9, 0, 255), gray8 // 2], -1)
+    rgb8 = rgb8.astype(np.uint8)
+    top = 2**bits - 1
+    wide = np.round(rgb8.astype(np.float64) * top / 255).astype(np.uint16)
+    image, meta = read_dicom(write_colour_dicom(tmp_path / "rgb16.dcm", wide, bits))
+    reference, _ = read_dicom(write_colour_dicom(tmp_path / "rgb8.dcm", rgb8, 8))
+    expected = (0.299 * rgb8[..., 0] + 0.587 * rgb8[..., 1] + 0.114 * rgb8[..., 2]) / 255
+    assert image.shape == (64, 64) and meta["BitsStored"] == bits
+    assert np.abs(image - expected).max() < 2 / 255
+    assert np.abs(image - reference).max() < 2 / 255
+    assert image.mean() > 0.2  # not the near-black of a wrapped image
+
+
+def test_palette_colour_is_refused_not_read_as_gray_indices(tmp_path):
+    path = write_dicom(tmp_path / "pal.dcm", chest_like(), photometric="PALETTE COLOR")
+    with pytest.raises(ImageReadError, match="pal.dcm: PALETTE COLOR images are not radiographs"):
+        read_dicom(path)
+
+
+def test_16_bit_colour_png_is_gray_at_its_own_depth(tmp_path):
+    gray8 = chest_like()
+    bgr16 = np.stack([gray8, gray8, gray8], -1).astype(np.uint16) * 257
+    cv2.imwrite(str(tmp_path / "c.png"), bgr16)
+    image, _ = read_image(tmp_path / "c.png")
+    assert np.abs(image - gray8 / 255).max() < 1e-4
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (3, 65535), (31, 64), (64, 31)])
+def test_an_image_under_32_pixels_on_a_side_is_refused_by_every_reader(tmp_path, shape):
+    """`predict` analysed 1x1 and 3x65535 images that `serve` refused."""
+    pixels = np.tile(np.arange(shape[1], dtype=np.uint8), (shape[0], 1))
+    pixels[0, 0] = 7  # not constant, even at 1x1 the size is what is refused
+    h, w = shape
+    dcm = write_dicom(tmp_path / "small.dcm", pixels)
+    cv2.imwrite(str(tmp_path / "small.png"), pixels)
+    for path in (dcm, tmp_path / "small.png"):
+        with pytest.raises(ImageTooSmallError, match=rf"small\.\w+: .* {h}x{w} pixels, smaller"):
+            read_image(path)
+    with pytest.raises(ImageTooSmallError):
+        dicom.read_dicom_frame(dcm)
+    assert dicom.MIN_SIDE == 32
+
+
+def test_an_image_of_32_pixels_on_a_side_is_read(tmp_path):
+    path = write_dicom(tmp_path / "a.dcm", chest_like(32))
+    assert read_image(path)[0].shape == (32, 32)
+
+
+def with_exif_orientation(jpeg: bytes, orientation: int) -> bytes:
+    """The JPEG with an APP1 Exif segment holding only the Orientation tag (0x0112)."""
+    tiff = b"MM\x00\x2a" + struct.pack(">IH", 8, 1)
+    tiff += struct.pack(">HHIHH", 0x0112, 3, 1, orientation, 0) + struct.pack(">I", 0)
+    payload = b"Exif\x00\x00" + tiff
+    return jpeg[:2] + b"\xff\xe1" + struct.pack(">H", len(payload) + 2) + payload + jpeg[2:]
+
+
+def with_png_exif(png: bytes, orientation: int) -> bytes:
+    """The PNG with an eXIf chunk holding only the Orientation tag, after IHDR."""
+    tiff = b"MM\x00\x2a" + struct.pack(">IH", 8, 1)
+    tiff += struct.pack(">HHIHH", 0x0112, 3, 1, orientation, 0) + struct.pack(">I", 0)
+    body = b"eXIf" + tiff
+    chunk = struct.pack(">I", len(tiff)) + body + struct.pack(">I", zlib.crc32(body))
+    return png[:33] + chunk + png[33:]
+
+
+ROTATIONS = {3: cv2.ROTATE_180, 6: cv2.ROTATE_90_CLOCKWISE, 8: cv2.ROTATE_90_COUNTERCLOCKWISE}
+
+
+@pytest.mark.parametrize("orientation", [3, 6, 8])
+@pytest.mark.parametrize("kind", ["jpeg", "png"])
+def test_exif_orientation_is_applied(kind, orientation):
+    """A JPEG with EXIF orientation was analysed sideways."""
+    pixels = chest_like(64)[:, :48].copy()  # not square: a turn shows in the shape
+    pixels[:8, :8] = 255  # a mark in the top-left corner as stored
+    encoded = cv2.imencode(f".{'jpg' if kind == 'jpeg' else 'png'}", pixels)[1].tobytes()
+    plain, _ = read_image(encoded, name=f"plain.{kind}")
+    add = with_exif_orientation if kind == "jpeg" else with_png_exif
+    turned, meta = read_image(add(encoded, orientation), name=f"turned.{kind}")
+    expected = cv2.rotate(plain, ROTATIONS[orientation])
+    assert turned.shape == expected.shape == (meta["Rows"], meta["Columns"])
+    np.testing.assert_array_equal(turned, expected)
+    unchanged, _ = read_image(add(encoded, 1), name=f"upright.{kind}")
+    np.testing.assert_array_equal(unchanged, plain)
+
+
+@pytest.mark.parametrize("name", ["empty.dcm", "empty.png", "empty.jpg", "empty"])
+def test_a_zero_byte_file_is_called_empty(tmp_path, name):
+    path = tmp_path / name
+    path.write_bytes(b"")
+    message = rf"{name}: empty file \(0 bytes\)"
+    with pytest.raises(ImageReadError, match=message):
+        read_image(path)
+    with pytest.raises(ImageReadError, match=message):
+        read_image(b"", name=name)
+    if name.endswith(".dcm"):
+        for reader in (read_dicom, dicom.read_dicom_frame):
+            with pytest.raises(ImageReadError, match=message):
+                reader(path)
 
 
 def test_a_png_chunk_claiming_gigabytes_is_refused_before_decoding(no_decoding):

@@ -93,6 +93,37 @@ def test_unmatched_files_are_listed_not_fatal(siim_folder, tmp_path):
     assert problems["annotations_without_images"] == ["9.9.9.9"]
 
 
+def test_conflicting_annotation_rows_are_listed_and_their_image_skipped(siim_folder, tmp_path):
+    """1.2.3.1 is a negative (line 3); a region row for it is added on line 22."""
+    images, csv_path, _ = siim_folder
+    with csv_path.open("a") as f:
+        f.write("1.2.3.1, 100 20\n")  # line 22
+    result = prepare(images, csv_path, tmp_path / "w", size=32)
+    problems = json.loads((tmp_path / "w" / "unmatched.json").read_text())
+    [conflict] = problems["conflicting_annotations"]
+    assert conflict["image_id"] == "1.2.3.1" and conflict["lines"] == [3, 22]
+    [skipped] = problems["skipped"]
+    assert os.path.basename(skipped["file"]) == "1.2.3.1.dcm"
+    assert "lines 3, 22, ImageId 1.2.3.1: listed both as -1" in skipped["reason"]
+    assert "1.2.3.1" not in {r["image_id"] for r in read_manifest(tmp_path / "w")}
+    assert "1.2.3.1" not in problems["annotations_without_images"]
+    assert sum(c["images"] for c in result.counts.values()) == 19
+    assert sum(c["positive"] for c in result.counts.values()) == 7
+
+
+def test_an_empty_or_tiny_dicom_is_skipped_with_its_reason(siim_folder, tmp_path):
+    images, csv_path, _ = siim_folder
+    (images / "empty.dcm").write_bytes(b"")
+    write_dicom(images / "tiny.dcm", np.array([[3, 4]], np.uint8))
+    with csv_path.open("a") as f:
+        f.write("empty, -1\ntiny, -1\n")
+    prepare(images, csv_path, tmp_path / "w", size=32)
+    problems = json.loads((tmp_path / "w" / "unmatched.json").read_text())
+    reasons = {os.path.basename(p["file"]): p["reason"] for p in problems["skipped"]}
+    assert reasons["empty.dcm"] == "empty file (0 bytes)"
+    assert "1x2 pixels, smaller than the least that is read (32x32)" in reasons["tiny.dcm"]
+
+
 def test_nothing_matching_is_a_clear_error(siim_folder, tmp_path):
     images, _, _ = siim_folder
     other = tmp_path / "other.csv"
@@ -264,8 +295,8 @@ def test_chunks_come_back_whole_and_in_order_with_two_in_flight(tmp_path):
         if i % 7:
             path.write_text("not a DICOM")
         else:
-            write_dicom(path, chest_like(16, seed=i))
-        jobs.append((str(path), [], 16, 16, 8, "relative", False))
+            write_dicom(path, chest_like(32, seed=i))
+        jobs.append((str(path), [], 32, 32, 8, "relative", False))
     with ProcessPoolExecutor(2) as pool:
         chunks = list(_chunks_loaded(jobs, pool))
     assert [len(c) for c in chunks] == [CHUNK, CHUNK, 5]

@@ -151,11 +151,19 @@ def test_stage2_header_and_repeated_minus_one(tmp_path):
     assert read_annotations(path) == {"ID_1": [], "ID_2": ["3 4"]}
 
 
-def test_conflicting_rows_are_reported(tmp_path):
-    path = write(tmp_path, "c.csv", "ImageId,EncodedPixels\na,-1\na,0 2\n")
-    with pytest.warns(UserWarning, match="both as -1 and with a mask"):
-        assert read_annotations(path) == {"a": ["0 2"]}
-    with pytest.raises(ValueError, match="both as -1"):
+def test_conflicting_rows_leave_the_image_out_with_their_lines(tmp_path):
+    """An image listed both as -1 and with a region used to become positive."""
+    text = "ImageId,EncodedPixels\na,-1\nb,-1\na,0 2\nc,3 4\na,5 1\n"
+    path = write(tmp_path, "c.csv", text)
+    table = read_annotations(path)
+    assert table == {"b": [], "c": ["3 4"]}
+    assert table.conflicts == {"a": [2, 4, 6]}
+    assert table.where("c") == f"{path}, line 5, ImageId c"
+    [row] = table.conflict_rows()
+    assert row["image_id"] == "a" and row["lines"] == [2, 4, 6] and row["csv"] == str(path)
+    assert f"{path}, lines 2, 4, 6, ImageId a: listed both as -1" in row["reason"]
+    assert "skipped" in row["reason"]
+    with pytest.raises(ValueError, match="1 image.* listed both as -1 .*lines 2, 4, 6"):
         read_annotations(path, strict=True)
 
 

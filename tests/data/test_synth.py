@@ -11,6 +11,7 @@ import pytest
 from ptxseg.cli import main
 from ptxseg.data import synth
 from ptxseg.data.rle import read_annotations, rle_decode
+from ptxseg.guard import MADE_BY, made_by
 
 SIIM_UID = re.compile(r"1\.2\.276\.0\.7230010\.3\.1\.4\.8323329\.\d+\.\d{10}\.\d{6}")
 
@@ -29,7 +30,8 @@ def test_layout_and_file_names(dataset):
     out, summary = dataset
     paths = _dicoms(out)
     assert len(paths) == summary["n_images"] == 10
-    assert sorted(p.name for p in out.iterdir()) == [synth.IMAGES_DIR, synth.CSV_NAME]
+    assert sorted(p.name for p in out.iterdir()) == [synth.IMAGES_DIR, MADE_BY, synth.CSV_NAME]
+    assert made_by(out)["command"] == "synth" and made_by(out)["holds"] == "data"
     for path in paths:
         ds = pydicom.dcmread(path, stop_before_pixels=True)
         assert SIIM_UID.fullmatch(path.stem)
@@ -245,6 +247,18 @@ def test_a_failure_leaves_no_half_written_dataset(tmp_path, monkeypatch):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_overwrite_replaces_only_a_dataset_marked_as_synth_s(tmp_path):
+    synth.generate_dataset(tmp_path / "a", 2, size=32)
+    (tmp_path / "a" / MADE_BY).unlink()  # as a real dataset in the SIIM layout: no mark
+    before = sorted(p.name for p in (tmp_path / "a").rglob("*"))
+    with pytest.raises(FileExistsError, match="not written by synth"):
+        synth.generate_dataset(tmp_path / "a", 3, size=32, overwrite=True)
+    assert sorted(p.name for p in (tmp_path / "a").rglob("*")) == before
+    synth.generate_dataset(tmp_path / "b", 2, size=32)
+    synth.generate_dataset(tmp_path / "b", 3, size=32, overwrite=True)
+    assert len(_dicoms(tmp_path / "b")) == 3 and made_by(tmp_path / "b")["n_images"] == 3
+
+
 def test_cli_writes_refuses_to_overwrite_and_overwrites(tmp_path, capsys):
     out = tmp_path / "data"
     args = ["synth", str(out), "--n-images", "3", "--size", "64", "--seed", "4"]
@@ -266,3 +280,25 @@ def test_plot_samples_reads_the_files_back(dataset, tmp_path):
     out, _ = dataset
     png = synth.plot_samples(out, tmp_path / "panel.png", n=3)
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_drains_are_recorded_per_image_and_leave_everything_else_unchanged(tmp_path):
+    from ptxseg.data.synth import METADATA_NAME, parse_drains, plan_cases, render_case
+
+    plain = plan_cases(40, seed=3, positive_fraction=0.5)
+    drained = plan_cases(40, seed=3, positive_fraction=0.5, drains=(1.0, 0.0))
+    assert [c.drain for c in drained] == [c.positive for c in drained]
+    assert [c.image_id for c in plain] == [c.image_id for c in drained]
+    case = next(c for c in drained if c.drain)
+    without = next(c for c in plain if c.image_id == case.image_id)
+    image, regions = render_case(case, 64)
+    image0, regions0 = render_case(without, 64)
+    assert (image != image0).any()  # the tube is drawn
+    assert all((a == b).all() for a, b in zip(regions, regions0, strict=True))  # same truth
+    summary = synth.generate_dataset(tmp_path / "d", 12, size=64, seed=1, drains=(0.5, 0.5))
+    rows = (tmp_path / "d" / METADATA_NAME).read_text().splitlines()
+    assert rows[0] == "ImageId,chest_drain" and len(rows) == 13
+    assert summary["n_drains"] == sum(r.endswith(",1") for r in rows[1:])
+    assert parse_drains("0.7:0.05") == (0.7, 0.05)
+    with pytest.raises(ValueError, match="P_POS:P_NEG"):
+        parse_drains("0.7")

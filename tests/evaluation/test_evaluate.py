@@ -134,10 +134,14 @@ def test_outputs_per_image_csv_summary_roc_and_panels(tmp_path):
     model = BrightnessModel(OperatingPoint.plain(0.5))
     summary = evaluate(model, work, out, tta="hflip", save_probs=True, progress=False)
     assert sorted(p.name for p in out.iterdir()) == [
+        "calibration.csv",
         "panels.npz",
         "per_image.csv",
         "probs-test.npz",
+        "reliability.png",
         "roc.csv",
+        "subgroups.csv",
+        "subgroups.png",
         "summary.json",
     ]
     assert json.loads((out / "summary.json").read_text()) == summary

@@ -100,7 +100,9 @@ def test_rerun_after_an_interruption_gives_what_an_uninterrupted_run_gives(tmp_p
     files = []
     for i, level in enumerate((20, 60, 100, 140, 180)):  # batches of different brightness
         files.append(tmp_path / "in" / f"img{i}.png")
-        cv2.imwrite(str(files[-1]), np.full((80, 96), level, np.uint8))
+        image = np.full((80, 96), level, np.uint8)
+        image[:, :8] += 10  # not constant: a constant image is refused
+        cv2.imwrite(str(files[-1]), image)
     clean, resumed = tmp_path / "clean", tmp_path / "resumed"
     for out in (clean, resumed):
         predict_files(Predictor(BatchSensitiveModel(), batch_size=2), files, out, progress=False)

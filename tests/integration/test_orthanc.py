@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pydicom
 import pytest
-from orthanc import start_orthanc, stop_orthanc
+import requests
+from orthanc import restart_orthanc, start_orthanc, stop_orthanc
 from pacs_helpers import free_port, read
 from predict_helpers import make_checkpoint
 from pydicom.uid import JPEGBaseline8Bit
@@ -111,8 +112,8 @@ def test_wrong_credentials_are_reported(orthanc, tmp_path, capsys):
     assert "wrong" not in out
 
 
-def _echo(port: int, ae_title: str) -> bool:
-    ae = AE("PROBE")
+def _echo(port: int, ae_title: str, calling: str = "PROBE") -> bool:
+    ae = AE(calling)
     ae.add_requested_context(Verification)
     assoc = ae.associate("127.0.0.1", port, ae_title=ae_title)
     if not assoc.is_established:
@@ -147,7 +148,8 @@ def test_listen_receives_from_a_modality_and_from_orthanc_and_sends_back(siim_re
         env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(Path("src").resolve()), *sys.path]))
         command = [sys.executable, "-m", "ptxseg", "listen", "-c", str(ckpt), "--port",
                    str(listen_port), "--ae-title", "PTXSEG", "--send-to",
-                   f"ORTHANC@127.0.0.1:{orthanc.dicom_port}"]  # fmt: skip
+                   f"ORTHANC@127.0.0.1:{orthanc.dicom_port}", "--spool", str(tmp_path / "spool"),
+                   "--accept-secondary-capture"]  # SIIM's files are Secondary Capture  # fmt: skip
         with open(log, "wb") as sink:
             listener = subprocess.Popen(command, stdout=sink, stderr=subprocess.STDOUT, env=env)
         _wait(lambda: _echo(listen_port, "PTXSEG"), 120, "the listener's C-ECHO")
@@ -183,6 +185,98 @@ def test_listen_receives_from_a_modality_and_from_orthanc_and_sends_back(siim_re
         finally:
             stop_orthanc(orthanc)
     out = log.read_text()
-    assert "received 4, analysed 4, sent 4" in " ".join(out.split())
+    assert "received 4, refused 0, analysed 4, sent 4, failed 0" in " ".join(out.split())
     patient = read(txv.read_bytes())
     assert str(patient.PatientID) not in out and str(patient.SOPInstanceUID) not in out
+
+
+def _outside_address() -> str | None:
+    """This machine's address on its first non-loopback interface (no packet is sent)."""
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        try:
+            probe.connect(("192.0.2.1", 9))
+        except OSError:
+            return None
+        address = probe.getsockname()[0]
+    return None if address.startswith("127.") else address
+
+
+def test_the_test_orthanc_is_reachable_only_on_loopback(orthanc):
+    """In its own network namespace, nothing answers at the machine's other address; without
+    one, Orthanc answers there but refuses HTTP (remote access off)."""
+    import socket
+
+    address = _outside_address()
+    if address is None:
+        pytest.skip("this machine has no non-loopback IPv4 address to try")
+    assert orthanc.get("/system").json()["DicomAet"] == "ORTHANC"
+    if orthanc.isolated:
+        here = os.readlink("/proc/self/ns/net")
+        assert os.readlink(f"/proc/{orthanc.process.pid}/ns/net") != here
+        for port in (orthanc.http_port, orthanc.dicom_port):
+            with (
+                pytest.raises(ConnectionRefusedError),
+                socket.create_connection((address, port), timeout=5),
+            ):
+                pass
+    else:
+        answer = requests.get(f"http://{address}:{orthanc.http_port}/system", timeout=10)
+        assert answer.status_code in (401, 403)
+
+
+def test_orthanc_takes_dimse_only_from_registered_modalities_at_127_0_0_1(tmp_path):
+    orthanc = start_orthanc(
+        tmp_path / "orthanc",
+        modalities={
+            "ptxseg": ["PTXSEG", "127.0.0.1", free_port()],
+            "elsewhere": ["FARAWAY", "10.11.12.13", 104],
+        },
+    )
+    try:
+        assert _echo(orthanc.dicom_port, "ORTHANC", calling="PTXSEG")
+        assert not _echo(orthanc.dicom_port, "ORTHANC", calling="STRANGER")
+        assert not _echo(orthanc.dicom_port, "ORTHANC", calling="FARAWAY")  # wrong address
+    finally:
+        stop_orthanc(orthanc)
+
+
+def test_dicomweb_says_in_one_line_when_the_pacs_goes_away_and_a_rerun_finishes(
+    orthanc, tmp_path, capsys
+):
+    from pacs_helpers import cr_file
+
+    files = [cr_file(tmp_path / f"in-{i}.dcm", seed=i) for i in range(12)]
+    for path in files:
+        orthanc.upload(path)
+    ckpt = make_checkpoint(tmp_path / "m.ckpt", "resnet18", 64, POSITIVE_OP)
+    args = ["dicomweb", "--url", orthanc.dicomweb, "-c", str(ckpt), "--new", "--batch-size", "1"]
+    env = dict(os.environ, **orthanc.env,
+               PYTHONPATH=os.pathsep.join([str(Path("src").resolve()), *sys.path]))  # fmt: skip
+    log = tmp_path / "dicomweb.log"
+    with open(log, "wb") as sink:
+        run = subprocess.Popen([sys.executable, "-m", "ptxseg", *args], stdout=sink,
+                               stderr=subprocess.STDOUT, env=env)  # fmt: skip
+    try:
+        _wait(lambda: log.read_text().count("SEG + SR") >= 2, 120, "the first stored results")
+        stop_orthanc(orthanc)
+        code = run.wait(120)
+    finally:
+        if run.poll() is None:
+            run.kill()
+    out = log.read_text()
+    errors = [line for line in out.splitlines() if "error" in line.lower()]
+    assert code == 1, out
+    assert len(errors) == 1 and "Traceback" not in out, out
+    assert "cannot reach the DICOMweb server" in errors[0] and "run the same command" in errors[0]
+    server = restart_orthanc(orthanc)
+    try:
+        with pytest.MonkeyPatch.context() as patch:
+            for key, value in orthanc.env.items():
+                patch.setenv(key, value)
+            code, out = _cli(args, capsys)
+        assert code == 0, out
+        assert len(server.by_modality("SR")) == 12
+    finally:
+        stop_orthanc(server)

@@ -295,5 +295,6 @@ def test_metrics_table_shows_full_size_and_model_size_side_by_side(tmp_path):
     }
     (tmp_path / "summary.json").write_text(json.dumps(summary))
     text = re.sub(r"(<[^>]+>)+", "|", metrics_section("test", tmp_path))
-    assert "|full size|model size|" in text and "|dice_per_image|per-image|0.8072|0.8096|" in text
+    assert "|full size|95% interval|n|model size|" in text
+    assert "|dice_per_image|per-image|0.8072|–|0.8096|" in text  # no interval in an old summary
     assert "full size: masks at the original resolution" in text

@@ -17,16 +17,17 @@ import numpy as np
 import pydicom
 import pytest
 from dicom_files import chest_like, replace_bytes, tiny_bomb, write_dicom
-from fastapi.testclient import TestClient
 from serve_helpers import (  # noqa: F401  (restore_library_loggers is autouse)
     BOX,
     FILE_NAME,
+    LOCAL,
     OP,
     PATIENT,
     FakePrediction,
     FakePredictor,
     FakeSegRenderer,
     LocalServer,
+    local_client,
     restore_library_loggers,
 )
 
@@ -52,13 +53,13 @@ def jpeg_bytes() -> bytes:
     return cv2.imencode(".jpg", chest_like(64))[1].tobytes()
 
 
-def make_client(predictor=None, **settings) -> tuple[TestClient, FakePredictor]:
+def make_client(predictor=None, **settings):
     predictor = predictor or FakePredictor()
     card = {"encoder": "fake", "input_size": [64, 64]}
     app = create_app(
         predictor, ServeSettings(model_card=card, **settings), renderer=FakeSegRenderer()
     )
-    return TestClient(app), predictor
+    return local_client(app), predictor
 
 
 def decode_data_url(url: str) -> np.ndarray:
@@ -104,7 +105,7 @@ def test_openapi_schema_lists_the_endpoints():
     assert {"/v1/predict", "/v1/seg", "/v1/model", "/healthz"} <= set(schema["paths"])
     body = schema["paths"]["/v1/predict"]["post"]["requestBody"]["content"]
     assert "multipart/form-data" in body and "application/dicom" in body
-    assert client.get("/docs").status_code == 200
+    assert client.get("/docs").status_code == 404  # Swagger UI would run a CDN's scripts here
 
 
 def test_predict_dicom_returns_findings_mask_and_images(dicom_bytes):
@@ -200,7 +201,7 @@ def test_real_dicom_seg_matches_the_mask_even_with_invalid_source_uids(tmp_path,
         warnings.simplefilter("default")  # what a server process shows
         keep_identifiers_out_of_logs()
         caplog.clear()  # making the test file above logs its invalid UID; the server must not
-        response = TestClient(app).post("/v1/seg", content=data)
+        response = local_client(app).post("/v1/seg", content=data)
     assert response.status_code == 200, response.text
     assert response.content[128:132] == b"DICM"
     (tmp_path / "seg.dcm").write_bytes(response.content)
@@ -212,6 +213,19 @@ def test_real_dicom_seg_matches_the_mask_even_with_invalid_source_uids(tmp_path,
         assert not [w for w in caught if secret in str(w.message)]
 
 
+def test_the_seg_repairs_are_listed_with_the_header_warnings():
+    pytest.importorskip("ptxseg.inference.seg")
+    data, _ = siim_like_dicom()
+    client = local_client(create_app(FakePredictor(), ServeSettings(), renderer=DefaultRenderer()))
+    without = upload(client, data, include="none").json()["input"]["header_warnings"]
+    listed = upload(client, data, include="seg").json()["input"]["header_warnings"]
+    assert not any("referenced as" in w for w in without)
+    assert any(
+        "SOPInstanceUID 'ID_0a1b2c3d4' is not a valid UID; referenced as" in w for w in listed
+    )
+    assert len(listed) == len(set(listed))
+
+
 def test_seg_from_an_incomplete_header_is_422_and_predict_still_answers(dicom_bytes):
     pytest.importorskip("ptxseg.inference.seg")
     ds = pydicom.dcmread(io.BytesIO(dicom_bytes))
@@ -219,7 +233,7 @@ def test_seg_from_an_incomplete_header_is_422_and_predict_still_answers(dicom_by
     buffer = io.BytesIO()
     ds.save_as(buffer)
     dicom_bytes = buffer.getvalue()
-    client = TestClient(create_app(FakePredictor(), ServeSettings(), renderer=DefaultRenderer()))
+    client = local_client(create_app(FakePredictor(), ServeSettings(), renderer=DefaultRenderer()))
     refused = client.post("/v1/seg", content=dicom_bytes)
     assert (
         refused.status_code == 422
@@ -236,7 +250,7 @@ def test_seg_unavailable_is_a_clear_501(dicom_bytes, monkeypatch):
     # as if highdicom were not installed
     monkeypatch.setitem(sys.modules, "ptxseg.inference.seg", None)
     app = create_app(FakePredictor(), ServeSettings(), renderer=DefaultRenderer())
-    response = TestClient(app).post("/v1/seg", content=dicom_bytes)
+    response = local_client(app).post("/v1/seg", content=dicom_bytes)
     assert response.status_code == 501 and "highdicom" in response.json()["detail"]
 
 
@@ -342,13 +356,44 @@ def test_nothing_is_written_to_disk_unless_configured(dicom_bytes, tmp_path, mon
     assert list(spool.iterdir()) == []
 
 
-def test_keep_uploads_stores_by_request_id(dicom_bytes, tmp_path):
+def test_keep_uploads_stores_by_request_id_owner_only(dicom_bytes, tmp_path):
     client, _ = make_client(keep_uploads=tmp_path / "kept")
+    assert (tmp_path / "kept").stat().st_mode & 0o777 == 0o700  # made at start, owner-only
     response = upload(client, dicom_bytes)
     kept = list((tmp_path / "kept").iterdir())
     assert [p.name for p in kept] == [f"{response.json()['request_id']}.dcm"]
     assert kept[0].read_bytes() == dicom_bytes
+    assert kept[0].stat().st_mode & 0o777 == 0o600  # patient data: this user only
     assert client.get("/v1/model").json()["uploads_kept"] is True
+
+
+def test_keep_uploads_that_cannot_be_written_is_refused_at_start(tmp_path):
+    from ptxseg.serving.kept import KeepFolderError
+
+    (tmp_path / "file").write_text("x")
+    for folder in (tmp_path / "file", tmp_path / "file" / "kept"):
+        with pytest.raises(KeepFolderError, match=r"--keep-uploads .*: cannot write there"):
+            make_client(keep_uploads=folder)
+
+
+def test_a_kept_upload_that_fails_to_write_is_507_and_not_analysed(dicom_bytes, tmp_path):
+    client, predictor = make_client(keep_uploads=tmp_path / "kept")
+    (tmp_path / "kept").rmdir()
+    (tmp_path / "kept").write_text("the folder was replaced by a file")  # as a full disk would
+    response = upload(client, dicom_bytes)
+    assert response.status_code == 507 and response.json()["code"] == "keep_failed"
+    assert "could not write it" in response.json()["detail"] and predictor.calls == 0
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (3, 65535), (31, 64)])
+def test_an_image_under_32_pixels_on_a_side_is_422(shape):
+    client, predictor = make_client()
+    pixels = np.tile(np.arange(shape[1]) % 251, (shape[0], 1)).astype(np.uint8)
+    pixels[0, 0] = 255
+    response = upload(client, cv2.imencode(".png", pixels)[1].tobytes(), name="x.png")
+    assert response.status_code == 422 and response.json()["code"] == "image_too_small"
+    assert f"{shape[0]}x{shape[1]} pixels" in response.json()["detail"]
+    assert predictor.calls == 0
 
 
 def test_inference_is_bounded_by_workers_and_the_loop_stays_free(png_bytes):
@@ -358,7 +403,7 @@ def test_inference_is_bounded_by_workers_and_the_loop_stays_free(png_bytes):
 
     async def scenario():
         transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+        async with httpx.AsyncClient(transport=transport, base_url=LOCAL) as client:
             posts = [
                 asyncio.create_task(client.post("/v1/predict?include=none", content=png_bytes))
                 for _ in range(4)
@@ -395,7 +440,7 @@ def test_real_predictor_end_to_end(tmp_path, dicom_bytes):
     checkpoint = make_checkpoint(tmp_path / "tiny.ckpt", encoder="resnet18", size=64)
     predictor = predict.Predictor(checkpoint)
     card = build_model_card(checkpoint, predictor=predictor)
-    client = TestClient(create_app(predictor, ServeSettings(model_card=card)))
+    client = local_client(create_app(predictor, ServeSettings(model_card=card)))
     model = client.get("/v1/model").json()
     assert model["encoder"] == "resnet18" and model["input_size"] == [64, 64]
     assert model["checkpoint"]["file"] == "tiny.ckpt"
@@ -438,7 +483,7 @@ def test_declared_oversize_is_refused_without_reading_the_body():
         "raw_path": b"/v1/predict",
         "query_string": b"",
         "root_path": "",
-        "headers": [(b"content-length", str(2 * 2**20).encode()), (b"host", b"test")],
+        "headers": [(b"content-length", str(2 * 2**20).encode()), (b"host", b"127.0.0.1:8000")],
         "client": ("127.0.0.1", 1),
         "server": ("127.0.0.1", 80),
     }
@@ -482,7 +527,7 @@ def test_real_siim_dicoms_get_findings_and_a_seg_without_identifiers_in_the_logs
     files = sorted(siim_real.rglob("*.dcm"))[:3]
     if not files:
         pytest.skip("no real SIIM DICOM files")
-    client = TestClient(create_app(FakePredictor(), ServeSettings(), renderer=DefaultRenderer()))
+    client = local_client(create_app(FakePredictor(), ServeSettings(), renderer=DefaultRenderer()))
     secrets = []
     with caplog.at_level(logging.DEBUG), warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("default")  # what a server process shows
@@ -579,7 +624,7 @@ def test_a_client_that_disconnects_mid_upload_is_not_a_server_error(caplog):
             "raw_path": b"/v1/predict",
             "query_string": b"",
             "root_path": "",
-            "headers": [(b"content-type", content_type), (b"host", b"test")],
+            "headers": [(b"content-type", content_type), (b"host", b"127.0.0.1:8000")],
             "client": ("127.0.0.1", 1),
             "server": ("127.0.0.1", 80),
         }

@@ -1,4 +1,6 @@
-"""The page in a real browser (Debian's chromium driven by Playwright): upload, overlay, numbers.
+"""The page in a real browser (Debian's chromium driven by Playwright): upload, overlay, numbers,
+all under the service's Content-Security-Policy; and a page of another origin that posts an image
+to the service is refused.
 
 Needs `scripts/install-browser.sh` (chromium from apt, Playwright from pip; no browser download).
 The predictor is an oracle that returns the synthetic radiograph's true mask, so the picture and
@@ -40,8 +42,10 @@ class OraclePredictor:
 
     def __init__(self, mask: np.ndarray):
         self.mask = mask
+        self.calls = 0
 
     def predict(self, image, metadata):
+        self.calls += 1
         findings = compute_findings(self.mask, 0.934, metadata, OP, "demo")
         return FakePrediction(self.mask.astype(np.float32), self.mask, findings)
 
@@ -95,7 +99,11 @@ def test_upload_a_dicom_and_read_the_findings(browser, case, tmp_path):
             page.on("request", lambda request: requested.append(request.url))
             script_errors: list[str] = []
             page.on("pageerror", lambda error: script_errors.append(str(error)))
-            page.goto(url + "/")
+            console: list[str] = []
+            page.on("console", lambda message: console.append(message.text))
+            answer = page.goto(url + "/")
+            policy = answer.headers["content-security-policy"]
+            assert "script-src 'self'" in policy and "frame-ancestors 'none'" in policy
             assert page.get_by_text("Research use only — not a diagnosis.").is_visible()
             page.wait_for_selector("#model-facts dd")
             assert "synthetic ground truth" in page.inner_text("#model-facts")
@@ -109,7 +117,11 @@ def test_upload_a_dicom_and_read_the_findings(browser, case, tmp_path):
             assert "cm²" in page.inner_text("#area")
             expected_side = "right" if np.argwhere(mask)[:, 1].mean() < SIZE / 2 else "left"
             assert page.inner_text("#side") == f"patient's {expected_side}"
-            assert page.inner_text("#operating-point") == "top 0.6, min area 20 px, bottom 0.4"
+            assert (
+                page.inner_text("#operating-point")
+                == "default: top 0.6, min area 20 px, bottom 0.4"
+            )
+            assert "Raw model score" in page.inner_text("#probability-note")  # no calibrator
             f = compute_findings(mask, 0.934, read_image(path)[1], OP, "demo")
             assert page.inner_text("#size-estimate") == (
                 f"BTS {f['bts_class_est']} (rim {f['bts_rim_mm_est'] / 10:.1f} cm) · "
@@ -149,4 +161,50 @@ def test_upload_a_dicom_and_read_the_findings(browser, case, tmp_path):
             assert "upload limit of 2 MB" in page.inner_text("#error")
             page.close()
             assert script_errors == []
+            # the policy blocked nothing the page needs: no violation was reported
+            assert not [m for m in console if "Content Security Policy" in m], console
     assert requested and all(r.startswith(url) or r.startswith("blob:") for r in requested)
+
+
+ATTACK_PAGE = """<!doctype html><title>waiting</title><script>
+const bytes = Uint8Array.from(atob("%s"), (c) => c.charCodeAt(0));
+const form = new FormData();
+form.append("file", new Blob([bytes], {type: "image/png"}), "chest.png");
+fetch("%s/v1/predict", {method: "POST", mode: "no-cors", body: form})
+  .then(() => { document.title = "sent"; }, () => { document.title = "failed"; });
+</script>"""
+
+
+def test_a_page_of_another_origin_cannot_post_an_image(browser, case, caplog):
+    """A cross-origin multipart POST needs no preflight: the browser sends it. The service
+    refuses it by its Origin before reading the upload, so nothing is analysed."""
+    import base64
+    import logging
+
+    import cv2
+    from fastapi import FastAPI
+    from fastapi.responses import HTMLResponse
+
+    _, mask = case
+    oracle = OraclePredictor(mask)
+    service = create_app(oracle, ServeSettings())
+    png = cv2.imencode(".png", (np.indices((SIZE, SIZE)).sum(0) // 4).astype(np.uint8))[1].tobytes()
+    with warnings.catch_warnings(), caplog.at_level(logging.INFO):
+        warnings.simplefilter("ignore")
+        with LocalServer(service) as target:
+            attacker = FastAPI()
+            html = ATTACK_PAGE % (base64.b64encode(png).decode(), target)
+
+            @attacker.get("/")
+            async def page() -> HTMLResponse:
+                return HTMLResponse(html)
+
+            with LocalServer(attacker) as evil:
+                assert evil != target  # another port: another origin
+                page = browser.new_page()
+                page.goto(evil + "/")
+                page.wait_for_function("document.title !== 'waiting'", timeout=30_000)
+                page.close()
+    # the browser sent it (same-site: another port of 127.0.0.1), and the service refused it
+    assert "status=403 code=cross_origin Sec-Fetch-Site is 'same-site'" in caplog.text
+    assert oracle.calls == 0

@@ -2,7 +2,7 @@
 
 import hashlib
 
-from fastapi.testclient import TestClient
+from serve_helpers import local_client
 from siim_folders import fold_member
 
 from ptxseg.inference.ensemble import write_ensemble
@@ -24,7 +24,7 @@ def test_ensemble_card_lists_members_and_serves_from_one_path(tmp_path):
     assert card["encoder"] == "resnet18" and card["input_size"] == [64, 64]
     assert card["operating_point"] == op.to_dict()  # the ensemble's, not a member's
     app = load_app(tmp_path)  # the folder holding ensemble.json
-    served = TestClient(app).get("/v1/model").json()
+    served = local_client(app).get("/v1/model").json()
     assert served["operating_point"] == op.to_dict() and served["tta"] == "hflip"
     assert len(served["ensemble"]["members"]) == 2
     listed_card = build_model_card([members[0], members[1]])

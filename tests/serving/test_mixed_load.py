@@ -95,7 +95,8 @@ def _hang_up(url: str) -> None:
     host, port = url.removeprefix("http://").split(":")
     with socket.create_connection((host, int(port)), timeout=5) as sock:
         head = (
-            "POST /v1/predict HTTP/1.1\r\nHost: test\r\nContent-Type: application/dicom\r\n"
+            f"POST /v1/predict HTTP/1.1\r\nHost: {host}:{port}\r\n"
+            "Content-Type: application/dicom\r\n"
             "Content-Length: 100000\r\n\r\n"
         )
         sock.sendall(head.encode() + b"\x00" * 1000)

@@ -235,7 +235,7 @@ def test_cli_preview_of_given_image_and_mask(tmp_path):
 
 
 def test_cli_rejects_mask_of_other_size(tmp_path, capsys):
-    cv2.imwrite(str(tmp_path / "cxr.png"), np.zeros((64, 64), np.uint8))
+    cv2.imwrite(str(tmp_path / "cxr.png"), np.tri(64, dtype=np.uint8) * 200)
     cv2.imwrite(str(tmp_path / "mask.png"), np.zeros((32, 32), np.uint8))
     out = tmp_path / "preview.png"
     args = ["augment-preview", "--image", str(tmp_path / "cxr.png"), "--out", str(out)]

@@ -18,6 +18,7 @@ from ptxseg.cli import (  # noqa: F401  (importing registers the commands)
     serve,
     synth,
     train,
+    view,
 )
 from ptxseg.cli.app import EXIT_INTERNAL, app
 

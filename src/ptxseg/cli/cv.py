@@ -9,9 +9,11 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from ptxseg import guard
 from ptxseg.cli import options
 from ptxseg.cli.app import app, fail
-from ptxseg.cli.train import config_overrides, train
+from ptxseg.cli.guarded import MODEL, READ, Out, guarded, shard_lock
+from ptxseg.cli.train import TRAIN_READS, config_overrides, train
 
 console = Console()
 
@@ -29,7 +31,7 @@ def _cv_options(
         None, help="TTA of the ensemble's operating point search: none or hflip (default none)."
     ),
     device: str = typer.Option("cpu", help="torch device of the out-of-fold evaluation."),
-    eval_batch_size: int = typer.Option(8, help="Images per forward pass when evaluating."),
+    eval_batch_size: int = typer.Option(8, min=1, help="Images per forward pass when evaluating."),
 ) -> None:
     """The options of `cv` besides those it shares with `train`."""
 
@@ -114,7 +116,9 @@ def cv(**params) -> None:
 
 cv.__signature__ = inspect.Signature([*_OWN.values(), *_SHARED.values()])
 cv.__annotations__ = {name: p.annotation for name, p in {**_OWN, **_SHARED}.items()}
-app.command("cv")(cv)
+app.command("cv", rich_help_panel="Training")(
+    guarded(TRAIN_READS, {"out": Out(lock=shard_lock("folds_to_run"))})(cv)
+)
 
 
 def _fmt(value) -> str:
@@ -122,9 +126,12 @@ def _fmt(value) -> str:
 
 
 def print_oof(summary: dict) -> None:
-    """Each fold's and the pooled out-of-fold competition Dice, side by side."""
+    """Each fold's and the pooled out-of-fold competition Dice, side by side, with their 95%
+    intervals."""
+    from ptxseg.evaluation.uncertainty import format_interval
+
     table = Table(title=f"out of fold, {summary['operating_point_description']}")
-    for column in ("fold", "images", "positive", "competition Dice", "Dice (pooled)"):
+    for column in ("fold", "images", "positive", "competition Dice [95%]", "Dice (pooled) [95%]"):
         table.add_column(column, justify="right")
 
     def row(name, entry) -> None:
@@ -133,8 +140,8 @@ def print_oof(summary: dict) -> None:
             name,
             str(counts["n_images"]),
             str(counts["n_positive"]),
-            _fmt(entry["competition_dice"]),
-            _fmt(metrics["dice_pooled"]["value"]),
+            format_interval(metrics["dice_per_image"], 4),
+            format_interval(metrics["dice_pooled"], 4),
         )
 
     for fold in summary.get("folds", []):
@@ -144,7 +151,18 @@ def print_oof(summary: dict) -> None:
     console.print(f"operating point: {summary['operating_point_source']}")
 
 
-@app.command("average-checkpoints")
+def _averaged(params) -> list:
+    out = params["out"]
+    return [(out, guard.FILE if out.suffix.lower() == ".ckpt" else guard.REPLACE)]
+
+
+def _ensemble_file(params) -> list:
+    out = params["out"]
+    return [(out / "ensemble.json" if out.is_dir() else out, guard.FILE)]
+
+
+@app.command("average-checkpoints", rich_help_panel="Training")
+@guarded(inputs={"checkpoints": MODEL, "data": READ}, outputs={"out": Out(paths=_averaged)})
 def average_checkpoints(
     checkpoints: list[Path] = typer.Argument(..., help=".ckpt files or model folders."),
     out: Path = typer.Option(
@@ -192,7 +210,8 @@ def average_checkpoints(
     )
 
 
-@app.command()
+@app.command(rich_help_panel="Training")
+@guarded(inputs={"models": MODEL}, outputs={"out": Out(paths=_ensemble_file)})
 def ensemble(
     models: list[Path] = typer.Argument(..., help=".ckpt files or model folders (same size)."),
     out: Path = typer.Option(..., "--out", "-o", help="The ensemble file to write (.json)."),

@@ -7,14 +7,28 @@ from pathlib import Path
 import typer
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
+from ptxseg.cli import errors, options
 from ptxseg.cli.app import EXIT_INPUTS_FAILED, app, fail
+from ptxseg.cli.guarded import READ, TABLES, WALKED, Out, guarded
 from ptxseg.progress import progress_bar
 
 console = Console()
 
 
-@app.command()
+PREPARE_WRITES = (
+    "cache",
+    "manifest.csv",
+    "splits.json",
+    "annotations.csv",
+    "unmatched.json",
+    ".ptxseg*",
+)
+
+
+@app.command(rich_help_panel="Data")
+@guarded(inputs={"images": WALKED, "annotations": READ}, outputs={"out": Out(owns=PREPARE_WRITES)})
 def prepare(
     images: Path = typer.Option(..., help="Folder of DICOMs, searched recursively."),
     annotations: Path = typer.Option(..., help="SIIM annotation CSV (train-rle.csv)."),
@@ -36,7 +50,9 @@ def prepare(
         "auto", help="auto (detect from the CSV), relative (SIIM) or absolute."
     ),
     max_megapixels: float = typer.Option(
-        60.0, help="Skip images whose header claims more pixels (decompression bombs)."
+        60.0,
+        help="Skip images whose header claims more pixels (decompression bombs).",
+        callback=options.positive_number,
     ),
     folds: int = typer.Option(
         0,
@@ -47,7 +63,8 @@ def prepare(
     """Join DICOMs with annotations; write manifest, seeded split and resized array cache.
 
     Unreadable or inconsistent files are skipped and listed with their reason in
-    OUT/unmatched.json; the exit code is then 1.
+    OUT/unmatched.json; the exit code is then 1. --out may lie inside --images: the search for
+    DICOMs skips it.
 
     Example: ptxseg prepare --images siim/dicom-images-train --annotations siim/train-rle.csv
     --out work --size 256 [--folds 5]
@@ -96,15 +113,17 @@ def prepare(
                 f"[yellow]{len(items)} {key.replace('_', ' ')}[/yellow] "
                 f"(listed in {out}/unmatched.json)"
             )
-    for item in result.problems.get("skipped", [])[:20]:
-        console.print(f"[yellow]skipped[/yellow] {item['file']}: {item['reason']}", soft_wrap=True)
+    skipped = [(item["file"], item["reason"]) for item in result.problems.get("skipped", [])]
+    for line in errors.summarise(skipped, where=f"{out}/unmatched.json"):
+        console.print(Text("skipped ", style="yellow") + Text(line), soft_wrap=True)
     if not result.cache_written:
         console.print("cache already up to date; nothing rewritten")
     if result.problems.get("skipped"):
         raise typer.Exit(EXIT_INPUTS_FAILED)  # listed above and in unmatched.json
 
 
-@app.command("benchmark-data")
+@app.command("benchmark-data", rich_help_panel="Benchmarks")
+@guarded(inputs={"real_dicoms": READ}, outputs={"out": TABLES})
 def benchmark_data(
     out: Path = typer.Option(Path("benchmarks/results"), help="Folder for the table (.md, .csv)."),
     real_dicoms: Path = typer.Option(
@@ -125,7 +144,8 @@ def benchmark_data(
     console.print(f"written to {out}/data-benchmark.md and .csv")
 
 
-@app.command()
+@app.command(rich_help_panel="Demo and reports")
+@guarded(outputs={"out": Out()})
 def demo(
     out: Path = typer.Option(Path("demo-output"), help="Folder for every step's output."),
     n_images: int = typer.Option(400, help="Synthetic radiographs to generate."),

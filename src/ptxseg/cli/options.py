@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import typer
 
 TTA = typer.Option(
@@ -19,6 +21,12 @@ BOTTOM = typer.Option(None, help="Override: probability that binarises a kept ma
 MIN_AREA = typer.Option(
     None, help="Override: pixels (at the model's size) above --top needed to keep a mask."
 )
+OPERATING_POINT = typer.Option(
+    None,
+    "--operating-point",
+    help="A named operating point stored with the model (e.g. triage, rule-in; searched by "
+    "`ptxseg evaluate --search --operating-points ...`); default: the main one.",
+)
 CHECKPOINT_HELP = (
     "The model: a .ckpt from `ptxseg train`, an inference-model folder (RUN/model) or an .onnx "
     "file from `ptxseg export`."
@@ -35,6 +43,16 @@ CHECKPOINTS_HELP = (
 def overrides(threshold, top, bottom, min_area) -> dict:
     """The operating-point overrides given on the command line."""
     return {"threshold": threshold, "top": top, "bottom": bottom, "min_area": min_area}
+
+
+def positive_number(param: typer.CallbackParam, value: float | None) -> float | None:
+    """A typer callback: a positive, finite number (nan and inf are refused, naming the option)."""
+    if value is not None and not (math.isfinite(value) and value > 0):
+        raise typer.BadParameter(f"{value}: expected a positive number, e.g. 60", param=param)
+    return value
+
+
+MAX_MEGAPIXELS_HELP = "Refuse images whose header claims more pixels (decompression bombs)."
 
 
 RUNTIME = typer.Option(

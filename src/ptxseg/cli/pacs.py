@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import logging
+import math
 import signal
 import threading
 import warnings
@@ -11,13 +13,24 @@ from pathlib import Path
 import typer
 
 from ptxseg.cli import options
-from ptxseg.cli.app import app
+from ptxseg.cli.app import app, fail
+from ptxseg.cli.guarded import MODEL, READ, WALKED, Out, guarded
 
 PACS_EXTRA = "pip install 'ptxseg[pacs]' (dicomweb-client and pynetdicom)"
+MAX_MEGAPIXELS = typer.Option(
+    60.0, callback=options.positive_number, help=options.MAX_MEGAPIXELS_HELP
+)
 
 
 def _analyzer(
-    checkpoint: Path, runtime: str, precision: str, device: str, batch_size: int, tta: str | None
+    checkpoint: Path,
+    runtime: str,
+    precision: str,
+    device: str,
+    batch_size: int,
+    tta: str | None,
+    max_megapixels: float,
+    operating_point: str | None = None,
 ):
     from ptxseg.inference.choice import build_predictor
     from ptxseg.integration.analysis import Analyzer
@@ -31,13 +44,20 @@ def _analyzer(
         batch_size=batch_size,
         tta=tta,
         int8_on_the_fly=False,
+        operating_point_name=operating_point,
     )
-    return Analyzer.from_checkpoint(predictor, checkpoint)
+    return Analyzer.from_checkpoint(predictor, checkpoint, int(max_megapixels * 1e6))
+
+
+def _positive(value: float, option: str, example: str) -> float:
+    if not math.isfinite(value) or value <= 0:
+        raise typer.BadParameter(f"{option} {value:g}: expected a positive number, e.g. {example}")
+    return value
 
 
 def _quiet_libraries() -> None:
     """Library warnings quote header values verbatim (identifiers); the findings carry them."""
-    for name in ("pydicom", "highdicom", "pynetdicom"):
+    for name in ("pydicom", "highdicom", "pynetdicom", "dicomweb_client", "retrying"):
         logging.getLogger(name).setLevel(logging.ERROR)
     warnings.filterwarnings("ignore", category=UserWarning, module=r"(pydicom|highdicom)\..*")
     from ptxseg.data.dicom import DicomHeaderWarning
@@ -47,19 +67,19 @@ def _quiet_libraries() -> None:
     warnings.filterwarnings("ignore", category=InvalidSourceUIDWarning)
 
 
-def _error(console, text: str) -> None:
+def _error(console, text: str, scrub=lambda text: text) -> None:
     from rich.text import Text
 
-    console.print(Text("error: ", style="red") + Text(text), soft_wrap=True)
+    console.print(Text("error: ", style="red") + Text(scrub(text)), soft_wrap=True)
 
 
-def _reporter(console):
+def _reporter(console, scrub=lambda text: text):
     """Log lines with the time, unwrapped and without rich markup (they quote server text)."""
     import datetime
 
     def report(line: str) -> None:
         stamp = datetime.datetime.now().strftime("%Y-%m-%d %H:%M:%S")
-        console.print(f"{stamp} {line}", markup=False, highlight=False, soft_wrap=True)
+        console.print(f"{stamp} {scrub(line)}", markup=False, highlight=False, soft_wrap=True)
 
     return report
 
@@ -76,7 +96,8 @@ def _stop_on_signals(stop: threading.Event) -> None:
         signal.signal(sig, handler)
 
 
-@app.command()
+@app.command(rich_help_panel="Serving and PACS")
+@guarded(inputs={"checkpoint": MODEL})
 def dicomweb(
     url: str = typer.Option(..., help="DICOMweb root, e.g. http://127.0.0.1:8042/dicom-web."),
     checkpoint: Path = typer.Option(..., "--checkpoint", "-c", help=options.CHECKPOINT_HELP),
@@ -93,13 +114,16 @@ def dicomweb(
     precision: str = options.PRECISION,
     device: str = typer.Option("cpu", help="cpu or cuda (torch runtime)."),
     tta: str | None = options.TTA,
-    batch_size: int = typer.Option(4, help="Images retrieved and segmented together."),
+    operating_point: str | None = options.OPERATING_POINT,
+    batch_size: int = typer.Option(4, min=1, help="Images retrieved and segmented together."),
+    max_megapixels: float = MAX_MEGAPIXELS,
 ) -> None:
     """Segment CR/DX images in a DICOMweb PACS and store a SEG (positives) and an SR (all) back.
 
-    Only images without this model's result are processed, so a rerun stores nothing new.
-    Credentials come from the environment, never from the command line: PTXSEG_DICOMWEB_TOKEN
-    (bearer token), or PTXSEG_DICOMWEB_USER and PTXSEG_DICOMWEB_PASSWORD (basic authentication).
+    Only images without this model's result are processed, so a rerun stores nothing new, and a
+    run that lost the server (exit 1) is finished by running it again. Credentials come from the
+    environment, never from the command line or the URL: PTXSEG_DICOMWEB_TOKEN (bearer token),
+    or PTXSEG_DICOMWEB_USER and PTXSEG_DICOMWEB_PASSWORD (basic authentication).
 
     Example: ptxseg dicomweb --url http://127.0.0.1:8042/dicom-web -c best.ckpt --new
     """
@@ -115,16 +139,20 @@ def dicomweb(
     except ImportError as err:
         _error(console, f"{err}; {PACS_EXTRA}")
         raise typer.Exit(2) from None
+    secrets = dw.Secrets()
     _quiet_libraries()
     try:
         client = dw.make_client(url)
-        analyzer = _analyzer(checkpoint, runtime, precision, device, batch_size, tta)
+        analyzer = _analyzer(
+            checkpoint, runtime, precision, device, batch_size, tta, max_megapixels, operating_point
+        )
     except (dw.DicomwebError, ValueError, FileNotFoundError, ImportError) as err:
-        _error(console, f"{err}")
+        _error(console, f"{err}", secrets.scrub)
         raise typer.Exit(2) from None
-    report = _reporter(console)
+    report = _reporter(console, secrets.scrub)
     op, tta = analyzer.predictor.operating_point.describe(), analyzer.predictor.tta
-    report(f"{url}: {analyzer.model_name}, operating point {op}, TTA {tta}")
+    name = analyzer.predictor.operating_point_name
+    report(f"{dw.public_url(url)}: {analyzer.model_name}, operating point {name}: {op}, TTA {tta}")
     report(f"path: {analyzer.predictor.path_choice['line']}")
     studies = list(study) if study else None
     if watch is not None:
@@ -143,6 +171,14 @@ def dicomweb(
         return
     try:
         summary = dw.run_pass(client, analyzer, studies, batch_size, report=report)
+    except dw.ConnectionLost as err:
+        done = getattr(err, "summary", None)
+        stored = done.stored["SR"] if done is not None else 0
+        report(
+            f"error: {err}. Results of {stored} images were stored before; run the same command "
+            "again to finish (images that have a result are skipped)"
+        )
+        raise typer.Exit(1) from None
     except dw.DicomwebError as err:
         report(f"error: {err}")
         raise typer.Exit(2) from None
@@ -151,7 +187,13 @@ def dicomweb(
         raise typer.Exit(1)
 
 
-@app.command()
+@app.command(rich_help_panel="Serving and PACS")
+@guarded(
+    inputs={"checkpoint": MODEL},
+    outputs={
+        "spool": Out(owns=("incoming", "outbox", "failed", "lock", "status.json"), lock=False)
+    },
+)
 def listen(
     checkpoint: Path = typer.Option(..., "--checkpoint", "-c", help=options.CHECKPOINT_HELP),
     send_to: str = typer.Option(
@@ -162,16 +204,39 @@ def listen(
     host: str = typer.Option(
         "127.0.0.1", help="Address to listen on (0.0.0.0 accepts images from the network)."
     ),
-    queue_size: int = typer.Option(16, help="Images waiting at most; more are refused (0xA700)."),
+    spool: Path | None = typer.Option(
+        None,
+        help="Folder that keeps received images until their results are delivered (default: "
+        "$XDG_STATE_HOME or ~/.local/state, then ptxseg/listen/AETITLE-PORT).",
+    ),
+    spool_max_gb: float = typer.Option(
+        20.0, help="Spool size limit; beyond it C-STOREs get Out of Resources (0xA700)."
+    ),
+    retry_for: str = typer.Option(
+        "24h",
+        help="How long undelivered results are retried before they go to failed/ "
+        "(e.g. 24h, 90m, 3600s).",
+    ),
+    accept_secondary_capture: bool = typer.Option(
+        False,
+        "--accept-secondary-capture",
+        help="Also accept Secondary Capture images whose Modality is CR or DX (archives such as "
+        "SIIM's); by default only the CR and DX SOP classes are accepted.",
+    ),
     runtime: str = options.RUNTIME,
     precision: str = options.PRECISION,
     device: str = typer.Option("cpu", help="cpu or cuda (torch runtime)."),
     tta: str | None = options.TTA,
-    batch_size: int = typer.Option(4, help="Queued images segmented together at most."),
+    operating_point: str | None = options.OPERATING_POINT,
+    batch_size: int = typer.Option(4, min=1, help="Queued images segmented together at most."),
+    max_megapixels: float = MAX_MEGAPIXELS,
 ) -> None:
     """Receive images by DICOM C-STORE, segment CR/DX ones, send SEG (positives) and SR onward.
 
-    C-ECHO is answered. Stop with Ctrl-C: queued images are finished first (twice: at once).
+    Each image is on disk in the spool before its C-STORE is answered Success, and leaves it only
+    once its results are delivered (or moves to failed/ with a reason): a crash, a restart or a
+    destination that is down loses nothing. C-ECHO is answered. Ctrl-C stops after the current
+    step; what is left is taken up at the next start. `ptxseg listen-status` shows the spool.
 
     Example: ptxseg listen -c best.ckpt --port 11112 --send-to ORTHANC@127.0.0.1:4242
     """
@@ -179,19 +244,40 @@ def listen(
 
     console = Console(stderr=True)
     try:
-        from ptxseg.integration.dimse import Listener, check_ae_title, parse_destination
+        from ptxseg.integration.dimse import (
+            Listener,
+            check_ae_title,
+            duration,
+            parse_destination,
+        )
+        from ptxseg.integration.spool import Spool, SpoolBusy, default_spool
     except ImportError as err:
         _error(console, f"{err}; {PACS_EXTRA}")
         raise typer.Exit(2) from None
     try:
         destination = parse_destination(send_to)
         check_ae_title(ae_title)
+        retry_seconds = parse_duration(retry_for, "--retry-for")
     except ValueError as err:
         raise typer.BadParameter(str(err)) from None
+    _positive(spool_max_gb, "--spool-max-gb", "20")
+    folder = spool or default_spool(ae_title, port)
+    store = Spool(folder, max_bytes=int(spool_max_gb * 1e9))
+    try:
+        store.open(owner=f"{ae_title} on {host}:{port}")
+    except SpoolBusy as err:
+        _error(console, str(err))
+        raise typer.Exit(2) from None
+    except OSError as err:
+        _error(console, f"cannot use {folder} as the spool: {err}; give a writable --spool")
+        raise typer.Exit(2) from None
     _quiet_libraries()
     try:
-        analyzer = _analyzer(checkpoint, runtime, precision, device, batch_size, tta)
+        analyzer = _analyzer(
+            checkpoint, runtime, precision, device, batch_size, tta, max_megapixels, operating_point
+        )
     except (ValueError, FileNotFoundError, ImportError) as err:
+        store.close()
         _error(console, f"{err}")
         raise typer.Exit(2) from None
     report = _reporter(console)
@@ -199,60 +285,151 @@ def listen(
     listener = Listener(
         analyzer,
         destination,
+        store,
         ae_title=ae_title,
         host=host,
         port=port,
-        queue_size=queue_size,
         batch_size=batch_size,
+        retry_for=retry_seconds,
+        secondary_capture=accept_secondary_capture,
         report=report,
+    )
+    counts = store.counts()
+    report(
+        f"spool {store.root}: {counts.queued} queued, {counts.pending} pending delivery, "
+        f"{counts.failed} failed" + (" (taken first)" if counts.queued + counts.pending else "")
     )
     stop = threading.Event()
     _stop_on_signals(stop)
     try:
         listener.start()
     except OSError as err:
+        store.close()
         _error(console, f"cannot listen on {host}:{port}: {err}")
         raise typer.Exit(2) from None
     report(
         f"listening on {host}:{port} as {ae_title}; {analyzer.model_name}; SEG and SR go to "
-        f"{destination}. Ctrl-C stops."
+        f"{destination}, retried for {duration(retry_seconds)}. Ctrl-C stops."
     )
     stop.wait()
-    report("stopping: finishing queued images")
+    report("stopping after the current step")
     listener.stop()
-    s = listener.stats
+    counts = store.counts()
+    store.close()
     report(
-        f"received {s.received}, analysed {s.analysed}, sent {s.sent}, ignored {s.ignored}, "
-        f"refused {s.refused}, failed {s.failed}"
+        f"{listener.stats.line()}; in the spool: {counts.queued} queued, {counts.pending} "
+        f"pending delivery (taken up at the next start), {counts.failed} failed"
     )
 
 
-@app.command("repair-uids")
+def parse_duration(text: str, option: str) -> float:
+    """'24h', '90m', '30s', '2d' or a number of seconds -> seconds; ValueError naming `option`."""
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    raw = text.strip().lower()
+    scale = units.get(raw[-1:])
+    number = raw[:-1] if scale else raw
+    try:
+        seconds = float(number) * (scale or 1)
+    except ValueError:
+        seconds = float("nan")
+    if not math.isfinite(seconds) or seconds <= 0:
+        raise ValueError(f"{option} {text!r}: expected a positive duration, e.g. 24h, 90m, 3600s")
+    return seconds
+
+
+@app.command("listen-status", rich_help_panel="Serving and PACS")
+@guarded(inputs={"spool": READ})
+def listen_status(
+    spool: Path | None = typer.Argument(
+        None, help="The listener's spool (default: the one `listen` uses for --ae-title/--port)."
+    ),
+    ae_title: str = typer.Option(
+        "PTXSEG", "--ae-title", help="Listener's AE title (default spool)."
+    ),
+    port: int = typer.Option(11112, help="Listener's port (default spool)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the status as JSON."),
+    failed: int = typer.Option(10, help="List the reasons of this many newest failed items."),
+) -> None:
+    """Show a listener's spool: queued, pending delivery and failed items (no model needed).
+
+    Example: ptxseg listen-status ~/.local/state/ptxseg/listen/PTXSEG-11112
+    """
+    from ptxseg.integration.spool import Spool, default_spool, is_spool
+    from ptxseg.integration.status import render_status, spool_status
+
+    folder = spool or default_spool(ae_title, port)
+    if not is_spool(folder):
+        fail(
+            f"{folder} is not a listener's spool (it has no incoming/, outbox/ and failed/): "
+            "give the folder that `ptxseg listen --spool` uses, or its --ae-title and --port"
+        )
+    try:
+        status = spool_status(Spool(folder), failed)
+    except OSError as err:
+        fail(f"cannot read the spool {folder}: {err}")
+    if as_json:
+        typer.echo(json.dumps(status, indent=2))
+    else:
+        typer.echo(render_status(status))
+
+
+def _copies(inputs: list[Path], out: Path) -> list[tuple[Path, Path]]:
+    """(DICOM, name of its copy under --out) for repair-uids: folders are searched (not --out)."""
+    from ptxseg import guard
+
+    files: list[tuple[Path, Path]] = []
+    for raw in inputs:
+        if raw.is_dir():
+            files += [(p, p.relative_to(raw)) for p in guard.walk(raw, (".dcm",), skip=[out])]
+        elif raw.is_file():
+            files.append((raw, Path(raw.name)))
+        else:
+            raise typer.BadParameter(f"{raw} does not exist: expected a DICOM file or a folder")
+    return files
+
+
+def _no_copy_over_its_source(params) -> None:
+    from ptxseg import guard
+
+    files = _copies(params["inputs"], params["out"])
+    guard.check_targets([params["out"] / name for _, name in files], [p for p, _ in files])
+
+
+@app.command("repair-uids", rich_help_panel="Serving and PACS")
+@guarded(inputs={"inputs": WALKED}, outputs={"out": Out(owns=())}, check=_no_copy_over_its_source)
 def repair_uids(
     inputs: list[Path] = typer.Argument(..., help="DICOM files or folders (searched recursively)."),
     out: Path = typer.Option(..., "--out", "-o", help="Folder for the repaired copies."),
 ) -> None:
     """Copy DICOMs with valid UIDs (SIIM stage-2 files have empty Study/Series UIDs, which a PACS
     refuses). Same name under --out; deterministic: the same file always gets the same UIDs.
+    --out may lie inside an input folder (the search skips it); it may not be an input.
 
     Example: ptxseg repair-uids siim/stage_2_images --out repaired/
     """
+    from ptxseg import guard
+    from ptxseg.cli import errors
     from ptxseg.data.uids import repair_file
 
-    files: list[tuple[Path, Path]] = []
-    for raw in inputs:
-        if raw.is_dir():
-            files += [(p, p.relative_to(raw)) for p in sorted(raw.rglob("*.dcm"))]
-        elif raw.is_file():
-            files.append((raw, Path(raw.name)))
-        else:
-            raise typer.BadParameter(f"{raw} does not exist: expected a DICOM file or a folder")
-    repaired = 0
+    files = _copies(inputs, out)  # none is its own copy (checked before --out was locked)
+    repaired, failed = 0, []
     for source, relative in files:
         try:
             notes = repair_file(source, out / relative)
+        except OSError as err:
+            if err.filename and guard.is_inside(guard.real(err.filename), guard.real(out)):
+                raise  # the output cannot be written: one line, exit 1
+            failed.append((str(source), f"{type(err).__name__}: {err}"))
+            continue
         except Exception as err:  # noqa: BLE001 - report and go on
-            typer.echo(f"error: {source}: {err}", err=True)
+            failed.append((str(source), f"{type(err).__name__}: {err}"))
             continue
         repaired += bool(notes)
-    typer.echo(f"copied {len(files)} files to {out}; {repaired} had UIDs repaired")
+    for line in errors.summarise(failed, where="the lines above"):
+        typer.echo(f"error: {line}", err=True)
+    typer.echo(
+        f"copied {len(files) - len(failed)} files to {out}; {repaired} had UIDs repaired"
+        + (f"; {len(failed)} could not be read" if failed else "")
+    )
+    if failed:
+        raise typer.Exit(1)

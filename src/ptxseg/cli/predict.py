@@ -9,19 +9,21 @@ from pathlib import Path
 
 import typer
 
-from ptxseg.cli import options
+from ptxseg import guard
+from ptxseg.cli import errors, options
 from ptxseg.cli.app import EXIT_INPUTS_FAILED, app, fail
+from ptxseg.cli.guarded import MODEL, READ, TABLES, WALKED, Out, guarded, shard_lock
 
 
-def stored_operating_point(checkpoint: Path | list[Path]):
+def stored_operating_point(checkpoint: Path | list[Path], name: str | None = None):
     """The operating point stored with a model, an ONNX file or an ensemble file (the default
-    when it has none, and for a list of models)."""
+    when it has none, and for a list of models); `name` picks a named one."""
     from ptxseg.inference.ensemble import read_operating_point
     from ptxseg.model.operating_point import DEFAULT
 
     if isinstance(checkpoint, list | tuple):
         return DEFAULT
-    return read_operating_point(checkpoint) or DEFAULT
+    return read_operating_point(checkpoint, name) or DEFAULT
 
 
 def one_or_many(checkpoints: list[Path]) -> Path | list[Path]:
@@ -36,7 +38,26 @@ def _device(device: str) -> str:
     return device
 
 
-@app.command()
+PREDICT_WRITES = (
+    "masks",
+    "findings",
+    "overlays",
+    "seg",
+    "sr",
+    "explain",
+    "summary*.csv",
+    "submission*.csv",
+    "run*.json",
+    guard.MADE_BY,
+    ".ptxseg*",
+)
+
+
+@app.command(rich_help_panel="Prediction and export")
+@guarded(
+    inputs={"inputs": WALKED, "checkpoint": MODEL},
+    outputs={"out": Out(owns=PREDICT_WRITES, lock=shard_lock("shard"))},
+)
 def predict(
     inputs: list[Path] = typer.Argument(
         ..., help="DICOM, PNG or JPEG files and folders (searched recursively), mixed."
@@ -45,9 +66,10 @@ def predict(
     out: Path = typer.Option(..., "--out", "-o", help="Output folder."),
     runtime: str = options.RUNTIME,
     precision: str = options.PRECISION,
-    batch_size: int = typer.Option(4, help="Images per model call."),
+    batch_size: int = typer.Option(4, min=1, help="Images per model call."),
     device: str = typer.Option("cpu", help="cpu or cuda (torch runtime)."),
     tta: str | None = options.TTA,
+    operating_point: str | None = options.OPERATING_POINT,
     threshold: float | None = options.THRESHOLD,
     top: float | None = options.TOP,
     bottom: float | None = options.BOTTOM,
@@ -96,7 +118,10 @@ def predict(
         "all in this process).",
     ),
     overwrite: bool = typer.Option(
-        False, "--overwrite", help="Predict images again even when their findings exist."
+        False,
+        "--overwrite",
+        help="Predict every image again, even those already done in --out, and record these "
+        "settings there (a rerun with other settings is refused without it).",
     ),
     int8_calibration: int = typer.Option(
         8,
@@ -105,7 +130,7 @@ def predict(
         "against fp32 on 4 times as many.",
     ),
     max_megapixels: float = typer.Option(
-        60.0, help="Refuse images whose header claims more pixels (decompression bombs)."
+        60.0, help=options.MAX_MEGAPIXELS_HELP, callback=options.positive_number
     ),
 ) -> None:
     """Predict masks, overlays and findings for chest X-rays; write summary and submission CSVs.
@@ -113,12 +138,18 @@ def predict(
     Exit code 0 when every input was predicted, 1 when some failed (listed, and in summary.csv),
     2 for a usage error.
 
+    A rerun into the same --out predicts only what is missing, and again any input file that
+    changed since; it refuses when the model or a setting that changes results differs from what
+    made the folder (made-by.json), unless --overwrite. --out may lie inside an input folder:
+    the search for inputs skips it.
+
     Example: ptxseg predict scans/ --checkpoint runs/r50/model --out results/ --seg --sr
     """
     from rich.console import Console
+    from rich.text import Text
 
     from ptxseg.data.dicom import DicomHeaderWarning
-    from ptxseg.inference import pipeline
+    from ptxseg.inference import pipeline, record
     from ptxseg.inference.seg import InvalidSourceUIDWarning
     from ptxseg.shards import parse_shard, take_shard
     from ptxseg.system import process_age_s
@@ -129,17 +160,13 @@ def predict(
     # Invalid header values are frequent in real data; each image's findings JSON lists them.
     warnings.filterwarnings("ignore", category=DicomHeaderWarning)
     warnings.filterwarnings("ignore", category=InvalidSourceUIDWarning)
-    if out.exists() and not out.is_dir():
-        fail(f"--out {out} is a file: expected an output folder (new, or an earlier run's)")
-    if max_megapixels <= 0:
-        fail(f"--max-megapixels {max_megapixels:g}: expected a positive number, e.g. 60")
     try:
         index, count = parse_shard(shard)
         extra = ["seg"] * seg + ["sr"] * sr + ["explain"] * explain
         chosen = pipeline.parse_outputs(outputs.split(",") + extra)
         if decode not in pipeline.DECODERS:
             raise ValueError(f"--decode {decode!r}: expected {', '.join(pipeline.DECODERS)}")
-        files = pipeline.collect_inputs(inputs)
+        files = pipeline.collect_inputs(inputs, skip=[out])
     except (ValueError, FileNotFoundError) as err:
         fail(str(err))
     if not files:
@@ -167,7 +194,7 @@ def predict(
 
         op = None
         if any(v is not None for v in (threshold, top, bottom, min_area)):
-            op = stored_operating_point(checkpoint).with_overrides(
+            op = stored_operating_point(checkpoint, operating_point).with_overrides(
                 **options.overrides(threshold, top, bottom, min_area)
             )
         check_n = 4 * int8_calibration if precision == "int8" else choice.CHECK_IMAGES
@@ -182,10 +209,36 @@ def predict(
             images=lambda size, config: choice.default_check_images(config, size, files, check_n),
             compile=compile,
             compile_mode=compile_mode,
+            operating_point_name=operating_point,
             progress=lambda m: console.print(f"checking {choice.describe_measurement(m)}"),
             **({"int8_recipes": ladder(int8_calibration)} if precision == "int8" else {}),
         )
         model_ready = time.perf_counter() - started
+        asked = {
+            "runtime": runtime,
+            "precision": precision,
+            "device": device,
+            "tta": tta,
+            "threshold": threshold,
+            "top": top,
+            "bottom": bottom,
+            "min_area": min_area,
+            "outputs": list(chosen),
+            "decode": decode,
+            "compile": compile_mode if compile else False,
+            "batch_size": batch_size,
+            "int8_calibration": int8_calibration if precision == "int8" else None,
+        }
+        made = record.settings(
+            predictor,
+            checkpoint,
+            asked,
+            outputs=list(chosen),
+            decode="device" if pipeline.use_device_decoder(predictor, decode) else "cpu",
+            compile=compile_mode if compile else False,
+            int8_calibration=asked["int8_calibration"],
+        )
+        record.claim(out, made, overwrite)
         if warm.wait() is not None:
             startup["cuda_ready_s"] = warm.ready_s
         mine = take_shard(files, index, count)
@@ -195,7 +248,7 @@ def predict(
             f"{predictor.precision} "
             f"on {predictor.device}{' compiled' if compile else ''}, {predictor.encoder} at "
             f"{predictor.input_size}, TTA {predictor.tta}, operating point "
-            f"{predictor.operating_point.describe()}"
+            f"{predictor.operating_point_name}: {predictor.operating_point.describe()}"
         )
         result = pipeline.predict_files(
             predictor,
@@ -209,7 +262,7 @@ def predict(
             shard_count=count,
             max_pixels=int(max_megapixels * 1e6),
         )
-    except (ValueError, FileNotFoundError, ImportError) as err:
+    except (ValueError, FileNotFoundError, ImportError) as err:  # SettingsChanged too
         fail(str(err))
     finally:
         pool.close()
@@ -218,6 +271,11 @@ def predict(
     if result.steady_images_per_s:
         rate += f" ({result.steady_images_per_s:.1f} after the first result)"
     first = result.first_result_s
+    if result.replaced:
+        console.print(
+            f"{result.replaced} inputs changed since they were predicted into {out}: "
+            "predicted again"
+        )
     console.print(
         f"predicted {result.predicted}, skipped (already done) {result.skipped}, "
         f"errors {result.errors}; {positives} with pneumothorax. {result.seconds:.1f} s, {rate}"
@@ -242,16 +300,48 @@ def predict(
             "outputs": list(chosen),
             "encoder": predictor.encoder,
             "input_size": predictor.input_size,
+            **operating_point_record(predictor),
         },
     )
-    for row in result.rows:
-        if row["status"] == "error":
-            console.print(f"[yellow]error[/yellow] {row['file']}: {row['error']}", soft_wrap=True)
+    failed = [(row["file"], row["error"]) for row in result.rows if row["status"] == "error"]
+    for line in errors.summarise(failed, where=f"{out}/summary.csv"):
+        console.print(Text("error ", style="yellow") + Text(line), soft_wrap=True)
     if result.errors:
         raise typer.Exit(EXIT_INPUTS_FAILED)  # listed above and in summary.csv
 
 
-@app.command()
+def operating_point_record(predictor) -> dict:
+    """What run.json says about the decision rule: the point's name, values and calibrator."""
+    calibrator = predictor.calibrator
+    return {
+        "operating_point_name": predictor.operating_point_name,
+        "operating_point": predictor.operating_point.to_dict(),
+        "calibrator": None if calibrator is None else calibrator.describe(),
+    }
+
+
+def _exported(params) -> list:
+    """The files export writes: --out, or its default beside the model; the int8 copy."""
+    from ptxseg.cli.guarded import model_inputs
+
+    first = params["checkpoint"][0]
+    source = (
+        model_inputs(first)[0]
+        if first.is_dir() and not (first / "ptxseg.json").is_file()
+        else first
+    )
+    if params["format"] == "safetensors":
+        return [(params["out"] or source.with_name(source.stem + "-model"), guard.REPLACE)]
+    target = params["out"] or source.with_suffix(".onnx")
+    extra = [(target.with_suffix(".int8.onnx"), guard.FILE)] if params["int8"] else []
+    return [(target, guard.FILE), *extra]
+
+
+@app.command(rich_help_panel="Prediction and export")
+@guarded(
+    inputs={"checkpoint": MODEL, "data": READ, "images": WALKED},
+    outputs={"out": Out(paths=_exported)},
+)
 def export(
     checkpoint: list[Path] = typer.Option(
         ...,
@@ -386,7 +476,8 @@ def _export_int8(target: Path, data: Path | None, inputs: list[Path], n: int) ->
     )
 
 
-@app.command("benchmark-runtime")
+@app.command("benchmark-runtime", rich_help_panel="Benchmarks")
+@guarded(inputs={"checkpoint": MODEL, "work": READ, "dicom_dir": READ}, outputs={"out": TABLES})
 def benchmark_runtime(
     checkpoint: Path | None = typer.Option(
         None, "--checkpoint", "-c", help="A .ckpt to measure (default: random-weight --encoder)."
@@ -395,7 +486,7 @@ def benchmark_runtime(
         ["resnet50"], help="Encoder(s) with random weights when no checkpoint is given."
     ),
     size: int = typer.Option(512, help="Model input size (multiple of 32)."),
-    batch_size: int = typer.Option(4, help="Images per model call."),
+    batch_size: int = typer.Option(4, min=1, help="Images per model call."),
     runtimes: list[str] | None = typer.Option(
         None, "--runtimes", help="Limit to these runtimes or path names (repeatable)."
     ),

@@ -8,11 +8,14 @@ import typer
 
 from ptxseg.cli import options
 from ptxseg.cli.app import app
+from ptxseg.cli.guarded import MODEL, READ, TABLES, Out, guarded
 
-LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
-
-@app.command()
+@app.command(rich_help_panel="Serving and PACS")
+@guarded(
+    inputs={"checkpoint": MODEL},
+    outputs={"keep_uploads": Out(owns=("upload-*",), lock=False)},
+)
 def serve(
     checkpoint: list[Path] = typer.Option(..., "--checkpoint", "-c", help=options.CHECKPOINTS_HELP),
     host: str = typer.Option(
@@ -23,6 +26,7 @@ def serve(
     precision: str = options.PRECISION,
     device: str = typer.Option("cpu", help="cpu or cuda (torch runtime)."),
     tta: str | None = options.TTA,
+    operating_point: str | None = options.OPERATING_POINT,
     workers: int = typer.Option(
         1, min=1, help="Inference threads: how many images are analysed at the same time."
     ),
@@ -36,7 +40,16 @@ def serve(
         "before any decoding (decompression bombs).",
     ),
     keep_uploads: Path | None = typer.Option(
-        None, help="Keep a copy of each upload here, named by request id (default: keep nothing)."
+        None,
+        help="Keep a copy of each upload here, named by request id, readable by this user only "
+        "(default: keep nothing). Checked for writing at start.",
+    ),
+    allowed_host: list[str] = typer.Option(
+        [],
+        "--allowed-host",
+        help="Another Host name the service answers (repeatable), e.g. the name a reverse proxy "
+        "or the clinic's DNS gives it. Without it: the address it listens on (with "
+        "127.0.0.1, localhost and [::1] for loopback; this machine's names for 0.0.0.0).",
     ),
     log_level: str = typer.Option("info", help="debug, info, warning or error."),
 ) -> None:
@@ -46,9 +59,33 @@ def serve(
     import uvicorn
 
     from ptxseg.serving.app import ServeSettings, load_app
+    from ptxseg.serving.guard import HostRule, is_loopback
+    from ptxseg.serving.kept import KeepFolderError, open_keep_folder, others_can_read
 
+    def usage_error(message: str) -> None:
+        typer.secho(f"error: {message}", fg="red", err=True)
+        raise typer.Exit(2)
+
+    # Checked before the model loads: a wrong option costs a second, not a model load.
+    try:
+        HostRule(host, allowed_host)
+    except ValueError as err:
+        usage_error(f"--allowed-host {err}")
+    if keep_uploads is not None:
+        try:
+            open_keep_folder(keep_uploads)
+        except KeepFolderError as err:
+            usage_error(str(err))
+        if others_can_read(keep_uploads):
+            typer.secho(
+                f"warning: --keep-uploads {keep_uploads} can be listed by other users; the "
+                "kept files are readable by this user only, but their folder should be too "
+                f"(chmod 700 {keep_uploads})",
+                fg="yellow",
+                err=True,
+            )
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(message)s")
-    if host not in LOOPBACK:
+    if not is_loopback(host):
         typer.secho(
             f"Listening on {host}: the service has no authentication and is for research use "
             "only. Expose it only on a trusted network.",
@@ -60,22 +97,29 @@ def serve(
         max_megapixels=max_megapixels,
         workers=workers,
         keep_uploads=keep_uploads,
+        host=host,
+        allowed_hosts=tuple(allowed_host),
     )
     try:
         model = checkpoint[0] if len(checkpoint) == 1 else list(checkpoint)
-        application = load_app(model, settings, runtime, device, precision, tta)
+        application = load_app(
+            model, settings, runtime, device, precision, tta, operating_point_name=operating_point
+        )
     except (FileNotFoundError, ValueError) as err:
         typer.secho(f"error: {err}", fg="red", err=True)
         raise typer.Exit(2) from None
     path = settings.model_card.get("runtime", {}).get("choice")
     if path:
         typer.echo(f"path: {path}")
-    typer.echo(f"ptxseg: model loaded; open http://{host}:{port}/ (API docs: /docs)")
+    shown = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
+    shown = f"[{shown}]" if ":" in shown else shown
+    typer.echo(f"ptxseg: model loaded; open http://{shown}:{port}/ (API schema: /openapi.json)")
     # access_log off: uvicorn's lines add nothing to ours, which carry request ids and hashes.
     uvicorn.run(application, host=host, port=port, log_level=log_level, access_log=False)
 
 
-@app.command("load-test")
+@app.command("load-test", rich_help_panel="Benchmarks")
+@guarded(inputs={"file": READ}, outputs={"out": TABLES})
 def load_test(
     url: str = typer.Option("http://127.0.0.1:8000", help="The running `ptxseg serve` (local)."),
     file: Path = typer.Option(..., "--file", "-f", help="The DICOM, PNG or JPEG to send."),

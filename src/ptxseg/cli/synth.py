@@ -4,10 +4,37 @@ from pathlib import Path
 
 import typer
 
+from ptxseg import guard
 from ptxseg.cli.app import app, fail
+from ptxseg.cli.guarded import Out, guarded
 
 
-@app.command("synth")
+def _replaceable(params) -> None:
+    from ptxseg.data.synth import check_out_dir
+
+    try:
+        check_out_dir(params["out_dir"], params["overwrite"])
+    except FileExistsError as err:
+        raise guard.GuardError(str(err)) from None
+
+
+@app.command("synth", rich_help_panel="Data")
+@guarded(
+    check=_replaceable,
+    outputs={
+        "out_dir": Out(
+            owns=(
+                "dicom-images-train",
+                "train-rle.csv",
+                "metadata.csv",
+                guard.MADE_BY,
+                ".synth-*",
+                ".ptxseg*",
+            )
+        ),
+        "panel": Out(guard.FILE),
+    },
+)
 def synth(
     out_dir: Path = typer.Argument(
         ..., help="Folder to write dicom-images-train/ and train-rle.csv into."
@@ -27,6 +54,13 @@ def synth(
         min=0.0,
         help="How visible a pneumothorax is: 1 subtle (as on real films), 3 for quick CPU demos.",
     ),
+    drains: str | None = typer.Option(
+        None,
+        "--drains",
+        help="P_POS:P_NEG: draw a chest drain on that share of positive and of negative images "
+        "(e.g. 0.7:0.05, a shortcut a model can learn), recorded in metadata.csv for "
+        "`ptxseg evaluate --subgroups`.",
+    ),
     panel: Path | None = typer.Option(
         None, "--panel", help="Also plot a few samples with their masks to this PNG."
     ),
@@ -37,7 +71,7 @@ def synth(
     """
     from rich.console import Console
 
-    from ptxseg.data.synth import generate_dataset, plot_samples
+    from ptxseg.data.synth import generate_dataset, parse_drains, plot_samples
 
     console = Console()
     try:
@@ -49,6 +83,7 @@ def synth(
             positive_fraction=positive_fraction,
             overwrite=overwrite,
             conspicuity=conspicuity,
+            drains=parse_drains(drains),
         )
     except (FileExistsError, ValueError) as error:
         fail(str(error))
@@ -57,6 +92,8 @@ def synth(
         f"{summary['n_regions']} regions, {summary['n_patients']} patients) at {size}px:\n"
         f"  {summary['images_dir']}\n  {summary['csv']}"
     )
+    if summary["metadata"]:
+        console.print(f"  {summary['metadata']} ({summary['n_drains']} images with a chest drain)")
     if panel is not None:
         plot_samples(out_dir, panel)
         console.print(f"  {panel}")

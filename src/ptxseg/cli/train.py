@@ -8,6 +8,7 @@ import typer
 from rich.console import Console
 
 from ptxseg.cli.app import app, fail
+from ptxseg.cli.guarded import READ, TABLES, Out, guarded
 
 console = Console()
 
@@ -70,7 +71,20 @@ def config_overrides(options: dict, set_items: list[str]) -> dict:
     return overrides
 
 
-@app.command()
+TRAIN_WRITES = (
+    "config.yaml",
+    "checkpoints",
+    "model",
+    "metrics.csv",
+    "logs",
+    "train_summary.json",
+    ".ptxseg*",
+)
+TRAIN_READS = {"data": READ, "config": READ, "encoder_weights": READ}
+
+
+@app.command(rich_help_panel="Training")
+@guarded(inputs=TRAIN_READS, outputs={"out": Out(owns=TRAIN_WRITES)})
 def train(
     data: Path = typer.Option(None, help="Work folder written by `ptxseg prepare`."),
     out: Path = typer.Option(None, help="Run folder (config, checkpoints, metrics, logs)."),
@@ -88,7 +102,7 @@ def train(
     ),
     size: int = typer.Option(None, help="Training resolution (a cached size, multiple of 32)."),
     epochs: int = typer.Option(None, help="Maximum number of epochs."),
-    batch_size: int = typer.Option(None, help="Images per batch and per device."),
+    batch_size: int = typer.Option(None, min=1, help="Images per batch and per device."),
     lr: float = typer.Option(None, help="Adam learning rate."),
     weight_decay: float = typer.Option(None, help="Adam weight decay."),
     scheduler: str = typer.Option(
@@ -215,14 +229,15 @@ def _cached_size(config):
     return apply_overrides(config, {"data.size": sizes[0]})
 
 
-@app.command("benchmark-training")
+@app.command("benchmark-training", rich_help_panel="Benchmarks")
+@guarded(inputs={"data": READ}, outputs={"out": TABLES})
 def benchmark_training(
     data: Path = typer.Option(..., help="Work folder written by `ptxseg prepare`."),
     encoders: str = typer.Option(
         "resnet50,efficientnet-b0,xception", help="Comma-separated encoder names."
     ),
     size: int = typer.Option(256, help="Cached resolution to train at."),
-    batch_size: int = typer.Option(8, help="Images per batch."),
+    batch_size: int = typer.Option(8, min=1, help="Images per batch."),
     steps: int = typer.Option(10, help="Timed training steps per encoder and feed."),
     workers: int = typer.Option(2, help="DataLoader worker processes."),
     aug: str = typer.Option("full", help="Augmentation strategy of the loader."),

@@ -8,6 +8,13 @@ Every reader checks the pixel count that the header claims (DICOM Rows x Columns
 an encapsulated frame, PNG and JPEG headers) against `max_pixels` before any decoding, so a tiny
 file that claims 30000 x 30000 pixels is refused in microseconds (`ImageTooLargeError`).
 
+Pixels are checked, not trusted. Every reader (predict, serve, listen, dicomweb and prepare read
+through here) refuses an image smaller than `MIN_SIDE` pixels on a side (`ImageTooSmallError`), a
+RescaleSlope of zero or one that is not a finite number, and an image whose pixels all have one
+value after scaling: a model would otherwise find a pneumothorax in a blank picture. Colour is
+converted to gray at its own bit depth (16-bit RGB included); a PNG's or JPEG's EXIF orientation is
+applied, so the image is analysed upright; an empty file is called empty.
+
 Invalid header values that occur in the real data (SOPInstanceUID `ID_...`, empty IDs, age `152`,
 a PixelSpacing that is not a number) are collected per image into `metadata["HeaderWarnings"]`
 and announced with one `DicomHeaderWarning`; the values are read from the dataset itself, never
@@ -40,6 +47,9 @@ MAX_PLAUSIBLE_AGE = 120
 # The largest radiography detectors give about 4300 x 4300 = 18.5 MP; 60 MP leaves room for
 # stitched long-length images and refuses what would take gigabytes to decode.
 DEFAULT_MAX_PIXELS = 60_000_000
+# The smallest side any reader accepts: a 1x1 or 3x65535 "image" is no radiograph, and the
+# findings (sizes in mm, sides) computed on one would be nonsense.
+MIN_SIDE = 32
 VALID_UID = re.compile(r"[0-9]+(\.[0-9]+)*")
 PIXEL_DATA = Tag("PixelData")
 
@@ -56,6 +66,14 @@ class ImageTooLargeError(ImageReadError):
     def __init__(self, message: str, height: int, width: int, limit: int):
         super().__init__(message)
         self.height, self.width, self.limit = height, width, limit
+
+
+class ImageTooSmallError(ImageReadError):
+    """The image is smaller than `MIN_SIDE` pixels on a side."""
+
+    def __init__(self, message: str, height: int, width: int):
+        super().__init__(message)
+        self.height, self.width = height, width
 
 
 class DicomHeaderWarning(UserWarning):
@@ -83,6 +101,34 @@ def check_pixel_count(label: str, height: int, width: int, max_pixels: int, wher
             width,
             max_pixels,
         )
+
+
+def check_min_size(label: str, height: int, width: int, where: str) -> None:
+    """Raise ImageTooSmallError when an image is under MIN_SIDE pixels on a side."""
+    if min(height, width) < MIN_SIDE:
+        raise ImageTooSmallError(
+            f"{label}: {where} gives {height}x{width} pixels, smaller than the least that is "
+            f"read ({MIN_SIDE}x{MIN_SIDE}): expected a chest X-ray; check that this is the image "
+            "and not an icon, a thumbnail or a damaged header",
+            height,
+            width,
+        )
+
+
+def _empty(label: str) -> ImageReadError:
+    return ImageReadError(
+        f"{label}: empty file (0 bytes); expected a chest X-ray. The copy or download that made "
+        "it may have failed: copy the file again"
+    )
+
+
+def _is_empty(source: Source) -> bool:
+    if isinstance(source, bytes):
+        return not source
+    try:
+        return Path(source).stat().st_size == 0
+    except OSError:
+        return False
 
 
 def is_dicom_bytes(head: bytes) -> bool:
@@ -135,6 +181,8 @@ def _read_dicom(
     except FileNotFoundError:
         raise ImageReadError(f"{label}: file not found") from None
     except Exception as err:  # the parser raises many types on damaged files
+        if _is_empty(source):
+            raise _empty(label) from None
         raise ImageReadError(
             f"{label} is not a readable DICOM file ({_reason(err)}); "
             "expected a DICOM Part 10 chest X-ray"
@@ -147,6 +195,8 @@ def _read_dicom(
     else:
         try:
             image = _pixels(ds, frame if plain else None, meta)
+        except ImageReadError as err:
+            raise ImageReadError(f"{label}: {err}") from None
         except Exception as err:  # decoders raise many types; the user needs the file name
             raise ImageReadError(
                 f"{label}: cannot decode the pixel data ({syntax}): {_reason(err)}. "
@@ -221,21 +271,59 @@ def pixels_of_frame(decoded: np.ndarray, invert: bool) -> np.ndarray:
     return np.multiply(decoded, np.float32(1 / 255), dtype=np.float32)
 
 
+def check_not_constant(image: np.ndarray) -> None:
+    """Raise ImageReadError (without a file name) when every pixel has one value."""
+    low, high = float(image.min()), float(image.max())
+    if low == high:
+        raise ImageReadError(
+            f"all {image.size:,} pixels have the same value ({low:.3g} of 0..1) after scaling: "
+            "there is no image to analyse; check the file, and its RescaleSlope and window"
+        )
+
+
 def _pixels(ds: pydicom.Dataset, frame: bytes | None, meta: dict[str, Any]) -> np.ndarray:
     """The image; `frame` (a plain JPEG Baseline frame) goes through libjpeg-turbo."""
     photometric = meta["PhotometricInterpretation"] or "MONOCHROME2"
+    image = None
     if frame is not None:
         decoded = cv2.imdecode(np.frombuffer(frame, np.uint8), cv2.IMREAD_GRAYSCALE)
         if decoded is not None and decoded.shape == (meta["Rows"], meta["Columns"]):
-            return pixels_of_frame(decoded, photometric == "MONOCHROME1")
-    return _pixels_general(ds, int(ds.get("BitsStored", 8)), photometric)
+            image = pixels_of_frame(decoded, photometric == "MONOCHROME1")
+    if image is None:
+        image = _pixels_general(ds, int(ds.get("BitsStored", 8)), photometric)
+    check_not_constant(image)
+    return image
+
+
+def _colour_to_gray(arr: np.ndarray, bits: int) -> np.ndarray:
+    """RGB(A) samples of `bits` bits -> float32 gray in [0, 1], at their own depth.
+
+    OpenCV's weights (ITU-R BT.601) for 8 and 16-bit samples, as PNG inputs are read; the scale is
+    the samples' own bit depth, so 16-bit colour is not wrapped modulo 256."""
+    if arr.dtype.kind != "u":
+        raise ImageReadError(
+            f"colour pixels are signed ({arr.dtype}); a colour DICOM image stores unsigned "
+            "samples: re-export it as MONOCHROME2"
+        )
+    rgb = arr[..., :3]
+    if rgb.dtype in (np.uint8, np.uint16):
+        gray = cv2.cvtColor(np.ascontiguousarray(rgb), cv2.COLOR_RGB2GRAY).astype(np.float32)
+    else:
+        gray = rgb.astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)
+    scale = float(2 ** min(max(bits, 1), 8 * arr.dtype.itemsize) - 1)
+    return np.clip(gray / np.float32(scale), 0.0, 1.0)
 
 
 def _pixels_general(ds: pydicom.Dataset, bits: int, photometric: str) -> np.ndarray:
+    if photometric == "PALETTE COLOR":
+        raise ImageReadError(
+            "PALETTE COLOR images are not radiographs: expected a MONOCHROME1 or MONOCHROME2 chest "
+            "X-ray; re-export the image in grayscale"
+        )
     ds.pixel_array_options(index=0)  # multi-frame: decode the first frame only
     arr = ds.pixel_array
     if arr.ndim == 3 and arr.shape[-1] in (3, 4) and not photometric.startswith("MONOCHROME"):
-        arr = cv2.cvtColor(arr.astype(np.uint8), cv2.COLOR_RGB2GRAY)
+        return _colour_to_gray(arr, bits or 8 * arr.dtype.itemsize)
     if arr.ndim != 2:
         raise ValueError(f"expected one grayscale frame, got pixel data of shape {arr.shape}")
     values = apply_modality_lut(arr, ds).astype(np.float32)
@@ -309,6 +397,29 @@ def parse_pixel_spacing(ds: pydicom.Dataset) -> tuple[list[float] | None, str | 
     return None, None
 
 
+def _check_rescale(ds: pydicom.Dataset, label: str) -> None:
+    """A RescaleSlope of 0 makes every pixel one value, a non-finite one makes no numbers."""
+    for keyword in ("RescaleSlope", "RescaleIntercept"):
+        text = _text(ds, keyword)
+        if not text:
+            continue
+        try:
+            value = float(text.split("\\")[0])
+        except ValueError:
+            value = float("nan")
+        if not np.isfinite(value):
+            reason = "is not a finite number"
+        elif keyword == "RescaleSlope" and value == 0:
+            reason = "is zero, which maps every pixel to the same value"
+        else:
+            continue
+        raise ImageReadError(
+            f"{label}: {keyword} {text[:40]!r} {reason}; the pixel values cannot be scaled. "
+            "Fix the header (a RescaleSlope of 1 leaves the stored values as they are) or "
+            "re-export the image"
+        )
+
+
 def read_header(ds: pydicom.Dataset, label: str) -> dict[str, Any]:
     """The metadata of a dataset: sizes, geometry, identifiers, and the problems found."""
     try:
@@ -320,6 +431,8 @@ def read_header(ds: pydicom.Dataset, label: str) -> dict[str, Any]:
         ) from None
     if rows <= 0 or columns <= 0:
         raise ImageReadError(f"{label}: the header gives no image size (Rows x Columns)")
+    check_min_size(label, rows, columns, "the header")
+    _check_rescale(ds, label)
     problems: list[str] = []
     sop_uid = _text(ds, "SOPInstanceUID")
     for key in ("SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID", "PatientID"):
@@ -365,11 +478,13 @@ def _read_raster(data: bytes, label: str, max_pixels: int) -> tuple[np.ndarray, 
             f"{label} is not a readable image: expected a DICOM, PNG or JPEG chest X-ray"
         )
     check_pixel_count(label, *size, max_pixels, "the image header")
+    check_min_size(label, *size, "the image header")
     if data.startswith(PNG_SIGNATURE) and not png_chunks_fit(data):
         raise ImageReadError(
             f"{label} is a damaged or truncated PNG (a chunk runs past the end of the file)"
         )
-    array = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+    # Any depth and colour, and the EXIF orientation applied (IMREAD_UNCHANGED would ignore it).
+    array = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_ANYDEPTH | cv2.IMREAD_ANYCOLOR)
     if array is None:
         raise ImageReadError(
             f"{label} is not a readable image (damaged or truncated): expected a DICOM, PNG or "
@@ -380,6 +495,10 @@ def _read_raster(data: bytes, label: str, max_pixels: int) -> tuple[np.ndarray, 
         array = cv2.cvtColor(array, code)
     scale = 65535.0 if array.dtype == np.uint16 else 255.0
     image = array.astype(np.float32) / np.float32(scale)
+    try:
+        check_not_constant(image)
+    except ImageReadError as err:
+        raise ImageReadError(f"{label}: {err}") from None
     stem = Path(label).stem if not label.startswith("<") else ""
     meta = {
         "ImageId": stem,
@@ -408,6 +527,8 @@ def read_image(
             raise ImageReadError(f"{label}: file not found") from None
         except IsADirectoryError:
             raise ImageReadError(f"{label} is a folder, expected an image file") from None
+    if not data:
+        raise _empty(label)
     suffix = Path(label).suffix.lower()
     if is_dicom_bytes(data[:132]) or suffix in DICOM_SUFFIXES:
         return read_dicom(data, name=label, max_pixels=max_pixels)

@@ -33,7 +33,7 @@ import numpy as np
 import pydicom
 from rich.progress import Progress
 
-from ptxseg import atomic
+from ptxseg import atomic, guard
 from ptxseg.data.dataset import ANNOTATIONS, MANIFEST, SPLITS, SPLITS_FILE, cache_dir, cache_paths
 from ptxseg.data.dicom import (
     DEFAULT_MAX_PIXELS,
@@ -101,10 +101,12 @@ class Record:
 # ---------------------------------------------------------------- finding and joining
 
 
-def find_dicoms(images: Path) -> list[Path]:
+def find_dicoms(images: Path, skip: Sequence[Path] = ()) -> list[Path]:
+    """The DICOM files under `images`; the folders in `skip` (the work folder, when it lies
+    inside) and folders of results are not searched (`ptxseg.guard.walk`)."""
     if not images.is_dir():
         raise FileNotFoundError(f"images folder not found: {images}")
-    return sorted(p for p in images.rglob("*") if p.suffix.lower() in (".dcm", ".dicom"))
+    return guard.walk(images, (".dcm", ".dicom"), skip)
 
 
 def _header(path: Path) -> tuple[pydicom.Dataset | None, str]:
@@ -114,6 +116,8 @@ def _header(path: Path) -> tuple[pydicom.Dataset | None, str]:
         try:
             return pydicom.dcmread(path, stop_before_pixels=True), ""
         except Exception as err:  # the parser raises many types on damaged files
+            if path.is_file() and path.stat().st_size == 0:
+                return None, "empty file (0 bytes)"
             return None, f"not a readable DICOM file ({type(err).__name__})"
 
 
@@ -129,12 +133,17 @@ def join_images(
 ) -> tuple[list[Record], dict[str, list]]:
     """Match files to annotations (ImageId = file stem, else the header's UIDs).
 
-    A file whose header cannot be read, or claims more than `max_pixels`, is listed in
-    `problems["skipped"]` with its reason; invalid header values of the files that are used (a
-    PixelSpacing that is not a number, an invalid UID) in `problems["header_warnings"]`.
+    A file whose header cannot be read, or claims more than `max_pixels`, or whose ImageId is
+    listed both as -1 and with a region, is listed in `problems["skipped"]` with its reason (the
+    CSV's conflicting rows, with their lines, in `problems["conflicting_annotations"]`); invalid
+    header values of the files that are used (a PixelSpacing that is not a number, an invalid
+    UID) in `problems["header_warnings"]`.
     """
     records: list[Record] = []
     problems: dict[str, list] = {"images_without_annotations": [], "skipped": []}
+    conflicts = getattr(annotations, "conflicts", {})
+    if conflicts:
+        problems["conflicting_annotations"] = annotations.conflict_rows()
     matched: set[str] = set()
     task = progress.add_task("reading headers", total=len(files)) if progress else None
     for path in files:
@@ -153,12 +162,15 @@ def join_images(
             _skip(problems, path, reason)
             continue
         image_id = path.stem
-        if image_id not in annotations:
+        if image_id not in annotations and image_id not in conflicts:
             uids = (
                 meta["SOPInstanceUID"] or "",
                 str(ds.file_meta.get("MediaStorageSOPInstanceUID", "")),
             )
-            image_id = next((u for u in uids if u in annotations), image_id)
+            image_id = next((u for u in uids if u in annotations or u in conflicts), image_id)
+        if image_id in conflicts:  # its label contradicts itself: neither positive nor negative
+            _skip(problems, path, annotations.conflict_reason(image_id))
+            continue
         if image_id not in annotations:
             problems["images_without_annotations"].append(str(path))
             continue
@@ -421,7 +433,7 @@ def build_cache(
                 f"{'; '.join(list(failed.values())[:3])}"
             )
         for tmp, final in renames:
-            os.replace(tmp, final)
+            atomic.replace(tmp, final)  # fsynced: the info.json written after trusts them
     finally:
         if pool is not None:
             pool.shutdown(cancel_futures=True)
@@ -650,7 +662,7 @@ def prepare(
         rle_encoding = detect_encoding(r for rles in table.values() for r in rles)
     elif rle_encoding not in ("relative", "absolute"):
         raise ValueError(f"--rle-encoding {rle_encoding!r}: expected auto, relative or absolute")
-    files = find_dicoms(images)
+    files = find_dicoms(images, skip=[out])
     if not files:
         raise FileNotFoundError(f"no .dcm files found under {images}")
     candidates, problems = join_images(files, table, progress, max_pixels)

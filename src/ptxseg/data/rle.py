@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import csv
 import io
-import warnings
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -217,12 +216,17 @@ def _csv_rows(text: str, path: Path) -> Iterable[tuple[int, list[str]]]:
 
 
 class Annotations(dict):
-    """{ImageId: [RLE, ...]} as read from a CSV, remembering the line of every RLE string."""
+    """{ImageId: [RLE, ...]} as read from a CSV, remembering the line of every RLE string.
+
+    `conflicts` holds the images listed both as `-1` and with a region, with the lines of all
+    their rows: they are not in the dict, so no caller can take them for positive or negative.
+    """
 
     def __init__(self, source: Path):
         super().__init__()
         self.source = source
         self.lines: dict[str, list[int]] = {}
+        self.conflicts: dict[str, list[int]] = {}
 
     def where(self, image_id: str, index: int = 0) -> str:
         """`train-rle.csv, line 12, ImageId 1.2.3`: where a user finds the string in the file."""
@@ -230,16 +234,38 @@ class Annotations(dict):
         line = f", line {lines[index]}" if index < len(lines) else ""
         return f"{self.source}{line}, ImageId {image_id}"
 
+    def conflict_reason(self, image_id: str) -> str:
+        """Why a conflicting image is skipped, naming the CSV lines to correct."""
+        lines = self.conflicts[image_id]
+        return (
+            f"{self.source}, lines {', '.join(map(str, lines))}, ImageId {image_id}: listed both "
+            "as -1 (no pneumothorax) and with a region; the image is skipped. Keep either the "
+            "-1 row or the region rows, then run again"
+        )
+
+    def conflict_rows(self) -> list[dict]:
+        """The conflicting images as `unmatched.json` lists them."""
+        return [
+            {
+                "image_id": image_id,
+                "csv": str(self.source),
+                "lines": lines,
+                "reason": self.conflict_reason(image_id),
+            }
+            for image_id, lines in sorted(self.conflicts.items())
+        ]
+
 
 def read_annotations(path: str | Path, strict: bool = False) -> Annotations:
     """Read a SIIM annotation CSV into {ImageId: [RLE, ...]} (an empty list means no pneumothorax).
 
     Handles the stage-1 header with leading spaces (`ImageId, EncodedPixels`, values `" -1"`), the
     Kaggle sample's UTF-8 BOM with no header, the stage-2 header, several rows per image (one per
-    region) and repeated `-1` rows. An image listed both as `-1` and with a mask keeps its mask and
-    is reported in a warning (or a ValueError with `strict=True`). Every RLE string's syntax is
-    checked here (pairs of integers, positive lengths), so a bad row is named by its line and
-    ImageId before any image is read; `Annotations.where` names the line for later checks.
+    region) and repeated `-1` rows. An image listed both as `-1` and with a region is a label
+    that contradicts itself: it is left out of the table and kept, with the lines of all its
+    rows, in `Annotations.conflicts` (with `strict=True` it is a ValueError). Every RLE string's
+    syntax is checked here (pairs of integers, positive lengths), so a bad row is named by its line
+    and ImageId before any image is read; `Annotations.where` names the line for later checks.
     """
     path = Path(path)
     try:
@@ -251,7 +277,7 @@ def read_annotations(path: str | Path, strict: bool = False) -> Annotations:
             f"{path} is not a text CSV: expected SIIM annotations 'ImageId,EncodedPixels'"
         ) from None
     annotations = Annotations(path)
-    negatives: set[str] = set()
+    negatives: dict[str, list[int]] = {}
     for line_no, row in _csv_rows(text, path):
         if not row or not "".join(row).strip():
             continue
@@ -267,7 +293,7 @@ def read_annotations(path: str | Path, strict: bool = False) -> Annotations:
             raise ValueError(f"{path}, line {line_no}: the ImageId is empty")
         masks = annotations.setdefault(image_id, [])
         if is_empty_rle(rle):
-            negatives.add(image_id)
+            negatives.setdefault(image_id, []).append(line_no)
             continue
         if not rle.replace(" ", "").isdigit():
             raise ValueError(
@@ -282,14 +308,14 @@ def read_annotations(path: str | Path, strict: bool = False) -> Annotations:
         annotations.lines.setdefault(image_id, []).append(line_no)
     if not annotations:
         raise ValueError(f"{path} holds no annotation rows: expected 'ImageId,EncodedPixels'")
-    conflicts = sorted(i for i in negatives if annotations[i])
-    if conflicts:
-        message = (
-            f"{path}: {len(conflicts)} image(s) are listed both as -1 and with a mask; "
-            f"their masks are kept: {', '.join(conflicts[:5])}"
-            f"{' ...' if len(conflicts) > 5 else ''}"
+    for image_id, lines in negatives.items():
+        if annotations[image_id]:
+            annotations.conflicts[image_id] = sorted(lines + annotations.lines.pop(image_id))
+            del annotations[image_id]
+    if strict and annotations.conflicts:
+        first = next(iter(sorted(annotations.conflicts)))
+        raise ValueError(
+            f"{len(annotations.conflicts)} image(s) are listed both as -1 and with a region; "
+            f"the first: {annotations.conflict_reason(first)}"
         )
-        if strict:
-            raise ValueError(message)
-        warnings.warn(message, stacklevel=2)
     return annotations

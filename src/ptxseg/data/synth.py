@@ -16,18 +16,19 @@ import io
 import os
 import shutil
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import cv2
 import numpy as np
 
-from ptxseg import atomic
+from ptxseg import atomic, guard
 from ptxseg.data.rle import rle_encode
 
 IMAGES_DIR = "dicom-images-train"
 CSV_NAME = "train-rle.csv"
+METADATA_NAME = "metadata.csv"
 CSV_HEADER = ("ImageId", " EncodedPixels")
 JPEG_BASELINE = "1.2.840.10008.1.2.4.50"
 SECONDARY_CAPTURE = "1.2.840.10008.5.1.4.1.1.7"
@@ -54,10 +55,36 @@ class CaseSpec:
     positive: bool
     seed: int
     patient_seed: int
+    drain: bool = False
 
 
-def plan_cases(n_images: int, seed: int = 0, positive_fraction: float = 0.3) -> list[CaseSpec]:
-    """Draw identifiers, patients, views and labels for `n_images` radiographs (deterministic)."""
+def parse_drains(text: str | None) -> tuple[float, float] | None:
+    """`P_POS:P_NEG` (e.g. `0.7:0.05`): the share of positive and of negative images that get a
+    chest drain; None for none."""
+    if text is None or text == "":
+        return None
+    try:
+        p_pos, p_neg = (float(x) for x in str(text).split(":"))
+    except ValueError:
+        raise ValueError(
+            f"--drains {text!r}: expected P_POS:P_NEG, the shares of positive and negative "
+            "images with a chest drain, e.g. 0.7:0.05"
+        ) from None
+    if not (0 <= p_pos <= 1 and 0 <= p_neg <= 1):
+        raise ValueError(f"--drains {text!r}: both shares must lie between 0 and 1")
+    return p_pos, p_neg
+
+
+def plan_cases(
+    n_images: int,
+    seed: int = 0,
+    positive_fraction: float = 0.3,
+    drains: tuple[float, float] | None = None,
+) -> list[CaseSpec]:
+    """Draw identifiers, patients, views and labels for `n_images` radiographs (deterministic).
+
+    `drains` (P_POS, P_NEG) gives that share of positive and of negative images a chest drain,
+    drawn from a stream of its own: everything else is the same as without drains."""
     _check_arguments(n_images, MIN_SIZE, positive_fraction)
     rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(0,)))
     n_positive = int(round(positive_fraction * n_images))
@@ -95,6 +122,13 @@ def plan_cases(n_images: int, seed: int = 0, positive_fraction: float = 0.3) -> 
                 patient_seed=int(seed * 1_000_003 + patient[3]),
             )
         )
+    if drains is not None:
+        drain_rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(2,)))
+        draws = drain_rng.random(len(cases))
+        cases = [
+            replace(c, drain=bool(u < (drains[0] if c.positive else drains[1])))
+            for c, u in zip(cases, draws, strict=True)
+        ]
     return cases
 
 
@@ -438,9 +472,33 @@ def render_case(
     cage *= 0.3 + 0.7 * lung_soft
     density += (0.07 * ribs_post + 0.035 * ribs_ant) * cage + 0.13 * clavicles * tissue
 
+    if spec.drain:
+        density += _chest_drain(frame, anat, sides, np.random.default_rng([spec.seed, 2]))
+
     image = _expose(density, rng, frame, ap)
     _burn_in_marker(image, rng, frame, ap)
     return image, _split_regions(regions_mask, min_pixels=max(4, size * size // 20000))
+
+
+def _chest_drain(frame: _Frame, anat: _Anatomy, sides: list[_Side], rng) -> np.ndarray:
+    """A chest drain: a radio-opaque tube that enters through the lateral chest wall low on one
+    side and curves up towards the apex, its walls brighter than its lumen, with the radio-opaque
+    side line that stops at the side hole near the tip (the "sentinel eye")."""
+    side = sides[int(rng.integers(2))]
+    s = side.side
+    t = np.linspace(0, 1, 40)
+    start = np.array([0.5 + s * (side.wall + rng.uniform(0.07, 0.11)), rng.uniform(0.6, 0.7)])
+    bend = np.array([0.5 + s * (side.wall - 0.02), rng.uniform(0.45, 0.55)])
+    tip = np.array([0.5 + s * (side.apex_u + rng.uniform(0.0, 0.05)), side.apex + 0.05])
+    x = (1 - t) ** 2 * start[0] + 2 * (1 - t) * t * bend[0] + t**2 * tip[0]
+    y = (1 - t) ** 2 * start[1] + 2 * (1 - t) * t * bend[1] + t**2 * tip[1]
+    width = rng.uniform(0.010, 0.014)
+    outer = _draw_polylines(frame, [(x, y)], width)
+    lumen = _draw_polylines(frame, [(x, y)], width * 0.45)
+    stop = int(len(t) * rng.uniform(0.8, 0.88))  # the side line ends at the side hole
+    stripe = _draw_polylines(frame, [(x[:stop], y[:stop])], width * 0.25)
+    tube = 0.16 * outer - 0.07 * lumen + 0.08 * stripe
+    return _blur(tube, frame.px(0.0012)) * (0.6 + 0.4 * anat.body_w / 0.5)
 
 
 def _expose(density: np.ndarray, rng: np.random.Generator, frame: _Frame, ap: bool) -> np.ndarray:
@@ -552,6 +610,27 @@ def _csv_text(rows: list[tuple[str, str]]) -> str:
     return buffer.getvalue()
 
 
+def check_out_dir(out_dir: str | Path, overwrite: bool) -> list[Path]:
+    """The dataset paths already in `out_dir` that a run would replace; FileExistsError when
+    there are some and `overwrite` is off, or when `out_dir/made-by.json` does not say synth
+    wrote them (a real dataset is never replaced)."""
+    out_dir = Path(out_dir)
+    existing = [p for p in (out_dir / IMAGES_DIR, out_dir / CSV_NAME) if p.exists()]
+    if existing and not overwrite:
+        raise FileExistsError(
+            f"{existing[0]} already exists: choose another output folder or pass overwrite=True "
+            "(--overwrite) to replace the synthetic dataset there"
+        )
+    made = guard.made_by(out_dir)
+    if existing and (made is None or made.get("command") != "synth"):
+        raise FileExistsError(
+            f"{existing[0]} was not written by synth ({out_dir / guard.MADE_BY} does not say "
+            "so): --overwrite replaces only synth's own datasets; choose another output folder, "
+            "or move that one away yourself"
+        )
+    return existing
+
+
 def generate_dataset(
     out_dir: str | Path,
     n_images: int,
@@ -561,24 +640,26 @@ def generate_dataset(
     overwrite: bool = False,
     progress: bool | None = None,
     conspicuity: float = 1.0,
+    drains: tuple[float, float] | None = None,
 ) -> dict[str, Any]:
     """Write `n_images` synthetic radiographs and their annotations in the SIIM stage-1 layout.
 
+    `drains` (P_POS, P_NEG) draws a chest drain on that share of positive and negative images
+    and records it per image in `metadata.csv` (ImageId, chest_drain), which
+    `ptxseg evaluate --subgroups` reads.
+
     Everything is written under a temporary folder inside `out_dir` and moved into place at the
-    end, so a failure leaves no half-written dataset. An existing dataset in `out_dir` is only
-    replaced with `overwrite=True`. `progress` (default: when `n_images >= 100`) shows a bar.
+    end, so a failure leaves no half-written dataset; then `out_dir/made-by.json` marks it as
+    synth's. An existing dataset in `out_dir` is only replaced with `overwrite=True`, and only
+    when that mark says synth wrote it: a real dataset is never deleted. `progress` (default:
+    when `n_images >= 100`) shows a bar.
     Returns a summary: counts of images, positives, regions and patients, and the paths written.
     """
     _check_arguments(n_images, size, positive_fraction)
     out_dir = Path(out_dir)
     images_dir, csv_path = out_dir / IMAGES_DIR, out_dir / CSV_NAME
-    existing = [p for p in (images_dir, csv_path) if p.exists()]
-    if existing and not overwrite:
-        raise FileExistsError(
-            f"{existing[0]} already exists: choose another output folder or pass overwrite=True "
-            "(--overwrite) to replace the synthetic dataset there"
-        )
-    cases = plan_cases(n_images, seed, positive_fraction)
+    existing = check_out_dir(out_dir, overwrite)
+    cases = plan_cases(n_images, seed, positive_fraction, drains)
     out_dir.mkdir(parents=True, exist_ok=True)
     staging = out_dir / f".synth-{os.getpid()}.tmp"
     shutil.rmtree(staging, ignore_errors=True)
@@ -599,12 +680,26 @@ def generate_dataset(
                 n_regions += len(regions)
                 bar.advance(task)
         atomic.write_bytes(staging / CSV_NAME, _csv_text(rows).encode())
+        if drains is not None:
+            metadata = "ImageId,chest_drain\n" + "".join(
+                f"{c.image_id},{int(c.drain)}\n" for c in cases
+            )
+            atomic.write_bytes(staging / METADATA_NAME, metadata.encode())
         for path in existing:
             shutil.rmtree(path) if path.is_dir() else path.unlink()
+        if existing:  # the replaced dataset's drains do not describe the new images
+            (out_dir / METADATA_NAME).unlink(missing_ok=True)
+        atomic.sync_tree(staging)
         os.replace(staging / IMAGES_DIR, images_dir)
         os.replace(staging / CSV_NAME, csv_path)
+        if drains is not None:
+            os.replace(staging / METADATA_NAME, out_dir / METADATA_NAME)
+        atomic.sync_folder(out_dir)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+    details = {"n_images": n_images, "size": size, "seed": seed}
+    details.update(positive_fraction=positive_fraction, conspicuity=conspicuity)
+    guard.mark(out_dir, "synth", "data", **details)
     n_positive = sum(spec.positive for spec in cases)
     return {
         "out_dir": str(out_dir),
@@ -615,6 +710,8 @@ def generate_dataset(
         "n_negative": n_images - n_positive,
         "n_regions": n_regions,
         "n_patients": len({spec.patient_id for spec in cases}),
+        "n_drains": sum(spec.drain for spec in cases),
+        "metadata": str(out_dir / METADATA_NAME) if drains is not None else None,
         "size": size,
         "seed": seed,
     }

@@ -1,4 +1,4 @@
-"""DICOM UIDs: validity, deterministic derivation, and the repair of SIIM's invalid identifiers.
+"""DICOM UIDs: validity, deterministic derivation, and the repair of SIIM's invalid headers.
 
 Some real SIIM files carry identifiers that are not valid DICOM UIDs (SOPInstanceUID `ID_...`) or
 are empty (Study/Series Instance UID). Objects that reference them (SEG, SR) need valid UIDs, and a
@@ -10,6 +10,11 @@ original file references the same instance as its repaired copy in a PACS:
 - SOPInstanceUID: the file meta MediaStorageSOPInstanceUID when that one is valid (the SIIM files
   keep the original UID there), else a UID derived from the invalid value;
 - StudyInstanceUID, SeriesInstanceUID: a UID derived from the (repaired) SOPInstanceUID.
+
+The other invalid values of such headers (a PatientAge of "63", a PixelSpacing of 19 characters)
+are repaired where the repair is certain and otherwise sent empty or left out, by the rules of
+`ptxseg.data.values`; `repair_source` applies both, so a copy and the objects derived from it pass
+a DICOM validator (dciodvfy).
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from ptxseg import atomic
+from ptxseg.data.values import repair_values
 
 UID_PATTERN = re.compile(r"(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*")
 
@@ -49,6 +55,11 @@ def repaired_sop_uid(ds) -> tuple[str, str | None]:
 
 
 def repair_source(ds) -> list[str]:
+    """Make the header valid in place (its UIDs, then its other values); a note per change."""
+    return repair_uids(ds) + repair_values(ds)
+
+
+def repair_uids(ds) -> list[str]:
     """Make the header's SOP, Study and Series Instance UIDs valid in place; a note per change."""
     notes = []
     sop = str(ds.get("SOPInstanceUID", "") or "")
@@ -66,21 +77,40 @@ def repair_source(ds) -> list[str]:
     return notes
 
 
-def repair_file(source: str | Path, target: str | Path) -> list[str]:
-    """Write a copy of `source` with valid UIDs to `target` (atomically); the notes of the repair.
-
-    The pixel data and every other attribute are copied unchanged. A file whose UIDs are already
-    valid is copied as it is (empty notes). The source is never modified.
-    """
+def repaired_copy(source: str | Path):
+    """(the dataset of `source` with a valid header, the notes of the repair); the file is only
+    read. The file meta names the (repaired) SOP Instance UID."""
     import pydicom
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # pydicom warns about the very values repaired here
         ds = pydicom.dcmread(str(source))
         notes = repair_source(ds)
-        if "file_meta" in ds:
-            ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
-        buf = io.BytesIO()
+    if "file_meta" in ds:
+        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    return ds, notes
+
+
+def repair_file(source: str | Path, target: str | Path) -> list[str]:
+    """Write a copy of `source` with a valid header to `target` (atomically); the repair's notes.
+
+    The pixel data and every valid attribute are copied unchanged. A file whose header is already
+    valid is copied as it is (empty notes). The source is never modified.
+    """
+    ds, notes = repaired_copy(source)
+    buf = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
         ds.save_as(buf)
     atomic.write_bytes(target, buf.getvalue())
     return notes
+
+
+def header_repairs(source: str | Path | bytes) -> list[str]:
+    """The notes that `repair_source` makes for a DICOM file or its bytes; nothing is written."""
+    import pydicom
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        raw = io.BytesIO(source) if isinstance(source, bytes) else str(source)
+        return repair_source(pydicom.dcmread(raw, stop_before_pixels=True))

@@ -244,11 +244,64 @@ def write_ablation(rows: Sequence[dict], grid_dir: Path) -> dict[str, Path]:
 
 
 def aggregate_grid(grid_dir: Path) -> dict[str, Path]:
-    """Aggregate every finished cell of a grid folder into its tables and plot."""
+    """Aggregate every finished cell of a grid folder into its tables and plot, and compare its
+    encoders (`compare_encoders`)."""
     results = collect_results(grid_dir)
     if not results:
         raise ValueError(f"no finished cells (cells/*/{DONE}) under {grid_dir}")
-    return write_ablation(aggregate(results), grid_dir)
+    paths = write_ablation(aggregate(results), grid_dir)
+    paths.update(compare_encoders(grid_dir, results))
+    return paths
+
+
+def compare_encoders(grid_dir: Path, results: Sequence[dict]) -> dict[str, Path]:
+    """For each augmentation, the encoders compared pair by pair on the test images
+    (`evaluation.compare`): each image's Dice and score are averaged over an encoder's seeds
+    first, then resampled over patients. Writes comparison.json and comparison.md."""
+    from ptxseg.evaluation.compare import (
+        CompareError,
+        average_over_seeds,
+        compare_evaluations,
+        comparison_markdown,
+        read_evaluation,
+    )
+
+    groups = []
+    text = ["# Encoders compared on the test images", ""]
+    for aug in dict.fromkeys(r["aug"] for r in results):
+        by_encoder: dict[str, list] = {}
+        for r in results:
+            eval_dir = Path(str(r.get("run_dir", ""))) / "eval" / "test"
+            if r["aug"] == aug and (eval_dir / "per_image.csv").is_file():
+                by_encoder.setdefault(r["encoder"], []).append(read_evaluation(eval_dir))
+        if len(by_encoder) < 2:
+            continue
+        try:
+            pooled = [average_over_seeds(e, name) for name, e in sorted(by_encoder.items())]
+            comparison = compare_evaluations(pooled)
+        except CompareError as err:
+            text += [f"## augmentation {aug}", "", f"not compared: {err}", ""]
+            continue
+        seeds = min(len(e) for e in by_encoder.values())
+        groups.append({"aug": aug, "seeds": seeds, "comparison": comparison})
+        text += [
+            f"## augmentation {aug} (per-image scores averaged over {seeds} seed(s))",
+            "",
+            comparison_markdown(comparison),
+        ]
+    if not groups:
+        return {}
+    paths = {
+        "comparison.json": Path(grid_dir) / "comparison.json",
+        "comparison.md": Path(grid_dir) / "comparison.md",
+    }
+    from ptxseg.evaluation.evaluate import json_ready
+
+    atomic.write_text(
+        paths["comparison.json"], json.dumps(json_ready({"groups": groups}), indent=2) + "\n"
+    )
+    atomic.write_text(paths["comparison.md"], "\n".join(text))
+    return paths
 
 
 # --------------------------------------------------------------------------- the real cell

@@ -15,7 +15,12 @@ is none; command-line overrides apply last. Written into the output folder:
   operating point and where it came from, TTA, the split, counts and the all-empty baseline;
 - `roc.csv`: the image-level ROC curve (fpr, tpr, thresholds);
 - `panels.npz`: ~16 chosen images at the model's size (best, worst, false positives, false
-  negatives), for figure panels without rerunning the model;
+  negatives), for figure panels and the report's failure gallery without rerunning the model;
+- with the evidence of `ptxseg.evaluation.evidence`: 95% intervals in `summary.json` (each
+  metric's `ci_low`, `ci_high`, `method`, `n`), `subgroups.csv` and `subgroups.png` (forest
+  plot), `calibration.csv` and `reliability.png`, the stored operating points' test sensitivity
+  and specificity (`operating_points`); `per_image.csv` gains the calibrated probability, a
+  hashed patient key and each image's subgroup levels;
 - `probs-<split>.npz` (only when asked): every model-size probability map of the split.
 """
 
@@ -35,8 +40,10 @@ from typing import Any
 import numpy as np
 
 from ptxseg import atomic
-from ptxseg.data.dataset import FullSizeTruth
+from ptxseg.data.dataset import FullSizeTruth, read_manifest
 from ptxseg.data.folds import fold_name, open_split
+from ptxseg.evaluation.evidence import EvidenceSettings, gather_evidence, search_extras
+from ptxseg.evaluation.named_points import Target, parse_targets
 from ptxseg.evaluation.search import search_operating_point
 from ptxseg.inference.ensemble import store_operating_point
 from ptxseg.inference.predictor import Predictor, full_size_mask
@@ -52,6 +59,7 @@ from ptxseg.model.metrics import (
 )
 from ptxseg.model.operating_point import OperatingPoint, OperatingPointWarning
 from ptxseg.progress import progress_bar
+from ptxseg.stats.calibration import Calibrator
 
 RESOLUTIONS = ("full", "model")
 SCORED_AT = {
@@ -114,10 +122,14 @@ def full_size_counts(
     """Per-image confusion counts of the full-size masks (as `predict` writes them) against the
     original RLE at the original size."""
     counts = np.zeros((4, len(pred.image_ids)), np.int64)
+    above = np.zeros(len(pred.image_ids), bool)
     for i, image_id in enumerate(pred.image_ids):
-        _, mask = full_size_mask(pred.probs[i], truth.shape(image_id), op)
+        prob, mask = full_size_mask(pred.probs[i], truth.shape(image_id), op)
         counts[:, i] = [c[0] for c in confusion_counts(mask, truth.mask(image_id))]
-    return dict(zip(("tp", "fp", "fn", "tn"), counts, strict=True))
+        above[i] = mask.any() or bool((prob > op.bottom).any())
+    out = dict(zip(("tp", "fp", "fn", "tn"), counts, strict=True))
+    out["above_bottom"] = above  # a kept mask would not be empty (named points gate on it)
+    return out
 
 
 def _accumulate(pred: SplitPredictions, op: OperatingPoint, score: str) -> MetricAccumulator:
@@ -159,6 +171,7 @@ def score_predictions(
 ) -> ScoredSplit:
     """Score the masks of `pred` at `op`: at full size when `truth` is given, else model size."""
     small = _accumulate(pred, op, score).per_image()
+    small["above_bottom"] = small["max_prob"] > op.bottom
     small_values, small_metrics = _summaries(small)
     if truth is None:
         return ScoredSplit(small, small_values, small_metrics, small, small_values, small_metrics)
@@ -171,21 +184,77 @@ def score_predictions(
     return ScoredSplit(per, values, metrics, small, small_values, small_metrics)
 
 
-def score_summary(scored: ScoredSplit, resolution: str) -> dict[str, Any]:
-    """The metric part of `summary.json` (counts, competition Dice, both tables)."""
+def score_summary(
+    scored: ScoredSplit, resolution: str, evidence: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
+    """The metric part of `summary.json` (counts, competition Dice, both tables); with
+    `evidence` (`split_evidence`), each metric gains its interval and the rest comes along."""
     values = scored.values
+    metrics = scored.metrics
+    found = dict(evidence or {})
+    intervals = found.pop("metric_intervals", {})
+    if intervals:
+        metrics = {
+            name: dict(entry, **{k: v for k, v in intervals.get(name, {}).items() if k != "value"})
+            for name, entry in metrics.items()
+        }
     return {
         "scored_at": SCORED_AT[resolution],
         "counts": {k: values[k] for k in values if k.startswith("n_")},
         "competition_dice": values["dice_per_image"],
         "empty_baseline_competition_dice": values["empty_baseline_dice_per_image"],
-        "metrics": scored.metrics,
+        "metrics": metrics,
+        **found,
         "model_size": {
             "scored_at": SCORED_AT["model"],
             "competition_dice": scored.small_values["dice_per_image"],
             "metrics": scored.small_metrics,
         },
     }
+
+
+def split_evidence(
+    pred: SplitPredictions,
+    scored: ScoredSplit,
+    op: OperatingPoint,
+    work: str | os.PathLike,
+    truth: FullSizeTruth | None,
+    named: Mapping[str, Any] | None,
+    calibrator: Calibrator | None,
+    settings: EvidenceSettings,
+) -> tuple[dict[str, Any], dict[str, Any], dict[str, list]]:
+    """`gather_evidence` of a scored split: manifest rows, and the true masks at the size the
+    split is scored at (full size with its pixel spacing, or the model's size with the spacing
+    scaled to it)."""
+    rows = {row["image_id"]: row for row in read_manifest(work)}
+
+    def spacing(i: int, scale: float = 1.0) -> float | None:
+        text = (rows.get(pred.image_ids[i]) or {}).get("pixel_spacing") or ""
+        try:
+            return float(text) * scale
+        except ValueError:
+            return None
+
+    def true_mask(i: int):
+        image_id = pred.image_ids[i]
+        if truth is not None:
+            return truth.mask(image_id), spacing(i)
+        width = (rows.get(image_id) or {}).get("width")
+        scale = float(width) / pred.targets.shape[-1] if width else 1.0
+        return pred.targets[i].astype(bool), spacing(i, scale)
+
+    return gather_evidence(
+        pred.image_ids,
+        scored.per,
+        scored.values,
+        pred.probs,
+        op,
+        rows,
+        true_mask,
+        named,
+        calibrator,
+        settings,
+    )
 
 
 def evaluation_files(
@@ -346,6 +415,8 @@ def write_outputs(out_dir: Path, files: Mapping[str, Any]) -> dict[str, str]:
                 f.write(buffer.getvalue())
 
             atomic.write_through(path, write_npz, binary=True)
+        elif name.endswith(".png"):
+            atomic.write_bytes(path, content)
         else:
             raise ValueError(f"no writer for output {name!r}")
         written[name] = str(path)
@@ -395,6 +466,8 @@ def evaluate(
     n_panels: int = 16,
     progress: bool = True,
     resolution: str = "full",
+    evidence: EvidenceSettings | None = None,
+    operating_points: str | Sequence[Target] | None = None,
 ) -> dict[str, Any]:
     """Evaluate a model (a `Predictor`, a loaded model or a model path) on `split`; write the
     outputs to `out_dir` and return the summary.
@@ -406,7 +479,16 @@ def evaluate(
     meaning as in `predict`) apply last. `tta=None` uses the TTA the stored point was searched
     with. `resolution="full"` scores at the original size (the default, as the competition);
     `"model"` only at the model's input size (for work folders without annotations.csv).
+    A search also fits the calibrator and the named `operating_points` (targets such as
+    "triage:sensitivity=0.95") and stores them with the point; `evidence` sets the bootstrap
+    and the subgroups (`ptxseg.evaluation.evidence`).
     """
+    evidence = evidence or EvidenceSettings()
+    targets = (
+        parse_targets(operating_points)
+        if isinstance(operating_points, str) or operating_points is None
+        else list(operating_points)
+    )
     if score not in SCORES:
         raise ValueError(f"unknown detection score {score!r}: expected one of {SCORES}")
     if resolution not in RESOLUTIONS:
@@ -429,14 +511,26 @@ def evaluate(
     do_search = (stored is None if search is None else search) and not (
         search is None and _fully_overridden(overrides)
     )
+    if targets and not do_search:
+        raise ValueError(
+            "--operating-points are searched with the operating point: add --search (the "
+            "model's stored point is searched again, with its calibrator)"
+        )
     searched = None
     val_pred = None
+    named, calibrator = predictor.named_points, predictor.calibrator
+    calibration_note = None
     if do_search:
         on = validation_split(predictor)
         val_pred = collect_probabilities(predictor, work, on, progress)
         searched = search_operating_point(val_pred.probs, val_pred.targets)
         op = searched.operating_point.with_path(predictor.tta, predictor.input_size)
         val_metrics = _accumulate(val_pred, op, score).compute()
+        val_truth = val_pred.targets.reshape(len(val_pred.targets), -1).any(1)
+        extra, calibration_note = search_extras(
+            val_pred.probs, val_truth, op, targets, on, predictor.tta
+        )
+        named, calibrator = extra["operating_points"] or {}, Calibrator.coerce(extra["calibrator"])
         source = f"searched on the {on} split"
         if checkpoint is not None:
             store_operating_point(
@@ -448,10 +542,14 @@ def evaluate(
                     "tta": predictor.tta,
                     "detection_score": score,
                 },
+                extra=extra,
             )
             source += " and stored with the model"
         if predictor.model is not None:
             predictor.model.operating_point = op
+            for key, value in extra.items():
+                setattr(predictor.model, key, value)
+        predictor.named_points, predictor.calibrator = named, calibrator
     elif stored is not None:
         op, source = stored, "stored with the model"
     else:
@@ -466,6 +564,16 @@ def evaluate(
     else:
         pred = collect_probabilities(predictor, work, split, progress)
     scored = score_predictions(pred, op, truth, score)
+    found, evidence_files, columns = split_evidence(
+        pred, scored, op, work, truth, named, calibrator, evidence
+    )
+    if calibration_note is not None:
+        found["calibration"]["fitted"] = calibration_note
+    elif calibrator is None:
+        found["calibration"]["fitted"] = (
+            "this model stores no calibrator (searched before calibration existed, or its "
+            "validation split could not fit one): search again with --search to add one"
+        )
 
     summary = {
         "split": split,
@@ -482,9 +590,10 @@ def evaluate(
         "operating_point_description": op.describe(),
         "operating_point_source": source,
         "operating_point_search": None if searched is None else searched.to_dict(),
-        **score_summary(scored, resolution),
+        **score_summary(scored, resolution, found),
     }
-    files = evaluation_files(pred, scored, op, n_panels)
+    files = evaluation_files(pred, scored, op, n_panels, columns)
+    files.update(evidence_files)
     if save_probs:
         for p in {id(x): x for x in (val_pred, pred) if x is not None}.values():
             files[f"probs-{p.split}.npz"] = probability_arrays(p)
@@ -517,11 +626,13 @@ def evaluate_checkpoint(
     precision: str = "fp32",
     tta: str | None = None,
     batch_size: int = 8,
+    model_card: bool = False,
     **options: Any,
 ) -> dict[str, Any]:
     """Build the Predictor of `checkpoint` (a .ckpt, a model folder, an .onnx file, an ensemble
     file, or a list of models to average) and `evaluate` it; a searched operating point is
     stored with the model (not with a list: write an ensemble file to keep one). See `evaluate`.
+    `model_card` writes the model's README.md and stores its facts (`evaluation.model_card`).
 
     `runtime`/`precision` `auto` choose the path that `predict` would run on this CPU
     (`ptxseg.inference.choice`), checked on the validation split of `work`, which also
@@ -535,6 +646,11 @@ def evaluate_checkpoint(
     )
 
     models = list(checkpoint) if isinstance(checkpoint, list | tuple) else [checkpoint]
+    if model_card and len(models) > 1:
+        raise ValueError(
+            "--model-card describes one model: write an ensemble file of these models first "
+            "(`ptxseg ensemble`) and evaluate that"
+        )
     n = INT8_CHECK_IMAGES if precision == "int8" else CHECK_IMAGES
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", OperatingPointWarning)
@@ -552,4 +668,9 @@ def evaluate_checkpoint(
         predictor, work, out_dir, split, checkpoint=models[0] if single else None, **options
     )
     summary["checkpoint"] = str(models[0]) if len(models) == 1 else [str(m) for m in models]
+    if model_card:
+        from ptxseg.evaluation.model_card import write_model_card
+
+        summary["model_card"] = str(write_model_card(models[0], summary, out_dir))
+        write_outputs(Path(out_dir), {"summary.json": summary})
     return summary

@@ -24,7 +24,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from ptxseg.data.dataset import FullSizeTruth
+from ptxseg.data.dataset import FullSizeTruth, read_manifest
 from ptxseg.data.folds import fold_name, read_folds
 from ptxseg.evaluation.evaluate import (
     RESOLUTIONS,
@@ -35,9 +35,13 @@ from ptxseg.evaluation.evaluate import (
     probability_arrays,
     score_predictions,
     score_summary,
+    split_evidence,
     write_outputs,
 )
+from ptxseg.evaluation.evidence import EvidenceSettings, search_extras
+from ptxseg.evaluation.named_points import parse_targets
 from ptxseg.evaluation.search import search_operating_point
+from ptxseg.evaluation.uncertainty import metric_intervals, patient_groups
 from ptxseg.inference.ensemble import EnsembleError, read_ensemble, store_ensemble_operating_point
 from ptxseg.inference.predictor import Predictor
 from ptxseg.model.metrics import SCORES
@@ -84,13 +88,19 @@ def evaluate_oof(
     progress: bool = True,
     resolution: str = "full",
     save_probs: bool = False,
+    evidence: EvidenceSettings | None = None,
+    operating_points: str | None = None,
 ) -> dict[str, Any]:
     """Evaluate an ensemble out of fold on `work`; write the outputs and return the summary.
 
     The operating point is searched on the pooled OOF predictions when the ensemble has none
     (`search=None`) or always (`search=True`) and stored in the ensemble file; `tta=None` uses
     the stored point's TTA (none when there is none). Overrides apply last, as in `evaluate`.
+    A search also fits the calibrator and the named `operating_points` on the pooled OOF
+    predictions; the metrics get the intervals of `evaluate` (`evidence`), each fold its own.
     """
+    evidence = evidence or EvidenceSettings()
+    targets = parse_targets(operating_points)
     if score not in SCORES:
         raise ValueError(f"unknown detection score {score!r}: expected one of {SCORES}")
     if resolution not in RESOLUTIONS:
@@ -114,10 +124,17 @@ def evaluate_oof(
 
     fully = "threshold" in overrides or {"top", "bottom", "min_area"} <= set(overrides)
     do_search = (stored is None if search is None else search) and not (search is None and fully)
+    if targets and not do_search:
+        raise ValueError("--operating-points are searched with the operating point: add --search")
     searched = None
+    extra: dict[str, Any] = {}
+    named, calibrator, note = spec.extra.get("operating_points"), spec.extra.get("calibrator"), None
     if do_search:
         searched = search_operating_point(pooled.probs, pooled.targets)
         op = searched.operating_point.with_path(tta, size)
+        truth_small = pooled.targets.reshape(len(pooled.targets), -1).any(1)
+        extra, note = search_extras(pooled.probs, truth_small, op, targets, OOF, tta)
+        named, calibrator = extra["operating_points"], extra["calibrator"]
         source = "searched on the pooled out-of-fold predictions and stored in the ensemble file"
     elif stored is not None:
         op, source = stored, "stored with the ensemble"
@@ -128,11 +145,32 @@ def evaluate_oof(
         source += "; overridden on the command line: " + ", ".join(sorted(overrides))
     op.warn_if_other_path(tta, size)
 
+    rows = {row["image_id"]: row for row in read_manifest(work)}
     folds = []
     for k, part in enumerate(parts):
         scored = score_predictions(part, op, truth, score)
-        folds.append({"fold": k, "member": str(members[k]), **score_summary(scored, resolution)})
+        intervals = metric_intervals(
+            scored.per,
+            scored.values,
+            patient_groups(rows, part.image_ids),
+            evidence.resamples,
+            evidence.seed,
+        )
+        folds.append(
+            {
+                "fold": k,
+                "member": str(members[k]),
+                **score_summary(scored, resolution, {"metric_intervals": intervals}),
+            }
+        )
     scored = score_predictions(pooled, op, truth, score)
+    from ptxseg.stats.calibration import Calibrator
+
+    found, evidence_files, columns = split_evidence(
+        pooled, scored, op, work, truth, named, Calibrator.coerce(calibrator), evidence
+    )
+    if note is not None:
+        found["calibration"]["fitted"] = note
     summary = {
         "split": OOF,
         "checkpoint": str(spec.path),
@@ -147,7 +185,7 @@ def evaluate_oof(
         "operating_point_description": op.describe(),
         "operating_point_source": source,
         "operating_point_search": None if searched is None else searched.to_dict(),
-        **score_summary(scored, resolution),
+        **score_summary(scored, resolution, found),
         "folds": folds,
     }
     if searched is not None:
@@ -161,9 +199,11 @@ def evaluate_oof(
                 "competition_dice_per_fold": [f["competition_dice"] for f in folds],
                 "scored_at": summary["scored_at"],
             },
+            extra=extra,
         )
     fold_column = [k for k, part in enumerate(parts) for _ in part.image_ids]
-    files = evaluation_files(pooled, scored, op, n_panels, {"fold": fold_column})
+    files = evaluation_files(pooled, scored, op, n_panels, {"fold": fold_column, **columns})
+    files.update(evidence_files)
     if save_probs:
         files[f"probs-{OOF}.npz"] = dict(probability_arrays(pooled), folds=fold_column)
     summary["files"] = sorted([*files, "summary.json"])

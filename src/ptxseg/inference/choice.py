@@ -403,6 +403,7 @@ def measure_paths(
     tta: str | None = None,
     batch_size: int = 4,
     operating_point: Any = None,
+    operating_point_name: str | None = None,
     options: dict[str, Any] | None = None,
     progress: Callable[[Measurement], None] | None = None,
 ) -> tuple[list[Measurement], dict[str, Predictor]]:
@@ -436,6 +437,7 @@ def measure_paths(
                         tta=tta,
                         batch_size=batch_size,
                         operating_point=operating_point,
+                        operating_point_name=operating_point_name,
                         calibration=check.images if prec == "int8" else None,
                         calibration_source=check.source,
                         int8_recipes=AUTO_INT8_RECIPES if prec == "int8" else None,
@@ -505,26 +507,19 @@ def cache_dir() -> Path:
 
 
 def model_digest(model: Any) -> str:
-    """SHA-256 of what decides a model's outputs: its file(s), or its weights in memory."""
+    """SHA-256 of what decides a model's outputs: `record.model_digest` of a path or a list of
+    paths (the digest `predict`'s folder record keeps), or a loaded model's weights and
+    operating point."""
+    if isinstance(model, str | Path) or (
+        isinstance(model, list | tuple) and all(isinstance(m, str | Path) for m in model)
+    ):
+        from ptxseg.inference.record import model_digest as digest_of_paths
+
+        return digest_of_paths(model)
     sha = hashlib.sha256()
     if isinstance(model, list | tuple):
         for member in model:
             sha.update(model_digest(member).encode())
-        return sha.hexdigest()
-    if isinstance(model, str | Path):
-        path = Path(model)
-        files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
-        for file in files:
-            sha.update(str(file.relative_to(path) if path.is_dir() else file.name).encode())
-            with open(file, "rb") as handle:
-                for block in iter(lambda: handle.read(1 << 20), b""):
-                    sha.update(block)
-        if path.suffix == ".json":  # an ensemble file: its members too
-            from ptxseg.inference.ensemble import is_ensemble, read_ensemble
-
-            if is_ensemble(path):
-                for member in read_ensemble(path).members:
-                    sha.update(model_digest(member.path).encode())
         return sha.hexdigest()
     state = model.state_dict()
     for name in sorted(state):
@@ -597,6 +592,7 @@ def build_predictor(
     tta: str | None = None,
     batch_size: int = 4,
     operating_point: Any = None,
+    operating_point_name: str | None = None,
     images: Callable[[int, dict], CheckImages] | None = None,
     int8_on_the_fly: bool = True,
     cpu: CpuInfo | None = None,
@@ -616,7 +612,12 @@ def build_predictor(
     alternatives, measured on the same images.
     """
     cpu = cpu or cpu_info()
-    common = dict(tta=tta, batch_size=batch_size, operating_point=operating_point)
+    common = dict(
+        tta=tta,
+        batch_size=batch_size,
+        operating_point=operating_point,
+        operating_point_name=operating_point_name,
+    )
     memo: dict[str, CheckImages] = {}
 
     def check_images(size: int, config: dict) -> CheckImages:
@@ -661,6 +662,7 @@ def build_predictor(
         asked=[runtime, precision],
         paths=paths,
         operating_point=repr(operating_point),
+        operating_point_name=operating_point_name,
         options=sorted((k, repr(v)) for k, v in options.items()),
     )
     cached = read_cached(key) if use_cache else None
@@ -683,6 +685,7 @@ def build_predictor(
         tta=tta,
         batch_size=batch_size,
         operating_point=operating_point,
+        operating_point_name=operating_point_name,
         options=options,
         progress=progress,
     )
@@ -794,6 +797,7 @@ def faithful_alternatives(model, check, device, common, cpu, kind) -> str:
         tta=common.get("tta"),
         batch_size=common.get("batch_size", 4),
         operating_point=common.get("operating_point"),
+        operating_point_name=common.get("operating_point_name"),
     )
     ref = next((m for m in measurements if m.reference and m.images_per_s), None)
     good = sorted(

@@ -33,7 +33,7 @@ from torch import nn
 
 from ptxseg import atomic
 from ptxseg.model import checkpoint
-from ptxseg.model.operating_point import OperatingPoint
+from ptxseg.model.operating_point import OperatingPoint, choose_named
 
 ENSEMBLE_FILE = "ensemble.json"
 FORMAT = "ptxseg-ensemble"
@@ -55,6 +55,7 @@ class EnsembleSpec:
     operating_point: OperatingPoint | None = None
     validation: dict[str, Any] | None = None
     input_size: int | None = None
+    extra: dict[str, Any] = field(default_factory=dict)  # named points, calibrator, evaluation
 
 
 def ensemble_file(path: str | os.PathLike) -> Path:
@@ -136,7 +137,8 @@ def read_ensemble(path: str | os.PathLike) -> EnsembleSpec:
         op = OperatingPoint.coerce(data.get("operating_point"))
     except ValueError as error:
         raise EnsembleError(f"ensemble file {file}: {error}") from None
-    return EnsembleSpec(file, members, folds, op, data.get("validation"), size)
+    extra = {key: data.get(key) for key in checkpoint.STORED_ENTRIES}
+    return EnsembleSpec(file, members, folds, op, data.get("validation"), size, extra)
 
 
 def write_ensemble(
@@ -145,6 +147,7 @@ def write_ensemble(
     folds: Sequence[int | None] | None = None,
     operating_point: OperatingPoint | None = None,
     validation: dict[str, Any] | None = None,
+    extra: dict[str, Any] | None = None,
 ) -> Path:
     """Write an ensemble file listing `members` relative to it (checked first), atomically.
 
@@ -167,20 +170,31 @@ def write_ensemble(
         ],
         "operating_point": None if operating_point is None else operating_point.to_dict(),
         "validation": validation,
+        **_plain(extra or {}),
     }
     file.parent.mkdir(parents=True, exist_ok=True)
     return atomic.write_text(file, json.dumps(data, indent=2) + "\n")
 
 
 def store_ensemble_operating_point(
-    path: str | os.PathLike, op: OperatingPoint, metrics: dict[str, Any] | None = None
+    path: str | os.PathLike,
+    op: OperatingPoint,
+    metrics: dict[str, Any] | None = None,
+    extra: dict[str, Any] | None = None,
 ) -> Path:
-    """Replace the operating point (and the metrics it was chosen on) of an ensemble file."""
+    """Replace the operating point (and the metrics it was chosen on, and `extra` entries: the
+    named points and the calibrator) of an ensemble file."""
+    entries: dict[str, Any] = {"operating_point": op.to_dict()}
+    if metrics is not None:
+        entries["validation"] = metrics
+    return update_ensemble(path, dict(entries, **(extra or {})))
+
+
+def update_ensemble(path: str | os.PathLike, entries: dict[str, Any]) -> Path:
+    """Replace top-level entries of an ensemble file, atomically."""
     file = ensemble_file(path)
     data = json.loads(file.read_text())
-    data["operating_point"] = op.to_dict()
-    if metrics is not None:
-        data["validation"] = _plain(metrics)
+    data.update(_plain(entries))
     return atomic.write_text(file, json.dumps(data, indent=2) + "\n")
 
 
@@ -194,25 +208,48 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def read_operating_point(path: str | os.PathLike) -> OperatingPoint | None:
-    """The stored operating point of any model path: ensemble, `.onnx`, `.ckpt` or folder."""
+def read_operating_point(path: str | os.PathLike, name: str | None = None) -> OperatingPoint | None:
+    """The stored operating point of any model path: ensemble, `.onnx`, `.ckpt` or folder; with
+    `name`, the named point of that name (`--operating-point`)."""
     if is_ensemble(path):
-        return read_ensemble(path).operating_point
-    if Path(path).suffix.lower() == ".onnx":
+        spec = read_ensemble(path)
+        main, named = spec.operating_point, spec.extra.get("operating_points")
+    elif Path(path).suffix.lower() == ".onnx":
         from ptxseg.inference.onnx import read_metadata
 
-        return OperatingPoint.coerce(read_metadata(path).get("operating_point"))
-    return checkpoint.read_operating_point(path)
+        meta = read_metadata(path)
+        main, named = (
+            OperatingPoint.coerce(meta.get("operating_point")),
+            meta.get("operating_points"),
+        )
+    else:
+        info = checkpoint.read_info(path)
+        main, named = (
+            OperatingPoint.coerce(info.get("operating_point")),
+            info.get("operating_points"),
+        )
+    return choose_named(main, named, name)
 
 
 def store_operating_point(
-    path: str | os.PathLike, op: OperatingPoint, metrics: dict[str, Any] | None = None
+    path: str | os.PathLike,
+    op: OperatingPoint,
+    metrics: dict[str, Any] | None = None,
+    extra: dict[str, Any] | None = None,
 ) -> None:
     """Store `op` with the model at `path`: into the ensemble file, or the checkpoint/folder."""
     if is_ensemble(path):
-        store_ensemble_operating_point(path, op, metrics)
+        store_ensemble_operating_point(path, op, metrics, extra)
     else:
-        checkpoint.store_operating_point(path, op, metrics)
+        checkpoint.store_operating_point(path, op, metrics, extra)
+
+
+def store_entries(path: str | os.PathLike, entries: dict[str, Any]) -> None:
+    """Replace top-level entries of any stored model: ensemble file, checkpoint or folder."""
+    if is_ensemble(path):
+        update_ensemble(path, entries)
+    else:
+        checkpoint.update_info(path, entries)
 
 
 class EnsembleModel(nn.Module):
@@ -246,6 +283,9 @@ class EnsembleModel(nn.Module):
         self.config = members[0].config
         self.operating_point = operating_point
         self.validation: dict[str, Any] | None = None
+        self.operating_points: dict[str, Any] | None = None
+        self.calibrator: dict[str, Any] | None = None
+        self.evaluation: dict[str, Any] | None = None
         self.folds = list(folds) if folds is not None else [None] * len(members)
         self.names = (
             list(names) if names is not None else [f"member{i}" for i in range(len(members))]
@@ -281,6 +321,8 @@ def load_ensemble(
         ]
         model = EnsembleModel(members, spec.operating_point, folds, [str(m) for m in spec.members])
         model.validation = spec.validation
+        for key, value in spec.extra.items():
+            setattr(model, key, value)
         return model.to(device).eval()
     paths = [s for s in source if isinstance(s, str | os.PathLike)]
     if paths:
@@ -319,5 +361,5 @@ def export_ensemble_folder(source: str | os.PathLike, out: str | os.PathLike) ->
             checkpoint.export_inference_model(member, target)
         paths.append(target)
     return write_ensemble(
-        out / ENSEMBLE_FILE, paths, spec.folds, spec.operating_point, spec.validation
+        out / ENSEMBLE_FILE, paths, spec.folds, spec.operating_point, spec.validation, spec.extra
     )

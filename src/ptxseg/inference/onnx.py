@@ -36,6 +36,8 @@ def model_metadata(model) -> dict[str, Any]:
         "input_size": int(model.input_size),
         "config": getattr(model, "config", None) or {},
         "operating_point": None if op is None else op.to_dict(),
+        "operating_points": getattr(model, "operating_points", None),
+        "calibrator": getattr(model, "calibrator", None),
     }
     if callable(getattr(model, "description", None)):  # an ensemble: its members
         meta["ensemble"] = model.description()

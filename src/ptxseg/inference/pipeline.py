@@ -13,9 +13,13 @@ Three stages run at the same time, each on its own resources:
    (`OUTPUTS`; masks and findings always).
 
 Each image's findings JSON is written last, so it marks the image as done: a rerun skips those
-images. A file that cannot be read or predicted becomes an `error` row in summary.csv and the run
-goes on. `ptxseg.shards` splits the sorted input list for parallel jobs. The run's counts and
-timings (images/s end to end, seconds to the first result) go to `run.json`.
+images whose input is still the file they were predicted from (its size, mtime and content digest
+are in the findings; `same_input`), and predicts a replaced file again. A file that cannot be
+read or predicted becomes an `error` row in summary.csv and the run goes on; a file that cannot
+be written (a full disk, a read-only folder) ends the run with an `OSError`. What made the folder
+(model, operating point, options) is `ptxseg.inference.record`'s. `ptxseg.shards` splits the
+sorted input list for parallel jobs. The run's counts and timings (images/s end to end, seconds
+to the first result) go to `run.json`.
 """
 
 from __future__ import annotations
@@ -32,7 +36,7 @@ from typing import Any
 
 import numpy as np
 
-from ptxseg import atomic
+from ptxseg import atomic, guard
 from ptxseg.inference.outputs import read_mask, summary_row, write_submission, write_summary
 from ptxseg.inference.workers import (
     ALWAYS,
@@ -89,15 +93,17 @@ def default_workers() -> int:
     return usable_cores()
 
 
-def collect_inputs(paths: Iterable[str | Path]) -> list[Path]:
-    """Files named directly plus image files found recursively in folders, sorted, no repeats."""
+def collect_inputs(paths: Iterable[str | Path], skip: Iterable[str | Path] = ()) -> list[Path]:
+    """Files named directly plus image files found recursively in folders, sorted, no repeats.
+
+    The walk does not enter the folders in `skip` (the run's own output folder) nor any folder
+    of earlier results (`ptxseg.guard.walk`): masks and overlays are not chest X-rays."""
     found: set[Path] = set()
+    skip = list(skip)
     for raw in paths:
         path = Path(raw)
         if path.is_dir():
-            found.update(
-                p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in INPUT_SUFFIXES
-            )
+            found.update(guard.walk(path, INPUT_SUFFIXES, skip))
         elif path.exists():
             found.add(path)
         else:
@@ -121,6 +127,7 @@ class RunResult:
     first_result_s: float | None = None  # since the process started (else since the call)
     decoder: str = "cpu"  # where images were decoded and resized: cpu or device (nvJPEG)
     steady_seconds: float = 0.0  # from the first result to the end: start-up and compile left out
+    replaced: int = 0  # finished earlier, but the input file changed since: predicted again
     loop_s: dict[str, float] = field(default_factory=dict)  # where the main loop spent its time
 
     @property
@@ -275,6 +282,9 @@ def predict_files(
         seen[image_id] = path
         order.append(path)
         done = _finished(out, image_id) if image_id in present else None
+        if done is not None and not same_input(path, done.get("input")):
+            done = None  # the file was replaced since it was predicted
+            result.replaced += 1
         if done is not None:
             rows[path] = summary_row(image_id, str(path), done)
             submission[path] = (image_id, rle_encode(read_mask(out / "masks" / f"{image_id}.png")))
@@ -287,6 +297,8 @@ def predict_files(
         result.errors += 1
 
     def written(path: Path, res: WriteResult) -> None:
+        if res.os_error is not None:  # the output cannot be written: no point going on
+            raise OSError(*res.os_error)
         if res.error is not None:
             fail(path, res.error)
             return
@@ -570,6 +582,7 @@ class _Run:
                 meta=read.meta,
                 shape=shape,
                 describer=self.describer,
+                source=read.source,
             )
             if packed is not None:
                 bits = packed[batch.offsets[i] : batch.offsets[i + 1]]
@@ -646,6 +659,30 @@ def _present(out: Path) -> set[str]:
             return set()
 
     return stems(out / "findings", ".json") & stems(out / "masks", ".png")
+
+
+def same_input(path: Path, recorded: dict[str, Any] | None) -> bool:
+    """Whether `path` is still the file whose size, mtime and digest a findings JSON recorded.
+
+    Equal size and mtime are taken as the same file (no read: a resume stays two listings and
+    one stat per file); another size is another file; the same size with another mtime is
+    decided by the content digest (a copy, or a touched file, is still the same image)."""
+    if not isinstance(recorded, dict):
+        return False
+    try:
+        stat = path.stat()
+    except OSError:
+        return False
+    if stat.st_size != recorded.get("size"):
+        return False
+    if stat.st_mtime_ns == recorded.get("mtime_ns"):
+        return True
+    from ptxseg.inference.workers import input_record
+
+    try:
+        return input_record(str(path))["sha256"] == recorded.get("sha256")
+    except OSError:
+        return False
 
 
 def _finished(out: Path, image_id: str) -> dict[str, Any] | None:

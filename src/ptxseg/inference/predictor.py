@@ -42,7 +42,20 @@ from ptxseg.inference.runtimes import (
     openvino_runner,
     torch_runner,
 )
-from ptxseg.model.operating_point import DEFAULT, OperatingPoint, check_tta
+from ptxseg.model.operating_point import (
+    DEFAULT,
+    DEFAULT_NAME,
+    OperatingPoint,
+    check_tta,
+    choose_named,
+)
+from ptxseg.stats.calibration import Calibrator
+
+NO_CALIBRATOR = (
+    "none: this model stores no calibrator (its operating point was searched before "
+    "calibration existed); `probability` is the raw score. Search again to add one: "
+    "ptxseg evaluate --search"
+)
 
 
 @dataclass
@@ -117,7 +130,22 @@ def describe(
     findings["runtime"], findings["precision"] = describer["runtime"], describer["precision"]
     if describer.get("path_choice"):
         findings["path_choice"] = describer["path_choice"]
+    findings.update(calibrated(peak, describer))
     return findings
+
+
+def calibrated(peak: float, describer: dict[str, Any]) -> dict[str, Any]:
+    """The findings' calibrated probability of the raw score `peak`, the calibrator that gave
+    it (or why there is none) and the name of the operating point applied."""
+    stored = describer.get("calibrator")
+    calibrator = Calibrator.coerce(stored) if stored else None
+    return {
+        "calibrated_probability": None
+        if calibrator is None
+        else round(float(calibrator.apply(peak)), 6),
+        "calibration": NO_CALIBRATOR if calibrator is None else calibrator.describe(),
+        "operating_point_name": describer.get("operating_point_name", DEFAULT_NAME),
+    }
 
 
 def _is_onnx(model: Any) -> bool:
@@ -132,11 +160,12 @@ class Predictor:
 
     `runtime` is torch, onnxruntime or openvino; `precision` fp32, bf16 or int8 (see
     `ptxseg.inference.runtimes.SUPPORTED`). `operating_point` (OperatingPoint or dict) replaces
-    the stored one. `tta` is none or hflip; None takes the TTA the operating point was searched
-    with (none when unknown); another one than that warns. int8 from an fp32 model is
-    calibrated on real `calibration` images and its masks are checked against fp32 on them
-    (`ptxseg.inference.int8`: remedies, or `Int8Refused`); `int8_check` holds the result. An
-    int8 .onnx file is taken as it was made (and warns when its check is missing or failed).
+    the stored one; `operating_point_name` picks one of the stored named points instead of the
+    main one (`--operating-point`). `tta` is none or hflip; None takes the TTA the operating
+    point was searched with (none when unknown); another one than that warns. int8 from an fp32
+    model is calibrated on real `calibration` images and its masks are checked against fp32 on
+    them (`ptxseg.inference.int8`: remedies, or `Int8Refused`); `int8_check` holds the result.
+    An int8 .onnx file is taken as it was made (and warns when its check is missing or failed).
     `path_choice` says how the runtime and precision were chosen (`ptxseg.inference.choice`).
     `onnx_export` is an fp32 ONNX export of `model` already made (saves exporting it again);
     `calibration_source` says where the calibration images come from (for int8's record);
@@ -157,6 +186,7 @@ class Predictor:
         channels_last: bool = True,
         compile: bool = False,
         compile_mode: str = "default",
+        operating_point_name: str | None = None,
         onnx_export: str | Path | None = None,
         calibration_source: str = "",
         int8_recipes: Sequence[Recipe] | None = None,
@@ -195,7 +225,11 @@ class Predictor:
         self.config = meta.get("config") or {}
         stored = OperatingPoint.coerce(meta.get("operating_point"))
         self.stored_operating_point = stored
-        self.operating_point = OperatingPoint.coerce(operating_point) or stored or DEFAULT
+        self.named_points = dict(meta.get("operating_points") or {})
+        self.operating_point_name = operating_point_name or DEFAULT_NAME
+        chosen = choose_named(stored, self.named_points, operating_point_name)
+        self.operating_point = OperatingPoint.coerce(operating_point) or chosen or DEFAULT
+        self.calibrator = Calibrator.coerce(meta.get("calibrator"))
         self.tta = check_tta(tta) if tta is not None else (self.operating_point.tta or "none")
         self.operating_point.warn_if_other_path(self.tta, self.input_size)
         self._torch = None
@@ -351,6 +385,8 @@ class Predictor:
             "runtime": self.runtime,
             "precision": self.precision,
             "path_choice": (self.path_choice or {}).get("line"),
+            "operating_point_name": self.operating_point_name,
+            "calibrator": None if self.calibrator is None else self.calibrator.to_dict(),
         }
 
     def explain(self, image: np.ndarray) -> np.ndarray:

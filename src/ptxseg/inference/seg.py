@@ -1,10 +1,18 @@
 """DICOM Segmentation (highdicom, BINARY) of a predicted mask, referencing its source radiograph.
 
 Some real SIIM files carry identifiers that are not valid DICOM UIDs (SOPInstanceUID `ID_...`) or
-are empty (Study/Series Instance UID). A SEG object must reference valid UIDs, so such values are
-replaced on a copy of the source header by `ptxseg.data.uids.repair_source` (deterministic: the
-same file always gets the same UIDs). Every replacement is reported with an
-`InvalidSourceUIDWarning` and listed in the returned notes. The SR writer (`sr.py`) shares this.
+are empty (Study/Series Instance UID), and values that break their VR (a PatientAge of "63"). A SEG
+must reference valid UIDs and copies the patient and study attributes, so the header is repaired on
+a copy by `ptxseg.data.uids.repair_source`: UIDs are replaced (deterministically: the same file
+always gets the same UIDs), other values repaired where the repair is certain and otherwise sent
+empty or left out (`ptxseg.data.values`). Every change is reported with an
+`InvalidSourceHeaderWarning` and listed in the returned notes. The SR writer (`sr.py`) shares this.
+
+Text is written in UTF-8 (Specific Character Set ISO_IR 192) whatever the source's character set:
+names decoded from the source's declared set travel intact in any script.
+
+Patient Orientation (General Image module, type 2C for a SEG of a projection image) is the
+source's: the SEG's pixels lie on the source's; an invalid or absent value is sent empty.
 
 The Pixel Measures Sequence carries SliceThickness 1 mm: the standard needs it only for volumes,
 but highdicom's reader (0.28) refuses a SEG without it. It means nothing for a radiograph.
@@ -24,13 +32,20 @@ from ptxseg.data.uids import derived_uid, is_valid_uid, repair_source
 
 __all__ = ["derived_uid", "is_valid_uid", "build_segmentation", "write_segmentation"]
 
+CHARACTER_SET = "ISO_IR 192"
+DEFAULT_ORIENTATION = [1, 0, 0, 0, 1, 0]  # what OHIF assumes for an image without one
+
 SLICE_THICKNESS_MM = 1.0
 SNOMED_PNEUMOTHORAX = ("36118008", "SCT", "Pneumothorax")
 SNOMED_ABNORMAL = ("49755003", "SCT", "Morphologically abnormal structure")
 
 
-class InvalidSourceUIDWarning(UserWarning):
-    """A source image UID was invalid or empty and a valid one was used in its place."""
+class InvalidSourceHeaderWarning(UserWarning):
+    """A source header value was invalid: a UID was replaced, another value repaired, sent empty
+    or left out in the derived object (the message says which)."""
+
+
+InvalidSourceUIDWarning = InvalidSourceHeaderWarning  # the name before other values were repaired
 
 
 # Patient and study attributes that the derived objects copy; DICOM allows them empty (type 2)
@@ -46,6 +61,13 @@ COPIED_TYPE2 = (
     "StudyTime",
     "ReferringPhysicianName",
 )
+
+
+def list_with_header_warnings(findings: dict, notes: list[str]) -> None:
+    """Add the header repairs of a derived object to the image's `header_warnings` (once each)."""
+    if notes:
+        warnings_list = findings.setdefault("header_warnings", [])
+        warnings_list.extend(note for note in notes if note not in warnings_list)
 
 
 def read_source(source) -> tuple[Any, str]:
@@ -71,15 +93,15 @@ def read_source(source) -> tuple[Any, str]:
 
 
 def repair_and_warn(ds, label: str, stacklevel: int = 3) -> list[str]:
-    """Repair the header's UIDs in place (`uids.repair_source`); warn and return a note each."""
+    """Repair the header in place (`uids.repair_source`); warn and return a note each."""
     notes = repair_source(ds)
     for note in notes:
-        warnings.warn(f"{label}: {note}", InvalidSourceUIDWarning, stacklevel=stacklevel + 1)
+        warnings.warn(f"{label}: {note}", InvalidSourceHeaderWarning, stacklevel=stacklevel + 1)
     return notes
 
 
 def repaired_source(source, stacklevel: int = 3) -> tuple[Any, list[str], str]:
-    """(a copy of the source header with valid UIDs, the notes, a label); each change warned."""
+    """(a copy of the source header with valid values, the notes, a label); each change warned."""
     ds, label = read_source(source)
     return ds, repair_and_warn(ds, label, stacklevel + 1), label
 
@@ -99,6 +121,25 @@ def segment_description(version: str):
             family=hd.sr.CodedConcept("123109", "DCM", "Artificial Intelligence"),
         ),
     )
+
+
+def add_viewer_plane_orientation(seg, source) -> None:
+    """Give the SEG's frames a Plane Orientation (Patient) where highdicom wrote none.
+
+    A radiograph has no patient coordinate system, so highdicom writes no plane orientation; the
+    standard allows one without a Frame of Reference. OHIF (3.13) refuses to load a SEG without
+    it, and takes an image without ImageOrientationPatient as [1, 0, 0, 0, 1, 0]; the SEG states
+    the source's orientation when it has one, else that same default, so that the two agree. With
+    no Frame of Reference and no Image Position it places nothing in the patient's space."""
+    from pydicom import Dataset
+
+    shared = seg.SharedFunctionalGroupsSequence[0]
+    if "PlaneOrientationSequence" in shared:
+        return
+    orientation = Dataset()
+    iop = source.get("ImageOrientationPatient")
+    orientation.ImageOrientationPatient = list(iop) if iop else DEFAULT_ORIENTATION
+    shared.PlaneOrientationSequence = [orientation]
 
 
 def build_segmentation(
@@ -144,7 +185,10 @@ def build_segmentation(
             device_serial_number="0",
             series_description="ptxseg pneumothorax segmentation",
             pixel_measures=measures,
+            specific_character_set=CHARACTER_SET,
         )
+    seg.PatientOrientation = ds.get("PatientOrientation", "") or ""
+    add_viewer_plane_orientation(seg, ds)
     return seg, notes
 
 
@@ -158,6 +202,7 @@ def save_segmentation(seg, notes: list[str], out: str | Path, findings: dict | N
         )
         if notes:
             findings["seg_notes"] = notes
+            list_with_header_warnings(findings, notes)
     return atomic.write_bytes(out, buf.getvalue())
 
 

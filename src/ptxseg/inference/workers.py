@@ -9,12 +9,16 @@ Nothing here imports torch, so the workers start in a fraction of a second.
   as the model input when the device decodes, the compressed frame.
 - `write_outputs`: one model result -> the full-size mask (from the probability with
   OpenCV, exactly as `Predictor.postprocess`, or from the device's packed mask), the findings and
-  the files that were asked for; the findings JSON last, as the mark that the image is done.
+  the files that were asked for; the findings JSON last, as the mark that the image is done. The
+  findings record the input's size, mtime and SHA-256 (`input_record`, taken when it was read),
+  so a rerun can tell a replaced file from the one that was predicted.
 - `read_inputs` and `write_many` do several files per task: fewer messages between processes.
 """
 
 from __future__ import annotations
 
+import hashlib
+import os
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -47,6 +51,15 @@ class ReadResult:
     frame: bytes | None = None  # a JPEG Baseline frame for the device's decoder
     invert: bool = False  # the decoded frame must be turned over (MONOCHROME1)
     error: str | None = None
+    source: dict[str, Any] | None = None  # input_record(path): what was read
+
+
+def input_record(path: str) -> dict[str, Any]:
+    """Size, mtime (ns) and SHA-256 of an input file, from one open file."""
+    with open(path, "rb") as handle:
+        stat = os.fstat(handle.fileno())
+        digest = hashlib.file_digest(handle, "sha256").hexdigest()
+    return {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "sha256": digest}
 
 
 def read_input(path: str, size: int, keep_frame: bool, max_pixels: int | None = None) -> ReadResult:
@@ -64,18 +77,22 @@ def read_input(path: str, size: int, keep_frame: bool, max_pixels: int | None = 
 
     limit = max_pixels or DEFAULT_MAX_PIXELS
     try:
+        source = input_record(path)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", DicomHeaderWarning)  # listed in the findings
             if keep_frame and Path(path).suffix.lower() in (".dcm", ".dicom"):
                 image, frame, meta = read_dicom_frame(path, max_pixels=limit)
                 shape = (int(meta["Rows"]), int(meta["Columns"]))
                 if frame is not None and min(shape) >= size:
-                    return ReadResult(path, meta, shape, frame=frame, invert=meta["Invert"])
+                    return ReadResult(
+                        path, meta, shape, frame=frame, invert=meta["Invert"], source=source
+                    )
                 if image is None:  # a frame that must be enlarged: OpenCV does it exactly
                     image, meta = read_image(path, max_pixels=limit)
             else:
                 image, meta = read_image(path, max_pixels=limit)
-        return ReadResult(path, meta, image.shape[:2], model_input=to_model_input(image, size))
+        model_input = to_model_input(image, size)
+        return ReadResult(path, meta, image.shape[:2], model_input=model_input, source=source)
     except Exception as err:  # noqa: BLE001 - a file that cannot be read is a row, not a crash
         return ReadResult(path, error=f"{type(err).__name__}: {err}")
 
@@ -104,6 +121,7 @@ class WriteTask:
     empty: bool = False  # the device's mask is empty (no bits sent)
     peak: float | None = None  # maximum model-size probability (with mask_bits)
     cam_small: np.ndarray | None = None  # Grad-CAM at the model's size (explain)
+    source: dict[str, Any] | None = None  # input_record of the file read
 
 
 @dataclass
@@ -114,6 +132,7 @@ class WriteResult:
     rle: str | None = None
     error: str | None = None
     done_at: float | None = None  # time.monotonic() when the findings JSON was written
+    os_error: tuple[int, str, str] | None = None  # (errno, strerror, file) writing the output
 
 
 def full_mask(task: WriteTask) -> tuple[np.ndarray, float]:
@@ -145,6 +164,8 @@ def write_outputs(task: WriteTask) -> WriteResult:
         findings = describe(mask, peak, task.meta, task.describer)
         write_mask(out / "masks" / f"{task.image_id}.png", mask)
         findings.update(image_id=task.image_id, input_file=task.path)
+        if task.source is not None:
+            findings["input"] = task.source
         if task.meta.get("HeaderWarnings"):
             findings["header_warnings"] = task.meta["HeaderWarnings"]
         image = None
@@ -163,7 +184,9 @@ def write_outputs(task: WriteTask) -> WriteResult:
             from ptxseg.inference.sr import write_report
 
             sr_path = out / "sr" / f"{task.image_id}.dcm"
-            findings["sr_file"] = str(write_report(task.path, findings, sr_path, segmentation))
+            findings["sr_file"] = str(
+                write_report(task.path, findings, sr_path, segmentation, mask=mask)
+            )
         if "explain" in task.outputs and task.cam_small is not None:
             from ptxseg import atomic
             from ptxseg.inference.explain import heatmap_overlay
@@ -175,8 +198,18 @@ def write_outputs(task: WriteTask) -> WriteResult:
         write_json(out / "findings" / f"{task.image_id}.json", findings)  # last: marks it done
         done_at = time.monotonic()
         return WriteResult(task.path, task.image_id, findings, rle_encode(mask), done_at=done_at)
+    except OSError as err:
+        if err.filename and _inside(str(err.filename), task.out_dir):
+            where = (err.errno or 0, err.strerror or str(err), str(err.filename))
+            return WriteResult(task.path, task.image_id, error=str(err), os_error=where)
+        return WriteResult(task.path, task.image_id, error=f"{type(err).__name__}: {err}")
     except Exception as err:  # noqa: BLE001 - reported in summary.csv
         return WriteResult(task.path, task.image_id, error=f"{type(err).__name__}: {err}")
+
+
+def _inside(path: str, folder: str) -> bool:
+    """Whether `path` lies in `folder` (an error writing there is the output's, not the input's)."""
+    return os.path.abspath(path).startswith(os.path.abspath(folder) + os.sep)
 
 
 def write_many(tasks: list[WriteTask]) -> list[WriteResult]:

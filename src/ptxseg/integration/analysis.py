@@ -119,16 +119,22 @@ class Analyzer:
     """Segment DICOM instances with one Predictor and build their SEG and SR datasets.
 
     `model_name` is what the SR names the model; `result_key` identifies this model and operating
-    point in the derived UIDs. Not thread-safe: one worker calls `analyse`.
+    point in the derived UIDs; `max_pixels` is the largest image a header may claim (larger ones
+    fail before decoding: decompression bombs). Not thread-safe: one worker calls `analyse`.
     """
 
-    def __init__(self, predictor, model_name: str, result_key: str):
+    def __init__(self, predictor, model_name: str, result_key: str, max_pixels: int | None = None):
+        from ptxseg.data.dicom import DEFAULT_MAX_PIXELS
+
         self.predictor = predictor
         self.model_name = model_name
         self.result_key = result_key
+        self.max_pixels = DEFAULT_MAX_PIXELS if max_pixels is None else max_pixels
 
     @classmethod
-    def from_checkpoint(cls, predictor, checkpoint: str | Path) -> Analyzer:
+    def from_checkpoint(
+        cls, predictor, checkpoint: str | Path, max_pixels: int | None = None
+    ) -> Analyzer:
         """Model name and result key from the checkpoint file's digest and the operating point."""
         from ptxseg import __version__
 
@@ -137,7 +143,7 @@ class Analyzer:
         op = json.dumps(
             dict(predictor.operating_point.to_dict(), tta=predictor.tta), sort_keys=True
         )
-        return cls(predictor, name, f"{__version__}|{name}|{op}")
+        return cls(predictor, name, f"{__version__}|{name}|{op}", max_pixels)
 
     def report_uid(self, source_sop_instance_uid: str) -> str:
         """The SOP Instance UID that this analyzer's SR of that image has (and will have)."""
@@ -160,7 +166,7 @@ class Analyzer:
                 ref = image_ref(sop)
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore")  # header problems go to the findings
-                    image, meta = read_image(blob, name=ref)
+                    image, meta = read_image(blob, name=ref, max_pixels=self.max_pixels)
                 loaded.append((index, ds, sop, ref, image, meta))
             except Exception as err:  # noqa: BLE001 - a bad image must not stop the others
                 outcomes[index] = failure(ds, err)
@@ -182,7 +188,7 @@ class Analyzer:
         return outcomes
 
     def results(self, ds, sop: str, ref: str, meta: dict[str, Any], prediction) -> ImageResult:
-        from ptxseg.inference.seg import build_segmentation
+        from ptxseg.inference.seg import build_segmentation, list_with_header_warnings
         from ptxseg.inference.sr import build_report
 
         findings = dict(prediction.findings, image_id=ref, input_file=None)
@@ -191,19 +197,22 @@ class Analyzer:
         outputs = []
         segmentation = None
         with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # UID repairs are expected for SIIM-style headers
+            warnings.simplefilter("ignore")  # header repairs go to the findings, below
+            notes: list[str] = []
             if prediction.mask.any():
                 series, instance = self.seg_uids(sop)
-                segmentation, _ = build_segmentation(ds, prediction.mask, series, instance)
+                segmentation, notes = build_segmentation(ds, prediction.mask, series, instance)
                 outputs.append(segmentation)
-            report, _ = build_report(
+            report, report_notes = build_report(
                 ds,
                 findings,
                 segmentation=segmentation,
+                mask=prediction.mask,
                 model_name=self.model_name,
                 result_key=self.result_key,
             )
         outputs.append(report)
+        list_with_header_warnings(findings, [redact(n, ds) for n in notes + report_notes])
         return ImageResult(ref, sop, findings, outputs)
 
 

@@ -11,16 +11,24 @@ A STOW answer lists what the PACS stored; anything missing from it (Orthanc answ
 empty list for files it refuses) is an error that names the object, the HTTP status and the
 PACS's reason.
 
+A lost connection (the PACS stops, the network goes, the server answers 502/503/504) ends the
+pass with `ConnectionLost`: the command says so in one line and exits 1, and a rerun finishes the
+work, since images whose SR is stored are skipped.
+
 Credentials come from the environment only, never from the command line (where `ps` and shell
 histories show them): `PTXSEG_DICOMWEB_TOKEN` (sent as a bearer token), or
-`PTXSEG_DICOMWEB_USER` and `PTXSEG_DICOMWEB_PASSWORD` (HTTP basic authentication).
+`PTXSEG_DICOMWEB_USER` and `PTXSEG_DICOMWEB_PASSWORD` (HTTP basic authentication). A URL with a
+user name or password in it is refused, and `Secrets.scrub` removes the values of these variables
+from every line ptxseg prints, should a server quote them back.
 """
 
 from __future__ import annotations
 
+import base64
 import logging
 import os
 import time
+import urllib.parse
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -53,8 +61,70 @@ class DicomwebError(RuntimeError):
     """The server cannot be used as configured (unreachable, credentials, bad answer)."""
 
 
+class ConnectionLost(DicomwebError):
+    """The server stopped answering (connection refused or reset, timeout, 502/503/504)."""
+
+
 class StoreRefused(RuntimeError):
     """The PACS did not store an object ptxseg sent; the message says which and why."""
+
+
+SECRET_HINT = f"set {TOKEN_ENV}, or {USER_ENV} and {PASSWORD_ENV}"
+UNAVAILABLE = (502, 503, 504)
+
+
+class Secrets:
+    """The credential values in the environment, to be removed from any text ptxseg prints."""
+
+    def __init__(self, environ: Mapping[str, str] | None = None):
+        env = os.environ if environ is None else environ
+        token, user, password = (env.get(k) or "" for k in (TOKEN_ENV, USER_ENV, PASSWORD_ENV))
+        values = [token, password]
+        if user and password:  # what HTTP basic authentication sends
+            values.append(base64.b64encode(f"{user}:{password}".encode()).decode())
+        self.values = sorted({v for v in values if len(v) >= 3}, key=len, reverse=True)
+
+    def scrub(self, text: str) -> str:
+        for value in self.values:
+            text = text.replace(value, "<secret>")
+        return text
+
+
+def check_url(url: str) -> str:
+    """The DICOMweb root as given; DicomwebError (that never repeats a secret) when it is not
+    http(s)://host[:port]/path, or carries a user name, password, query or fragment."""
+    try:
+        parts = urllib.parse.urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError for a port that is not a number
+    except ValueError:
+        raise DicomwebError(
+            "--url: not a valid URL; expected http://host:port/path, e.g. "
+            "http://127.0.0.1:8042/dicom-web"
+        ) from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        shown = public_url(url) if any(c in url for c in "@?#") else url
+        raise DicomwebError(
+            f"--url {shown}: expected http://... or https://... (the DICOMweb root)"
+        )
+    if "@" in parts.netloc:
+        raise DicomwebError(
+            f"--url: a user name or password in the URL is refused (it would show in `ps`, "
+            f"shell histories and logs); {SECRET_HINT}, and give the URL without them, e.g. "
+            f"{public_url(url)}"
+        )
+    if parts.query or parts.fragment:
+        raise DicomwebError(
+            f"--url {public_url(url)}?...: a DICOMweb root has no query string or fragment "
+            f"(ptxseg appends /studies...); for a token, set {TOKEN_ENV}"
+        )
+    return url
+
+
+def public_url(url: str) -> str:
+    """The URL without user information, query or fragment: safe to print."""
+    parts = urllib.parse.urlsplit(url)
+    host = parts.netloc.rsplit("@", 1)[-1]
+    return urllib.parse.urlunsplit((parts.scheme, host, parts.path, "", ""))
 
 
 def auth_session(environ: Mapping[str, str] | None = None):
@@ -88,10 +158,7 @@ def make_client(
     exponential back-off (2 s, 4 s, ...)."""
     from dicomweb_client.api import DICOMwebClient
 
-    if not url.startswith(("http://", "https://")):
-        raise DicomwebError(
-            f"--url {url!r}: expected http://... or https://... (the DICOMweb root)"
-        )
+    check_url(url)
     client = DICOMwebClient(url=url.rstrip("/"), session=auth_session(environ), timeout=timeout)
     client.set_http_retry_params(retry=attempts > 1, max_attempts=max(1, attempts))
     return client
@@ -138,25 +205,32 @@ class PassSummary:
         )
 
 
+def lost(what: str, err: BaseException) -> ConnectionLost:
+    return ConnectionLost(
+        f"{what}: cannot reach the DICOMweb server ({err.__class__.__name__}); check --url "
+        "and that the server is running"
+    )
+
+
 def call(what: str, function: Callable, *args, **kwargs):
-    """Call the client, turning connection and HTTP failures into a `DicomwebError` message."""
+    """Call the client, turning connection and HTTP failures into a `DicomwebError` message
+    (`ConnectionLost` when the server is gone or unavailable)."""
     import requests
 
     try:
         return function(*args, **kwargs)
-    except requests.ConnectionError as err:
-        raise DicomwebError(
-            f"{what}: cannot reach the DICOMweb server ({err.__class__.__name__}); check --url "
-            "and that the server is running"
-        ) from None
+    except (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError,
+            requests.exceptions.RetryError) as err:  # fmt: skip
+        raise lost(what, err) from None
     except requests.HTTPError as err:
         status = err.response.status_code if err.response is not None else "?"
         hint = ""
         if status in (401, 403):
-            hint = (
-                f"; the server wants credentials: set {TOKEN_ENV}, or {USER_ENV} and {PASSWORD_ENV}"
-            )
-        raise DicomwebError(f"{what}: HTTP {status} {reason(err)}{hint}") from None
+            hint = f"; the server wants credentials: {SECRET_HINT}"
+        kind = ConnectionLost if status in UNAVAILABLE else DicomwebError
+        raise kind(f"{what}: HTTP {status} {reason(err)}{hint}") from None
+    except requests.RequestException as err:
+        raise DicomwebError(f"{what}: {err.__class__.__name__}: {err}") from None
 
 
 def reason(err) -> str:
@@ -169,6 +243,7 @@ def reason(err) -> str:
         text = body.get("Details") or body.get("Message") or str(body)
     except ValueError:
         text = (response.text or "").strip()
+    text = Secrets().scrub(text)  # before cutting: a cut secret would no longer be found
     return f"{response.reason or ''}: {text[:300]}".strip(": ")
 
 
@@ -246,8 +321,13 @@ def store(client, datasets: Sequence, ref: str) -> list[str]:
     label = f"{ref}: {' + '.join(kinds)}"
     try:
         answer = client.store_instances(list(datasets))
+    except (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError,
+            requests.exceptions.RetryError) as err:  # fmt: skip
+        raise lost(f"STOW-RS {label}", err) from None
     except requests.HTTPError as err:
         status = err.response.status_code if err.response is not None else "?"
+        if status in UNAVAILABLE:
+            raise ConnectionLost(f"STOW-RS {label}: HTTP {status} {reason(err)}") from None
         raise StoreRefused(
             f"{label}: the PACS refused the upload (HTTP {status} {reason(err)}); "
             f"nothing was stored for this image.{uid_hint(datasets)}"
@@ -331,14 +411,29 @@ def run_pass(
 ) -> PassSummary:
     """One pass over the studies: analyse every pending CR/DX image and store its results.
 
-    Images are segmented in batches of `batch_size` across studies."""
+    Images are segmented in batches of `batch_size` across studies. `ConnectionLost` ends the
+    pass (carrying the summary so far as `.summary`): what was stored stays, and a rerun goes on.
+    """
     start = time.perf_counter()
     summary = PassSummary()
+    try:
+        _run_batches(client, analyzer, studies, batch_size, report, summary)
+    except ConnectionLost as err:
+        summary.seconds = time.perf_counter() - start
+        err.summary = summary
+        raise
+    summary.seconds = time.perf_counter() - start
+    return summary
+
+
+def _run_batches(client, analyzer, studies, batch_size, report, summary: PassSummary) -> None:
     for batch in batches(all_pending(client, analyzer, studies, summary), batch_size):
         blobs = []
         for instance in batch:
             try:
                 blobs.append(retrieve(client, instance))
+            except ConnectionLost:
+                raise
             except DicomwebError as err:
                 summary.errors.append(f"{instance.ref}: {err}")
                 report(summary.errors[-1])
@@ -352,13 +447,13 @@ def run_pass(
             try:
                 for kind in store(client, outcome.outputs, outcome.ref):
                     summary.stored[kind] += 1
+            except ConnectionLost:
+                raise
             except (StoreRefused, DicomwebError) as err:
                 summary.errors.append(str(err))
                 report(summary.errors[-1])
                 continue
             report(describe(outcome))
-    summary.seconds = time.perf_counter() - start
-    return summary
 
 
 def watch(

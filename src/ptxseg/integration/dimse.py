@@ -1,39 +1,60 @@
 """`ptxseg listen`: a DICOM C-STORE receiver that segments chest radiographs and forwards results.
 
-A modality or a PACS pushes images to this AE (pynetdicom). The C-STORE handler only checks the
-modality and puts the encoded file on a bounded queue, so a sender is answered at once: Success for
-a queued CR/DX image, Success for anything else (acknowledged, not analysed: a PACS that pushes a
-whole study must not see errors), and "Refused: out of resources" (0xA700) when the queue stays
-full for `enqueue_timeout` seconds. C-ECHO (verification) is answered.
+It behaves as DICOM routers do: store, then acknowledge. A modality or a PACS pushes images to this
+AE (pynetdicom); only the SOP classes ptxseg analyses are accepted in the association (CR and DX
+For Presentation; Secondary Capture on request, for archives such as SIIM's), so nobody is told
+Success for an image that nobody keeps. The C-STORE handler writes the instance to the spool and
+fsyncs it (`spool.Spool`) before it answers Success; when the spool is full (`--spool-max-gb`) or
+the disk is, it answers Out of Resources (0xA700), so the modality keeps the image and retries.
 
-One worker thread takes images off the queue in small batches, runs the `Analyzer`, and C-STOREs
-the SEG (positives) and SR (every image) to the destination AE in one association per image. A
-failure (unreadable image, prediction error, destination down or refusing) is logged with the
-image's digest (`analysis.image_ref`) and no patient identifiers, and the worker goes on with the
-next image.
+Two worker threads take it from there, both from the spool on disk:
+- analysis: oldest first, in small batches, through the `Analyzer`; the results (SEG for
+  positives, SR for every image) go to the outbox with the instance, or the instance goes to
+  `failed/` with the reason (unreadable image, prediction error);
+- delivery: each outbox item is C-STOREd to the destination in one association; it leaves the
+  spool once the destination stored everything. A failure is retried with exponential back-off
+  (per destination when it cannot be reached, per item when it refuses an object) until the item
+  is `retry_for` seconds old; then it moves to `failed/` with the last error, and a line says so.
+
+Resending is harmless: the result UIDs derive from the instance, the model and the operating
+point, so the destination receives the very same objects again. After a crash, a start finishes
+what the spool holds first (the oldest items are taken first). Log lines name images by a digest
+(`analysis.image_ref`), never by patient identifiers.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
-import queue
+import os
 import re
 import threading
+import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from ptxseg.integration.analysis import (
     CHEST_RADIOGRAPH_MODALITIES,
     Analyzer,
     ImageFailure,
+    dataset_to_bytes,
     describe,
+    image_ref,
+    repaired_uid,
 )
+from ptxseg.integration.spool import OutboxItem, Spool, SpoolFull, receipt_ref
 
 log = logging.getLogger("ptxseg.integration.dimse")
 
 SUCCESS = 0x0000
 OUT_OF_RESOURCES = 0xA700
+NOT_A_CHEST_RADIOGRAPH = 0xA900  # "data set does not match SOP class": we analyse CR/DX only
+CANNOT_UNDERSTAND = 0xC000
 AE_TITLE = re.compile(r"[ -~]{1,16}")
+CR_IMAGE = "1.2.840.10008.5.1.4.1.1.1"
+DX_FOR_PRESENTATION = "1.2.840.10008.5.1.4.1.1.1.1"
+SECONDARY_CAPTURE = "1.2.840.10008.5.1.4.1.1.7"
+DAY = 24 * 3600.0
 
 
 @dataclass(frozen=True)
@@ -66,8 +87,17 @@ def check_ae_title(title: str, option: str = "--ae-title") -> str:
     return title
 
 
+def accepted_sop_classes(secondary_capture: bool = False) -> list[str]:
+    """The storage SOP classes the listener accepts in an association."""
+    return [CR_IMAGE, DX_FOR_PRESENTATION] + [SECONDARY_CAPTURE] * secondary_capture
+
+
 class SendFailed(RuntimeError):
-    """The destination could not be reached or did not accept an object."""
+    """The destination did not accept an object (it answered, with a failure status)."""
+
+
+class DestinationUnreachable(SendFailed):
+    """No association with the destination: down, unreachable, or refusing this AE title."""
 
 
 def send(datasets, destination: Destination, calling_ae: str, timeout: float = 30.0) -> None:
@@ -80,7 +110,7 @@ def send(datasets, destination: Destination, calling_ae: str, timeout: float = 3
         ae.add_requested_context(sop_class)
     assoc = ae.associate(destination.host, destination.port, ae_title=destination.ae_title)
     if not assoc.is_established:
-        raise SendFailed(
+        raise DestinationUnreachable(
             f"could not open an association with {destination} (rejected, aborted or "
             "unreachable): check that it runs and accepts this AE title "
             f"{calling_ae!r} as a calling AE"
@@ -89,143 +119,334 @@ def send(datasets, destination: Destination, calling_ae: str, timeout: float = 3
         for ds in datasets:
             status = assoc.send_c_store(ds)
             code = int(status.Status) if status and "Status" in status else None
+            if code is None and not assoc.is_established:
+                raise DestinationUnreachable(f"{destination} went away while storing")
             if code != SUCCESS and (code is None or code >> 12 != 0xB):  # 0xBxxx: warnings
                 shown = f"status {code:#06x}" if code is not None else "no answer"
                 raise SendFailed(f"{destination} did not store the {ds.Modality}: {shown}")
     finally:
-        assoc.release()
+        if assoc.is_established:
+            assoc.release()
+
+
+def backoff(attempts: int, base: float = 2.0, cap: float = 300.0) -> float:
+    """Seconds before the next try after `attempts` failed ones: 2, 4, 8, ... at most 5 min."""
+    return min(cap, base * 2 ** max(0, attempts - 1))
+
+
+def duration(seconds: float) -> str:
+    """24 h, 90 min, 45 s: a duration as people say it."""
+    if seconds >= 3600:
+        return f"{seconds / 3600:g} h"
+    if seconds >= 120:
+        return f"{seconds / 60:g} min"
+    return f"{seconds:g} s"
 
 
 @dataclass
 class ListenerStats:
     received: int = 0
-    ignored: int = 0
     refused: int = 0
     analysed: int = 0
     sent: int = 0
     failed: int = 0
-    log: list[str] = field(default_factory=list)
+
+    def line(self) -> str:
+        return (
+            f"received {self.received}, refused {self.refused}, analysed {self.analysed}, "
+            f"sent {self.sent}, failed {self.failed}"
+        )
 
 
 class Listener:
-    """The C-STORE SCP, its bounded queue and its worker (see the module docstring)."""
+    """The C-STORE SCP over a spool, with its analysis and delivery workers (see the module
+    docstring). `clock` is wall time (outbox ages survive restarts); tests pass their own."""
 
     def __init__(
         self,
         analyzer: Analyzer,
         destination: Destination,
+        spool: Spool,
         ae_title: str = "PTXSEG",
         host: str = "127.0.0.1",
         port: int = 11112,
-        queue_size: int = 16,
         batch_size: int = 4,
-        enqueue_timeout: float = 30.0,
+        retry_for: float = DAY,
+        secondary_capture: bool = False,
         report: Callable[[str], None] = log.info,
         sender: Callable = send,
+        clock: Callable[[], float] = time.time,
+        retry_base: float = 2.0,
+        retry_cap: float = 300.0,
     ):
-        self.analyzer, self.destination = analyzer, destination
+        self.analyzer, self.destination, self.spool = analyzer, destination, spool
         self.ae_title = check_ae_title(ae_title)
         self.host, self.port = host, port
-        self.batch_size, self.enqueue_timeout = max(1, batch_size), enqueue_timeout
-        self.queue: queue.Queue[bytes | None] = queue.Queue(maxsize=max(1, queue_size))
+        self.batch_size, self.retry_for = max(1, batch_size), retry_for
+        self.sop_classes = accepted_sop_classes(secondary_capture)
+        self.report, self.sender, self.clock = report, sender, clock
+        self.retry_base, self.retry_cap = retry_base, retry_cap
         self.stats = ListenerStats()
-        self.report, self.sender = report, sender
+        self.last_error = ""
         self._lock = threading.Lock()
+        self._stopping = threading.Event()
+        self._work, self._deliver = threading.Event(), threading.Event()
+        self._next_try: dict[str, float] = {}
+        self._destination_failures = 0
+        self._destination_next_try = 0.0
+        self._status_written = 0.0
         self._server = None
-        self._worker: threading.Thread | None = None
+        self._threads: list[threading.Thread] = []
+        self.started = clock()
+
+    def _count(self, counter: str) -> None:
+        with self._lock:
+            setattr(self.stats, counter, getattr(self.stats, counter) + 1)
 
     def _note(self, line: str, counter: str | None = None) -> None:
-        with self._lock:
-            if counter:
-                setattr(self.stats, counter, getattr(self.stats, counter) + 1)
-            self.stats.log.append(line)
+        if counter:
+            self._count(counter)
         self.report(line)
 
+    # -- receiving -------------------------------------------------------------------------
     def handle_store(self, event) -> int:
-        """EVT_C_STORE: queue a CR/DX image (bounded), acknowledge anything else."""
-        with self._lock:
-            self.stats.received += 1
-        modality = str(event.dataset.get("Modality", "")).upper()
-        if modality not in CHEST_RADIOGRAPH_MODALITIES:
-            self._note(f"received a {modality or 'no-modality'} object: not analysed", "ignored")
-            return SUCCESS
+        """EVT_C_STORE: write a CR/DX image to the spool, then answer Success (see the module)."""
+        self._count("received")
         try:
-            self.queue.put(event.encoded_dataset(), timeout=self.enqueue_timeout)
-        except queue.Full:
+            ds = event.dataset
+            modality = str(ds.get("Modality", "")).upper()
+            ref = image_ref(repaired_uid(ds))
+        except Exception as err:  # noqa: BLE001 - a peer's bad data set is its problem
             self._note(
-                f"queue full ({self.queue.maxsize} images) for {self.enqueue_timeout:g} s: "
-                "refused an image (0xA700); the sender may retry",
+                f"refused an object that cannot be decoded ({type(err).__name__})", "refused"
+            )
+            return CANNOT_UNDERSTAND
+        if modality not in CHEST_RADIOGRAPH_MODALITIES:
+            self._note(
+                f"{ref}: refused a {modality or 'no-modality'} object "
+                f"({NOT_A_CHEST_RADIOGRAPH:#06x}): only CR and DX images are analysed",
+                "refused",
+            )
+            return NOT_A_CHEST_RADIOGRAPH
+        try:
+            self.spool.receive(event.encoded_dataset(), ref)
+        except (SpoolFull, OSError) as err:
+            self._note(
+                f"{ref}: refused (0xA700, out of resources; the sender keeps it and may retry): "
+                f"{err}",
                 "refused",
             )
             return OUT_OF_RESOURCES
+        self._work.set()
         return SUCCESS
 
-    def _take_batch(self) -> tuple[list[bytes], bool]:
-        """Block for one item, then take what is already waiting, up to batch_size."""
-        first = self.queue.get()
-        if first is None:
-            return [], True
-        batch = [first]
-        while len(batch) < self.batch_size:
+    # -- analysing -------------------------------------------------------------------------
+    def analyse_queued(self) -> int:
+        """Analyse one batch of the oldest queued instances; how many were taken."""
+        receipts = self.spool.queued()[: self.batch_size]
+        blobs, taken = [], []
+        for receipt in receipts:
             try:
-                item = self.queue.get_nowait()
-            except queue.Empty:
-                break
-            if item is None:
-                return batch, True
-            batch.append(item)
-        return batch, False
-
-    def work(self) -> None:
-        """The worker loop: analyse and forward until the stop sentinel arrives."""
-        stop = False
-        while not stop:
-            batch, stop = self._take_batch()
-            if batch:
-                self.process(batch)
-
-    def process(self, batch: list[bytes]) -> None:
-        for outcome in self.analyzer.analyse(batch):
+                blobs.append(self.spool.instance(receipt).read_bytes())
+                taken.append(receipt)
+            except OSError as err:
+                self._note(f"{receipt}: cannot read the spooled instance: {err}")
+        for receipt, outcome in zip(taken, self.analyzer.analyse(blobs), strict=True):
             if isinstance(outcome, ImageFailure):
-                self._note(describe(outcome), "failed")
+                self.fail(receipt, describe(outcome))
                 continue
-            with self._lock:
-                self.stats.analysed += 1
             try:
-                self.sender(outcome.outputs, self.destination, self.ae_title)
-            except Exception as err:  # noqa: BLE001 - one image's failure must not stop the rest
-                self._note(f"{outcome.ref}: analysed but not sent: {err}", "failed")
+                results = [(str(ds.Modality), dataset_to_bytes(ds)) for ds in outcome.outputs]
+                self.spool.to_outbox(receipt, results, describe(outcome))
+            except OSError:
+                raise  # the spool's disk: the instance stays queued (see analysis_loop)
+            except Exception as err:  # noqa: BLE001 - this image's results cannot be encoded
+                self.fail(receipt, f"{outcome.ref}: results not written: {type(err).__name__}")
                 continue
-            self._note(f"{describe(outcome)} -> sent to {self.destination}", "sent")
+            self._count("analysed")
+            self._deliver.set()
+        return len(receipts)
 
+    def fail(self, receipt: str, reason: str) -> None:
+        self.spool.fail_queued(receipt, reason)
+        self._note(f"{reason} -> moved to failed/", "failed")
+
+    def analysis_loop(self) -> None:
+        while not self._stopping.is_set():
+            try:
+                taken = self.analyse_queued()
+            except OSError as err:  # e.g. a full disk: the instances stay queued
+                self._note(f"analysis paused for 10 s: cannot write to the spool: {err}")
+                self._stopping.wait(10)
+                continue
+            except Exception as err:  # noqa: BLE001 - a bug must not stop the worker silently
+                self._note(f"analysis paused for 10 s after an unexpected error (a bug): {err!r}")
+                self._stopping.wait(10)
+                continue
+            self.write_status()
+            if not taken:
+                self._work.wait(1.0)
+                self._work.clear()
+
+    # -- delivering ------------------------------------------------------------------------
+    def deliver_due(self) -> int:
+        """Try every outbox item that is due, oldest first; how many were delivered."""
+        now = self.clock()
+        if now < self._destination_next_try:
+            return 0
+        delivered = 0
+        for receipt in self.spool.pending():
+            if self._stopping.is_set():
+                break
+            if self._next_try.get(receipt, 0.0) > now:
+                continue
+            outcome = self.deliver(self.spool.item(receipt))
+            if outcome == "unreachable":
+                break
+            delivered += outcome == "sent"
+        return delivered
+
+    def deliver(self, item: OutboxItem) -> str:
+        """C-STORE one item's results: 'sent', 'refused' (retried later) or 'unreachable'."""
+        import pydicom
+
+        try:
+            datasets = [pydicom.dcmread(path) for path in item.results]
+            self.sender(datasets, self.destination, self.ae_title)
+        except Exception as err:  # noqa: BLE001 - every failure is retried, then failed/
+            return self.delivery_failed(item, err)
+        self.spool.delivered(item.receipt)
+        self._next_try.pop(item.receipt, None)
+        self._destination_failures, self._destination_next_try = 0, 0.0
+        self._note(f"{item.summary} -> sent to {self.destination}", "sent")
+        return "sent"
+
+    def delivery_failed(self, item: OutboxItem, err: Exception) -> str:
+        error = str(err) if isinstance(err, SendFailed) else f"{type(err).__name__}: {err}"
+        self.last_error = error
+        self.spool.record_attempt(item, error)
+        now = self.clock()
+        unreachable = isinstance(err, DestinationUnreachable)
+        if unreachable:
+            self._destination_failures += 1
+            wait = backoff(self._destination_failures, self.retry_base, self.retry_cap)
+            self._destination_next_try = now + wait
+            self.expire(now, error)
+        else:
+            wait = backoff(item.attempts, self.retry_base, self.retry_cap)
+            self._next_try[item.receipt] = now + wait
+            if now - item.created >= self.retry_for:
+                self.give_up(item, error)
+                return "refused"
+        self._note(
+            f"{receipt_ref(item.receipt)}: not sent to {self.destination} (attempt "
+            f"{item.attempts}): {error}; next try in {duration(wait)}"
+        )
+        return "unreachable" if unreachable else "refused"
+
+    def expire(self, now: float, error: str) -> None:
+        """The destination is unreachable: every item older than retry_for goes to failed/."""
+        for receipt in self.spool.pending():
+            item = self.spool.item(receipt)
+            if now - item.created >= self.retry_for:
+                self.give_up(item, error)
+
+    def give_up(self, item: OutboxItem, error: str) -> None:
+        attempts = max(1, item.attempts)
+        reason = (
+            f"{item.summary}\nnot delivered to {self.destination} within "
+            f"{duration(self.retry_for)} (--retry-for), {attempts} attempts; last error: {error}"
+        )
+        self.spool.fail_pending(item.receipt, reason)
+        self._next_try.pop(item.receipt, None)
+        self._note(
+            f"{receipt_ref(item.receipt)}: gave up after {duration(self.retry_for)} and "
+            f"{attempts} attempts -> moved to failed/: {error}",
+            "failed",
+        )
+
+    def delivery_loop(self) -> None:
+        while not self._stopping.is_set():
+            try:
+                self.deliver_due()
+            except OSError as err:
+                self._note(f"delivery paused for 10 s: cannot update the spool: {err}")
+                self._stopping.wait(10)
+            except Exception as err:  # noqa: BLE001 - a bug must not stop the worker silently
+                self._note(f"delivery paused for 10 s after an unexpected error (a bug): {err!r}")
+                self._stopping.wait(10)
+            self.write_status()
+            self._deliver.wait(1.0)
+            self._deliver.clear()
+
+    # -- status ----------------------------------------------------------------------------
+    def status(self) -> dict:
+        counts = self.spool.counts()
+        return {
+            "pid": os.getpid(),
+            "ae_title": self.ae_title,
+            "address": f"{self.host}:{self.port}",
+            "destination": str(self.destination),
+            "model": self.analyzer.model_name,
+            "retry_for_s": self.retry_for,
+            "started": self.started,
+            "updated": self.clock(),
+            "queued": counts.queued,
+            "pending_delivery": counts.pending,
+            "failed": counts.failed,
+            "used_bytes": self.spool.used_bytes,
+            "max_bytes": self.spool.max_bytes,
+            "last_delivery_error": self.last_error,
+            "destination_next_try": self._destination_next_try or None,
+            "since_start": vars(self.stats),
+        }
+
+    def write_status(self, force: bool = False) -> None:
+        """status.json, at most once a second (it is read by `ptxseg listen-status`)."""
+        with self._lock:
+            if not force and time.monotonic() - self._status_written < 1.0:
+                return
+            self._status_written = time.monotonic()
+        with contextlib.suppress(OSError):  # the folders' counts stay true; the next may succeed
+            self.spool.write_status(self.status())
+
+    # -- running ---------------------------------------------------------------------------
     def start(self) -> Listener:
-        """Start the worker and the SCP (non-blocking); returns self."""
-        from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, evt
+        """Start the workers (they take what the spool holds first), then the SCP."""
+        from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, evt
         from pynetdicom.sop_class import Verification
 
         ae = AE(ae_title=self.ae_title)
         ae.require_called_aet = True
         ae.add_supported_context(Verification)
-        for context in AllStoragePresentationContexts:
-            ae.add_supported_context(context.abstract_syntax, ALL_TRANSFER_SYNTAXES)
-        self._worker = threading.Thread(target=self.work, name="ptxseg-listen-worker", daemon=True)
-        self._worker.start()
+        for sop_class in self.sop_classes:
+            ae.add_supported_context(sop_class, ALL_TRANSFER_SYNTAXES)
+        self._stopping.clear()
+        for name, target in (("analysis", self.analysis_loop), ("delivery", self.delivery_loop)):
+            thread = threading.Thread(target=target, name=f"ptxseg-listen-{name}", daemon=True)
+            thread.start()
+            self._threads.append(thread)
         self._server = ae.start_server(
             (self.host, self.port),
             block=False,
             evt_handlers=[(evt.EVT_C_STORE, self.handle_store)],
         )
+        self.write_status(force=True)
         return self
 
-    def stop(self, timeout: float | None = None) -> None:
-        """Stop accepting images, finish the queued ones, and stop the worker."""
+    def stop(self, timeout: float | None = 60.0) -> None:
+        """Stop accepting images and stop the workers after their current step. What is not
+        done stays in the spool for the next start."""
         if self._server is not None:
             self._server.shutdown()
             self._server = None
-        if self._worker is not None:
-            self.queue.put(None)
-            self._worker.join(timeout)
-            self._worker = None
+        self._stopping.set()
+        self._work.set()
+        self._deliver.set()
+        for thread in self._threads:
+            thread.join(timeout)
+        self._threads = []
+        self.write_status(force=True)
 
     def __enter__(self) -> Listener:
         return self.start()

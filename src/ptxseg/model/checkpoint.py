@@ -65,6 +65,25 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     return ckpt
 
 
+def check_resumable(path: str | os.PathLike) -> None:
+    """CheckpointError unless `path` is a complete training checkpoint that `train --resume` can
+    continue from (weights, optimizer state and progress); the message names the file."""
+    path = Path(path)
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as error:  # noqa: BLE001 - a damaged file, whatever the parser raised
+        raise CheckpointError(
+            f"cannot resume from {path} ({load_error(error)}; a copy cut short by a full disk or "
+            "a crash): restore the file, or train again into a new --out"
+        ) from None
+    missing = [k for k in ("state_dict", "optimizer_states", "epoch") if k not in ckpt]
+    if not isinstance(ckpt, dict) or missing:
+        raise CheckpointError(
+            f"cannot resume from {path}: it holds no {', '.join(missing) or 'training state'} "
+            "(not a checkpoint that `ptxseg train` writes for --resume); train into a new --out"
+        )
+
+
 def write_checkpoint(path: str | os.PathLike, ckpt: dict[str, Any]) -> Path:
     """Save a checkpoint dict atomically (temporary name, then rename)."""
     return atomic.write_through(path, lambda f: torch.save(ckpt, f), binary=True)
@@ -166,6 +185,8 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> S
         (model.net if path.is_dir() else model).load_state_dict(state)
     model.operating_point = OperatingPoint.coerce(info.get("operating_point"))
     model.validation = info.get("validation")
+    for key in STORED_ENTRIES:  # None for a model stored before they existed
+        setattr(model, key, info.get(key))
     return model.to(device).eval()
 
 
@@ -185,22 +206,37 @@ def _plain(value: Any) -> Any:
     return value
 
 
+STORED_ENTRIES = ("operating_points", "calibrator", "evaluation")
+"""What a model carries besides its operating point: the named points and the calibrator (both
+stored by the search), and the test evaluation of its model card (`evaluate --model-card`)."""
+
+
 def store_operating_point(
-    path: str | os.PathLike, op: OperatingPoint, metrics: dict[str, Any] | None = None
+    path: str | os.PathLike,
+    op: OperatingPoint,
+    metrics: dict[str, Any] | None = None,
+    extra: dict[str, Any] | None = None,
 ) -> None:
-    """Write `op` (and the validation metrics it was chosen on) into the model, atomically."""
+    """Write `op` (and the validation metrics it was chosen on, and `extra` entries such as the
+    named points and the calibrator) into the model, atomically."""
+    entries: dict[str, Any] = {"operating_point": op.to_dict()}
+    if metrics is not None:
+        entries["validation"] = metrics
+    entries.update(extra or {})
+    update_info(path, entries)
+
+
+def update_info(path: str | os.PathLike, entries: dict[str, Any]) -> None:
+    """Replace top-level entries of a model's description (`ptxseg.json` of a folder, the
+    `ptxseg` entry of a `.ckpt`), atomically."""
     path = Path(path)
     if path.is_dir():
         info = read_info(path)
-        info["operating_point"] = op.to_dict()
-        if metrics is not None:
-            info["validation"] = _plain(metrics)
+        info.update(_plain(entries))
         atomic.write_text(path / MODEL_INFO, json.dumps(info, indent=2) + "\n")
         return
     ckpt = read_checkpoint(path)
-    ckpt["ptxseg"]["operating_point"] = op.to_dict()
-    if metrics is not None:
-        ckpt["ptxseg"]["validation"] = _plain(metrics)
+    ckpt["ptxseg"].update(_plain(entries))
     write_checkpoint(path, ckpt)
 
 
@@ -218,6 +254,7 @@ def save_inference_model(
         "config": model.config,
         "operating_point": None if op is None else op.to_dict(),
         "validation": _plain(getattr(model, "validation", None)),
+        **{key: _plain(getattr(model, key, None)) for key in STORED_ENTRIES},
         "source": source or {},
     }
 

@@ -36,6 +36,14 @@ METRIC_KINDS: dict[str, tuple[str, str]] = {
     "pixel_accuracy_pooled": ("pooled", "pixel accuracy over all pixels of the split"),
     "sensitivity": ("image-level", "share of positive images with a non-empty prediction"),
     "specificity": ("image-level", "share of negative images with an empty prediction"),
+    "ppv": (
+        "image-level",
+        "positive predictive value: share of images with pneumothorax among non-empty predictions",
+    ),
+    "npv": (
+        "image-level",
+        "negative predictive value: share of images without pneumothorax among empty predictions",
+    ),
     "roc_auc": ("image-level", "ROC AUC of the per-image score against 'has pneumothorax'"),
     "empty_baseline_dice_per_image": (
         "per-image",
@@ -229,6 +237,10 @@ def summarise(tp: Any, fp: Any, fn: Any, tn: Any, scores: Any | None = None) -> 
         else math.nan,
         "sensitivity": float((predicted & truth).sum() / n_pos) if n_pos else math.nan,
         "specificity": float((~predicted & ~truth).sum() / n_neg) if n_neg else math.nan,
+        "ppv": float((predicted & truth).sum() / predicted.sum()) if predicted.any() else math.nan,
+        "npv": float((~predicted & ~truth).sum() / (~predicted).sum())
+        if (~predicted).any()
+        else math.nan,
         "roc_auc": roc_auc(truth, scores) if scores is not None else math.nan,
         "empty_baseline_dice_per_image": n_neg / len(tp) if len(tp) else math.nan,
         "n_images": len(tp),

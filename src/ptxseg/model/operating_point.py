@@ -12,6 +12,7 @@ dict (`to_dict`/`from_dict`) is what checkpoints, inference-model folders and ON
 
 from __future__ import annotations
 
+import re
 import warnings
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, replace
@@ -189,3 +190,42 @@ def _flat(prob: Any) -> Any:
 
 DEFAULT = OperatingPoint()
 """A plain threshold at 0.5: what a model without a stored operating point uses."""
+
+DEFAULT_NAME = "default"
+"""The name of a model's main operating point (the competition-Dice optimum) among its named
+ones."""
+NAME_PATTERN = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
+
+
+def named_points(stored: Mapping[str, Any] | None) -> dict[str, OperatingPoint]:
+    """The named operating points stored with a model (`operating_points` of its description:
+    name -> {"operating_point": ..., "target": ..., "validation": ...}), as OperatingPoints."""
+    points = {}
+    for name, entry in (stored or {}).items():
+        if not isinstance(entry, Mapping) or "operating_point" not in entry:
+            raise ValueError(
+                f"stored operating point {name!r} has no 'operating_point': expected what "
+                "`ptxseg evaluate --operating-points` stores"
+            )
+        points[str(name)] = OperatingPoint.from_dict(entry["operating_point"])
+    return points
+
+
+def choose_named(
+    main: OperatingPoint | None, stored: Mapping[str, Any] | None, name: str | None
+) -> OperatingPoint | None:
+    """The point called `name` (None or "default": the main one); an unknown name is a
+    ValueError that lists the stored ones."""
+    if name is None or name == DEFAULT_NAME:
+        return main
+    points = named_points(stored)
+    if name not in points:
+        known = ", ".join([DEFAULT_NAME, *sorted(points)])
+        hint = (
+            ""
+            if points
+            else "; this model stores none: search them with `ptxseg evaluate --search "
+            "--operating-points triage:sensitivity=0.95,rule-in:specificity=0.95`"
+        )
+        raise ValueError(f"unknown operating point {name!r}: this model has {known}{hint}")
+    return points[name]

@@ -19,7 +19,6 @@ Images are inlined as base64 PNGs and the CSS is inline: the file has no externa
 from __future__ import annotations
 
 import csv
-import html
 import json
 import math
 import re
@@ -30,7 +29,10 @@ from pathlib import Path
 import numpy as np
 
 from ptxseg import atomic
-from ptxseg.reporting import plots
+from ptxseg.reporting import evidence, plots
+from ptxseg.reporting.pieces import Raw, esc, fmt, img, missing, png_file, table
+
+__all__ = ["Raw", "esc", "fmt", "img", "missing", "table"]
 
 EVAL_FILES = ("summary.json", "per_image.csv", "roc.csv", "panels.npz")
 PANEL_ORDER = ("best", "worst", "false_positive", "false_negative")
@@ -315,65 +317,6 @@ def read_roc(path: Path) -> tuple[list[float], list[float]]:
     return [p[0] for p in pairs], [p[1] for p in pairs]
 
 
-# --------------------------------------------------------------------------- HTML pieces
-
-
-def esc(value) -> str:
-    return html.escape(str(value))
-
-
-def fmt(value) -> str:
-    if isinstance(value, bool) or value is None:
-        return str(value)
-    if isinstance(value, int):
-        return str(value)
-    if isinstance(value, float):
-        if math.isnan(value):
-            return "–"
-        return f"{value:.4f}" if abs(value) < 1000 else f"{value:.1f}"
-    return str(value)
-
-
-def table(headers: list[str], rows: list[list], left: int = 1, text_cols: int = 0) -> str:
-    """An HTML table; the first `left` and the last `text_cols` columns are left-aligned."""
-
-    def align(i: int) -> str:
-        return "l" if i < left or i >= len(headers) - text_cols else ""
-
-    head = "".join(f'<th class="{align(i)}">{esc(h)}</th>' for i, h in enumerate(headers))
-    body = []
-    for row in rows:
-        cells = "".join(
-            f'<td class="{align(i)}">{c if isinstance(c, Raw) else esc(fmt(c))}</td>'
-            for i, c in enumerate(row)
-        )
-        body.append(f"<tr>{cells}</tr>")
-    return (
-        f'<div class="scroll"><table><thead><tr>{head}</tr></thead>'
-        f"<tbody>{''.join(body)}</tbody></table></div>"
-    )
-
-
-class Raw(str):
-    """Trusted HTML (already escaped) for a table cell."""
-
-
-def img(png: bytes, alt: str) -> str:
-    return f'<img src="{plots.data_uri(png)}" alt="{esc(alt)}">'
-
-
-def missing(text: str) -> str:
-    return f'<p class="missing">{esc(text)}</p>'
-
-
-def _png_file(path: Path, alt: str) -> str:
-    return (
-        img(path.read_bytes(), alt)
-        if path.is_file()
-        else missing(f"no {path.name} in {path.parent}")
-    )
-
-
 # --------------------------------------------------------------------------- sections
 
 
@@ -444,15 +387,17 @@ def metrics_section(split: str, eval_dir: Path) -> str:
         order = {"pooled": 0, "per-image": 1, "image-level": 2}
         metrics = sorted(summary_metrics(summary).items(), key=lambda kv: order.get(kv[1][0], 3))
         small = summary_metrics(summary.get("model_size") or {})  # evaluate's secondary table
+        entries = summary.get("metrics") or {}
         rows = [
             [name, Raw(f'<span class="kind {esc(kind)}">{esc(kind)}</span>'), value]
+            + [_ci(entries.get(name)), (entries.get(name) or {}).get("n", "")]
             + ([small.get(name, ("", math.nan, ""))[1]] if small else [])
             + [text]
             for name, (kind, value, text) in metrics
         ]
-        headers = ["metric", "kind", "value", "meaning"]
+        headers = ["metric", "kind", "value", "95% interval", "n", "meaning"]
         if small:
-            headers = ["metric", "kind", "full size", "model size", "meaning"]
+            headers = ["metric", "kind", "full size", "95% interval", "n", "model size", "meaning"]
         parts.append(
             "<p>Pooled metrics sum pixel counts over the whole split; per-image metrics average"
             " one value per image (the competition Dice is the per-image mean, an empty truth"
@@ -460,8 +405,18 @@ def metrics_section(split: str, eval_dir: Path) -> str:
         )
         if rows:
             parts.append(table(headers, rows, left=2, text_cols=1))
+            method = (summary.get("intervals") or {}).get("method")
+            if method:
+                parts.append(
+                    f"<p class=meta>95% intervals: {esc(method)}; shares of one image per"
+                    " patient (sensitivity, specificity, PPV, NPV) get the Wilson score"
+                    " interval.</p>"
+                )
         else:
             parts.append(missing(f"{eval_dir / 'summary.json'}: no metrics found"))
+        parts.append(evidence.operating_points_section(summary))
+        parts.append(evidence.calibration_section(summary, eval_dir))
+        parts.append(evidence.subgroups_section(summary, eval_dir))
     roc = eval_dir / "roc.csv"
     if roc.is_file():
         try:
@@ -491,9 +446,16 @@ def metrics_section(split: str, eval_dir: Path) -> str:
                 )
         except (ValueError, OSError) as exc:
             parts.append(missing(f"cannot read {panels}: {exc}"))
+        parts.append(evidence.failure_gallery(eval_dir))
     else:
         parts.append(missing(f"no panels.npz in {eval_dir}"))
     return "".join(parts)
+
+
+def _ci(entry: dict | None) -> str:
+    if not entry or entry.get("ci_low") is None or entry.get("ci_high") is None:
+        return "–"
+    return f"[{entry['ci_low']:.4f}, {entry['ci_high']:.4f}]"
 
 
 def run_section(run: RunInfo) -> str:
@@ -523,8 +485,12 @@ def runs_overview(runs: list[RunInfo]) -> str:
         for split, eval_dir in (run.evals or {"–": None}).items():
             summary = (_read_json(eval_dir / "summary.json") or {}) if eval_dir else {}
             values = {name: entry[1] for name, entry in summary_metrics(summary).items()}
+            entries = summary.get("metrics") or {}
 
-            def pick(key, values=values):
+            def pick(key, values=values, entries=entries):
+                entry = entries.get(key) if isinstance(entries, dict) else None
+                if isinstance(entry, dict) and entry.get("ci_low") is not None:
+                    return Raw(esc(evidence.format_interval(entry, 4)))
                 return values.get(key, math.nan)
 
             rows.append(
@@ -578,7 +544,7 @@ def benchmark_section(folder: Path) -> str:
         + table([COLUMNS[k] for k in keys], body, text_cols=int("error" in keys))
         + f"<p class=meta>Latency per batch after warm-up under inference mode; GFLOPs count"
         f" 2 FLOPs per multiply-add. {esc(memory)}</p>"
-        + _png_file(folder / "benchmark.png", "benchmark bar chart")
+        + png_file(folder / "benchmark.png", "benchmark bar chart")
     )
 
 
@@ -606,7 +572,8 @@ def ablation_section(folder: Path) -> str:
         f"<h2>Ablation: encoder × augmentation</h2><p class=meta>{esc(folder)}; mean ± std"
         " over seeds</p>"
         + table(["encoder", "aug", "seeds", *METRICS.values()], body, left=2)
-        + _png_file(folder / "ablation.png", "ablation bar chart")
+        + png_file(folder / "ablation.png", "ablation bar chart")
+        + evidence.ablation_comparison(folder)
     )
 
 
@@ -715,6 +682,7 @@ def render_report(root: Path) -> str:
         )
     if len(runs) > 1 or (runs and any(r.evals for r in runs)):
         sections.append(runs_overview(runs))
+        sections.append(_guard(evidence.paired_comparison_section, runs))
     for folder in benches:
         sections.append(_guard(benchmark_section, folder))
     for folder in grids:

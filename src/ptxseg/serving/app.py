@@ -4,7 +4,9 @@
 (the real `ptxseg.inference.predictor.Predictor`, or a fake in tests), loaded once by the caller.
 Inference runs in worker threads bounded by `settings.workers`, so the event loop keeps answering.
 Uploads stay in memory and are dropped after the response unless `settings.keep_uploads` names a
-folder. Logs carry a request id and a content hash, never file names or DICOM identifiers.
+folder (`ptxseg.serving.kept`: owner-only). Logs carry a request id and a content hash, never file
+names or DICOM identifiers. Only this server's own page may drive it (`ptxseg.serving.guard`: the
+Host names it is bound to, no cross-origin POSTs, a strict Content-Security-Policy).
 
 Endpoints (see also /openapi.json):
 - `POST /v1/predict[?include=image,overlay,mask,seg]`: findings JSON, the mask as relative
@@ -13,8 +15,9 @@ Endpoints (see also /openapi.json):
   PNG/JPEG). `include=none` returns findings and RLE only.
 - `POST /v1/seg`: the DICOM SEG itself (`application/dicom`) for a DICOM upload.
 - `GET /v1/model`: the model card. `GET /healthz`: liveness. `GET /`: the page.
-- `GET /openapi.json`: the schema (works offline). `GET /docs` is FastAPI's Swagger UI, whose
-  scripts the browser loads from cdn.jsdelivr.net: it stays blank without internet access.
+- `GET /openapi.json`: the schema (works offline). There is no `/docs` page: FastAPI's Swagger
+  UI runs scripts from cdn.jsdelivr.net in this server's origin, which its policy forbids; open
+  the schema in any OpenAPI viewer instead.
 """
 
 from __future__ import annotations
@@ -36,10 +39,18 @@ from fastapi import FastAPI, Query, Request
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 
-from ptxseg import atomic
-from ptxseg.data.dicom import DEFAULT_MAX_PIXELS, ImageReadError, ImageTooLargeError, read_image
+from ptxseg.data.dicom import (
+    DEFAULT_MAX_PIXELS,
+    MIN_SIDE,
+    ImageReadError,
+    ImageTooLargeError,
+    ImageTooSmallError,
+    read_image,
+)
 from ptxseg.data.rle import rle_encode
 from ptxseg.serving.card import INTENDED_USE
+from ptxseg.serving.guard import HostRule, LocalOnly
+from ptxseg.serving.kept import keep, open_keep_folder
 from ptxseg.serving.render import (
     SegBuildError,
     SegUnavailableError,
@@ -75,6 +86,8 @@ class ServeSettings:
     workers: int = 1
     keep_uploads: Path | None = None
     model_card: dict[str, Any] = field(default_factory=dict)
+    host: str = "127.0.0.1"  # the address it is bound to: the Host names it answers follow
+    allowed_hosts: tuple[str, ...] = ()  # more Host names it answers (`--allowed-host`)
 
     @property
     def max_upload_bytes(self) -> int:
@@ -116,8 +129,18 @@ def parse_include(include: str) -> set[str]:
 
 
 def _keep(upload: Upload, folder: Path, request_id: str) -> None:
-    """Store an upload under its request id (never its original name), atomically."""
-    atomic.write_bytes(folder / f"{request_id}{upload.suffix}", upload.data)
+    """Store an upload under its request id (never its original name), atomically, owner-only."""
+    try:
+        keep(folder, f"{request_id}{upload.suffix}", upload.data)
+    except OSError as err:
+        log.error("request %s: the upload could not be kept: %s", request_id, err.strerror)
+        raise UploadError(
+            507,
+            "keep_failed",
+            "This server is configured to keep a copy of every upload and could not write it "
+            f"({err.strerror or 'write error'}); the image was not analysed. Tell the "
+            "administrator (the server log names the request id).",
+        ) from None
 
 
 class _Service:
@@ -147,6 +170,13 @@ class _Service:
             image, metadata = read_image(
                 upload.data, name=name, max_pixels=int(self.settings.max_megapixels * 1e6)
             )
+        except ImageTooSmallError as err:
+            raise UploadError(
+                422,
+                "image_too_small",
+                f"The uploaded image is {err.height}x{err.width} pixels: expected a single chest "
+                f"X-ray of at least {MIN_SIDE}x{MIN_SIDE} pixels.",
+            ) from None
         except ImageTooLargeError as err:
             raise UploadError(
                 413,
@@ -165,13 +195,6 @@ class _Service:
                 f"({str(err).replace(name, 'the file')}). "
                 "Check that it is a complete, uncorrupted chest X-ray and try again.",
             ) from None
-        if image.ndim != 2 or min(image.shape) < 32:
-            raise UploadError(
-                422,
-                "image_too_small",
-                f"The uploaded image is {'x'.join(map(str, image.shape))} pixels: expected a "
-                "single grayscale chest X-ray of at least 32x32 pixels.",
-            )
         prediction = self.predictor.predict(image, metadata)
         return image, metadata, prediction
 
@@ -197,7 +220,7 @@ class _Service:
                 "width": int(image.shape[1]),
                 "pixel_spacing_mm": metadata.get("PixelSpacing"),
                 "view_position": metadata.get("ViewPosition"),
-                "header_warnings": metadata.get("HeaderWarnings", []),
+                "header_warnings": list(metadata.get("HeaderWarnings", [])),
             },
             "findings": findings,
             "mask": {
@@ -216,6 +239,11 @@ class _Service:
             body["overlay_png"] = data_url(self.renderer.overlay_png(image, prediction))
         if "seg" in include:
             body["seg"] = self.seg_entry(upload, prediction, request_id)
+            if upload.kind == "dicom":  # what the SEG repaired in the copied header
+                from ptxseg.data.uids import header_repairs
+
+                known = body["input"]["header_warnings"]
+                known += [n for n in header_repairs(upload.data) if n not in known]
         return body
 
     def seg_entry(self, upload: Upload, prediction: Any, request_id: str) -> dict[str, Any] | None:
@@ -251,6 +279,9 @@ def create_app(
         raise ValueError(f"workers={settings.workers}: expected at least 1 inference worker")
     if settings.max_megapixels <= 0:
         raise ValueError(f"max_megapixels={settings.max_megapixels}: expected a positive limit")
+    if settings.keep_uploads is not None:
+        settings.keep_uploads = open_keep_folder(settings.keep_uploads)
+    rule = HostRule(settings.host, settings.allowed_hosts)
     if renderer is None:
         renderer = default_renderer()
     # Header problems are returned to the client in `input.header_warnings`; a warning in the log
@@ -261,7 +292,10 @@ def create_app(
         title="ptxseg",
         summary="Pneumothorax segmentation of chest X-rays. Research use only, not a diagnosis.",
         version=_version(),
+        docs_url=None,
+        redoc_url=None,
     )
+    app.add_middleware(LocalOnly, rule=rule)
     app.state.service = service
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
 
@@ -422,6 +456,7 @@ def load_app(
     device: str = "cpu",
     precision: str = "fp32",
     tta: str | None = None,
+    operating_point_name: str | None = None,
 ) -> FastAPI:
     """Load the model once (and run it once, so the first request is not slower), then the app.
 
@@ -439,7 +474,13 @@ def load_app(
     # the CUDA context is made while the model's libraries import and the model loads
     warm = DeviceWarmUp(device if runtime in ("torch", "auto") else "cpu", time.perf_counter())
     predictor = build_predictor(
-        checkpoint, runtime, precision, device, tta=tta, int8_on_the_fly=False
+        checkpoint,
+        runtime,
+        precision,
+        device,
+        tta=tta,
+        operating_point_name=operating_point_name,
+        int8_on_the_fly=False,
     )
     warm.wait()
     size = int(getattr(predictor, "input_size", 256))

@@ -64,6 +64,23 @@ def card_from_info(info: dict[str, Any]) -> dict[str, Any]:
         "validation": info.get("validation"),
         "best_checkpoint_score": info.get("best_score", source.get("best_score")),
         "operating_point": info.get("operating_point"),
+        **stored_evidence(info),
+    }
+
+
+def stored_evidence(info: dict[str, Any]) -> dict[str, Any]:
+    """The named operating points, the calibrator and the test evaluation (with intervals) that
+    `ptxseg evaluate` stored with a model (None for what it does not have)."""
+    from ptxseg.stats.calibration import Calibrator
+
+    calibrator = Calibrator.coerce(info.get("calibrator")) if info.get("calibrator") else None
+    return {
+        "operating_points": {
+            name: {k: entry.get(k) for k in ("operating_point", "target", "validation")}
+            for name, entry in (info.get("operating_points") or {}).items()
+        },
+        "calibrator": None if calibrator is None else calibrator.describe(),
+        "evaluation": info.get("evaluation"),
     }
 
 
@@ -71,10 +88,11 @@ def ensemble_card(source: str | Path | list) -> dict[str, Any]:
     """The members of an ensemble (file or list), with their folds and weight hashes."""
     if isinstance(source, list | tuple):
         paths, folds, op = [Path(p) for p in source], [None] * len(source), None
-        name = None
+        name, stored = None, {}
     else:
         spec = read_ensemble(source)
         paths, folds, op, name = spec.members, spec.folds, spec.operating_point, spec.path.name
+        stored = spec.extra
     members = []
     for path, fold in zip(paths, folds, strict=True):
         weights = path / WEIGHTS if path.is_dir() else path
@@ -91,6 +109,7 @@ def ensemble_card(source: str | Path | list) -> dict[str, Any]:
         "members": members,
         "combination": "mean of the members' probabilities (test-time augmentation on top)",
         "operating_point": None if op is None else op.to_dict(),
+        "stored": stored,
     }
 
 
@@ -126,6 +145,7 @@ def build_model_card(
         card.update(card_from_info(info))
     if "ensemble" in card:  # the ensemble's point, not its first member's
         card["operating_point"] = card["ensemble"]["operating_point"]
+        card.update(stored_evidence(card["ensemble"].pop("stored", {})))
     if predictor is not None:
         size = getattr(predictor, "input_size", None)
         card["encoder"] = card.get("encoder") or getattr(predictor, "encoder", None)
@@ -133,6 +153,14 @@ def build_model_card(
         op = getattr(predictor, "operating_point", None)
         card["operating_point"] = op.to_dict() if op is not None else card.get("operating_point")
         card["tta"] = getattr(predictor, "tta", None)
+        card["operating_point_name"] = getattr(predictor, "operating_point_name", None)
+        calibrator = getattr(predictor, "calibrator", None)
+        card["calibrator"] = (
+            calibrator.describe()
+            if calibrator is not None
+            else "none: `probability` is the raw score (search the operating point again to "
+            "fit a calibrator)"
+        )
         card["runtime"] = {
             key: getattr(predictor, key, None) for key in ("runtime", "precision", "device")
         }

@@ -34,7 +34,7 @@ from ptxseg.model.acceleration import (
     resolve_training_precision,
     use_fast_float32,
 )
-from ptxseg.model.checkpoint import export_inference_model
+from ptxseg.model.checkpoint import check_resumable, export_inference_model
 from ptxseg.system import gpu_description, peak_rss_mb
 from ptxseg.training.averaging import average_run, top_checkpoints
 from ptxseg.training.module import (
@@ -261,6 +261,8 @@ def fit(
     last = run_dir / "checkpoints" / "last.ckpt"
     if config.trainer.resume and not last.is_file():
         raise FileNotFoundError(f"cannot resume: {last} not found; train without --resume first")
+    if config.trainer.resume:
+        check_resumable(last)  # a damaged file: one line (CheckpointError), before any write
     if not config.trainer.resume and last.is_file():
         raise FileExistsError(
             f"run folder {run_dir} already holds checkpoints: continue it with --resume, or "

@@ -96,8 +96,14 @@ function showFindings(r) {
   const verdict = $("verdict");
   verdict.textContent = f.pneumothorax ? "Pneumothorax suspected" : "No pneumothorax detected";
   verdict.className = "verdict " + (f.pneumothorax ? "positive" : "negative");
-  $("probability").textContent = fmt(f.probability, 3);
-  $("probability-bar").style.width = `${Math.round(100 * f.probability)}%`;
+  // The calibrated probability where the model has a calibrator; else the raw score, said so.
+  const calibrated = f.calibrated_probability !== null && f.calibrated_probability !== undefined;
+  const shown = calibrated ? f.calibrated_probability : f.probability;
+  $("probability").textContent = fmt(shown, 3);
+  $("probability-bar").style.width = `${Math.round(100 * shown)}%`;
+  $("probability-note").textContent = calibrated
+    ? `Calibrated probability (${f.calibration}); raw model score ${fmt(f.probability, 3)}.`
+    : `Raw model score (highest pixel probability), not a calibrated probability: ${f.calibration || "this model has no calibrator"}.`;
   const cm2 = f.area_cm2 === null || f.area_cm2 === undefined
     ? "cm² n/a (no pixel spacing)" : `${fmt(f.area_cm2, 2)} cm²`;
   $("area").textContent = `${f.area_px.toLocaleString()} px · ${cm2}`;
@@ -105,7 +111,8 @@ function showFindings(r) {
   $("size-estimate").textContent = describeSize(f);
   $("size-note").textContent = f.pneumothorax && f.size_est_method ? `Size: ${f.size_est_method}.` : "";
   $("bbox").textContent = f.bbox ? f.bbox.join(", ") : "—";
-  $("operating-point").textContent = describeOperatingPoint(f.operating_point);
+  $("operating-point").textContent =
+    `${f.operating_point_name || "default"}: ${describeOperatingPoint(f.operating_point)}`;
   const inp = r.input;
   const spacing = inp.pixel_spacing_mm ? ` · ${inp.pixel_spacing_mm.map((s) => fmt(s, 3)).join("×")} mm` : "";
   $("image-info").textContent =
@@ -207,6 +214,18 @@ async function loadModelCard() {
     const v = card.validation || {};
     const dice = v.competition_dice ?? v.dice ?? v.val_dice;
     if (dice !== undefined && dice !== null) rows.push(["Validation Dice", fmt(dice, 3)]);
+    // The test evaluation of the model card, each number with its 95% interval.
+    const withCi = (e) => e && e.value !== null && e.value !== undefined
+      ? `${fmt(e.value, 3)}${e.ci_low !== null && e.ci_low !== undefined ? ` [${fmt(e.ci_low, 3)}, ${fmt(e.ci_high, 3)}]` : ""}`
+      : null;
+    const ev = card.evaluation || {};
+    const m = ev.metrics || {};
+    const on = ev.split ? ` (${ev.split}, n=${(ev.counts || {}).n_images})` : "";
+    rows.push([`Competition Dice${on}`, withCi(m.dice_per_image)]);
+    rows.push(["Sensitivity", withCi(m.sensitivity)]);
+    rows.push(["Specificity", withCi(m.specificity)]);
+    rows.push(["Operating point", card.operating_point_name]);
+    rows.push(["Calibration", card.calibrator]);
     for (const [k, val] of rows) {
       if (val === null || val === undefined || val === "") continue;
       const dt = document.createElement("dt");
