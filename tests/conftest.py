@@ -25,8 +25,8 @@ SIIM_REAL = Path(
 # per model; the suite pins the path its tests were written for, in this process and in the
 # commands it starts, and keeps any cache out of the user's home. Tests of the choice clear these
 # and fake the measurements (tests/inference/test_choice.py).
-os.environ.setdefault("PTXSEG_RUNTIME", "torch")
-os.environ.setdefault("PTXSEG_PRECISION", "fp32")
+os.environ["PTXSEG_RUNTIME"] = "torch"
+os.environ["PTXSEG_PRECISION"] = "fp32"
 
 
 @pytest.fixture(autouse=True, scope="session")
