@@ -33,7 +33,7 @@ def sources(tmp: Path) -> list[Path]:
     found = sorted(REAL.rglob("*.dcm")) if REAL.is_dir() else []
     if found:
         return found
-    from ptxseg.data.synth import generate_dataset
+    from ptxseg.data.synthetic import generate_dataset
 
     generate_dataset(tmp / "synth", 12, size=1024, seed=0, progress=False)
     return sorted((tmp / "synth").rglob("*.dcm"))
@@ -65,10 +65,10 @@ def main() -> None:
     sys.path.insert(0, str(HERE.parent / "tests"))
     from predict_helpers import make_checkpoint
 
-    from ptxseg import atomic
     from ptxseg.benchmarks.common import environment_lines
     from ptxseg.inference import pipeline
     from ptxseg.inference.predictor import Predictor
+    from ptxseg.util import atomic
 
     tmp = Path(tempfile.mkdtemp(prefix="ptxseg-resume-", dir=os.environ.get("TMPDIR")))
     try:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from ptxseg.processes import alive
+from ptxseg.util.processes import alive
 
 
 def _parents() -> dict[int, int]:

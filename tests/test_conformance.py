@@ -41,11 +41,11 @@ NAMES = {"ISO_IR 192": "山田^太郎", "ISO_IR 144": "Иванов^Иван", "
 @pytest.fixture(scope="module")
 def inputs(tmp_path_factory) -> dict[str, list[Path]]:
     """Synthetic radiographs, names in other scripts, and the real SIIM files when present."""
-    from ptxseg.data import synth
+    from ptxseg.data import synthetic
 
     require()
     root = tmp_path_factory.mktemp("inputs")
-    synth.generate_dataset(root / "synth", 4, size=64, seed=3, positive_fraction=0.5)
+    synthetic.generate_dataset(root / "synth", 4, size=64, seed=3, positive_fraction=0.5)
     found = {"synthetic": sorted((root / "synth").rglob("*.dcm"))}
     found["names"] = [
         write_dicom(
@@ -122,8 +122,8 @@ def test_predict_writes_valid_seg_and_sr(inputs, tmp_path, capsys):
 
 def test_serve_seg_endpoint_answers_valid_segs(inputs, tmp_path):
     from ptxseg.inference.predictor import Predictor
-    from ptxseg.serving.app import ServeSettings, create_app
     from ptxseg.serving.render import DefaultRenderer
+    from ptxseg.serving.webapp import ServeSettings, create_app
 
     predictor = Predictor(RegionModel(), operating_point={"top": 0.5, "bottom": 0.5, "min_area": 1})
     client = local_client(create_app(predictor, ServeSettings(), renderer=DefaultRenderer()))

@@ -35,7 +35,7 @@ def _panels() -> dict[str, list[str]]:
 
 def test_the_layer_line_in_the_docs_is_the_import_contract():
     line = mkdocs_hooks.layer_line()
-    assert line.startswith("cli > demo > ") and " | processes" in line
+    assert line.startswith("cli > demo > ") and " | util.processes" in line
     assert f"```\n{line}\n```" in (DOCS / "design.md").read_text()
     written = {
         (path.name, text)
@@ -112,7 +112,7 @@ def test_the_api_reference_has_a_page_for_every_subpackage():
     assert names.index("data") < names.index("model") < names.index("inference")  # data up
     assert names.index("inference") < names.index("evaluation") and names[-1] == "modules"
     documented = {m for _, _, modules in sections for m in modules}
-    assert "ptxseg.inference.predictor" in documented and "ptxseg.schedule" in documented
+    assert "ptxseg.inference.predictor" in documented and "ptxseg.util.schedule" in documented
     assert not any(m.startswith("ptxseg.cli") for m in documented)
 
 

@@ -17,8 +17,8 @@ from typing import Any
 
 import yaml
 
-from ptxseg import atomic
-from ptxseg.schedule import SYNTAX, PositiveFraction
+from ptxseg.util import atomic
+from ptxseg.util.schedule import SYNTAX, PositiveFraction
 
 SCHEDULERS = ("plateau", "cosine")
 PRECISIONS = ("auto", "32", "bf16-mixed", "16-mixed")
@@ -32,13 +32,14 @@ class DataConfig:
 
     work: str = ""  # the folder written by `ptxseg prepare`
     size: int = 256  # the cached resolution used for training (multiple of 32)
-    aug: str = "full"  # augmentation strategy name (see `ptxseg.training.augment.STRATEGIES`)
+    aug: str = "full"  # augmentation strategy name (see `ptxseg.training.augmentations.STRATEGIES`)
     # Where augmentation runs: in the loader's worker processes, or on the device's batch after
     # the transfer (`ptxseg.training.batch_augment`); auto: on the device when it is a GPU.
     augment_on: str = "auto"
     batch_size: int = 8
     workers: int = 2
-    # None: natural share, shuffled; 0.5; linear "0.8:0.4"; steps "0.8@0,0.4@10" (ptxseg.schedule)
+    # None: natural share, shuffled; 0.5; linear "0.8:0.4"; steps "0.8@0,0.4@10"
+    # (ptxseg.util.schedule)
     positive_fraction: float | str | None = None
     samples_per_epoch: int | None = None  # with positive_fraction; None: size of the train split
     fold: int | None = None  # None: the train/val split; k: train on the other folds, validate on k

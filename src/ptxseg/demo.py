@@ -22,7 +22,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from ptxseg import atomic
+from ptxseg.util import atomic
 
 ENCODERS = ("efficientnet-b0", "resnet50", "xception")
 OPERATING_POINTS = "triage:sensitivity=0.95,rule-in:specificity=0.95"
@@ -152,7 +152,7 @@ def _calibrate(out: Path, s: DemoSettings, console: Console) -> DemoSettings:
 
 
 def _synthesise(out: Path, s: DemoSettings, console: Console) -> Path:
-    from ptxseg.data.synth import generate_dataset
+    from ptxseg.data.synthetic import generate_dataset
 
     siim = out / "siim"
     if (siim / "train-rle.csv").is_file():
@@ -173,7 +173,7 @@ def _synthesise(out: Path, s: DemoSettings, console: Console) -> Path:
 
 def _prepare(siim: Path, work: Path, s: DemoSettings, console: Console) -> None:
     from ptxseg.data.prepare import prepare
-    from ptxseg.progress import progress_bar
+    from ptxseg.util.progress import progress_bar
 
     console.rule("2. prepare: manifest, split, cache")
     with progress_bar() as progress:
@@ -194,7 +194,7 @@ def _prepare(siim: Path, work: Path, s: DemoSettings, console: Console) -> None:
 
 def _train_and_evaluate(encoder: str, work: Path, runs: Path, s: DemoSettings, console) -> Path:
     from ptxseg.config import load_config
-    from ptxseg.evaluation.evaluate import evaluate_checkpoint
+    from ptxseg.evaluation.evaluate_split import evaluate_checkpoint
     from ptxseg.training.fit import fit
 
     run = runs / encoder

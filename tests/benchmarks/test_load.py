@@ -21,7 +21,7 @@ from ptxseg.benchmarks.load import (
     write_report,
 )
 from ptxseg.cli import main
-from ptxseg.serving.app import ServeSettings, create_app
+from ptxseg.serving.webapp import ServeSettings, create_app
 
 
 @pytest.mark.parametrize(

@@ -33,7 +33,7 @@ def test_few_failures_keep_a_line_each_and_many_kinds_are_cut_short():
 
 
 def test_predict_summarises_thousands_of_empty_files(tmp_path, capsys):
-    from ptxseg.data.synth import generate_dataset
+    from ptxseg.data.synthetic import generate_dataset
 
     generate_dataset(tmp_path / "siim", n_images=1, size=64, seed=0)
     scans = tmp_path / "scans"

@@ -117,7 +117,7 @@ def inputs(tmp_path_factory) -> dict[str, Path]:
     """Synthetic SIIM files with two bad DICOMs, a bomb, a checkpoint and a prepared work folder."""
     root = tmp_path_factory.mktemp("faults")
     from ptxseg.data.prepare import prepare
-    from ptxseg.data.synth import generate_dataset
+    from ptxseg.data.synthetic import generate_dataset
 
     generate_dataset(root / "siim", n_images=48, size=128, seed=0, positive_fraction=0.5)
     images = root / "siim" / "dicom-images-train"

@@ -47,7 +47,7 @@ def world(tmp_path_factory) -> Path:
     """Inputs of every kind: DICOMs, a SIIM dataset and its work folder, checkpoints, model
     folders, an ensemble, PNGs, a run folder and a config file."""
     from ptxseg.data.prepare import prepare
-    from ptxseg.data.synth import generate_dataset
+    from ptxseg.data.synthetic import generate_dataset
     from ptxseg.inference.ensemble import write_ensemble
     from ptxseg.model.checkpoint import export_inference_model
 
@@ -308,14 +308,14 @@ def test_synth_overwrite_replaces_only_its_own_dataset(tmp_path, capsys):
 
 
 def test_a_second_run_into_a_folder_being_written_is_refused(world, tmp_path, capsys):
-    from ptxseg import guard
+    from ptxseg.util import path_guard
 
     out = tmp_path / "out"
     out.mkdir()
     argv = ["predict", world / "scans", "-c", world / "m.ckpt", "-o", out, "--workers", "0"]
-    with guard.claim(out):  # a running predict holds it
+    with path_guard.claim(out):  # a running predict holds it
         refused(argv, capsys, "being written by another run", out)
     # shards of one run write one folder together: each holds its own lock
-    with guard.claim(out, ".ptxseg.shard-0-of-2.lock"):
+    with path_guard.claim(out, ".ptxseg.shard-0-of-2.lock"):
         assert call([*argv, "--shard", "1/2"]) == 0
     assert len(list((out / "findings").glob("*.json"))) == 1

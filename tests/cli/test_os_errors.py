@@ -18,7 +18,7 @@ from ptxseg.cli import main
 @pytest.fixture(scope="module")
 def inputs(tmp_path_factory):
     from ptxseg.data.prepare import prepare
-    from ptxseg.data.synth import generate_dataset
+    from ptxseg.data.synthetic import generate_dataset
 
     root = tmp_path_factory.mktemp("oserrors")
     generate_dataset(root / "siim", n_images=6, size=64, seed=2, positive_fraction=0.5)

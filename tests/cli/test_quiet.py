@@ -103,7 +103,7 @@ def test_child_processes_inherit_the_filters_once(restored):
 
 def test_a_plain_train_prints_no_third_party_banner(tmp_path):
     from ptxseg.data.prepare import prepare
-    from ptxseg.data.synth import generate_dataset
+    from ptxseg.data.synthetic import generate_dataset
 
     generate_dataset(tmp_path / "siim", n_images=16, size=64, seed=0, positive_fraction=0.5)
     work = tmp_path / "work"

@@ -13,7 +13,7 @@ from ptxseg.cli import main
 from ptxseg.inference import choice, int8, runtimes
 from ptxseg.inference.choice import Measurement
 from ptxseg.inference.onnx import read_metadata
-from ptxseg.system import CpuInfo
+from ptxseg.util.system import CpuInfo
 
 AVX2 = CpuInfo("AMD EPYC (AVX2)", 2, frozenset({"avx2", "fma"}))
 
@@ -135,7 +135,7 @@ def test_export_int8_needs_real_images_and_stores_its_check(auto_on_avx2, tmp_pa
 
 
 def test_services_take_int8_only_as_a_checked_file(auto_on_avx2, tmp_path):
-    from ptxseg.serving.app import ServeSettings, load_app
+    from ptxseg.serving.webapp import ServeSettings, load_app
 
     ckpt = everything_is_mask(tmp_path)
     with pytest.raises(ValueError, match="take int8 only as a file made by `ptxseg export"):

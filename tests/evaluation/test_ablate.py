@@ -170,7 +170,7 @@ def test_cli_shards_resume_and_aggregate(tmp_path, monkeypatch):
 @pytest.mark.slow
 def test_real_grid_trains_evaluates_and_resumes(tmp_path):
     from ptxseg.data.prepare import prepare
-    from ptxseg.data.synth import generate_dataset
+    from ptxseg.data.synthetic import generate_dataset
 
     generate_dataset(tmp_path / "raw", n_images=20, size=64, seed=0, positive_fraction=0.5)
     prepare(

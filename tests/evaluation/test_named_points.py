@@ -9,7 +9,7 @@ from evaluation.test_evaluate import BrightnessModel, fake_checkpoint, make_work
 from predict_helpers import make_checkpoint
 
 from ptxseg.cli import main
-from ptxseg.evaluation.evaluate import evaluate
+from ptxseg.evaluation.evaluate_split import evaluate
 from ptxseg.evaluation.named_points import parse_targets, search_named_points
 from ptxseg.inference.predictor import Predictor
 from ptxseg.model.checkpoint import read_info, store_operating_point
@@ -164,7 +164,7 @@ def test_predict_names_the_point_in_findings_and_run_json(named_checkpoint, tmp_
 def test_serve_uses_the_named_point(named_checkpoint):
     from serve_helpers import local_client
 
-    from ptxseg.serving.app import load_app
+    from ptxseg.serving.webapp import load_app
 
     app = load_app(named_checkpoint, operating_point_name="triage")
     client = local_client(app)

@@ -9,7 +9,7 @@ from siim_folders import fold_member, synthetic_work
 
 from ptxseg.cli import main
 from ptxseg.data.folds import read_folds
-from ptxseg.evaluation.evaluate import evaluate, evaluate_checkpoint
+from ptxseg.evaluation.evaluate_split import evaluate, evaluate_checkpoint
 from ptxseg.evaluation.oof import evaluate_oof
 from ptxseg.inference.ensemble import EnsembleError, read_ensemble, write_ensemble
 from ptxseg.inference.predictor import Predictor

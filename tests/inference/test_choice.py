@@ -22,7 +22,7 @@ from ptxseg.inference.choice import (
 )
 from ptxseg.inference.export import export_onnx
 from ptxseg.inference.int8 import Int8Refused
-from ptxseg.system import CpuInfo
+from ptxseg.util.system import CpuInfo
 
 AVX2 = CpuInfo("AMD EPYC (AVX2)", 2, frozenset({"avx2", "fma"}))
 AVX512 = CpuInfo("Intel Xeon (Skylake)", 2, frozenset({"avx2", "avx512f"}))

@@ -26,7 +26,7 @@ from ptxseg.inference.int8 import (
 from ptxseg.inference.onnx import read_metadata, write_onnx
 from ptxseg.inference.predictor import Predictor
 from ptxseg.model.operating_point import OperatingPoint
-from ptxseg.system import CpuInfo
+from ptxseg.util.system import CpuInfo
 
 
 class MobileBlockModel(nn.Module):

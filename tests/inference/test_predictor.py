@@ -11,7 +11,7 @@ from predict_helpers import RegionModel, TinyUnet, make_checkpoint
 from ptxseg.data.preprocess import to_model_input
 from ptxseg.inference.predictor import Predictor, full_size_mask
 from ptxseg.model.operating_point import OperatingPoint, OperatingPointWarning
-from ptxseg.system import cpu_info
+from ptxseg.util.system import cpu_info
 
 
 def test_mask_comes_back_aligned_at_the_original_size():

@@ -14,13 +14,13 @@ import torch
 from predict_helpers import make_checkpoint
 
 from ptxseg.cli import main
-from ptxseg.guard import MADE_BY
 from ptxseg.inference import record
+from ptxseg.util.path_guard import MADE_BY
 
 
 @pytest.fixture(scope="module")
 def inputs(tmp_path_factory):
-    from ptxseg.data.synth import generate_dataset
+    from ptxseg.data.synthetic import generate_dataset
 
     root = tmp_path_factory.mktemp("record")
     generate_dataset(root / "siim", n_images=4, size=64, seed=1, positive_fraction=0.5)

@@ -15,7 +15,7 @@ from ptxseg.inference.export import export_onnx
 from ptxseg.inference.onnx import quantize_onnx, read_metadata
 from ptxseg.inference.predictor import Predictor
 from ptxseg.inference.runtimes import PrecisionUnavailable, cpu_precision_plan
-from ptxseg.system import CpuInfo, cpu_info
+from ptxseg.util.system import CpuInfo, cpu_info
 
 AVX2 = CpuInfo("AVX2-only CPU", 2, frozenset({"avx2", "fma"}))
 VNNI_BF16 = CpuInfo("AVX-512 CPU", 2, frozenset({"avx2", "avx512f", "avx512_vnni", "avx512_bf16"}))

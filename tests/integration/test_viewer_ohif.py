@@ -81,13 +81,13 @@ def _cli(args, env) -> None:
 
 
 def _synthetic(folder: Path, seed: int) -> Path:
-    from ptxseg.data import synth
+    from ptxseg.data import synthetic
 
-    [spec] = synth.plan_cases(1, seed=seed, positive_fraction=1.0)
+    [spec] = synthetic.plan_cases(1, seed=seed, positive_fraction=1.0)
     spec = dataclasses.replace(spec, view_position="PA")
-    image, _ = synth.render_case(spec, 512)
+    image, _ = synthetic.render_case(spec, 512)
     path = folder / f"synthetic-{seed}.dcm"
-    path.write_bytes(synth.dicom_bytes(spec, image))
+    path.write_bytes(synthetic.dicom_bytes(spec, image))
     return path
 
 

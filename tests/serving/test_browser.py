@@ -27,8 +27,8 @@ from serve_helpers import (  # noqa: F401
 
 from ptxseg.data.dicom import read_image
 from ptxseg.inference.findings import compute_findings
-from ptxseg.serving.app import ServeSettings, create_app
 from ptxseg.serving.card import LIMITATIONS
+from ptxseg.serving.webapp import ServeSettings, create_app
 
 pytestmark = pytest.mark.browser
 
@@ -53,15 +53,15 @@ class OraclePredictor:
 @pytest.fixture(scope="module")
 def case(tmp_path_factory) -> tuple[Path, np.ndarray]:
     """A synthetic SIIM-style DICOM (the largest pneumothorax of a few) and its true mask."""
-    from ptxseg.data import synth
+    from ptxseg.data import synthetic
 
-    specs = synth.plan_cases(6, seed=11, positive_fraction=1.0)
-    rendered = [(spec, *synth.render_case(spec, SIZE)) for spec in specs]
+    specs = synthetic.plan_cases(6, seed=11, positive_fraction=1.0)
+    rendered = [(spec, *synthetic.render_case(spec, SIZE)) for spec in specs]
     spec, image, masks = max(rendered, key=lambda r: int(np.sum(r[2])))
     spec = dataclasses.replace(spec, view_position="PA")
     mask = np.logical_or.reduce(masks)
     path = tmp_path_factory.mktemp("browser") / "chest.dcm"
-    path.write_bytes(synth.dicom_bytes(spec, image))
+    path.write_bytes(synthetic.dicom_bytes(spec, image))
     return path, mask
 
 

@@ -7,8 +7,8 @@ from siim_folders import fold_member
 
 from ptxseg.inference.ensemble import write_ensemble
 from ptxseg.model.operating_point import OperatingPoint
-from ptxseg.serving.app import load_app
 from ptxseg.serving.card import build_model_card
+from ptxseg.serving.webapp import load_app
 
 
 def test_ensemble_card_lists_members_and_serves_from_one_path(tmp_path):

@@ -27,7 +27,7 @@ from predict_helpers import make_checkpoint
 from serve_helpers import LocalServer, restore_library_loggers  # noqa: F401
 
 from ptxseg.inference.predictor import Predictor
-from ptxseg.serving.app import ServeSettings, create_app
+from ptxseg.serving.webapp import ServeSettings, create_app
 
 INTERNALS = re.compile(
     r"not supported between|has no attribute|NoneType|Traceback|<class |unhashable|struct\."
@@ -206,13 +206,13 @@ def _report(tally: Tally, memory: _Memory, caplog) -> None:
 
 
 def test_mixed_load_for_a_few_seconds(tmp_path, caplog):
-    with caplog.at_level(logging.INFO, logger="ptxseg.serving.app"):
+    with caplog.at_level(logging.INFO, logger="ptxseg.serving.webapp"):
         tally, memory = run_mixed_load(tmp_path, seconds=4, clients=6)
     _report(tally, memory, caplog)
 
 
 @pytest.mark.slow
 def test_mixed_load_for_a_minute(tmp_path, caplog):
-    with caplog.at_level(logging.INFO, logger="ptxseg.serving.app"):
+    with caplog.at_level(logging.INFO, logger="ptxseg.serving.webapp"):
         tally, memory = run_mixed_load(tmp_path, seconds=60, clients=16)
     _report(tally, memory, caplog)

@@ -10,7 +10,7 @@ from ptxseg.cli import main
 from ptxseg.config import load_config
 from ptxseg.data.folds import open_split, read_folds
 from ptxseg.data.prepare import prepare
-from ptxseg.data.synth import generate_dataset
+from ptxseg.data.synthetic import generate_dataset
 from ptxseg.model.checkpoint import load_model, read_info
 from ptxseg.training.fit import fit
 

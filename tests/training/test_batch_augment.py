@@ -14,7 +14,7 @@ import torch
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 
-from ptxseg.training.augment import (
+from ptxseg.training.augmentations import (
     CROP_RATIO,
     CROP_SCALE,
     ROTATION_DEGREES,

@@ -80,7 +80,7 @@ def read_rows(path: Path) -> list[dict]:
 def tiny_work(tmp_path_factory) -> Path:
     """`ptxseg synth` + `ptxseg prepare` at 64 px: 24 images split into train/val/test."""
     from ptxseg.data.prepare import prepare
-    from ptxseg.data.synth import generate_dataset
+    from ptxseg.data.synthetic import generate_dataset
 
     root = tmp_path_factory.mktemp("tiny")
     generate_dataset(root / "siim", n_images=24, size=64, seed=0, positive_fraction=0.5)

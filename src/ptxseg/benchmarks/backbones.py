@@ -16,7 +16,6 @@ from dataclasses import asdict, dataclass
 from multiprocessing import get_context
 from pathlib import Path
 
-from ptxseg import atomic
 from ptxseg.benchmarks.common import (
     add_ratios,
     device_sync,
@@ -25,7 +24,8 @@ from ptxseg.benchmarks.common import (
     timed,
     write_table,
 )
-from ptxseg.system import peak_rss_mb, rss_now_mb
+from ptxseg.util import atomic
+from ptxseg.util.system import peak_rss_mb, rss_now_mb
 
 PRECISIONS = ("fp32", "bf16")
 

@@ -20,8 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ptxseg import atomic
-from ptxseg.system import cpu_info, gpu_description, package_versions, usable_cores
+from ptxseg.util import atomic
+from ptxseg.util.system import cpu_info, gpu_description, package_versions, usable_cores
 
 PACKAGES = (
     "torch",

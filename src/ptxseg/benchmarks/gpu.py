@@ -45,8 +45,8 @@ from typing import Any
 import numpy as np
 
 from ptxseg.benchmarks.common import environment_lines, write_table
-from ptxseg.benchmarks.pipeline import format_loop
-from ptxseg.system import usable_cores
+from ptxseg.benchmarks.predict_pipeline import format_loop
+from ptxseg.util.system import usable_cores
 
 # What the open targets need first (predict's rate and start-up, serve's start-up, training's
 # rate and loader overhead), the stages whose targets are settled last: a spent budget drops
@@ -190,7 +190,7 @@ class BenchData:
 
 def make_data(bench: Bench) -> BenchData:
     """Synthetic SIIM-style DICOMs, repeated to `images` files (links, not copies)."""
-    from ptxseg.data.synth import generate_dataset
+    from ptxseg.data.synthetic import generate_dataset
 
     s = bench.s
     root = s.work / "synth"
@@ -957,7 +957,7 @@ def sample_masks(shape: tuple[int, int], seed: int = 0) -> dict[str, np.ndarray]
 
 def stage_pipeline(bench: Bench, data: BenchData) -> None:
     """`predict_files` with a stand-in model: what readers, main loop and writers sustain."""
-    from ptxseg.benchmarks.pipeline import measure
+    from ptxseg.benchmarks.predict_pipeline import measure
     from ptxseg.inference.pipeline import FILES_PER_TASK
 
     s = bench.s

@@ -4,13 +4,13 @@ from pathlib import Path
 
 import typer
 
-from ptxseg import guard
 from ptxseg.cli.app import app, fail
 from ptxseg.cli.guarded import READ, Out, guarded
+from ptxseg.util import path_guard
 
 
 @app.command("augment-preview", rich_help_panel="Training")
-@guarded(inputs={"image": READ, "mask": READ}, outputs={"out": Out(guard.FILE)})
+@guarded(inputs={"image": READ, "mask": READ}, outputs={"out": Out(path_guard.FILE)})
 def augment_preview(
     out: Path = typer.Option(..., "--out", help="PNG to write the grid to."),
     image: Path | None = typer.Option(

@@ -9,11 +9,11 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from ptxseg import guard
 from ptxseg.cli import options
 from ptxseg.cli.app import app, fail
 from ptxseg.cli.guarded import MODEL, READ, Out, guarded, shard_lock
 from ptxseg.cli.train import TRAIN_READS, config_overrides, train
+from ptxseg.util import path_guard
 
 console = Console()
 
@@ -54,7 +54,7 @@ def cv(**params) -> None:
     --encoder resnet50 --average-top 3 --positive-fraction 0.8:0.4 --out cv/r50
     """
     from ptxseg.config import load_config
-    from ptxseg.evaluation import cv as runner
+    from ptxseg.evaluation import cross_validation as runner
     from ptxseg.model.unet import EncoderWeightsError
     from ptxseg.training.fit import fit
 
@@ -153,12 +153,12 @@ def print_oof(summary: dict) -> None:
 
 def _averaged(params) -> list:
     out = params["out"]
-    return [(out, guard.FILE if out.suffix.lower() == ".ckpt" else guard.REPLACE)]
+    return [(out, path_guard.FILE if out.suffix.lower() == ".ckpt" else path_guard.REPLACE)]
 
 
 def _ensemble_file(params) -> list:
     out = params["out"]
-    return [(out / "ensemble.json" if out.is_dir() else out, guard.FILE)]
+    return [(out / "ensemble.json" if out.is_dir() else out, path_guard.FILE)]
 
 
 @app.command("average-checkpoints", rich_help_panel="Training")

@@ -12,7 +12,7 @@ from rich.text import Text
 from ptxseg.cli import errors, options
 from ptxseg.cli.app import EXIT_INPUTS_FAILED, app, fail
 from ptxseg.cli.guarded import READ, TABLES, WALKED, Out, guarded
-from ptxseg.progress import progress_bar
+from ptxseg.util.progress import progress_bar
 
 console = Console()
 
@@ -70,7 +70,7 @@ def prepare(
     --out work --size 256 [--folds 5]
     """
     from ptxseg.data.prepare import prepare as run_prepare
-    from ptxseg.system import usable_cores
+    from ptxseg.util.system import usable_cores
 
     workers = usable_cores() if workers is None else workers
     try:
@@ -137,7 +137,7 @@ def benchmark_data(
 
     Example: ptxseg benchmark-data --out benchmarks/results
     """
-    from ptxseg.benchmarks.data import format_markdown, run
+    from ptxseg.benchmarks.data_throughput import format_markdown, run
 
     rows = run(out, real_dicoms, synthetic, rle_rows)
     console.print(format_markdown(rows))

@@ -232,7 +232,7 @@ def evaluate(
     """
     from rich.console import Console
 
-    from ptxseg.evaluation.evaluate import evaluate_checkpoint
+    from ptxseg.evaluation.evaluate_split import evaluate_checkpoint
     from ptxseg.evaluation.evidence import EvidenceSettings
 
     try:
@@ -321,7 +321,7 @@ def compare(
         comparison_rows,
         read_evaluation,
     )
-    from ptxseg.evaluation.evaluate import json_ready, write_outputs
+    from ptxseg.evaluation.evaluate_split import json_ready, write_outputs
 
     try:
         result = compare_evaluations(
@@ -355,7 +355,7 @@ def compare(
                 "comparison.json": json_ready(result),
             },
         )
-        from ptxseg import atomic
+        from ptxseg.util import atomic
 
         atomic.write_text(out / "comparison.md", comparison_markdown(result))
         console.print(f"wrote comparison.csv, comparison.md, comparison.json to {out}")

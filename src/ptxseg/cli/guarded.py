@@ -1,12 +1,13 @@
 """`@guarded`: a command declares which options it reads and which it writes; before it runs,
-`ptxseg.guard` checks the outputs against the inputs and takes the output folders' locks.
+`ptxseg.util.path_guard` checks the outputs against the inputs and takes the output folders' locks.
 
 Roles of an input option: `read` (a file, or a folder read whole), `walked` (a folder the command
 searches for files; its walk skips the outputs) and `model` (a .ckpt, model folder, .onnx file,
 ensemble file or cv folder: an ensemble's members are inputs too). A `str` option that may name a
 file (`--config`, `--encoder-weights`) is an input when that file exists.
 
-An output option is an `Out`: its kind (`file`, `folder`, `replace`: see `ptxseg.guard.Output`),
+An output option is an `Out`: its kind (`file`, `folder`, `replace`: see
+`ptxseg.util.path_guard.Output`),
 the names it owns in a folder, whether a run locks the folder (`lock`: True, False, or a function
 of the options naming the lock file, for commands whose shards share one folder), and `paths`, a
 function of the options, for outputs that the command computes (a default beside its input, a
@@ -30,8 +31,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ptxseg import guard
 from ptxseg.cli.app import EXIT_INPUTS_FAILED, fail
+from ptxseg.util import path_guard
 
 READ, WALKED, MODEL = "read", "walked", "model"
 ENSEMBLE_FILE = "ensemble.json"  # ptxseg.inference.ensemble's format, read here without torch
@@ -41,13 +42,13 @@ ENSEMBLE_FILE = "ensemble.json"  # ptxseg.inference.ensemble's format, read here
 class Out:
     """How a command writes one output option (see the module docstring)."""
 
-    kind: str = guard.FOLDER
+    kind: str = path_guard.FOLDER
     owns: tuple[str, ...] | None = None
     lock: bool | Callable[[dict[str, Any]], str] = True
     paths: Callable[[dict[str, Any]], list[tuple[Path, str]]] | None = None
 
 
-TABLES = Out(guard.FOLDER, owns=None, lock=False)
+TABLES = Out(path_guard.FOLDER, owns=None, lock=False)
 """A folder of result tables (benchmarks): written file by file, atomically, never locked (the
 benchmark commands share `benchmarks/results`)."""
 
@@ -62,7 +63,7 @@ class Declaration:
     labels: dict[str, str] = field(default_factory=dict)
     check: Callable[[dict[str, Any]], None] | None = None  # more refusals, before any lock
 
-    def input_paths(self, params: dict[str, Any]) -> list[guard.Input]:
+    def input_paths(self, params: dict[str, Any]) -> list[path_guard.Input]:
         found = []
         for name, role in self.inputs.items():
             label = self.labels.get(name, name)
@@ -71,12 +72,12 @@ class Declaration:
                 if isinstance(value, str) and not path.exists():
                     continue  # a preset name, `imagenet`, `none`
                 if role == MODEL:
-                    found += [guard.Input(p, label) for p in model_inputs(path)]
+                    found += [path_guard.Input(p, label) for p in model_inputs(path)]
                 else:
-                    found.append(guard.Input(path, label, walked=role == WALKED))
+                    found.append(path_guard.Input(path, label, walked=role == WALKED))
         return found
 
-    def output_paths(self, params: dict[str, Any]) -> list[tuple[guard.Output, str | None]]:
+    def output_paths(self, params: dict[str, Any]) -> list[tuple[path_guard.Output, str | None]]:
         found = []
         for name, out in self.outputs.items():
             label = self.labels.get(name, name)
@@ -86,26 +87,26 @@ class Declaration:
                 paths = [(value, out.kind) for value in _values(params.get(name))]
             for value, kind in paths:
                 lock = None
-                if kind == guard.FOLDER and out.lock:
-                    lock = out.lock(params) if callable(out.lock) else guard.LOCK
-                found.append((guard.Output(Path(value), label, kind, out.owns), lock))
+                if kind == path_guard.FOLDER and out.lock:
+                    lock = out.lock(params) if callable(out.lock) else path_guard.LOCK
+                found.append((path_guard.Output(Path(value), label, kind, out.owns), lock))
         return found
 
     def run(self, params: dict[str, Any]) -> Any:
         try:
             outputs = self.output_paths(params)
-            guard.check(self.input_paths(params), [o for o, _ in outputs])
+            path_guard.check(self.input_paths(params), [o for o, _ in outputs])
             if self.check is not None:
                 self.check(params)
-        except guard.GuardError as err:
+        except path_guard.GuardError as err:
             fail(str(err))
         with ExitStack() as stack:
             for out, lock in outputs:
-                if lock is None or (lock == guard.LOCK and guard.secondary_process()):
+                if lock is None or (lock == path_guard.LOCK and path_guard.secondary_process()):
                     continue  # the other ranks of a distributed run share rank 0's lock
                 try:
-                    stack.enter_context(guard.claim(out.path, lock, out.label))
-                except guard.GuardError as err:
+                    stack.enter_context(path_guard.claim(out.path, lock, out.label))
+                except path_guard.GuardError as err:
                     fail(str(err))
                 except OSError as err:
                     fail(f"cannot write to {out.label} {out.path}: {describe_os_error(err)}")
@@ -151,13 +152,13 @@ def shard_lock(option: str) -> Callable[[dict[str, Any]], str]:
     its other shards write too: one lock per shard."""
 
     def name(params: dict[str, Any]) -> str:
-        from ptxseg.shards import parse_shard
+        from ptxseg.util.shards import parse_shard
 
         try:
             index, count = parse_shard(params.get(option))
         except ValueError:
-            return guard.LOCK  # the command says what is wrong with the value
-        return guard.LOCK if count == 1 else f".ptxseg.shard-{index}-of-{count}.lock"
+            return path_guard.LOCK  # the command says what is wrong with the value
+        return path_guard.LOCK if count == 1 else f".ptxseg.shard-{index}-of-{count}.lock"
 
     return name
 

@@ -375,12 +375,12 @@ def listen_status(
 
 def _copies(inputs: list[Path], out: Path) -> list[tuple[Path, Path]]:
     """(DICOM, name of its copy under --out) for repair-uids: folders are searched (not --out)."""
-    from ptxseg import guard
+    from ptxseg.util import path_guard
 
     files: list[tuple[Path, Path]] = []
     for raw in inputs:
         if raw.is_dir():
-            files += [(p, p.relative_to(raw)) for p in guard.walk(raw, (".dcm",), skip=[out])]
+            files += [(p, p.relative_to(raw)) for p in path_guard.walk(raw, (".dcm",), skip=[out])]
         elif raw.is_file():
             files.append((raw, Path(raw.name)))
         else:
@@ -389,10 +389,10 @@ def _copies(inputs: list[Path], out: Path) -> list[tuple[Path, Path]]:
 
 
 def _no_copy_over_its_source(params) -> None:
-    from ptxseg import guard
+    from ptxseg.util import path_guard
 
     files = _copies(params["inputs"], params["out"])
-    guard.check_targets([params["out"] / name for _, name in files], [p for p, _ in files])
+    path_guard.check_targets([params["out"] / name for _, name in files], [p for p, _ in files])
 
 
 @app.command("repair-uids", rich_help_panel="Serving and PACS")
@@ -407,9 +407,9 @@ def repair_uids(
 
     Example: ptxseg repair-uids siim/stage_2_images --out repaired/
     """
-    from ptxseg import guard
     from ptxseg.cli import errors
     from ptxseg.data.uids import repair_file
+    from ptxseg.util import path_guard
 
     files = _copies(inputs, out)  # none is its own copy (checked before --out was locked)
     repaired, failed = 0, []
@@ -417,7 +417,9 @@ def repair_uids(
         try:
             notes = repair_file(source, out / relative)
         except OSError as err:
-            if err.filename and guard.is_inside(guard.real(err.filename), guard.real(out)):
+            if err.filename and path_guard.is_inside(
+                path_guard.real(err.filename), path_guard.real(out)
+            ):
                 raise  # the output cannot be written: one line, exit 1
             failed.append((str(source), f"{type(err).__name__}: {err}"))
             continue

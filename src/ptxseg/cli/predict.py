@@ -9,10 +9,10 @@ from pathlib import Path
 
 import typer
 
-from ptxseg import guard
 from ptxseg.cli import errors, options
 from ptxseg.cli.app import EXIT_INPUTS_FAILED, app, fail
 from ptxseg.cli.guarded import MODEL, READ, TABLES, WALKED, Out, guarded, shard_lock
+from ptxseg.util import path_guard
 
 
 def stored_operating_point(checkpoint: Path | list[Path], name: str | None = None):
@@ -48,7 +48,7 @@ PREDICT_WRITES = (
     "summary*.csv",
     "submission*.csv",
     "run*.json",
-    guard.MADE_BY,
+    path_guard.MADE_BY,
     ".ptxseg*",
 )
 
@@ -151,8 +151,8 @@ def predict(
     from ptxseg.data.dicom import DicomHeaderWarning
     from ptxseg.inference import pipeline, record
     from ptxseg.inference.seg import InvalidSourceUIDWarning
-    from ptxseg.shards import parse_shard, take_shard
-    from ptxseg.system import process_age_s
+    from ptxseg.util.shards import parse_shard, take_shard
+    from ptxseg.util.system import process_age_s
 
     started = time.perf_counter()
     at_command = process_age_s()
@@ -331,10 +331,10 @@ def _exported(params) -> list:
         else first
     )
     if params["format"] == "safetensors":
-        return [(params["out"] or source.with_name(source.stem + "-model"), guard.REPLACE)]
+        return [(params["out"] or source.with_name(source.stem + "-model"), path_guard.REPLACE)]
     target = params["out"] or source.with_suffix(".onnx")
-    extra = [(target.with_suffix(".int8.onnx"), guard.FILE)] if params["int8"] else []
-    return [(target, guard.FILE), *extra]
+    extra = [(target.with_suffix(".int8.onnx"), path_guard.FILE)] if params["int8"] else []
+    return [(target, path_guard.FILE), *extra]
 
 
 @app.command(rich_help_panel="Prediction and export")
@@ -440,11 +440,11 @@ def export(
 
 def _export_int8(target: Path, data: Path | None, inputs: list[Path], n: int) -> None:
     """`target`.int8.onnx, made and checked by the Predictor's int8 path (atomically)."""
-    from ptxseg import atomic
     from ptxseg.inference import choice
     from ptxseg.inference.int8 import ladder
     from ptxseg.inference.pipeline import collect_inputs
     from ptxseg.inference.runtimes import cpu_precision_plan
+    from ptxseg.util import atomic
 
     out = target.with_suffix(".int8.onnx")
 
@@ -517,7 +517,7 @@ def benchmark_runtime(
     """
     from rich.console import Console
 
-    from ptxseg.benchmarks import runtimes as rb
+    from ptxseg.benchmarks import cpu_runtimes as rb
 
     console = Console(stderr=True)
     rows = []

@@ -5,9 +5,9 @@ from pathlib import Path
 
 import typer
 
-from ptxseg import guard
 from ptxseg.cli.app import app, fail
 from ptxseg.cli.guarded import READ, TABLES, WALKED, Out, guarded, shard_lock
+from ptxseg.util import path_guard
 
 
 def _num(value) -> str:
@@ -179,7 +179,7 @@ def benchmark_stats(
 
 
 def _report_file(params) -> list:
-    return [((params["out"] or params["folder"]) / "report.html", guard.FILE)]
+    return [((params["out"] or params["folder"]) / "report.html", path_guard.FILE)]
 
 
 @app.command(rich_help_panel="Demo and reports")

@@ -58,9 +58,9 @@ def serve(
 
     import uvicorn
 
-    from ptxseg.serving.app import ServeSettings, load_app
-    from ptxseg.serving.guard import HostRule, is_loopback
     from ptxseg.serving.kept import KeepFolderError, open_keep_folder, others_can_read
+    from ptxseg.serving.request_guard import HostRule, is_loopback
+    from ptxseg.serving.webapp import ServeSettings, load_app
 
     def usage_error(message: str) -> None:
         typer.secho(f"error: {message}", fg="red", err=True)

@@ -4,18 +4,18 @@ from pathlib import Path
 
 import typer
 
-from ptxseg import guard
 from ptxseg.cli.app import app, fail
 from ptxseg.cli.guarded import Out, guarded
+from ptxseg.util import path_guard
 
 
 def _replaceable(params) -> None:
-    from ptxseg.data.synth import check_out_dir
+    from ptxseg.data.synthetic import check_out_dir
 
     try:
         check_out_dir(params["out_dir"], params["overwrite"])
     except FileExistsError as err:
-        raise guard.GuardError(str(err)) from None
+        raise path_guard.GuardError(str(err)) from None
 
 
 @app.command("synth", rich_help_panel="Data")
@@ -27,12 +27,12 @@ def _replaceable(params) -> None:
                 "dicom-images-train",
                 "train-rle.csv",
                 "metadata.csv",
-                guard.MADE_BY,
+                path_guard.MADE_BY,
                 ".synth-*",
                 ".ptxseg*",
             )
         ),
-        "panel": Out(guard.FILE),
+        "panel": Out(path_guard.FILE),
     },
 )
 def synth(
@@ -71,7 +71,7 @@ def synth(
     """
     from rich.console import Console
 
-    from ptxseg.data.synth import generate_dataset, parse_drains, plot_samples
+    from ptxseg.data.synthetic import generate_dataset, parse_drains, plot_samples
 
     console = Console()
     try:

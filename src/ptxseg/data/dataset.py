@@ -18,7 +18,7 @@ import torch
 from torch.utils.data import Dataset, Sampler
 
 from ptxseg.data.rle import read_annotations, rles_to_mask
-from ptxseg.schedule import PositiveFraction
+from ptxseg.util.schedule import PositiveFraction
 
 SPLITS = ("train", "val", "test")
 MANIFEST = "manifest.csv"
@@ -196,7 +196,7 @@ class PositiveFractionSampler(Sampler[int]):
 
     About 22% of SIIM images are positive; the winning solutions trained with a larger share and
     lowered it over time. `positive_fraction` is None (the natural share, a plain shuffle), a
-    share, or a schedule over `epochs` (`ptxseg.schedule`: "0.8:0.4" linear, "0.8@0,0.4@10"
+    share, or a schedule over `epochs` (`ptxseg.util.schedule`: "0.8:0.4" linear, "0.8@0,0.4@10"
     steps); Lightning calls `set_epoch` before every epoch, which moves the schedule on.
     With several processes (DDP) each rank takes its own interleaved slice of the same draw.
     """

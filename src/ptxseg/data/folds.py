@@ -22,8 +22,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from ptxseg import atomic
 from ptxseg.data.dataset import SPLITS, SPLITS_FILE, SegmentationDataset, read_splits
+from ptxseg.util import atomic
 
 POOL_SPLITS = ("train", "val")
 FOLD_NAME = re.compile(r"fold(\d+)$")

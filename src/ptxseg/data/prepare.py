@@ -33,7 +33,6 @@ import numpy as np
 import pydicom
 from rich.progress import Progress
 
-from ptxseg import atomic, guard
 from ptxseg.data.dataset import ANNOTATIONS, MANIFEST, SPLITS, SPLITS_FILE, cache_dir, cache_paths
 from ptxseg.data.dicom import (
     DEFAULT_MAX_PIXELS,
@@ -54,8 +53,9 @@ from ptxseg.data.rle import (
     read_annotations,
     rles_to_mask,
 )
-from ptxseg.processes import die_with_parent
-from ptxseg.system import process_context
+from ptxseg.util import atomic, path_guard
+from ptxseg.util.processes import die_with_parent
+from ptxseg.util.system import process_context
 
 MANIFEST_COLUMNS = (
     "image_id",
@@ -103,10 +103,10 @@ class Record:
 
 def find_dicoms(images: Path, skip: Sequence[Path] = ()) -> list[Path]:
     """The DICOM files under `images`; the folders in `skip` (the work folder, when it lies
-    inside) and folders of results are not searched (`ptxseg.guard.walk`)."""
+    inside) and folders of results are not searched (`ptxseg.util.path_guard.walk`)."""
     if not images.is_dir():
         raise FileNotFoundError(f"images folder not found: {images}")
-    return guard.walk(images, (".dcm", ".dicom"), skip)
+    return path_guard.walk(images, (".dcm", ".dicom"), skip)
 
 
 def _header(path: Path) -> tuple[pydicom.Dataset | None, str]:

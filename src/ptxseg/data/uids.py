@@ -26,8 +26,8 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from ptxseg import atomic
 from ptxseg.data.values import repair_values
+from ptxseg.util import atomic
 
 UID_PATTERN = re.compile(r"(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*")
 

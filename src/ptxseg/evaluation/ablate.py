@@ -19,8 +19,8 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from ptxseg import atomic
-from ptxseg.shards import parse_shard, take_shard
+from ptxseg.util import atomic
+from ptxseg.util.shards import parse_shard, take_shard
 
 # Metric key in done.json -> header in the tables. "Dice", "IoU" and "pixel accuracy" are pooled
 # over all pixels of the split; the competition Dice is the mean of per-image Dice (empty/empty=1).
@@ -295,7 +295,7 @@ def compare_encoders(grid_dir: Path, results: Sequence[dict]) -> dict[str, Path]
         "comparison.json": Path(grid_dir) / "comparison.json",
         "comparison.md": Path(grid_dir) / "comparison.md",
     }
-    from ptxseg.evaluation.evaluate import json_ready
+    from ptxseg.evaluation.evaluate_split import json_ready
 
     atomic.write_text(
         paths["comparison.json"], json.dumps(json_ready({"groups": groups}), indent=2) + "\n"
@@ -380,7 +380,7 @@ def train_and_evaluate(
     `ptxseg report <cell>/run` shows one cell in full. A cell interrupted during training
     continues from its `last.ckpt`.
     """
-    from ptxseg.evaluation.evaluate import evaluate_checkpoint
+    from ptxseg.evaluation.evaluate_split import evaluate_checkpoint
     from ptxseg.training.fit import fit
 
     run_dir = Path(cell_dir) / "run"

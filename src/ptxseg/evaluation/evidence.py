@@ -20,8 +20,8 @@ from typing import Any
 import numpy as np
 
 from ptxseg.evaluation import figures
-from ptxseg.evaluation.calibration import calibration_report, fit_on_validation
 from ptxseg.evaluation.named_points import Target, describe_target, search_named_points
+from ptxseg.evaluation.score_calibration import calibration_report, fit_on_validation
 from ptxseg.evaluation.subgroups import (
     csv_rows,
     read_subgroups_csv,

@@ -18,10 +18,10 @@ from typing import Any
 
 import yaml
 
-from ptxseg import atomic
 from ptxseg.evaluation.uncertainty import format_interval
 from ptxseg.inference.ensemble import ensemble_file, is_ensemble, store_entries
 from ptxseg.serving.card import INTENDED_USE, LIMITATIONS
+from ptxseg.util import atomic
 
 HEADLINE = (
     ("dice_per_image", "Competition Dice (mean per-image Dice, empty/empty = 1)", "dice"),

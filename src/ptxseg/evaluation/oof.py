@@ -26,7 +26,7 @@ from typing import Any
 
 from ptxseg.data.dataset import FullSizeTruth, read_manifest
 from ptxseg.data.folds import fold_name, read_folds
-from ptxseg.evaluation.evaluate import (
+from ptxseg.evaluation.evaluate_split import (
     RESOLUTIONS,
     collect_probabilities,
     concatenate_predictions,

@@ -40,13 +40,14 @@ from typing import Any
 
 import numpy as np
 
-from ptxseg import __version__, atomic
+from ptxseg import __version__
 from ptxseg.inference.int8 import FAITHFUL_DICE, Int8Refused, ladder, mask_agreement
 from ptxseg.inference.onnx import read_metadata, synthetic_calibration_images, write_onnx
 from ptxseg.inference.predictor import Predictor, load_any_model
 from ptxseg.inference.runtimes import RUNTIMES, SUPPORTED
 from ptxseg.model.operating_point import OperatingPointWarning
-from ptxseg.system import CpuInfo, cpu_info, package_versions, rss_now_mb, usable_cores
+from ptxseg.util import atomic
+from ptxseg.util.system import CpuInfo, cpu_info, package_versions, rss_now_mb, usable_cores
 
 AUTO = "auto"
 PATHS = (

@@ -31,9 +31,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from ptxseg import atomic
 from ptxseg.model import checkpoint
 from ptxseg.model.operating_point import OperatingPoint, choose_named
+from ptxseg.util import atomic
 
 ENSEMBLE_FILE = "ensemble.json"
 FORMAT = "ptxseg-ensemble"

@@ -31,7 +31,7 @@ import numpy as np
 
 from ptxseg.inference.onnx import quantize_onnx
 from ptxseg.inference.runtimes import PrecisionUnavailable
-from ptxseg.system import CpuInfo, cpu_info
+from ptxseg.util.system import CpuInfo, cpu_info
 
 FAITHFUL_DICE = 0.99
 """Masks of a faster path must agree with fp32 at least this well (Dice) to be used."""

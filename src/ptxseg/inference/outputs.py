@@ -15,8 +15,8 @@ from typing import Any
 import cv2
 import numpy as np
 
-from ptxseg import atomic
 from ptxseg.inference.findings import caption
+from ptxseg.util import atomic
 
 SUMMARY_COLUMNS = [
     "image_id",

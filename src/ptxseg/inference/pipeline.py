@@ -17,7 +17,7 @@ images whose input is still the file they were predicted from (its size, mtime a
 are in the findings; `same_input`), and predicts a replaced file again. A file that cannot be
 read or predicted becomes an `error` row in summary.csv and the run goes on; a file that cannot
 be written (a full disk, a read-only folder) ends the run with an `OSError`. What made the folder
-(model, operating point, options) is `ptxseg.inference.record`'s. `ptxseg.shards` splits the
+(model, operating point, options) is `ptxseg.inference.record`'s. `ptxseg.util.shards` splits the
 sorted input list for parallel jobs. The run's counts and timings (images/s end to end, seconds
 to the first result) go to `run.json`.
 """
@@ -36,7 +36,6 @@ from typing import Any
 
 import numpy as np
 
-from ptxseg import atomic, guard
 from ptxseg.inference.outputs import read_mask, summary_row, write_submission, write_summary
 from ptxseg.inference.workers import (
     ALWAYS,
@@ -50,8 +49,9 @@ from ptxseg.inference.workers import (
     warm_up,
     write_many,
 )
-from ptxseg.processes import die_with_parent
-from ptxseg.system import process_age_s, process_context, usable_cores
+from ptxseg.util import atomic, path_guard
+from ptxseg.util.processes import die_with_parent
+from ptxseg.util.system import process_age_s, process_context, usable_cores
 
 INPUT_SUFFIXES = (".dcm", ".dicom", ".png", ".jpg", ".jpeg")
 DECODERS = ("auto", "cpu", "device")
@@ -97,13 +97,13 @@ def collect_inputs(paths: Iterable[str | Path], skip: Iterable[str | Path] = ())
     """Files named directly plus image files found recursively in folders, sorted, no repeats.
 
     The walk does not enter the folders in `skip` (the run's own output folder) nor any folder
-    of earlier results (`ptxseg.guard.walk`): masks and overlays are not chest X-rays."""
+    of earlier results (`ptxseg.util.path_guard.walk`): masks and overlays are not chest X-rays."""
     found: set[Path] = set()
     skip = list(skip)
     for raw in paths:
         path = Path(raw)
         if path.is_dir():
-            found.update(guard.walk(path, INPUT_SUFFIXES, skip))
+            found.update(path_guard.walk(path, INPUT_SUFFIXES, skip))
         elif path.exists():
             found.add(path)
         else:
@@ -173,7 +173,7 @@ class Workers:
         self.read_slots = max(1, self.count // share)
         self.write_slots = max(1, self.count - self.read_slots)
         context = process_context(PRELOAD)
-        # the workers end with this process, even after kill -9 (`ptxseg.processes`)
+        # the workers end with this process, even after kill -9 (`ptxseg.util.processes`)
         pool_options = dict(
             mp_context=context, initializer=die_with_parent, initargs=(os.getpid(),)
         )

@@ -1,6 +1,7 @@
 """What made a `predict` output folder, so that a rerun into it notices when anything changed.
 
-A predict folder's `made-by.json` (`ptxseg.guard.mark`, holds "results") records the settings
+A predict folder's `made-by.json` (`ptxseg.util.path_guard.mark`, holds "results") records the
+settings
 that change its results: the model's digest, the operating point, TTA, runtime, precision,
 device, decoder, compilation, batch size and the outputs asked for. Each is kept twice: what the
 user asked for (`asked`: the raw option values, e.g. `auto` or no `--tta`) and what that resolved
@@ -21,7 +22,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from ptxseg import __version__, guard
+from ptxseg import __version__
+from ptxseg.util import path_guard
 
 COMMAND = "predict"
 MODEL_WEIGHTS = "model.safetensors"  # an inference-model folder's weights (ptxseg.model.checkpoint)
@@ -53,7 +55,7 @@ def model_digest(model: str | os.PathLike | Sequence[str | os.PathLike]) -> str:
         parts = [file_digest(ensemble_file(model))] + [model_digest(m) for m in spec.members]
     elif Path(model).is_dir():
         folder = Path(model)
-        parts = [file_digest(folder / MODEL_WEIGHTS), file_digest(folder / guard.MODEL_INFO)]
+        parts = [file_digest(folder / MODEL_WEIGHTS), file_digest(folder / path_guard.MODEL_INFO)]
     else:
         return file_digest(model)
     return hashlib.sha256("|".join(parts).encode()).hexdigest()
@@ -134,7 +136,7 @@ def claim(out: str | os.PathLike, record: dict[str, Any], overwrite: bool) -> di
     Returns the earlier record (None for a new folder). Raises SettingsChanged when `out` holds
     results of other settings, or of a ptxseg that did not record them, unless `overwrite`."""
     out = Path(out)
-    earlier = guard.made_by(out)
+    earlier = path_guard.made_by(out)
     if not overwrite:
         if earlier is not None and earlier.get("command") != COMMAND:
             raise SettingsChanged(
@@ -155,5 +157,5 @@ def claim(out: str | os.PathLike, record: dict[str, Any], overwrite: bool) -> di
                 "with these"
             )
     out.mkdir(parents=True, exist_ok=True)
-    guard.mark(out, COMMAND, "results", ptxseg_version=__version__, **record)
+    path_guard.mark(out, COMMAND, "results", ptxseg_version=__version__, **record)
     return earlier

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ptxseg.system import CpuInfo, cpu_info, usable_cores
+from ptxseg.util.system import CpuInfo, cpu_info, usable_cores
 
 RUNTIMES = ("torch", "onnxruntime", "openvino")
 PRECISIONS = ("fp32", "bf16", "int8")

@@ -27,8 +27,8 @@ from typing import Any
 
 import numpy as np
 
-from ptxseg import atomic
 from ptxseg.data.uids import derived_uid, is_valid_uid, repair_source
+from ptxseg.util import atomic
 
 __all__ = ["derived_uid", "is_valid_uid", "build_segmentation", "write_segmentation"]
 

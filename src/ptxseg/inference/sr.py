@@ -47,9 +47,9 @@ from typing import Any
 
 import numpy as np
 
-from ptxseg import atomic
 from ptxseg.data.uids import derived_uid
 from ptxseg.inference.seg import CHARACTER_SET, list_with_header_warnings, repaired_source
+from ptxseg.util import atomic
 
 LOCAL_SCHEME = "99PTXSEG"
 SERIES_NUMBER = 901

@@ -188,9 +188,9 @@ def write_outputs(task: WriteTask) -> WriteResult:
                 write_report(task.path, findings, sr_path, segmentation, mask=mask)
             )
         if "explain" in task.outputs and task.cam_small is not None:
-            from ptxseg import atomic
             from ptxseg.inference.explain import heatmap_overlay
             from ptxseg.inference.predictor import full_size_cam
+            from ptxseg.util import atomic
 
             cam = full_size_cam(task.cam_small, task.shape)
             png = encode_png(heatmap_overlay(image, cam))

@@ -20,10 +20,11 @@ from typing import Any
 
 import torch
 
-from ptxseg import __version__, atomic
+from ptxseg import __version__
 from ptxseg.config import TrainConfig
 from ptxseg.model.operating_point import OperatingPoint
 from ptxseg.model.unet import SegmentationModel, build_model, load_error
+from ptxseg.util import atomic
 
 MODEL_INFO = "ptxseg.json"
 WEIGHTS = "model.safetensors"

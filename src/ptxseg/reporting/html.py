@@ -28,9 +28,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ptxseg import atomic
-from ptxseg.reporting import evidence, plots
+from ptxseg.reporting import evidence_sections, plots
 from ptxseg.reporting.pieces import Raw, esc, fmt, img, missing, png_file, table
+from ptxseg.util import atomic
 
 __all__ = ["Raw", "esc", "fmt", "img", "missing", "table"]
 
@@ -414,9 +414,9 @@ def metrics_section(split: str, eval_dir: Path) -> str:
                 )
         else:
             parts.append(missing(f"{eval_dir / 'summary.json'}: no metrics found"))
-        parts.append(evidence.operating_points_section(summary))
-        parts.append(evidence.calibration_section(summary, eval_dir))
-        parts.append(evidence.subgroups_section(summary, eval_dir))
+        parts.append(evidence_sections.operating_points_section(summary))
+        parts.append(evidence_sections.calibration_section(summary, eval_dir))
+        parts.append(evidence_sections.subgroups_section(summary, eval_dir))
     roc = eval_dir / "roc.csv"
     if roc.is_file():
         try:
@@ -446,7 +446,7 @@ def metrics_section(split: str, eval_dir: Path) -> str:
                 )
         except (ValueError, OSError) as exc:
             parts.append(missing(f"cannot read {panels}: {exc}"))
-        parts.append(evidence.failure_gallery(eval_dir))
+        parts.append(evidence_sections.failure_gallery(eval_dir))
     else:
         parts.append(missing(f"no panels.npz in {eval_dir}"))
     return "".join(parts)
@@ -490,7 +490,7 @@ def runs_overview(runs: list[RunInfo]) -> str:
             def pick(key, values=values, entries=entries):
                 entry = entries.get(key) if isinstance(entries, dict) else None
                 if isinstance(entry, dict) and entry.get("ci_low") is not None:
-                    return Raw(esc(evidence.format_interval(entry, 4)))
+                    return Raw(esc(evidence_sections.format_interval(entry, 4)))
                 return values.get(key, math.nan)
 
             rows.append(
@@ -573,7 +573,7 @@ def ablation_section(folder: Path) -> str:
         " over seeds</p>"
         + table(["encoder", "aug", "seeds", *METRICS.values()], body, left=2)
         + png_file(folder / "ablation.png", "ablation bar chart")
-        + evidence.ablation_comparison(folder)
+        + evidence_sections.ablation_comparison(folder)
     )
 
 
@@ -682,7 +682,7 @@ def render_report(root: Path) -> str:
         )
     if len(runs) > 1 or (runs and any(r.evals for r in runs)):
         sections.append(runs_overview(runs))
-        sections.append(_guard(evidence.paired_comparison_section, runs))
+        sections.append(_guard(evidence_sections.paired_comparison_section, runs))
     for folder in benches:
         sections.append(_guard(benchmark_section, folder))
     for folder in grids:

@@ -13,7 +13,7 @@ import stat
 import tempfile
 from pathlib import Path
 
-from ptxseg import atomic
+from ptxseg.util import atomic
 
 FOLDER_MODE = 0o700
 FILE_MODE = 0o600

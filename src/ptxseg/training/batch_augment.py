@@ -1,4 +1,4 @@
-"""The augmentation strategies of `ptxseg.training.augment`, on a whole batch on its device.
+"""The augmentation strategies of `ptxseg.training.augmentations`, on a whole batch on its device.
 
 At several hundred images/s a GPU outruns CPU augmentation (elastic bending alone runs at about
 50 images/s per CPU core), so on a GPU the loader only reads the cache and this module augments
@@ -29,7 +29,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as nnf
 
-from ptxseg.training.augment import (
+from ptxseg.training.augmentations import (
     BLUR_SIGMA_AT_256,
     BRIGHTNESS,
     CONTRAST,

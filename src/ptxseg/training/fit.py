@@ -25,7 +25,6 @@ import lightning as L
 import torch
 from torch.utils.data import Dataset
 
-from ptxseg import atomic
 from ptxseg.config import TrainConfig, apply_overrides, save_config
 from ptxseg.model import metrics
 from ptxseg.model.acceleration import (
@@ -35,13 +34,14 @@ from ptxseg.model.acceleration import (
     use_fast_float32,
 )
 from ptxseg.model.checkpoint import check_resumable, export_inference_model
-from ptxseg.system import gpu_description, peak_rss_mb
 from ptxseg.training.averaging import average_run, top_checkpoints
 from ptxseg.training.module import (
     SegmentationDataModule,
     SegmentationModule,
     write_metrics_csv,
 )
+from ptxseg.util import atomic
+from ptxseg.util.system import gpu_description, peak_rss_mb
 
 INFERENCE_MODEL = "model"
 """The run folder's inference-model folder (weights, config, operating point)."""

@@ -23,12 +23,12 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from ptxseg import atomic
 from ptxseg.config import TrainConfig
 from ptxseg.model import metrics
 from ptxseg.model.acceleration import compile_function
 from ptxseg.model.losses import aux_loss, build_loss
 from ptxseg.model.unet import build_model
+from ptxseg.util import atomic
 
 STAT_NAMES = ("tp", "fp", "fn", "tn", "competition_sum", "images", "loss_sum")
 METRIC_COLUMNS = (
@@ -268,15 +268,15 @@ class EpochSeeded(Sampler[int]):
 
 
 def build_transform(strategy: str, size: int):
-    """The named augmentation from `ptxseg.training.augment`; `none` works without it."""
+    """The named augmentation from `ptxseg.training.augmentations`; `none` works without it."""
     try:
-        from ptxseg.training.augment import build_transform as build
+        from ptxseg.training.augmentations import build_transform as build
     except ImportError:
         if strategy == "none":
             return None
         raise ValueError(
-            f"augmentation {strategy!r} needs ptxseg.training.augment, which is not available; "
-            f"use --aug none"
+            f"augmentation {strategy!r} needs ptxseg.training.augmentations, which is not "
+            "available; use --aug none"
         ) from None
     return build(strategy, size)
 

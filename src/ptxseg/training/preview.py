@@ -11,15 +11,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ptxseg import atomic
-from ptxseg.training.augment import STRATEGIES, build_transform
+from ptxseg.training.augmentations import STRATEGIES, build_transform
+from ptxseg.util import atomic
 
 
 def synthetic_pair(size: int = 256, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """One synthetic radiograph with a pneumothorax, written and read back like real data."""
     from ptxseg.data.dicom import read_image
     from ptxseg.data.rle import read_annotations, rles_to_mask
-    from ptxseg.data.synth import CSV_NAME, IMAGES_DIR, generate_dataset
+    from ptxseg.data.synthetic import CSV_NAME, IMAGES_DIR, generate_dataset
 
     with tempfile.TemporaryDirectory(prefix="ptxseg-augment-") as tmp:
         generate_dataset(tmp, 1, size=size, seed=seed, positive_fraction=1.0, progress=False)

@@ -4,7 +4,7 @@ import cv2
 import numpy as np
 import torch
 
-from ptxseg.benchmarks.pipeline import (
+from ptxseg.benchmarks.predict_pipeline import (
     StandInModel,
     format_loop,
     jpeg_shape,

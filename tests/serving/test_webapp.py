@@ -33,8 +33,8 @@ from serve_helpers import (  # noqa: F401  (restore_library_loggers is autouse)
 
 from ptxseg.data.rle import rle_decode
 from ptxseg.model.operating_point import OperatingPoint
-from ptxseg.serving.app import ServeSettings, create_app
 from ptxseg.serving.render import DefaultRenderer, keep_identifiers_out_of_logs
+from ptxseg.serving.webapp import ServeSettings, create_app
 
 
 @pytest.fixture()
@@ -183,14 +183,14 @@ def siim_like_dicom(size: int = 64, image_id: str = "ID_0a1b2c3d4") -> tuple[byt
     """A synthetic SIIM-style DICOM (full patient/study header) with an invalid SOPInstanceUID."""
     import dataclasses
 
-    from ptxseg.data import synth
+    from ptxseg.data import synthetic
 
-    spec = synth.plan_cases(1, seed=3, positive_fraction=1.0)[0]
+    spec = synthetic.plan_cases(1, seed=3, positive_fraction=1.0)[0]
     spec = dataclasses.replace(spec, image_id=image_id)
-    image, _ = synth.render_case(spec, size)
+    image, _ = synthetic.render_case(spec, size)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # pydicom warns about the invalid UID it is given
-        return synth.dicom_bytes(spec, image), spec.patient_id
+        return synthetic.dicom_bytes(spec, image), spec.patient_id
 
 
 def test_real_dicom_seg_matches_the_mask_even_with_invalid_source_uids(tmp_path, caplog):

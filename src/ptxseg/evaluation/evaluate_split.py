@@ -39,7 +39,6 @@ from typing import Any
 
 import numpy as np
 
-from ptxseg import atomic
 from ptxseg.data.dataset import FullSizeTruth, read_manifest
 from ptxseg.data.folds import fold_name, open_split
 from ptxseg.evaluation.evidence import EvidenceSettings, gather_evidence, search_extras
@@ -58,8 +57,9 @@ from ptxseg.model.metrics import (
     summarise,
 )
 from ptxseg.model.operating_point import OperatingPoint, OperatingPointWarning
-from ptxseg.progress import progress_bar
 from ptxseg.stats.calibration import Calibrator
+from ptxseg.util import atomic
+from ptxseg.util.progress import progress_bar
 
 RESOLUTIONS = ("full", "model")
 SCORED_AT = {

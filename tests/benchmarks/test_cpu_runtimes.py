@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from predict_helpers import ConfidentModel, TinyUnet
 
-from ptxseg.benchmarks.runtimes import (
+from ptxseg.benchmarks.cpu_runtimes import (
     benchmark_model,
     cpu_peak_gflops,
     dice,
@@ -12,7 +12,7 @@ from ptxseg.benchmarks.runtimes import (
     mark_auto,
     write_tables,
 )
-from ptxseg.system import CpuInfo
+from ptxseg.util.system import CpuInfo
 
 
 def test_dice_of_mask_stacks():

@@ -9,8 +9,8 @@ import sys
 
 import pytest
 
-from ptxseg import guard
-from ptxseg.guard import FILE, FOLDER, REPLACE, GuardError, Input, Output
+from ptxseg.util import path_guard
+from ptxseg.util.path_guard import FILE, FOLDER, REPLACE, GuardError, Input, Output
 
 
 @pytest.fixture
@@ -29,7 +29,7 @@ def tree(tmp_path):
 
 def refused(inputs, outputs, match: str) -> None:
     with pytest.raises(GuardError, match=match) as err:
-        guard.check(inputs, outputs)
+        path_guard.check(inputs, outputs)
     assert "\n" not in str(err.value)
 
 
@@ -53,7 +53,7 @@ def test_an_output_inside_a_model_folder_is_refused_also_for_a_file_in_it(tree):
 
 
 def test_inside_a_walked_folder_is_allowed_inside_a_folder_read_whole_is_not(tree):
-    guard.check([Input(tree / "scans", walked=True)], [Output(tree / "scans" / "out")])
+    path_guard.check([Input(tree / "scans", walked=True)], [Output(tree / "scans" / "out")])
     refused([Input(tree / "work", "--data")], [Output(tree / "work" / "eval")], "read whole")
     refused([Input(tree / "a.ckpt")], [Output(tree / "a.ckpt" / "x", kind=FILE)], "input file")
 
@@ -63,7 +63,7 @@ def test_an_output_holding_an_input_is_refused_where_it_would_be_deleted_or_rewr
     refused([ckpt], [Output(tree, "--out", REPLACE)], "replaced whole")
     refused([ckpt], [Output(tree, "--out", FOLDER)], "writes its own files")
     refused([ckpt], [Output(tree, "--out", FOLDER, owns=("*.ckpt",))], "writes its own files")
-    guard.check([ckpt], [Output(tree, "--out", FOLDER, owns=("masks", "summary.csv"))])
+    path_guard.check([ckpt], [Output(tree, "--out", FOLDER, owns=("masks", "summary.csv"))])
 
 
 def test_an_output_of_the_wrong_kind_is_refused(tree):
@@ -74,8 +74,8 @@ def test_an_output_of_the_wrong_kind_is_refused(tree):
 def test_check_targets_finds_a_copy_that_would_overwrite_its_source(tree):
     source = tree / "scans" / "a.dcm"
     with pytest.raises(GuardError, match="overwrite the input"):
-        guard.check_targets([tree / "scans" / "a.dcm"], [source])
-    guard.check_targets([tree / "fixed" / "a.dcm"], [source])
+        path_guard.check_targets([tree / "scans" / "a.dcm"], [source])
+    path_guard.check_targets([tree / "fixed" / "a.dcm"], [source])
 
 
 def test_the_walk_skips_the_outputs_and_folders_of_results(tree):
@@ -83,63 +83,63 @@ def test_the_walk_skips_the_outputs_and_folders_of_results(tree):
     (tree / "scans" / "out" / "seg.dcm").write_bytes(b"s")
     (tree / "scans" / "old").mkdir()
     (tree / "scans" / "old" / "sr.dcm").write_bytes(b"s")
-    guard.mark(tree / "scans" / "old", "predict", "results")
+    path_guard.mark(tree / "scans" / "old", "predict", "results")
     (tree / "scans" / "synth").mkdir()
     (tree / "scans" / "synth" / "c.DCM").write_bytes(b"c")
-    guard.mark(tree / "scans" / "synth", "synth", "data")
-    found = guard.walk(tree / "scans", (".dcm",), skip=[tree / "scans" / "out"])
+    path_guard.mark(tree / "scans" / "synth", "synth", "data")
+    found = path_guard.walk(tree / "scans", (".dcm",), skip=[tree / "scans" / "out"])
     names = [p.relative_to(tree / "scans").as_posix() for p in found]
     assert names == ["a.dcm", "sub/b.dcm", "synth/c.DCM"]
-    assert guard.walk(tree / "scans", (".dcm",), skip=[tree / "scans"]) == []
+    assert path_guard.walk(tree / "scans", (".dcm",), skip=[tree / "scans"]) == []
 
 
 def test_marks_say_who_made_a_folder(tmp_path):
-    assert guard.made_by(tmp_path) is None
-    guard.mark(tmp_path, "synth", "data", seed=3)
-    assert guard.made_by(tmp_path) == {"command": "synth", "holds": "data", "seed": 3}
-    (tmp_path / guard.MADE_BY).write_text("[1, 2]")
-    assert guard.made_by(tmp_path) is None
+    assert path_guard.made_by(tmp_path) is None
+    path_guard.mark(tmp_path, "synth", "data", seed=3)
+    assert path_guard.made_by(tmp_path) == {"command": "synth", "holds": "data", "seed": 3}
+    (tmp_path / path_guard.MADE_BY).write_text("[1, 2]")
+    assert path_guard.made_by(tmp_path) is None
     with pytest.raises(ValueError, match="holds"):
-        guard.mark(tmp_path, "x", "everything")
+        path_guard.mark(tmp_path, "x", "everything")
 
 
 def test_a_second_run_in_a_claimed_folder_is_refused_and_the_lock_ends_with_the_run(tmp_path):
     out = tmp_path / "out"
     out.mkdir()
-    with guard.claim(out) as lock:
+    with path_guard.claim(out) as lock:
         assert lock.read_text().startswith(f"ptxseg pid {os.getpid()}")
-        with pytest.raises(GuardError, match="being written by another run"), guard.claim(out):
+        with pytest.raises(GuardError, match="being written by another run"), path_guard.claim(out):
             pass
         # another process sees the lock too
         code = (
-            "import sys; from ptxseg import guard\n"
-            "try:\n    guard.claim(sys.argv[1]).__enter__()\n"
-            "except guard.GuardError as e:\n    print(e); sys.exit(7)\n"
+            "import sys; from ptxseg.util import path_guard\n"
+            "try:\n    path_guard.claim(sys.argv[1]).__enter__()\n"
+            "except path_guard.GuardError as e:\n    print(e); sys.exit(7)\n"
         )
         done = subprocess.run([sys.executable, "-c", code, str(out)], capture_output=True)
         assert done.returncode == 7 and b"pid" in done.stdout
     assert lock.read_text() == ""  # released and emptied: the folder's bytes hold no pid
-    with guard.claim(out):
+    with path_guard.claim(out):
         pass
 
 
 def test_a_claim_that_wrote_nothing_leaves_no_folder(tmp_path):
-    with guard.claim(tmp_path / "new"):
+    with path_guard.claim(tmp_path / "new"):
         pass
     assert not (tmp_path / "new").exists()
-    with pytest.raises(RuntimeError), guard.claim(tmp_path / "failed"):
+    with pytest.raises(RuntimeError), path_guard.claim(tmp_path / "failed"):
         raise RuntimeError("a usage error in the command")
     assert not (tmp_path / "failed").exists()
-    with guard.claim(tmp_path / "kept"):
+    with path_guard.claim(tmp_path / "kept"):
         (tmp_path / "kept" / "x").write_text("x")
     assert (tmp_path / "kept" / "x").is_file()
 
 
 def test_secondary_ranks_of_a_distributed_run_are_told_apart(monkeypatch):
-    for name in guard.RANK_VARIABLES:
+    for name in path_guard.RANK_VARIABLES:
         monkeypatch.delenv(name, raising=False)
-    assert not guard.secondary_process()
+    assert not path_guard.secondary_process()
     monkeypatch.setenv("RANK", "0")
-    assert not guard.secondary_process()
+    assert not path_guard.secondary_process()
     monkeypatch.setenv("LOCAL_RANK", "1")
-    assert guard.secondary_process()
+    assert path_guard.secondary_process()

@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from ptxseg.benchmarks.common import add_ratios, error_text, timed, write_table
-from ptxseg.system import CpuInfo, cpu_info, physical_cores, usable_cores
+from ptxseg.util.system import CpuInfo, cpu_info, physical_cores, usable_cores
 
 # (name, runtime, precision, options)
 PATHS: list[tuple[str, str, str, dict[str, Any]]] = [
@@ -396,7 +396,7 @@ def end_to_end(
 
     with tempfile.TemporaryDirectory(prefix="ptxseg-e2e-") as tmp:
         if dicom_dir is None:
-            from ptxseg.data.synth import generate_dataset
+            from ptxseg.data.synthetic import generate_dataset
 
             generate_dataset(Path(tmp) / "dicoms", n, size=1024, seed=0, progress=False)
             dicom_dir = Path(tmp) / "dicoms"

@@ -5,8 +5,9 @@
 Inference runs in worker threads bounded by `settings.workers`, so the event loop keeps answering.
 Uploads stay in memory and are dropped after the response unless `settings.keep_uploads` names a
 folder (`ptxseg.serving.kept`: owner-only). Logs carry a request id and a content hash, never file
-names or DICOM identifiers. Only this server's own page may drive it (`ptxseg.serving.guard`: the
-Host names it is bound to, no cross-origin POSTs, a strict Content-Security-Policy).
+names or DICOM identifiers. Only this server's own page may drive it
+(`ptxseg.serving.request_guard`: the Host names it is bound to, no cross-origin POSTs, a strict
+Content-Security-Policy).
 
 Endpoints (see also /openapi.json):
 - `POST /v1/predict[?include=image,overlay,mask,seg]`: findings JSON, the mask as relative
@@ -49,7 +50,6 @@ from ptxseg.data.dicom import (
 )
 from ptxseg.data.rle import rle_encode
 from ptxseg.serving.card import INTENDED_USE
-from ptxseg.serving.guard import HostRule, LocalOnly
 from ptxseg.serving.kept import keep, open_keep_folder
 from ptxseg.serving.render import (
     SegBuildError,
@@ -57,12 +57,13 @@ from ptxseg.serving.render import (
     default_renderer,
     keep_identifiers_out_of_logs,
 )
+from ptxseg.serving.request_guard import HostRule, LocalOnly
 from ptxseg.serving.upload import Upload, UploadError, read_upload
 
 STATIC_DIR = Path(__file__).parent / "static"
 INCLUDE_CHOICES = ("image", "overlay", "mask", "seg")
 DEFAULT_INCLUDE = "image,overlay,mask"
-log = logging.getLogger("ptxseg.serving.app")
+log = logging.getLogger("ptxseg.serving.webapp")
 
 
 class PredictorLike(Protocol):

@@ -6,7 +6,7 @@ import stat
 
 import pytest
 
-from ptxseg import atomic
+from ptxseg.util import atomic
 
 
 @pytest.fixture

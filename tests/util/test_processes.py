@@ -10,13 +10,13 @@ import time
 import pytest
 from process_tree import descendants, wait_gone
 
-from ptxseg.processes import alive
+from ptxseg.util.processes import alive
 
 PARENT = textwrap.dedent(
     """
     import os, sys, time
     from concurrent.futures import ProcessPoolExecutor
-    from ptxseg.processes import die_with_parent
+    from ptxseg.util.processes import die_with_parent
 
     def pid(_):
         time.sleep(0.2)

@@ -23,8 +23,8 @@ from typing import Any
 import cv2
 import numpy as np
 
-from ptxseg import atomic, guard
 from ptxseg.data.rle import rle_encode
+from ptxseg.util import atomic, path_guard
 
 IMAGES_DIR = "dicom-images-train"
 CSV_NAME = "train-rle.csv"
@@ -621,10 +621,10 @@ def check_out_dir(out_dir: str | Path, overwrite: bool) -> list[Path]:
             f"{existing[0]} already exists: choose another output folder or pass overwrite=True "
             "(--overwrite) to replace the synthetic dataset there"
         )
-    made = guard.made_by(out_dir)
+    made = path_guard.made_by(out_dir)
     if existing and (made is None or made.get("command") != "synth"):
         raise FileExistsError(
-            f"{existing[0]} was not written by synth ({out_dir / guard.MADE_BY} does not say "
+            f"{existing[0]} was not written by synth ({out_dir / path_guard.MADE_BY} does not say "
             "so): --overwrite replaces only synth's own datasets; choose another output folder, "
             "or move that one away yourself"
         )
@@ -699,7 +699,7 @@ def generate_dataset(
         shutil.rmtree(staging, ignore_errors=True)
     details = {"n_images": n_images, "size": size, "seed": seed}
     details.update(positive_fraction=positive_fraction, conspicuity=conspicuity)
-    guard.mark(out_dir, "synth", "data", **details)
+    path_guard.mark(out_dir, "synth", "data", **details)
     n_positive = sum(spec.positive for spec in cases)
     return {
         "out_dir": str(out_dir),

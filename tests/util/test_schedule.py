@@ -5,7 +5,7 @@ import pytest
 
 from ptxseg.config import load_config
 from ptxseg.data.dataset import PositiveFractionSampler
-from ptxseg.schedule import PositiveFraction
+from ptxseg.util.schedule import PositiveFraction
 
 
 def values(text, epochs):

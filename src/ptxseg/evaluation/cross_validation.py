@@ -10,7 +10,7 @@ CV/ensemble.json    the members CV/fold<k>/model and the operating point searche
 CV/eval/oof/        that out-of-fold evaluation: each fold and pooled
 ```
 A rerun skips finished folds and continues an interrupted one from its `last.ckpt`. Folds are
-independent: `--folds-to-run i/n` (0-based, `ptxseg.shards`) runs every n-th fold from i, so n
+independent: `--folds-to-run i/n` (0-based, `ptxseg.util.shards`) runs every n-th fold from i, so n
 GPUs or machines can share the folder; the run that finds every fold finished writes the
 ensemble and its out-of-fold evaluation (rerun once without `--folds-to-run` to make sure).
 """
@@ -23,11 +23,11 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from ptxseg import atomic
 from ptxseg.config import TrainConfig, load_config
 from ptxseg.data.folds import read_folds
 from ptxseg.inference.ensemble import ENSEMBLE_FILE, write_ensemble
-from ptxseg.shards import parse_shard, take_shard
+from ptxseg.util import atomic
+from ptxseg.util.shards import parse_shard, take_shard
 
 SPEC = "cv.json"
 DONE = "done.json"

@@ -21,8 +21,13 @@ from serve_helpers import (  # noqa: F401  (restore_library_loggers is autouse)
     restore_library_loggers,
 )
 
-from ptxseg.serving.app import STATIC_DIR, ServeSettings, create_app
-from ptxseg.serving.guard import CONTENT_SECURITY_POLICY, HostRule, normalise_name, split_host
+from ptxseg.serving.request_guard import (
+    CONTENT_SECURITY_POLICY,
+    HostRule,
+    normalise_name,
+    split_host,
+)
+from ptxseg.serving.webapp import STATIC_DIR, ServeSettings, create_app
 
 PNG = cv2.imencode(".png", chest_like(64))[1].tobytes()
 

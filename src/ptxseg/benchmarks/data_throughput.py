@@ -239,7 +239,7 @@ def run(
     out: Path, real_dir: Path | None, n_synthetic: int = 60, rle_rows: int = 200, progress=None
 ) -> list[dict]:
     """Run every comparison; write `data-benchmark.md` and `.csv` into `out`."""
-    from ptxseg.data.synth import generate_dataset
+    from ptxseg.data.synthetic import generate_dataset
 
     rows = bench_rle(rle_rows)
     real = sorted(real_dir.rglob("*.dcm")) if real_dir and real_dir.is_dir() else []

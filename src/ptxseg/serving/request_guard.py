@@ -57,7 +57,7 @@ SECURITY_HEADERS = {
     "cross-origin-resource-policy": "same-origin",
     "cross-origin-opener-policy": "same-origin",
 }
-log = logging.getLogger("ptxseg.serving.guard")
+log = logging.getLogger("ptxseg.serving.request_guard")
 
 
 def split_host(value: str) -> tuple[str, int | None] | None:

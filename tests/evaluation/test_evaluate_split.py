@@ -10,7 +10,7 @@ from torch import nn
 
 from ptxseg.data.dataset import cache_paths
 from ptxseg.data.rle import rle_encode
-from ptxseg.evaluation.evaluate import choose_panels, evaluate, evaluate_checkpoint
+from ptxseg.evaluation.evaluate_split import choose_panels, evaluate, evaluate_checkpoint
 from ptxseg.model.checkpoint import read_operating_point as load_operating_point
 from ptxseg.model.operating_point import OperatingPoint
 
@@ -267,7 +267,7 @@ def prepared(tmp_path_factory):
     from predict_helpers import make_checkpoint
 
     from ptxseg.data.prepare import prepare
-    from ptxseg.data.synth import generate_dataset
+    from ptxseg.data.synthetic import generate_dataset
 
     root = tmp_path_factory.mktemp("full-size")
     generate_dataset(root / "raw", n_images=24, size=128, seed=3, positive_fraction=0.5,
@@ -339,7 +339,7 @@ def test_evaluate_auto_scores_the_path_predict_would_run(prepared, tmp_path, mon
     which path was scored (measurements faked: onnxruntime fp32 is the fastest here)."""
     from ptxseg.inference import choice, runtimes
     from ptxseg.inference.choice import Measurement
-    from ptxseg.system import CpuInfo
+    from ptxseg.util.system import CpuInfo
 
     avx2 = CpuInfo("AVX2 CPU", 2, frozenset({"avx2", "fma"}))
     monkeypatch.setattr(choice, "cpu_info", lambda: avx2)

@@ -8,7 +8,7 @@ from siim_folders import fold_member, synthetic_work
 
 from ptxseg.cli import main
 from ptxseg.config import load_config
-from ptxseg.evaluation import cv
+from ptxseg.evaluation import cross_validation
 from ptxseg.inference.ensemble import read_ensemble, store_operating_point
 from ptxseg.model.operating_point import OperatingPoint
 
@@ -33,7 +33,7 @@ class FakeTrainer:
 
 
 def make_config(out, work="work"):
-    return lambda k: cv.fold_config(
+    return lambda k: cross_validation.fold_config(
         out, k, work, overrides={"model.encoder": "resnet18", "trainer.epochs": 2}
     )
 
@@ -42,19 +42,24 @@ def test_folds_run_once_and_resume(tmp_path):
     out = tmp_path / "cv"
     trainer = FakeTrainer(fail_on=2)
     with pytest.raises(RuntimeError, match="fold 2 broke"):
-        cv.run_folds(out, [0, 1, 2], make_config(out), trainer)
+        cross_validation.run_folds(out, [0, 1, 2], make_config(out), trainer)
     assert trainer.calls == [(0, False), (1, False), (2, False)]
-    assert cv.read_done(out, 0)["fold"] == 0 and cv.read_done(out, 2) is None
+    assert (
+        cross_validation.read_done(out, 0)["fold"] == 0
+        and cross_validation.read_done(out, 2) is None
+    )
     # fold 2 was interrupted after writing a checkpoint: the rerun continues it
     (out / "fold2" / "checkpoints").mkdir(parents=True)
     (out / "fold2" / "checkpoints" / "last.ckpt").write_bytes(b"x")
     trainer = FakeTrainer()
     events = []
-    done = cv.run_folds(out, [0, 1, 2], make_config(out), trainer, lambda *e: events.append(e[:2]))
+    done = cross_validation.run_folds(
+        out, [0, 1, 2], make_config(out), trainer, lambda *e: events.append(e[:2])
+    )
     assert trainer.calls == [(2, True)]  # finished folds skipped, fold 2 resumed
     assert events == [("skipped", 0), ("skipped", 1), ("resumed", 2), ("done", 2)]
     assert sorted(done) == [0, 1, 2]
-    assert cv.training_budget(out, 3) == {
+    assert cross_validation.training_budget(out, 3) == {
         "folds": 3,
         "epochs": [2, 2, 2],
         "train_images": 30,
@@ -63,45 +68,47 @@ def test_folds_run_once_and_resume(tmp_path):
 
 
 def test_fold_config_sets_the_fold_work_and_run_folder(tmp_path):
-    config = cv.fold_config(tmp_path, 3, tmp_path / "work", "demo", {"trainer.epochs": 7})
+    config = cross_validation.fold_config(
+        tmp_path, 3, tmp_path / "work", "demo", {"trainer.epochs": 7}
+    )
     assert config.data.fold == 3 and config.data.work == str(tmp_path / "work")
     assert config.trainer.out == str(tmp_path / "fold3") and config.trainer.epochs == 7
     assert config.model.encoder == load_config("demo").model.encoder
 
 
 def test_folds_to_run_shards_the_folds():
-    assert cv.select_folds(5, None) == [0, 1, 2, 3, 4]
-    assert cv.select_folds(5, "1/2") == [1, 3]
-    assert cv.select_folds(5, "0/2") == [0, 2, 4]
+    assert cross_validation.select_folds(5, None) == [0, 1, 2, 3, 4]
+    assert cross_validation.select_folds(5, "1/2") == [1, 3]
+    assert cross_validation.select_folds(5, "0/2") == [0, 2, 4]
     with pytest.raises(ValueError, match="--folds-to-run"):
-        cv.select_folds(5, "2/2")
+        cross_validation.select_folds(5, "2/2")
 
 
 def test_other_options_in_the_same_folder_are_an_error(tmp_path):
     spec = {"data": "w", "folds": 5, "config": "demo", "overrides": {"trainer.epochs": 3}}
-    cv.write_spec(tmp_path, spec)
-    cv.write_spec(tmp_path, spec)  # the same: resuming
+    cross_validation.write_spec(tmp_path, spec)
+    cross_validation.write_spec(tmp_path, spec)  # the same: resuming
     with pytest.raises(ValueError, match="other options.*trainer.epochs"):
-        cv.write_spec(tmp_path, dict(spec, overrides={"trainer.epochs": 4}))
+        cross_validation.write_spec(tmp_path, dict(spec, overrides={"trainer.epochs": 4}))
 
 
 def test_ensemble_of_the_folds_keeps_its_operating_point(tmp_path):
     for k in range(2):
         fold_member(tmp_path / f"fold{k}" / "model", seed=k, fold=k)
-    path = cv.make_ensemble(tmp_path, 2)
+    path = cross_validation.make_ensemble(tmp_path, 2)
     spec = read_ensemble(path)
     assert spec.folds == [0, 1] and spec.members[1] == (tmp_path / "fold1" / "model").resolve()
     op = OperatingPoint.plain(0.4, tta="none", input_size=64)
     store_operating_point(path, op)
-    cv.make_ensemble(tmp_path, 2)  # rerun: unchanged members, point kept
+    cross_validation.make_ensemble(tmp_path, 2)  # rerun: unchanged members, point kept
     assert read_ensemble(path).operating_point == op
 
 
 def test_the_fold_count_must_match_the_work_folder(tmp_path):
     work = synthetic_work(tmp_path, n_images=12, size=32, folds=2)
     with pytest.raises(ValueError, match="holds 2 folds, not 5"):
-        cv.check_folds(work, 5)
-    cv.check_folds(work, 2)
+        cross_validation.check_folds(work, 5)
+    cross_validation.check_folds(work, 2)
 
 
 @pytest.mark.slow

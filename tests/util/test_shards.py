@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from ptxseg.shards import parse_shard, take_shard
+from ptxseg.util.shards import parse_shard, take_shard
 
 
 @pytest.mark.parametrize("count", [1, 2, 3, 7])

@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from ptxseg.benchmarks.data import (
+from ptxseg.benchmarks.data_throughput import (
     format_markdown,
     realistic_masks,
     reference_decode,
@@ -44,7 +44,7 @@ def test_written_table_names_the_machine_and_the_reference(tmp_path):
 def test_loader_row_compares_raw_rows_with_float_items(tmp_path):
     from siim_folders import make_siim_folder
 
-    from ptxseg.benchmarks.data import bench_loader
+    from ptxseg.benchmarks.data_throughput import bench_loader
 
     images, csv_path, _ = make_siim_folder(tmp_path / "siim", n=12, size=64)
     row = bench_loader(images, csv_path, size=32, batch=4, workers=0)

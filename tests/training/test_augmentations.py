@@ -11,7 +11,7 @@ from torchvision.transforms import v2
 
 from ptxseg.cli import main
 from ptxseg.training import preview
-from ptxseg.training.augment import (
+from ptxseg.training.augmentations import (
     STRATEGIES,
     AlignedRandomResizedCrop,
     SyntheticArtifacts,

@@ -4,7 +4,7 @@ Every output of ptxseg goes through here, so an interrupted command or bad input
 half-written file that a rerun would trust. The temporary file is fsynced before the rename and
 its folder after it, so a power cut too leaves either the old file or the new one, and a file
 that was reported written is on the disk. Which paths a command may write at all is
-`ptxseg.guard`'s business.
+`ptxseg.util.path_guard`'s business.
 """
 
 from __future__ import annotations

@@ -9,9 +9,9 @@ import pydicom
 import pytest
 
 from ptxseg.cli import main
-from ptxseg.data import synth
+from ptxseg.data import synthetic
 from ptxseg.data.rle import read_annotations, rle_decode
-from ptxseg.guard import MADE_BY, made_by
+from ptxseg.util.path_guard import MADE_BY, made_by
 
 SIIM_UID = re.compile(r"1\.2\.276\.0\.7230010\.3\.1\.4\.8323329\.\d+\.\d{10}\.\d{6}")
 
@@ -19,18 +19,22 @@ SIIM_UID = re.compile(r"1\.2\.276\.0\.7230010\.3\.1\.4\.8323329\.\d+\.\d{10}\.\d
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory) -> tuple[Path, dict]:
     out = tmp_path_factory.mktemp("synth")
-    return out, synth.generate_dataset(out, 10, size=64, seed=7, positive_fraction=0.5)
+    return out, synthetic.generate_dataset(out, 10, size=64, seed=7, positive_fraction=0.5)
 
 
 def _dicoms(out: Path) -> list[Path]:
-    return sorted((out / synth.IMAGES_DIR).glob("*/*/*.dcm"))
+    return sorted((out / synthetic.IMAGES_DIR).glob("*/*/*.dcm"))
 
 
 def test_layout_and_file_names(dataset):
     out, summary = dataset
     paths = _dicoms(out)
     assert len(paths) == summary["n_images"] == 10
-    assert sorted(p.name for p in out.iterdir()) == [synth.IMAGES_DIR, MADE_BY, synth.CSV_NAME]
+    assert sorted(p.name for p in out.iterdir()) == [
+        synthetic.IMAGES_DIR,
+        MADE_BY,
+        synthetic.CSV_NAME,
+    ]
     assert made_by(out)["command"] == "synth" and made_by(out)["holds"] == "data"
     for path in paths:
         ds = pydicom.dcmread(path, stop_before_pixels=True)
@@ -49,7 +53,7 @@ def test_dicom_header_and_pixels(dataset):
     for path in _dicoms(out):
         ds = pydicom.dcmread(path)
         assert ds.file_meta.TransferSyntaxUID == "1.2.840.10008.1.2.4.50"
-        assert ds.SOPClassUID == ds.file_meta.MediaStorageSOPClassUID == synth.SECONDARY_CAPTURE
+        assert ds.SOPClassUID == ds.file_meta.MediaStorageSOPClassUID == synthetic.SECONDARY_CAPTURE
         assert (ds.Modality, ds.BodyPartExamined, ds.PhotometricInterpretation) == (
             "CR",
             "CHEST",
@@ -110,8 +114,8 @@ def test_csv_is_stage1_format_with_one_row_per_region(dataset):
 def test_masks_decode_back_to_the_drawn_regions(dataset):
     out, _ = dataset
     annotations = read_annotations(out / "train-rle.csv")
-    for spec in synth.plan_cases(10, seed=7, positive_fraction=0.5):
-        _, regions = synth.render_case(spec, 64)
+    for spec in synthetic.plan_cases(10, seed=7, positive_fraction=0.5):
+        _, regions = synthetic.render_case(spec, 64)
         rles = annotations[spec.image_id]
         assert len(rles) == len(regions) == (len(regions) if spec.positive else 0)
         for rle, region in zip(rles, regions, strict=True):
@@ -122,12 +126,12 @@ def test_masks_decode_back_to_the_drawn_regions(dataset):
 
 def test_same_seed_gives_byte_identical_files(tmp_path, dataset):
     out, _ = dataset
-    again = synth.generate_dataset(tmp_path / "a", 10, size=64, seed=7, positive_fraction=0.5)
+    again = synthetic.generate_dataset(tmp_path / "a", 10, size=64, seed=7, positive_fraction=0.5)
     for ours, theirs in zip(_dicoms(out), _dicoms(Path(again["out_dir"])), strict=True):
         assert ours.relative_to(out) == theirs.relative_to(again["out_dir"])
         assert ours.read_bytes() == theirs.read_bytes()
     assert (out / "train-rle.csv").read_bytes() == Path(again["csv"]).read_bytes()
-    other = synth.generate_dataset(tmp_path / "b", 10, size=64, seed=8, positive_fraction=0.5)
+    other = synthetic.generate_dataset(tmp_path / "b", 10, size=64, seed=8, positive_fraction=0.5)
     assert {p.stem for p in _dicoms(Path(other["out_dir"]))}.isdisjoint(
         p.stem for p in _dicoms(out)
     )
@@ -135,12 +139,12 @@ def test_same_seed_gives_byte_identical_files(tmp_path, dataset):
 
 @pytest.mark.parametrize("fraction, expected", [(0.0, 0), (0.25, 5), (1.0, 20)])
 def test_positive_fraction_is_respected(fraction, expected):
-    cases = synth.plan_cases(20, seed=1, positive_fraction=fraction)
+    cases = synthetic.plan_cases(20, seed=1, positive_fraction=fraction)
     assert sum(c.positive for c in cases) == expected
 
 
 def test_some_patients_have_two_images_and_uids_are_unique():
-    cases = synth.plan_cases(200, seed=0)
+    cases = synthetic.plan_cases(200, seed=0)
     per_patient = np.unique([c.patient_id for c in cases], return_counts=True)[1]
     assert per_patient.max() == 2 and 3 <= (per_patient == 2).sum() <= 40
     for field in ("image_id", "study_uid", "series_uid"):
@@ -159,10 +163,10 @@ def _best_threshold_dice(image: np.ndarray, mask: np.ndarray) -> float:
 
 
 def test_a_global_threshold_cannot_find_the_pneumothorax():
-    cases = [c for c in synth.plan_cases(40, seed=3, positive_fraction=0.5) if c.positive][:8]
+    cases = [c for c in synthetic.plan_cases(40, seed=3, positive_fraction=0.5) if c.positive][:8]
     scores = []
     for spec in cases:
-        image, regions = synth.render_case(spec, 128)
+        image, regions = synthetic.render_case(spec, 128)
         mask = np.logical_or.reduce(regions)
         assert 0.001 < mask.mean() < 0.1  # a crescent, not a lung
         scores.append(_best_threshold_dice(image, mask))
@@ -170,10 +174,10 @@ def test_a_global_threshold_cannot_find_the_pneumothorax():
 
 
 def test_conspicuity_darkens_the_air_gap_and_nothing_else():
-    spec = next(c for c in synth.plan_cases(10, seed=2, positive_fraction=0.5) if c.positive)
-    subtle, regions = synth.render_case(spec, 256)
-    plain, same_regions = synth.render_case(spec, 256, conspicuity=1.0)
-    clear, clear_regions = synth.render_case(spec, 256, conspicuity=3.0)
+    spec = next(c for c in synthetic.plan_cases(10, seed=2, positive_fraction=0.5) if c.positive)
+    subtle, regions = synthetic.render_case(spec, 256)
+    plain, same_regions = synthetic.render_case(spec, 256, conspicuity=1.0)
+    clear, clear_regions = synthetic.render_case(spec, 256, conspicuity=3.0)
     assert np.array_equal(subtle, plain)
     mask = np.logical_or.reduce(regions)
     assert all(np.array_equal(a, b) for a, b in zip(regions, clear_regions, strict=True))
@@ -195,14 +199,14 @@ def test_pneumothorax_lacks_lung_markings():
         return np.abs(cv2.GaussianBlur(f, (0, 0), 1.0) - cv2.GaussianBlur(f, (0, 0), 2.0))
 
     tested = 0
-    for spec in [c for c in synth.plan_cases(20, seed=5, positive_fraction=0.5) if c.positive]:
-        with_ptx, regions = synth.render_case(spec, 512)
+    for spec in [c for c in synthetic.plan_cases(20, seed=5, positive_fraction=0.5) if c.positive]:
+        with_ptx, regions = synthetic.render_case(spec, 512)
         mask = np.logical_or.reduce(regions).astype(np.uint8)
         inner = cv2.erode(mask, np.ones((9, 9), np.uint8)).astype(bool)
         if inner.sum() < 100:  # too thin a crescent to measure texture inside
             continue
-        negative = synth.CaseSpec(**{**spec.__dict__, "positive": False})
-        without, no_regions = synth.render_case(negative, 512)
+        negative = synthetic.CaseSpec(**{**spec.__dict__, "positive": False})
+        without, no_regions = synthetic.render_case(negative, 512)
         assert no_regions == []
         assert detail(with_ptx)[inner].mean() < 0.95 * detail(without)[inner].mean()
         assert with_ptx[inner].mean() < without[inner].mean() - 4
@@ -216,24 +220,24 @@ def test_pneumothorax_lacks_lung_markings():
 
 @pytest.mark.parametrize("size", [512, 1024])
 def test_large_sizes_render(size):
-    spec = next(c for c in synth.plan_cases(6, seed=2, positive_fraction=0.5) if c.positive)
-    image, regions = synth.render_case(spec, size)
+    spec = next(c for c in synthetic.plan_cases(6, seed=2, positive_fraction=0.5) if c.positive)
+    image, regions = synthetic.render_case(spec, size)
     assert image.shape == (size, size) and regions and regions[0].shape == (size, size)
 
 
 def test_bad_arguments_name_the_value(tmp_path):
     with pytest.raises(ValueError, match="size must be .* >= 32, got 16"):
-        synth.generate_dataset(tmp_path, 2, size=16)
+        synthetic.generate_dataset(tmp_path, 2, size=16)
     with pytest.raises(ValueError, match="positive_fraction must be between 0 and 1, got 1.5"):
-        synth.generate_dataset(tmp_path, 2, positive_fraction=1.5)
+        synthetic.generate_dataset(tmp_path, 2, positive_fraction=1.5)
     with pytest.raises(ValueError, match="n_images must be .* got 0"):
-        synth.generate_dataset(tmp_path, 0)
+        synthetic.generate_dataset(tmp_path, 0)
     assert list(tmp_path.iterdir()) == []
 
 
 def test_a_failure_leaves_no_half_written_dataset(tmp_path, monkeypatch):
     calls = []
-    real_render = synth.render_case
+    real_render = synthetic.render_case
 
     def failing(spec, size, conspicuity=1.0):
         calls.append(spec)
@@ -241,21 +245,21 @@ def test_a_failure_leaves_no_half_written_dataset(tmp_path, monkeypatch):
             raise RuntimeError("disk full")
         return real_render(spec, size, conspicuity)
 
-    monkeypatch.setattr(synth, "render_case", failing)
+    monkeypatch.setattr(synthetic, "render_case", failing)
     with pytest.raises(RuntimeError, match="disk full"):
-        synth.generate_dataset(tmp_path, 5, size=64)
+        synthetic.generate_dataset(tmp_path, 5, size=64)
     assert list(tmp_path.iterdir()) == []
 
 
 def test_overwrite_replaces_only_a_dataset_marked_as_synth_s(tmp_path):
-    synth.generate_dataset(tmp_path / "a", 2, size=32)
+    synthetic.generate_dataset(tmp_path / "a", 2, size=32)
     (tmp_path / "a" / MADE_BY).unlink()  # as a real dataset in the SIIM layout: no mark
     before = sorted(p.name for p in (tmp_path / "a").rglob("*"))
     with pytest.raises(FileExistsError, match="not written by synth"):
-        synth.generate_dataset(tmp_path / "a", 3, size=32, overwrite=True)
+        synthetic.generate_dataset(tmp_path / "a", 3, size=32, overwrite=True)
     assert sorted(p.name for p in (tmp_path / "a").rglob("*")) == before
-    synth.generate_dataset(tmp_path / "b", 2, size=32)
-    synth.generate_dataset(tmp_path / "b", 3, size=32, overwrite=True)
+    synthetic.generate_dataset(tmp_path / "b", 2, size=32)
+    synthetic.generate_dataset(tmp_path / "b", 3, size=32, overwrite=True)
     assert len(_dicoms(tmp_path / "b")) == 3 and made_by(tmp_path / "b")["n_images"] == 3
 
 
@@ -278,12 +282,12 @@ def test_cli_writes_refuses_to_overwrite_and_overwrites(tmp_path, capsys):
 
 def test_plot_samples_reads_the_files_back(dataset, tmp_path):
     out, _ = dataset
-    png = synth.plot_samples(out, tmp_path / "panel.png", n=3)
+    png = synthetic.plot_samples(out, tmp_path / "panel.png", n=3)
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_drains_are_recorded_per_image_and_leave_everything_else_unchanged(tmp_path):
-    from ptxseg.data.synth import METADATA_NAME, parse_drains, plan_cases, render_case
+    from ptxseg.data.synthetic import METADATA_NAME, parse_drains, plan_cases, render_case
 
     plain = plan_cases(40, seed=3, positive_fraction=0.5)
     drained = plan_cases(40, seed=3, positive_fraction=0.5, drains=(1.0, 0.0))
@@ -295,7 +299,7 @@ def test_drains_are_recorded_per_image_and_leave_everything_else_unchanged(tmp_p
     image0, regions0 = render_case(without, 64)
     assert (image != image0).any()  # the tube is drawn
     assert all((a == b).all() for a, b in zip(regions, regions0, strict=True))  # same truth
-    summary = synth.generate_dataset(tmp_path / "d", 12, size=64, seed=1, drains=(0.5, 0.5))
+    summary = synthetic.generate_dataset(tmp_path / "d", 12, size=64, seed=1, drains=(0.5, 0.5))
     rows = (tmp_path / "d" / METADATA_NAME).read_text().splitlines()
     assert rows[0] == "ImageId,chest_drain" and len(rows) == 13
     assert summary["n_drains"] == sum(r.endswith(",1") for r in rows[1:])

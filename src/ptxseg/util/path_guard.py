@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ptxseg import atomic
+from ptxseg.util import atomic
 
 try:  # POSIX; elsewhere runs are not locked
     import fcntl

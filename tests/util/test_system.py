@@ -4,7 +4,7 @@ import time
 
 import torch
 
-from ptxseg import system
+from ptxseg.util import system
 
 
 def test_cpu_info_reads_the_model_and_flags_once():

@@ -1,0 +1,2 @@
+"""The bottom layer: atomic writes, the path guard, progress bars, system facts, shards,
+processes and schedules."""
