@@ -153,7 +153,8 @@ def dicomweb(
     op, tta = analyzer.predictor.operating_point.describe(), analyzer.predictor.tta
     name = analyzer.predictor.operating_point_name
     report(f"{dw.public_url(url)}: {analyzer.model_name}, operating point {name}: {op}, TTA {tta}")
-    report(f"path: {analyzer.predictor.path_choice['line']}")
+    if analyzer.predictor.path_choice:  # None for a Predictor built without the choice
+        report(f"path: {analyzer.predictor.path_choice['line']}")
     studies = list(study) if study else None
     if watch is not None:
         stop = threading.Event()
@@ -281,7 +282,8 @@ def listen(
         _error(console, f"{err}")
         raise typer.Exit(2) from None
     report = _reporter(console)
-    report(f"path: {analyzer.predictor.path_choice['line']}")
+    if analyzer.predictor.path_choice:  # None for a Predictor built without the choice
+        report(f"path: {analyzer.predictor.path_choice['line']}")
     listener = Listener(
         analyzer,
         destination,
