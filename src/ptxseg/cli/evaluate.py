@@ -321,7 +321,7 @@ def compare(
         comparison_rows,
         read_evaluation,
     )
-    from ptxseg.evaluation.evaluate_split import json_ready, write_outputs
+    from ptxseg.evaluation.evaluate_split import json_ready, write_evaluation
 
     try:
         result = compare_evaluations(
@@ -348,7 +348,7 @@ def compare(
     console.print(table)
     console.print(result["method"], style="dim")
     if out is not None:
-        write_outputs(
+        write_evaluation(
             out,
             {
                 "comparison.csv": comparison_rows(result),
