@@ -44,7 +44,12 @@ import numpy as np
 
 from ptxseg.data.dataset import FullSizeTruth, read_manifest
 from ptxseg.data.folds import fold_name, open_split
-from ptxseg.evaluation.evidence import EvidenceSettings, gather_evidence, search_extras
+from ptxseg.evaluation.evidence import (
+    EvidenceSettings,
+    ScoredImages,
+    gather_evidence,
+    search_extras,
+)
 from ptxseg.evaluation.named_points import Target, parse_targets
 from ptxseg.evaluation.search import OperatingPointSearch, search_operating_point
 from ptxseg.inference.ensemble import store_operating_point
@@ -246,18 +251,10 @@ def split_evidence(
         scale = float(width) / pred.targets.shape[-1] if width else 1.0
         return pred.targets[i].astype(bool), spacing(i, scale)
 
-    return gather_evidence(
-        pred.image_ids,
-        scored.per,
-        scored.values,
-        pred.probs,
-        op,
-        rows,
-        true_mask,
-        named,
-        calibrator,
-        settings,
+    scored_images = ScoredImages(
+        pred.image_ids, scored.per, scored.values, pred.probs, op, rows, true_mask
     )
+    return gather_evidence(scored_images, named, calibrator, settings)
 
 
 def evaluation_files(
