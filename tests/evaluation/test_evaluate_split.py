@@ -179,7 +179,9 @@ def test_outputs_per_image_csv_summary_roc_and_panels(tmp_path):
     assert "test-5" not in set(panels["image_ids"])
     assert panels["probabilities"].shape == panels["truths"].shape == panels["masks"].shape
     assert (panels["masks"] == (panels["probabilities"] > 0.5)).all()  # masks = prediction
-    from ptxseg.reporting.html import read_panels  # the report reads truth and prediction apart
+    from ptxseg.reporting.report_folders import (
+        read_panels,  # the report reads truth and prediction apart
+    )
 
     groups = {g["category"]: g for g in read_panels(out / "panels.npz")}
     fp = groups["false_positive"]
