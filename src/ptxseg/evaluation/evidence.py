@@ -53,6 +53,11 @@ class EvidenceSettings:
                 f"--bootstrap {self.resamples}: too few resamples for a 95% interval; use 2000 "
                 "(or 0: off)"
             )
+        if self.subgroups_csv is not None and not Path(self.subgroups_csv).is_file():
+            raise FileNotFoundError(
+                f"--subgroups {self.subgroups_csv} not found: expected a CSV of ImageId plus "
+                "columns"
+            )
 
 
 def search_extras(

@@ -100,10 +100,11 @@ def evaluate_out_of_fold(request: EvalRequest) -> dict[str, Any]:
     A search also fits the calibrator and the named `operating_points` on the pooled OOF
     predictions; the metrics get the intervals of `evaluate` (`evidence`), each fold its own.
     """
+    ensemble = _one_ensemble(request)
     overrides = checked_overrides(request.scoring)
     targets = checked_targets(request.scoring)
-    spec = read_ensemble(request.model)
-    members = fold_members(request.model, request.work)
+    spec = read_ensemble(ensemble)
+    members = fold_members(ensemble, request.work)
     truth = scored_truth(request)
     stored = spec.operating_point
     tta = request.predictor.tta
@@ -145,6 +146,19 @@ def evaluate_out_of_fold(request: EvalRequest) -> dict[str, Any]:
     if request.scoring.save_probs:
         files[f"probs-{OOF}.npz"] = dict(probability_arrays(pooled), folds=fold_column)
     return finish_evaluation(Path(request.out_dir), summary, files)
+
+
+def _one_ensemble(request: EvalRequest) -> Any:
+    """The one cross-validated ensemble of the request (a cv folder or its ensemble.json)."""
+    if request.model_card:
+        raise ValueError("--model-card describes a model on a test split, not --split oof")
+    models = request.model if isinstance(request.model, (list, tuple)) else [request.model]
+    if len(models) != 1:
+        raise ValueError(
+            "--split oof evaluates one cross-validated ensemble: give its cv folder or "
+            "ensemble.json as the only --checkpoint"
+        )
+    return models[0]
 
 
 def _oof_head(path: Path, request: EvalRequest, predictor: Predictor, tta: str) -> dict[str, Any]:
