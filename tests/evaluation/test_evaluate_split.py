@@ -10,7 +10,8 @@ from torch import nn
 
 from ptxseg.data.dataset import cache_paths
 from ptxseg.data.rle import rle_encode
-from ptxseg.evaluation.evaluate_split import choose_panels, evaluate_checkpoint
+from ptxseg.evaluation.eval_files import choose_panels
+from ptxseg.evaluation.evaluate_split import evaluate_checkpoint
 from ptxseg.model.checkpoint import read_operating_point as load_operating_point
 from ptxseg.model.operating_point import OperatingPoint
 

@@ -304,7 +304,7 @@ def comparison_markdown(result: dict[str, Any]) -> str:
 def write_comparison(out_dir: str | Path, result: dict[str, Any]) -> list[str]:
     """Write comparison.csv, comparison.json and comparison.md into `out_dir` (each atomically);
     returns their names."""
-    from ptxseg.evaluation.evaluate_split import json_ready, write_evaluation
+    from ptxseg.evaluation.eval_files import json_ready, write_evaluation
     from ptxseg.util import atomic
 
     out_dir = Path(out_dir)

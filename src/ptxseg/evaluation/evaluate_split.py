@@ -29,8 +29,6 @@ Written into the output folder:
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import math
 import os
@@ -44,6 +42,15 @@ import numpy as np
 
 from ptxseg.data.dataset import FullSizeTruth, read_manifest
 from ptxseg.data.folds import fold_name, open_split
+from ptxseg.evaluation.eval_files import (
+    PER_IMAGE_COLUMNS,
+    choose_panels,
+    json_ready,
+    number_text,
+    per_image_rows,
+    table_rows,
+    write_evaluation,
+)
 from ptxseg.evaluation.evidence import (
     EvidenceSettings,
     ScoredImages,
@@ -66,7 +73,6 @@ from ptxseg.model.metrics import (
 )
 from ptxseg.model.operating_point import OperatingPoint, OperatingPointWarning
 from ptxseg.stats.calibration import Calibrator
-from ptxseg.util import atomic
 from ptxseg.util.progress import progress_bar
 
 RESOLUTIONS = ("full", "model")
@@ -74,19 +80,6 @@ SCORED_AT = {
     "full": "full size: masks at the original resolution against the original RLE (as Kaggle)",
     "model": "model size: masks at the model's input size against the cached, resized masks",
 }
-PER_IMAGE_COLUMNS = (
-    "image_id",
-    "truth_area",
-    "predicted_area",
-    "dice",
-    "iou",
-    "max_probability",
-    "score",
-    "dice_model_size",
-    "has_truth",
-    "has_prediction",
-)
-PANEL_KINDS = ("best", "worst", "false_positive", "false_negative")
 
 
 # --------------------------------------------------------------------------- running the model
@@ -274,10 +267,10 @@ def evaluation_files(
         for row, value in zip(rows, column, strict=True):
             row[name] = value
     return {
-        "per_image.csv": _table(rows, columns),
+        "per_image.csv": table_rows(rows, columns),
         "roc.csv": [["fpr", "tpr", "threshold"]]
         + [
-            [_fmt(f), _fmt(t), "inf" if math.isinf(h) else _fmt(h)]
+            [number_text(f), number_text(t), "inf" if math.isinf(h) else number_text(h)]
             for f, t, h in zip(fpr, tpr, thresholds, strict=True)
         ],
         "panels.npz": _panels_arrays(pred, per, op, n_panels),
@@ -303,71 +296,6 @@ def validation_split(predictor: Predictor) -> str:
 # --------------------------------------------------------------------------- outputs
 
 
-def json_ready(value: Any) -> Any:
-    if isinstance(value, Mapping):
-        return {str(k): json_ready(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [json_ready(v) for v in value]
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
-
-
-def per_image_rows(
-    image_ids: list[str], per: Mapping[str, np.ndarray], dice_model_size: np.ndarray
-) -> list[dict[str, Any]]:
-    """Rows of `per_image.csv` from per-image arrays (as `MetricAccumulator.per_image()`)."""
-    return [
-        {
-            "image_id": image_id,
-            "truth_area": int(per["truth_area"][i]),
-            "predicted_area": int(per["predicted_area"][i]),
-            "dice": round(float(per["dice"][i]), 6),
-            "iou": round(float(per["iou"][i]), 6),
-            "max_probability": round(float(per["max_prob"][i]), 6),
-            "score": round(float(per["score"][i]), 6),
-            "dice_model_size": round(float(dice_model_size[i]), 6),
-            "has_truth": int(per["truth_area"][i] > 0),
-            "has_prediction": int(per["predicted_area"][i] > 0),
-        }
-        for i, image_id in enumerate(image_ids)
-    ]
-
-
-def choose_panels(per: Mapping[str, np.ndarray], n: int = 16) -> list[tuple[int, str]]:
-    """Up to `n` (index, kind) pairs, taken in turn from each kind (a quarter each when there are
-    enough): best and worst Dice among images with truth or prediction, false positives (largest
-    predicted area on empty truth), false negatives (largest missed truth). No image twice."""
-    truth, pred = per["truth_area"] > 0, per["predicted_area"] > 0
-    dice, index = per["dice"], np.arange(len(per["dice"]))
-    either = index[truth | pred]
-    candidates = {
-        "best": either[np.argsort(-dice[either], kind="stable")],
-        "worst": either[np.argsort(dice[either], kind="stable")],
-        "false_positive": index[~truth & pred][
-            np.argsort(-per["predicted_area"][~truth & pred], kind="stable")
-        ],
-        "false_negative": index[truth & ~pred][
-            np.argsort(-per["truth_area"][truth & ~pred], kind="stable")
-        ],
-    }
-    chosen: list[tuple[int, str]] = []
-    taken: set[int] = set()
-    queues = {kind: list(candidates[kind]) for kind in PANEL_KINDS}
-    while len(chosen) < n and any(queues.values()):  # one of each kind per round
-        for kind in PANEL_KINDS:
-            queue = queues[kind]
-            while queue and int(queue[0]) in taken:
-                queue.pop(0)
-            if queue and len(chosen) < n:
-                i = int(queue.pop(0))
-                chosen.append((i, kind))
-                taken.add(i)
-    return chosen
-
-
 def _panels_arrays(pred: SplitPredictions, per, op: OperatingPoint, n: int) -> dict[str, Any]:
     chosen = choose_panels(per, n)
     idx = np.array([i for i, _ in chosen], dtype=np.int64)
@@ -382,41 +310,6 @@ def _panels_arrays(pred: SplitPredictions, per, op: OperatingPoint, n: int) -> d
         "dice": per["dice"][idx].astype(np.float32),
         "operating_point": np.array(json.dumps(op.to_dict())),
     }
-
-
-def write_evaluation(out_dir: Path, files: Mapping[str, Any]) -> dict[str, str]:
-    """Write every prepared output (name -> rows, dict or arrays) atomically; returns the paths."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    written = {}
-    for name, content in files.items():
-        path = out_dir / name
-        if name.endswith(".csv"):
-
-            def write_csv(f, rows=content):
-                writer = csv.writer(f)
-                writer.writerows(rows)
-
-            atomic.write_through(path, write_csv)
-        elif name.endswith(".json"):
-            atomic.write_through(path, lambda f, c=content: f.write(json.dumps(c, indent=2) + "\n"))
-        elif name.endswith(".npz"):
-
-            def write_npz(f, arrays=content):
-                buffer = io.BytesIO()
-                np.savez_compressed(buffer, **arrays)
-                f.write(buffer.getvalue())
-
-            atomic.write_through(path, write_npz, binary=True)
-        elif name.endswith(".png"):
-            atomic.write_bytes(path, content)
-        else:
-            raise ValueError(f"no writer for output {name!r}")
-        written[name] = str(path)
-    return written
-
-
-def _table(rows: list[dict[str, Any]], columns: tuple[str, ...]) -> list[list[Any]]:
-    return [list(columns)] + [[row[c] for c in columns] for row in rows]
 
 
 # --------------------------------------------------------------------------- the request
@@ -854,10 +747,6 @@ def probability_arrays(pred: SplitPredictions) -> dict[str, np.ndarray]:
         "probabilities": pred.probs.astype(np.float16),
         "truths": pred.targets.astype(np.uint8),
     }
-
-
-def _fmt(x: float) -> str:
-    return "nan" if math.isnan(x) else f"{x:.6g}"
 
 
 def evaluate_checkpoint(
