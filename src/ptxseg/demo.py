@@ -285,7 +285,7 @@ def results_table(runs: Path, encoders: Sequence[str]) -> Table:
 
 def run_demo(out: str | Path, settings: DemoSettings | None = None) -> Path:
     """Run every step into `out`; returns the path of the HTML report."""
-    from ptxseg.reporting.html import write_report
+    from ptxseg.reporting.html_report import write_html_report
 
     s = settings or DemoSettings()
     out = Path(out)
@@ -300,7 +300,7 @@ def run_demo(out: str | Path, settings: DemoSettings | None = None) -> Path:
         _train_and_evaluate(encoder, work, runs, s, console)
     _benchmark(out, s, console)
     console.rule("6. report")
-    report = write_report(out)
+    report = write_html_report(out)
     console.print(results_table(runs, s.encoders))
     console.print(f"report: [bold]{report}[/bold]")
     return report

@@ -11,7 +11,7 @@ def test_the_codes():
 
 
 def test_an_unexpected_error_is_exit_code_3_with_its_traceback(tmp_path, monkeypatch, capsys):
-    import ptxseg.reporting.html as html
+    import ptxseg.reporting.html_report as html
 
     run = tmp_path / "run"
     run.mkdir()
@@ -21,7 +21,7 @@ def test_an_unexpected_error_is_exit_code_3_with_its_traceback(tmp_path, monkeyp
     def broken(*args, **kwargs):
         raise RuntimeError("a bug in the report writer")
 
-    monkeypatch.setattr(html, "write_report", broken)
+    monkeypatch.setattr(html, "write_html_report", broken)
     with pytest.raises(SystemExit) as done:
         main(["report", str(run)])
     assert done.value.code == EXIT_INTERNAL

@@ -10,7 +10,8 @@ from torch import nn
 
 from ptxseg.data.dataset import cache_paths
 from ptxseg.data.rle import rle_encode
-from ptxseg.evaluation.evaluate_split import choose_panels, evaluate, evaluate_checkpoint
+from ptxseg.evaluation.eval_files import choose_panels
+from ptxseg.evaluation.evaluate_split import evaluate_checkpoint
 from ptxseg.model.checkpoint import read_operating_point as load_operating_point
 from ptxseg.model.operating_point import OperatingPoint
 
@@ -85,7 +86,7 @@ def test_missing_operating_point_is_searched_on_val_and_stored(tmp_path):
     work = make_work(tmp_path / "work")
     ckpt = fake_checkpoint(tmp_path / "model.ckpt")
     model = BrightnessModel()
-    summary = evaluate(model, work, tmp_path / "out", checkpoint=ckpt, progress=False)
+    summary = evaluate_checkpoint(model, work, tmp_path / "out", checkpoint=ckpt, progress=False)
     stored = load_operating_point(ckpt)
     assert stored is not None and model.operating_point == stored
     # blobs at 0.7 brightness have probability sigmoid(2.4) = 0.917, squares 0.9997: a threshold
@@ -104,12 +105,12 @@ def test_stored_operating_point_is_used_and_overrides_win(tmp_path):
     ckpt = fake_checkpoint(tmp_path / "model.ckpt", {"top": 0.5, "bottom": 0.5, "min_area": 0})
     before = ckpt.read_bytes()
     model = BrightnessModel(OperatingPoint.plain(0.5))
-    summary = evaluate(model, work, tmp_path / "a", checkpoint=ckpt, progress=False)
+    summary = evaluate_checkpoint(model, work, tmp_path / "a", checkpoint=ckpt, progress=False)
     assert summary["operating_point_source"] == "stored with the model"
     # at 0.5 both blobs of the 6 test images are kept: 2 images score 0
     assert summary["competition_dice"] == pytest.approx(4 / 6)
     assert summary["metrics"]["specificity"]["value"] == pytest.approx(1 / 3)
-    summary = evaluate(
+    summary = evaluate_checkpoint(
         model, work, tmp_path / "b", checkpoint=ckpt, overrides={"threshold": 0.95}, progress=False
     )
     assert summary["operating_point"] == OperatingPoint.plain(0.95).to_dict()
@@ -120,7 +121,9 @@ def test_stored_operating_point_is_used_and_overrides_win(tmp_path):
 
 def test_no_search_without_stored_point_uses_the_default(tmp_path):
     work = make_work(tmp_path / "work")
-    summary = evaluate(BrightnessModel(), work, tmp_path / "out", search=False, progress=False)
+    summary = evaluate_checkpoint(
+        BrightnessModel(), work, tmp_path / "out", search=False, progress=False
+    )
     assert summary["operating_point"] == OperatingPoint().to_dict()
     assert summary["operating_point_source"].startswith("default")
 
@@ -132,7 +135,7 @@ def test_outputs_per_image_csv_summary_roc_and_panels(tmp_path):
     work = make_work(tmp_path / "work")
     out = tmp_path / "out"
     model = BrightnessModel(OperatingPoint.plain(0.5))
-    summary = evaluate(model, work, out, tta="hflip", save_probs=True, progress=False)
+    summary = evaluate_checkpoint(model, work, out, tta="hflip", save_probs=True, progress=False)
     assert sorted(p.name for p in out.iterdir()) == [
         "calibration.csv",
         "panels.npz",
@@ -177,7 +180,9 @@ def test_outputs_per_image_csv_summary_roc_and_panels(tmp_path):
     assert "test-5" not in set(panels["image_ids"])
     assert panels["probabilities"].shape == panels["truths"].shape == panels["masks"].shape
     assert (panels["masks"] == (panels["probabilities"] > 0.5)).all()  # masks = prediction
-    from ptxseg.reporting.html import read_panels  # the report reads truth and prediction apart
+    from ptxseg.reporting.report_folders import (
+        read_panels,  # the report reads truth and prediction apart
+    )
 
     groups = {g["category"]: g for g in read_panels(out / "panels.npz")}
     fp = groups["false_positive"]
@@ -203,7 +208,7 @@ def test_missing_cache_names_prepare_size(tmp_path):
     model = BrightnessModel(OperatingPoint())
     model.input_size = 64
     with pytest.raises(FileNotFoundError, match="--size 64"):
-        evaluate(model, work, tmp_path / "out", progress=False)
+        evaluate_checkpoint(model, work, tmp_path / "out", progress=False)
     assert not (tmp_path / "out").exists()
 
 

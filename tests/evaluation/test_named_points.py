@@ -5,11 +5,11 @@ import json
 import cv2
 import numpy as np
 import pytest
-from evaluation.test_evaluate import BrightnessModel, fake_checkpoint, make_work
+from evaluation.test_evaluate_split import BrightnessModel, fake_checkpoint, make_work
 from predict_helpers import make_checkpoint
 
 from ptxseg.cli import main
-from ptxseg.evaluation.evaluate_split import evaluate
+from ptxseg.evaluation.evaluate_split import evaluate_checkpoint
 from ptxseg.evaluation.named_points import parse_targets, search_named_points
 from ptxseg.inference.predictor import Predictor
 from ptxseg.model.checkpoint import read_info, store_operating_point
@@ -75,7 +75,7 @@ def test_a_plain_point_gates_on_one_pixel_and_an_unreachable_target_says_so():
 def test_evaluate_searches_stores_and_reports_the_named_points(tmp_path):
     work = make_work(tmp_path / "work", n=12)
     ckpt = fake_checkpoint(tmp_path / "model.ckpt")
-    summary = evaluate(
+    summary = evaluate_checkpoint(
         BrightnessModel(),
         work,
         tmp_path / "out",
@@ -92,7 +92,7 @@ def test_evaluate_searches_stores_and_reports_the_named_points(tmp_path):
         test = entry["test"]
         assert {"value", "ci_low", "ci_high", "method", "n"} <= set(test["sensitivity"])
     with pytest.raises(ValueError, match="add --search"):
-        evaluate(
+        evaluate_checkpoint(
             BrightnessModel(OperatingPoint.plain(0.5)),  # a stored point: no search by default
             work,
             tmp_path / "again",

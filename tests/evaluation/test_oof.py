@@ -9,7 +9,7 @@ from siim_folders import fold_member, synthetic_work
 
 from ptxseg.cli import main
 from ptxseg.data.folds import read_folds
-from ptxseg.evaluation.evaluate_split import evaluate, evaluate_checkpoint
+from ptxseg.evaluation.evaluate_split import evaluate_checkpoint
 from ptxseg.evaluation.oof import evaluate_oof
 from ptxseg.inference.ensemble import EnsembleError, read_ensemble, write_ensemble
 from ptxseg.inference.predictor import Predictor
@@ -45,7 +45,7 @@ def test_oof_scores_each_fold_with_its_own_member_and_pools_them(cv_folder, tmp_
     assert {r["image_id"]: int(r["fold"]) for r in rows} == fold_of
     # fold 1's numbers are those of member 1 evaluated alone on fold 1 at the same point
     op = spec.operating_point
-    alone = evaluate(
+    alone = evaluate_checkpoint(
         Predictor(cv / "fold1" / "model", tta="hflip"),
         work,
         tmp_path / "alone",

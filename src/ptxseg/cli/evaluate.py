@@ -11,141 +11,20 @@ from ptxseg.cli.app import app, fail
 from ptxseg.cli.guarded import MODEL, READ, Out, guarded
 
 
-def format_interval(entry, digits: int = 3) -> str:
-    from ptxseg.evaluation.uncertainty import format_interval as fmt
+def _predictor_request(
+    checkpoint: list[Path],
+    runtime: str,
+    precision: str,
+    device: str,
+    tta: str | None,
+    batch_size: int,
+):
+    """The model and how its Predictor is built: the one place the six predictor options meet
+    (to become inference's PredictorSpec)."""
+    from ptxseg.evaluation.evaluate_split import PredictorSettings
 
-    return fmt(entry, digits)
-
-
-def _fmt(value) -> str:
-    return "-" if value is None else f"{value:.4f}"
-
-
-def print_summary(summary: dict) -> None:
-    """A rich table of the metrics that says which are pooled and which per-image."""
-    from rich.console import Console
-    from rich.table import Table
-
-    console = Console()
-    counts = summary["counts"]
-    table = Table(
-        title=f"{summary['split']} split: {counts['n_images']} images, "
-        f"{counts['n_positive']} with pneumothorax (tta: {summary['tta']})"
-    )
-    table.add_column("metric")
-    table.add_column("kind")
-    table.add_column("value [95% interval]", justify="right")
-    table.add_column("n", justify="right")
-    table.add_column("meaning", style="dim")
-    for name, entry in summary["metrics"].items():
-        table.add_row(
-            name,
-            entry["kind"],
-            format_interval(entry, 4),
-            str(entry.get("n", "")),
-            entry["description"],
-        )
-    console.print(table)
-    intervals = summary.get("intervals") or {}
-    if intervals:
-        console.print(f"intervals: {intervals['method']}; {intervals['note']}", style="dim")
-    path = summary.get("inference_path") or {}
-    console.print(
-        f"scored path: {summary.get('runtime')} {summary.get('precision')}"
-        + (f" ({path['line']})" if path.get("line") else ""),
-        soft_wrap=True,
-    )
-    console.print(
-        f"operating point: {summary['operating_point_description']} "
-        f"({summary['operating_point_source']})"
-    )
-    console.print(
-        f"competition Dice {_fmt(summary['competition_dice'])} ({summary['scored_at']}) vs "
-        f"{_fmt(summary['empty_baseline_competition_dice'])} for all-empty masks; at the model's "
-        f"size {_fmt(summary['model_size']['competition_dice'])}"
-    )
-    print_evidence(summary, console)
-
-
-def print_evidence(summary: dict, console) -> None:
-    """The stored operating points on these images, calibration, and the subgroup tests."""
-    from rich.table import Table
-
-    points = summary.get("operating_points") or {}
-    if points:
-        table = Table(title="operating points on these images")
-        for column in (
-            "name",
-            "chosen for",
-            "top / bottom / min area",
-            "sensitivity",
-            "specificity",
-        ):
-            table.add_column(
-                column, justify="left" if column in ("name", "chosen for") else "right"
-            )
-        for name, entry in points.items():
-            op, test = entry["operating_point"], entry.get("test") or {}
-            table.add_row(
-                name,
-                entry.get("description", ""),
-                f"{op['top']:g} / {op['bottom']:g} / {op['min_area']}",
-                format_interval(test.get("sensitivity")),
-                format_interval(test.get("specificity")),
-            )
-        console.print(table)
-    calibration = summary.get("calibration") or {}
-    for kind in ("raw", "calibrated"):
-        if calibration.get(kind):
-            numbers = calibration[kind]
-            console.print(
-                f"{kind} probability: Brier {format_interval(numbers['brier'])}, ECE "
-                f"{_fmt(numbers['ece'])} ({calibration.get('bins')})"
-            )
-    if calibration:
-        console.print(f"calibrator: {calibration.get('calibrator_description')}")
-    subgroups = summary.get("subgroups") or {}
-    if subgroups:
-        called = subgroups.get("called_out") or []
-        console.print(
-            f"subgroups: {subgroups.get('n_tests', 0)} differences tested (Holm); "
-            + ("; ".join(called) if called else "none called out")
-            + " (subgroups.csv)"
-        )
-
-
-def _evaluate_oof(checkpoints: list[Path], data: Path, out: Path, **kwargs) -> dict:
-    from ptxseg.evaluation.oof import evaluate_oof
-
-    if len(checkpoints) != 1:
-        raise ValueError(
-            "--split oof evaluates one cross-validated ensemble: give its cv folder or "
-            "ensemble.json as the only --checkpoint"
-        )
-    return evaluate_oof(checkpoints[0], data, out, **kwargs)
-
-
-def print_folds(summary: dict) -> None:
-    """The out-of-fold metrics of every fold side by side, then the pooled ones."""
-    from rich.console import Console
-    from rich.table import Table
-
-    names = ("dice_per_image", "dice_pooled", "dice_positive_per_image", "roc_auc")
-    table = Table(title=f"out of fold: {len(summary['folds'])} folds (tta: {summary['tta']})")
-    for column in ("fold", "images", "positive", *names):
-        table.add_column(column, justify="right")
-
-    def add(name: str, entry: dict) -> None:
-        metrics = entry["metrics"]
-        cells = [format_interval(metrics[n], 4) if n in metrics else "-" for n in names]
-        counts = entry["counts"]
-        table.add_row(name, str(counts["n_images"]), str(counts["n_positive"]), *cells)
-
-    for fold in summary["folds"]:
-        add(str(fold["fold"]), fold)
-    add("pooled", summary)
-    Console().print(table)
-    print_summary(summary)
+    model = checkpoint if len(checkpoint) > 1 else checkpoint[0]
+    return model, PredictorSettings(runtime, precision, device, tta, batch_size)
 
 
 @app.command(rich_help_panel="Evaluation")
@@ -232,58 +111,32 @@ def evaluate(
     """
     from rich.console import Console
 
-    from ptxseg.evaluation.evaluate_split import evaluate_checkpoint
+    from ptxseg.evaluation.evaluate_split import EvalRequest, ScoringOptions, evaluate_predictor
     from ptxseg.evaluation.evidence import EvidenceSettings
+    from ptxseg.evaluation.oof import evaluate_out_of_fold
+    from ptxseg.reporting.terminal import print_folds, print_summary
 
     try:
-        evidence = EvidenceSettings(bootstrap, bootstrap_seed, subgroups)
-        if subgroups is not None and not subgroups.is_file():
-            raise FileNotFoundError(
-                f"--subgroups {subgroups} not found: expected a CSV of ImageId plus columns"
-            )
-        if split == "oof":
-            if model_card:
-                raise ValueError("--model-card describes a model on a test split, not --split oof")
-            summary = _evaluate_oof(
-                checkpoint,
-                data,
-                out,
-                tta=tta,
-                batch_size=batch_size,
-                device=device,
-                search=search,
-                overrides=options.overrides(threshold, top, bottom, min_area),
-                resolution=resolution,
-                save_probs=save_probs,
-                score=score,
-                evidence=evidence,
-                operating_points=operating_points,
-            )
-            print_folds(summary)
-            Console().print(f"wrote {', '.join(summary['files'])} to {out}")
-            return
-        summary = evaluate_checkpoint(
-            checkpoint if len(checkpoint) > 1 else checkpoint[0],
-            data,
-            out,
-            split,
-            device=device,
-            runtime=runtime,
-            precision=precision,
-            tta=tta,
-            batch_size=batch_size,
-            overrides=options.overrides(threshold, top, bottom, min_area),
-            resolution=resolution,
-            search=search,
-            save_probs=save_probs,
-            score=score,
-            evidence=evidence,
-            operating_points=operating_points,
-            model_card=model_card,
+        model, settings = _predictor_request(
+            checkpoint, runtime, precision, device, tta, batch_size
         )
+        scoring = ScoringOptions(
+            search=search,
+            overrides=options.overrides(threshold, top, bottom, min_area),
+            operating_points=operating_points,
+            score=score,
+            resolution=resolution,
+            save_probs=save_probs,
+        )
+        request = EvalRequest(
+            model, data, out, split, settings, scoring,
+            EvidenceSettings(bootstrap, bootstrap_seed, subgroups), model_card=model_card,
+        )  # fmt: skip
+        run = evaluate_out_of_fold if split == "oof" else evaluate_predictor
+        summary = run(request)
     except (ValueError, FileNotFoundError, NotADirectoryError) as err:  # EnsembleError too
         fail(str(err))
-    print_summary(summary)
+    (print_folds if split == "oof" else print_summary)(summary)
     Console().print(f"wrote {', '.join(summary['files'])} to {out}")
     if summary.get("model_card"):
         Console().print(f"model card: {summary['model_card']}")
@@ -311,17 +164,14 @@ def compare(
     Example: ptxseg compare runs/b0/eval/test runs/r50/eval/test --out comparison
     """
     from rich.console import Console
-    from rich.table import Table
 
     from ptxseg.evaluation.compare import (
-        METRICS,
         CompareError,
         compare_evaluations,
-        comparison_markdown,
-        comparison_rows,
         read_evaluation,
+        write_comparison,
     )
-    from ptxseg.evaluation.evaluate_split import json_ready, write_outputs
+    from ptxseg.reporting.terminal import print_comparison
 
     try:
         result = compare_evaluations(
@@ -329,33 +179,8 @@ def compare(
         )
     except CompareError as err:
         fail(str(err))
-    table = Table(
-        title=f"paired comparison: {result['n_images']} images, {result['n_positive']} positive, "
-        f"{result['n_patients']} {result['resampled'].split(' ')[0]}"
-    )
-    for column in ("pair", "metric", "first", "second", "difference [95% CI], p"):
-        table.add_column(column, justify="left" if column in ("pair", "metric") else "right")
-    for pair in result["pairs"]:
-        for metric, entry in pair["metrics"].items():
-            table.add_row(
-                f"{pair['a']} − {pair['b']}",
-                METRICS[metric],
-                _fmt(entry["a"]),
-                _fmt(entry["b"]),
-                entry["sentence"].split(": ", 1)[-1],
-            )
     console = Console()
-    console.print(table)
-    console.print(result["method"], style="dim")
+    print_comparison(result, console)
     if out is not None:
-        write_outputs(
-            out,
-            {
-                "comparison.csv": comparison_rows(result),
-                "comparison.json": json_ready(result),
-            },
-        )
-        from ptxseg.util import atomic
-
-        atomic.write_text(out / "comparison.md", comparison_markdown(result))
-        console.print(f"wrote comparison.csv, comparison.md, comparison.json to {out}")
+        written = write_comparison(out, result)
+        console.print(f"wrote {', '.join(written)} to {out}")

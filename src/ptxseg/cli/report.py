@@ -191,7 +191,8 @@ def report(
     out: Path = typer.Option(None, help="Folder for report.html (default: FOLDER itself)."),
 ) -> None:
     """One self-contained HTML report: setup, metrics, curves, panels, ROC, benchmark, ablation."""
-    from ptxseg.reporting.html import discover, write_report
+    from ptxseg.reporting.html_report import write_html_report
+    from ptxseg.reporting.report_folders import discover
 
     if not folder.is_dir():
         fail(f"{folder} is not a folder: expected a run, grid or benchmark folder")
@@ -201,7 +202,7 @@ def report(
             "from `ptxseg train`), a grid folder (ablation.csv, from `ptxseg ablate`) or a "
             "benchmark folder (benchmark.csv), or a folder holding them (up to 3 levels down)"
         )
-    path = write_report(folder, out)
+    path = write_html_report(folder, out)
     typer.echo(f"wrote {path}")
 
 

@@ -299,3 +299,18 @@ def comparison_markdown(result: dict[str, Any]) -> str:
                 f"{ci} | {_p(p)} | {e['sentence'].split(': ', 1)[-1]} |"
             )
     return "\n".join(lines) + "\n"
+
+
+def write_comparison(out_dir: str | Path, result: dict[str, Any]) -> list[str]:
+    """Write comparison.csv, comparison.json and comparison.md into `out_dir` (each atomically);
+    returns their names."""
+    from ptxseg.evaluation.eval_files import json_ready, write_evaluation
+    from ptxseg.util import atomic
+
+    out_dir = Path(out_dir)
+    write_evaluation(
+        out_dir,
+        {"comparison.csv": comparison_rows(result), "comparison.json": json_ready(result)},
+    )
+    atomic.write_text(out_dir / "comparison.md", comparison_markdown(result))
+    return ["comparison.csv", "comparison.md", "comparison.json"]

@@ -1,12 +1,15 @@
 """Metrics of a model on one split of the work folder, through the Predictor that ships.
 
-`evaluate` runs the `Predictor` (the same preprocessing, runtime, TTA and operating point that
-`predict` and `serve` use) over the split's cached model inputs, which `prepare` made with the
-Predictor's own preprocessing. Masks are scored **at the original resolution against the original
-RLE**, as the Kaggle scorer does (`WORK/annotations.csv`); the model-size scores against the cached
-masks are kept as a labelled secondary table. The operating point is the model's stored one;
-it is searched on the validation split (at the model's size, with this TTA) and stored when there
-is none; command-line overrides apply last. Written into the output folder:
+`evaluate_predictor` runs the `Predictor` (the same preprocessing, runtime, TTA and operating
+point that `predict` and `serve` use) over the split's cached model inputs, which `prepare` made
+with the Predictor's own preprocessing. Masks are scored **at the original resolution against
+the original RLE**, as the Kaggle scorer does (`WORK/annotations.csv`); the model-size scores
+against the cached masks are kept as a labelled secondary table. The operating point is the
+model's stored one; it is searched on the validation split (at the model's size, with this TTA)
+and stored when there is none; command-line overrides apply last. The request (`EvalRequest`)
+groups the model, the folders, the split, how the Predictor is built (`PredictorSettings`), how
+the split is scored (`ScoringOptions`) and the evidence (`EvidenceSettings`).
+Written into the output folder:
 
 - `per_image.csv`: one row per image (full-size areas, Dice, IoU; model-size Dice; maximum
   probability, detection score);
@@ -26,14 +29,12 @@ is none; command-line overrides apply last. Written into the output folder:
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import math
 import os
 import warnings
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -41,9 +42,23 @@ import numpy as np
 
 from ptxseg.data.dataset import FullSizeTruth, read_manifest
 from ptxseg.data.folds import fold_name, open_split
-from ptxseg.evaluation.evidence import EvidenceSettings, gather_evidence, search_extras
+from ptxseg.evaluation.eval_files import (
+    PER_IMAGE_COLUMNS,
+    choose_panels,
+    json_ready,
+    number_text,
+    per_image_rows,
+    table_rows,
+    write_evaluation,
+)
+from ptxseg.evaluation.evidence import (
+    EvidenceSettings,
+    ScoredImages,
+    gather_evidence,
+    search_extras,
+)
 from ptxseg.evaluation.named_points import Target, parse_targets
-from ptxseg.evaluation.search import search_operating_point
+from ptxseg.evaluation.search import OperatingPointSearch, search_operating_point
 from ptxseg.inference.ensemble import store_operating_point
 from ptxseg.inference.predictor import Predictor, full_size_mask
 from ptxseg.model.metrics import (
@@ -58,7 +73,6 @@ from ptxseg.model.metrics import (
 )
 from ptxseg.model.operating_point import OperatingPoint, OperatingPointWarning
 from ptxseg.stats.calibration import Calibrator
-from ptxseg.util import atomic
 from ptxseg.util.progress import progress_bar
 
 RESOLUTIONS = ("full", "model")
@@ -66,19 +80,6 @@ SCORED_AT = {
     "full": "full size: masks at the original resolution against the original RLE (as Kaggle)",
     "model": "model size: masks at the model's input size against the cached, resized masks",
 }
-PER_IMAGE_COLUMNS = (
-    "image_id",
-    "truth_area",
-    "predicted_area",
-    "dice",
-    "iou",
-    "max_probability",
-    "score",
-    "dice_model_size",
-    "has_truth",
-    "has_prediction",
-)
-PANEL_KINDS = ("best", "worst", "false_positive", "false_negative")
 
 
 # --------------------------------------------------------------------------- running the model
@@ -243,18 +244,10 @@ def split_evidence(
         scale = float(width) / pred.targets.shape[-1] if width else 1.0
         return pred.targets[i].astype(bool), spacing(i, scale)
 
-    return gather_evidence(
-        pred.image_ids,
-        scored.per,
-        scored.values,
-        pred.probs,
-        op,
-        rows,
-        true_mask,
-        named,
-        calibrator,
-        settings,
+    scored_images = ScoredImages(
+        pred.image_ids, scored.per, scored.values, pred.probs, op, rows, true_mask
     )
+    return gather_evidence(scored_images, named, calibrator, settings)
 
 
 def evaluation_files(
@@ -274,10 +267,10 @@ def evaluation_files(
         for row, value in zip(rows, column, strict=True):
             row[name] = value
     return {
-        "per_image.csv": _table(rows, columns),
+        "per_image.csv": table_rows(rows, columns),
         "roc.csv": [["fpr", "tpr", "threshold"]]
         + [
-            [_fmt(f), _fmt(t), "inf" if math.isinf(h) else _fmt(h)]
+            [number_text(f), number_text(t), "inf" if math.isinf(h) else number_text(h)]
             for f, t, h in zip(fpr, tpr, thresholds, strict=True)
         ],
         "panels.npz": _panels_arrays(pred, per, op, n_panels),
@@ -300,80 +293,7 @@ def validation_split(predictor: Predictor) -> str:
     return "val" if fold is None else fold_name(fold)
 
 
-# --------------------------------------------------------------------------- operating point
-
-
-def _fully_overridden(overrides: Mapping[str, Any]) -> bool:
-    given = {k for k, v in overrides.items() if v is not None}
-    return "threshold" in given or {"top", "bottom", "min_area"} <= given
-
-
 # --------------------------------------------------------------------------- outputs
-
-
-def json_ready(value: Any) -> Any:
-    if isinstance(value, Mapping):
-        return {str(k): json_ready(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [json_ready(v) for v in value]
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
-
-
-def per_image_rows(
-    image_ids: list[str], per: Mapping[str, np.ndarray], dice_model_size: np.ndarray
-) -> list[dict[str, Any]]:
-    """Rows of `per_image.csv` from per-image arrays (as `MetricAccumulator.per_image()`)."""
-    return [
-        {
-            "image_id": image_id,
-            "truth_area": int(per["truth_area"][i]),
-            "predicted_area": int(per["predicted_area"][i]),
-            "dice": round(float(per["dice"][i]), 6),
-            "iou": round(float(per["iou"][i]), 6),
-            "max_probability": round(float(per["max_prob"][i]), 6),
-            "score": round(float(per["score"][i]), 6),
-            "dice_model_size": round(float(dice_model_size[i]), 6),
-            "has_truth": int(per["truth_area"][i] > 0),
-            "has_prediction": int(per["predicted_area"][i] > 0),
-        }
-        for i, image_id in enumerate(image_ids)
-    ]
-
-
-def choose_panels(per: Mapping[str, np.ndarray], n: int = 16) -> list[tuple[int, str]]:
-    """Up to `n` (index, kind) pairs, taken in turn from each kind (a quarter each when there are
-    enough): best and worst Dice among images with truth or prediction, false positives (largest
-    predicted area on empty truth), false negatives (largest missed truth). No image twice."""
-    truth, pred = per["truth_area"] > 0, per["predicted_area"] > 0
-    dice, index = per["dice"], np.arange(len(per["dice"]))
-    either = index[truth | pred]
-    candidates = {
-        "best": either[np.argsort(-dice[either], kind="stable")],
-        "worst": either[np.argsort(dice[either], kind="stable")],
-        "false_positive": index[~truth & pred][
-            np.argsort(-per["predicted_area"][~truth & pred], kind="stable")
-        ],
-        "false_negative": index[truth & ~pred][
-            np.argsort(-per["truth_area"][truth & ~pred], kind="stable")
-        ],
-    }
-    chosen: list[tuple[int, str]] = []
-    taken: set[int] = set()
-    queues = {kind: list(candidates[kind]) for kind in PANEL_KINDS}
-    while len(chosen) < n and any(queues.values()):  # one of each kind per round
-        for kind in PANEL_KINDS:
-            queue = queues[kind]
-            while queue and int(queue[0]) in taken:
-                queue.pop(0)
-            if queue and len(chosen) < n:
-                i = int(queue.pop(0))
-                chosen.append((i, kind))
-                taken.add(i)
-    return chosen
 
 
 def _panels_arrays(pred: SplitPredictions, per, op: OperatingPoint, n: int) -> dict[str, Any]:
@@ -392,39 +312,241 @@ def _panels_arrays(pred: SplitPredictions, per, op: OperatingPoint, n: int) -> d
     }
 
 
-def write_outputs(out_dir: Path, files: Mapping[str, Any]) -> dict[str, str]:
-    """Write every prepared output (name -> rows, dict or arrays) atomically; returns the paths."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    written = {}
-    for name, content in files.items():
-        path = out_dir / name
-        if name.endswith(".csv"):
+# --------------------------------------------------------------------------- the request
 
-            def write_csv(f, rows=content):
-                writer = csv.writer(f)
-                writer.writerows(rows)
 
-            atomic.write_through(path, write_csv)
-        elif name.endswith(".json"):
-            atomic.write_through(path, lambda f, c=content: f.write(json.dumps(c, indent=2) + "\n"))
-        elif name.endswith(".npz"):
+@dataclass(frozen=True)
+class PredictorSettings:
+    """How a model path becomes a Predictor: runtime, precision (`auto` for either: the path
+    `predict` would run on this CPU), device, TTA (None: the stored point's) and batch size."""
 
-            def write_npz(f, arrays=content):
-                buffer = io.BytesIO()
-                np.savez_compressed(buffer, **arrays)
-                f.write(buffer.getvalue())
+    runtime: str = "torch"
+    precision: str = "fp32"
+    device: str = "cpu"
+    tta: str | None = None
+    batch_size: int = 8
 
-            atomic.write_through(path, write_npz, binary=True)
-        elif name.endswith(".png"):
-            atomic.write_bytes(path, content)
+
+@dataclass(frozen=True)
+class ScoringOptions:
+    """How the operating point is found and the split scored, and what is written beside it.
+
+    `search`: None searches when the model stores no point (and the overrides do not fully
+    specify one), True always, False never. `overrides` (`threshold`, `top`, `bottom`,
+    `min_area`, as in `predict`) apply last. `operating_points`: named targets searched with the
+    point ("triage:sensitivity=0.95"). `resolution` "full" scores at the original size against
+    the original RLE, "model" only at the model's input size."""
+
+    search: bool | None = None
+    overrides: Mapping[str, Any] | None = None
+    operating_points: str | Sequence[Target] | None = None
+    score: str = "max_prob"
+    resolution: str = "full"
+    n_panels: int = 16
+    save_probs: bool = False
+    progress: bool = True
+
+
+@dataclass(frozen=True)
+class EvalRequest:
+    """One evaluation: the model (a `Predictor`, a loaded model, a model path or a list of them
+    to average), the work folder, the output folder and the split, with how to build the
+    Predictor, how to score, the evidence (bootstrap, subgroups), `checkpoint` (where a loaded
+    model's searched point is stored; a single model path stores its own) and `model_card`."""
+
+    model: Any
+    work: Path
+    out_dir: Path
+    split: str = "test"
+    predictor: PredictorSettings = field(default_factory=PredictorSettings)
+    scoring: ScoringOptions = field(default_factory=ScoringOptions)
+    evidence: EvidenceSettings = field(default_factory=EvidenceSettings)
+    checkpoint: str | os.PathLike | None = None
+    model_card: bool = False
+
+
+_GROUPS = {"predictor": PredictorSettings, "scoring": ScoringOptions}
+
+
+def eval_request(
+    model: Any,
+    work: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    split: str = "test",
+    **options: Any,
+) -> EvalRequest:
+    """The `EvalRequest` of keyword options: each a field of `PredictorSettings`,
+    `ScoringOptions` or `EvalRequest` itself (`evidence`, `checkpoint`, `model_card`)."""
+    grouped: dict[str, dict[str, Any]] = {name: {} for name in _GROUPS}
+    top: dict[str, Any] = {}
+    own = {f.name for f in fields(EvalRequest)} - {"model", "work", "out_dir", "split", *_GROUPS}
+    for key, value in options.items():
+        group = next((g for g, cls in _GROUPS.items() if key in _field_names(cls)), None)
+        if group is not None:
+            grouped[group][key] = value
+        elif key in own:
+            top[key] = value
         else:
-            raise ValueError(f"no writer for output {name!r}")
-        written[name] = str(path)
-    return written
+            raise TypeError(f"unknown evaluation option {key!r}")
+    if top.get("evidence") is None:
+        top.pop("evidence", None)
+    return EvalRequest(
+        model,
+        Path(work),
+        Path(out_dir),
+        split,
+        **{g: cls(**grouped[g]) for g, cls in _GROUPS.items()},
+        **top,
+    )
 
 
-def _table(rows: list[dict[str, Any]], columns: tuple[str, ...]) -> list[list[Any]]:
-    return [list(columns)] + [[row[c] for c in columns] for row in rows]
+def _field_names(cls: type) -> set[str]:
+    return {f.name for f in fields(cls)}
+
+
+def checked_overrides(scoring: ScoringOptions) -> dict[str, Any]:
+    """The given overrides, after checking the score, resolution and override values (bad
+    values fail before any work)."""
+    if scoring.score not in SCORES:
+        raise ValueError(f"unknown detection score {scoring.score!r}: expected one of {SCORES}")
+    if scoring.resolution not in RESOLUTIONS:
+        raise ValueError(
+            f"unknown resolution {scoring.resolution!r}: expected one of {RESOLUTIONS}"
+        )
+    overrides = {k: v for k, v in (scoring.overrides or {}).items() if v is not None}
+    unknown = set(overrides) - {"threshold", "top", "bottom", "min_area"}
+    if unknown:
+        raise ValueError(f"unknown operating point overrides {sorted(unknown)}")
+    OperatingPoint().with_overrides(**overrides)
+    return overrides
+
+
+def checked_targets(scoring: ScoringOptions) -> list[Target]:
+    points = scoring.operating_points
+    return parse_targets(points) if isinstance(points, str) or points is None else list(points)
+
+
+# --------------------------------------------------------------------------- operating point
+
+
+@dataclass
+class PointChoice:
+    """The operating point a split is scored at, where it came from, and what a search found
+    beside it (`extra`: the named points and the calibrator it stores; `note`: how the
+    calibrator was fitted)."""
+
+    op: OperatingPoint
+    source: str
+    searched: OperatingPointSearch | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+    named: Mapping[str, Any] | None = None
+    calibrator: Calibrator | None = None
+    note: str | None = None
+    val_pred: SplitPredictions | None = None  # the validation split's predictions, if searched
+
+    def point_fields(self) -> dict[str, Any]:
+        """The operating point's entries of `summary.json`."""
+        return {
+            "operating_point": self.op.to_dict(),
+            "operating_point_description": self.op.describe(),
+            "operating_point_source": self.source,
+            "operating_point_search": None if self.searched is None else self.searched.to_dict(),
+        }
+
+
+def wants_search(
+    scoring: ScoringOptions,
+    stored: OperatingPoint | None,
+    overrides: Mapping[str, Any],
+    targets: Sequence[Target],
+) -> bool:
+    """Search when asked, or when nothing is stored and the overrides leave something open."""
+    search = scoring.search
+    given = set(overrides)
+    fully = "threshold" in given or {"top", "bottom", "min_area"} <= given
+    do_search = (stored is None if search is None else search) and not (search is None and fully)
+    if targets and not do_search:
+        raise ValueError(
+            "--operating-points are searched with the operating point: add --search (the "
+            "model's stored point is searched again, with its calibrator)"
+        )
+    return do_search
+
+
+def unsearched_point(stored: OperatingPoint | None, stored_source: str) -> PointChoice:
+    """The stored point, or the plain default when there is none."""
+    if stored is not None:
+        return PointChoice(stored, stored_source)
+    return PointChoice(OperatingPoint(), "default (plain threshold 0.5; none stored, search off)")
+
+
+def searched_point(
+    pred: SplitPredictions, targets: Sequence[Target], tta: str, size: int, source: str
+) -> PointChoice:
+    """Search the point on `pred` (model size) with the calibrator and the named points."""
+    searched = search_operating_point(pred.probs, pred.targets)
+    op = searched.operating_point.with_path(tta, size)
+    truth = pred.targets.reshape(len(pred.targets), -1).any(1)
+    extra, note = search_extras(pred.probs, truth, op, targets, pred.split, tta)
+    calibrator = Calibrator.coerce(extra["calibrator"])
+    return PointChoice(op, source, searched, extra, extra["operating_points"], calibrator, note)
+
+
+def overridden(choice: PointChoice, overrides: Mapping[str, Any]) -> PointChoice:
+    """The command line's overrides applied last, and said in the source."""
+    if overrides:
+        choice.op = choice.op.with_overrides(**overrides)
+        choice.source += "; overridden on the command line: " + ", ".join(sorted(overrides))
+    return choice
+
+
+def _store_searched(
+    predictor: Predictor, choice: PointChoice, request: EvalRequest, on: str
+) -> None:
+    """Store a searched point (with its validation metrics) in the checkpoint, and give it to
+    the loaded model and the Predictor."""
+    if request.checkpoint is not None:
+        val_metrics = _accumulate(choice.val_pred, choice.op, request.scoring.score).compute()
+        store_operating_point(
+            request.checkpoint,
+            choice.op,
+            metrics={
+                **val_metrics,
+                "split": on,
+                "tta": predictor.tta,
+                "detection_score": request.scoring.score,
+            },
+            extra=choice.extra,
+        )
+        choice.source += " and stored with the model"
+    if predictor.model is not None:
+        predictor.model.operating_point = choice.op
+        for key, value in choice.extra.items():
+            setattr(predictor.model, key, value)
+    predictor.named_points, predictor.calibrator = choice.named or {}, choice.calibrator
+
+
+def choose_point(
+    predictor: Predictor, request: EvalRequest, overrides: Mapping[str, Any]
+) -> PointChoice:
+    """The operating point of the evaluation: searched on the validation split (and stored),
+    the model's stored one, or the default; overrides last. The Predictor is set to it."""
+    targets = checked_targets(request.scoring)
+    stored = predictor.stored_operating_point
+    if wants_search(request.scoring, stored, overrides, targets):
+        on = validation_split(predictor)
+        val_pred = collect_probabilities(predictor, request.work, on, request.scoring.progress)
+        choice = searched_point(
+            val_pred, targets, predictor.tta, predictor.input_size, f"searched on the {on} split"
+        )
+        choice.val_pred = val_pred
+        _store_searched(predictor, choice, request, on)
+    else:
+        choice = unsearched_point(stored, "stored with the model")
+        choice.named, choice.calibrator = predictor.named_points, predictor.calibrator
+    choice = overridden(choice, overrides)
+    predictor.set_operating_point(choice.op)
+    return choice
 
 
 # --------------------------------------------------------------------------- evaluation
@@ -439,168 +561,183 @@ def _summaries(per: Mapping[str, np.ndarray]) -> tuple[dict[str, float], dict[st
     return values, metrics
 
 
-def _as_predictor(model: Any, tta: str | None, batch_size: int, device: str) -> Predictor:
-    if isinstance(model, Predictor):
-        if tta is not None and tta != model.tta:
-            raise ValueError(
-                f"the Predictor runs TTA {model.tta!r}; evaluate was asked for {tta!r}"
-            )
-        return model
-    return Predictor(model, device=str(device), tta=tta, batch_size=batch_size)
-
-
-def evaluate(
-    model: Any,
-    work: str | os.PathLike,
-    out_dir: str | os.PathLike,
-    split: str = "test",
-    *,
-    checkpoint: str | os.PathLike | None = None,
-    tta: str | None = None,
-    batch_size: int = 8,
-    device: str = "cpu",
-    overrides: Mapping[str, Any] | None = None,
-    search: bool | None = None,
-    save_probs: bool = False,
-    score: str = "max_prob",
-    n_panels: int = 16,
-    progress: bool = True,
-    resolution: str = "full",
-    evidence: EvidenceSettings | None = None,
-    operating_points: str | Sequence[Target] | None = None,
-) -> dict[str, Any]:
-    """Evaluate a model (a `Predictor`, a loaded model or a model path) on `split`; write the
-    outputs to `out_dir` and return the summary.
-
-    The operating point is the model's stored one; it is searched on the validation split when
-    there is none (`search=None`) or always (`search=True`, never with `False`), unless the
-    overrides fully specify it. A searched point records this TTA and input size and is stored
-    in `checkpoint` when given. Overrides (`threshold`, `top`, `bottom`, `min_area`: the same
-    meaning as in `predict`) apply last. `tta=None` uses the TTA the stored point was searched
-    with. `resolution="full"` scores at the original size (the default, as the competition);
-    `"model"` only at the model's input size (for work folders without annotations.csv).
-    A search also fits the calibrator and the named `operating_points` (targets such as
-    "triage:sensitivity=0.95") and stores them with the point; `evidence` sets the bootstrap
-    and the subgroups (`ptxseg.evaluation.evidence`).
-    """
-    evidence = evidence or EvidenceSettings()
-    targets = (
-        parse_targets(operating_points)
-        if isinstance(operating_points, str) or operating_points is None
-        else list(operating_points)
-    )
-    if score not in SCORES:
-        raise ValueError(f"unknown detection score {score!r}: expected one of {SCORES}")
-    if resolution not in RESOLUTIONS:
-        raise ValueError(f"unknown resolution {resolution!r}: expected one of {RESOLUTIONS}")
-    overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
-    unknown = set(overrides) - {"threshold", "top", "bottom", "min_area"}
-    if unknown:
-        raise ValueError(f"unknown operating point overrides {sorted(unknown)}")
-    OperatingPoint().with_overrides(**overrides)  # fail on bad values before any work
-    out_dir = Path(out_dir)
+def checked_output(out_dir: Path) -> Path:
     if out_dir.exists() and not out_dir.is_dir():
         raise NotADirectoryError(f"output {out_dir} exists and is not a folder: choose another")
-    truth = FullSizeTruth(work) if resolution == "full" else None  # missing file: fail first
+    return out_dir
 
-    with warnings.catch_warnings():
-        # the TTA check belongs to the point finally applied, below
-        warnings.simplefilter("ignore", OperatingPointWarning)
-        predictor = _as_predictor(model, tta, batch_size, device)
-    stored = predictor.stored_operating_point
-    do_search = (stored is None if search is None else search) and not (
-        search is None and _fully_overridden(overrides)
-    )
-    if targets and not do_search:
-        raise ValueError(
-            "--operating-points are searched with the operating point: add --search (the "
-            "model's stored point is searched again, with its calibrator)"
-        )
-    searched = None
-    val_pred = None
-    named, calibrator = predictor.named_points, predictor.calibrator
-    calibration_note = None
-    if do_search:
-        on = validation_split(predictor)
-        val_pred = collect_probabilities(predictor, work, on, progress)
-        searched = search_operating_point(val_pred.probs, val_pred.targets)
-        op = searched.operating_point.with_path(predictor.tta, predictor.input_size)
-        val_metrics = _accumulate(val_pred, op, score).compute()
-        val_truth = val_pred.targets.reshape(len(val_pred.targets), -1).any(1)
-        extra, calibration_note = search_extras(
-            val_pred.probs, val_truth, op, targets, on, predictor.tta
-        )
-        named, calibrator = extra["operating_points"] or {}, Calibrator.coerce(extra["calibrator"])
-        source = f"searched on the {on} split"
-        if checkpoint is not None:
-            store_operating_point(
-                checkpoint,
-                op,
-                metrics={
-                    **val_metrics,
-                    "split": on,
-                    "tta": predictor.tta,
-                    "detection_score": score,
-                },
-                extra=extra,
+
+def scored_truth(request: EvalRequest) -> FullSizeTruth | None:
+    """The original masks to score against at full size (a missing file fails first)."""
+    return FullSizeTruth(request.work) if request.scoring.resolution == "full" else None
+
+
+def evaluation_predictor(request: EvalRequest) -> tuple[Predictor, Any]:
+    """The Predictor of the request's model and where a searched point is stored: a single
+    model path stores its own (not an .onnx file, not a list: write an ensemble file to keep
+    one); a `Predictor` or loaded model stores it in `request.checkpoint`. Model paths get the
+    runtime and precision asked (`auto`: the path `predict` would run on this CPU, checked on
+    the validation split of the work folder, which also calibrates and checks int8)."""
+    model, settings = request.model, request.predictor
+    if isinstance(model, Predictor):
+        if settings.tta is not None and settings.tta != model.tta:
+            raise ValueError(
+                f"the Predictor runs TTA {model.tta!r}; evaluate was asked for {settings.tta!r}"
             )
-            source += " and stored with the model"
-        if predictor.model is not None:
-            predictor.model.operating_point = op
-            for key, value in extra.items():
-                setattr(predictor.model, key, value)
-        predictor.named_points, predictor.calibrator = named, calibrator
-    elif stored is not None:
-        op, source = stored, "stored with the model"
-    else:
-        op, source = OperatingPoint(), "default (plain threshold 0.5; none stored, search off)"
-    if overrides:
-        op = op.with_overrides(**overrides)
-        source += "; overridden on the command line: " + ", ".join(sorted(overrides))
-    predictor.set_operating_point(op)
+        return model, request.checkpoint
+    if not _is_path(model):
+        with warnings.catch_warnings():  # the TTA check belongs to the point finally applied
+            warnings.simplefilter("ignore", OperatingPointWarning)
+            return Predictor(
+                model, device=str(settings.device), tta=settings.tta, batch_size=settings.batch_size
+            ), request.checkpoint
+    return _built_predictor(request), _own_store(model)
 
-    if val_pred is not None and split == val_pred.split:
-        pred = val_pred
-    else:
-        pred = collect_probabilities(predictor, work, split, progress)
-    scored = score_predictions(pred, op, truth, score)
-    found, evidence_files, columns = split_evidence(
-        pred, scored, op, work, truth, named, calibrator, evidence
+
+def _is_path(model: Any) -> bool:
+    return isinstance(model, (str, os.PathLike, list, tuple))
+
+
+def _checkpoint_label(request: EvalRequest) -> str | list[str] | None:
+    """What `summary.json` names as the model: its path(s), or where its point is stored."""
+    if _is_path(request.model):
+        models = [str(m) for m in _model_list(request.model)]
+        return models[0] if len(models) == 1 else models
+    return None if request.checkpoint is None else str(request.checkpoint)
+
+
+def _model_list(model: Any) -> list:
+    return list(model) if isinstance(model, (list, tuple)) else [model]
+
+
+def _own_store(model: Any) -> Any:
+    models = _model_list(model)
+    single = len(models) == 1 and Path(models[0]).suffix.lower() != ".onnx"
+    return models[0] if single else None
+
+
+def _built_predictor(request: EvalRequest) -> Predictor:
+    from ptxseg.inference.choice import (
+        CHECK_IMAGES,
+        INT8_CHECK_IMAGES,
+        build_predictor,
+        default_check_images,
     )
-    if calibration_note is not None:
-        found["calibration"]["fitted"] = calibration_note
-    elif calibrator is None:
-        found["calibration"]["fitted"] = (
+
+    models, settings, work = _model_list(request.model), request.predictor, request.work
+    n = INT8_CHECK_IMAGES if settings.precision == "int8" else CHECK_IMAGES
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", OperatingPointWarning)
+        return build_predictor(
+            models[0] if len(models) == 1 else models,
+            runtime=settings.runtime,
+            device=settings.device,
+            precision=settings.precision,
+            tta=settings.tta,
+            batch_size=settings.batch_size,
+            images=lambda size, config: default_check_images(config, size, n=n, work=work),
+        )
+
+
+def _calibration_note(choice: PointChoice) -> str | None:
+    if choice.note is not None:
+        return choice.note
+    if choice.calibrator is None:
+        return (
             "this model stores no calibrator (searched before calibration existed, or its "
             "validation split could not fit one): search again with --search to add one"
         )
+    return None
 
-    summary = {
-        "split": split,
-        "checkpoint": None if checkpoint is None else str(checkpoint),
-        "work": str(work),
+
+def evaluation_summary(
+    predictor: Predictor, request: EvalRequest, choice: PointChoice, scores: dict[str, Any]
+) -> dict[str, Any]:
+    """`summary.json` (less `files`): what was scored, with which path and point, and the
+    metric part `scores` (`score_summary`)."""
+    return {
+        "split": request.split,
+        "checkpoint": _checkpoint_label(request),
+        "work": str(request.work),
         "encoder": predictor.encoder,
         "input_size": int(predictor.input_size),
         "runtime": predictor.runtime,
         "precision": predictor.precision,
         "inference_path": predictor.path_choice,
         "tta": predictor.tta,
-        "detection_score": score,
-        "operating_point": op.to_dict(),
-        "operating_point_description": op.describe(),
-        "operating_point_source": source,
-        "operating_point_search": None if searched is None else searched.to_dict(),
-        **score_summary(scored, resolution, found),
+        "detection_score": request.scoring.score,
+        **choice.point_fields(),
+        **scores,
     }
-    files = evaluation_files(pred, scored, op, n_panels, columns)
-    files.update(evidence_files)
-    if save_probs:
-        for p in {id(x): x for x in (val_pred, pred) if x is not None}.values():
-            files[f"probs-{p.split}.npz"] = probability_arrays(p)
+
+
+def finish_evaluation(
+    out_dir: Path, summary: dict[str, Any], files: dict[str, Any]
+) -> dict[str, Any]:
+    """List the files in the summary, write them all, and return the summary as written."""
     summary["files"] = sorted([*files, "summary.json"])
     files["summary.json"] = json_ready(summary)
-    write_outputs(out_dir, files)
+    write_evaluation(out_dir, files)
     return files["summary.json"]
+
+
+def evaluate_predictor(request: EvalRequest) -> dict[str, Any]:
+    """Evaluate the request's model on its split; write the outputs to its folder and return
+    the summary (see the module docstring, `EvalRequest` and `ScoringOptions`).
+
+    A searched point records this TTA and input size and is stored with the model; a search
+    also fits the calibrator and the named operating points. `model_card` writes the model's
+    README.md and stores its facts (`evaluation.model_card`)."""
+    overrides = checked_overrides(request.scoring)
+    checked_targets(request.scoring)
+    if request.model_card and not (
+        _is_path(request.model) and len(_model_list(request.model)) == 1
+    ):
+        raise ValueError(
+            "--model-card describes one model: write an ensemble file of these models first "
+            "(`ptxseg ensemble`) and evaluate that"
+        )
+    out_dir = checked_output(request.out_dir)
+    truth = scored_truth(request)
+    predictor, store = evaluation_predictor(request)
+    request = replace(request, checkpoint=store)
+    choice = choose_point(predictor, request, overrides)
+    pred = choice.val_pred
+    if pred is None or pred.split != request.split:
+        pred = collect_probabilities(
+            predictor, request.work, request.split, request.scoring.progress
+        )
+    scored = score_predictions(pred, choice.op, truth, request.scoring.score)
+    found, evidence_files, columns = split_evidence(
+        pred,
+        scored,
+        choice.op,
+        request.work,
+        truth,
+        choice.named,
+        choice.calibrator,
+        request.evidence,
+    )
+    note = _calibration_note(choice)
+    if note is not None:
+        found["calibration"]["fitted"] = note
+    summary = evaluation_summary(
+        predictor, request, choice, score_summary(scored, request.scoring.resolution, found)
+    )
+    files = evaluation_files(pred, scored, choice.op, request.scoring.n_panels, columns)
+    files.update(evidence_files)
+    if request.scoring.save_probs:
+        for p in {id(x): x for x in (choice.val_pred, pred) if x is not None}.values():
+            files[f"probs-{p.split}.npz"] = probability_arrays(p)
+    summary = finish_evaluation(out_dir, summary, files)
+    if request.model_card:
+        from ptxseg.evaluation.model_card import write_model_card
+
+        summary["model_card"] = str(
+            write_model_card(_model_list(request.model)[0], summary, out_dir)
+        )
+        write_evaluation(out_dir, {"summary.json": summary})
+    return summary
 
 
 def probability_arrays(pred: SplitPredictions) -> dict[str, np.ndarray]:
@@ -612,65 +749,14 @@ def probability_arrays(pred: SplitPredictions) -> dict[str, np.ndarray]:
     }
 
 
-def _fmt(x: float) -> str:
-    return "nan" if math.isnan(x) else f"{x:.6g}"
-
-
 def evaluate_checkpoint(
-    checkpoint: str | os.PathLike | Sequence[str | os.PathLike],
+    model: Any,
     work: str | os.PathLike,
     out_dir: str | os.PathLike,
     split: str = "test",
-    device: str = "cpu",
-    runtime: str = "torch",
-    precision: str = "fp32",
-    tta: str | None = None,
-    batch_size: int = 8,
-    model_card: bool = False,
     **options: Any,
 ) -> dict[str, Any]:
-    """Build the Predictor of `checkpoint` (a .ckpt, a model folder, an .onnx file, an ensemble
-    file, or a list of models to average) and `evaluate` it; a searched operating point is
-    stored with the model (not with a list: write an ensemble file to keep one). See `evaluate`.
-    `model_card` writes the model's README.md and stores its facts (`evaluation.model_card`).
-
-    `runtime`/`precision` `auto` choose the path that `predict` would run on this CPU
-    (`ptxseg.inference.choice`), checked on the validation split of `work`, which also
-    calibrates and checks int8; the summary's `inference_path` says which path was scored.
-    """
-    from ptxseg.inference.choice import (
-        CHECK_IMAGES,
-        INT8_CHECK_IMAGES,
-        build_predictor,
-        default_check_images,
-    )
-
-    models = list(checkpoint) if isinstance(checkpoint, list | tuple) else [checkpoint]
-    if model_card and len(models) > 1:
-        raise ValueError(
-            "--model-card describes one model: write an ensemble file of these models first "
-            "(`ptxseg ensemble`) and evaluate that"
-        )
-    n = INT8_CHECK_IMAGES if precision == "int8" else CHECK_IMAGES
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", OperatingPointWarning)
-        predictor = build_predictor(
-            models[0] if len(models) == 1 else models,
-            runtime=runtime,
-            device=device,
-            precision=precision,
-            tta=tta,
-            batch_size=batch_size,
-            images=lambda size, config: default_check_images(config, size, n=n, work=work),
-        )
-    single = len(models) == 1 and Path(models[0]).suffix.lower() != ".onnx"
-    summary = evaluate(
-        predictor, work, out_dir, split, checkpoint=models[0] if single else None, **options
-    )
-    summary["checkpoint"] = str(models[0]) if len(models) == 1 else [str(m) for m in models]
-    if model_card:
-        from ptxseg.evaluation.model_card import write_model_card
-
-        summary["model_card"] = str(write_model_card(models[0], summary, out_dir))
-        write_outputs(Path(out_dir), {"summary.json": summary})
-    return summary
+    """`evaluate_predictor` with the request given as keywords (`eval_request`): `model` is a
+    .ckpt, a model folder, an .onnx file, an ensemble file, a list of models to average, a
+    loaded model or a `Predictor`."""
+    return evaluate_predictor(eval_request(model, work, out_dir, split, **options))

@@ -12,7 +12,7 @@ out-of-fold evaluation: intervals, subgroups, calibration, and the named operati
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -53,6 +53,11 @@ class EvidenceSettings:
                 f"--bootstrap {self.resamples}: too few resamples for a 95% interval; use 2000 "
                 "(or 0: off)"
             )
+        if self.subgroups_csv is not None and not Path(self.subgroups_csv).is_file():
+            raise FileNotFoundError(
+                f"--subgroups {self.subgroups_csv} not found: expected a CSV of ImageId plus "
+                "columns"
+            )
 
 
 def search_extras(
@@ -78,53 +83,43 @@ def _short_hash(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()[:12]
 
 
+@dataclass
+class ScoredImages:
+    """One scored split as the evidence reads it: the image ids, the scored per-image arrays
+    and summary values, the model-size probabilities, the operating point, the manifest rows by
+    image id, and `true_mask(i)`: the truth and pixel spacing of image i at the scored size
+    (None: no size classes)."""
+
+    image_ids: Sequence[str]
+    per: Mapping[str, np.ndarray]
+    values: Mapping[str, float]
+    model_probs: np.ndarray
+    op: OperatingPoint
+    rows: Mapping[str, Mapping[str, str]]
+    true_mask: Callable[[int], tuple[Any, float | None]]
+
+
 def gather_evidence(
-    image_ids: Sequence[str],
-    per: Mapping[str, np.ndarray],
-    values: Mapping[str, float],
-    model_probs: np.ndarray,
-    op: OperatingPoint,
-    rows: Mapping[str, Mapping[str, str]],
-    true_mask,
+    scored: ScoredImages,
     named: Mapping[str, Any] | None,
     calibrator: Calibrator | None,
     settings: EvidenceSettings,
 ) -> tuple[dict[str, Any], dict[str, Any], dict[str, list]]:
-    """(summary entries, files, extra per-image columns) of one scored split.
-
-    `per`/`values` are the scored per-image arrays and summary values; `model_probs` the
-    model-size probabilities; `rows` the manifest rows by image id; `true_mask(i)` gives the
-    truth and pixel spacing of image i at the scored size (None: no size classes)."""
-    groups = patient_groups(rows, image_ids)
+    """(summary entries, files, extra per-image columns) of one scored split, with the stored
+    operating points `named` and the model's `calibrator`."""
+    groups = patient_groups(scored.rows, scored.image_ids)
     b, seed = settings.resamples, settings.seed
-    intervals = metric_intervals(per, values, groups, b, seed)
     boot = PatientBootstrap(groups, max(b, 1), seed)
-    truth = np.asarray(per["truth_area"]) > 0
-    scores = np.asarray(per["max_prob"], float)
+    truth = np.asarray(scored.per["truth_area"]) > 0
+    scores = np.asarray(scored.per["max_prob"], float)
 
     extra_columns = None
     if settings.subgroups_csv is not None:
-        extra_columns = read_subgroups_csv(settings.subgroups_csv, image_ids)
-    variables = subgroup_values(image_ids, rows, true_mask, extra_columns)
-    sub_rows, sub_summary = subgroup_table(variables, per, groups, b, seed)
+        extra_columns = read_subgroups_csv(settings.subgroups_csv, scored.image_ids)
+    variables = subgroup_values(scored.image_ids, scored.rows, scored.true_mask, extra_columns)
+    sub_rows, sub_summary = subgroup_table(variables, scored.per, groups, b, seed)
     cal_summary, cal_rows = calibration_report(scores, truth, calibrator, groups, b, seed)
-
-    points = {DEFAULT_NAME: {"operating_point": op.to_dict(), "target": {}}}
-    points.update({k: dict(v) for k, v in (named or {}).items()})
-    for _name, entry in points.items():
-        point = OperatingPoint.from_dict(entry["operating_point"])
-        entry["description"] = describe_target(entry)
-        entry["test"] = point_rates(point, op, per, model_probs, boot, b)
-
-    files: dict[str, Any] = {
-        "subgroups.csv": csv_rows(sub_rows),
-        "subgroups.png": figures.forest_png(sub_rows),
-        "calibration.csv": cal_rows,
-        "reliability.png": figures.reliability_png(
-            _points(cal_rows),
-            {k: cal_summary[k]["ece"] for k in ("raw", "calibrated") if k in cal_summary},
-        ),
-    }
+    files = _evidence_files(sub_rows, cal_summary, cal_rows)
     columns: dict[str, list] = {
         "patient_group": [_short_hash(g) for g in groups],
         "calibrated_probability": [
@@ -134,22 +129,56 @@ def gather_evidence(
         **{f"subgroup_{k}": list(v) for k, v in variables.items()},
     }
     summary = {
-        "intervals": {
-            "confidence": 0.95,
-            "resamples": b,
-            "seed": seed,
-            "n_images": len(image_ids),
-            "n_patients": boot.n_patients,
-            "method": boot.describe() if b else "none (bootstrap off: --bootstrap 0)",
-            "note": "shares of one image per patient get the Wilson score interval; each "
-            "metric names its method",
-        },
-        "metric_intervals": intervals,
-        "operating_points": points,
+        "intervals": _interval_method(settings, boot, len(scored.image_ids)),
+        "metric_intervals": metric_intervals(scored.per, scored.values, groups, b, seed),
+        "operating_points": _point_rates(scored, named, boot, b),
         "calibration": cal_summary,
         "subgroups": dict(sub_summary, file="subgroups.csv", variables=list(variables)),
     }
     return summary, files, columns
+
+
+def _point_rates(
+    scored: ScoredImages, named: Mapping[str, Any] | None, boot: PatientBootstrap, b: int
+) -> dict[str, Any]:
+    """The main point and the named ones, each with its rates on these images."""
+    points = {DEFAULT_NAME: {"operating_point": scored.op.to_dict(), "target": {}}}
+    points.update({k: dict(v) for k, v in (named or {}).items()})
+    for _name, entry in points.items():
+        point = OperatingPoint.from_dict(entry["operating_point"])
+        entry["description"] = describe_target(entry)
+        entry["test"] = point_rates(point, scored.op, scored.per, scored.model_probs, boot, b)
+    return points
+
+
+def _evidence_files(
+    sub_rows: list[dict[str, Any]], cal_summary: Mapping[str, Any], cal_rows: list[list[Any]]
+) -> dict[str, Any]:
+    return {
+        "subgroups.csv": csv_rows(sub_rows),
+        "subgroups.png": figures.forest_png(sub_rows),
+        "calibration.csv": cal_rows,
+        "reliability.png": figures.reliability_png(
+            _points(cal_rows),
+            {k: cal_summary[k]["ece"] for k in ("raw", "calibrated") if k in cal_summary},
+        ),
+    }
+
+
+def _interval_method(
+    settings: EvidenceSettings, boot: PatientBootstrap, n_images: int
+) -> dict[str, Any]:
+    b = settings.resamples
+    return {
+        "confidence": 0.95,
+        "resamples": b,
+        "seed": settings.seed,
+        "n_images": n_images,
+        "n_patients": boot.n_patients,
+        "method": boot.describe() if b else "none (bootstrap off: --bootstrap 0)",
+        "note": "shares of one image per patient get the Wilson score interval; each "
+        "metric names its method",
+    }
 
 
 def _points(rows: list[list[Any]]) -> dict[str, list[dict[str, float]]]:

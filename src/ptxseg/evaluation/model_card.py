@@ -91,42 +91,10 @@ def _calibration_numbers(entry: Mapping[str, Any] | None) -> dict[str, Any] | No
 
 def card_markdown(facts: Mapping[str, Any], encoder: str | None, name: str) -> str:
     """README.md: YAML front matter with the model-index, then the sections."""
-    metrics = facts.get("metrics") or {}
     dataset = facts.get("work_folder") or "SIIM-ACR Pneumothorax Segmentation"
-    front = {
-        "library_name": "ptxseg",
-        "pipeline_tag": "image-segmentation",
-        "tags": ["medical-imaging", "chest-x-ray", "pneumothorax", "segmentation", "u-net"],
-        "model-index": [
-            {
-                "name": name,
-                "results": [
-                    {
-                        "task": {"type": "image-segmentation", "name": "Pneumothorax segmentation"},
-                        "dataset": {
-                            "type": "siim-acr-pneumothorax",
-                            "name": dataset,
-                            "split": facts.get("split"),
-                        },
-                        "metrics": [
-                            {
-                                "type": kind,
-                                "name": label,
-                                "value": round(float(metrics[key]["value"]), 4),
-                                "verified": False,
-                            }
-                            for key, label, kind in HEADLINE
-                            if metrics.get(key, {}).get("value") is not None
-                        ],
-                    }
-                ],
-            }
-        ],
-    }
-    counts = facts.get("counts") or {}
     lines = [
         "---",
-        yaml.safe_dump(front, sort_keys=False).rstrip(),
+        yaml.safe_dump(_front_matter(facts, name, dataset), sort_keys=False).rstrip(),
         "---",
         "",
         f"# {name}",
@@ -144,6 +112,48 @@ def card_markdown(facts: Mapping[str, Any], encoder: str | None, name: str) -> s
         "Segmentation data, or data in its format); the operating point, its named variants and "
         "the calibrator were chosen on the validation split only.",
         "",
+        *_metrics_lines(facts),
+        *_subgroup_lines(facts.get("subgroups") or {}),
+        *_calibration_lines(facts.get("calibration") or {}),
+        *_point_lines(facts.get("operating_points") or {}),
+        "",
+        "## Limitations",
+        "",
+        *[f"- {text}" for text in LIMITATIONS],
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def _front_matter(facts: Mapping[str, Any], name: str, dataset: str) -> dict[str, Any]:
+    """The hub's metadata: tags and the model-index with the headline test metrics."""
+    metrics = facts.get("metrics") or {}
+    results = {
+        "task": {"type": "image-segmentation", "name": "Pneumothorax segmentation"},
+        "dataset": {"type": "siim-acr-pneumothorax", "name": dataset, "split": facts.get("split")},
+        "metrics": [
+            {
+                "type": kind,
+                "name": label,
+                "value": round(float(metrics[key]["value"]), 4),
+                "verified": False,
+            }
+            for key, label, kind in HEADLINE
+            if metrics.get(key, {}).get("value") is not None
+        ],
+    }
+    return {
+        "library_name": "ptxseg",
+        "pipeline_tag": "image-segmentation",
+        "tags": ["medical-imaging", "chest-x-ray", "pneumothorax", "segmentation", "u-net"],
+        "model-index": [{"name": name, "results": [results]}],
+    }
+
+
+def _metrics_lines(facts: Mapping[str, Any]) -> list[str]:
+    metrics = facts.get("metrics") or {}
+    counts = facts.get("counts") or {}
+    lines = [
         "## Metrics",
         "",
         f"On the {facts.get('split')} split: {counts.get('n_images')} images, "
@@ -161,8 +171,11 @@ def card_markdown(facts: Mapping[str, Any], encoder: str | None, name: str) -> s
                 f"| {label} | {format_interval(entry)} | {entry.get('n', '')} | "
                 f"{_short_method(entry.get('method'))} |"
             )
-    subgroups = facts.get("subgroups") or {}
-    lines += [
+    return lines
+
+
+def _subgroup_lines(subgroups: Mapping[str, Any]) -> list[str]:
+    lines = [
         "",
         "## Subgroups",
         "",
@@ -172,9 +185,11 @@ def card_markdown(facts: Mapping[str, Any], encoder: str | None, name: str) -> s
         "",
     ]
     called = subgroups.get("differences_after_holm") or []
-    lines += [f"- {c}" for c in called] or ["- No difference survives the Holm correction."]
-    calibration = facts.get("calibration") or {}
-    lines += ["", "## Calibration", "", f"Calibrator: {calibration.get('calibrator')}.", ""]
+    return lines + ([f"- {c}" for c in called] or ["- No difference survives the Holm correction."])
+
+
+def _calibration_lines(calibration: Mapping[str, Any]) -> list[str]:
+    lines = ["", "## Calibration", "", f"Calibrator: {calibration.get('calibrator')}.", ""]
     lines += ["| probability | Brier [95% interval] | ECE (10 equal-mass bins) |", "|---|---|---|"]
     for kind in ("raw", "calibrated"):
         numbers = calibration.get(kind)
@@ -185,33 +200,32 @@ def card_markdown(facts: Mapping[str, Any], encoder: str | None, name: str) -> s
                 f"{format_interval(numbers.get('brier'))} | "
                 f"{'–' if ece is None else f'{ece:.3f}'} |"
             )
-    lines += [
+    return lines + [
         "",
         "`probability` in the findings is the raw score; `calibrated_probability` is the "
         "calibrated one (None for a model without calibrator).",
+    ]
+
+
+def _point_lines(points: Mapping[str, Any]) -> list[str]:
+    lines = [
         "",
         "## Operating points",
         "",
         "| name | chosen for | top / bottom / min area | test sensitivity | test specificity |",
         "|---|---|---|---|---|",
     ]
-    for point_name, point in (facts.get("operating_points") or {}).items():
+    for point_name, point in points.items():
         op = point.get("operating_point") or {}
         lines.append(
             f"| {point_name} | {point.get('chosen_for')} | {op.get('top')} / {op.get('bottom')} "
             f"/ {op.get('min_area')} | {format_interval(point.get('test_sensitivity'))} | "
             f"{format_interval(point.get('test_specificity'))} |"
         )
-    lines += [
+    return lines + [
         "",
         "Pick one with `--operating-point NAME` in predict, serve, listen and dicomweb.",
-        "",
-        "## Limitations",
-        "",
-        *[f"- {text}" for text in LIMITATIONS],
-        "",
     ]
-    return "\n".join(lines)
 
 
 def _path_text(path: Mapping[str, Any] | None) -> str:

@@ -27,25 +27,31 @@ from typing import Any
 from ptxseg.data.dataset import FullSizeTruth, read_manifest
 from ptxseg.data.folds import fold_name, read_folds
 from ptxseg.evaluation.evaluate_split import (
-    RESOLUTIONS,
+    EvalRequest,
+    PointChoice,
+    SplitPredictions,
+    checked_overrides,
+    checked_targets,
     collect_probabilities,
     concatenate_predictions,
+    eval_request,
     evaluation_files,
-    json_ready,
+    finish_evaluation,
+    overridden,
     probability_arrays,
     score_predictions,
     score_summary,
+    scored_truth,
+    searched_point,
     split_evidence,
-    write_outputs,
+    unsearched_point,
+    wants_search,
 )
-from ptxseg.evaluation.evidence import EvidenceSettings, search_extras
-from ptxseg.evaluation.named_points import parse_targets
-from ptxseg.evaluation.search import search_operating_point
 from ptxseg.evaluation.uncertainty import metric_intervals, patient_groups
 from ptxseg.inference.ensemble import EnsembleError, read_ensemble, store_ensemble_operating_point
 from ptxseg.inference.predictor import Predictor
-from ptxseg.model.metrics import SCORES
 from ptxseg.model.operating_point import OperatingPoint, OperatingPointWarning, check_tta
+from ptxseg.stats.calibration import Calibrator
 
 OOF = "oof"
 
@@ -77,21 +83,16 @@ def evaluate_oof(
     ensemble: str | os.PathLike,
     work: str | os.PathLike,
     out_dir: str | os.PathLike,
-    *,
-    tta: str | None = None,
-    batch_size: int = 8,
-    device: str = "cpu",
-    search: bool | None = None,
-    overrides: Mapping[str, Any] | None = None,
-    score: str = "max_prob",
-    n_panels: int = 16,
-    progress: bool = True,
-    resolution: str = "full",
-    save_probs: bool = False,
-    evidence: EvidenceSettings | None = None,
-    operating_points: str | None = None,
+    **options: Any,
 ) -> dict[str, Any]:
-    """Evaluate an ensemble out of fold on `work`; write the outputs and return the summary.
+    """`evaluate_out_of_fold` with the request given as keywords (`eval_request`: `tta`,
+    `batch_size`, `device`, `search`, `overrides`, `operating_points`, `evidence`, ...)."""
+    return evaluate_out_of_fold(eval_request(ensemble, work, out_dir, OOF, **options))
+
+
+def evaluate_out_of_fold(request: EvalRequest) -> dict[str, Any]:
+    """Evaluate the ensemble `request.model` out of fold on `request.work`; write the outputs
+    and return the summary.
 
     The operating point is searched on the pooled OOF predictions when the ensemble has none
     (`search=None`) or always (`search=True`) and stored in the ensemble file; `tta=None` uses
@@ -99,56 +100,112 @@ def evaluate_oof(
     A search also fits the calibrator and the named `operating_points` on the pooled OOF
     predictions; the metrics get the intervals of `evaluate` (`evidence`), each fold its own.
     """
-    evidence = evidence or EvidenceSettings()
-    targets = parse_targets(operating_points)
-    if score not in SCORES:
-        raise ValueError(f"unknown detection score {score!r}: expected one of {SCORES}")
-    if resolution not in RESOLUTIONS:
-        raise ValueError(f"unknown resolution {resolution!r}: expected one of {RESOLUTIONS}")
-    overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
-    OperatingPoint().with_overrides(**overrides)  # bad values fail before any work
+    ensemble = _one_ensemble(request)
+    overrides = checked_overrides(request.scoring)
+    targets = checked_targets(request.scoring)
     spec = read_ensemble(ensemble)
-    members = fold_members(ensemble, work)
-    truth = FullSizeTruth(work) if resolution == "full" else None
+    members = fold_members(ensemble, request.work)
+    truth = scored_truth(request)
     stored = spec.operating_point
+    tta = request.predictor.tta
     tta = check_tta(tta) if tta is not None else ((stored.tta if stored else None) or "none")
+    parts, predictor = _fold_predictions(members, request, tta)
+    pooled = concatenate_predictions(parts, OOF)
+    size = int(predictor.input_size)
+    if wants_search(request.scoring, stored, overrides, targets):
+        source = "searched on the pooled out-of-fold predictions and stored in the ensemble file"
+        choice = searched_point(pooled, targets, tta, size, source)
+    else:
+        choice = unsearched_point(stored, "stored with the ensemble")
+        choice.named = spec.extra.get("operating_points")
+        choice.calibrator = Calibrator.coerce(spec.extra.get("calibrator"))
+    choice = overridden(choice, overrides)
+    choice.op.warn_if_other_path(tta, size)
 
-    parts = []
+    folds = _fold_summaries(parts, members, choice.op, truth, request)
+    scored = score_predictions(pooled, choice.op, truth, request.scoring.score)
+    found, evidence_files, columns = split_evidence(
+        pooled, scored, choice.op, request.work, truth, choice.named, choice.calibrator,
+        request.evidence,
+    )  # fmt: skip
+    if choice.note is not None:
+        found["calibration"]["fitted"] = choice.note
+    summary = {
+        **_oof_head(spec.path, request, predictor, tta),
+        **choice.point_fields(),
+        **score_summary(scored, request.scoring.resolution, found),
+        "folds": folds,
+    }
+    if choice.searched is not None:
+        _store_in_ensemble(spec.path, choice, summary)
+    fold_column = [k for k, part in enumerate(parts) for _ in part.image_ids]
+    files = evaluation_files(
+        pooled, scored, choice.op, request.scoring.n_panels, {"fold": fold_column, **columns}
+    )
+    files.update(evidence_files)
+    if request.scoring.save_probs:
+        files[f"probs-{OOF}.npz"] = dict(probability_arrays(pooled), folds=fold_column)
+    return finish_evaluation(Path(request.out_dir), summary, files)
+
+
+def _one_ensemble(request: EvalRequest) -> Any:
+    """The one cross-validated ensemble of the request (a cv folder or its ensemble.json)."""
+    if request.model_card:
+        raise ValueError("--model-card describes a model on a test split, not --split oof")
+    models = request.model if isinstance(request.model, (list, tuple)) else [request.model]
+    if len(models) != 1:
+        raise ValueError(
+            "--split oof evaluates one cross-validated ensemble: give its cv folder or "
+            "ensemble.json as the only --checkpoint"
+        )
+    return models[0]
+
+
+def _oof_head(path: Path, request: EvalRequest, predictor: Predictor, tta: str) -> dict[str, Any]:
+    """The first entries of the OOF `summary.json`: what was scored, and how."""
+    return {
+        "split": OOF,
+        "checkpoint": str(path),
+        "work": str(request.work),
+        "encoder": predictor.encoder,
+        "input_size": int(predictor.input_size),
+        "runtime": "torch",
+        "precision": "fp32",
+        "tta": tta,
+        "detection_score": request.scoring.score,
+    }
+
+
+def _fold_predictions(
+    members: list[Path], request: EvalRequest, tta: str
+) -> tuple[list[SplitPredictions], Predictor]:
+    """Each fold's predictions by the member that did not train on it (and the last Predictor,
+    for the model's facts)."""
+    settings, parts = request.predictor, []
     for k, member in enumerate(members):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", OperatingPointWarning)
-            predictor = Predictor(member, device=device, tta=tta, batch_size=batch_size)
-        parts.append(collect_probabilities(predictor, work, fold_name(k), progress))
-    pooled = concatenate_predictions(parts, OOF)
-    size = int(predictor.input_size)
+            predictor = Predictor(
+                member, device=settings.device, tta=tta, batch_size=settings.batch_size
+            )
+        parts.append(
+            collect_probabilities(predictor, request.work, fold_name(k), request.scoring.progress)
+        )
+    return parts, predictor
 
-    fully = "threshold" in overrides or {"top", "bottom", "min_area"} <= set(overrides)
-    do_search = (stored is None if search is None else search) and not (search is None and fully)
-    if targets and not do_search:
-        raise ValueError("--operating-points are searched with the operating point: add --search")
-    searched = None
-    extra: dict[str, Any] = {}
-    named, calibrator, note = spec.extra.get("operating_points"), spec.extra.get("calibrator"), None
-    if do_search:
-        searched = search_operating_point(pooled.probs, pooled.targets)
-        op = searched.operating_point.with_path(tta, size)
-        truth_small = pooled.targets.reshape(len(pooled.targets), -1).any(1)
-        extra, note = search_extras(pooled.probs, truth_small, op, targets, OOF, tta)
-        named, calibrator = extra["operating_points"], extra["calibrator"]
-        source = "searched on the pooled out-of-fold predictions and stored in the ensemble file"
-    elif stored is not None:
-        op, source = stored, "stored with the ensemble"
-    else:
-        op, source = OperatingPoint(), "default (plain threshold 0.5; none stored, search off)"
-    if overrides:
-        op = op.with_overrides(**overrides)
-        source += "; overridden on the command line: " + ", ".join(sorted(overrides))
-    op.warn_if_other_path(tta, size)
 
-    rows = {row["image_id"]: row for row in read_manifest(work)}
-    folds = []
+def _fold_summaries(
+    parts: list[SplitPredictions],
+    members: list[Path],
+    op: OperatingPoint,
+    truth: FullSizeTruth | None,
+    request: EvalRequest,
+) -> list[dict[str, Any]]:
+    """One entry per fold: its member, counts, competition Dice and metrics with intervals."""
+    rows = {row["image_id"]: row for row in read_manifest(request.work)}
+    evidence, folds = request.evidence, []
     for k, part in enumerate(parts):
-        scored = score_predictions(part, op, truth, score)
+        scored = score_predictions(part, op, truth, request.scoring.score)
         intervals = metric_intervals(
             scored.per,
             scored.values,
@@ -160,53 +217,24 @@ def evaluate_oof(
             {
                 "fold": k,
                 "member": str(members[k]),
-                **score_summary(scored, resolution, {"metric_intervals": intervals}),
+                **score_summary(
+                    scored, request.scoring.resolution, {"metric_intervals": intervals}
+                ),
             }
         )
-    scored = score_predictions(pooled, op, truth, score)
-    from ptxseg.stats.calibration import Calibrator
+    return folds
 
-    found, evidence_files, columns = split_evidence(
-        pooled, scored, op, work, truth, named, Calibrator.coerce(calibrator), evidence
+
+def _store_in_ensemble(path: Path, choice: PointChoice, summary: Mapping[str, Any]) -> None:
+    store_ensemble_operating_point(
+        path,
+        choice.op,
+        metrics={
+            "split": OOF,
+            "tta": summary["tta"],
+            "competition_dice": summary["competition_dice"],
+            "competition_dice_per_fold": [f["competition_dice"] for f in summary["folds"]],
+            "scored_at": summary["scored_at"],
+        },
+        extra=choice.extra,
     )
-    if note is not None:
-        found["calibration"]["fitted"] = note
-    summary = {
-        "split": OOF,
-        "checkpoint": str(spec.path),
-        "work": str(work),
-        "encoder": predictor.encoder,
-        "input_size": size,
-        "runtime": "torch",
-        "precision": "fp32",
-        "tta": tta,
-        "detection_score": score,
-        "operating_point": op.to_dict(),
-        "operating_point_description": op.describe(),
-        "operating_point_source": source,
-        "operating_point_search": None if searched is None else searched.to_dict(),
-        **score_summary(scored, resolution, found),
-        "folds": folds,
-    }
-    if searched is not None:
-        store_ensemble_operating_point(
-            spec.path,
-            op,
-            metrics={
-                "split": OOF,
-                "tta": tta,
-                "competition_dice": summary["competition_dice"],
-                "competition_dice_per_fold": [f["competition_dice"] for f in folds],
-                "scored_at": summary["scored_at"],
-            },
-            extra=extra,
-        )
-    fold_column = [k for k, part in enumerate(parts) for _ in part.image_ids]
-    files = evaluation_files(pooled, scored, op, n_panels, {"fold": fold_column, **columns})
-    files.update(evidence_files)
-    if save_probs:
-        files[f"probs-{OOF}.npz"] = dict(probability_arrays(pooled), folds=fold_column)
-    summary["files"] = sorted([*files, "summary.json"])
-    files["summary.json"] = json_ready(summary)
-    write_outputs(Path(out_dir), files)
-    return files["summary.json"]

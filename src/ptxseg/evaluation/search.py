@@ -106,6 +106,54 @@ def threshold_counts(
     return above, true_above, truth_area
 
 
+def _grid_axes(
+    size: int,
+    tops: Sequence[float],
+    bottoms: Sequence[float],
+    min_areas: Sequence[int] | None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The sorted, checked tops, bottoms and minimum areas (default: fractions of `size`)."""
+    if min_areas is None:
+        min_areas = sorted({int(round(f * size)) for f in DEFAULT_MIN_AREA_FRACTIONS})
+    tops_a = np.asarray(sorted(set(float(x) for x in tops)), dtype=np.float64)
+    bottoms_a = np.asarray(sorted(set(float(x) for x in bottoms)), dtype=np.float64)
+    areas_a = np.asarray(sorted(set(int(a) for a in min_areas)), dtype=np.int64)
+    for v in (*tops_a, *bottoms_a):
+        OperatingPoint(top=v, bottom=v)  # validates the range
+    if len(areas_a) and areas_a[0] < 0:
+        raise ValueError(f"min_areas must be >= 0, got {areas_a.tolist()}")
+    return tops_a, bottoms_a, areas_a
+
+
+def _grid_scores(
+    p: np.ndarray,
+    targets: Any,
+    tops_a: np.ndarray,
+    bottoms_a: np.ndarray,
+    areas_a: np.ndarray,
+    chunk_size: int,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per-image Dice of a kept mask at each bottom (N, B), of a dropped one (N,), and the mean
+    per-image Dice of every grid point (A, T, B; NaN where bottom > top)."""
+    grid = np.asarray(sorted(set(np.float32(x) for x in (*tops_a, *bottoms_a))), np.float32)
+    above, true_above, truth_area = threshold_counts(p, targets, grid, chunk_size)
+    col = {float(g): i for i, g in enumerate(grid)}
+    top_cols = [col[float(np.float32(t))] for t in tops_a]
+    bottom_cols = [col[float(np.float32(b))] for b in bottoms_a]
+
+    tp = true_above[:, bottom_cols]  # (N, B)
+    fp = above[:, bottom_cols] - tp
+    fn = truth_area[:, None] - tp
+    dice_kept = dice_scores(tp, fp, fn)  # (N, B)
+    dice_dropped = (truth_area == 0).astype(np.float64)  # (N,)
+    keep = (above[:, top_cols][:, None, :] >= areas_a[None, :, None]).astype(np.float64)  # N,A,T
+    n = len(p)
+    gain = np.einsum("nat,nb->atb", keep, dice_kept - dice_dropped[:, None]) / n
+    scores = dice_dropped.mean() + gain  # (A, T, B)
+    scores[:, bottoms_a[None, :] > tops_a[:, None]] = np.nan
+    return dice_kept, dice_dropped, scores
+
+
 def search_operating_point(
     probs: Any,
     targets: Any,
@@ -124,33 +172,11 @@ def search_operating_point(
     p = _as_array(probs, "probabilities")
     if not len(p):
         raise ValueError("no images to search an operating point on: the split is empty")
-    if min_areas is None:
-        size = p[0].size
-        min_areas = sorted({int(round(f * size)) for f in DEFAULT_MIN_AREA_FRACTIONS})
-    tops_a = np.asarray(sorted(set(float(x) for x in tops)), dtype=np.float64)
-    bottoms_a = np.asarray(sorted(set(float(x) for x in bottoms)), dtype=np.float64)
-    areas_a = np.asarray(sorted(set(int(a) for a in min_areas)), dtype=np.int64)
-    for v in (*tops_a, *bottoms_a):
-        OperatingPoint(top=v, bottom=v)  # validates the range
-    if len(areas_a) and areas_a[0] < 0:
-        raise ValueError(f"min_areas must be >= 0, got {areas_a.tolist()}")
-
-    grid = np.asarray(sorted(set(np.float32(x) for x in (*tops_a, *bottoms_a))), np.float32)
-    above, true_above, truth_area = threshold_counts(p, targets, grid, chunk_size)
-    col = {float(g): i for i, g in enumerate(grid)}
-    top_cols = [col[float(np.float32(t))] for t in tops_a]
-    bottom_cols = [col[float(np.float32(b))] for b in bottoms_a]
-
-    tp = true_above[:, bottom_cols]  # (N, B)
-    fp = above[:, bottom_cols] - tp
-    fn = truth_area[:, None] - tp
-    dice_kept = dice_scores(tp, fp, fn)  # (N, B)
-    dice_dropped = (truth_area == 0).astype(np.float64)  # (N,)
-    keep = (above[:, top_cols][:, None, :] >= areas_a[None, :, None]).astype(np.float64)  # N,A,T
+    tops_a, bottoms_a, areas_a = _grid_axes(p[0].size, tops, bottoms, min_areas)
+    dice_kept, dice_dropped, scores = _grid_scores(
+        p, targets, tops_a, bottoms_a, areas_a, chunk_size
+    )
     n = len(p)
-    gain = np.einsum("nat,nb->atb", keep, dice_kept - dice_dropped[:, None]) / n
-    scores = dice_dropped.mean() + gain  # (A, T, B)
-    scores[:, bottoms_a[None, :] > tops_a[:, None]] = np.nan
     # a plain threshold (no gate, top irrelevant) at every bottom, reported for comparison
     plain_scores = dice_dropped.mean() + (dice_kept - dice_dropped[:, None]).mean(0)
     pb = int(np.argmax(plain_scores))

@@ -26,6 +26,7 @@ import contextlib
 import csv
 import math
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -196,6 +197,20 @@ def _ratio(sums: np.ndarray, stat: str) -> np.ndarray:
     return ratio(sums, MATRIX.index(num), MATRIX.index(den))
 
 
+@dataclass
+class _Scored:
+    """What every level's row reads: the per-image matrix, truth and score, the bootstrap, and
+    its replicate sums (whole split first, then each level) and AUCs (each level); None when
+    the bootstrap is off."""
+
+    matrix: np.ndarray
+    truth: np.ndarray
+    scores: np.ndarray
+    boot: PatientBootstrap
+    sums: np.ndarray | None
+    aucs: np.ndarray | None
+
+
 def subgroup_table(
     variables: Mapping[str, Sequence[str]],
     per: Mapping[str, np.ndarray],
@@ -204,7 +219,7 @@ def subgroup_table(
     seed: int = 0,
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """The rows of `subgroups.csv` and a summary (tests made, differences called out)."""
-    matrix, truth, pred = _matrix(per)
+    matrix, truth, _pred = _matrix(per)
     scores = np.asarray(per["score"], float)
     boot = PatientBootstrap(groups, max(resamples, 1), seed)
     levels: list[tuple[str, str, np.ndarray]] = []
@@ -216,54 +231,62 @@ def subgroup_table(
     sums = aucs = None
     if resamples:
         sums, aucs = boot.replicates(matrix, truth, scores, subsets, subsets[1:])
-    rows = []
-    for k, (variable, value, idx) in enumerate(levels):
-        in_level = np.zeros(len(truth), bool)
-        in_level[idx] = True
-        point = matrix[idx].sum(0)
-        row: dict[str, Any] = {
-            "variable": variable,
-            "value": value,
-            "n": len(idx),
-            "n_patients": len(np.unique(boot.patient[idx])),
-            "n_positive": int(truth[idx].sum()),
-            "flag": f"fewer than {MIN_IMAGES} images" if len(idx) < MIN_IMAGES else "",
-        }
-        methods = {}
-        for stat in TESTED:
-            reps = None if sums is None else _ratio(sums[k + 1], stat)
-            num, den = STATS[stat]
-            if stat == "competition_dice":
-                value_ = float(_ratio(point[None], stat)[0])
-                low, high = percentile_interval(reps) if reps is not None else (None, None)
-                method = boot.describe() if reps is not None else "none"
-            else:
-                entry = share_interval(
-                    boot,
-                    in_level & (matrix[:, MATRIX.index(num)] > 0),
-                    in_level & (matrix[:, MATRIX.index(den)] > 0),
-                    reps,
-                )
-                value_, low, high, method = (
-                    entry["value"],
-                    entry["ci_low"],
-                    entry["ci_high"],
-                    entry["method"],
-                )
-            row.update(_cells(stat, value_, low, high))
-            methods[stat] = "Wilson" if method.startswith("Wilson") else method.split(" (")[0]
-        auc_value = weighted_auc(truth[idx], scores[idx]) if len(idx) else math.nan
-        low, high = percentile_interval(aucs[k]) if aucs is not None else (None, None)
-        row.update(_cells("auc", auc_value, low, high))
-        methods["auc"] = "patient-level bootstrap percentile" if aucs is not None else "none"
-        row["methods"] = "; ".join(f"{m}: {t}" for m, t in methods.items())
-        rows.append(row)
+    data = _Scored(matrix, truth, scores, boot, sums, aucs)
+    rows = [_level_row(data, k, level) for k, level in enumerate(levels)]
     points = np.stack([matrix.sum(0)] + [matrix[idx].sum(0) for _, _, idx in levels])
     summary = _tests(rows, levels, sums, points, resamples)
     for row in rows:
         row["n_tests"] = summary["n_tests"]
     summary["method"] = boot.describe() if resamples else "none (bootstrap off)"
     return rows, summary
+
+
+def _level_row(data: _Scored, k: int, level: tuple[str, str, np.ndarray]) -> dict[str, Any]:
+    """The row of level `k`: its counts, each tested statistic and the AUC with intervals."""
+    variable, value, idx = level
+    row: dict[str, Any] = {
+        "variable": variable,
+        "value": value,
+        "n": len(idx),
+        "n_patients": len(np.unique(data.boot.patient[idx])),
+        "n_positive": int(data.truth[idx].sum()),
+        "flag": f"fewer than {MIN_IMAGES} images" if len(idx) < MIN_IMAGES else "",
+    }
+    methods = {}
+    for stat in TESTED:
+        cells, method = _stat_cells(data, k, idx, stat)
+        row.update(cells)
+        methods[stat] = "Wilson" if method.startswith("Wilson") else method.split(" (")[0]
+    truth, scores = data.truth, data.scores
+    auc_value = weighted_auc(truth[idx], scores[idx]) if len(idx) else math.nan
+    aucs = data.aucs
+    low, high = percentile_interval(aucs[k]) if aucs is not None else (None, None)
+    row.update(_cells("auc", auc_value, low, high))
+    methods["auc"] = "patient-level bootstrap percentile" if aucs is not None else "none"
+    row["methods"] = "; ".join(f"{m}: {t}" for m, t in methods.items())
+    return row
+
+
+def _stat_cells(data: _Scored, k: int, idx: np.ndarray, stat: str) -> tuple[dict[str, Any], str]:
+    """One statistic of a level with its interval: the competition Dice by the bootstrap,
+    shares by `share_interval` (Wilson for one image per patient)."""
+    reps = None if data.sums is None else _ratio(data.sums[k + 1], stat)
+    num, den = STATS[stat]
+    if stat == "competition_dice":
+        value = float(_ratio(data.matrix[idx].sum(0)[None], stat)[0])
+        low, high = percentile_interval(reps) if reps is not None else (None, None)
+        method = data.boot.describe() if reps is not None else "none"
+        return _cells(stat, value, low, high), method
+    in_level = np.zeros(len(data.truth), bool)
+    in_level[idx] = True
+    entry = share_interval(
+        data.boot,
+        in_level & (data.matrix[:, MATRIX.index(num)] > 0),
+        in_level & (data.matrix[:, MATRIX.index(den)] > 0),
+        reps,
+    )
+    cells = _cells(stat, entry["value"], entry["ci_low"], entry["ci_high"])
+    return cells, entry["method"]
 
 
 def _cells(stat: str, value, low, high) -> dict[str, Any]:

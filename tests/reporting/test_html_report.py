@@ -13,7 +13,8 @@ import pytest
 from ptxseg.benchmarks.backbones import COLUMNS, write_benchmark
 from ptxseg.cli import main
 from ptxseg.config import TrainConfig, save_config
-from ptxseg.reporting.html import discover, read_curves, read_panels, render_report, write_report
+from ptxseg.reporting.html_report import render_report, write_html_report
+from ptxseg.reporting.report_folders import discover, read_curves, read_panels
 
 
 def write_lightning_log(path, epochs=3):
@@ -174,7 +175,7 @@ def test_panels_are_grouped_in_figure_order(demo):
 def test_report_of_a_demo_folder_has_tables_images_and_no_external_urls(demo):
     found = discover(demo)
     assert sorted(r.name for r in found["runs"]) == ["runs/resnet18", "runs/xception"]
-    path = write_report(demo)
+    path = write_html_report(demo)
     text = path.read_text()
     assert path == demo / "report.html"
     assert re.search(r"https?://|src=\"(?!data:)|<link|@import|url\(", text) is None
@@ -218,7 +219,7 @@ def test_report_renders_in_chromium(demo, tmp_path):
     browser = chromium.find()
     if browser is None:
         pytest.skip("chromium not installed (apt-get install chromium)")
-    path = write_report(demo)
+    path = write_html_report(demo)
     shot = tmp_path / "shot.png"
     subprocess.run(
         [
@@ -282,7 +283,7 @@ def test_cv_folder_shows_its_folds_side_by_side(tmp_path):
 
 
 def test_metrics_table_shows_full_size_and_model_size_side_by_side(tmp_path):
-    from ptxseg.reporting.html import metrics_section
+    from ptxseg.reporting.html_report import metrics_section
 
     def metrics(value):
         return {"dice_per_image": {"value": value, "kind": "per-image", "description": "comp"}}
