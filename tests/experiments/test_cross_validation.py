@@ -8,7 +8,7 @@ from siim_folders import fold_member, synthetic_work
 
 from ptxseg.cli import main
 from ptxseg.config import load_config
-from ptxseg.evaluation import cross_validation
+from ptxseg.experiments import cross_validation
 from ptxseg.inference.ensemble import read_ensemble, store_operating_point
 from ptxseg.model.operating_point import OperatingPoint
 
@@ -45,8 +45,8 @@ def test_folds_run_once_and_resume(tmp_path):
         cross_validation.run_folds(out, [0, 1, 2], make_config(out), trainer)
     assert trainer.calls == [(0, False), (1, False), (2, False)]
     assert (
-        cross_validation.read_done(out, 0)["fold"] == 0
-        and cross_validation.read_done(out, 2) is None
+        cross_validation.fold_done(out, 0)["fold"] == 0
+        and cross_validation.fold_done(out, 2) is None
     )
     # fold 2 was interrupted after writing a checkpoint: the rerun continues it
     (out / "fold2" / "checkpoints").mkdir(parents=True)
