@@ -26,33 +26,62 @@ AUGMENT_ON = ("auto", "loader", "device")
 DECODER_ATTENTIONS = (None, "scse")
 
 
+def option_field(default: Any, help: str, **option: Any) -> Any:
+    """A config key that is also an option of `ptxseg train` and `ptxseg cv` (built from these
+    fields by `ptxseg.cli.config_options`): its default, its help text, and where needed the
+    flag (`flag="--data"`; default: the key's name), its type where it is not the field's
+    (`kind=Path`) and checks such as `min=1`."""
+    return field(default=default, metadata={"help": help, **option})
+
+
 @dataclass
 class DataConfig:
     """Where the prepared data is and how it is fed to the model."""
 
-    work: str = ""  # the folder written by `ptxseg prepare`
-    size: int = 256  # the cached resolution used for training (multiple of 32)
-    aug: str = "full"  # augmentation strategy name (see `ptxseg.training.augmentations.STRATEGIES`)
+    work: str = option_field(
+        "", "Work folder written by `ptxseg prepare`.", flag="--data", kind=Path
+    )
+    size: int = option_field(256, "Training resolution (a cached size, multiple of 32).")
+    # the strategy names are `ptxseg.training.augmentations.STRATEGIES`
+    aug: str = option_field(
+        "full", "Augmentation: none, geometric, photometric, noise, elastic, full."
+    )
     # Where augmentation runs: in the loader's worker processes, or on the device's batch after
     # the transfer (`ptxseg.training.batch_augment`); auto: on the device when it is a GPU.
-    augment_on: str = "auto"
-    batch_size: int = 8
-    workers: int = 2
+    augment_on: str = option_field(
+        "auto",
+        "Where augmentation runs: loader (CPU worker processes) or device (the batch after its "
+        "transfer); default: device on a GPU, loader on the CPU.",
+    )
+    batch_size: int = option_field(8, "Images per batch and per device.", min=1)
+    workers: int = option_field(2, "DataLoader worker processes.")
     # None: natural share, shuffled; 0.5; linear "0.8:0.4"; steps "0.8@0,0.4@10"
     # (ptxseg.util.schedule)
-    positive_fraction: float | str | None = None
+    positive_fraction: float | str | None = option_field(
+        None,
+        "Share of positive images drawn per epoch: 0.5; linear over the epochs 0.8:0.4; steps "
+        "0.8@0,0.6@10,0.4@20 (from epoch 10 on: 0.6). Default: the natural share.",
+    )
     samples_per_epoch: int | None = None  # with positive_fraction; None: size of the train split
-    fold: int | None = None  # None: the train/val split; k: train on the other folds, validate on k
+    fold: int | None = option_field(  # None: the train/val split
+        None,
+        "Cross-validation: train on every other fold and validate on fold K (a work folder "
+        "prepared with --folds).",
+    )
 
 
 @dataclass
 class ModelConfig:
     """The U-Net: encoder, its weights, decoder options and the input normalisation."""
 
-    encoder: str = "resnet50"
-    encoder_weights: str = "imagenet"  # "imagenet", "none" or a path to a local state dict
-    decoder_attention: str | None = None  # None or "scse"
-    aux_head: bool = False  # empty vs pneumothorax classification head on the encoder
+    encoder: str = option_field(
+        "resnet50", "resnet50, efficientnet-b0..b7, xception, or any smp encoder name."
+    )
+    encoder_weights: str = option_field(
+        "imagenet", "imagenet (download), none (random) or PATH of a saved encoder state dict."
+    )
+    decoder_attention: str | None = option_field(None, "Decoder attention: scse (or none).")
+    aux_head: bool = option_field(False, "Empty vs pneumothorax head on the encoder.")
     in_channels: int = 1  # grayscale input; pretrained first convolutions are folded by smp
     bn_momentum: float | None = None  # None: the encoder's own; 0.1 for short runs
     # Filled in at build time from the encoder's own preprocessing parameters, then saved.
@@ -64,43 +93,61 @@ class ModelConfig:
 class LossConfig:
     """Weights of the combo loss terms and of the auxiliary classification loss."""
 
-    dice_weight: float = 1.0
-    bce_weight: float = 1.0
-    focal_weight: float = 0.0
-    aux_weight: float = 0.2
+    dice_weight: float = option_field(1.0, "Weight of the Dice loss.")
+    bce_weight: float = option_field(1.0, "Weight of the BCE loss.")
+    focal_weight: float = option_field(0.0, "Weight of the focal loss (0: off).")
+    aux_weight: float = option_field(0.2, "Weight of the auxiliary head's BCE.")
 
 
 @dataclass
 class OptimConfig:
     """Adam, the learning-rate schedule and early stopping."""
 
-    lr: float = 1e-4
-    weight_decay: float = 0.0
-    scheduler: str = "plateau"  # "plateau" on validation Dice, or "cosine" with warm-up
-    warmup_epochs: int = 0
+    lr: float = option_field(1e-4, "Adam learning rate.")
+    weight_decay: float = option_field(0.0, "Adam weight decay.")
+    scheduler: str = option_field(
+        "plateau", "plateau (halve on stalled val Dice) or cosine (with warm-up)."
+    )
+    warmup_epochs: int = option_field(0, "Linear warm-up epochs (cosine).")
     lr_patience: int = 3  # plateau: epochs without improvement before the lr is halved
     lr_factor: float = 0.5
-    patience: int = 10  # early stopping on validation Dice
+    patience: int = option_field(10, "Early stopping: epochs without a better val Dice.")
 
 
 @dataclass
 class TrainerConfig:
     """The Lightning trainer: length, hardware, precision, seeding and the run folder."""
 
-    out: str = "runs/default"
-    epochs: int = 30
-    precision: str = "auto"  # auto: bf16-mixed on a bf16-capable GPU, else 32
-    accelerator: str = "auto"
-    devices: int = 1
-    num_nodes: int = 1
-    channels_last: bool | None = None  # None: on for GPUs, off for the CPU
-    compile: bool | None = None  # torch.compile the training step; None: on for GPUs
-    seed: int = 42
-    limit_batches: float | None = None  # fraction (<=1.0) or number of batches per epoch
-    resume: bool = False
-    progress_bar: bool = True
-    average_top: int = 0  # >1: average the weights of the N best epochs by val competition Dice
-    average_bn_batches: int = 100  # training batches that recompute BatchNorm after averaging
+    out: str = option_field(
+        "runs/default", "Run folder (config, checkpoints, metrics, logs).", flag="--out", kind=Path
+    )
+    epochs: int = option_field(30, "Maximum number of epochs.")
+    precision: str = option_field(  # auto: bf16-mixed on a bf16-capable GPU, else 32
+        "auto", "auto (bf16-mixed on a GPU, 32 on the CPU), 32, bf16-mixed or 16-mixed."
+    )
+    accelerator: str = option_field("auto", "auto, cpu or gpu.")
+    devices: int = option_field(1, "Devices per node; >1 trains with DDP.")
+    num_nodes: int = option_field(1, "Nodes (with SLURM or torchrun).")
+    channels_last: bool | None = option_field(  # None: on for GPUs, off for the CPU
+        None, "channels_last memory format (default: on for a GPU, off for the CPU)."
+    )
+    compile: bool | None = option_field(  # None: on for GPUs
+        None, "torch.compile the training step (default: on for a GPU, off for the CPU)."
+    )
+    seed: int = option_field(42, "Seed of weights, sampler and augmentation.")
+    limit_batches: float | None = option_field(
+        None, "Batches per epoch: a fraction (<=1) or a count (quick checks)."
+    )
+    resume: bool = option_field(False, "Continue from OUT/checkpoints/last.ckpt.")
+    progress_bar: bool = option_field(True, "Rich progress bar.", flag="--progress")
+    average_top: int = option_field(  # >1: the N best epochs by val competition Dice
+        0,
+        "Keep the N checkpoints with the best val competition Dice and ship their weight "
+        "average (BatchNorm recomputed on training batches) as RUN/model. 0: off.",
+    )
+    average_bn_batches: int = option_field(
+        100, "Training batches that recompute BatchNorm after averaging (default 100)."
+    )
 
 
 @dataclass

@@ -192,8 +192,17 @@ def _prepare(siim: Path, work: Path, s: DemoSettings, console: Console) -> None:
         console.print(f"  {split:5s} {counts['images']:4d} images, {counts['positive']} positive")
 
 
-def _train_and_evaluate(encoder: str, work: Path, runs: Path, s: DemoSettings, console) -> Path:
-    from ptxseg.config import load_config
+def _train_backbones(work: Path, runs: Path, s: DemoSettings, console: Console) -> None:
+    """Train and evaluate each backbone as one job of a resumable list: a backbone whose
+    `RUN/done.json` exists is skipped; an interrupted one continues (its training from
+    `last.ckpt`, and a finished step is not run again)."""
+    from ptxseg.experiments.jobs import Job, run_jobs
+
+    jobs = [Job(e, runs / e, {"encoder": e}) for e in s.encoders]
+    run_jobs(jobs, lambda job: _train_and_evaluate(job.key, work, runs, s, console))
+
+
+def _train_and_evaluate(encoder: str, work: Path, runs: Path, s: DemoSettings, console) -> dict:
     from ptxseg.evaluation.evaluate_split import evaluate_checkpoint
     from ptxseg.training.fit import fit
 
@@ -201,25 +210,7 @@ def _train_and_evaluate(encoder: str, work: Path, runs: Path, s: DemoSettings, c
     model = run / "model"  # the inference model: the operating point is stored with it
     if not (run / "train_summary.json").is_file():
         console.rule(f"3. train {encoder}")
-        config = load_config(
-            "demo",
-            {
-                "data.work": str(work),
-                "data.size": s.size,
-                "data.batch_size": s.batch_size,
-                "data.positive_fraction": 0.6,
-                "data.aug": "geometric",
-                "optim.lr": 0.002,
-                # validation Dice at 0.5 stays 0 for the first epochs while a model learns
-                "optim.patience": 12,
-                "model.encoder": encoder,
-                "trainer.epochs": s.epochs.get(encoder, s.default_epochs),
-                "trainer.out": str(run),
-                "trainer.seed": s.seed,
-                "trainer.resume": (run / "checkpoints" / "last.ckpt").is_file(),
-            },
-        )
-        fit(config)
+        fit(_demo_config(encoder, work, run, s))
     if not (run / "eval" / "test" / "summary.json").is_file():
         console.rule(f"4. evaluate {encoder} on the test split")
         evaluate_checkpoint(
@@ -232,7 +223,31 @@ def _train_and_evaluate(encoder: str, work: Path, runs: Path, s: DemoSettings, c
             operating_points=OPERATING_POINTS,
             model_card=True,
         )
-    return run
+    return {"run_dir": str(run)}
+
+
+def _demo_config(encoder: str, work: Path, run: Path, s: DemoSettings):
+    """The demo preset at the demo's scale, for one backbone."""
+    from ptxseg.config import load_config
+
+    return load_config(
+        "demo",
+        {
+            "data.work": str(work),
+            "data.size": s.size,
+            "data.batch_size": s.batch_size,
+            "data.positive_fraction": 0.6,
+            "data.aug": "geometric",
+            "optim.lr": 0.002,
+            # validation Dice at 0.5 stays 0 for the first epochs while a model learns
+            "optim.patience": 12,
+            "model.encoder": encoder,
+            "trainer.epochs": s.epochs.get(encoder, s.default_epochs),
+            "trainer.out": str(run),
+            "trainer.seed": s.seed,
+            "trainer.resume": (run / "checkpoints" / "last.ckpt").is_file(),
+        },
+    )
 
 
 def _benchmark(out: Path, s: DemoSettings, console: Console) -> None:
@@ -296,8 +311,7 @@ def run_demo(out: str | Path, settings: DemoSettings | None = None) -> Path:
     work = out / "work"
     _prepare(siim, work, s, console)
     runs = out / "runs"
-    for encoder in s.encoders:
-        _train_and_evaluate(encoder, work, runs, s, console)
+    _train_backbones(work, runs, s, console)
     _benchmark(out, s, console)
     console.rule("6. report")
     report = write_html_report(out)

@@ -1,4 +1,5 @@
-"""Commands: cv, average-checkpoints, ensemble: folds, checkpoint averaging, ensembles."""
+"""Commands: cv, ablate, average-checkpoints, ensemble: folds, the ablation grid, checkpoint
+averaging, ensembles."""
 
 from __future__ import annotations
 
@@ -11,8 +12,15 @@ from rich.table import Table
 
 from ptxseg.cli import options
 from ptxseg.cli.app import app, fail
+from ptxseg.cli.config_options import (
+    config_overrides,
+    config_parameters,
+    parse_set,
+    set_parameter,
+    with_parameters,
+)
 from ptxseg.cli.guarded import MODEL, READ, Out, guarded, shard_lock
-from ptxseg.cli.train import TRAIN_READS, config_overrides, train
+from ptxseg.cli.train import CONFIG_OPTION, TRAIN_READS
 from ptxseg.util import path_guard
 
 console = Console()
@@ -37,12 +45,8 @@ def _cv_options(
 
 
 # cv takes every option of train except the ones it sets itself for each fold.
-_OWN = inspect.signature(_cv_options, eval_str=True).parameters
-_SHARED = {
-    name: p
-    for name, p in inspect.signature(train, eval_str=True).parameters.items()
-    if name not in ("data", "out", "fold", "resume")
-}
+_OWN = list(inspect.signature(_cv_options, eval_str=True).parameters.values())
+_SHARED = config_parameters(leave_out=("data", "out", "fold", "resume"))
 
 
 def cv(**params) -> None:
@@ -53,25 +57,34 @@ def cv(**params) -> None:
     option applies to every fold. Example: ptxseg cv --data work --folds 5 --config study
     --encoder resnet50 --average-top 3 --positive-fraction 0.8:0.4 --out cv/r50
     """
-    from ptxseg.config import load_config
-    from ptxseg.evaluation import cross_validation as runner
+    from ptxseg.experiments.cross_validation import CvOptions, run_cv
     from ptxseg.model.unet import EncoderWeightsError
-    from ptxseg.training.fit import fit
 
-    data, folds, out = params["data"], params["folds"], params["out"]
-    shared = {k: v for k, v in params.items() if k in _SHARED and k != "set_"}
-    overrides = config_overrides(shared, params["set_"] or [])
-    config = params["config"]
+    shared = {k: v for k, v in params.items() if k not in {p.name for p in _OWN}}
+    own = {k: v for k, v in params.items() if k in {p.name for p in _OWN}}
+    options = CvOptions(
+        **own, config=params["config"], overrides=config_overrides(shared, params["set_"])
+    )
     try:
-        runner.check_folds(data, folds)
-        todo = runner.select_folds(folds, params["folds_to_run"])
-        load_config(config, overrides)  # bad options fail before anything is written
-        runner.write_spec(
-            out, {"data": str(data), "folds": folds, "config": config, "overrides": overrides}
-        )
-    except (ValueError, FileNotFoundError) as error:
+        outcome = run_cv(options, _fold_event(options.folds))
+    except (ValueError, FileNotFoundError, FileExistsError, EncoderWeightsError) as error:
         fail(str(error))
+    if outcome.oof is None:
+        console.print(
+            f"{len(outcome.finished)} of the {len(outcome.todo)} folds of this run are finished; "
+            f"folds {outcome.missing} are not (other shards, or failed): rerun without "
+            "--folds-to-run once they are, to write the ensemble"
+        )
+        return
+    print_oof(outcome.oof)
+    out, data = options.out, options.data
+    console.print(
+        f"ensemble: {out / 'ensemble.json'}; test it with: ptxseg evaluate --checkpoint "
+        f"{out / 'ensemble.json'} --data {data} --split test --out {out / 'eval' / 'test'}"
+    )
 
+
+def _fold_event(folds: int):
     def event(kind: str, fold: int, summary) -> None:
         if kind == "skipped":
             console.print(f"fold {fold}: finished before, skipped")
@@ -83,39 +96,10 @@ def cv(**params) -> None:
                 f"{summary.get('best_val_competition_dice')} in {summary['cv_seconds']} s"
             )
 
-    try:
-        finished = runner.run_folds(
-            out,
-            todo,
-            lambda k: runner.fold_config(out, k, data, config, overrides),
-            fit,
-            event,
-        )
-    except (ValueError, FileNotFoundError, FileExistsError, EncoderWeightsError) as error:
-        fail(str(error))
-    missing = [k for k in range(folds) if runner.read_done(out, k) is None]
-    if missing:
-        console.print(
-            f"{len(finished)} of the {len(todo)} folds of this run are finished; folds "
-            f"{missing} are not (other shards, or failed): rerun without --folds-to-run once "
-            "they are, to write the ensemble"
-        )
-        return
-    try:
-        summary = runner.finish_cv(
-            out, data, folds, params["tta"], params["device"], params["eval_batch_size"]
-        )
-    except (ValueError, FileNotFoundError) as error:
-        fail(str(error))
-    print_oof(summary)
-    console.print(
-        f"ensemble: {out / 'ensemble.json'}; test it with: ptxseg evaluate --checkpoint "
-        f"{out / 'ensemble.json'} --data {data} --split test --out {out / 'eval' / 'test'}"
-    )
+    return event
 
 
-cv.__signature__ = inspect.Signature([*_OWN.values(), *_SHARED.values()])
-cv.__annotations__ = {name: p.annotation for name, p in {**_OWN, **_SHARED}.items()}
+with_parameters(cv, [*_OWN, CONFIG_OPTION, *_SHARED, set_parameter()])
 app.command("cv", rich_help_panel="Training")(
     guarded(TRAIN_READS, {"out": Out(lock=shard_lock("folds_to_run"))})(cv)
 )
@@ -235,3 +219,98 @@ def ensemble(
         f"evaluate --checkpoint {path} --data WORK --split val --out DIR --search` (members "
         "trained on the train split) or --split oof (members of a cv run)."
     )
+
+
+def _split_list(value: str) -> list[str]:
+    return [item.strip() for item in value.split(",") if item.strip()]
+
+
+def _num(value) -> str:
+    return f"{value:.4f}" if isinstance(value, float) else str(value)
+
+
+@app.command(rich_help_panel="Evaluation")
+@guarded(
+    inputs={"data": READ, "config": READ, "encoder_weights": READ},
+    outputs={"out": Out(lock=shard_lock("cells"))},
+)
+def ablate(
+    data: Path = typer.Option(..., help="Work folder written by `ptxseg prepare`."),
+    out: Path = typer.Option(Path("ablation"), help="Grid folder (cells/, ablation.md/.csv/.png)."),
+    encoders: str = typer.Option("resnet50,efficientnet-b0,xception", help="Comma-separated."),
+    augs: str = typer.Option(
+        "none,geometric,photometric,noise,elastic,full", help="Augmentation strategies."
+    ),
+    epochs: int = typer.Option(10, help="Maximum epochs per cell."),
+    seeds: int = typer.Option(3, help="Seeds per (encoder, augmentation): 0..seeds-1."),
+    size: int = typer.Option(None, help="Training resolution (a cached size; default: config)."),
+    config: str = typer.Option(None, help="Base config: a preset name (study, demo) or a YAML."),
+    encoder_weights: str = typer.Option(
+        None, help="imagenet, none or a local weights file (default: from the config)."
+    ),
+    set_: list[str] = typer.Option(
+        [], "--set", help="Extra config override KEY=VALUE (e.g. data.batch_size=4); repeatable."
+    ),
+    cells: str = typer.Option(
+        None,
+        help="Run only shard i/n of the cells (0-based, e.g. 1/4; or auto), for several GPUs "
+        "or machines.",
+    ),
+    device: str = typer.Option("cpu", help="Device for evaluation and the inference timing."),
+) -> None:
+    """Train and evaluate every encoder x augmentation x seed cell, resumably; aggregate."""
+    from ptxseg.experiments.ablation_grid import AblationOptions, run_ablation
+
+    overrides = parse_set(set_)
+    if encoder_weights is not None:
+        overrides["model.encoder_weights"] = encoder_weights
+    options = AblationOptions(
+        data, out, _split_list(encoders), _split_list(augs), epochs, seeds, size, config,
+        overrides, cells, device,
+    )  # fmt: skip
+    try:
+        outcome = run_ablation(options, _cell_event())
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from exc
+    if outcome.done:
+        console.print(
+            f"{outcome.done} finished cells aggregated: "
+            + ", ".join(map(str, outcome.paths.values()))
+        )
+    if outcome.done < len(outcome.cells):
+        console.print(
+            f"{len(outcome.cells) - outcome.done} cells not finished (failed, or in other "
+            "shards): rerun the same command to continue; rerun without --cells once all shards "
+            "are done"
+        )
+    if len(outcome.finished) < len(outcome.todo):
+        raise typer.Exit(1)
+
+
+def _cell_event():
+    state = {"n": 0, "todo": 0}
+
+    def event(kind: str, cell, result) -> None:
+        if kind == "planned":
+            state["todo"] = len(result["todo"])
+            console.print(
+                f"{state['todo']} of {len(result['cells'])} cells in this run "
+                f"({result['shard'] or 'all'})"
+            )
+            return
+        if kind in ("skipped", "started"):
+            state["n"] += 1
+        prefix = f"[{state['n']}/{state['todo']}] {cell.name}"
+        if kind == "skipped":
+            console.print(f"{prefix}: done before, skipped")
+        elif kind == "started":
+            console.rule(prefix)
+        elif kind == "failed":
+            console.print(f"[red]{prefix} failed[/red]: {result['error']} (see error.txt)")
+        else:
+            console.print(
+                f"{prefix}: test Dice {_num(result.get('test_dice'))}, competition Dice "
+                f"{_num(result.get('test_competition_dice'))} in {result['seconds']} s"
+            )
+
+    return event

@@ -1,4 +1,4 @@
-"""Commands: benchmark, ablate, report."""
+"""Commands: benchmark, report."""
 
 import sys
 from pathlib import Path
@@ -6,12 +6,8 @@ from pathlib import Path
 import typer
 
 from ptxseg.cli.app import app, fail
-from ptxseg.cli.guarded import READ, TABLES, WALKED, Out, guarded, shard_lock
+from ptxseg.cli.guarded import READ, TABLES, WALKED, Out, guarded
 from ptxseg.util import path_guard
-
-
-def _num(value) -> str:
-    return f"{value:.4f}" if isinstance(value, float) else str(value)
 
 
 def _split_list(value: str) -> list[str]:
@@ -204,110 +200,3 @@ def report(
         )
     path = write_html_report(folder, out)
     typer.echo(f"wrote {path}")
-
-
-@app.command(rich_help_panel="Evaluation")
-@guarded(
-    inputs={"data": READ, "config": READ, "encoder_weights": READ},
-    outputs={"out": Out(lock=shard_lock("cells"))},
-)
-def ablate(
-    data: Path = typer.Option(..., help="Work folder written by `ptxseg prepare`."),
-    out: Path = typer.Option(Path("ablation"), help="Grid folder (cells/, ablation.md/.csv/.png)."),
-    encoders: str = typer.Option("resnet50,efficientnet-b0,xception", help="Comma-separated."),
-    augs: str = typer.Option(
-        "none,geometric,photometric,noise,elastic,full", help="Augmentation strategies."
-    ),
-    epochs: int = typer.Option(10, help="Maximum epochs per cell."),
-    seeds: int = typer.Option(3, help="Seeds per (encoder, augmentation): 0..seeds-1."),
-    size: int = typer.Option(None, help="Training resolution (a cached size; default: config)."),
-    config: str = typer.Option(None, help="Base config: a preset name (study, demo) or a YAML."),
-    encoder_weights: str = typer.Option(
-        None, help="imagenet, none or a local weights file (default: from the config)."
-    ),
-    set_: list[str] = typer.Option(
-        [], "--set", help="Extra config override KEY=VALUE (e.g. data.batch_size=4); repeatable."
-    ),
-    cells: str = typer.Option(
-        None,
-        help="Run only shard i/n of the cells (0-based, e.g. 1/4; or auto), for several GPUs "
-        "or machines.",
-    ),
-    device: str = typer.Option("cpu", help="Device for evaluation and the inference timing."),
-) -> None:
-    """Train and evaluate every encoder x augmentation x seed cell, resumably; aggregate."""
-    from rich.console import Console
-
-    from ptxseg.evaluation import ablate as grid
-
-    overrides = {}
-    for item in set_:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise typer.BadParameter(f"--set {item!r}: expected KEY=VALUE", param_hint="--set")
-        overrides[key.strip()] = value.strip()
-    if encoder_weights is not None:
-        overrides["model.encoder_weights"] = encoder_weights
-    try:
-        all_cells = grid.grid_cells(_split_list(encoders), _split_list(augs), seeds)
-        todo = grid.shard(all_cells, cells)
-        grid.cell_config(all_cells[0], out / "check", data, epochs, size, config, overrides)
-        grid.write_grid_spec(
-            out,
-            {
-                "data": str(data),
-                "encoders": _split_list(encoders),
-                "augs": _split_list(augs),
-                "seeds": seeds,
-                "epochs": epochs,
-                "size": size,
-                "config": config,
-                "overrides": overrides,
-            },
-        )
-    except ValueError as exc:
-        raise typer.BadParameter(str(exc)) from exc
-    console = Console()
-    console.print(f"{len(todo)} of {len(all_cells)} cells in this run ({cells or 'all'})")
-    counter = {"n": 0}
-
-    def event(kind: str, cell, result) -> None:
-        if kind in ("skipped", "started"):
-            counter["n"] += 1
-        prefix = f"[{counter['n']}/{len(todo)}] {cell.name}"
-        if kind == "skipped":
-            console.print(f"{prefix}: done before, skipped")
-        elif kind == "started":
-            console.rule(prefix)
-        elif kind == "failed":
-            console.print(f"[red]{prefix} failed[/red]: {result['error']} (see error.txt)")
-        else:
-            console.print(
-                f"{prefix}: test Dice {_num(result.get('test_dice'))}, competition Dice "
-                f"{_num(result.get('test_competition_dice'))} in {result['seconds']} s"
-            )
-
-    def runner(cell, cell_dir):
-        return grid.train_and_evaluate(
-            cell,
-            cell_dir,
-            data=data,
-            epochs=epochs,
-            size=size,
-            config=config,
-            overrides=overrides,
-            device=device,
-        )
-
-    finished = grid.run_grid(todo, out, runner, on_event=event)
-    done = len(grid.collect_results(out))
-    if done:
-        paths = grid.aggregate_grid(out)
-        console.print(f"{done} finished cells aggregated: " + ", ".join(map(str, paths.values())))
-    if done < len(all_cells):
-        console.print(
-            f"{len(all_cells) - done} cells not finished (failed, or in other shards): rerun the"
-            " same command to continue; rerun without --cells once all shards are done"
-        )
-    if len(finished) < len(todo):
-        raise typer.Exit(1)

@@ -326,7 +326,7 @@ def _fmt_bench(value) -> str:
 
 
 def ablation_section(folder: Path) -> str:
-    from ptxseg.evaluation.ablate import METRICS, read_ablation_csv, row_order
+    from ptxseg.experiments.ablation_tables import METRICS, read_ablation_csv, row_order
 
     rows = sorted(read_ablation_csv(folder / "ablation.csv"), key=row_order)
     body = []

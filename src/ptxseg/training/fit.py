@@ -175,21 +175,11 @@ def _free_version(folder: Path, name: str) -> str:
     return version
 
 
-def build_trainer(
-    config: TrainConfig, run_dir: Path, extra_callbacks: list | None = None
-) -> tuple[L.Trainer, RunRecorder]:
-    """The Lightning trainer with checkpoints, early stopping, lr monitor, progress and loggers."""
-    from lightning.pytorch.callbacks import (
-        EarlyStopping,
-        LearningRateMonitor,
-        ModelCheckpoint,
-        RichProgressBar,
-    )
-    from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+def _callbacks(config: TrainConfig, run_dir: Path) -> list:
+    """The best and the last checkpoint, early stopping and the learning-rate monitor."""
+    from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint
 
-    t = config.trainer
-    recorder = RunRecorder(run_dir)
-    callbacks = [
+    return [
         ModelCheckpoint(
             dirpath=run_dir / "checkpoints",
             filename="best",
@@ -210,10 +200,21 @@ def build_trainer(
         ),
         EarlyStopping(monitor="val/dice", mode="max", patience=config.optim.patience),
         LearningRateMonitor(logging_interval="epoch"),
-        recorder,
-        *(extra_callbacks or []),
     ]
+
+
+def build_trainer(
+    config: TrainConfig, run_dir: Path, extra_callbacks: list | None = None
+) -> tuple[L.Trainer, RunRecorder]:
+    """The Lightning trainer with checkpoints, early stopping, lr monitor, progress and loggers."""
+    from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+
+    t = config.trainer
+    recorder = RunRecorder(run_dir)
+    callbacks = [*_callbacks(config, run_dir), recorder, *(extra_callbacks or [])]
     if t.progress_bar:
+        from lightning.pytorch.callbacks import RichProgressBar
+
         callbacks.append(RichProgressBar())
     loggers = [
         CSVLogger(save_dir=run_dir, name="logs", version=_free_version(run_dir / "logs", "csv")),

@@ -1,4 +1,5 @@
-"""`ptxseg cv`: train every fold, ensemble the folds, choose the ensemble's operating point OOF.
+"""`ptxseg cv` (`run_cv`): train every fold, ensemble the folds, choose the ensemble's operating
+point out of fold.
 
 The cross-validation folder:
 ```
@@ -18,19 +19,19 @@ ensemble and its out-of-fold evaluation (rerun once without `--folds-to-run` to 
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ptxseg.config import TrainConfig, load_config
 from ptxseg.data.folds import read_folds
+from ptxseg.experiments.jobs import EventHandler, Job, JobPolicy, read_done, run_jobs
 from ptxseg.inference.ensemble import ENSEMBLE_FILE, write_ensemble
 from ptxseg.util import atomic
 from ptxseg.util.shards import parse_shard, take_shard
 
 SPEC = "cv.json"
-DONE = "done.json"
 SPEC_KEYS = ("data", "folds", "config", "overrides")
 
 
@@ -71,7 +72,7 @@ def write_spec(cv_dir: Path, spec: dict[str, Any]) -> None:
     """Record the options in `CV/cv.json`; other options in the same folder are an error (the
     folds would not belong together)."""
     path = Path(cv_dir) / SPEC
-    old = read_json(path)
+    old = _read_json(path)
     if old is not None:
         diff = {k: (old.get(k), spec.get(k)) for k in SPEC_KEYS if old.get(k) != spec.get(k)}
         if diff:
@@ -81,18 +82,6 @@ def write_spec(cv_dir: Path, spec: dict[str, Any]) -> None:
             )
     Path(cv_dir).mkdir(parents=True, exist_ok=True)
     atomic.write_text(path, json.dumps(spec, indent=2, default=str) + "\n")
-
-
-def read_json(path: Path) -> dict | None:
-    try:
-        return json.loads(Path(path).read_text())
-    except (OSError, ValueError):
-        return None
-
-
-def read_done(cv_dir: Path, fold: int) -> dict | None:
-    """The summary of a finished fold, or None."""
-    return read_json(fold_dir(cv_dir, fold) / DONE)
 
 
 def select_folds(folds: int, spec: str | None) -> list[int]:
@@ -109,32 +98,27 @@ def run_folds(
     folds: list[int],
     make_config: Callable[[int], TrainConfig],
     train: FoldTrainer,
-    on_event: Callable[[str, int, dict | None], None] | None = None,
+    on_event: EventHandler | None = None,
 ) -> dict[int, dict]:
     """Train the given folds one after another, skipping finished ones (resumable); returns the
-    summaries of the folds that are finished now."""
-    finished = {}
-    for fold in folds:
-        done = read_done(cv_dir, fold)
-        if done is not None:
-            finished[fold] = done
-            if on_event:
-                on_event("skipped", fold, done)
-            continue
-        config = make_config(fold)
-        run_dir = Path(config.trainer.out)
-        config.trainer.resume = (run_dir / "checkpoints" / "last.ckpt").is_file()
-        if on_event:
-            on_event("resumed" if config.trainer.resume else "started", fold, None)
-        start = time.perf_counter()
+    summaries of the folds that are finished now. A failing fold stops the list."""
+
+    def work(job: Job) -> dict:
+        config = make_config(job.key)
+        config.trainer.resume = Path(job.checkpoint).is_file()
         train(config)
-        summary = read_json(run_dir / "train_summary.json") or {}
-        summary = {"fold": fold, **summary, "cv_seconds": round(time.perf_counter() - start, 1)}
-        atomic.write_text(run_dir / DONE, json.dumps(summary, indent=2, default=str) + "\n")
-        finished[fold] = summary
-        if on_event:
-            on_event("done", fold, summary)
-    return finished
+        return _read_json(Path(config.trainer.out) / "train_summary.json") or {}
+
+    jobs = [
+        Job(k, fold_dir(cv_dir, k), {"fold": k}, fold_dir(cv_dir, k) / "checkpoints" / "last.ckpt")
+        for k in folds
+    ]
+    return run_jobs(jobs, work, JobPolicy(seconds_key="cv_seconds", on_event=on_event))
+
+
+def fold_done(cv_dir: Path, fold: int) -> dict | None:
+    """The `done.json` of a finished fold, or None."""
+    return read_done(fold_dir(cv_dir, fold))
 
 
 def make_ensemble(cv_dir: Path, folds: int) -> Path:
@@ -142,7 +126,7 @@ def make_ensemble(cv_dir: Path, folds: int) -> Path:
     members keeps its operating point."""
     members = [fold_dir(cv_dir, k) / "model" for k in range(folds)]
     path = Path(cv_dir) / ENSEMBLE_FILE
-    old = read_json(path)
+    old = _read_json(path)
     if old is not None:
         same = [m.get("path") for m in old.get("members", [])] == [
             f"fold{k}/model" for k in range(folds)
@@ -154,7 +138,7 @@ def make_ensemble(cv_dir: Path, folds: int) -> Path:
 
 def training_budget(cv_dir: Path, folds: int) -> dict[str, Any]:
     """Epochs, images seen and wall time of every fold (the cost of the ensemble)."""
-    rows = [read_done(cv_dir, k) or {} for k in range(folds)]
+    rows = [fold_done(cv_dir, k) or {} for k in range(folds)]
     return {
         "folds": folds,
         "epochs": [r.get("epochs_run") for r in rows],
@@ -181,7 +165,7 @@ def finish_cv(
     path = make_ensemble(cv_dir, folds)
     out = Path(cv_dir) / "eval" / "oof"
     stored = read_ensemble(path).operating_point
-    previous = read_json(out / "summary.json")
+    previous = _read_json(out / "summary.json")
     if stored is not None and previous is not None and (tta is None or stored.tta == tta):
         return previous
     return evaluate_oof(
@@ -194,3 +178,87 @@ def finish_cv(
         batch_size=batch_size,
         progress=progress,
     )
+
+
+def _read_json(path: Path) -> dict | None:
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+@dataclass(frozen=True)
+class CvOptions:
+    """What `ptxseg cv` was asked: the work folder and its fold count, the cross-validation
+    folder, the training config (preset or YAML, then dotted overrides), which folds this process
+    trains, and how the ensemble is evaluated out of fold."""
+
+    data: Path
+    folds: int
+    out: Path
+    config: str | None = None
+    overrides: dict[str, Any] = field(default_factory=dict)
+    folds_to_run: str | None = None
+    tta: str | None = None
+    device: str = "cpu"
+    eval_batch_size: int = 8
+
+    def spec(self) -> dict[str, Any]:
+        """What `CV/cv.json` records (`SPEC_KEYS`)."""
+        return {
+            "data": str(self.data),
+            "folds": self.folds,
+            "config": self.config,
+            "overrides": self.overrides,
+        }
+
+
+@dataclass(frozen=True)
+class CvOutcome:
+    """What a `run_cv` call did: the folds it was to train, those finished now (by this call or
+    before), the folds not finished yet (other shards, or failed), and the out-of-fold summary
+    of the ensemble once every fold is finished (None before)."""
+
+    todo: list[int]
+    finished: dict[int, dict]
+    missing: list[int]
+    oof: dict[str, Any] | None
+
+
+def plan_cv(options: CvOptions) -> list[int]:
+    """Check the options and record them in `CV/cv.json`; returns the folds this process trains.
+    Bad options fail here, before anything is written."""
+    check_folds(options.data, options.folds)
+    todo = select_folds(options.folds, options.folds_to_run)
+    load_config(options.config, options.overrides)
+    write_spec(options.out, options.spec())
+    return todo
+
+
+def run_cv(
+    options: CvOptions,
+    on_event: EventHandler | None = None,
+    train: FoldTrainer | None = None,
+) -> CvOutcome:
+    """Cross-validation in its order: check and record the options, train this process's folds
+    (resumably), then, once every fold is finished, write the ensemble of the folds and evaluate
+    it out of fold (which searches and stores its operating point). `train` defaults to
+    `ptxseg.training.fit.fit`; `on_event` hears each fold (`ptxseg.experiments.jobs`)."""
+    if train is None:
+        from ptxseg.training.fit import fit as train
+    todo = plan_cv(options)
+    out, data = options.out, options.data
+    finished = run_folds(
+        out,
+        todo,
+        lambda k: fold_config(out, k, data, options.config, options.overrides),
+        train,
+        on_event,
+    )
+    missing = [k for k in range(options.folds) if fold_done(out, k) is None]
+    oof = None
+    if not missing:
+        oof = finish_cv(
+            out, data, options.folds, options.tta, options.device, options.eval_batch_size
+        )
+    return CvOutcome(todo, finished, missing, oof)

@@ -8,7 +8,7 @@ from siim_folders import fold_member, synthetic_work
 
 from ptxseg.cli import main
 from ptxseg.config import load_config
-from ptxseg.evaluation import cross_validation
+from ptxseg.experiments import cross_validation
 from ptxseg.inference.ensemble import read_ensemble, store_operating_point
 from ptxseg.model.operating_point import OperatingPoint
 
@@ -45,8 +45,8 @@ def test_folds_run_once_and_resume(tmp_path):
         cross_validation.run_folds(out, [0, 1, 2], make_config(out), trainer)
     assert trainer.calls == [(0, False), (1, False), (2, False)]
     assert (
-        cross_validation.read_done(out, 0)["fold"] == 0
-        and cross_validation.read_done(out, 2) is None
+        cross_validation.fold_done(out, 0)["fold"] == 0
+        and cross_validation.fold_done(out, 2) is None
     )
     # fold 2 was interrupted after writing a checkpoint: the rerun continues it
     (out / "fold2" / "checkpoints").mkdir(parents=True)
@@ -141,3 +141,24 @@ def test_cli_cv_end_to_end_resumes_and_reports(tmp_path, capsys):
         main(["report", str(out)])
     html = (out / "report.html").read_text()
     assert "Cross-validation: 3 folds" in html and "OOF competition Dice" in html
+
+
+def test_run_cv_trains_its_shard_and_waits_for_the_others(tmp_path):
+    work = synthetic_work(tmp_path, n_images=12, size=32, folds=2)
+    options = cross_validation.CvOptions(
+        work,
+        2,
+        tmp_path / "cv",
+        "demo",
+        {"model.encoder": "resnet18", "trainer.epochs": 2},
+        folds_to_run="1/2",
+    )
+    trainer = FakeTrainer()
+    outcome = cross_validation.run_cv(options, train=trainer)
+    assert trainer.calls == [(1, False)] and outcome.todo == [1]
+    assert outcome.missing == [0] and outcome.oof is None and list(outcome.finished) == [1]
+    spec = json.loads((tmp_path / "cv" / "cv.json").read_text())
+    assert spec["overrides"]["trainer.epochs"] == 2 and spec["folds"] == 2
+    with pytest.raises(ValueError, match="holds 2 folds, not 3"):
+        cross_validation.run_cv(cross_validation.CvOptions(work, 3, tmp_path / "other"))
+    assert not (tmp_path / "other").exists()  # bad options write nothing

@@ -6,19 +6,17 @@ import math
 import pytest
 
 from ptxseg.cli import main
-from ptxseg.evaluation import ablate
-from ptxseg.evaluation.ablate import (
-    METRICS,
+from ptxseg.experiments import ablation_grid
+from ptxseg.experiments.ablation_grid import (
     Cell,
-    aggregate,
     aggregate_grid,
     cell_config,
     grid_cells,
-    read_ablation_csv,
     run_grid,
     shard,
     write_grid_spec,
 )
+from ptxseg.experiments.ablation_tables import METRICS, aggregate, read_ablation_csv
 
 
 def fake_metrics(cell: Cell) -> dict:
@@ -150,12 +148,12 @@ def run_cli(argv):
 def test_cli_shards_resume_and_aggregate(tmp_path, monkeypatch):
     calls = []
 
-    def fake(cell, cell_dir, **kwargs):
+    def fake(cell, cell_dir, options):
         calls.append(cell.name)
-        assert kwargs["epochs"] == 1 and kwargs["overrides"]["model.encoder_weights"] == "none"
+        assert options.epochs == 1 and options.overrides["model.encoder_weights"] == "none"
         return fake_metrics(cell)
 
-    monkeypatch.setattr(ablate, "train_and_evaluate", fake)
+    monkeypatch.setattr(ablation_grid, "train_and_evaluate", fake)
     argv = ["ablate", "--data", str(tmp_path / "work"), "--out", str(tmp_path / "grid")]
     argv += ["--encoders", "a,b", "--augs", "none", "--seeds", "2", "--epochs", "1"]
     argv += ["--encoder-weights", "none"]

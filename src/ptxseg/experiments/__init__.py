@@ -1,0 +1,2 @@
+"""Experiments that train and evaluate many models into one folder: cross-validation (`ptxseg cv`)
+and the ablation grid (`ptxseg ablate`), on one resumable job list (`jobs.py`)."""
