@@ -321,7 +321,8 @@ def compare(
         comparison_rows,
         read_evaluation,
     )
-    from ptxseg.evaluation.evaluate_split import json_ready, write_outputs
+    from ptxseg.evaluation.evaluate_split import write_outputs
+    from ptxseg.util.jsonio import plain
 
     try:
         result = compare_evaluations(
@@ -352,7 +353,7 @@ def compare(
             out,
             {
                 "comparison.csv": comparison_rows(result),
-                "comparison.json": json_ready(result),
+                "comparison.json": plain(result, finite=True),
             },
         )
         from ptxseg.util import atomic

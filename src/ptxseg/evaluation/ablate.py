@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ptxseg.util import atomic
+from ptxseg.util.jsonio import plain, read_json, write_json
 from ptxseg.util.shards import parse_shard, take_shard
 
 # Metric key in done.json -> header in the tables. "Dice", "IoU" and "pixel accuracy" are pooled
@@ -295,11 +296,8 @@ def compare_encoders(grid_dir: Path, results: Sequence[dict]) -> dict[str, Path]
         "comparison.json": Path(grid_dir) / "comparison.json",
         "comparison.md": Path(grid_dir) / "comparison.md",
     }
-    from ptxseg.evaluation.evaluate_split import json_ready
 
-    atomic.write_text(
-        paths["comparison.json"], json.dumps(json_ready({"groups": groups}), indent=2) + "\n"
-    )
+    write_json(paths["comparison.json"], plain({"groups": groups}, finite=True))
     atomic.write_text(paths["comparison.md"], "\n".join(text))
     return paths
 
@@ -314,7 +312,7 @@ def architecture_cost(encoder: str, size: int, cache_dir: Path, device: str = "c
     from ptxseg.benchmarks.backbones import BenchConfig, measure_isolated
 
     path = Path(cache_dir) / f"{encoder}__{size}__{device.replace(':', '')}.json"
-    cached = _read_json(path)
+    cached = read_json(path, default=None)
     if cached is not None:
         return cached
     row = measure_isolated(
@@ -325,13 +323,6 @@ def architecture_cost(encoder: str, size: int, cache_dir: Path, device: str = "c
         path.parent.mkdir(parents=True, exist_ok=True)
         atomic.write_text(path, json.dumps(cost, indent=2, default=str) + "\n")
     return cost
-
-
-def _read_json(path: Path) -> dict | None:
-    try:
-        return json.loads(Path(path).read_text())
-    except (OSError, ValueError):
-        return None
 
 
 def cell_config(
@@ -387,7 +378,7 @@ def train_and_evaluate(
     cfg = cell_config(cell, run_dir, data, epochs, size, config, overrides)
     cfg.trainer.resume = (run_dir / "checkpoints" / "last.ckpt").is_file()
     run_dir = fit(cfg)
-    summary = _read_json(run_dir / "train_summary.json") or {}
+    summary = read_json(run_dir / "train_summary.json", default=None) or {}
     test = evaluate_checkpoint(
         run_dir / "checkpoints" / "best.ckpt",
         data,
@@ -417,7 +408,7 @@ def write_grid_spec(grid_dir: Path, spec: dict) -> None:
     """Record the grid's options in `GRID/grid.json`; a different grid in the same folder is an
     error (its cells would be mixed up with these)."""
     path = Path(grid_dir) / "grid.json"
-    old = _read_json(path)
+    old = read_json(path, default=None)
     keep = ("data", "epochs", "size", "config", "overrides")
     if old is not None and any(old.get(k) != spec.get(k) for k in keep):
         diff = {k: (old.get(k), spec.get(k)) for k in keep if old.get(k) != spec.get(k)}

@@ -27,6 +27,7 @@ from ptxseg.config import TrainConfig, load_config
 from ptxseg.data.folds import read_folds
 from ptxseg.inference.ensemble import ENSEMBLE_FILE, write_ensemble
 from ptxseg.util import atomic
+from ptxseg.util.jsonio import read_json
 from ptxseg.util.shards import parse_shard, take_shard
 
 SPEC = "cv.json"
@@ -71,7 +72,7 @@ def write_spec(cv_dir: Path, spec: dict[str, Any]) -> None:
     """Record the options in `CV/cv.json`; other options in the same folder are an error (the
     folds would not belong together)."""
     path = Path(cv_dir) / SPEC
-    old = read_json(path)
+    old = read_json(path, default=None)
     if old is not None:
         diff = {k: (old.get(k), spec.get(k)) for k in SPEC_KEYS if old.get(k) != spec.get(k)}
         if diff:
@@ -83,16 +84,9 @@ def write_spec(cv_dir: Path, spec: dict[str, Any]) -> None:
     atomic.write_text(path, json.dumps(spec, indent=2, default=str) + "\n")
 
 
-def read_json(path: Path) -> dict | None:
-    try:
-        return json.loads(Path(path).read_text())
-    except (OSError, ValueError):
-        return None
-
-
 def read_done(cv_dir: Path, fold: int) -> dict | None:
     """The summary of a finished fold, or None."""
-    return read_json(fold_dir(cv_dir, fold) / DONE)
+    return read_json(fold_dir(cv_dir, fold) / DONE, default=None)
 
 
 def select_folds(folds: int, spec: str | None) -> list[int]:
@@ -128,7 +122,7 @@ def run_folds(
             on_event("resumed" if config.trainer.resume else "started", fold, None)
         start = time.perf_counter()
         train(config)
-        summary = read_json(run_dir / "train_summary.json") or {}
+        summary = read_json(run_dir / "train_summary.json", default=None) or {}
         summary = {"fold": fold, **summary, "cv_seconds": round(time.perf_counter() - start, 1)}
         atomic.write_text(run_dir / DONE, json.dumps(summary, indent=2, default=str) + "\n")
         finished[fold] = summary
@@ -142,7 +136,7 @@ def make_ensemble(cv_dir: Path, folds: int) -> Path:
     members keeps its operating point."""
     members = [fold_dir(cv_dir, k) / "model" for k in range(folds)]
     path = Path(cv_dir) / ENSEMBLE_FILE
-    old = read_json(path)
+    old = read_json(path, default=None)
     if old is not None:
         same = [m.get("path") for m in old.get("members", [])] == [
             f"fold{k}/model" for k in range(folds)
@@ -181,7 +175,7 @@ def finish_cv(
     path = make_ensemble(cv_dir, folds)
     out = Path(cv_dir) / "eval" / "oof"
     stored = read_ensemble(path).operating_point
-    previous = read_json(out / "summary.json")
+    previous = read_json(out / "summary.json", default=None)
     if stored is not None and previous is not None and (tta is None or stored.tta == tta):
         return previous
     return evaluate_oof(

@@ -59,6 +59,7 @@ from ptxseg.model.metrics import (
 from ptxseg.model.operating_point import OperatingPoint, OperatingPointWarning
 from ptxseg.stats.calibration import Calibrator
 from ptxseg.util import atomic
+from ptxseg.util.jsonio import plain
 from ptxseg.util.progress import progress_bar
 
 RESOLUTIONS = ("full", "model")
@@ -309,18 +310,6 @@ def _fully_overridden(overrides: Mapping[str, Any]) -> bool:
 
 
 # --------------------------------------------------------------------------- outputs
-
-
-def json_ready(value: Any) -> Any:
-    if isinstance(value, Mapping):
-        return {str(k): json_ready(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [json_ready(v) for v in value]
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
 
 
 def per_image_rows(
@@ -598,7 +587,7 @@ def evaluate(
         for p in {id(x): x for x in (val_pred, pred) if x is not None}.values():
             files[f"probs-{p.split}.npz"] = probability_arrays(p)
     summary["files"] = sorted([*files, "summary.json"])
-    files["summary.json"] = json_ready(summary)
+    files["summary.json"] = plain(summary, finite=True)
     write_outputs(out_dir, files)
     return files["summary.json"]
 

@@ -31,7 +31,6 @@ from ptxseg.evaluation.evaluate_split import (
     collect_probabilities,
     concatenate_predictions,
     evaluation_files,
-    json_ready,
     probability_arrays,
     score_predictions,
     score_summary,
@@ -46,6 +45,7 @@ from ptxseg.inference.ensemble import EnsembleError, read_ensemble, store_ensemb
 from ptxseg.inference.predictor import Predictor
 from ptxseg.model.metrics import SCORES
 from ptxseg.model.operating_point import OperatingPoint, OperatingPointWarning, check_tta
+from ptxseg.util.jsonio import plain
 
 OOF = "oof"
 
@@ -207,6 +207,6 @@ def evaluate_oof(
     if save_probs:
         files[f"probs-{OOF}.npz"] = dict(probability_arrays(pooled), folds=fold_column)
     summary["files"] = sorted([*files, "summary.json"])
-    files["summary.json"] = json_ready(summary)
+    files["summary.json"] = plain(summary, finite=True)
     write_outputs(Path(out_dir), files)
     return files["summary.json"]

@@ -6,7 +6,6 @@ of an ablation grid)."""
 from __future__ import annotations
 
 import csv
-import json
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +13,7 @@ import numpy as np
 from ptxseg.evaluation.uncertainty import format_interval
 from ptxseg.reporting import plots
 from ptxseg.reporting.pieces import esc, img, missing, png_file, table
+from ptxseg.util.jsonio import read_json
 
 __all__ = ["format_interval"]
 GALLERY = (
@@ -211,13 +211,6 @@ def _gallery_title(image_id: str, row: dict, kind: str) -> str:
     return f"{tail}\n{what} {area} px, {score}\n" + ", ".join(levels)
 
 
-def _read_json(path: Path) -> dict:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
-
-
 def paired_comparison_section(runs) -> str:
     """Runs evaluated on the same split of the same images, compared pair by pair."""
     from ptxseg.evaluation.compare import CompareError, compare_evaluations, read_evaluation
@@ -281,7 +274,7 @@ def ablation_comparison(folder: Path) -> str:
     path = folder / "comparison.json"
     if not path.is_file():
         return ""
-    data = _read_json(path)
+    data = read_json(path, default={})
     parts = []
     for group in data.get("groups", []):
         parts.append(

@@ -19,7 +19,6 @@ Images are inlined as base64 PNGs and the CSS is inline: the file has no externa
 from __future__ import annotations
 
 import csv
-import json
 import math
 import re
 from dataclasses import dataclass, field
@@ -31,6 +30,7 @@ import numpy as np
 from ptxseg.reporting import evidence_sections, plots
 from ptxseg.reporting.pieces import Raw, esc, fmt, img, missing, png_file, table
 from ptxseg.util import atomic
+from ptxseg.util.jsonio import read_json
 
 __all__ = ["Raw", "esc", "fmt", "img", "missing", "table"]
 
@@ -100,15 +100,8 @@ def find_evals(run: Path) -> dict[str, Path]:
 
 
 def _split_of(eval_dir: Path) -> str:
-    summary = _read_json(eval_dir / "summary.json") or {}
+    summary = read_json(eval_dir / "summary.json", default=None) or {}
     return str(summary.get("split", "eval"))
-
-
-def _read_json(path: Path) -> dict | None:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
 
 
 def _read_yaml(path: Path) -> dict:
@@ -129,7 +122,7 @@ def load_run(path: Path, root: Path | None = None) -> RunInfo:
         path=path,
         name=name or path.name,
         config=_read_yaml(path / "config.yaml"),
-        summary=_read_json(path / "train_summary.json") or {},
+        summary=read_json(path / "train_summary.json", default=None) or {},
         evals=find_evals(path),
     )
 
@@ -359,7 +352,7 @@ def _split_counts(config: dict) -> dict[str, int]:
     work = (config.get("data") or {}).get("work")
     if not work:
         return {}
-    splits = _read_json(Path(work) / "splits.json") or {}
+    splits = read_json(Path(work) / "splits.json", default=None) or {}
     return {k: len(v) for k, v in splits.items() if isinstance(v, list)}
 
 
@@ -376,7 +369,7 @@ def curves_section(run: RunInfo) -> str:
 
 def metrics_section(split: str, eval_dir: Path) -> str:
     parts = [f"<h3>Metrics on the {esc(split)} split</h3>"]
-    summary = _read_json(eval_dir / "summary.json")
+    summary = read_json(eval_dir / "summary.json", default=None)
     if summary is None:
         parts.append(missing(f"no readable summary.json in {eval_dir}"))
     else:
@@ -483,7 +476,7 @@ def runs_overview(runs: list[RunInfo]) -> str:
         model = run.config.get("model") or {}
         data = run.config.get("data") or {}
         for split, eval_dir in (run.evals or {"–": None}).items():
-            summary = (_read_json(eval_dir / "summary.json") or {}) if eval_dir else {}
+            summary = (read_json(eval_dir / "summary.json", default=None) or {}) if eval_dir else {}
             values = {name: entry[1] for name, entry in summary_metrics(summary).items()}
             entries = summary.get("metrics") or {}
 
@@ -585,9 +578,9 @@ def _minutes(seconds) -> str:
 def cv_section(folder: Path) -> str:
     """The folds of a `ptxseg cv` folder side by side, the pooled out-of-fold row, and the
     ensemble's other evaluations."""
-    spec = _read_json(folder / "cv.json") or {}
+    spec = read_json(folder / "cv.json", default=None) or {}
     n = int(spec.get("folds") or 0)
-    oof = _read_json(folder / "eval" / "oof" / "summary.json") or {}
+    oof = read_json(folder / "eval" / "oof" / "summary.json", default=None) or {}
     by_fold = {int(f["fold"]): f for f in oof.get("folds", [])}
 
     def oof_values(entry: dict) -> list:
@@ -603,7 +596,7 @@ def cv_section(folder: Path) -> str:
 
     rows = []
     for k in range(n):
-        done = _read_json(folder / f"fold{k}" / "done.json")
+        done = read_json(folder / f"fold{k}" / "done.json", default=None)
         if done is None:
             rows.append([f"fold {k}", "not finished", *["–"] * 10])
             continue
