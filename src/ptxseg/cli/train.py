@@ -9,6 +9,7 @@ from rich.console import Console
 
 from ptxseg.cli.app import app, fail
 from ptxseg.cli.guarded import READ, TABLES, Out, guarded
+from ptxseg.util.run_folders import RunFolder
 
 console = Console()
 
@@ -71,15 +72,7 @@ def config_overrides(options: dict, set_items: list[str]) -> dict:
     return overrides
 
 
-TRAIN_WRITES = (
-    "config.yaml",
-    "checkpoints",
-    "model",
-    "metrics.csv",
-    "logs",
-    "train_summary.json",
-    ".ptxseg*",
-)
+TRAIN_WRITES = RunFolder.WRITES
 TRAIN_READS = {"data": READ, "config": READ, "encoder_weights": READ}
 
 
@@ -180,8 +173,8 @@ def train(
 
     overrides = config_overrides(locals(), set_)
     base = config
-    if base is None and resume and out is not None and (out / "config.yaml").is_file():
-        base = str(out / "config.yaml")  # resuming continues with the run's own config
+    if base is None and resume and out is not None and RunFolder(out).config.is_file():
+        base = str(RunFolder(out).config)  # resuming continues with the run's own config
     try:
         resolved = load_config(base, overrides)
         if not resolved.data.work:
@@ -195,7 +188,7 @@ def train(
         fail(str(error))
     import json
 
-    summary_path = run_dir / "train_summary.json"
+    summary_path = RunFolder(run_dir).train_summary
     s = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
     if s.get("best_val_dice") is not None:
         console.print(

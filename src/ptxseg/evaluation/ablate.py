@@ -21,6 +21,7 @@ from pathlib import Path
 
 from ptxseg.util import atomic
 from ptxseg.util.jsonio import plain, read_json, write_json
+from ptxseg.util.run_folders import DONE, EvalFolder, RunFolder
 from ptxseg.util.shards import parse_shard, take_shard
 
 # Metric key in done.json -> header in the tables. "Dice", "IoU" and "pixel accuracy" are pooled
@@ -34,8 +35,6 @@ METRICS: dict[str, str] = {
     "infer_ms": "Inference (ms/image)",
     "mem_mb": "Inference memory (MB)",
 }
-
-DONE = "done.json"
 
 
 @dataclass(frozen=True)
@@ -272,8 +271,8 @@ def compare_encoders(grid_dir: Path, results: Sequence[dict]) -> dict[str, Path]
     for aug in dict.fromkeys(r["aug"] for r in results):
         by_encoder: dict[str, list] = {}
         for r in results:
-            eval_dir = Path(str(r.get("run_dir", ""))) / "eval" / "test"
-            if r["aug"] == aug and (eval_dir / "per_image.csv").is_file():
+            eval_dir = RunFolder(Path(str(r.get("run_dir", "")))).eval("test").root
+            if r["aug"] == aug and EvalFolder(eval_dir).per_image.is_file():
                 by_encoder.setdefault(r["encoder"], []).append(read_evaluation(eval_dir))
         if len(by_encoder) < 2:
             continue
@@ -376,13 +375,13 @@ def train_and_evaluate(
 
     run_dir = Path(cell_dir) / "run"
     cfg = cell_config(cell, run_dir, data, epochs, size, config, overrides)
-    cfg.trainer.resume = (run_dir / "checkpoints" / "last.ckpt").is_file()
+    cfg.trainer.resume = RunFolder(run_dir).last_checkpoint.is_file()
     run_dir = fit(cfg)
-    summary = read_json(run_dir / "train_summary.json", default=None) or {}
+    summary = read_json(RunFolder(run_dir).train_summary, default=None) or {}
     test = evaluate_checkpoint(
-        run_dir / "checkpoints" / "best.ckpt",
+        RunFolder(run_dir).best_checkpoint,
         data,
-        run_dir / "eval" / "test",
+        RunFolder(run_dir).eval("test").root,
         split="test",
         device=device,
         progress=False,

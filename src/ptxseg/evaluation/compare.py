@@ -34,6 +34,7 @@ from ptxseg.stats.bootstrap import (
     weighted_auc,
 )
 from ptxseg.stats.intervals import delong, holm
+from ptxseg.util.run_folders import EvalFolder
 
 METRICS = {
     "competition_dice": "competition Dice",
@@ -78,7 +79,7 @@ def model_name(eval_dir: Path) -> str:
 def read_evaluation(eval_dir: str | Path, name: str | None = None) -> Evaluation:
     """An evaluation folder's per_image.csv (and its split from summary.json)."""
     eval_dir = Path(eval_dir)
-    path = eval_dir / "per_image.csv"
+    path = EvalFolder(eval_dir).per_image
     if not path.is_file():
         raise CompareError(
             f"{eval_dir} has no per_image.csv: expected a `ptxseg evaluate` --out folder"
@@ -86,7 +87,7 @@ def read_evaluation(eval_dir: str | Path, name: str | None = None) -> Evaluation
     with path.open(newline="") as f:
         rows = sorted(csv.DictReader(f), key=lambda r: r["image_id"])
     try:
-        summary = json.loads((eval_dir / "summary.json").read_text())
+        summary = json.loads(EvalFolder(eval_dir).summary.read_text())
     except (OSError, ValueError):
         summary = {}
     groups = [r["patient_group"] for r in rows] if rows and "patient_group" in rows[0] else None

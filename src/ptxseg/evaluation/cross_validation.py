@@ -28,15 +28,15 @@ from ptxseg.data.folds import read_folds
 from ptxseg.inference.ensemble import ENSEMBLE_FILE, write_ensemble
 from ptxseg.util import atomic
 from ptxseg.util.jsonio import read_json
+from ptxseg.util.run_folders import DONE, CvFolder, EvalFolder, RunFolder
 from ptxseg.util.shards import parse_shard, take_shard
 
-SPEC = "cv.json"
-DONE = "done.json"
+SPEC = CvFolder.SPEC
 SPEC_KEYS = ("data", "folds", "config", "overrides")
 
 
 def fold_dir(cv_dir: Path, fold: int) -> Path:
-    return Path(cv_dir) / f"fold{fold}"
+    return CvFolder(Path(cv_dir)).fold(fold).root
 
 
 def fold_config(
@@ -117,12 +117,12 @@ def run_folds(
             continue
         config = make_config(fold)
         run_dir = Path(config.trainer.out)
-        config.trainer.resume = (run_dir / "checkpoints" / "last.ckpt").is_file()
+        config.trainer.resume = RunFolder(run_dir).last_checkpoint.is_file()
         if on_event:
             on_event("resumed" if config.trainer.resume else "started", fold, None)
         start = time.perf_counter()
         train(config)
-        summary = read_json(run_dir / "train_summary.json", default=None) or {}
+        summary = read_json(RunFolder(run_dir).train_summary, default=None) or {}
         summary = {"fold": fold, **summary, "cv_seconds": round(time.perf_counter() - start, 1)}
         atomic.write_text(run_dir / DONE, json.dumps(summary, indent=2, default=str) + "\n")
         finished[fold] = summary
@@ -173,9 +173,9 @@ def finish_cv(
     from ptxseg.inference.ensemble import read_ensemble
 
     path = make_ensemble(cv_dir, folds)
-    out = Path(cv_dir) / "eval" / "oof"
+    out = CvFolder(Path(cv_dir)).oof.root
     stored = read_ensemble(path).operating_point
-    previous = read_json(out / "summary.json", default=None)
+    previous = read_json(EvalFolder(out).summary, default=None)
     if stored is not None and previous is not None and (tta is None or stored.tta == tta):
         return previous
     return evaluate_oof(

@@ -61,6 +61,7 @@ from ptxseg.stats.calibration import Calibrator
 from ptxseg.util import atomic
 from ptxseg.util.jsonio import plain
 from ptxseg.util.progress import progress_bar
+from ptxseg.util.run_folders import EvalFolder
 
 RESOLUTIONS = ("full", "model")
 SCORED_AT = {
@@ -275,7 +276,7 @@ def evaluation_files(
         for row, value in zip(rows, column, strict=True):
             row[name] = value
     return {
-        "per_image.csv": _table(rows, columns),
+        EvalFolder.PER_IMAGE: _table(rows, columns),
         "roc.csv": [["fpr", "tpr", "threshold"]]
         + [
             [_fmt(f), _fmt(t), "inf" if math.isinf(h) else _fmt(h)]
@@ -586,10 +587,10 @@ def evaluate(
     if save_probs:
         for p in {id(x): x for x in (val_pred, pred) if x is not None}.values():
             files[f"probs-{p.split}.npz"] = probability_arrays(p)
-    summary["files"] = sorted([*files, "summary.json"])
-    files["summary.json"] = plain(summary, finite=True)
+    summary["files"] = sorted([*files, EvalFolder.SUMMARY])
+    files[EvalFolder.SUMMARY] = plain(summary, finite=True)
     write_outputs(out_dir, files)
-    return files["summary.json"]
+    return files[EvalFolder.SUMMARY]
 
 
 def probability_arrays(pred: SplitPredictions) -> dict[str, np.ndarray]:
@@ -661,5 +662,5 @@ def evaluate_checkpoint(
         from ptxseg.evaluation.model_card import write_model_card
 
         summary["model_card"] = str(write_model_card(models[0], summary, out_dir))
-        write_outputs(Path(out_dir), {"summary.json": summary})
+        write_outputs(Path(out_dir), {EvalFolder.SUMMARY: summary})
     return summary

@@ -46,6 +46,7 @@ from ptxseg.inference.predictor import Predictor
 from ptxseg.model.metrics import SCORES
 from ptxseg.model.operating_point import OperatingPoint, OperatingPointWarning, check_tta
 from ptxseg.util.jsonio import plain
+from ptxseg.util.run_folders import EvalFolder
 
 OOF = "oof"
 
@@ -206,7 +207,7 @@ def evaluate_oof(
     files.update(evidence_files)
     if save_probs:
         files[f"probs-{OOF}.npz"] = dict(probability_arrays(pooled), folds=fold_column)
-    summary["files"] = sorted([*files, "summary.json"])
-    files["summary.json"] = plain(summary, finite=True)
+    summary["files"] = sorted([*files, EvalFolder.SUMMARY])
+    files[EvalFolder.SUMMARY] = plain(summary, finite=True)
     write_outputs(Path(out_dir), files)
-    return files["summary.json"]
+    return files[EvalFolder.SUMMARY]

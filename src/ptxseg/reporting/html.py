@@ -31,10 +31,11 @@ from ptxseg.reporting import evidence_sections, plots
 from ptxseg.reporting.pieces import Raw, esc, fmt, img, missing, png_file, table
 from ptxseg.util import atomic
 from ptxseg.util.jsonio import read_json
+from ptxseg.util.run_folders import CvFolder, EvalFolder, RunFolder
 
 __all__ = ["Raw", "esc", "fmt", "img", "missing", "table"]
 
-EVAL_FILES = ("summary.json", "per_image.csv", "roc.csv", "panels.npz")
+EVAL_FILES = (EvalFolder.SUMMARY, EvalFolder.PER_IMAGE, EvalFolder.ROC, EvalFolder.PANELS)
 PANEL_ORDER = ("best", "worst", "false_positive", "false_negative")
 
 CSS = """
@@ -72,8 +73,9 @@ class RunInfo:
 
 
 def is_run_dir(path: Path) -> bool:
-    return (path / "config.yaml").is_file() and any(
-        (path / name).exists() for name in ("metrics.csv", "train_summary.json", "checkpoints")
+    run = RunFolder(path)
+    return run.config.is_file() and any(
+        p.exists() for p in (run.metrics, run.train_summary, run.checkpoints)
     )
 
 
@@ -100,7 +102,7 @@ def find_evals(run: Path) -> dict[str, Path]:
 
 
 def _split_of(eval_dir: Path) -> str:
-    summary = read_json(eval_dir / "summary.json", default=None) or {}
+    summary = read_json(EvalFolder(eval_dir).summary, default=None) or {}
     return str(summary.get("split", "eval"))
 
 
@@ -121,8 +123,8 @@ def load_run(path: Path, root: Path | None = None) -> RunInfo:
     return RunInfo(
         path=path,
         name=name or path.name,
-        config=_read_yaml(path / "config.yaml"),
-        summary=read_json(path / "train_summary.json", default=None) or {},
+        config=_read_yaml(RunFolder(path).config),
+        summary=read_json(RunFolder(path).train_summary, default=None) or {},
         evals=find_evals(path),
     )
 
@@ -143,7 +145,7 @@ def discover(root: Path) -> dict:
             grids.append(path)
         if (path / "benchmark.csv").is_file():
             benchmarks.append(path)
-        if (path / "cv.json").is_file():
+        if CvFolder(path).spec.is_file():
             cvs.append(path)
     return {"runs": runs, "grids": grids, "benchmarks": benchmarks, "cvs": cvs}
 
@@ -358,7 +360,7 @@ def _split_counts(config: dict) -> dict[str, int]:
 
 def curves_section(run: RunInfo) -> str:
     head = "<h3>Training and validation curves</h3>"
-    path = run.path / "metrics.csv"
+    path = RunFolder(run.path).metrics
     if not path.is_file():
         return head + missing(f"no metrics.csv in {run.path}: curves unavailable")
     epochs, curves = read_curves(path)
@@ -369,7 +371,7 @@ def curves_section(run: RunInfo) -> str:
 
 def metrics_section(split: str, eval_dir: Path) -> str:
     parts = [f"<h3>Metrics on the {esc(split)} split</h3>"]
-    summary = read_json(eval_dir / "summary.json", default=None)
+    summary = read_json(EvalFolder(eval_dir).summary, default=None)
     if summary is None:
         parts.append(missing(f"no readable summary.json in {eval_dir}"))
     else:
@@ -476,7 +478,9 @@ def runs_overview(runs: list[RunInfo]) -> str:
         model = run.config.get("model") or {}
         data = run.config.get("data") or {}
         for split, eval_dir in (run.evals or {"–": None}).items():
-            summary = (read_json(eval_dir / "summary.json", default=None) or {}) if eval_dir else {}
+            summary = (
+                (read_json(EvalFolder(eval_dir).summary, default=None) or {}) if eval_dir else {}
+            )
             values = {name: entry[1] for name, entry in summary_metrics(summary).items()}
             entries = summary.get("metrics") or {}
 
@@ -578,9 +582,9 @@ def _minutes(seconds) -> str:
 def cv_section(folder: Path) -> str:
     """The folds of a `ptxseg cv` folder side by side, the pooled out-of-fold row, and the
     ensemble's other evaluations."""
-    spec = read_json(folder / "cv.json", default=None) or {}
+    spec = read_json(CvFolder(folder).spec, default=None) or {}
     n = int(spec.get("folds") or 0)
-    oof = read_json(folder / "eval" / "oof" / "summary.json", default=None) or {}
+    oof = read_json(CvFolder(folder).oof.summary, default=None) or {}
     by_fold = {int(f["fold"]): f for f in oof.get("folds", [])}
 
     def oof_values(entry: dict) -> list:
@@ -596,7 +600,7 @@ def cv_section(folder: Path) -> str:
 
     rows = []
     for k in range(n):
-        done = read_json(folder / f"fold{k}" / "done.json", default=None)
+        done = read_json(CvFolder(folder).fold(k).done, default=None)
         if done is None:
             rows.append([f"fold {k}", "not finished", *["–"] * 10])
             continue
