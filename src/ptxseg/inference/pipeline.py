@@ -738,17 +738,9 @@ class _progress:
     def __enter__(self):
         if not self.enabled:
             return lambda: None
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            Progress,
-            TextColumn,
-            TimeRemainingColumn,
-        )
+        from ptxseg.util.progress import progress_bar
 
-        self._bar = Progress(
-            TextColumn("predict"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn()
-        )
+        self._bar = progress_bar()
         self._bar.__enter__()
         task = self._bar.add_task("predict", total=self.total)
         return lambda: self._bar.advance(task)
