@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ptxseg.util.jsonio import plain, read_json, write_json
+from ptxseg.util.jsonio import jsonable, read_json, write_json
 
 
 @dataclass
@@ -18,7 +18,7 @@ class _Point:
     scores: tuple
 
 
-def test_plain_turns_numpy_paths_tuples_and_dataclasses_into_json_types():
+def test_jsonable_turns_numpy_paths_tuples_and_dataclasses_into_json_types():
     value = {
         1: np.float32(0.5),
         "n": np.int64(3),
@@ -26,7 +26,7 @@ def test_plain_turns_numpy_paths_tuples_and_dataclasses_into_json_types():
         "arr": np.array([1, 2]),
         "p": _Point("a", Path("/x/y"), (np.float64(1.0), 2)),
     }
-    out = plain(value)
+    out = jsonable(value)
     assert out == {
         "1": 0.5,
         "n": 3,
@@ -38,9 +38,9 @@ def test_plain_turns_numpy_paths_tuples_and_dataclasses_into_json_types():
     json.dumps(out)  # raises on anything JSON does not know
 
 
-def test_plain_keeps_nan_unless_asked_for_finite_values():
-    assert math.isnan(plain([float("nan")])[0])
-    assert plain({"a": float("nan"), "b": np.float64("inf"), "c": 1.5}, finite=True) == {
+def test_jsonable_keeps_nan_unless_asked_for_finite_values():
+    assert math.isnan(jsonable([float("nan")])[0])
+    assert jsonable({"a": float("nan"), "b": np.float64("inf"), "c": 1.5}, finite=True) == {
         "a": None,
         "b": None,
         "c": 1.5,

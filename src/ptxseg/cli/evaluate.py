@@ -322,7 +322,7 @@ def compare(
         read_evaluation,
     )
     from ptxseg.evaluation.evaluate_split import write_outputs
-    from ptxseg.util.jsonio import plain
+    from ptxseg.util.jsonio import jsonable
 
     try:
         result = compare_evaluations(
@@ -353,7 +353,7 @@ def compare(
             out,
             {
                 "comparison.csv": comparison_rows(result),
-                "comparison.json": plain(result, finite=True),
+                "comparison.json": jsonable(result, finite=True),
             },
         )
         from ptxseg.util import atomic

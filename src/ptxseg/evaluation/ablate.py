@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ptxseg.util import atomic
-from ptxseg.util.jsonio import plain, read_json, write_json
+from ptxseg.util.jsonio import jsonable, read_json, write_json
 from ptxseg.util.run_folders import DONE, EvalFolder, RunFolder
 from ptxseg.util.shards import parse_shard, take_shard
 
@@ -296,7 +296,7 @@ def compare_encoders(grid_dir: Path, results: Sequence[dict]) -> dict[str, Path]
         "comparison.md": Path(grid_dir) / "comparison.md",
     }
 
-    write_json(paths["comparison.json"], plain({"groups": groups}, finite=True))
+    write_json(paths["comparison.json"], jsonable({"groups": groups}, finite=True))
     atomic.write_text(paths["comparison.md"], "\n".join(text))
     return paths
 

@@ -59,7 +59,7 @@ from ptxseg.model.metrics import (
 from ptxseg.model.operating_point import OperatingPoint, OperatingPointWarning
 from ptxseg.stats.calibration import Calibrator
 from ptxseg.util import atomic
-from ptxseg.util.jsonio import plain
+from ptxseg.util.jsonio import jsonable
 from ptxseg.util.progress import progress_bar
 from ptxseg.util.run_folders import EvalFolder
 
@@ -588,7 +588,7 @@ def evaluate(
         for p in {id(x): x for x in (val_pred, pred) if x is not None}.values():
             files[f"probs-{p.split}.npz"] = probability_arrays(p)
     summary["files"] = sorted([*files, EvalFolder.SUMMARY])
-    files[EvalFolder.SUMMARY] = plain(summary, finite=True)
+    files[EvalFolder.SUMMARY] = jsonable(summary, finite=True)
     write_outputs(out_dir, files)
     return files[EvalFolder.SUMMARY]
 

@@ -45,7 +45,7 @@ from ptxseg.inference.ensemble import EnsembleError, read_ensemble, store_ensemb
 from ptxseg.inference.predictor import Predictor
 from ptxseg.model.metrics import SCORES
 from ptxseg.model.operating_point import OperatingPoint, OperatingPointWarning, check_tta
-from ptxseg.util.jsonio import plain
+from ptxseg.util.jsonio import jsonable
 from ptxseg.util.run_folders import EvalFolder
 
 OOF = "oof"
@@ -208,6 +208,6 @@ def evaluate_oof(
     if save_probs:
         files[f"probs-{OOF}.npz"] = dict(probability_arrays(pooled), folds=fold_column)
     summary["files"] = sorted([*files, EvalFolder.SUMMARY])
-    files[EvalFolder.SUMMARY] = plain(summary, finite=True)
+    files[EvalFolder.SUMMARY] = jsonable(summary, finite=True)
     write_outputs(Path(out_dir), files)
     return files[EvalFolder.SUMMARY]

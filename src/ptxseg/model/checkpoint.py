@@ -25,7 +25,7 @@ from ptxseg.config import TrainConfig
 from ptxseg.model.operating_point import OperatingPoint
 from ptxseg.model.unet import SegmentationModel, build_model, load_error
 from ptxseg.util import atomic
-from ptxseg.util.jsonio import plain
+from ptxseg.util.jsonio import jsonable
 
 MODEL_INFO = "ptxseg.json"
 WEIGHTS = "model.safetensors"
@@ -223,11 +223,11 @@ def update_info(path: str | os.PathLike, entries: dict[str, Any]) -> None:
     path = Path(path)
     if path.is_dir():
         info = read_info(path)
-        info.update(plain(entries))
+        info.update(jsonable(entries))
         atomic.write_text(path / MODEL_INFO, json.dumps(info, indent=2) + "\n")
         return
     ckpt = read_checkpoint(path)
-    ckpt["ptxseg"].update(plain(entries))
+    ckpt["ptxseg"].update(jsonable(entries))
     write_checkpoint(path, ckpt)
 
 
@@ -244,8 +244,8 @@ def save_inference_model(
         "input_size": int(model.input_size),
         "config": model.config,
         "operating_point": None if op is None else op.to_dict(),
-        "validation": plain(getattr(model, "validation", None)),
-        **{key: plain(getattr(model, key, None)) for key in STORED_ENTRIES},
+        "validation": jsonable(getattr(model, "validation", None)),
+        **{key: jsonable(getattr(model, key, None)) for key in STORED_ENTRIES},
         "source": source or {},
     }
 

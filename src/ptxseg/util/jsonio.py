@@ -1,6 +1,6 @@
 """The one place that turns values into JSON and reads and writes JSON files.
 
-`plain` makes numpy numbers, paths, tuples and dataclasses JSON-ready; `read_json` reads a file
+`jsonable` makes numpy numbers, paths, tuples and dataclasses JSON-ready; `read_json` reads a file
 and, where a caller can do without it, returns a default for a missing or unreadable one;
 `write_json` writes through `ptxseg.util.atomic`, so a reader never sees half a file.
 """
@@ -21,16 +21,16 @@ from ptxseg.util import atomic
 _REQUIRED = object()
 
 
-def plain(value: Any, *, finite: bool = False) -> Any:
+def jsonable(value: Any, *, finite: bool = False) -> Any:
     """`value` with JSON's own types only: mappings become dicts with string keys, tuples and
     arrays lists, numpy scalars Python numbers, paths strings, dataclasses dicts. With `finite`,
     NaN and infinities become None (strict JSON has no spelling for them)."""
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         value = dataclasses.asdict(value)
     if isinstance(value, Mapping):
-        return {str(k): plain(v, finite=finite) for k, v in value.items()}
+        return {str(k): jsonable(v, finite=finite) for k, v in value.items()}
     if isinstance(value, list | tuple | np.ndarray):
-        return [plain(v, finite=finite) for v in value]
+        return [jsonable(v, finite=finite) for v in value]
     if isinstance(value, PurePath):
         return str(value)
     if isinstance(value, np.generic) or (hasattr(value, "item") and not hasattr(value, "__len__")):
@@ -59,6 +59,6 @@ def read_json(path: str | PurePath, default: Any = _REQUIRED) -> Any:
 
 
 def write_json(path: str | PurePath, data: Any, *, indent: int | None = 2) -> Path:
-    """Write `plain(data)` to `path` atomically (a temporary name, then a rename), ending in a
+    """Write `jsonable(data)` to `path` atomically (a temporary name, then a rename), ending in a
     newline."""
-    return atomic.write_text(path, json.dumps(plain(data), indent=indent) + "\n")
+    return atomic.write_text(path, json.dumps(jsonable(data), indent=indent) + "\n")
