@@ -64,7 +64,7 @@ def measure_encoder(
     from ptxseg.data.dataset import PositiveFractionSampler, SegmentationDataset
     from ptxseg.model.losses import build_loss
     from ptxseg.model.unet import build_model
-    from ptxseg.training.module import build_transform
+    from ptxseg.training.module import optional_transform
 
     dev = torch.device(
         ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
@@ -84,7 +84,7 @@ def measure_encoder(
         loss_fn(model(image), mask).backward()
         optimizer.step()
 
-    dataset = SegmentationDataset(work, "train", size, build_transform(aug, size))
+    dataset = SegmentationDataset(work, "train", size, optional_transform(aug, size))
     sampler = PositiveFractionSampler(
         np.asarray(dataset.has_pneumothorax), positive_fraction, (steps + warmup) * batch_size, seed
     )

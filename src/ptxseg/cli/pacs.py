@@ -429,7 +429,7 @@ def repair_uids(
             failed.append((str(source), f"{type(err).__name__}: {err}"))
             continue
         repaired += bool(notes)
-    for line in errors.summarise(failed, where="the lines above"):
+    for line in errors.summarise_failures(failed, where="the lines above"):
         typer.echo(f"error: {line}", err=True)
     typer.echo(
         f"copied {len(files) - len(failed)} files to {out}; {repaired} had UIDs repaired"

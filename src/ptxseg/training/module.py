@@ -267,7 +267,7 @@ class EpochSeeded(Sampler[int]):
         yield from self.sampler
 
 
-def build_transform(strategy: str, size: int):
+def optional_transform(strategy: str, size: int):
     """The named augmentation from `ptxseg.training.augmentations`; `none` works without it."""
     try:
         from ptxseg.training.augmentations import build_transform as build
@@ -315,7 +315,7 @@ class SegmentationDataModule(L.LightningDataModule):
             # (on_after_batch_transfer): then the loader ships the cache's uint8 rows, a
             # quarter of the bytes, and the device makes them float.
             on_device = d.augment_on == "device"
-            transform = None if on_device else build_transform(d.aug, d.size)
+            transform = None if on_device else optional_transform(d.aug, d.size)
             if d.fold is not None:  # train on the other folds, validate on this one
                 from ptxseg.data.folds import fold_datasets
 
