@@ -58,7 +58,7 @@ from ptxseg.model.metrics import (
 )
 from ptxseg.model.operating_point import OperatingPoint, OperatingPointWarning
 from ptxseg.stats.calibration import Calibrator
-from ptxseg.util import atomic
+from ptxseg.util import atomic, schemas
 from ptxseg.util.jsonio import jsonable
 from ptxseg.util.progress import progress_bar
 from ptxseg.util.run_folders import EvalFolder
@@ -566,6 +566,7 @@ def evaluate(
         )
 
     summary = {
+        "schema_version": schemas.EVALUATION_SUMMARY,
         "split": split,
         "checkpoint": None if checkpoint is None else str(checkpoint),
         "work": str(work),

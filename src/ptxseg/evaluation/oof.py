@@ -45,6 +45,7 @@ from ptxseg.inference.ensemble import EnsembleError, read_ensemble, store_ensemb
 from ptxseg.inference.predictor import Predictor
 from ptxseg.model.metrics import SCORES
 from ptxseg.model.operating_point import OperatingPoint, OperatingPointWarning, check_tta
+from ptxseg.util import schemas
 from ptxseg.util.jsonio import jsonable
 from ptxseg.util.run_folders import EvalFolder
 
@@ -173,6 +174,7 @@ def evaluate_oof(
     if note is not None:
         found["calibration"]["fitted"] = note
     summary = {
+        "schema_version": schemas.EVALUATION_SUMMARY,
         "split": OOF,
         "checkpoint": str(spec.path),
         "work": str(work),

@@ -40,7 +40,7 @@ from ptxseg.training.module import (
     SegmentationModule,
     write_metrics_csv,
 )
-from ptxseg.util import atomic
+from ptxseg.util import atomic, schemas
 from ptxseg.util.run_folders import RunFolder
 from ptxseg.util.system import gpu_description, peak_rss_mb
 
@@ -334,6 +334,7 @@ def _summary(config, module, trainer, recorder, data, wall: float) -> dict[str, 
     rates = recorder.epoch_images_per_s
     device = recorder.device if recorder.device is not None else module.device
     return {
+        "schema_version": schemas.TRAIN_SUMMARY,
         "encoder": config.model.encoder,
         "epochs_run": len(rows),
         "best_epoch": best["epoch"] if best else None,
