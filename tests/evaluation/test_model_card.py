@@ -4,7 +4,7 @@ import json
 
 import pytest
 import yaml
-from evaluation.test_evaluate import SIZE, make_work
+from evaluation.test_evaluate_split import SIZE, make_work
 from predict_helpers import make_checkpoint
 
 from ptxseg.cli import main

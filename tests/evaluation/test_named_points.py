@@ -5,7 +5,7 @@ import json
 import cv2
 import numpy as np
 import pytest
-from evaluation.test_evaluate import BrightnessModel, fake_checkpoint, make_work
+from evaluation.test_evaluate_split import BrightnessModel, fake_checkpoint, make_work
 from predict_helpers import make_checkpoint
 
 from ptxseg.cli import main
