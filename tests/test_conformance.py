@@ -179,7 +179,7 @@ class _Receiver:
 def test_listen_sends_valid_seg_and_sr(inputs, tmp_path):
     import time
 
-    from ptxseg.integration.dimse import Destination, Listener
+    from ptxseg.integration.dimse import Destination, Listener, ListenerSettings
     from ptxseg.integration.spool import Spool
 
     copies = _repaired(inputs, tmp_path / "repaired")
@@ -191,8 +191,8 @@ def test_listen_sends_valid_seg_and_sr(inputs, tmp_path):
             analyzer(),
             destination,
             spool,
-            port=port,
-            secondary_capture=True,  # SIIM's files are Secondary Capture with Modality CR
+            # SIIM's files are Secondary Capture with Modality CR
+            ListenerSettings(port=port, secondary_capture=True),
             report=lambda line: None,
         )
         with spool, listener:

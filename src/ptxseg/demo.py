@@ -23,6 +23,7 @@ from rich.console import Console
 from rich.table import Table
 
 from ptxseg.util import atomic
+from ptxseg.util.run_folders import RunFolder
 
 ENCODERS = ("efficientnet-b0", "resnet50", "xception")
 OPERATING_POINTS = "triage:sensitivity=0.95,rule-in:specificity=0.95"
@@ -208,15 +209,15 @@ def _train_and_evaluate(encoder: str, work: Path, runs: Path, s: DemoSettings, c
 
     run = runs / encoder
     model = run / "model"  # the inference model: the operating point is stored with it
-    if not (run / "train_summary.json").is_file():
+    if not RunFolder(run).train_summary.is_file():
         console.rule(f"3. train {encoder}")
         fit(_demo_config(encoder, work, run, s))
-    if not (run / "eval" / "test" / "summary.json").is_file():
+    if not RunFolder(run).eval("test").summary.is_file():
         console.rule(f"4. evaluate {encoder} on the test split")
         evaluate_checkpoint(
             model,
             work,
-            run / "eval" / "test",
+            RunFolder(run).eval("test").root,
             split="test",
             tta="hflip",
             search=True,  # the point, its calibrator and the named points, on val
@@ -245,7 +246,7 @@ def _demo_config(encoder: str, work: Path, run: Path, s: DemoSettings):
             "trainer.epochs": s.epochs.get(encoder, s.default_epochs),
             "trainer.out": str(run),
             "trainer.seed": s.seed,
-            "trainer.resume": (run / "checkpoints" / "last.ckpt").is_file(),
+            "trainer.resume": RunFolder(run).last_checkpoint.is_file(),
         },
     )
 
@@ -284,8 +285,8 @@ def results_table(runs: Path, encoders: Sequence[str]) -> Table:
             column, justify="left" if column == "encoder" else "right", no_wrap=column == "encoder"
         )
     for encoder in encoders:
-        train = json.loads((runs / encoder / "train_summary.json").read_text())
-        test = json.loads((runs / encoder / "eval" / "test" / "summary.json").read_text())
+        train = json.loads(RunFolder(runs / encoder).train_summary.read_text())
+        test = json.loads(RunFolder(runs / encoder).eval("test").summary.read_text())
         metric = test["metrics"]
         table.add_row(
             encoder,

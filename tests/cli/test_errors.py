@@ -10,13 +10,13 @@ import pytest
 from predict_helpers import make_checkpoint
 
 from ptxseg.cli import main
-from ptxseg.cli.errors import generic, summarise
+from ptxseg.cli.errors import generic, summarise_failures
 
 
 def test_failures_that_differ_only_by_their_file_are_one_line():
     failures = [(f"/d/{i}.dcm", f"ImageReadError: /d/{i}.dcm is empty") for i in range(5000)]
     failures.insert(1, ("/d/x.png", "ImageReadError: /d/x.png is not a readable image"))
-    lines = summarise(failures, where="out.csv")
+    lines = summarise_failures(failures, where="out.csv")
     assert lines == [
         "5000 files: ImageReadError: <file> is empty (e.g. /d/0.dcm; all listed in out.csv)",
         "/d/x.png: ImageReadError: /d/x.png is not a readable image",
@@ -26,9 +26,9 @@ def test_failures_that_differ_only_by_their_file_are_one_line():
 
 def test_few_failures_keep_a_line_each_and_many_kinds_are_cut_short():
     few = [(f"{i}.dcm", "bad") for i in range(3)]
-    assert summarise(few, "t") == ["0.dcm: bad", "1.dcm: bad", "2.dcm: bad"]
+    assert summarise_failures(few, "t") == ["0.dcm: bad", "1.dcm: bad", "2.dcm: bad"]
     many = [(f"{i}.dcm", f"bad {i * 7}") for i in range(30)]
-    lines = summarise(many, "t", most=5)
+    lines = summarise_failures(many, "t", most=5)
     assert len(lines) == 5 and lines[-1] == "... 26 more files, all listed in t"
 
 

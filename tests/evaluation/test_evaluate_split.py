@@ -14,6 +14,7 @@ from ptxseg.evaluation.eval_files import choose_panels
 from ptxseg.evaluation.evaluate_split import evaluate_checkpoint
 from ptxseg.model.checkpoint import read_operating_point as load_operating_point
 from ptxseg.model.operating_point import OperatingPoint
+from ptxseg.util import schemas
 
 SIZE = 32
 
@@ -148,6 +149,7 @@ def test_outputs_per_image_csv_summary_roc_and_panels(tmp_path):
         "summary.json",
     ]
     assert json.loads((out / "summary.json").read_text()) == summary
+    assert summary["schema_version"] == schemas.EVALUATION_SUMMARY
     with open(out / "per_image.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     assert [r["image_id"] for r in rows] == [f"test-{i}" for i in range(6)]

@@ -13,6 +13,7 @@ from ptxseg.evaluation.evaluate_split import evaluate_checkpoint
 from ptxseg.evaluation.oof import evaluate_oof
 from ptxseg.inference.ensemble import EnsembleError, read_ensemble, write_ensemble
 from ptxseg.inference.predictor import Predictor
+from ptxseg.util import schemas
 
 
 @pytest.fixture(scope="module")
@@ -27,6 +28,7 @@ def cv_folder(tmp_path_factory):
 def test_oof_scores_each_fold_with_its_own_member_and_pools_them(cv_folder, tmp_path):
     work, cv = cv_folder
     summary = evaluate_oof(cv, work, tmp_path / "oof", tta="hflip", progress=False)
+    assert summary["schema_version"] == schemas.EVALUATION_SUMMARY
     folds = read_folds(work)
     assert [f["counts"]["n_images"] for f in summary["folds"]] == [len(f) for f in folds]
     assert summary["counts"]["n_images"] == sum(len(f) for f in folds)

@@ -10,6 +10,7 @@ from ptxseg.inference.findings import (
     mask_side,
     side_convention,
 )
+from ptxseg.util import schemas
 
 OP = {"top": 0.5, "bottom": 0.5, "min_area": 0}
 
@@ -48,6 +49,7 @@ def test_area_in_cm2_uses_pixel_spacing_and_box_is_exclusive():
     assert f["area_cm2"] == pytest.approx(1200 * 0.02 / 100)
     assert f["bbox"] == [10, 20, 40, 60] == bounding_box(mask)
     assert f["pneumothorax"] is True and f["encoder"] == "resnet50"
+    assert f["schema_version"] == schemas.FINDINGS
     assert caption(f) == "Pneumothorax: right, 0.2 cm², est. BTS small / ACCP small, p=0.93"
 
 

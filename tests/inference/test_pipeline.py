@@ -31,6 +31,7 @@ from ptxseg.inference.pipeline import (
 )
 from ptxseg.inference.predictor import Predictor
 from ptxseg.inference.sr import read_report
+from ptxseg.util import schemas
 
 
 def _pngs(folder: Path, n: int, shape=(80, 96)) -> list[Path]:
@@ -350,7 +351,8 @@ def test_the_run_says_what_bounds_its_main_loop(tmp_path, monkeypatch):
     assert max(spent, key=spent.get) == "writers" and spent["writers"] >= 0.25
     assert sum(spent.values()) <= result.seconds
     write_run_record(result, out / "run.json", {})
-    assert json.loads((out / "run.json").read_text())["main_loop_s"] == spent
+    record = json.loads((out / "run.json").read_text())
+    assert record["main_loop_s"] == spent and record["schema_version"] == schemas.PREDICT_RUN
 
 
 def test_a_task_that_dies_fails_its_own_files_only(tmp_path, monkeypatch):

@@ -1,6 +1,7 @@
 """`ptxseg listen` in-process: C-STORE into the spool, SEG and SR out to a pynetdicom destination
 through the outbox, retries and their limit, refusals, restarts that drain the spool first."""
 
+import dataclasses
 import os
 import stat
 import threading
@@ -25,6 +26,7 @@ from ptxseg.integration.dimse import (
     Destination,
     DestinationUnreachable,
     Listener,
+    ListenerSettings,
     SendFailed,
     backoff,
     parse_destination,
@@ -86,7 +88,10 @@ def listener(spool, destination, **kwargs):
     kwargs.setdefault("report", lambda line: None)
     kwargs.setdefault("retry_base", 0.05)
     kwargs.setdefault("retry_cap", 0.2)
-    return Listener(kwargs.pop("analyzer", None) or analyzer(), destination, spool, **kwargs)
+    fields = {f.name for f in dataclasses.fields(ListenerSettings)}
+    settings = ListenerSettings(**{k: kwargs.pop(k) for k in list(kwargs) if k in fields})
+    node = kwargs.pop("analyzer", None) or analyzer()
+    return Listener(node, destination, spool, settings, **kwargs)
 
 
 def push(port, files, ae_title="PTXSEG", sop_class=ComputedRadiographyImageStorage):

@@ -25,6 +25,7 @@ from ptxseg.training.module import (
     epoch_metrics,
     warmup_cosine,
 )
+from ptxseg.util import schemas
 
 
 class SquaresDataset(torch.utils.data.Dataset):
@@ -162,6 +163,7 @@ def test_fit_writes_the_run_folder_and_the_checkpoint_rebuilds_the_model(tmp_pat
     assert 0.0 <= float(rows[0]["val_dice"]) <= 1.0 and float(rows[0]["lr"]) == 1e-3
     summary = json.loads((run / "train_summary.json").read_text())
     assert summary["best_epoch"] == 0 and summary["train_images"] == 8
+    assert summary["schema_version"] == schemas.TRAIN_SUMMARY
     assert summary["empty_baseline_val"] == {"dice": 0.0, "competition_dice": 0.5}
     assert summary["device"] == "cpu" and summary["peak_gpu_mb"] is None
     assert len(summary["epoch_images_per_s"]) == 1 and summary["train_images_per_s"] > 0

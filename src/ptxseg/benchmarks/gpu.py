@@ -46,6 +46,7 @@ import numpy as np
 
 from ptxseg.benchmarks.common import environment_lines, write_table
 from ptxseg.benchmarks.predict_pipeline import format_loop
+from ptxseg.util.run_folders import RunFolder
 from ptxseg.util.system import usable_cores
 
 # What the open targets need first (predict's rate and start-up, serve's start-up, training's
@@ -375,7 +376,7 @@ def stage_train(bench: Bench, data: BenchData) -> Path | None:
             f"train-{name}", "train", *common, "--precision", precision, "--out", run_dir, *extra
         )
         row: dict[str, Any] = {"run": label, "seconds": round(seconds, 1)}
-        summary_path = run_dir / "train_summary.json"
+        summary_path = RunFolder(run_dir).train_summary
         if code == 0 and summary_path.is_file():
             summary = json.loads(summary_path.read_text())
             summaries[name] = summary

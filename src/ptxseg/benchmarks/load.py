@@ -258,10 +258,9 @@ def run_load_test(
 
 
 def _with_progress(url, data, counts, duration, max_requests, include):
-    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+    from ptxseg.util.progress import progress_bar
 
-    columns = (TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn())
-    with Progress(*columns, transient=True) as bar:
+    with progress_bar(transient=True, elapsed=True) as bar:
 
         def progress(clients: int):
             task = bar.add_task(f"{clients} client(s)", total=max_requests)

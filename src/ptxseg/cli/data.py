@@ -114,7 +114,7 @@ def prepare(
                 f"(listed in {out}/unmatched.json)"
             )
     skipped = [(item["file"], item["reason"]) for item in result.problems.get("skipped", [])]
-    for line in errors.summarise(skipped, where=f"{out}/unmatched.json"):
+    for line in errors.summarise_failures(skipped, where=f"{out}/unmatched.json"):
         console.print(Text("skipped ", style="yellow") + Text(line), soft_wrap=True)
     if not result.cache_written:
         console.print("cache already up to date; nothing rewritten")

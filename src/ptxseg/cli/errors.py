@@ -21,7 +21,7 @@ def generic(message: str, file: str) -> str:
     return message
 
 
-def summarise(
+def summarise_failures(
     failures: Iterable[tuple[str, str]], where: str, limit: int = 3, most: int = 20
 ) -> list[str]:
     """Lines for (file, message) failures, in the order their kind first appears: a kind shared

@@ -247,6 +247,7 @@ def listen(
     try:
         from ptxseg.integration.dimse import (
             Listener,
+            ListenerSettings,
             check_ae_title,
             duration,
             parse_destination,
@@ -288,12 +289,14 @@ def listen(
         analyzer,
         destination,
         store,
-        ae_title=ae_title,
-        host=host,
-        port=port,
-        batch_size=batch_size,
-        retry_for=retry_seconds,
-        secondary_capture=accept_secondary_capture,
+        ListenerSettings(
+            ae_title=ae_title,
+            host=host,
+            port=port,
+            batch_size=batch_size,
+            retry_for=retry_seconds,
+            secondary_capture=accept_secondary_capture,
+        ),
         report=report,
     )
     counts = store.counts()
@@ -429,7 +432,7 @@ def repair_uids(
             failed.append((str(source), f"{type(err).__name__}: {err}"))
             continue
         repaired += bool(notes)
-    for line in errors.summarise(failed, where="the lines above"):
+    for line in errors.summarise_failures(failed, where="the lines above"):
         typer.echo(f"error: {line}", err=True)
     typer.echo(
         f"copied {len(files) - len(failed)} files to {out}; {repaired} had UIDs repaired"

@@ -304,7 +304,7 @@ def predict(
         },
     )
     failed = [(row["file"], row["error"]) for row in result.rows if row["status"] == "error"]
-    for line in errors.summarise(failed, where=f"{out}/summary.csv"):
+    for line in errors.summarise_failures(failed, where=f"{out}/summary.csv"):
         console.print(Text("error ", style="yellow") + Text(line), soft_wrap=True)
     if result.errors:
         raise typer.Exit(EXIT_INPUTS_FAILED)  # listed above and in summary.csv

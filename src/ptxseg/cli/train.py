@@ -16,18 +16,11 @@ from ptxseg.cli.config_options import (
     with_parameters,
 )
 from ptxseg.cli.guarded import READ, TABLES, Out, guarded
+from ptxseg.util.run_folders import RunFolder
 
 console = Console()
 
-TRAIN_WRITES = (
-    "config.yaml",
-    "checkpoints",
-    "model",
-    "metrics.csv",
-    "logs",
-    "train_summary.json",
-    ".ptxseg*",
-)
+TRAIN_WRITES = RunFolder.WRITES
 TRAIN_READS = {"data": READ, "config": READ, "encoder_weights": READ}
 
 
@@ -52,8 +45,8 @@ def train(**params) -> None:
 
     overrides = config_overrides(params, params["set_"])
     out, resume, base = params["out"], params["resume"], params["config"]
-    if base is None and resume and out is not None and (out / "config.yaml").is_file():
-        base = str(out / "config.yaml")  # resuming continues with the run's own config
+    if base is None and resume and out is not None and RunFolder(out).config.is_file():
+        base = str(RunFolder(out).config)  # resuming continues with the run's own config
     try:
         resolved = load_config(base, overrides)
         if not resolved.data.work:
@@ -77,7 +70,7 @@ app.command("train", rich_help_panel="Training")(
 def _print_summary(run_dir: Path) -> None:
     import json
 
-    summary_path = run_dir / "train_summary.json"
+    summary_path = RunFolder(run_dir).train_summary
     s = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
     if s.get("best_val_dice") is not None:
         console.print(

@@ -25,6 +25,7 @@ import numpy as np
 
 from ptxseg.data.rle import rle_encode
 from ptxseg.util import atomic, path_guard
+from ptxseg.util.progress import progress_bar
 
 IMAGES_DIR = "dicom-images-train"
 CSV_NAME = "train-rle.csv"
@@ -666,7 +667,7 @@ def generate_dataset(
     rows: list[tuple[str, str]] = []
     n_regions = 0
     try:
-        with _progress(
+        with progress_bar(
             progress if progress is not None else n_images >= PROGRESS_MIN_IMAGES
         ) as bar:
             task = bar.add_task(f"synthetic {size}px radiographs", total=n_images)
@@ -715,34 +716,6 @@ def generate_dataset(
         "size": size,
         "seed": seed,
     }
-
-
-class _NoProgress:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
-
-    def add_task(self, *args, **kwargs) -> int:
-        return 0
-
-    def advance(self, task: int) -> None:
-        pass
-
-
-def _progress(show: bool):
-    if not show:
-        return _NoProgress()
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
-
-    return Progress(
-        "[progress.description]{task.description}",
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeRemainingColumn(),
-        transient=False,
-    )
 
 
 # ---------------------------------------------------------------------------------------------

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import csv
 import itertools
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -34,6 +33,8 @@ from ptxseg.stats.bootstrap import (
     weighted_auc,
 )
 from ptxseg.stats.intervals import delong, holm
+from ptxseg.util.jsonio import read_json
+from ptxseg.util.run_folders import EvalFolder
 
 METRICS = {
     "competition_dice": "competition Dice",
@@ -78,7 +79,7 @@ def model_name(eval_dir: Path) -> str:
 def read_evaluation(eval_dir: str | Path, name: str | None = None) -> Evaluation:
     """An evaluation folder's per_image.csv (and its split from summary.json)."""
     eval_dir = Path(eval_dir)
-    path = eval_dir / "per_image.csv"
+    path = EvalFolder(eval_dir).per_image
     if not path.is_file():
         raise CompareError(
             f"{eval_dir} has no per_image.csv: expected a `ptxseg evaluate` --out folder"
@@ -86,7 +87,7 @@ def read_evaluation(eval_dir: str | Path, name: str | None = None) -> Evaluation
     with path.open(newline="") as f:
         rows = sorted(csv.DictReader(f), key=lambda r: r["image_id"])
     try:
-        summary = json.loads((eval_dir / "summary.json").read_text())
+        summary = read_json(EvalFolder(eval_dir).summary)
     except (OSError, ValueError):
         summary = {}
     groups = [r["patient_group"] for r in rows] if rows and "patient_group" in rows[0] else None
@@ -304,13 +305,17 @@ def comparison_markdown(result: dict[str, Any]) -> str:
 def write_comparison(out_dir: str | Path, result: dict[str, Any]) -> list[str]:
     """Write comparison.csv, comparison.json and comparison.md into `out_dir` (each atomically);
     returns their names."""
-    from ptxseg.evaluation.eval_files import json_ready, write_evaluation
+    from ptxseg.evaluation.eval_files import write_evaluation
     from ptxseg.util import atomic
+    from ptxseg.util.jsonio import jsonable
 
     out_dir = Path(out_dir)
     write_evaluation(
         out_dir,
-        {"comparison.csv": comparison_rows(result), "comparison.json": json_ready(result)},
+        {
+            "comparison.csv": comparison_rows(result),
+            "comparison.json": jsonable(result, finite=True),
+        },
     )
     atomic.write_text(out_dir / "comparison.md", comparison_markdown(result))
     return ["comparison.csv", "comparison.md", "comparison.json"]

@@ -30,18 +30,6 @@ PER_IMAGE_COLUMNS = (
 PANEL_KINDS = ("best", "worst", "false_positive", "false_negative")
 
 
-def json_ready(value: Any) -> Any:
-    if isinstance(value, Mapping):
-        return {str(k): json_ready(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [json_ready(v) for v in value]
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
-
-
 def per_image_rows(
     image_ids: list[str], per: Mapping[str, np.ndarray], dice_model_size: np.ndarray
 ) -> list[dict[str, Any]]:

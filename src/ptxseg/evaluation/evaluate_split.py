@@ -45,7 +45,6 @@ from ptxseg.data.folds import fold_name, open_split
 from ptxseg.evaluation.eval_files import (
     PER_IMAGE_COLUMNS,
     choose_panels,
-    json_ready,
     number_text,
     per_image_rows,
     table_rows,
@@ -73,7 +72,10 @@ from ptxseg.model.metrics import (
 )
 from ptxseg.model.operating_point import OperatingPoint, OperatingPointWarning
 from ptxseg.stats.calibration import Calibrator
+from ptxseg.util import schemas
+from ptxseg.util.jsonio import jsonable
 from ptxseg.util.progress import progress_bar
+from ptxseg.util.run_folders import EvalFolder
 
 RESOLUTIONS = ("full", "model")
 SCORED_AT = {
@@ -267,7 +269,7 @@ def evaluation_files(
         for row, value in zip(rows, column, strict=True):
             row[name] = value
     return {
-        "per_image.csv": table_rows(rows, columns),
+        EvalFolder.PER_IMAGE: table_rows(rows, columns),
         "roc.csv": [["fpr", "tpr", "threshold"]]
         + [
             [number_text(f), number_text(t), "inf" if math.isinf(h) else number_text(h)]
@@ -656,6 +658,7 @@ def evaluation_summary(
     """`summary.json` (less `files`): what was scored, with which path and point, and the
     metric part `scores` (`score_summary`)."""
     return {
+        "schema_version": schemas.EVALUATION_SUMMARY,
         "split": request.split,
         "checkpoint": _checkpoint_label(request),
         "work": str(request.work),
@@ -675,10 +678,10 @@ def finish_evaluation(
     out_dir: Path, summary: dict[str, Any], files: dict[str, Any]
 ) -> dict[str, Any]:
     """List the files in the summary, write them all, and return the summary as written."""
-    summary["files"] = sorted([*files, "summary.json"])
-    files["summary.json"] = json_ready(summary)
+    summary["files"] = sorted([*files, EvalFolder.SUMMARY])
+    files[EvalFolder.SUMMARY] = jsonable(summary, finite=True)
     write_evaluation(out_dir, files)
-    return files["summary.json"]
+    return files[EvalFolder.SUMMARY]
 
 
 def evaluate_predictor(request: EvalRequest) -> dict[str, Any]:
@@ -736,7 +739,7 @@ def evaluate_predictor(request: EvalRequest) -> dict[str, Any]:
         summary["model_card"] = str(
             write_model_card(_model_list(request.model)[0], summary, out_dir)
         )
-        write_evaluation(out_dir, {"summary.json": summary})
+        write_evaluation(out_dir, {EvalFolder.SUMMARY: summary})
     return summary
 
 

@@ -52,6 +52,7 @@ from ptxseg.inference.ensemble import EnsembleError, read_ensemble, store_ensemb
 from ptxseg.inference.predictor import Predictor
 from ptxseg.model.operating_point import OperatingPoint, OperatingPointWarning, check_tta
 from ptxseg.stats.calibration import Calibrator
+from ptxseg.util import schemas
 
 OOF = "oof"
 
@@ -164,6 +165,7 @@ def _one_ensemble(request: EvalRequest) -> Any:
 def _oof_head(path: Path, request: EvalRequest, predictor: Predictor, tta: str) -> dict[str, Any]:
     """The first entries of the OOF `summary.json`: what was scored, and how."""
     return {
+        "schema_version": schemas.EVALUATION_SUMMARY,
         "split": OOF,
         "checkpoint": str(path),
         "work": str(request.work),

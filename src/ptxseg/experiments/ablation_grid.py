@@ -16,8 +16,10 @@ from pathlib import Path
 from typing import Any
 
 from ptxseg.experiments.ablation_tables import aggregate, compare_encoders, write_ablation
-from ptxseg.experiments.jobs import DONE, EventHandler, Job, JobPolicy, read_done, run_jobs
+from ptxseg.experiments.jobs import EventHandler, Job, JobPolicy, read_done, run_jobs
 from ptxseg.util import atomic
+from ptxseg.util.jsonio import read_json
+from ptxseg.util.run_folders import DONE, RunFolder
 from ptxseg.util.shards import parse_shard, take_shard
 
 
@@ -107,7 +109,7 @@ def architecture_cost(encoder: str, size: int, cache_dir: Path, device: str = "c
     from ptxseg.benchmarks.backbones import BenchConfig, measure_isolated
 
     path = Path(cache_dir) / f"{encoder}__{size}__{device.replace(':', '')}.json"
-    cached = _read_json(path)
+    cached = read_json(path, default=None)
     if cached is not None:
         return cached
     row = measure_isolated(
@@ -118,13 +120,6 @@ def architecture_cost(encoder: str, size: int, cache_dir: Path, device: str = "c
         path.parent.mkdir(parents=True, exist_ok=True)
         atomic.write_text(path, json.dumps(cost, indent=2, default=str) + "\n")
     return cost
-
-
-def _read_json(path: Path) -> dict | None:
-    try:
-        return json.loads(Path(path).read_text())
-    except (OSError, ValueError):
-        return None
 
 
 def cell_config(
@@ -169,11 +164,11 @@ def train_and_evaluate(cell: Cell, cell_dir: Path, options: AblationOptions) -> 
     run_dir = Path(cell_dir) / "run"
     o = options
     cfg = cell_config(cell, run_dir, o.data, o.epochs, o.size, o.config, o.overrides)
-    cfg.trainer.resume = (run_dir / "checkpoints" / "last.ckpt").is_file()
+    cfg.trainer.resume = RunFolder(run_dir).last_checkpoint.is_file()
     run_dir = fit(cfg)
-    summary = _read_json(run_dir / "train_summary.json") or {}
+    summary = read_json(RunFolder(run_dir).train_summary, default=None) or {}
     test = evaluate_checkpoint(
-        run_dir / "checkpoints" / "best.ckpt",
+        RunFolder(run_dir).best_checkpoint,
         o.data,
         run_dir / "eval" / "test",
         split="test",
@@ -201,7 +196,7 @@ def write_grid_spec(grid_dir: Path, spec: dict) -> None:
     """Record the grid's options in `GRID/grid.json`; a different grid in the same folder is an
     error (its cells would be mixed up with these)."""
     path = Path(grid_dir) / "grid.json"
-    old = _read_json(path)
+    old = read_json(path, default=None)
     keep = ("data", "epochs", "size", "config", "overrides")
     if old is not None and any(old.get(k) != spec.get(k) for k in keep):
         diff = {k: (old.get(k), spec.get(k)) for k in keep if old.get(k) != spec.get(k)}

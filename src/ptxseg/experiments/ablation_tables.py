@@ -14,6 +14,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from ptxseg.util import atomic
+from ptxseg.util.jsonio import jsonable
+from ptxseg.util.run_folders import EvalFolder, RunFolder
 
 # Metric key in done.json -> header in the tables. "Dice", "IoU" and "pixel accuracy" are pooled
 # over all pixels of the split; the competition Dice is the mean of per-image Dice (empty/empty=1).
@@ -158,8 +160,8 @@ def compare_encoders(grid_dir: Path, results: Sequence[dict]) -> dict[str, Path]
     for aug in dict.fromkeys(r["aug"] for r in results):
         by_encoder: dict[str, list] = {}
         for r in results:
-            eval_dir = Path(str(r.get("run_dir", ""))) / "eval" / "test"
-            if r["aug"] == aug and (eval_dir / "per_image.csv").is_file():
+            eval_dir = RunFolder(Path(str(r.get("run_dir", "")))).eval("test").root
+            if r["aug"] == aug and EvalFolder(eval_dir).per_image.is_file():
                 by_encoder.setdefault(r["encoder"], []).append(read_evaluation(eval_dir))
         if len(by_encoder) < 2:
             continue
@@ -182,10 +184,10 @@ def compare_encoders(grid_dir: Path, results: Sequence[dict]) -> dict[str, Path]
         "comparison.json": Path(grid_dir) / "comparison.json",
         "comparison.md": Path(grid_dir) / "comparison.md",
     }
-    from ptxseg.evaluation.evaluate_split import json_ready
 
     atomic.write_text(
-        paths["comparison.json"], json.dumps(json_ready({"groups": groups}), indent=2) + "\n"
+        paths["comparison.json"],
+        json.dumps(jsonable({"groups": groups}, finite=True), indent=2) + "\n",
     )
     atomic.write_text(paths["comparison.md"], "\n".join(text))
     return paths

@@ -29,14 +29,16 @@ from ptxseg.data.folds import read_folds
 from ptxseg.experiments.jobs import EventHandler, Job, JobPolicy, read_done, run_jobs
 from ptxseg.inference.ensemble import ENSEMBLE_FILE, write_ensemble
 from ptxseg.util import atomic
+from ptxseg.util.jsonio import read_json
+from ptxseg.util.run_folders import CvFolder, EvalFolder, RunFolder
 from ptxseg.util.shards import parse_shard, take_shard
 
-SPEC = "cv.json"
+SPEC = CvFolder.SPEC
 SPEC_KEYS = ("data", "folds", "config", "overrides")
 
 
 def fold_dir(cv_dir: Path, fold: int) -> Path:
-    return Path(cv_dir) / f"fold{fold}"
+    return CvFolder(Path(cv_dir)).fold(fold).root
 
 
 def fold_config(
@@ -72,7 +74,7 @@ def write_spec(cv_dir: Path, spec: dict[str, Any]) -> None:
     """Record the options in `CV/cv.json`; other options in the same folder are an error (the
     folds would not belong together)."""
     path = Path(cv_dir) / SPEC
-    old = _read_json(path)
+    old = read_json(path, default=None)
     if old is not None:
         diff = {k: (old.get(k), spec.get(k)) for k in SPEC_KEYS if old.get(k) != spec.get(k)}
         if diff:
@@ -107,10 +109,10 @@ def run_folds(
         config = make_config(job.key)
         config.trainer.resume = Path(job.checkpoint).is_file()
         train(config)
-        return _read_json(Path(config.trainer.out) / "train_summary.json") or {}
+        return read_json(RunFolder(config.trainer.out).train_summary, default=None) or {}
 
     jobs = [
-        Job(k, fold_dir(cv_dir, k), {"fold": k}, fold_dir(cv_dir, k) / "checkpoints" / "last.ckpt")
+        Job(k, fold_dir(cv_dir, k), {"fold": k}, RunFolder(fold_dir(cv_dir, k)).last_checkpoint)
         for k in folds
     ]
     return run_jobs(jobs, work, JobPolicy(seconds_key="cv_seconds", on_event=on_event))
@@ -126,7 +128,7 @@ def make_ensemble(cv_dir: Path, folds: int) -> Path:
     members keeps its operating point."""
     members = [fold_dir(cv_dir, k) / "model" for k in range(folds)]
     path = Path(cv_dir) / ENSEMBLE_FILE
-    old = _read_json(path)
+    old = read_json(path, default=None)
     if old is not None:
         same = [m.get("path") for m in old.get("members", [])] == [
             f"fold{k}/model" for k in range(folds)
@@ -163,9 +165,9 @@ def finish_cv(
     from ptxseg.inference.ensemble import read_ensemble
 
     path = make_ensemble(cv_dir, folds)
-    out = Path(cv_dir) / "eval" / "oof"
+    out = CvFolder(Path(cv_dir)).oof.root
     stored = read_ensemble(path).operating_point
-    previous = _read_json(out / "summary.json")
+    previous = read_json(EvalFolder(out).summary, default=None)
     if stored is not None and previous is not None and (tta is None or stored.tta == tta):
         return previous
     return evaluate_oof(
@@ -178,13 +180,6 @@ def finish_cv(
         batch_size=batch_size,
         progress=progress,
     )
-
-
-def _read_json(path: Path) -> dict | None:
-    try:
-        return json.loads(Path(path).read_text())
-    except (OSError, ValueError):
-        return None
 
 
 @dataclass(frozen=True)

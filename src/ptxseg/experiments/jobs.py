@@ -18,8 +18,9 @@ from pathlib import Path
 from typing import Any
 
 from ptxseg.util import atomic
+from ptxseg.util.jsonio import read_json
+from ptxseg.util.run_folders import DONE
 
-DONE = "done.json"
 ERROR = "error.txt"
 
 EventHandler = Callable[[str, Any, "dict | None"], None]
@@ -54,10 +55,7 @@ class JobPolicy:
 
 def read_done(folder: Path) -> dict | None:
     """The record of a finished job (its `done.json`), or None when it has not finished."""
-    try:
-        return json.loads((Path(folder) / DONE).read_text())
-    except (OSError, ValueError):
-        return None
+    return read_json(Path(folder) / DONE, default=None)
 
 
 def run_jobs(

@@ -34,6 +34,7 @@ from torch import nn
 from ptxseg.model import checkpoint
 from ptxseg.model.operating_point import OperatingPoint, choose_named
 from ptxseg.util import atomic
+from ptxseg.util.jsonio import jsonable
 
 ENSEMBLE_FILE = "ensemble.json"
 FORMAT = "ptxseg-ensemble"
@@ -170,7 +171,7 @@ def write_ensemble(
         ],
         "operating_point": None if operating_point is None else operating_point.to_dict(),
         "validation": validation,
-        **_plain(extra or {}),
+        **jsonable(extra or {}),
     }
     file.parent.mkdir(parents=True, exist_ok=True)
     return atomic.write_text(file, json.dumps(data, indent=2) + "\n")
@@ -194,18 +195,8 @@ def update_ensemble(path: str | os.PathLike, entries: dict[str, Any]) -> Path:
     """Replace top-level entries of an ensemble file, atomically."""
     file = ensemble_file(path)
     data = json.loads(file.read_text())
-    data.update(_plain(entries))
+    data.update(jsonable(entries))
     return atomic.write_text(file, json.dumps(data, indent=2) + "\n")
-
-
-def _plain(value: Any) -> Any:
-    if hasattr(value, "item") and not hasattr(value, "__len__"):
-        return value.item()
-    if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_plain(v) for v in value]
-    return value
 
 
 def read_operating_point(path: str | os.PathLike, name: str | None = None) -> OperatingPoint | None:

@@ -15,6 +15,7 @@ import cv2
 import numpy as np
 
 from ptxseg.inference.size_classes import estimate_sizes
+from ptxseg.util import schemas
 
 FRONTAL_VIEWS = ("PA", "AP")
 LATERAL_VIEWS = ("LL", "RL", "LATERAL", "LAT")
@@ -82,6 +83,7 @@ def compute_findings(
     pixel_mm2 = pixel_area_mm2(metadata)
     can_side, convention = side_convention(metadata.get("ViewPosition"))
     findings = {
+        "schema_version": schemas.FINDINGS,
         "image_id": metadata.get("ImageId"),
         "input_file": metadata.get("path"),
         "pneumothorax": positive,

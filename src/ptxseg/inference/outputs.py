@@ -7,7 +7,6 @@ Every file is written to a temporary name in its own folder and moved into place
 from __future__ import annotations
 
 import functools
-import json
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -120,18 +119,6 @@ def _has_superscript_two(font) -> bool:
 
 def write_overlay(path: str | Path, image: np.ndarray, mask: np.ndarray, findings) -> Path:
     return atomic.write_bytes(path, encode_png(overlay_image(image, mask, caption(findings))))
-
-
-def write_json(path: str | Path, data: dict[str, Any]) -> Path:
-    return atomic.write_text(path, json.dumps(data, indent=2, default=_json_default) + "\n")
-
-
-def _json_default(value):
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, Path):
-        return str(value)
-    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
 
 
 def summary_row(

@@ -49,7 +49,7 @@ from ptxseg.inference.workers import (
     warm_up,
     write_many,
 )
-from ptxseg.util import atomic, path_guard
+from ptxseg.util import atomic, path_guard, schemas
 from ptxseg.util.processes import die_with_parent
 from ptxseg.util.system import process_age_s, process_context, usable_cores
 
@@ -361,6 +361,7 @@ def resume_batches(order: Sequence[Path], todo: Sequence[Path], size: int) -> li
 def write_run_record(result: RunResult, path: Path, extra: dict[str, Any]) -> Path:
     """`run.json`: counts, end-to-end images/s, seconds to the first result, and `extra`."""
     record = {
+        "schema_version": schemas.PREDICT_RUN,
         "predicted": result.predicted,
         "skipped": result.skipped,
         "errors": result.errors,
@@ -738,17 +739,9 @@ class _progress:
     def __enter__(self):
         if not self.enabled:
             return lambda: None
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            Progress,
-            TextColumn,
-            TimeRemainingColumn,
-        )
+        from ptxseg.util.progress import progress_bar
 
-        self._bar = Progress(
-            TextColumn("predict"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn()
-        )
+        self._bar = progress_bar()
         self._bar.__enter__()
         task = self._bar.add_task("predict", total=self.total)
         return lambda: self._bar.advance(task)

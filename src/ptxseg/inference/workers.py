@@ -155,8 +155,9 @@ def full_mask(task: WriteTask) -> tuple[np.ndarray, float]:
 def write_outputs(task: WriteTask) -> WriteResult:
     """Make the mask and findings of `task` and write its files; errors come back, not raised."""
     from ptxseg.data.rle import rle_encode
-    from ptxseg.inference.outputs import encode_png, write_json, write_mask, write_overlay
+    from ptxseg.inference.outputs import encode_png, write_mask, write_overlay
     from ptxseg.inference.predictor import describe
+    from ptxseg.util.jsonio import write_json
 
     out = Path(task.out_dir)
     try:

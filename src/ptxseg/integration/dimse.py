@@ -143,6 +143,22 @@ def duration(seconds: float) -> str:
     return f"{seconds:g} s"
 
 
+@dataclass(frozen=True)
+class ListenerSettings:
+    """Where the listener answers and how it delivers: its AE title, address and port, the
+    analysis batch size, how long (seconds) a result is retried before it is failed, whether
+    Secondary Capture images are accepted, and the delivery back-off (first wait, longest)."""
+
+    ae_title: str = "PTXSEG"
+    host: str = "127.0.0.1"
+    port: int = 11112
+    batch_size: int = 4
+    retry_for: float = DAY
+    secondary_capture: bool = False
+    retry_base: float = 2.0
+    retry_cap: float = 300.0
+
+
 @dataclass
 class ListenerStats:
     received: int = 0
@@ -167,25 +183,19 @@ class Listener:
         analyzer: Analyzer,
         destination: Destination,
         spool: Spool,
-        ae_title: str = "PTXSEG",
-        host: str = "127.0.0.1",
-        port: int = 11112,
-        batch_size: int = 4,
-        retry_for: float = DAY,
-        secondary_capture: bool = False,
+        settings: ListenerSettings | None = None,
         report: Callable[[str], None] = log.info,
         sender: Callable = send,
         clock: Callable[[], float] = time.time,
-        retry_base: float = 2.0,
-        retry_cap: float = 300.0,
     ):
+        s = settings or ListenerSettings()
         self.analyzer, self.destination, self.spool = analyzer, destination, spool
-        self.ae_title = check_ae_title(ae_title)
-        self.host, self.port = host, port
-        self.batch_size, self.retry_for = max(1, batch_size), retry_for
-        self.sop_classes = accepted_sop_classes(secondary_capture)
+        self.ae_title = check_ae_title(s.ae_title)
+        self.host, self.port = s.host, s.port
+        self.batch_size, self.retry_for = max(1, s.batch_size), s.retry_for
+        self.sop_classes = accepted_sop_classes(s.secondary_capture)
         self.report, self.sender, self.clock = report, sender, clock
-        self.retry_base, self.retry_cap = retry_base, retry_cap
+        self.retry_base, self.retry_cap = s.retry_base, s.retry_cap
         self.stats = ListenerStats()
         self.last_error = ""
         self._lock = threading.Lock()

@@ -33,6 +33,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ptxseg.util.jsonio import read_json
+
 INCOMING, OUTBOX, FAILED = "incoming", "outbox", "failed"
 LOCK, STATUS = "lock", "status.json"
 INSTANCE, STATE, REASON = "instance.dcm", "state.json", "reason.txt"
@@ -118,13 +120,6 @@ def tree_size(path: Path) -> int:
             with contextlib.suppress(OSError):
                 total += os.lstat(os.path.join(folder, name)).st_size
     return total
-
-
-def read_json(path: Path) -> dict[str, Any]:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
 
 
 @dataclass
@@ -331,7 +326,7 @@ class Spool:
     def item(self, receipt: str) -> OutboxItem:
         folder = self.outbox / receipt
         results = sorted(p for p in folder.glob("[0-9]*-*.dcm"))
-        return OutboxItem(receipt, folder, results, read_json(folder / STATE))
+        return OutboxItem(receipt, folder, results, read_json(folder / STATE, default={}))
 
     def record_attempt(self, item: OutboxItem, error: str) -> None:
         """Count a failed delivery attempt and keep its error in the item's state."""
@@ -378,7 +373,7 @@ class Spool:
         write_durable(self.root / STATUS, json.dumps(status, indent=1).encode(), sync=False)
 
     def read_status(self) -> dict[str, Any]:
-        return read_json(self.root / STATUS)
+        return read_json(self.root / STATUS, default={})
 
     def locked(self) -> bool:
         """Whether a listener holds this spool's lock now (checked without taking it)."""

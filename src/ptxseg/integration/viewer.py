@@ -276,7 +276,7 @@ def make_server(
 
 
 @dataclass(frozen=True)
-class RunResult:
+class PredictedImage:
     """One image of a `ptxseg predict --sr` run: its source file, its SEG (positives), its SR."""
 
     source: Path
@@ -284,7 +284,7 @@ class RunResult:
     sr: Path
 
 
-def run_results(folder: Path) -> list[RunResult]:
+def run_results(folder: Path) -> list[PredictedImage]:
     """The images of a predict run folder that have an SR (from its findings/*.json)."""
     found = []
     for path in sorted((folder / "findings").glob("*.json")):
@@ -292,7 +292,7 @@ def run_results(folder: Path) -> list[RunResult]:
         if findings.get("sr_file") and findings.get("input_file"):
             seg = findings.get("seg_file")
             found.append(
-                RunResult(Path(findings["input_file"]), Path(seg) if seg else None,
+                PredictedImage(Path(findings["input_file"]), Path(seg) if seg else None,
                           Path(findings["sr_file"]))
             )  # fmt: skip
     if not found:
@@ -303,7 +303,7 @@ def run_results(folder: Path) -> list[RunResult]:
     return found
 
 
-def studies_of(results: Sequence[RunResult]) -> list[str]:
+def studies_of(results: Sequence[PredictedImage]) -> list[str]:
     """The Study Instance UIDs of the results' SRs, in order, once each."""
     import pydicom
 
@@ -311,7 +311,7 @@ def studies_of(results: Sequence[RunResult]) -> list[str]:
     return list(dict.fromkeys(uids))
 
 
-def store_results(client, results: Sequence[RunResult], report=lambda line: None) -> int:
+def store_results(client, results: Sequence[PredictedImage], report=lambda line: None) -> int:
     """STOW-RS each result with its source image (repaired as the SEG and SR reference it, the
     copy `repair-uids` makes); the number of images stored. A refusal raises `StoreRefused`."""
     import pydicom

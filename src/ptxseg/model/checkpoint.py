@@ -25,6 +25,7 @@ from ptxseg.config import TrainConfig
 from ptxseg.model.operating_point import OperatingPoint
 from ptxseg.model.unet import SegmentationModel, build_model, load_error
 from ptxseg.util import atomic
+from ptxseg.util.jsonio import jsonable
 
 MODEL_INFO = "ptxseg.json"
 WEIGHTS = "model.safetensors"
@@ -196,17 +197,6 @@ def read_operating_point(path: str | os.PathLike) -> OperatingPoint | None:
     return OperatingPoint.coerce(read_info(path).get("operating_point"))
 
 
-def _plain(value: Any) -> Any:
-    """JSON-ready values (numpy scalars become Python numbers)."""
-    if hasattr(value, "item") and not hasattr(value, "__len__"):
-        return value.item()
-    if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_plain(v) for v in value]
-    return value
-
-
 STORED_ENTRIES = ("operating_points", "calibrator", "evaluation")
 """What a model carries besides its operating point: the named points and the calibrator (both
 stored by the search), and the test evaluation of its model card (`evaluate --model-card`)."""
@@ -233,11 +223,11 @@ def update_info(path: str | os.PathLike, entries: dict[str, Any]) -> None:
     path = Path(path)
     if path.is_dir():
         info = read_info(path)
-        info.update(_plain(entries))
+        info.update(jsonable(entries))
         atomic.write_text(path / MODEL_INFO, json.dumps(info, indent=2) + "\n")
         return
     ckpt = read_checkpoint(path)
-    ckpt["ptxseg"].update(_plain(entries))
+    ckpt["ptxseg"].update(jsonable(entries))
     write_checkpoint(path, ckpt)
 
 
@@ -254,8 +244,8 @@ def save_inference_model(
         "input_size": int(model.input_size),
         "config": model.config,
         "operating_point": None if op is None else op.to_dict(),
-        "validation": _plain(getattr(model, "validation", None)),
-        **{key: _plain(getattr(model, key, None)) for key in STORED_ENTRIES},
+        "validation": jsonable(getattr(model, "validation", None)),
+        **{key: jsonable(getattr(model, key, None)) for key in STORED_ENTRIES},
         "source": source or {},
     }
 

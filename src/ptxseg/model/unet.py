@@ -310,6 +310,12 @@ def build_model(
             )
         return _finish(net, config)
     source = _weights_source(m.encoder_weights) if load_weights else "none"
+    return _finish(_network(m, source), config)
+
+
+def _network(m, source: str) -> torch.nn.Module:
+    """The smp U-Net of model config `m` with encoder weights from `source` (imagenet, none,
+    or path: a saved encoder state dict; imagenet falls back to the cached hub file offline)."""
     kwargs: dict[str, Any] = dict(
         encoder_name=m.encoder,
         classes=1,
@@ -324,13 +330,11 @@ def build_model(
                 raise EncoderWeightsError(_offline_message(m.encoder, reason))
             source, m_path = "path", cached
         else:
-            net = smp.Unet(encoder_weights="imagenet", in_channels=m.in_channels, **kwargs)
-            return _finish(net, config)
+            return smp.Unet(encoder_weights="imagenet", in_channels=m.in_channels, **kwargs)
     else:
         m_path = m.encoder_weights
     if source == "none":
-        net = smp.Unet(encoder_weights=None, in_channels=m.in_channels, **kwargs)
-        return _finish(net, config)
+        return smp.Unet(encoder_weights=None, in_channels=m.in_channels, **kwargs)
     # Load into a three-channel encoder, then let smp fold it to `in_channels` (as for imagenet).
     net = smp.Unet(encoder_weights=None, in_channels=3, **kwargs)
     foldable = hasattr(net.encoder, "set_in_channels")
@@ -341,11 +345,11 @@ def build_model(
         warnings.warn(
             f"encoder weights {m_path}: {len(missing)} missing keys {missing[:5]}, "
             f"{len(unexpected)} unexpected keys (ignored) {unexpected[:5]}",
-            stacklevel=2,
+            stacklevel=3,
         )
     if foldable and m.in_channels != 3:
         net.encoder.set_in_channels(m.in_channels, pretrained=True)
-    return _finish(net, config)
+    return net
 
 
 def _cached_hub_weights(encoder: str) -> str | None:

@@ -6,7 +6,6 @@ of an ablation grid)."""
 from __future__ import annotations
 
 import csv
-import json
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +13,8 @@ import numpy as np
 from ptxseg.evaluation.uncertainty import format_interval
 from ptxseg.reporting import plots
 from ptxseg.reporting.pieces import esc, img, missing, png_file, table
+from ptxseg.util.jsonio import read_json
+from ptxseg.util.run_folders import EvalFolder
 
 __all__ = ["format_interval"]
 GALLERY = (
@@ -159,7 +160,7 @@ def _cell(row: dict, metric: str) -> str:
 def failure_gallery(eval_dir: Path) -> str:
     """The worst misses and false alarms of panels.npz, each with its overlay, its subgroup
     levels (per_image.csv) and its score."""
-    panels, per_image = eval_dir / "panels.npz", eval_dir / "per_image.csv"
+    panels, per_image = EvalFolder(eval_dir).panels, EvalFolder(eval_dir).per_image
     if not panels.is_file() or not per_image.is_file():
         return ""
     with open(per_image, newline="") as f:
@@ -211,13 +212,6 @@ def _gallery_title(image_id: str, row: dict, kind: str) -> str:
     return f"{tail}\n{what} {area} px, {score}\n" + ", ".join(levels)
 
 
-def _read_json(path: Path) -> dict:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
-
-
 def paired_comparison_section(runs) -> str:
     """Runs evaluated on the same split of the same images, compared pair by pair."""
     from ptxseg.evaluation.compare import CompareError, compare_evaluations, read_evaluation
@@ -225,7 +219,7 @@ def paired_comparison_section(runs) -> str:
     by_split: dict[str, list] = {}
     for run in runs:
         for split, eval_dir in run.evals.items():
-            if (eval_dir / "per_image.csv").is_file():
+            if EvalFolder(eval_dir).per_image.is_file():
                 by_split.setdefault(split, []).append((run.name, eval_dir))
     parts = []
     for split, members in by_split.items():
@@ -281,7 +275,7 @@ def ablation_comparison(folder: Path) -> str:
     path = folder / "comparison.json"
     if not path.is_file():
         return ""
-    data = _read_json(path)
+    data = read_json(path, default={})
     parts = []
     for group in data.get("groups", []):
         parts.append(

@@ -32,12 +32,13 @@ from ptxseg.reporting.report_folders import (
     find_evals,
     flatten_summary,
     read_curves,
-    read_json_file,
     read_panels,
     read_roc,
     summary_metrics,
 )
 from ptxseg.util import atomic
+from ptxseg.util.jsonio import read_json
+from ptxseg.util.run_folders import CvFolder, EvalFolder, RunFolder
 
 __all__ = ["Raw", "esc", "fmt", "img", "missing", "table"]
 
@@ -115,13 +116,13 @@ def _split_counts(config: dict) -> dict[str, int]:
     work = (config.get("data") or {}).get("work")
     if not work:
         return {}
-    splits = read_json_file(Path(work) / "splits.json") or {}
+    splits = read_json(Path(work) / "splits.json", default=None) or {}
     return {k: len(v) for k, v in splits.items() if isinstance(v, list)}
 
 
 def curves_section(run: RunInfo) -> str:
     head = "<h3>Training and validation curves</h3>"
-    path = run.path / "metrics.csv"
+    path = RunFolder(run.path).metrics
     if not path.is_file():
         return head + missing(f"no metrics.csv in {run.path}: curves unavailable")
     epochs, curves = read_curves(path)
@@ -134,7 +135,7 @@ def metrics_section(split: str, eval_dir: Path) -> str:
     """One evaluation: its facts and metrics with intervals, the evidence (operating points,
     calibration, subgroups), the ROC, the panels and the failure gallery."""
     parts = [f"<h3>Metrics on the {esc(split)} split</h3>"]
-    summary = read_json_file(eval_dir / "summary.json")
+    summary = read_json(EvalFolder(eval_dir).summary, default=None)
     if summary is None:
         parts.append(missing(f"no readable summary.json in {eval_dir}"))
     else:
@@ -253,7 +254,9 @@ def runs_overview(runs: list[RunInfo]) -> str:
         model = run.config.get("model") or {}
         data = run.config.get("data") or {}
         for split, eval_dir in (run.evals or {"–": None}).items():
-            summary = (read_json_file(eval_dir / "summary.json") or {}) if eval_dir else {}
+            summary = (
+                (read_json(EvalFolder(eval_dir).summary, default=None) or {}) if eval_dir else {}
+            )
             values = {name: entry[1] for name, entry in summary_metrics(summary).items()}
             entries = summary.get("metrics") or {}
 
@@ -385,7 +388,7 @@ def _fold_rows(folder: Path, n: int, oof: dict) -> list[list]:
     by_fold = {int(f["fold"]): f for f in oof.get("folds", [])}
     rows = []
     for k in range(n):
-        done = read_json_file(folder / f"fold{k}" / "done.json")
+        done = read_json(CvFolder(folder).fold(k).done, default=None)
         if done is None:
             rows.append([f"fold {k}", "not finished", *["–"] * 10])
             continue
@@ -409,9 +412,9 @@ def _fold_rows(folder: Path, n: int, oof: dict) -> list[list]:
 def cv_section(folder: Path) -> str:
     """The folds of a `ptxseg cv` folder side by side, the pooled out-of-fold row, and the
     ensemble's other evaluations."""
-    spec = read_json_file(folder / "cv.json") or {}
+    spec = read_json(CvFolder(folder).spec, default=None) or {}
     n = int(spec.get("folds") or 0)
-    oof = read_json_file(folder / "eval" / "oof" / "summary.json") or {}
+    oof = read_json(CvFolder(folder).oof.summary, default=None) or {}
     parts = [
         f"<h2>Cross-validation: {n} folds</h2><p class=meta>{esc(folder)}; config "
         f"{esc(spec.get('config'))}, overrides {esc(spec.get('overrides'))}</p>",

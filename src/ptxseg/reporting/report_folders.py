@@ -7,7 +7,6 @@ what is missing instead of failing.
 from __future__ import annotations
 
 import csv
-import json
 import math
 import re
 from dataclasses import dataclass, field
@@ -16,8 +15,10 @@ from pathlib import Path
 import numpy as np
 
 from ptxseg.reporting import plots
+from ptxseg.util.jsonio import read_json
+from ptxseg.util.run_folders import CvFolder, EvalFolder, RunFolder
 
-EVAL_FILES = ("summary.json", "per_image.csv", "roc.csv", "panels.npz")
+EVAL_FILES = (EvalFolder.SUMMARY, EvalFolder.PER_IMAGE, EvalFolder.ROC, EvalFolder.PANELS)
 PANEL_ORDER = ("best", "worst", "false_positive", "false_negative")
 
 
@@ -36,8 +37,9 @@ class RunInfo:
 
 
 def is_run_dir(path: Path) -> bool:
-    return (path / "config.yaml").is_file() and any(
-        (path / name).exists() for name in ("metrics.csv", "train_summary.json", "checkpoints")
+    run = RunFolder(path)
+    return run.config.is_file() and any(
+        p.exists() for p in (run.metrics, run.train_summary, run.checkpoints)
     )
 
 
@@ -64,15 +66,8 @@ def find_evals(run: Path) -> dict[str, Path]:
 
 
 def split_of(eval_dir: Path) -> str:
-    summary = read_json_file(eval_dir / "summary.json") or {}
+    summary = read_json(EvalFolder(eval_dir).summary, default=None) or {}
     return str(summary.get("split", "eval"))
-
-
-def read_json_file(path: Path) -> dict | None:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
 
 
 def read_yaml_file(path: Path) -> dict:
@@ -92,8 +87,8 @@ def load_run(path: Path, root: Path | None = None) -> RunInfo:
     return RunInfo(
         path=path,
         name=name or path.name,
-        config=read_yaml_file(path / "config.yaml"),
-        summary=read_json_file(path / "train_summary.json") or {},
+        config=read_yaml_file(RunFolder(path).config),
+        summary=read_json(RunFolder(path).train_summary, default=None) or {},
         evals=find_evals(path),
     )
 
@@ -114,7 +109,7 @@ def discover(root: Path) -> dict:
             grids.append(path)
         if (path / "benchmark.csv").is_file():
             benchmarks.append(path)
-        if (path / "cv.json").is_file():
+        if CvFolder(path).spec.is_file():
             cvs.append(path)
     return {"runs": runs, "grids": grids, "benchmarks": benchmarks, "cvs": cvs}
 

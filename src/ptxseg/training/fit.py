@@ -40,10 +40,11 @@ from ptxseg.training.module import (
     SegmentationModule,
     write_metrics_csv,
 )
-from ptxseg.util import atomic
+from ptxseg.util import atomic, schemas
+from ptxseg.util.run_folders import RunFolder
 from ptxseg.util.system import gpu_description, peak_rss_mb
 
-INFERENCE_MODEL = "model"
+INFERENCE_MODEL = RunFolder.MODEL
 """The run folder's inference-model folder (weights, config, operating point)."""
 
 
@@ -259,7 +260,7 @@ def fit(
     `callbacks` are extra Lightning callbacks.
     """
     run_dir = Path(config.trainer.out)
-    last = run_dir / "checkpoints" / "last.ckpt"
+    last = RunFolder(run_dir).last_checkpoint
     if config.trainer.resume and not last.is_file():
         raise FileNotFoundError(f"cannot resume: {last} not found; train without --resume first")
     if config.trainer.resume:
@@ -273,7 +274,7 @@ def fit(
     use_fast_float32("cuda" if _accelerator(config) in ("gpu", "cuda") else "cpu")
     L.seed_everything(config.trainer.seed, workers=True, verbose=False)
     module = SegmentationModule(config)  # resolves the normalisation into the config
-    module.metrics_path = run_dir / "metrics.csv"
+    module.metrics_path = RunFolder(run_dir).metrics
     data = SegmentationDataModule(config, train_dataset, val_dataset)
     data.setup("fit")  # bad data fails here, before anything is written
     check_batch_limit(config, data)
@@ -286,13 +287,13 @@ def fit(
     trainer, recorder = build_trainer(config, run_dir, extra)
     if trainer.is_global_zero:
         run_dir.mkdir(parents=True, exist_ok=True)
-        save_config(config, run_dir / "config.yaml")
+        save_config(config, RunFolder(run_dir).config)
     start = time.perf_counter()
     trainer.fit(module, datamodule=data, ckpt_path=str(last) if config.trainer.resume else None)
     wall = time.perf_counter() - start
     if trainer.is_global_zero:
-        write_metrics_csv(run_dir / "metrics.csv", module.epoch_rows)
-        best = run_dir / "checkpoints" / "best.ckpt"
+        write_metrics_csv(RunFolder(run_dir).metrics, module.epoch_rows)
+        best = RunFolder(run_dir).best_checkpoint
         averaged = (
             average_run(run_dir, config, top, data, module.device) if top is not None else None
         )
@@ -302,7 +303,7 @@ def fit(
             export_inference_model(best, run_dir / INFERENCE_MODEL)
         summary = _summary(config, module, trainer, recorder, data, wall)
         summary["averaged"] = averaged
-        atomic.write_text(run_dir / "train_summary.json", json.dumps(summary, indent=2) + "\n")
+        atomic.write_text(RunFolder(run_dir).train_summary, json.dumps(summary, indent=2) + "\n")
     return run_dir
 
 
@@ -334,6 +335,7 @@ def _summary(config, module, trainer, recorder, data, wall: float) -> dict[str, 
     rates = recorder.epoch_images_per_s
     device = recorder.device if recorder.device is not None else module.device
     return {
+        "schema_version": schemas.TRAIN_SUMMARY,
         "encoder": config.model.encoder,
         "epochs_run": len(rows),
         "best_epoch": best["epoch"] if best else None,
@@ -365,7 +367,7 @@ def _summary(config, module, trainer, recorder, data, wall: float) -> dict[str, 
         "augment_on": config.data.augment_on,
         "empty_baseline_val": empty_baseline(data.val_dataset),
         "best_checkpoint": "checkpoints/best.ckpt"
-        if (run_dir / "checkpoints" / "best.ckpt").is_file()
+        if RunFolder(run_dir).best_checkpoint.is_file()
         else None,
         "inference_model": INFERENCE_MODEL if (run_dir / INFERENCE_MODEL).is_dir() else None,
     }

@@ -1,4 +1,5 @@
-"""The one rich progress bar that long jobs share (prepare, evaluate, predict, demo)."""
+"""The one rich progress bar that long jobs share (prepare, synth, evaluate, predict, demo, the
+load test)."""
 
 from __future__ import annotations
 
@@ -8,19 +9,26 @@ from rich.progress import (
     MofNCompleteColumn,
     Progress,
     TextColumn,
+    TimeElapsedColumn,
     TimeRemainingColumn,
 )
 
 
 def progress_bar(
-    enabled: bool = True, console: Console | None = None, transient: bool = False
+    enabled: bool = True,
+    console: Console | None = None,
+    transient: bool = False,
+    elapsed: bool = False,
 ) -> Progress:
-    """A bar with description, count and time left; disabled bars print nothing."""
+    """A bar with description, count and time left; disabled bars print nothing (their tasks
+    and advances are accepted and ignored). `transient` clears the bar when it ends; `elapsed`
+    shows the time so far instead of the time left, for jobs whose length is not known (a task
+    added with `total=None`)."""
     return Progress(
         TextColumn("[progress.description]{task.description}"),
         BarColumn(),
         MofNCompleteColumn(),
-        TimeRemainingColumn(),
+        TimeElapsedColumn() if elapsed else TimeRemainingColumn(),
         console=console,
         disable=not enabled,
         transient=transient,
