@@ -35,19 +35,18 @@ def make_siim_folder(root, n=20, size=64, seed=0):
 
 def synthetic_work(root, n_images=24, size=64, folds=3, seed=0):
     """`ptxseg synth` + `ptxseg prepare --folds` at `size`: a work folder with folds."""
-    from ptxseg.data.prepare import prepare
     from ptxseg.data.synthetic import generate_dataset
+    from ptxseg.data.work_folder import PrepareOptions, prepare_work_folder
 
     generate_dataset(
         root / "siim", n_images=n_images, size=size, seed=seed, positive_fraction=0.5,
         progress=False,
     )  # fmt: skip
-    prepare(
+    prepare_work_folder(
         root / "siim" / "dicom-images-train",
         root / "siim" / "train-rle.csv",
         root / "work",
-        size=size,
-        folds=folds,
+        PrepareOptions(size=size, folds=folds),
     )
     return root / "work"
 

@@ -153,7 +153,7 @@ def _calibrate(out: Path, s: DemoSettings, console: Console) -> DemoSettings:
 
 
 def _synthesise(out: Path, s: DemoSettings, console: Console) -> Path:
-    from ptxseg.data.synthetic import generate_dataset
+    from ptxseg.data.synthetic import Appearance, generate_dataset
 
     siim = out / "siim"
     if (siim / "train-rle.csv").is_file():
@@ -166,27 +166,23 @@ def _synthesise(out: Path, s: DemoSettings, console: Console) -> Path:
         size=s.image_size,
         seed=s.seed,
         positive_fraction=s.positive_fraction,
-        conspicuity=s.conspicuity,
         progress=True,
+        appearance=Appearance(conspicuity=s.conspicuity),
     )
     return siim
 
 
 def _prepare(siim: Path, work: Path, s: DemoSettings, console: Console) -> None:
-    from ptxseg.data.prepare import prepare
+    from ptxseg.data.work_folder import PrepareOptions, prepare_work_folder
     from ptxseg.util.progress import progress_bar
 
     console.rule("2. prepare: manifest, split, cache")
     with progress_bar() as progress:
-        result = prepare(
+        result = prepare_work_folder(
             siim / "dicom-images-train",
             siim / "train-rle.csv",
             work,
-            size=s.size,
-            seed=s.seed,
-            val=0.15,
-            test=0.15,
-            workers=s.workers,
+            PrepareOptions(size=s.size, seed=s.seed, val=0.15, test=0.15, workers=s.workers),
             progress=progress,
         )
     for split, counts in result.counts.items():

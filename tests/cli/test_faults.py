@@ -116,8 +116,8 @@ def _kill_moments(clean_seconds: float, quick, seed: int) -> list:
 def inputs(tmp_path_factory) -> dict[str, Path]:
     """Synthetic SIIM files with two bad DICOMs, a bomb, a checkpoint and a prepared work folder."""
     root = tmp_path_factory.mktemp("faults")
-    from ptxseg.data.prepare import prepare
     from ptxseg.data.synthetic import generate_dataset
+    from ptxseg.data.work_folder import PrepareOptions, prepare_work_folder
 
     generate_dataset(root / "siim", n_images=48, size=128, seed=0, positive_fraction=0.5)
     images = root / "siim" / "dicom-images-train"
@@ -132,7 +132,9 @@ def inputs(tmp_path_factory) -> dict[str, Path]:
         (predict_in / path.name).write_bytes(path.read_bytes())
     (predict_in / "bomb.jpg").write_bytes(tiny_bomb("jpeg"))
     work = root / "work"
-    prepare(images, root / "siim" / "train-rle.csv", work, size=64, val=0.2, test=0.1)
+    prepare_work_folder(
+        images, root / "siim" / "train-rle.csv", work, PrepareOptions(size=64, val=0.2, test=0.1)
+    )
     return {
         "images": images,
         "csv": root / "siim" / "train-rle.csv",

@@ -46,8 +46,8 @@ def _mentions_path(annotation) -> bool:
 def world(tmp_path_factory) -> Path:
     """Inputs of every kind: DICOMs, a SIIM dataset and its work folder, checkpoints, model
     folders, an ensemble, PNGs, a run folder and a config file."""
-    from ptxseg.data.prepare import prepare
     from ptxseg.data.synthetic import generate_dataset
+    from ptxseg.data.work_folder import PrepareOptions, prepare_work_folder
     from ptxseg.inference.ensemble import write_ensemble
     from ptxseg.model.checkpoint import export_inference_model
 
@@ -56,7 +56,12 @@ def world(tmp_path_factory) -> Path:
     (w / "scans").mkdir()
     for path in sorted((w / "siim").rglob("*.dcm"))[:3]:
         shutil.copy(path, w / "scans" / path.name)
-    prepare(w / "siim" / "dicom-images-train", w / "siim" / "train-rle.csv", w / "work", 64)
+    prepare_work_folder(
+        w / "siim" / "dicom-images-train",
+        w / "siim" / "train-rle.csv",
+        w / "work",
+        PrepareOptions(size=64),
+    )
     make_checkpoint(w / "m.ckpt", "resnet18", 64)
     make_checkpoint(w / "m2.ckpt", "resnet18", 64)
     export_inference_model(w / "m.ckpt", w / "model")

@@ -17,13 +17,13 @@ from ptxseg.cli import main
 
 @pytest.fixture(scope="module")
 def inputs(tmp_path_factory):
-    from ptxseg.data.prepare import prepare
     from ptxseg.data.synthetic import generate_dataset
+    from ptxseg.data.work_folder import PrepareOptions, prepare_work_folder
 
     root = tmp_path_factory.mktemp("oserrors")
     generate_dataset(root / "siim", n_images=6, size=64, seed=2, positive_fraction=0.5)
     images, csv = root / "siim" / "dicom-images-train", root / "siim" / "train-rle.csv"
-    prepare(images, csv, root / "work", 64, val=0.2, test=0.2)
+    prepare_work_folder(images, csv, root / "work", PrepareOptions(size=64, val=0.2, test=0.2))
     (root / "scans").mkdir()
     for path in sorted(images.rglob("*.dcm"))[:3]:
         shutil.copy(path, root / "scans" / path.name)

@@ -102,18 +102,16 @@ def test_child_processes_inherit_the_filters_once(restored):
 
 
 def test_a_plain_train_prints_no_third_party_banner(tmp_path):
-    from ptxseg.data.prepare import prepare
     from ptxseg.data.synthetic import generate_dataset
+    from ptxseg.data.work_folder import PrepareOptions, prepare_work_folder
 
     generate_dataset(tmp_path / "siim", n_images=16, size=64, seed=0, positive_fraction=0.5)
     work = tmp_path / "work"
-    prepare(
+    prepare_work_folder(
         tmp_path / "siim" / "dicom-images-train",
         tmp_path / "siim" / "train-rle.csv",
         work,
-        size=64,
-        val=0.25,
-        test=0.1,
+        PrepareOptions(size=64, val=0.25, test=0.1),
     )
     env = {k: v for k, v in os.environ.items() if k != "PYTHONWARNINGS"}
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(SRC), env.get("PYTHONPATH")]))

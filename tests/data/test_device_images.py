@@ -105,6 +105,36 @@ def test_no_nvjpeg_without_cuda():
         assert di.jpeg_device_available("cuda") is False
 
 
+def test_choose_decoder_for_each_option():
+    cuda = torch.cuda.is_available()
+    assert di.choose_decoder("cpu", "cuda") is None
+    assert di.choose_decoder("auto", "cpu") is None  # the CPU reader is faster there
+    assert di.choose_decoder("auto", "cuda") == ("cuda" if cuda else None)
+    assert di.choose_decoder("auto", "cuda", runtime="onnx") is None
+    assert di.choose_decoder("device", "cpu") == "cpu"  # the batched path, on the CPU
+    assert di.choose_decoder("device", "cuda:0") == ("cuda:0" if cuda else "cpu")
+    with pytest.raises(ValueError, match="--decode 'gpu': expected one of auto, device, cpu"):
+        di.choose_decoder("gpu", "cuda")
+    with pytest.raises(ValueError, match="--decode device needs the torch runtime"):
+        di.choose_decoder("device", "cpu", runtime="openvino")
+
+
+def test_decode_to_inputs_hands_refused_frames_back():
+    pictures = [chest_like(64, seed=i) for i in range(4)]
+    frames = [cv2.imencode(".jpg", p)[1].tobytes() for p in pictures]
+    frames[1] = b"\xff\xd8 not a jpeg"
+    shapes = [(64, 64), (64, 64), (64, 48), (64, 64)]  # frame 2: not the header's shape
+    got = di.decode_to_inputs(frames, shapes, [False, False, False, True], 32, "cpu")
+    assert got.decoded == [0, 3] and sorted(got.refused) == [1, 2]
+    assert "(64, 48)" in got.refused[2]
+    assert got.inputs.shape == (2, 32, 32) and got.inputs.dtype == torch.uint8
+    decoded = [cv2.imdecode(np.frombuffer(frames[i], np.uint8), 0) for i in (0, 3)]
+    expected = [cpu_input(decoded[0], 32), cpu_input(255 - decoded[1], 32)]
+    np.testing.assert_array_equal(got.inputs.numpy(), np.stack(expected))
+    small = di.decode_to_inputs(frames[:1], [(64, 64)], [False], 128, "cpu")
+    assert small.inputs is None and "smaller than the model input 128" in small.refused[0]
+
+
 @pytest.mark.gpu
 def test_nvjpeg_and_gpu_resize_against_the_cpu(siim_real):
     files = sorted(siim_real.rglob("*.dcm"))

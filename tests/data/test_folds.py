@@ -22,7 +22,7 @@ from ptxseg.data.folds import (
     open_split,
     read_folds,
 )
-from ptxseg.data.prepare import prepare
+from ptxseg.data.work_folder import PrepareOptions, prepare_work_folder
 
 
 def random_pool(n_patients=60, seed=1):
@@ -77,7 +77,7 @@ def test_impossible_fold_counts_are_errors():
 def prepared(tmp_path):
     images, csv_path, _ = make_siim_folder(tmp_path / "siim", n=30, size=32)
     work = tmp_path / "work"
-    prepare(images, csv_path, work, size=32, val=0.2, test=0.2, folds=3)
+    prepare_work_folder(images, csv_path, work, PrepareOptions(size=32, val=0.2, test=0.2, folds=3))
     return images, csv_path, work
 
 
@@ -101,20 +101,28 @@ def test_prepare_writes_folds_of_train_and_val_beside_the_fixed_test_split(prepa
 def test_folds_are_reused_added_later_and_conflicts_explained(prepared, tmp_path):
     images, csv_path, work = prepared
     before = (work / "splits.json").read_text()
-    prepare(images, csv_path, work, size=32, val=0.2, test=0.2, folds=3)  # the same: reused
-    prepare(images, csv_path, work, size=32, val=0.2, test=0.2)  # no --folds: kept
+    prepare_work_folder(
+        images, csv_path, work, PrepareOptions(size=32, val=0.2, test=0.2, folds=3)
+    )  # the same: reused
+    prepare_work_folder(
+        images, csv_path, work, PrepareOptions(size=32, val=0.2, test=0.2)
+    )  # no --folds: kept
     assert (work / "splits.json").read_text() == before
     with pytest.raises(ValueError, match="holds 3 folds") as error:
-        prepare(images, csv_path, work, size=32, val=0.2, test=0.2, folds=4)
+        prepare_work_folder(
+            images, csv_path, work, PrepareOptions(size=32, val=0.2, test=0.2, folds=4)
+        )
     assert "--folds 3" in str(error.value) and "delete" in str(error.value)
     # a work folder prepared without folds gets them added, split and cache untouched
     other = tmp_path / "other"
-    prepare(images, csv_path, other, size=32, val=0.2, test=0.2)
+    prepare_work_folder(images, csv_path, other, PrepareOptions(size=32, val=0.2, test=0.2))
     cache = (other / "cache" / "32" / "train-images.npy").stat().st_mtime_ns
     split = {k: v for k, v in read_splits(other).items()}
     with pytest.raises(ValueError, match="--folds 5"):
         read_folds(other)
-    result = prepare(images, csv_path, other, size=32, val=0.2, test=0.2, folds=3)
+    result = prepare_work_folder(
+        images, csv_path, other, PrepareOptions(size=32, val=0.2, test=0.2, folds=3)
+    )
     assert not result.cache_written
     assert (other / "cache" / "32" / "train-images.npy").stat().st_mtime_ns == cache
     assert {k: v for k, v in read_splits(other).items() if k != "folds"} == split

@@ -10,7 +10,8 @@ from siim_folders import make_siim_folder
 
 from ptxseg.cli import main
 from ptxseg.data.dataset import SegmentationDataset, read_manifest, read_splits
-from ptxseg.data.prepare import make_split, prepare
+from ptxseg.data.split_plan import make_split
+from ptxseg.data.work_folder import PrepareOptions, prepare_work_folder
 
 
 @pytest.fixture()
@@ -21,7 +22,7 @@ def siim_folder(tmp_path):
 def test_prepare_writes_manifest_split_and_cache(siim_folder, tmp_path):
     images, csv_path, masks = siim_folder
     work = tmp_path / "work"
-    result = prepare(images, csv_path, work, size=32, val=0.2, test=0.2)
+    result = prepare_work_folder(images, csv_path, work, PrepareOptions(size=32, val=0.2, test=0.2))
     rows = read_manifest(work)
     assert len(rows) == 20 and sum(r["has_pneumothorax"] == "1" for r in rows) == 7
     by_id = {r["image_id"]: r for r in rows}
@@ -49,22 +50,22 @@ def test_prepare_writes_manifest_split_and_cache(siim_folder, tmp_path):
 def test_rerun_changes_nothing_and_reuses_the_split(siim_folder, tmp_path):
     images, csv_path, _ = siim_folder
     work = tmp_path / "work"
-    prepare(images, csv_path, work, size=32)
+    prepare_work_folder(images, csv_path, work, PrepareOptions(size=32))
     stamps = {p: p.stat().st_mtime_ns for p in work.rglob("*") if p.is_file()}
-    again = prepare(images, csv_path, work, size=32)
+    again = prepare_work_folder(images, csv_path, work, PrepareOptions(size=32))
     assert not again.cache_written
     assert stamps == {p: p.stat().st_mtime_ns for p in work.rglob("*") if p.is_file()}
     with pytest.raises(ValueError, match="differs from this run"):
-        prepare(images, csv_path, work, size=32, seed=1)
+        prepare_work_folder(images, csv_path, work, PrepareOptions(size=32, seed=1))
     # a second size reuses the manifest and the split
-    prepare(images, csv_path, work, size=64)
+    prepare_work_folder(images, csv_path, work, PrepareOptions(size=64))
     assert len(SegmentationDataset(work, "train", 64)) == len(
         SegmentationDataset(work, "train", 32)
     )
 
 
 def test_split_is_stratified_and_reproducible():
-    from ptxseg.data.prepare import Record
+    from ptxseg.data.discovery import Record
 
     records = [
         Record(f"id{i}", None, ["1 1"] if i < 30 else [], 8, 8, None, "", "", "", "")
@@ -85,7 +86,7 @@ def test_unmatched_files_are_listed_not_fatal(siim_folder, tmp_path):
     (images / "broken.dcm").write_bytes(b"not a dicom")
     with csv_path.open("a") as f:
         f.write("9.9.9.9, -1\n")
-    prepare(images, csv_path, tmp_path / "w", size=32)
+    prepare_work_folder(images, csv_path, tmp_path / "w", PrepareOptions(size=32))
     problems = json.loads((tmp_path / "w" / "unmatched.json").read_text())
     assert [os.path.basename(p) for p in problems["images_without_annotations"]] == ["stray.dcm"]
     assert [os.path.basename(p["file"]) for p in problems["skipped"]] == ["broken.dcm"]
@@ -98,7 +99,7 @@ def test_conflicting_annotation_rows_are_listed_and_their_image_skipped(siim_fol
     images, csv_path, _ = siim_folder
     with csv_path.open("a") as f:
         f.write("1.2.3.1, 100 20\n")  # line 22
-    result = prepare(images, csv_path, tmp_path / "w", size=32)
+    result = prepare_work_folder(images, csv_path, tmp_path / "w", PrepareOptions(size=32))
     problems = json.loads((tmp_path / "w" / "unmatched.json").read_text())
     [conflict] = problems["conflicting_annotations"]
     assert conflict["image_id"] == "1.2.3.1" and conflict["lines"] == [3, 22]
@@ -117,7 +118,7 @@ def test_an_empty_or_tiny_dicom_is_skipped_with_its_reason(siim_folder, tmp_path
     write_dicom(images / "tiny.dcm", np.array([[3, 4]], np.uint8))
     with csv_path.open("a") as f:
         f.write("empty, -1\ntiny, -1\n")
-    prepare(images, csv_path, tmp_path / "w", size=32)
+    prepare_work_folder(images, csv_path, tmp_path / "w", PrepareOptions(size=32))
     problems = json.loads((tmp_path / "w" / "unmatched.json").read_text())
     reasons = {os.path.basename(p["file"]): p["reason"] for p in problems["skipped"]}
     assert reasons["empty.dcm"] == "empty file (0 bytes)"
@@ -129,9 +130,9 @@ def test_nothing_matching_is_a_clear_error(siim_folder, tmp_path):
     other = tmp_path / "other.csv"
     other.write_text("ImageId,EncodedPixels\nx,-1\n")
     with pytest.raises(ValueError, match="none of the 20 DICOMs"):
-        prepare(images, other, tmp_path / "w", size=32)
+        prepare_work_folder(images, other, tmp_path / "w", PrepareOptions(size=32))
     with pytest.raises(ValueError, match="multiple of 32"):
-        prepare(images, other, tmp_path / "w", size=50)
+        prepare_work_folder(images, other, tmp_path / "w", PrepareOptions(size=50))
 
 
 def test_header_uid_fallback(tmp_path):
@@ -139,7 +140,9 @@ def test_header_uid_fallback(tmp_path):
     folder.mkdir()
     write_dicom(folder / "renamed.dcm", chest_like(64), SOPInstanceUID="1.2.840.99")
     (tmp_path / "a.csv").write_text("ImageId,EncodedPixels\n1.2.840.99,-1\n")
-    prepare(folder, tmp_path / "a.csv", tmp_path / "w", size=32, val=0, test=0)
+    prepare_work_folder(
+        folder, tmp_path / "a.csv", tmp_path / "w", PrepareOptions(size=32, val=0, test=0)
+    )
     assert read_manifest(tmp_path / "w")[0]["image_id"] == "1.2.840.99"
 
 
@@ -187,7 +190,9 @@ def test_bad_files_are_skipped_with_their_reason_and_the_rest_is_prepared(siim_f
     images, csv_path, _ = siim_folder
     _bad_files(images, csv_path)
     work = tmp_path / "w"
-    result = prepare(images, csv_path, work, size=32, val=0.2, test=0.2, workers=2)
+    result = prepare_work_folder(
+        images, csv_path, work, PrepareOptions(size=32, val=0.2, test=0.2, workers=2)
+    )
     problems = json.loads((work / "unmatched.json").read_text())
     reasons = {os.path.basename(p["file"]): p["reason"] for p in problems["skipped"]}
     assert sorted(reasons) == ["nopix.dcm", "pastend.dcm", "small.dcm", "trunc.dcm"]
@@ -212,7 +217,7 @@ def test_bad_files_are_skipped_with_their_reason_and_the_rest_is_prepared(siim_f
     assert not list(work.rglob("*.tmp"))
     # a rerun finds everything up to date, and the skipped files stay out of the same split
     stamps = {p: p.stat().st_mtime_ns for p in work.rglob("*") if p.is_file()}
-    again = prepare(images, csv_path, work, size=32, val=0.2, test=0.2)
+    again = prepare_work_folder(images, csv_path, work, PrepareOptions(size=32, val=0.2, test=0.2))
     assert not again.cache_written and again.problems == result.problems
     assert stamps == {p: p.stat().st_mtime_ns for p in work.rglob("*") if p.is_file()}
 
@@ -225,7 +230,7 @@ def test_a_failed_prepare_leaves_nothing_behind(tmp_path):
     (tmp_path / "a.csv").write_text("ImageId,EncodedPixels\nnopix,-1\nsmall,-1\n")
     work = tmp_path / "w"
     with pytest.raises(ValueError, match="none of the 2 images could be read"):
-        prepare(images, tmp_path / "a.csv", work, size=32)
+        prepare_work_folder(images, tmp_path / "a.csv", work, PrepareOptions(size=32))
     assert [p.name for p in work.rglob("*") if p.is_file()] == []
 
 
@@ -253,23 +258,62 @@ def test_cli_exit_code_1_when_files_were_skipped(siim_folder, tmp_path, capsys):
     assert "1 skipped" in out and "nopix.dcm" in out
 
 
-def test_cache_records_its_decoder_and_gpu_decoding_needs_a_gpu(siim_folder, tmp_path):
-    images, csv_path, _ = siim_folder
-    prepare(images, csv_path, tmp_path / "w", size=32, workers=1, device="auto")
-    info = json.loads((tmp_path / "w" / "cache" / "32" / "info.json").read_text())
+def test_cache_records_its_decoder_and_device_decoding_without_a_gpu(siim_folder, tmp_path):
+    """auto takes nvJPEG only with a GPU; device without one is the batched path on the CPU,
+    which writes the CPU workers' bytes."""
     import torch
 
-    assert info["decoder"] == ("nvjpeg" if torch.cuda.is_available() else "opencv")
+    images, csv_path, _ = siim_folder
+    caches = {}
+    for decode in ("auto", "device", "cpu"):
+        work = tmp_path / decode
+        options = PrepareOptions(size=32, workers=1, decode=decode)
+        prepare_work_folder(images, csv_path, work, options)
+        info = json.loads((work / "cache" / "32" / "info.json").read_text())
+        on_gpu = torch.cuda.is_available() and decode != "cpu"
+        assert info["decoder"] == ("nvjpeg" if on_gpu else "opencv")
+        caches[decode] = np.load(work / "cache" / "32" / "train-images.npy")
     if not torch.cuda.is_available():
-        with pytest.raises(ValueError, match="needs a CUDA device"):
-            prepare(images, csv_path, tmp_path / "w2", size=32, device="cuda")
-        assert not (tmp_path / "w2").exists()
+        np.testing.assert_array_equal(caches["device"], caches["cpu"])
+    with pytest.raises(ValueError, match="--decode 'gpu': expected one of auto, device, cpu"):
+        prepare_work_folder(images, csv_path, tmp_path / "w2", PrepareOptions(decode="gpu"))
+    assert not (tmp_path / "w2").exists()
+
+
+def test_cli_decode_and_the_deprecated_device_alias(siim_folder, tmp_path, capsys):
+    images, csv_path, _ = siim_folder
+    args = ["prepare", "--images", str(images), "--annotations", str(csv_path), "--size", "32"]
+    with pytest.raises(SystemExit) as exit_info:
+        main([*args, "--out", str(tmp_path / "a"), "--decode", "device", "--workers", "1"])
+    assert exit_info.value.code == 0
+    assert "deprecated" not in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_info:
+        main([*args, "--out", str(tmp_path / "b"), "--device", "cpu", "--workers", "1"])
+    assert exit_info.value.code == 0
+    err = capsys.readouterr().err
+    assert "DeprecationWarning: --device is deprecated for prepare" in err
+    assert "use --decode (cpu)" in err
+    assert (tmp_path / "b" / "cache" / "32" / "info.json").is_file()
+    for name in ("images", "masks"):
+        a = np.load(tmp_path / "a" / "cache" / "32" / f"train-{name}.npy")
+        b = np.load(tmp_path / "b" / "cache" / "32" / f"train-{name}.npy")
+        if not __import__("torch").cuda.is_available():
+            np.testing.assert_array_equal(a, b)
+    with pytest.raises(SystemExit) as exit_info:  # both: which one is meant is unclear
+        main([*args, "--out", str(tmp_path / "c"), "--device", "cuda", "--decode", "auto"])
+    assert exit_info.value.code == 2
+    assert "give --decode only" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_info:
+        main([*args, "--out", str(tmp_path / "c"), "--decode", "gpu"])
+    assert exit_info.value.code == 2
+    assert "--decode 'gpu'" in capsys.readouterr().err
+    assert not (tmp_path / "c").exists()
 
 
 def test_frames_decoded_in_batches_give_the_workers_bytes(siim_folder):
     """The GPU path of the cache (frames from the workers, decoded and shrunk in a batch) run
     on the CPU: the same images as decoding in the workers."""
-    from ptxseg.data.prepare import decode_loaded, load_for_cache
+    from ptxseg.data.cache_builder import decode_loaded, load_for_cache
 
     images, _, masks = siim_folder
     paths = sorted(images.rglob("*.dcm"))[:4]
@@ -287,7 +331,7 @@ def test_chunks_come_back_whole_and_in_order_with_two_in_flight(tmp_path):
     """The workers get the next chunk before this process takes the last one's results."""
     from concurrent.futures import ProcessPoolExecutor
 
-    from ptxseg.data.prepare import CHUNK, _chunks_loaded
+    from ptxseg.data.cache_builder import CHUNK, _chunks_loaded
 
     jobs = []
     for i in range(2 * CHUNK + 5):  # every 7th file a readable DICOM, the others not

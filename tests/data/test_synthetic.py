@@ -11,6 +11,7 @@ import pytest
 from ptxseg.cli import main
 from ptxseg.data import synthetic
 from ptxseg.data.rle import read_annotations, rle_decode
+from ptxseg.data.synthetic import dataset_writer
 from ptxseg.util.path_guard import MADE_BY, made_by
 
 SIIM_UID = re.compile(r"1\.2\.276\.0\.7230010\.3\.1\.4\.8323329\.\d+\.\d{10}\.\d{6}")
@@ -245,7 +246,7 @@ def test_a_failure_leaves_no_half_written_dataset(tmp_path, monkeypatch):
             raise RuntimeError("disk full")
         return real_render(spec, size, conspicuity)
 
-    monkeypatch.setattr(synthetic, "render_case", failing)
+    monkeypatch.setattr(dataset_writer, "render_case", failing)
     with pytest.raises(RuntimeError, match="disk full"):
         synthetic.generate_dataset(tmp_path, 5, size=64)
     assert list(tmp_path.iterdir()) == []
@@ -299,7 +300,9 @@ def test_drains_are_recorded_per_image_and_leave_everything_else_unchanged(tmp_p
     image0, regions0 = render_case(without, 64)
     assert (image != image0).any()  # the tube is drawn
     assert all((a == b).all() for a, b in zip(regions, regions0, strict=True))  # same truth
-    summary = synthetic.generate_dataset(tmp_path / "d", 12, size=64, seed=1, drains=(0.5, 0.5))
+    summary = synthetic.generate_dataset(
+        tmp_path / "d", 12, size=64, seed=1, appearance=synthetic.Appearance(drains=(0.5, 0.5))
+    )
     rows = (tmp_path / "d" / METADATA_NAME).read_text().splitlines()
     assert rows[0] == "ImageId,chest_drain" and len(rows) == 13
     assert summary["n_drains"] == sum(r.endswith(",1") for r in rows[1:])

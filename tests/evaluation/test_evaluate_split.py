@@ -273,14 +273,15 @@ def prepared(tmp_path_factory):
     """Synthetic SIIM-style DICOMs at 128 px, prepared at 64 px, and a random-weight model."""
     from predict_helpers import make_checkpoint
 
-    from ptxseg.data.prepare import prepare
     from ptxseg.data.synthetic import generate_dataset
+    from ptxseg.data.work_folder import PrepareOptions, prepare_work_folder
 
     root = tmp_path_factory.mktemp("full-size")
     generate_dataset(root / "raw", n_images=24, size=128, seed=3, positive_fraction=0.5,
                      progress=False)  # fmt: skip
-    prepare(root / "raw" / "dicom-images-train", root / "raw" / "train-rle.csv", root / "work",
-            size=64, seed=0, val=0.25, test=0.25)  # fmt: skip
+    options = PrepareOptions(size=64, seed=0, val=0.25, test=0.25)
+    prepare_work_folder(root / "raw" / "dicom-images-train", root / "raw" / "train-rle.csv",
+                        root / "work", options)  # fmt: skip
     ckpt = make_checkpoint(root / "m.ckpt", "resnet18", 64, {"top": 0.5, "bottom": 0.45,
                            "min_area": 0})  # fmt: skip
     return root, ckpt

@@ -167,17 +167,15 @@ def test_cli_shards_resume_and_aggregate(tmp_path, monkeypatch):
 
 @pytest.mark.slow
 def test_real_grid_trains_evaluates_and_resumes(tmp_path):
-    from ptxseg.data.prepare import prepare
     from ptxseg.data.synthetic import generate_dataset
+    from ptxseg.data.work_folder import PrepareOptions, prepare_work_folder
 
     generate_dataset(tmp_path / "raw", n_images=20, size=64, seed=0, positive_fraction=0.5)
-    prepare(
+    prepare_work_folder(
         tmp_path / "raw" / "dicom-images-train",
         tmp_path / "raw" / "train-rle.csv",
         tmp_path / "work",
-        size=64,
-        val=0.25,
-        test=0.25,
+        PrepareOptions(size=64, val=0.25, test=0.25),
     )
     argv = ["ablate", "--data", str(tmp_path / "work"), "--out", str(tmp_path / "grid")]
     argv += ["--encoders", "resnet18", "--augs", "none,full", "--seeds", "1", "--epochs", "1"]

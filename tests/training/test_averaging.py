@@ -12,8 +12,8 @@ from torch import nn
 from ptxseg.cli import main
 from ptxseg.config import load_config
 from ptxseg.data.folds import open_split, read_folds
-from ptxseg.data.prepare import prepare
 from ptxseg.data.synthetic import generate_dataset
+from ptxseg.data.work_folder import PrepareOptions, prepare_work_folder
 from ptxseg.model.checkpoint import CheckpointError, load_model, read_info
 from ptxseg.training.averaging import (
     average_models,
@@ -101,12 +101,11 @@ def summary_rows(run):
 def fold_work(tmp_path_factory):
     root = tmp_path_factory.mktemp("folds")
     generate_dataset(root / "siim", n_images=20, size=64, seed=0, positive_fraction=0.5)
-    prepare(
+    prepare_work_folder(
         root / "siim" / "dicom-images-train",
         root / "siim" / "train-rle.csv",
         root / "work",
-        size=64,
-        folds=3,
+        PrepareOptions(size=64, folds=3),
     )
     return root / "work"
 

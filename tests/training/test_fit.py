@@ -80,17 +80,16 @@ def read_rows(path: Path) -> list[dict]:
 @pytest.fixture(scope="session")
 def tiny_work(tmp_path_factory) -> Path:
     """`ptxseg synth` + `ptxseg prepare` at 64 px: 24 images split into train/val/test."""
-    from ptxseg.data.prepare import prepare
     from ptxseg.data.synthetic import generate_dataset
+    from ptxseg.data.work_folder import PrepareOptions, prepare_work_folder
 
     root = tmp_path_factory.mktemp("tiny")
     generate_dataset(root / "siim", n_images=24, size=64, seed=0, positive_fraction=0.5)
-    prepare(
+    prepare_work_folder(
         root / "siim" / "dicom-images-train",
         root / "siim" / "train-rle.csv",
         root / "work",
-        size=64,
-        workers=1,
+        PrepareOptions(size=64, workers=1),
     )
     return root / "work"
 
@@ -454,11 +453,13 @@ def folds_work(tmp_path_factory) -> Path:
     """A 32 px work folder with 3 cross-validation folds."""
     from siim_folders import make_siim_folder
 
-    from ptxseg.data.prepare import prepare
+    from ptxseg.data.work_folder import PrepareOptions, prepare_work_folder
 
     root = tmp_path_factory.mktemp("folds")
     images, csv_path, _ = make_siim_folder(root / "siim", n=30, size=32)
-    prepare(images, csv_path, root / "work", size=32, val=0.2, test=0.2, folds=3)
+    prepare_work_folder(
+        images, csv_path, root / "work", PrepareOptions(size=32, val=0.2, test=0.2, folds=3)
+    )
     return root / "work"
 
 

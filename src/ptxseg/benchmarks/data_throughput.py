@@ -164,7 +164,7 @@ def _pixel_array_01(path: Path) -> np.ndarray:
 
 
 def bench_prepare(images: Path, annotations: Path, sizes=(256, 512), workers=(1, 2)) -> list[dict]:
-    from ptxseg.data.prepare import prepare
+    from ptxseg.data.work_folder import PrepareOptions, prepare_work_folder
 
     n = len(list(images.rglob("*.dcm")))
     rows = []
@@ -174,7 +174,9 @@ def bench_prepare(images: Path, annotations: Path, sizes=(256, 512), workers=(1,
             with tempfile.TemporaryDirectory() as tmp:
 
                 def run(w: int = w, tmp: str = tmp, size: int = size) -> None:
-                    prepare(images, annotations, Path(tmp), size=size, workers=w)
+                    prepare_work_folder(
+                        images, annotations, Path(tmp), PrepareOptions(size=size, workers=w)
+                    )
 
                 rates[w] = timed(run, items=n, warmup=0, repeats=1).rate
         base = rates[workers[0]]
@@ -201,10 +203,12 @@ def bench_loader(
     from torch.utils.data import DataLoader
 
     from ptxseg.data.dataset import SegmentationDataset
-    from ptxseg.data.prepare import prepare
+    from ptxseg.data.work_folder import PrepareOptions, prepare_work_folder
 
     with tempfile.TemporaryDirectory() as tmp:
-        prepare(images, annotations, Path(tmp), size=size, workers=workers)
+        prepare_work_folder(
+            images, annotations, Path(tmp), PrepareOptions(size=size, workers=workers)
+        )
         rates = {}
         for raw in (True, False):
             dataset = SegmentationDataset(tmp, "train", size, raw=raw)

@@ -27,6 +27,28 @@ PREPARE_WRITES = (
 )
 
 
+def _decode_choice(decode: str, device: str | None) -> tuple[str, str]:
+    """(--decode, its torch device), from `--device`, the deprecated alias, when it is given."""
+    if device is None:
+        return decode, "cuda"
+    typer.echo(
+        "DeprecationWarning: --device is deprecated for prepare and will be removed in 0.3: "
+        f"use --decode ({_DEVICE_TO_DECODE.get(device, 'device')})",
+        err=True,
+    )
+    if decode != "cpu":
+        fail(f"--device {device} and --decode {decode}: give --decode only")
+    if device in _DEVICE_TO_DECODE:
+        return _DEVICE_TO_DECODE[device], "cuda"
+    if not device.startswith("cuda"):
+        fail(f"--device {device!r}: expected cpu, cuda, cuda:N or auto (better: --decode)")
+    return "device", device
+
+
+_DEVICE_TO_DECODE = {"cpu": "cpu", "auto": "auto", "cuda": "device"}
+"""The deprecated `prepare --device` values and the `--decode` each one means."""
+
+
 @app.command(rich_help_panel="Data")
 @guarded(inputs={"images": WALKED, "annotations": READ}, outputs={"out": Out(owns=PREPARE_WRITES)})
 def prepare(
@@ -40,11 +62,14 @@ def prepare(
     workers: int = typer.Option(
         None, help="Processes that read (and on the CPU decode) DICOMs; default: one per core."
     ),
-    device: str = typer.Option(
+    decode: str = typer.Option(
         "cpu",
         help="Where JPEG Baseline frames are decoded and resized: cpu (a process per core; "
-        "on a 16-core H200 machine twice as fast as nvJPEG), cuda (nvJPEG), or auto (cuda "
-        "when there is a GPU).",
+        "on a 16-core H200 machine twice as fast as nvJPEG), device (nvJPEG on the GPU; "
+        "without one, the same batched path on the CPU), or auto (the GPU when there is one).",
+    ),
+    device: str | None = typer.Option(
+        None, hidden=True, help="Deprecated alias of --decode (cuda: --decode device)."
     ),
     rle_encoding: str = typer.Option(
         "auto", help="auto (detect from the CSV), relative (SIIM) or absolute."
@@ -69,27 +94,23 @@ def prepare(
     Example: ptxseg prepare --images siim/dicom-images-train --annotations siim/train-rle.csv
     --out work --size 256 [--folds 5]
     """
-    from ptxseg.data.prepare import prepare as run_prepare
+    from ptxseg.data.work_folder import PrepareOptions, prepare_work_folder
     from ptxseg.util.system import usable_cores
 
-    workers = usable_cores() if workers is None else workers
+    options = PrepareOptions(
+        size=size,
+        seed=seed,
+        val=val,
+        test=test,
+        workers=usable_cores() if workers is None else workers,
+        rle_encoding=rle_encoding,
+        max_pixels=int(max_megapixels * 1e6),
+        folds=folds,
+    )
+    options.decode, options.decode_device = _decode_choice(decode, device)
     try:
         with progress_bar(console=console) as progress:
-            result = run_prepare(
-                images,
-                annotations,
-                out,
-                size,
-                seed,
-                val,
-                test,
-                workers,
-                rle_encoding,
-                progress,
-                device=device,
-                max_pixels=int(max_megapixels * 1e6),
-                folds=folds,
-            )
+            result = prepare_work_folder(images, annotations, out, options, progress)
     except (ValueError, FileNotFoundError, FileExistsError) as err:
         fail(str(err))
     table = Table(title=f"{out} ({size}px, {result.encoding} RLE)")

@@ -71,7 +71,7 @@ def synth(
     """
     from rich.console import Console
 
-    from ptxseg.data.synthetic import generate_dataset, parse_drains, plot_samples
+    from ptxseg.data.synthetic import Appearance, generate_dataset, parse_drains, plot_samples
 
     console = Console()
     try:
@@ -82,8 +82,7 @@ def synth(
             seed=seed,
             positive_fraction=positive_fraction,
             overwrite=overwrite,
-            conspicuity=conspicuity,
-            drains=parse_drains(drains),
+            appearance=Appearance(conspicuity, parse_drains(drains)),
         )
     except (FileExistsError, ValueError) as error:
         fail(str(error))

@@ -26,13 +26,13 @@ SPLITS_FILE = "splits.json"
 ANNOTATIONS = "annotations.csv"
 
 
-def cache_dir(work: str | Path, size: int) -> Path:
+def array_cache_dir(work: str | Path, size: int) -> Path:
     return Path(work) / "cache" / str(size)
 
 
 def cache_paths(work: str | Path, size: int, split: str) -> dict[str, Path]:
     """The three files that hold one split at one size."""
-    folder = cache_dir(work, size)
+    folder = array_cache_dir(work, size)
     return {
         "images": folder / f"{split}-images.npy",
         "masks": folder / f"{split}-masks.npy",

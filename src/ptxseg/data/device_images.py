@@ -8,6 +8,8 @@ at thousands per second. This module is the device half of that path:
   (`torchvision.io.decode_jpeg(..., device="cuda")`) on CUDA, OpenCV's libjpeg-turbo (exactly
   what `ptxseg.data.dicom` uses) elsewhere. A frame the batch decoder rejects is retried alone,
   so one corrupt file costs its own row, not the batch.
+- `choose_decoder`: which device decodes for `--decode auto|device|cpu` (None: the CPU reader).
+- `decode_to_inputs`: both steps for a batch, with the frames to hand back to the CPU reader.
 - `to_model_inputs`: the same 8-bit model input as `ptxseg.data.preprocess.to_model_input`,
   computed on the device. For the sizes that matter (no resize, or shrinking by 2 or 4 in both
   directions: 1024 px to 512 or 256) it repeats OpenCV's float32 arithmetic operation for
@@ -23,6 +25,7 @@ far the model inputs and the masks of the two paths differ on real files.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -35,6 +38,9 @@ AREA_TOLERANCE = 1
 
 _INV_255 = np.float32(1 / 255)
 
+DECODERS = ("auto", "device", "cpu")
+"""The values of `--decode`: auto (the device when it pays), device (insist), cpu (never)."""
+
 
 def jpeg_device_available(device: str | torch.device) -> bool:
     """True when `device` is a CUDA device that torchvision's nvJPEG decoder can use."""
@@ -46,6 +52,68 @@ def jpeg_device_available(device: str | torch.device) -> bool:
     except ImportError:  # pragma: no cover - torchvision without image support
         return False
     return True
+
+
+def choose_decoder(decode: str, device: str, runtime: str = "torch") -> str | None:
+    """The torch device that decodes and shrinks the frames, or None for the CPU reader.
+
+    `auto` takes `device` only for the torch runtime on a CUDA device with nvJPEG; `device`
+    insists (nvJPEG on CUDA; without CUDA the same batched path on the CPU with libjpeg-turbo,
+    which gives the CPU reader's bytes) and needs the torch runtime; `cpu` never.
+    """
+    if decode not in DECODERS:
+        raise ValueError(f"--decode {decode!r}: expected one of {', '.join(DECODERS)}")
+    if decode == "cpu":
+        return None
+    if decode == "device" and runtime != "torch":
+        raise ValueError(
+            f"--decode device needs the torch runtime (this run uses {runtime}): "
+            "use --decode cpu or auto"
+        )
+    if decode == "auto":
+        return str(device) if runtime == "torch" and jpeg_device_available(device) else None
+    if torch.device(device).type == "cuda" and not jpeg_device_available(device):
+        return "cpu"
+    return str(device)
+
+
+@dataclass
+class DeviceInputs:
+    """Model inputs of a batch of frames, and the frames the CPU reader must read instead."""
+
+    inputs: torch.Tensor | None  # uint8 (len(decoded), size, size) on the device
+    decoded: list[int] = field(default_factory=list)  # the frame of each row of `inputs`
+    refused: dict[int, str] = field(default_factory=dict)  # frame -> why the device did not
+
+
+def decode_to_inputs(
+    frames: Sequence[bytes],
+    shapes: Sequence[tuple[int, int]],
+    inverts: Sequence[bool],
+    size: int,
+    device: str | torch.device,
+) -> DeviceInputs:
+    """Decode `frames` in one batch on `device` and shrink them into model inputs there.
+
+    A frame the decoder refuses, or that comes back in another shape than the header's
+    `shapes[i]` (or smaller than `size`), is listed in `refused` with the reason: the caller
+    reads it with its CPU reader. `inverts[i]` turns frame i over (MONOCHROME1).
+    """
+    out = DeviceInputs(None)
+    images = []
+    for i, image in enumerate(decode_frames(frames, device)):
+        if isinstance(image, Exception):
+            out.refused[i] = str(image)
+        elif tuple(image.shape) != tuple(shapes[i]):
+            out.refused[i] = f"decoded {tuple(image.shape)}, the header says {tuple(shapes[i])}"
+        elif needs_cpu_resize(*image.shape, size):
+            out.refused[i] = f"{tuple(image.shape)} is smaller than the model input {size}"
+        else:
+            out.decoded.append(i)
+            images.append(image)
+    if images:
+        out.inputs = to_model_inputs(images, size, [inverts[i] for i in out.decoded])
+    return out
 
 
 def decode_frames(

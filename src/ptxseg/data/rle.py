@@ -256,6 +256,18 @@ class Annotations(dict):
         ]
 
 
+def _csv_text(path: Path) -> str:
+    """The CSV's text (a UTF-8 BOM dropped), or an error that says what was expected."""
+    try:
+        return path.read_bytes().decode("utf-8-sig")
+    except FileNotFoundError:
+        raise FileNotFoundError(f"annotation CSV not found: {path}") from None
+    except UnicodeDecodeError:
+        raise ValueError(
+            f"{path} is not a text CSV: expected SIIM annotations 'ImageId,EncodedPixels'"
+        ) from None
+
+
 def read_annotations(path: str | Path, strict: bool = False) -> Annotations:
     """Read a SIIM annotation CSV into {ImageId: [RLE, ...]} (an empty list means no pneumothorax).
 
@@ -268,14 +280,7 @@ def read_annotations(path: str | Path, strict: bool = False) -> Annotations:
     and ImageId before any image is read; `Annotations.where` names the line for later checks.
     """
     path = Path(path)
-    try:
-        text = path.read_bytes().decode("utf-8-sig")
-    except FileNotFoundError:
-        raise FileNotFoundError(f"annotation CSV not found: {path}") from None
-    except UnicodeDecodeError:
-        raise ValueError(
-            f"{path} is not a text CSV: expected SIIM annotations 'ImageId,EncodedPixels'"
-        ) from None
+    text = _csv_text(path)
     annotations = Annotations(path)
     negatives: dict[str, list[int]] = {}
     for line_no, row in _csv_rows(text, path):

@@ -56,10 +56,10 @@ def repaired_sop_uid(ds) -> tuple[str, str | None]:
 
 def repair_source(ds) -> list[str]:
     """Make the header valid in place (its UIDs, then its other values); a note per change."""
-    return repair_uids(ds) + repair_values(ds)
+    return repair_header_uids(ds) + repair_values(ds)
 
 
-def repair_uids(ds) -> list[str]:
+def repair_header_uids(ds) -> list[str]:
     """Make the header's SOP, Study and Series Instance UIDs valid in place; a note per change."""
     notes = []
     sop = str(ds.get("SOPInstanceUID", "") or "")
