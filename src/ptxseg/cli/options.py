@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
 
 import typer
+
+if TYPE_CHECKING:
+    from ptxseg.inference.spec import PredictorSpec
 
 TTA = typer.Option(
     None,
@@ -68,3 +73,53 @@ PRECISION = typer.Option(
     "(torch, openvino; CPUs with AVX-512 BF16 or AMX) or int8 (onnxruntime, openvino; checked "
     "against fp32's masks on real images, refused below Dice 0.99).",
 )
+
+
+# ---------------------------------------------------------------- one alias per shared option
+# Each is written once; a command names its default in its signature, e.g.
+# `runtime: options.Runtime = "auto"`.
+
+Checkpoints = Annotated[list[Path], typer.Option("--checkpoint", "-c", help=CHECKPOINTS_HELP)]
+Checkpoint = Annotated[Path, typer.Option("--checkpoint", "-c", help=CHECKPOINT_HELP)]
+Runtime = Annotated[str, RUNTIME]
+Precision = Annotated[str, PRECISION]
+Device = Annotated[str, typer.Option(help="cpu or cuda (torch runtime).")]
+Tta = Annotated[str | None, TTA]
+OperatingPointName = Annotated[str | None, OPERATING_POINT]
+Threshold = Annotated[float | None, THRESHOLD]
+Top = Annotated[float | None, TOP]
+Bottom = Annotated[float | None, BOTTOM]
+MinArea = Annotated[int | None, MIN_AREA]
+MaxMegapixels = Annotated[
+    float, typer.Option(help=MAX_MEGAPIXELS_HELP, callback=positive_number)
+]
+
+
+def predictor_spec(
+    checkpoint: Path | list[Path],
+    runtime: str = "auto",
+    precision: str = "auto",
+    device: str = "cpu",
+    tta: str | None = None,
+    batch_size: int = 4,
+    operating_point: str | None = None,
+    overrides: dict | None = None,
+    **runtime_options,
+) -> PredictorSpec:
+    """The `PredictorSpec` of the model options (`predict`, `export`, `serve`, `listen`,
+    `dicomweb` and `evaluate` build it here, once): one `--checkpoint` as a path, several as the
+    list whose probabilities are averaged; `overrides` from `overrides()`;
+    `runtime_options` are compile, compile_mode, channels_last, threads."""
+    from ptxseg.inference.spec import PredictorSpec, one_or_many
+
+    return PredictorSpec(
+        model=one_or_many(checkpoint),
+        runtime=runtime,
+        precision=precision,
+        device=device,
+        tta=tta,
+        batch_size=batch_size,
+        operating_point_name=operating_point,
+        overrides=dict(overrides or {}),
+        **runtime_options,
+    )
