@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING
 
 import typer
 
@@ -75,24 +75,14 @@ PRECISION = typer.Option(
 )
 
 
-# ---------------------------------------------------------------- one alias per shared option
-# Each is written once; a command names its default in its signature, e.g.
-# `runtime: options.Runtime = "auto"`.
+# ---------------------------------------------------------------- shared option objects
+# One typer.Option each, used as the default of every command that takes it (an `Annotated`
+# alias would read the same, but `guarded` keeps the signature's annotations as text).
 
-Checkpoints = Annotated[list[Path], typer.Option("--checkpoint", "-c", help=CHECKPOINTS_HELP)]
-Checkpoint = Annotated[Path, typer.Option("--checkpoint", "-c", help=CHECKPOINT_HELP)]
-Runtime = Annotated[str, RUNTIME]
-Precision = Annotated[str, PRECISION]
-Device = Annotated[str, typer.Option(help="cpu or cuda (torch runtime).")]
-Tta = Annotated[str | None, TTA]
-OperatingPointName = Annotated[str | None, OPERATING_POINT]
-Threshold = Annotated[float | None, THRESHOLD]
-Top = Annotated[float | None, TOP]
-Bottom = Annotated[float | None, BOTTOM]
-MinArea = Annotated[int | None, MIN_AREA]
-MaxMegapixels = Annotated[
-    float, typer.Option(help=MAX_MEGAPIXELS_HELP, callback=positive_number)
-]
+CHECKPOINTS = typer.Option(..., "--checkpoint", "-c", help=CHECKPOINTS_HELP)
+CHECKPOINT = typer.Option(..., "--checkpoint", "-c", help=CHECKPOINT_HELP)
+DEVICE = typer.Option("cpu", help="cpu or cuda (torch runtime).")
+MAX_MEGAPIXELS = typer.Option(60.0, help=MAX_MEGAPIXELS_HELP, callback=positive_number)
 
 
 def predictor_spec(

@@ -17,14 +17,14 @@ from ptxseg.cli.guarded import MODEL, READ, TABLES, Out, guarded
     outputs={"keep_uploads": Out(owns=("upload-*",), lock=False)},
 )
 def serve(
-    checkpoint: list[Path] = typer.Option(..., "--checkpoint", "-c", help=options.CHECKPOINTS_HELP),
+    checkpoint: list[Path] = options.CHECKPOINTS,
     host: str = typer.Option(
         "127.0.0.1", help="Address to listen on; 0.0.0.0 exposes the service to the network."
     ),
     port: int = typer.Option(8000, help="TCP port."),
     runtime: str = options.RUNTIME,
     precision: str = options.PRECISION,
-    device: str = typer.Option("cpu", help="cpu or cuda (torch runtime)."),
+    device: str = options.DEVICE,
     tta: str | None = options.TTA,
     operating_point: str | None = options.OPERATING_POINT,
     workers: int = typer.Option(
@@ -101,10 +101,10 @@ def serve(
         allowed_hosts=tuple(allowed_host),
     )
     try:
-        model = checkpoint[0] if len(checkpoint) == 1 else list(checkpoint)
-        application = load_app(
-            model, settings, runtime, device, precision, tta, operating_point_name=operating_point
+        spec = options.predictor_spec(
+            checkpoint, runtime, precision, device, tta, operating_point=operating_point
         )
+        application = load_app(spec, settings)
     except (FileNotFoundError, ValueError) as err:
         typer.secho(f"error: {err}", fg="red", err=True)
         raise typer.Exit(2) from None

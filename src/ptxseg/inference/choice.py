@@ -15,8 +15,8 @@ the CPU's instructions, the runtimes' versions and the model, so it is measured,
    much more memory than fp32 (`MEMORY_FACTOR`); fp32 paths agree by construction (the export's
    parity check) when the images have no mask to compare;
 4. the choice is cached under the user's cache folder (`runtime_cache_dir`), keyed by the
-   model's digest (`LoadedModel.digest`), the CPU model and flags, the cores, TTA and batch, and the versions of the runtimes and of
-   ptxseg (`cache_key`), so later runs start at once.
+   model's digest (`LoadedModel.digest`), the CPU model and flags, the cores, TTA and batch,
+   and the versions of the runtimes and of ptxseg (`cache_key`), so later runs start at once.
 
 `build_predictor(spec)` is what the commands call (a `PredictorSpec`, built once from the
 options): an explicit runtime and precision are built as

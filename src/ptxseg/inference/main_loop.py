@@ -1,61 +1,62 @@
-"""Predict a list of files (or folders) into an output folder: streaming, resumable, at scale.
+"""The main loop of `predict`: streaming, resumable, at scale.
 
 Three stages run at the same time, each on its own resources:
 
 1. reader processes (`workers.read_input`) parse the files: the CPU decodes and resizes each image
    into its 8-bit model input, or, when the model runs on a GPU, hands on the JPEG Baseline frame
    of a DICOM for nvJPEG to decode (`ptxseg.data.device_images`);
-2. this process batches the inputs, decodes and resizes frames on the device, runs the model and
-   makes the full-size masks there (`Predictor.probabilities_on_device`,
-   `full_size_masks_on_device`), and starts the next batch while the previous one's masks come
-   back; on the CPU the Predictor runs as everywhere else and the writers make the masks;
+2. this process batches the inputs and runs the model: on a GPU the batch is decoded, predicted
+   and made into full-size masks on the device (`ptxseg.inference.device_batch`), and the next
+   batch starts while the previous one's masks come back; on the CPU the Predictor runs as
+   everywhere else and the writers make the masks;
 3. writer processes (`workers.write_outputs`) compute the findings and write the files asked for
    (`OUTPUTS`; masks and findings always).
 
-Each image's findings JSON is written last, so it marks the image as done: a rerun skips those
-images whose input is still the file they were predicted from (its size, mtime and content digest
-are in the findings; `same_input`), and predicts a replaced file again. A file that cannot be
-read or predicted becomes an `error` row in summary.csv and the run goes on; a file that cannot
-be written (a full disk, a read-only folder) ends the run with an `OSError`. What made the folder
-(model, operating point, options) is `ptxseg.inference.record`'s. `ptxseg.util.shards` splits the
-sorted input list for parallel jobs. The run's counts and timings (images/s end to end, seconds
-to the first result) go to `run.json`.
+What is done and what to read is `ptxseg.inference.inputs`'s (a rerun skips finished images). A
+file that cannot be read or predicted becomes an `error` row in summary.csv and the run goes on;
+a file that cannot be written (a full disk, a read-only folder) ends the run with an `OSError`.
+The run's counts and timings are `ptxseg.inference.run_record`'s; the command's front door
+(start-up, sharding, the folder record, run.json) is `ptxseg.inference.pipeline.run`.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ptxseg.inference.outputs import read_mask, summary_row, write_submission, write_summary
+from ptxseg.inference.device_batch import Batch, launch_on_device, use_device_decoder
+from ptxseg.inference.inputs import (
+    DEFAULT_OUTPUTS,
+    FOLDERS,
+    InputPlan,
+    image_id_for,
+    parse_outputs,
+    plan_inputs,
+    resume_batches,
+    table_name,
+)
+from ptxseg.inference.outputs import summary_row, write_submission, write_summary
+from ptxseg.inference.run_record import RunResult
 from ptxseg.inference.workers import (
-    ALWAYS,
-    OUTPUTS,
     PRELOAD,
     ReadResult,
     WriteResult,
     WriteTask,
-    read_input,
     read_inputs,
     warm_up,
     write_many,
 )
-from ptxseg.util import atomic, path_guard
 from ptxseg.util.processes import die_with_parent
 from ptxseg.util.system import process_age_s, process_context, usable_cores
 
-INPUT_SUFFIXES = (".dcm", ".dicom", ".png", ".jpg", ".jpeg")
-DECODERS = ("auto", "cpu", "device")
-DEFAULT_OUTPUTS = ("mask", "findings", "overlay")
 FILES_PER_TASK = 8
 """Files a reader or writer process handles per task when the device decodes: a message between
 processes costs the main process about as much as a small file's whole work there, so they go in
@@ -65,85 +66,11 @@ LOOP_STEPS = ("reads", "launch", "device", "hand_out", "writers")
 """Where the main loop waits (`RunResult.loop_s`): for the readers, launching a batch (the model
 on the CPU; on a GPU the kernels, and any wait for the device inside), for a batch's results to
 come back from the device, handing results to the writers, and for the writers."""
-FOLDERS = {
-    "mask": "masks",
-    "findings": "findings",
-    "overlay": "overlays",
-    "seg": "seg",
-    "sr": "sr",
-    "explain": "explain",
-}
-
-
-def parse_outputs(text: str | Sequence[str]) -> tuple[str, ...]:
-    """'mask,findings,overlay' -> the outputs in `OUTPUTS` order; mask and findings always."""
-    names = [n.strip() for n in (text.split(",") if isinstance(text, str) else text)]
-    unknown = [n for n in names if n and n not in OUTPUTS]
-    if unknown:
-        raise ValueError(
-            f"unknown output(s) {', '.join(unknown)}: choose from {', '.join(OUTPUTS)} "
-            "(mask and findings are always written)"
-        )
-    chosen = set(names) | set(ALWAYS)
-    return tuple(n for n in OUTPUTS if n in chosen)
 
 
 def default_workers() -> int:
     """Worker processes for reading and writing: one per usable core."""
     return usable_cores()
-
-
-def collect_inputs(paths: Iterable[str | Path], skip: Iterable[str | Path] = ()) -> list[Path]:
-    """Files named directly plus image files found recursively in folders, sorted, no repeats.
-
-    The walk does not enter the folders in `skip` (the run's own output folder) nor any folder
-    of earlier results (`ptxseg.util.path_guard.walk`): masks and overlays are not chest X-rays."""
-    found: set[Path] = set()
-    skip = list(skip)
-    for raw in paths:
-        path = Path(raw)
-        if path.is_dir():
-            found.update(path_guard.walk(path, INPUT_SUFFIXES, skip))
-        elif path.exists():
-            found.add(path)
-        else:
-            raise FileNotFoundError(f"input {path} does not exist: expected a file or a folder")
-    return sorted(found, key=lambda p: str(p))
-
-
-def image_id_for(path: Path) -> str:
-    """The ImageId of a file: its name without the extension (SIIM's convention)."""
-    return path.stem
-
-
-@dataclass
-class RunResult:
-    out_dir: Path
-    predicted: int = 0
-    skipped: int = 0
-    errors: int = 0
-    rows: list[dict[str, Any]] = field(default_factory=list)
-    seconds: float = 0.0  # predict_files from call to return
-    first_result_s: float | None = None  # since the process started (else since the call)
-    decoder: str = "cpu"  # where images were decoded and resized: cpu or device (nvJPEG)
-    steady_seconds: float = 0.0  # from the first result to the end: start-up and compile left out
-    replaced: int = 0  # finished earlier, but the input file changed since: predicted again
-    loop_s: dict[str, float] = field(default_factory=dict)  # where the main loop spent its time
-
-    @property
-    def total(self) -> int:
-        return self.predicted + self.skipped + self.errors
-
-    @property
-    def images_per_s(self) -> float | None:
-        return self.predicted / self.seconds if self.seconds > 0 and self.predicted else None
-
-    @property
-    def steady_images_per_s(self) -> float | None:
-        """Images/s once results flow: the images after the first over the time after it."""
-        if self.predicted < 2 or self.steady_seconds <= 0:
-            return None
-        return (self.predicted - 1) / self.steady_seconds
 
 
 # ---------------------------------------------------------------------------- worker pools
@@ -194,203 +121,125 @@ class Workers:
         self.close()
 
 
-def use_device_decoder(predictor, decode: str) -> bool:
-    """Whether images are decoded and resized in batches on the model's device.
-
-    `device` insists (nvJPEG on CUDA; on the CPU the same batched path with libjpeg-turbo, which
-    gives the CPU path's bytes); `auto` takes it only for the torch runtime on a CUDA device with
-    nvJPEG; `cpu` never. The device path needs the torch runtime.
-    """
-    from ptxseg.data.device_images import jpeg_device_available
-
-    if decode not in DECODERS:
-        raise ValueError(f"--decode {decode!r}: expected one of {', '.join(DECODERS)}")
-    if decode == "device" and predictor.runtime != "torch":
-        raise ValueError(
-            f"--decode device needs the torch runtime (this run uses {predictor.runtime}): "
-            "use --decode cpu or auto"
-        )
-    if decode == "auto":
-        return predictor.runtime == "torch" and jpeg_device_available(predictor.device)
-    return decode == "device"
-
-
 # ---------------------------------------------------------------------------- the run
 
 
-def table_name(stem: str, index: int, count: int, suffix: str = "csv") -> str:
-    return f"{stem}.{suffix}" if count == 1 else f"{stem}.shard-{index}-of-{count}.{suffix}"
+@dataclass(frozen=True)
+class LoopOptions:
+    """How `predict_files` runs: `outputs` names what to write besides masks and findings
+    (`seg`, `sr` and `explain` add theirs: a DICOM SEG per positive DICOM input, a DICOM SR (TID
+    1500) per DICOM input); `workers` reader and writer threads are started unless a started
+    `pool` is given (a `Workers` of processes, as `ptxseg predict` passes); `decode` is auto,
+    cpu or device (`device_batch.use_device_decoder`); `skip_existing` False predicts finished
+    images again; the shard names the tables; a file whose header claims more than
+    `max_pixels` (default: the readers' limit) is an error row, refused before it is decoded;
+    `per_task` files go to a worker per task (default: `files_per_task` when the device
+    decodes, else 1)."""
+
+    outputs: Sequence[str] = DEFAULT_OUTPUTS
+    seg: bool = False
+    sr: bool = False
+    explain: bool = False
+    workers: int = 2
+    pool: Workers | None = None
+    decode: str = "auto"
+    skip_existing: bool = True
+    shard_index: int = 0
+    shard_count: int = 1
+    progress: bool = True
+    max_pixels: int | None = None
+    per_task: int | None = None
+
+    def chosen_outputs(self) -> tuple[str, ...]:
+        extra = ["seg"] * self.seg + ["sr"] * self.sr + ["explain"] * self.explain
+        return parse_outputs(list(self.outputs) + extra)
+
+
+class _Collected:
+    """The rows and submission entries of a run as they come, and when the first was done."""
+
+    def __init__(self, result: RunResult, plan: InputPlan):
+        self.result, self.rows, self.submission = result, plan.rows, plan.submission
+        # when the earliest findings were written, by the writer's clock (CLOCK_MONOTONIC, one
+        # for every process), not when this process collected them
+        self.first_done = float("inf")
+
+    def fail(self, path: Path, error: str) -> None:
+        self.rows[path] = summary_row(image_id_for(path), str(path), error=error)
+        self.result.errors += 1
+
+    def written(self, path: Path, res: WriteResult) -> None:
+        if res.os_error is not None:  # the output cannot be written: no point going on
+            raise OSError(*res.os_error)
+        if res.error is not None:
+            self.fail(path, res.error)
+            return
+        self.rows[path] = summary_row(res.image_id, str(path), res.findings)
+        self.submission[path] = (res.image_id, res.rle)
+        self.result.predicted += 1
+        done_at = res.done_at if res.done_at is not None else time.monotonic()
+        self.first_done = min(self.first_done, done_at)
 
 
 def predict_files(
     predictor,
     files: Sequence[Path],
     out_dir: str | Path,
-    *,
-    outputs: Sequence[str] = DEFAULT_OUTPUTS,
-    seg: bool = False,
-    sr: bool = False,
-    explain: bool = False,
-    workers: int = 2,
-    pool: Workers | None = None,
-    decode: str = "auto",
-    skip_existing: bool = True,
-    shard_index: int = 0,
-    shard_count: int = 1,
-    progress: bool = True,
-    max_pixels: int | None = None,
-    per_task: int | None = None,
+    options: LoopOptions | None = None,
+    **settings: Any,
 ) -> RunResult:
     """Predict `files` into `out_dir` (masks/, findings/, overlays/, seg/, sr/, explain/, CSVs).
 
-    `outputs` names what to write besides masks and findings (`seg`, `sr` and `explain` add
-    theirs: a DICOM SEG per positive DICOM input, a DICOM SR (TID 1500) per DICOM input);
-    `workers` reader and writer threads are started unless a started `pool` is given (a
-    `Workers` of processes, as `ptxseg predict` passes); `decode` is auto, cpu or device (see
-    `use_device_decoder`). A file whose header claims more than `max_pixels` (default: the
-    readers' limit) is an error row, refused before it is decoded. `per_task` files go to a
-    worker per task (default: `files_per_task` when the device decodes, else 1).
+    `options` (or `settings`, its fields as keywords) say what to write and how (`LoopOptions`).
     """
     start = time.perf_counter()
     from ptxseg.data.dicom import DEFAULT_MAX_PIXELS
-    from ptxseg.data.rle import rle_encode
 
-    max_pixels = max_pixels or DEFAULT_MAX_PIXELS
-    chosen = parse_outputs(list(outputs) + ["seg"] * seg + ["sr"] * sr + ["explain"] * explain)
+    options = options or LoopOptions(**settings)
+    chosen = options.chosen_outputs()
     out = Path(out_dir)
     for name in chosen:
         (out / FOLDERS[name]).mkdir(parents=True, exist_ok=True)
-    on_device = use_device_decoder(predictor, decode)
+    on_device = use_device_decoder(predictor, options.decode)
     result = RunResult(out, decoder="device" if on_device else "cpu")
-    rows: dict[Path, dict[str, Any]] = {}
-    submission: dict[Path, tuple[str, str]] = {}
-    todo: list[Path] = []
-    order: list[Path] = []  # every file to predict or already predicted: batches are cut here
-    seen: dict[str, Path] = {}
-    present = _present(out) if skip_existing else set()
-    for path in files:
-        image_id = image_id_for(path)
-        if image_id in seen:
-            rows[path] = summary_row(
-                image_id,
-                str(path),
-                error=f"duplicate ImageId {image_id!r} (also {seen[image_id]})"
-                "; rename one of the files",
-            )
-            result.errors += 1
-            continue
-        seen[image_id] = path
-        order.append(path)
-        done = _finished(out, image_id) if image_id in present else None
-        if done is not None and not same_input(path, done.get("input")):
-            done = None  # the file was replaced since it was predicted
-            result.replaced += 1
-        if done is not None:
-            rows[path] = summary_row(image_id, str(path), done)
-            submission[path] = (image_id, rle_encode(read_mask(out / "masks" / f"{image_id}.png")))
-            result.skipped += 1
-        else:
-            todo.append(path)
-
-    def fail(path: Path, error: str) -> None:
-        rows[path] = summary_row(image_id_for(path), str(path), error=error)
-        result.errors += 1
-
-    def written(path: Path, res: WriteResult) -> None:
-        if res.os_error is not None:  # the output cannot be written: no point going on
-            raise OSError(*res.os_error)
-        if res.error is not None:
-            fail(path, res.error)
-            return
-        rows[path] = summary_row(res.image_id, str(path), res.findings)
-        submission[path] = (res.image_id, res.rle)
-        result.predicted += 1
-        done_at = res.done_at if res.done_at is not None else time.monotonic()
-        first_done[0] = min(first_done[0], done_at)
-
-    # when the earliest findings were written, by the writer's clock (CLOCK_MONOTONIC, one for
-    # every process), not when this process collected them
-    first_done = [float("inf")]
+    plan = plan_inputs(files, out, options.skip_existing)
+    result.skipped, result.errors, result.replaced = plan.skipped, plan.errors, plan.replaced
+    collected = _Collected(result, plan)
     start_monotonic = time.monotonic()
-    own_pool = pool is None
-    pool = pool or Workers(workers, on_device, processes=False)
+    pool = options.pool or Workers(options.workers, on_device, processes=False)
+    max_pixels = options.max_pixels or DEFAULT_MAX_PIXELS
     run = _Run(predictor, out, chosen, on_device, pool, max_pixels)
-    if per_task:
-        run.per_task = per_task
-    reads = resume_batches(order, todo, predictor.batch_size)
+    run.per_task = options.per_task or run.per_task
+    reads = resume_batches(plan.order, plan.todo, predictor.batch_size)
     try:
-        with _progress(progress, len(todo)) as advance:
-            run.go(reads, set(reads) - set(todo), fail, written, advance)
+        with _progress(options.progress, len(plan.todo)) as advance:
+            companions = set(reads) - set(plan.todo)
+            run.go(reads, companions, collected.fail, collected.written, advance)
     finally:
-        if own_pool:
+        if options.pool is None:
             pool.close()
-    result.rows = [rows[p] for p in files if p in rows]
-    write_summary(out / table_name("summary", shard_index, shard_count), result.rows)
-    write_submission(
-        out / table_name("submission", shard_index, shard_count),
-        [submission[p] for p in files if p in submission],
-    )
-    end = time.perf_counter()
-    result.seconds = end - start
-    if first_done[0] != float("inf"):
-        since_first = time.monotonic() - first_done[0]
+    _write_tables(result, collected, files, options)
+    result.seconds = time.perf_counter() - start
+    if collected.first_done != float("inf"):
+        since_first = time.monotonic() - collected.first_done
         age = process_age_s()
-        result.first_result_s = round(
-            age - since_first if age is not None else first_done[0] - start_monotonic, 3
-        )
+        first = age - since_first if age is not None else collected.first_done - start_monotonic
+        result.first_result_s = round(first, 3)
         result.steady_seconds = since_first
     result.loop_s = {name: round(seconds, 3) for name, seconds in run.spent.items()}
     return result
 
 
-def resume_batches(order: Sequence[Path], todo: Sequence[Path], size: int) -> list[Path]:
-    """The files to read: each batch of `order` (cut every `size` files, as a run from the start
-    cuts it) that holds a file of `todo`, whole. A model's numbers depend a little on the other
-    images of its batch (the kernels change with the batch), so a rerun after an interruption
-    predicts its finished companions again, without writing them, to give the files left what
-    an uninterrupted run gives them, to the last digit."""
-    wanted = set(todo)
-    kept: list[Path] = []
-    for start in range(0, len(order), max(1, size)):
-        batch = order[start : start + max(1, size)]
-        if any(path in wanted for path in batch):
-            kept.extend(batch)
-    return kept
-
-
-def write_run_record(result: RunResult, path: Path, extra: dict[str, Any]) -> Path:
-    """`run.json`: counts, end-to-end images/s, seconds to the first result, and `extra`."""
-    record = {
-        "predicted": result.predicted,
-        "skipped": result.skipped,
-        "errors": result.errors,
-        "seconds": round(result.seconds, 3),
-        "images_per_s": round(result.images_per_s, 2) if result.images_per_s else None,
-        "images_per_s_after_first_result": round(result.steady_images_per_s, 2)
-        if result.steady_images_per_s
-        else None,
-        "first_result_after_start_s": result.first_result_s,
-        "decoder": result.decoder,
-        # seconds this process spent waiting for reads, launching batches, waiting for the
-        # device, handing results to the writers and waiting for them: the largest is the bound
-        "main_loop_s": result.loop_s,
-        **extra,
-    }
-    return atomic.write_text(path, json.dumps(record, indent=2) + "\n")
-
-
-@dataclass
-class _Batch:
-    """A batch on its way: the files, and what the model made of them (or will, on a GPU)."""
-
-    items: list[tuple[Path, ReadResult]]
-    shapes: list[tuple[int, int]]
-    inputs_host: np.ndarray | None = None  # uint8 (B, S, S), for explanations
-    probs: np.ndarray | None = None  # CPU path: model-size probabilities
-    packed: Any = None  # device path: pinned host copy of the packed masks
-    offsets: list[int] = field(default_factory=list)
-    peaks: Any = None
-    ready: Any = None  # CUDA event recorded after the copies back
+def _write_tables(result: RunResult, collected: _Collected, files, options: LoopOptions) -> None:
+    """summary.csv (every input, in order) and submission.csv (every mask) of the shard."""
+    out, index, count = result.out_dir, options.shard_index, options.shard_count
+    result.rows = [collected.rows[p] for p in files if p in collected.rows]
+    write_summary(out / table_name("summary", index, count), result.rows)
+    submission = collected.submission
+    write_submission(
+        out / table_name("submission", index, count),
+        [submission[p] for p in files if p in submission],
+    )
 
 
 class _Run:
@@ -463,7 +312,7 @@ class _Run:
                         written(path, result)
                     advance()
 
-        pending: _Batch | None = None
+        pending: Batch | None = None
         for chunk in _batches(reads, batch_size):
             items = []
             for path, future, position in chunk:
@@ -497,76 +346,25 @@ class _Run:
 
     # ------------------------------------------------------------------ model
 
-    def launch(self, items, fail) -> _Batch | None:
+    def launch(self, items, fail) -> Batch | None:
         """Start the model on a batch: on the device asynchronously, on the CPU at once."""
         if self.on_device:
-            return self._launch_device(items, fail)
+            explain = "explain" in self.outputs
+            return launch_on_device(self.predictor, items, fail, self.max_pixels, explain)
         inputs = np.stack([read.model_input for _, read in items])
-        batch = _Batch(items, [tuple(read.shape) for _, read in items], inputs_host=inputs)
+        batch = Batch(items, [tuple(read.shape) for _, read in items], inputs_host=inputs)
         batch.probs = self.predictor.probabilities(inputs)
-        return batch
-
-    def _launch_device(self, items, fail) -> _Batch | None:
-        import torch
-
-        from ptxseg.data.device_images import decode_frames, to_model_inputs
-        from ptxseg.inference.predictor import full_size_masks_on_device
-
-        predictor, size = self.predictor, self.predictor.input_size
-        device = torch.device(predictor.device)
-        framed = [i for i, (_, read) in enumerate(items) if read.frame is not None]
-        decoded = decode_frames([items[i][1].frame for i in framed], device)
-        singles: dict[int, Any] = {}
-        frames, inverts, where = [], [], []
-        for i, image in zip(framed, decoded, strict=True):
-            path, read = items[i]
-            if isinstance(image, Exception) or tuple(image.shape) != tuple(read.shape):
-                # the CPU's own reader
-                again = read_input(str(path), size, keep_frame=False, max_pixels=self.max_pixels)
-                if again.error is not None:
-                    fail(path, again.error)
-                    continue
-                items[i] = (path, again)
-                continue
-            frames.append(image)
-            inverts.append(read.invert)
-            where.append(i)
-        small = to_model_inputs(frames, size, inverts) if frames else None
-        kept = [
-            i for i, (_, read) in enumerate(items) if i in where or read.model_input is not None
-        ]
-        if not kept:
-            return None
-        if kept == where:  # the usual batch: every image decoded here, in order
-            inputs = small
-        else:
-            singles.update({i: small[k : k + 1] for k, i in enumerate(where)})
-            host = [i for i in kept if i not in singles]
-            if host:
-                uploaded = predictor.upload(np.stack([items[i][1].model_input for i in host]))
-                singles.update({i: uploaded[k : k + 1] for k, i in enumerate(host)})
-            inputs = torch.cat([singles[i] for i in kept])
-        items = [items[i] for i in kept]
-        shapes = [tuple(read.shape) for _, read in items]
-        probs = predictor.probabilities_on_device(inputs)
-        masks, peaks = full_size_masks_on_device(probs, shapes, predictor.operating_point)
-        packed = pack_bits_many(masks)
-        batch = _Batch(items, shapes)
-        batch.offsets = np.cumsum([0] + [(h * w + 7) // 8 for h, w in shapes]).tolist()
-        batch.packed, batch.peaks, batch.ready = _copy_back(packed, peaks.float())
-        if "explain" in self.outputs:
-            batch.inputs_host = inputs.cpu().numpy()
         return batch
 
     # ------------------------------------------------------------------ writing
 
-    def finish(self, batch: _Batch, writes: deque) -> None:
+    def finish(self, batch: Batch, writes: deque) -> None:
         """Hand each image of a launched batch to a writer."""
         if batch.ready is not None:
             self.timed("device", batch.ready.synchronize)
         self.timed("hand_out", self._hand_out, batch, writes)
 
-    def _hand_out(self, batch: _Batch, writes: deque) -> None:
+    def _hand_out(self, batch: Batch, writes: deque) -> None:
         packed = batch.packed.numpy() if batch.packed is not None else None
         peaks = batch.peaks.numpy() if batch.peaks is not None else None
         paths: list[Path] = []
@@ -604,96 +402,6 @@ class _Run:
                 (paths[start : start + per_task], self.pool.writers.submit(write_many, group))
             )
             self.writing += len(group)
-
-
-def pack_bits(mask):
-    """`np.packbits(mask.ravel())` of a bool torch tensor, computed on its device."""
-    import torch
-
-    flat = mask.reshape(-1).to(torch.uint8)
-    pad = (-flat.numel()) % 8
-    if pad:
-        flat = torch.cat([flat, flat.new_zeros(pad)])
-    weights = torch.pow(2, torch.arange(7, -1, -1, device=flat.device)).to(torch.int32)
-    return (flat.view(-1, 8).to(torch.int32) * weights).sum(1).to(torch.uint8)
-
-
-def pack_bits_many(masks):
-    """The `pack_bits` of each mask, one after the other: in one pass when every mask's pixel
-    count is a multiple of 8 (any width that is), so a batch costs a few kernels, not a few
-    per image."""
-    import torch
-
-    if not masks:
-        raise ValueError("pack_bits_many needs at least one mask")
-    if any(m.numel() % 8 for m in masks):
-        return torch.cat([pack_bits(m) for m in masks])
-    return pack_bits(torch.cat([m.reshape(-1) for m in masks]))
-
-
-def _copy_back(*tensors):
-    """Asynchronous copies of device tensors into pinned host memory, and an event when done."""
-    import torch
-
-    if tensors[0].device.type != "cuda":
-        return (*(t.cpu() for t in tensors), None)
-    hosts = []
-    for t in tensors:
-        host = torch.empty(t.shape, dtype=t.dtype, pin_memory=True)
-        host.copy_(t, non_blocking=True)
-        hosts.append(host)
-    event = torch.cuda.Event()
-    event.record()
-    return (*hosts, event)
-
-
-def _present(out: Path) -> set[str]:
-    """ImageIds with both a findings JSON and a mask PNG in `out`: two folder listings instead of
-    two file checks per input, which count at archive scale."""
-
-    def stems(folder: Path, suffix: str) -> set[str]:
-        try:
-            with os.scandir(folder) as entries:
-                return {e.name[: -len(suffix)] for e in entries if e.name.endswith(suffix)}
-        except FileNotFoundError:
-            return set()
-
-    return stems(out / "findings", ".json") & stems(out / "masks", ".png")
-
-
-def same_input(path: Path, recorded: dict[str, Any] | None) -> bool:
-    """Whether `path` is still the file whose size, mtime and digest a findings JSON recorded.
-
-    Equal size and mtime are taken as the same file (no read: a resume stays two listings and
-    one stat per file); another size is another file; the same size with another mtime is
-    decided by the content digest (a copy, or a touched file, is still the same image)."""
-    if not isinstance(recorded, dict):
-        return False
-    try:
-        stat = path.stat()
-    except OSError:
-        return False
-    if stat.st_size != recorded.get("size"):
-        return False
-    if stat.st_mtime_ns == recorded.get("mtime_ns"):
-        return True
-    from ptxseg.inference.workers import input_record
-
-    try:
-        return input_record(str(path))["sha256"] == recorded.get("sha256")
-    except OSError:
-        return False
-
-
-def _finished(out: Path, image_id: str) -> dict[str, Any] | None:
-    """The stored findings when the image is complete (findings JSON and mask PNG present)."""
-    findings, mask = out / "findings" / f"{image_id}.json", out / "masks" / f"{image_id}.png"
-    if not (findings.is_file() and mask.is_file()):
-        return None
-    try:
-        return json.loads(findings.read_text())
-    except (OSError, json.JSONDecodeError):
-        return None
 
 
 def files_per_task(batch_size: int) -> int:
