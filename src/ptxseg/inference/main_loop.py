@@ -277,6 +277,8 @@ class _Run:
         earlier) go through the model beside the others but are neither written nor counted."""
         size, batch_size = self.predictor.input_size, self.predictor.batch_size
         self.companions = companions
+        self._fail, self._written, self._advance = fail, written, advance
+        self._failed: set[Path] = set()
         per_task = self.per_task
         reads = _prefetch(
             lambda paths: self.pool.readers.submit(
@@ -288,49 +290,16 @@ class _Run:
         )
         writes: deque[tuple[list[Path], Future]] = deque()
         limit = 2 * batch_size + 2 * per_task * self.pool.write_slots
-        failed: set[Path] = set()
-
-        def fail_once(path: Path, error: str) -> None:
-            if path not in failed and path not in companions:
-                failed.add(path)
-                fail(path, error)
-                advance()
-
-        def collect(keep: int) -> None:
-            """Take the writers' results in order: all but `keep` images, and any done."""
-            while writes and (self.writing > keep or writes[0][1].done()):
-                paths, future = writes.popleft()
-                self.writing -= len(paths)
-                try:
-                    results = self.timed("writers", future.result)
-                except Exception as err:  # noqa: BLE001 - a dead worker: those files' rows
-                    results = [err] * len(paths)
-                for path, result in zip(paths, results, strict=True):
-                    if isinstance(result, Exception):
-                        fail(path, f"{type(result).__name__}: {result}")
-                    else:
-                        written(path, result)
-                    advance()
-
         pending: Batch | None = None
         for chunk in _batches(reads, batch_size):
-            items = []
-            for path, future, position in chunk:
-                try:
-                    read = self.timed("reads", future.result)[position]
-                except Exception as err:  # noqa: BLE001 - a dead worker: those files' rows
-                    read = ReadResult(str(path), error=f"{type(err).__name__}: {err}")
-                if read.error is not None:
-                    fail_once(path, read.error)
-                else:
-                    items.append((path, read))
+            items = self._read_chunk(chunk)
             if not items:
                 continue
             try:
-                launched = self.timed("launch", self.launch, items, fail_once)
+                launched = self.timed("launch", self.launch, items, self._fail_once)
             except Exception as err:  # noqa: BLE001 - the batch's files get the error
                 for path, _ in items:
-                    fail_once(path, f"{type(err).__name__}: {err}")
+                    self._fail_once(path, f"{type(err).__name__}: {err}")
                 launched = None
             if launched is not None and not self.on_device:
                 # the model ran on the CPU already: nothing to overlap, the writers start now
@@ -339,10 +308,47 @@ class _Run:
             if pending is not None:  # the device works on this batch while we finish the last
                 self.finish(pending, writes)
             pending = launched
-            collect(limit)
+            self._collect(writes, limit)
         if pending is not None:
             self.finish(pending, writes)
-        collect(0)
+        self._collect(writes, 0)
+
+    def _fail_once(self, path: Path, error: str) -> None:
+        """A file that failed before its write (not a companion's failure): one row."""
+        if path not in self._failed and path not in self.companions:
+            self._failed.add(path)
+            self._fail(path, error)
+            self._advance()
+
+    def _read_chunk(self, chunk) -> list[tuple[Path, ReadResult]]:
+        """The readers' results of a batch's files, in order; failures become rows."""
+        items = []
+        for path, future, position in chunk:
+            try:
+                read = self.timed("reads", future.result)[position]
+            except Exception as err:  # noqa: BLE001 - a dead worker: those files' rows
+                read = ReadResult(str(path), error=f"{type(err).__name__}: {err}")
+            if read.error is not None:
+                self._fail_once(path, read.error)
+            else:
+                items.append((path, read))
+        return items
+
+    def _collect(self, writes: deque, keep: int) -> None:
+        """Take the writers' results in order: all but `keep` images, and any done."""
+        while writes and (self.writing > keep or writes[0][1].done()):
+            paths, future = writes.popleft()
+            self.writing -= len(paths)
+            try:
+                results = self.timed("writers", future.result)
+            except Exception as err:  # noqa: BLE001 - a dead worker: those files' rows
+                results = [err] * len(paths)
+            for path, result in zip(paths, results, strict=True):
+                if isinstance(result, Exception):
+                    self._fail(path, f"{type(result).__name__}: {result}")
+                else:
+                    self._written(path, result)
+                self._advance()
 
     # ------------------------------------------------------------------ model
 
