@@ -130,43 +130,14 @@ def dicomweb(
     except (dw.DicomwebError, ValueError, FileNotFoundError, ImportError) as err:
         _error(console, f"{err}", secrets.scrub)
         raise typer.Exit(2) from None
-    report = _reporter(console, secrets.scrub)
-    op, tta = analyzer.predictor.operating_point.describe(), analyzer.predictor.tta
-    name = analyzer.predictor.operating_point_name
-    report(f"{dw.public_url(url)}: {analyzer.model_name}, operating point {name}: {op}, TTA {tta}")
-    if analyzer.predictor.path_choice:  # None for a Predictor built without the choice
-        report(f"path: {analyzer.predictor.path_choice['line']}")
-    studies = list(study) if study else None
+    stop = threading.Event()
     if watch is not None:
-        stop = threading.Event()
         _stop_on_signals(stop)
-        dw.watch(
-            client,
-            analyzer,
-            studies,
-            watch,
-            batch_size,
-            report=report,
-            should_stop=stop.is_set,
-            sleep=lambda s: stop.wait(s),
-        )
-        return
-    try:
-        summary = dw.run_pass(client, analyzer, studies, batch_size, report=report)
-    except dw.ConnectionLost as err:
-        done = getattr(err, "summary", None)
-        stored = done.stored["SR"] if done is not None else 0
-        report(
-            f"error: {err}. Results of {stored} images were stored before; run the same command "
-            "again to finish (images that have a result are skipped)"
-        )
-        raise typer.Exit(1) from None
-    except dw.DicomwebError as err:
-        report(f"error: {err}")
-        raise typer.Exit(2) from None
-    report(summary.line())
-    if summary.errors:
-        raise typer.Exit(1)
+    studies = list(study) if study else None
+    report = _reporter(console, secrets.scrub)
+    code = dw.process(client, url, analyzer, studies, batch_size, report, watch, stop)
+    if code:
+        raise typer.Exit(code)
 
 
 @app.command(rich_help_panel="Serving and PACS")

@@ -58,40 +58,17 @@ def serve(
 
     import uvicorn
 
-    from ptxseg.serving.kept import KeepFolderError, open_keep_folder, others_can_read
-    from ptxseg.serving.request_guard import HostRule, is_loopback
-    from ptxseg.serving.webapp import ServeSettings, load_app
-
-    def usage_error(message: str) -> None:
-        typer.secho(f"error: {message}", fg="red", err=True)
-        raise typer.Exit(2)
+    from ptxseg.serving.webapp import ServeSettings, load_app, startup_warnings
 
     # Checked before the model loads: a wrong option costs a second, not a model load.
     try:
-        HostRule(host, allowed_host)
+        warnings = startup_warnings(host, allowed_host, keep_uploads)
     except ValueError as err:
-        usage_error(f"--allowed-host {err}")
-    if keep_uploads is not None:
-        try:
-            open_keep_folder(keep_uploads)
-        except KeepFolderError as err:
-            usage_error(str(err))
-        if others_can_read(keep_uploads):
-            typer.secho(
-                f"warning: --keep-uploads {keep_uploads} can be listed by other users; the "
-                "kept files are readable by this user only, but their folder should be too "
-                f"(chmod 700 {keep_uploads})",
-                fg="yellow",
-                err=True,
-            )
+        typer.secho(f"error: {err}", fg="red", err=True)
+        raise typer.Exit(2) from None
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(message)s")
-    if not is_loopback(host):
-        typer.secho(
-            f"Listening on {host}: the service has no authentication and is for research use "
-            "only. Expose it only on a trusted network.",
-            fg="yellow",
-            err=True,
-        )
+    for warning in warnings:
+        typer.secho(warning, fg="yellow", err=True)
     settings = ServeSettings(
         max_upload_mb=max_upload_mb,
         max_megapixels=max_megapixels,

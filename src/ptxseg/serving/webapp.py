@@ -28,6 +28,7 @@ import logging
 import time
 import traceback
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -466,6 +467,37 @@ def _log(
         positive,
         ms,
     )
+
+
+def startup_warnings(host: str, allowed_hosts: Sequence[str], keep_uploads: Path | None) -> list:
+    """What `ptxseg serve` checks before the model loads (a wrong option costs a second, not a
+    model load): ValueError for a bad --allowed-host or --keep-uploads; the warnings to show
+    (a kept-uploads folder others can list; listening beyond this machine)."""
+    from ptxseg.serving.kept import KeepFolderError, others_can_read
+    from ptxseg.serving.request_guard import is_loopback
+
+    try:
+        HostRule(host, allowed_hosts)
+    except ValueError as err:
+        raise ValueError(f"--allowed-host {err}") from None
+    found = []
+    if keep_uploads is not None:
+        try:
+            open_keep_folder(keep_uploads)
+        except KeepFolderError as err:
+            raise ValueError(str(err)) from None
+        if others_can_read(keep_uploads):
+            found.append(
+                f"warning: --keep-uploads {keep_uploads} can be listed by other users; the "
+                "kept files are readable by this user only, but their folder should be too "
+                f"(chmod 700 {keep_uploads})"
+            )
+    if not is_loopback(host):
+        found.append(
+            f"Listening on {host}: the service has no authentication and is for research use "
+            "only. Expose it only on a trusted network."
+        )
+    return found
 
 
 def load_app(model: Any, settings: ServeSettings | None = None, **options: Any) -> FastAPI:
