@@ -85,7 +85,7 @@ def test_a_read_only_output_folder_is_one_line(inputs, read_only, capsys, comman
 
 
 def test_a_full_disk_at_summary_csv_is_one_line_and_exit_1(inputs, tmp_path, monkeypatch, capsys):
-    import ptxseg.inference.pipeline as pipeline
+    import ptxseg.inference.main_loop as pipeline
 
     def full(path, rows):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))

@@ -18,10 +18,10 @@ from ptxseg.inference.choice import (
     candidates,
     decide,
     default_check_images,
-    model_digest,
 )
 from ptxseg.inference.export import export_onnx
 from ptxseg.inference.int8 import Int8Refused
+from ptxseg.inference.loaded import LoadedModel
 from ptxseg.util.system import CpuInfo
 
 AVX2 = CpuInfo("AMD EPYC (AVX2)", 2, frozenset({"avx2", "fma"}))
@@ -191,14 +191,14 @@ def test_the_choice_is_cached_until_the_cpu_or_the_model_changes(cpu_is, tmp_pat
     assert again.path_choice["line"].endswith("[cached]")
     stored = json.loads(next((tmp_path / "cache" / "runtime-choice").glob("*.json")).read_text())
     assert stored["key"]["cpu"] == AVX2.model and "onnxruntime" in stored["key"]["versions"]
-    assert stored["key"]["model"] == model_digest(model)
+    assert stored["key"]["model"] == LoadedModel.load(model).digest
     cpu_is(AVX512_BF16)
     assert build_predictor(model, images=disc_check, measure=fake).runtime == "openvino"
     assert len(fake.calls) == 2
     other = ConfidentModel()
     with __import__("torch").no_grad():
         other.segmentation_head.bias.fill_(1.0)
-    assert model_digest(other) != model_digest(model)
+    assert LoadedModel.load(other).digest != LoadedModel.load(model).digest
     key = cache_key("d", AVX2)[0]
     assert key != cache_key("d", AVX512_BF16)[0] and key != cache_key("d", AVX2, tta="hflip")[0]
 
@@ -206,7 +206,9 @@ def test_the_choice_is_cached_until_the_cpu_or_the_model_changes(cpu_is, tmp_pat
 def test_explicit_runtime_and_precision_win_without_a_check(cpu_is):
     cpu_is(AVX2)
     fake = FakeMeasure(ZEN4_TABLE)
-    p = build_predictor(ConfidentModel(), "torch", "fp32", images=disc_check, measure=fake)
+    p = build_predictor(
+        ConfidentModel(), runtime="torch", precision="fp32", images=disc_check, measure=fake
+    )
     assert (p.runtime, p.precision, fake.calls) == ("torch", "fp32", [])
     assert p.path_choice == {
         "runtime": "torch",
@@ -254,7 +256,9 @@ def test_an_int8_refusal_names_the_faithful_alternatives(cpu_is, monkeypatch):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         with pytest.raises(Int8Refused) as refused:
-            build_predictor(ConfidentModel(), "onnxruntime", "int8", images=disc_check)
+            build_predictor(
+                ConfidentModel(), runtime="onnxruntime", precision="int8", images=disc_check
+            )
     text = str(refused.value)
     assert text.startswith("int8 (7 bits: no VNNI on this CPU) keeps ")
     assert "4 images of 4 disc images" in text
@@ -266,7 +270,9 @@ def test_an_int8_file_serves_as_made_and_int8_from_fp32_needs_images(cpu_is, tmp
     cpu_is(AVX2)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        made = build_predictor(ConfidentModel(), "onnxruntime", "int8", images=disc_check)
+        made = build_predictor(
+            ConfidentModel(), runtime="onnxruntime", precision="int8", images=disc_check
+        )
     assert (
         "int8 masks at Dice 1.000 vs fp32 on 4 images of 4 disc images"
         in (made.path_choice["line"])
@@ -276,7 +282,9 @@ def test_an_int8_file_serves_as_made_and_int8_from_fp32_needs_images(cpu_is, tmp
     assert p.precision == "int8" and "an int8 file (masks at Dice 1.000" in p.path_choice["line"]
     export_onnx(ConfidentModel(), tmp_path / "m.onnx")
     with pytest.raises(ValueError, match="serve`, `listen` and `dicomweb` take int8 only"):
-        build_predictor(tmp_path / "m.onnx", "onnxruntime", "int8", images=lambda s, c: None)
+        build_predictor(
+            tmp_path / "m.onnx", runtime="onnxruntime", precision="int8", images=lambda s, c: None
+        )
 
 
 def test_check_images_come_from_the_work_folder_with_masks_first(tmp_path):

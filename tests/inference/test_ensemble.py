@@ -13,8 +13,8 @@ from ptxseg.inference.ensemble import (
     export_ensemble_folder,
     load_ensemble,
     read_ensemble,
-    read_operating_point,
-    store_operating_point,
+    read_model_operating_point,
+    store_model_operating_point,
     write_ensemble,
 )
 from ptxseg.inference.export import export_onnx
@@ -58,12 +58,12 @@ def test_ensemble_file_round_trip(members, tmp_path):
     folder.rename(moved)  # relative paths: the folder travels as a whole
     spec = read_ensemble(moved)  # the folder holding ensemble.json reads too
     assert spec.members == [moved / "m0", moved / "m2"] and spec.folds == [0, 2]
-    assert spec.operating_point == op and read_operating_point(moved / "ensemble.json") == op
+    assert spec.operating_point == op and read_model_operating_point(moved / "ensemble.json") == op
     predictor = Predictor(moved / "ensemble.json")
     assert predictor.tta == "hflip" and predictor.operating_point == op  # from the file
     assert predictor.model.folds == [0, 2] and predictor.encoder == "resnet18"
     new = OperatingPoint.plain(0.3, tta="none", input_size=64)
-    store_operating_point(moved, new, {"split": "oof", "competition_dice": 0.8})
+    store_model_operating_point(moved, new, {"split": "oof", "competition_dice": 0.8})
     spec = read_ensemble(moved)
     assert spec.operating_point == new and spec.validation["competition_dice"] == 0.8
 
@@ -110,7 +110,7 @@ def test_safetensors_export_copies_members_and_file(members, tmp_path):
     np.testing.assert_allclose(
         Predictor(out).probabilities(x), Predictor(ens).probabilities(x), atol=1e-6
     )
-    assert read_operating_point(out) == op
+    assert read_model_operating_point(out) == op
 
 
 def test_grad_cam_of_an_ensemble(members):
@@ -123,7 +123,7 @@ def test_cli_ensemble_then_predict_with_one_path(members, tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["ensemble", *map(str, members[:2]), "--out", str(out), "--threshold", "0.6"])
     assert exit_info.value.code == 0
-    assert read_operating_point(out) == OperatingPoint.plain(0.6)
+    assert read_model_operating_point(out) == OperatingPoint.plain(0.6)
     image = (np.random.default_rng(1).random((70, 70)) * 255).astype(np.uint8)
     import cv2
 

@@ -16,20 +16,13 @@ from predict_helpers import RegionModel, TinyUnet, make_checkpoint
 
 from ptxseg.cli import main
 from ptxseg.data.rle import rle_decode
-from ptxseg.inference import pipeline, workers
+from ptxseg.inference import main_loop, workers
+from ptxseg.inference.device_batch import pack_bits, pack_bits_many, use_device_decoder
+from ptxseg.inference.inputs import collect_inputs, parse_outputs, resume_batches
+from ptxseg.inference.main_loop import LOOP_STEPS, predict_files
 from ptxseg.inference.outputs import read_mask
-from ptxseg.inference.pipeline import (
-    LOOP_STEPS,
-    collect_inputs,
-    pack_bits,
-    pack_bits_many,
-    parse_outputs,
-    predict_files,
-    resume_batches,
-    use_device_decoder,
-    write_run_record,
-)
 from ptxseg.inference.predictor import Predictor
+from ptxseg.inference.run_record import write_run_record
 from ptxseg.inference.sr import read_report
 from ptxseg.util import schemas
 
@@ -358,7 +351,7 @@ def test_the_run_says_what_bounds_its_main_loop(tmp_path, monkeypatch):
 def test_a_task_that_dies_fails_its_own_files_only(tmp_path, monkeypatch):
     """Files travel to the workers in groups; a group whose worker dies (here: raises) gives
     each of its files an error row, and the other groups are predicted and written."""
-    real_read, real_write = pipeline.read_inputs, pipeline.write_many
+    real_read, real_write = main_loop.read_inputs, main_loop.write_many
 
     def read_or_die(paths, *args):
         if any(p.endswith("img3.png") for p in paths):
@@ -370,8 +363,8 @@ def test_a_task_that_dies_fails_its_own_files_only(tmp_path, monkeypatch):
             raise RuntimeError("writer process died")
         return real_write(tasks)
 
-    monkeypatch.setattr(pipeline, "read_inputs", read_or_die)
-    monkeypatch.setattr(pipeline, "write_many", write_or_die)
+    monkeypatch.setattr(main_loop, "read_inputs", read_or_die)
+    monkeypatch.setattr(main_loop, "write_many", write_or_die)
     files = _pngs(tmp_path / "in", 8)
     result = predict_files(
         Predictor(RegionModel(), batch_size=4),
@@ -438,7 +431,7 @@ def test_first_results_are_written_while_later_batches_run_on_the_cpu(tmp_path):
 
 
 def test_files_per_task_keeps_a_batch_on_two_workers_at_least():
-    assert [pipeline.files_per_task(b) for b in (1, 2, 4, 16, 32, 64)] == [1, 1, 2, 8, 8, 8]
+    assert [main_loop.files_per_task(b) for b in (1, 2, 4, 16, 32, 64)] == [1, 1, 2, 8, 8, 8]
 
 
 def test_bits_packed_on_the_device_unpack_on_the_host():

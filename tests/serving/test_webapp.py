@@ -593,7 +593,7 @@ def test_internal_errors_log_the_type_and_frames_not_the_message(dicom_bytes, ca
     with caplog.at_level(logging.DEBUG):
         response = upload(client, dicom_bytes)
     assert response.status_code == 500
-    assert "ValueError" in caplog.text and "test_app.py" in caplog.text
+    assert "ValueError" in caplog.text and "test_webapp.py" in caplog.text
     assert PATIENT["PatientID"] not in caplog.text and PATIENT["PatientID"] not in response.text
 
 

@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
+
+if TYPE_CHECKING:
+    from ptxseg.inference.spec import PredictorSpec
 
 TTA = typer.Option(
     None,
@@ -68,3 +73,43 @@ PRECISION = typer.Option(
     "(torch, openvino; CPUs with AVX-512 BF16 or AMX) or int8 (onnxruntime, openvino; checked "
     "against fp32's masks on real images, refused below Dice 0.99).",
 )
+
+
+# ---------------------------------------------------------------- shared option objects
+# One typer.Option each, used as the default of every command that takes it (an `Annotated`
+# alias would read the same, but `guarded` keeps the signature's annotations as text).
+
+CHECKPOINTS = typer.Option(..., "--checkpoint", "-c", help=CHECKPOINTS_HELP)
+CHECKPOINT = typer.Option(..., "--checkpoint", "-c", help=CHECKPOINT_HELP)
+DEVICE = typer.Option("cpu", help="cpu or cuda (torch runtime).")
+MAX_MEGAPIXELS = typer.Option(60.0, help=MAX_MEGAPIXELS_HELP, callback=positive_number)
+
+
+def predictor_spec(
+    checkpoint: Path | list[Path],
+    runtime: str = "auto",
+    precision: str = "auto",
+    device: str = "cpu",
+    tta: str | None = None,
+    batch_size: int = 4,
+    operating_point: str | None = None,
+    overrides: dict | None = None,
+    **runtime_options,
+) -> PredictorSpec:
+    """The `PredictorSpec` of the model options (`predict`, `export`, `serve`, `listen`,
+    `dicomweb` and `evaluate` build it here, once): one `--checkpoint` as a path, several as the
+    list whose probabilities are averaged; `overrides` from `overrides()`;
+    `runtime_options` are compile, compile_mode, channels_last, threads."""
+    from ptxseg.inference.spec import PredictorSpec, one_or_many
+
+    return PredictorSpec(
+        model=one_or_many(checkpoint),
+        runtime=runtime,
+        precision=precision,
+        device=device,
+        tta=tta,
+        batch_size=batch_size,
+        operating_point_name=operating_point,
+        overrides=dict(overrides or {}),
+        **runtime_options,
+    )

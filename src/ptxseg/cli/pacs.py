@@ -17,36 +17,16 @@ from ptxseg.cli.app import app, fail
 from ptxseg.cli.guarded import MODEL, READ, WALKED, Out, guarded
 
 PACS_EXTRA = "pip install 'ptxseg[pacs]' (dicomweb-client and pynetdicom)"
-MAX_MEGAPIXELS = typer.Option(
-    60.0, callback=options.positive_number, help=options.MAX_MEGAPIXELS_HELP
-)
 
 
-def _analyzer(
-    checkpoint: Path,
-    runtime: str,
-    precision: str,
-    device: str,
-    batch_size: int,
-    tta: str | None,
-    max_megapixels: float,
-    operating_point: str | None = None,
-):
-    from ptxseg.inference.choice import build_predictor
+def _analyzer(spec, max_megapixels: float):
+    """The analyser of the model options' spec (int8 only as a file made by `ptxseg export
+    --int8`: there are no images to check it on)."""
+    from ptxseg.inference.choice import ChoiceHooks, build_predictor
     from ptxseg.integration.analysis import Analyzer
 
-    # int8 only as a file made by `ptxseg export --int8`: there are no images to check it on
-    predictor = build_predictor(
-        checkpoint,
-        runtime=runtime,
-        device=device,
-        precision=precision,
-        batch_size=batch_size,
-        tta=tta,
-        int8_on_the_fly=False,
-        operating_point_name=operating_point,
-    )
-    return Analyzer.from_checkpoint(predictor, checkpoint, int(max_megapixels * 1e6))
+    predictor = build_predictor(spec, ChoiceHooks(int8_on_the_fly=False))
+    return Analyzer.for_model(predictor, int(max_megapixels * 1e6))
 
 
 def _positive(value: float, option: str, example: str) -> float:
@@ -100,7 +80,7 @@ def _stop_on_signals(stop: threading.Event) -> None:
 @guarded(inputs={"checkpoint": MODEL})
 def dicomweb(
     url: str = typer.Option(..., help="DICOMweb root, e.g. http://127.0.0.1:8042/dicom-web."),
-    checkpoint: Path = typer.Option(..., "--checkpoint", "-c", help=options.CHECKPOINT_HELP),
+    checkpoint: Path = options.CHECKPOINT,
     study: list[str] = typer.Option(
         None, "--study", help="Study Instance UID to process (repeatable)."
     ),
@@ -112,11 +92,11 @@ def dicomweb(
     ),
     runtime: str = options.RUNTIME,
     precision: str = options.PRECISION,
-    device: str = typer.Option("cpu", help="cpu or cuda (torch runtime)."),
+    device: str = options.DEVICE,
     tta: str | None = options.TTA,
     operating_point: str | None = options.OPERATING_POINT,
     batch_size: int = typer.Option(4, min=1, help="Images retrieved and segmented together."),
-    max_megapixels: float = MAX_MEGAPIXELS,
+    max_megapixels: float = options.MAX_MEGAPIXELS,
 ) -> None:
     """Segment CR/DX images in a DICOMweb PACS and store a SEG (positives) and an SR (all) back.
 
@@ -143,49 +123,21 @@ def dicomweb(
     _quiet_libraries()
     try:
         client = dw.make_client(url)
-        analyzer = _analyzer(
-            checkpoint, runtime, precision, device, batch_size, tta, max_megapixels, operating_point
+        spec = options.predictor_spec(
+            checkpoint, runtime, precision, device, tta, batch_size, operating_point
         )
+        analyzer = _analyzer(spec, max_megapixels)
     except (dw.DicomwebError, ValueError, FileNotFoundError, ImportError) as err:
         _error(console, f"{err}", secrets.scrub)
         raise typer.Exit(2) from None
-    report = _reporter(console, secrets.scrub)
-    op, tta = analyzer.predictor.operating_point.describe(), analyzer.predictor.tta
-    name = analyzer.predictor.operating_point_name
-    report(f"{dw.public_url(url)}: {analyzer.model_name}, operating point {name}: {op}, TTA {tta}")
-    if analyzer.predictor.path_choice:  # None for a Predictor built without the choice
-        report(f"path: {analyzer.predictor.path_choice['line']}")
-    studies = list(study) if study else None
+    stop = threading.Event()
     if watch is not None:
-        stop = threading.Event()
         _stop_on_signals(stop)
-        dw.watch(
-            client,
-            analyzer,
-            studies,
-            watch,
-            batch_size,
-            report=report,
-            should_stop=stop.is_set,
-            sleep=lambda s: stop.wait(s),
-        )
-        return
-    try:
-        summary = dw.run_pass(client, analyzer, studies, batch_size, report=report)
-    except dw.ConnectionLost as err:
-        done = getattr(err, "summary", None)
-        stored = done.stored["SR"] if done is not None else 0
-        report(
-            f"error: {err}. Results of {stored} images were stored before; run the same command "
-            "again to finish (images that have a result are skipped)"
-        )
-        raise typer.Exit(1) from None
-    except dw.DicomwebError as err:
-        report(f"error: {err}")
-        raise typer.Exit(2) from None
-    report(summary.line())
-    if summary.errors:
-        raise typer.Exit(1)
+    studies = list(study) if study else None
+    report = _reporter(console, secrets.scrub)
+    code = dw.process(client, url, analyzer, studies, batch_size, report, watch, stop)
+    if code:
+        raise typer.Exit(code)
 
 
 @app.command(rich_help_panel="Serving and PACS")
@@ -196,7 +148,7 @@ def dicomweb(
     },
 )
 def listen(
-    checkpoint: Path = typer.Option(..., "--checkpoint", "-c", help=options.CHECKPOINT_HELP),
+    checkpoint: Path = options.CHECKPOINT,
     send_to: str = typer.Option(
         ..., "--send-to", help="Where SEG and SR go: AET@HOST:PORT, e.g. ORTHANC@pacs:4242."
     ),
@@ -226,11 +178,11 @@ def listen(
     ),
     runtime: str = options.RUNTIME,
     precision: str = options.PRECISION,
-    device: str = typer.Option("cpu", help="cpu or cuda (torch runtime)."),
+    device: str = options.DEVICE,
     tta: str | None = options.TTA,
     operating_point: str | None = options.OPERATING_POINT,
     batch_size: int = typer.Option(4, min=1, help="Queued images segmented together at most."),
-    max_megapixels: float = MAX_MEGAPIXELS,
+    max_megapixels: float = options.MAX_MEGAPIXELS,
 ) -> None:
     """Receive images by DICOM C-STORE, segment CR/DX ones, send SEG (positives) and SR onward.
 
@@ -275,9 +227,10 @@ def listen(
         raise typer.Exit(2) from None
     _quiet_libraries()
     try:
-        analyzer = _analyzer(
-            checkpoint, runtime, precision, device, batch_size, tta, max_megapixels, operating_point
+        spec = options.predictor_spec(
+            checkpoint, runtime, precision, device, tta, batch_size, operating_point
         )
+        analyzer = _analyzer(spec, max_megapixels)
     except (ValueError, FileNotFoundError, ImportError) as err:
         store.close()
         _error(console, f"{err}")
@@ -402,7 +355,7 @@ def _no_copy_over_its_source(params) -> None:
 
 @app.command("repair-uids", rich_help_panel="Serving and PACS")
 @guarded(inputs={"inputs": WALKED}, outputs={"out": Out(owns=())}, check=_no_copy_over_its_source)
-def repair_uids(
+def repair_uids_command(
     inputs: list[Path] = typer.Argument(..., help="DICOM files or folders (searched recursively)."),
     out: Path = typer.Option(..., "--out", "-o", help="Folder for the repaired copies."),
 ) -> None:

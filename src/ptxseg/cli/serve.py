@@ -17,14 +17,14 @@ from ptxseg.cli.guarded import MODEL, READ, TABLES, Out, guarded
     outputs={"keep_uploads": Out(owns=("upload-*",), lock=False)},
 )
 def serve(
-    checkpoint: list[Path] = typer.Option(..., "--checkpoint", "-c", help=options.CHECKPOINTS_HELP),
+    checkpoint: list[Path] = options.CHECKPOINTS,
     host: str = typer.Option(
         "127.0.0.1", help="Address to listen on; 0.0.0.0 exposes the service to the network."
     ),
     port: int = typer.Option(8000, help="TCP port."),
     runtime: str = options.RUNTIME,
     precision: str = options.PRECISION,
-    device: str = typer.Option("cpu", help="cpu or cuda (torch runtime)."),
+    device: str = options.DEVICE,
     tta: str | None = options.TTA,
     operating_point: str | None = options.OPERATING_POINT,
     workers: int = typer.Option(
@@ -58,40 +58,17 @@ def serve(
 
     import uvicorn
 
-    from ptxseg.serving.kept import KeepFolderError, open_keep_folder, others_can_read
-    from ptxseg.serving.request_guard import HostRule, is_loopback
-    from ptxseg.serving.webapp import ServeSettings, load_app
-
-    def usage_error(message: str) -> None:
-        typer.secho(f"error: {message}", fg="red", err=True)
-        raise typer.Exit(2)
+    from ptxseg.serving.webapp import ServeSettings, load_app, startup_warnings
 
     # Checked before the model loads: a wrong option costs a second, not a model load.
     try:
-        HostRule(host, allowed_host)
+        warnings = startup_warnings(host, allowed_host, keep_uploads)
     except ValueError as err:
-        usage_error(f"--allowed-host {err}")
-    if keep_uploads is not None:
-        try:
-            open_keep_folder(keep_uploads)
-        except KeepFolderError as err:
-            usage_error(str(err))
-        if others_can_read(keep_uploads):
-            typer.secho(
-                f"warning: --keep-uploads {keep_uploads} can be listed by other users; the "
-                "kept files are readable by this user only, but their folder should be too "
-                f"(chmod 700 {keep_uploads})",
-                fg="yellow",
-                err=True,
-            )
+        typer.secho(f"error: {err}", fg="red", err=True)
+        raise typer.Exit(2) from None
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(message)s")
-    if not is_loopback(host):
-        typer.secho(
-            f"Listening on {host}: the service has no authentication and is for research use "
-            "only. Expose it only on a trusted network.",
-            fg="yellow",
-            err=True,
-        )
+    for warning in warnings:
+        typer.secho(warning, fg="yellow", err=True)
     settings = ServeSettings(
         max_upload_mb=max_upload_mb,
         max_megapixels=max_megapixels,
@@ -101,10 +78,10 @@ def serve(
         allowed_hosts=tuple(allowed_host),
     )
     try:
-        model = checkpoint[0] if len(checkpoint) == 1 else list(checkpoint)
-        application = load_app(
-            model, settings, runtime, device, precision, tta, operating_point_name=operating_point
+        spec = options.predictor_spec(
+            checkpoint, runtime, precision, device, tta, operating_point=operating_point
         )
+        application = load_app(spec, settings)
     except (FileNotFoundError, ValueError) as err:
         typer.secho(f"error: {err}", fg="red", err=True)
         raise typer.Exit(2) from None

@@ -14,11 +14,12 @@ the CPU's instructions, the runtimes' versions and the model, so it is measured,
 3. `decide`: the fastest path whose masks agree with fp32 at `FAITHFUL_DICE` and that needs no
    much more memory than fp32 (`MEMORY_FACTOR`); fp32 paths agree by construction (the export's
    parity check) when the images have no mask to compare;
-4. the choice is cached under the user's cache folder (`cache_dir`), keyed by the model's digest,
-   the CPU model and flags, the cores, TTA and batch, and the versions of the runtimes and of
-   ptxseg (`cache_key`), so later runs start at once.
+4. the choice is cached under the user's cache folder (`runtime_cache_dir`), keyed by the
+   model's digest (`LoadedModel.digest`), the CPU model and flags, the cores, TTA and batch,
+   and the versions of the runtimes and of ptxseg (`cache_key`), so later runs start at once.
 
-`build_predictor` is what the commands call: an explicit runtime and precision are built as
+`build_predictor(spec)` is what the commands call (a `PredictorSpec`, built once from the
+options): an explicit runtime and precision are built as
 asked; `auto` (the default on a CPU) goes through the steps above; on a GPU `auto` is torch fp32.
 The Predictor carries the choice (`Predictor.path_choice`), whose `line` says in one line which
 path runs and why; run.json, the findings, the model card and evaluate's summary record it.
@@ -34,7 +35,7 @@ import tempfile
 import time
 import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -42,14 +43,15 @@ import numpy as np
 
 from ptxseg import __version__
 from ptxseg.inference.int8 import FAITHFUL_DICE, Int8Refused, ladder, mask_agreement
+from ptxseg.inference.loaded import LoadedModel
 from ptxseg.inference.onnx import read_metadata, synthetic_calibration_images, write_onnx
-from ptxseg.inference.predictor import Predictor, load_any_model
+from ptxseg.inference.predictor import BuildInputs, Predictor
 from ptxseg.inference.runtimes import RUNTIMES, SUPPORTED
+from ptxseg.inference.spec import AUTO, PredictorSpec
 from ptxseg.model.operating_point import OperatingPointWarning
 from ptxseg.util import atomic
 from ptxseg.util.system import CpuInfo, cpu_info, package_versions, rss_now_mb, usable_cores
 
-AUTO = "auto"
 PATHS = (
     ("torch", "fp32"),
     ("onnxruntime", "fp32"),
@@ -390,22 +392,76 @@ def describe_choice(
 
 # ---------------------------------------------------------------- measuring
 
-TORCH_OPTIONS = ("channels_last", "compile", "compile_mode")
-ONNX_OPTIONS = ("threads",)
+# ---------------------------------------------------------------- measuring
+
+
+@dataclass(frozen=True)
+class ChoiceHooks:
+    """How the choice checks and reports, beside the spec.
+
+    `images(size, config)` gives the `CheckImages` to check on (default:
+    `default_check_images`); they calibrate and check int8 too. `int8_on_the_fly` False (serve,
+    listen, dicomweb) leaves int8 to files made by `ptxseg export --int8`; `int8_recipes` limits
+    an explicit int8's remedy ladder. `cpu` and `measure` (for `measure_paths`) are what tests
+    fake; `use_cache` False measures again; `progress` sees each measurement."""
+
+    images: Callable[[int, dict], CheckImages] | None = None
+    int8_on_the_fly: bool = True
+    int8_recipes: Sequence[Any] | None = None
+    cpu: CpuInfo | None = None
+    measure: Callable[..., tuple[list[Measurement], dict[str, Predictor]]] | None = None
+    use_cache: bool = True
+    progress: Callable[[Measurement], None] | None = None
+
+
+def _path_spec(spec: PredictorSpec, runtime: str, precision: str) -> PredictorSpec:
+    """The spec of one path (compilation applies to torch only)."""
+    return spec.replace(
+        runtime=runtime, precision=precision, compile=spec.compile and runtime == "torch"
+    )
+
+
+def _measure_one(loaded, m: Measurement, spec: PredictorSpec, check: CheckImages, export):
+    """One path's Predictor over the check images: (predictor, probabilities); times `m`."""
+    build = BuildInputs(
+        calibration=check.images if m.precision == "int8" else None,
+        calibration_source=check.source,
+        int8_recipes=AUTO_INT8_RECIPES if m.precision == "int8" else None,
+        onnx_export=export if m.runtime != "torch" else None,
+    )
+    before = rss_now_mb()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", OperatingPointWarning)
+        predictor = Predictor.from_spec(loaded, _path_spec(spec, m.runtime, m.precision), build)
+    inputs = np.stack([predictor.model_input(_as_float(im)) for im in check.images])
+    predictor.probabilities(inputs[: spec.batch_size])  # warm-up
+    start = time.perf_counter()
+    probs = predictor.probabilities(inputs)
+    m.images_per_s = round(len(inputs) / (time.perf_counter() - start), 3)
+    m.memory_mb = round(max(0.0, rss_now_mb() - before), 1)
+    return predictor, probs
+
+
+def _failed(m: Measurement, err: Exception) -> None:
+    """What stopped a path, in its measurement."""
+    if isinstance(err, Int8Refused):
+        best = err.check.best
+        m.dice_vs_fp32 = round(best.agreement.dice, 4) if best else None
+        m.error = "int8 refused: no recipe keeps fp32's masks" + (
+            f" (best {best.recipe.name})" if best else ""
+        )
+        return
+    text = str(err).strip().splitlines()[0] if str(err).strip() else ""
+    m.error = f"{type(err).__name__}: {text[:200]}"
 
 
 def measure_paths(
-    model: Any,
+    loaded: LoadedModel,
     paths: Sequence[tuple[str, str]],
     reference: tuple[str, str] | None,
     check: CheckImages,
     *,
-    device: str = "cpu",
-    tta: str | None = None,
-    batch_size: int = 4,
-    operating_point: Any = None,
-    operating_point_name: str | None = None,
-    options: dict[str, Any] | None = None,
+    spec: PredictorSpec,
     progress: Callable[[Measurement], None] | None = None,
 ) -> tuple[list[Measurement], dict[str, Predictor]]:
     """Run each path (the reference first) over the check images through the Predictor, after a
@@ -413,79 +469,45 @@ def measure_paths(
     the resident memory it added (every predictor stays alive until the end, so each one's
     memory is its own). Returns the measurements and the predictors that ran, by path name.
 
-    `model` is a loaded model (one fp32 ONNX export is shared by the ONNX paths) or an .onnx file.
+    One fp32 ONNX export of the loaded model is shared by the ONNX paths (an .onnx file is its
+    own); `spec` gives TTA, batch size, operating point and the runtimes' options.
     """
-    options = dict(options or {})
     order = ([reference] if reference else []) + [p for p in paths if p != reference]
     results: list[Measurement] = []
     built: dict[str, Predictor] = {}
     ref_probs = None
-    inputs = None
     with tempfile.TemporaryDirectory(prefix="ptxseg-choice-") as tmp:
-        export = _export_once(model, Path(tmp))
+        export = _export_once(loaded, Path(tmp))
         for rt, prec in order:
             m = Measurement(rt, prec, reference=(rt, prec) == reference)
-            before = rss_now_mb()
             try:
-                wanted = TORCH_OPTIONS if rt == "torch" else ONNX_OPTIONS
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore", OperatingPointWarning)
-                    predictor = Predictor(
-                        model,
-                        runtime=rt,
-                        device=device,
-                        precision=prec,
-                        tta=tta,
-                        batch_size=batch_size,
-                        operating_point=operating_point,
-                        operating_point_name=operating_point_name,
-                        calibration=check.images if prec == "int8" else None,
-                        calibration_source=check.source,
-                        int8_recipes=AUTO_INT8_RECIPES if prec == "int8" else None,
-                        onnx_export=export if rt != "torch" else None,
-                        **{k: v for k, v in options.items() if k in wanted},
-                    )
-                if inputs is None:
-                    inputs = np.stack([predictor.model_input(_as_float(im)) for im in check.images])
-                predictor.probabilities(inputs[:batch_size])  # warm-up
-                start = time.perf_counter()
-                probs = predictor.probabilities(inputs)
-                m.images_per_s = round(len(inputs) / (time.perf_counter() - start), 3)
-                m.memory_mb = round(max(0.0, rss_now_mb() - before), 1)
+                predictor, probs = _measure_one(loaded, m, spec, check, export)
                 built[m.name] = predictor
                 if m.reference:
                     ref_probs = probs
                 elif ref_probs is not None and check.real:
-                    m.dice_vs_fp32 = mask_agreement(
-                        ref_probs, probs, predictor.operating_point
-                    ).dice
+                    op = predictor.operating_point
+                    m.dice_vs_fp32 = mask_agreement(ref_probs, probs, op).dice
                 elif reference is None and prec == "int8":  # an int8 file: its own check
                     stored = read_metadata(predictor.onnx_path).get("int8_check") or {}
                     m.dice_vs_fp32 = stored.get("dice_vs_fp32")
                 if m.dice_vs_fp32 is not None:
                     m.dice_vs_fp32 = round(float(m.dice_vs_fp32), 4)
-            except Int8Refused as err:
-                best = err.check.best
-                m.dice_vs_fp32 = round(best.agreement.dice, 4) if best else None
-                m.error = "int8 refused: no recipe keeps fp32's masks" + (
-                    f" (best {best.recipe.name})" if best else ""
-                )
             except Exception as err:  # noqa: BLE001 - one failing path must not end the choice
-                text = str(err).strip().splitlines()[0] if str(err).strip() else ""
-                m.error = f"{type(err).__name__}: {text[:200]}"
+                _failed(m, err)
             results.append(m)
             if progress:
                 progress(m)
     return results, built
 
 
-def _export_once(model: Any, folder: Path) -> Path | None:
+def _export_once(loaded: LoadedModel, folder: Path) -> Path | None:
     """One fp32 ONNX export of a loaded model for every ONNX path (an .onnx file is its own);
     None when it fails (each path then reports its own error)."""
-    if isinstance(model, str | Path):
+    if loaded.network is None:
         return None
     try:
-        write_onnx(model, folder / "model.onnx")
+        write_onnx(loaded.network, folder / "model.onnx")
     except Exception:  # noqa: BLE001 - reported by the paths that need it
         return None
     return folder / "model.onnx"
@@ -498,36 +520,13 @@ def _as_float(image: np.ndarray) -> np.ndarray:
 # ---------------------------------------------------------------- the cache
 
 
-def cache_dir() -> Path:
+def runtime_cache_dir() -> Path:
     """ptxseg's cache folder: $PTXSEG_CACHE_DIR, else $XDG_CACHE_HOME/ptxseg, else
     ~/.cache/ptxseg."""
     if os.environ.get("PTXSEG_CACHE_DIR"):
         return Path(os.environ["PTXSEG_CACHE_DIR"])
     base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
     return Path(base) / "ptxseg"
-
-
-def model_digest(model: Any) -> str:
-    """SHA-256 of what decides a model's outputs: `record.model_digest` of a path or a list of
-    paths (the digest `predict`'s folder record keeps), or a loaded model's weights and
-    operating point."""
-    if isinstance(model, str | Path) or (
-        isinstance(model, list | tuple) and all(isinstance(m, str | Path) for m in model)
-    ):
-        from ptxseg.inference.record import model_digest as digest_of_paths
-
-        return digest_of_paths(model)
-    sha = hashlib.sha256()
-    if isinstance(model, list | tuple):
-        for member in model:
-            sha.update(model_digest(member).encode())
-        return sha.hexdigest()
-    state = model.state_dict()
-    for name in sorted(state):
-        sha.update(name.encode())
-        sha.update(state[name].detach().cpu().contiguous().numpy().tobytes())
-    sha.update(repr(getattr(model, "operating_point", None)).encode())
-    return sha.hexdigest()
 
 
 def cache_key(digest: str, cpu: CpuInfo, **extra: Any) -> tuple[str, dict[str, Any]]:
@@ -548,7 +547,7 @@ def cache_key(digest: str, cpu: CpuInfo, **extra: Any) -> tuple[str, dict[str, A
 
 
 def read_cached(key: str, folder: Path | None = None) -> Choice | None:
-    path = (folder or cache_dir()) / "runtime-choice" / f"{key}.json"
+    path = (folder or runtime_cache_dir()) / "runtime-choice" / f"{key}.json"
     try:
         return Choice.from_dict(json.loads(path.read_text())["choice"])
     except (OSError, ValueError, KeyError, TypeError):
@@ -556,7 +555,7 @@ def read_cached(key: str, folder: Path | None = None) -> Choice | None:
 
 
 def write_cached(key: str, material: dict, choice: Choice, folder: Path | None = None) -> None:
-    path = (folder or cache_dir()) / "runtime-choice" / f"{key}.json"
+    path = (folder or runtime_cache_dir()) / "runtime-choice" / f"{key}.json"
     try:
         atomic.write_text(
             path, json.dumps({"key": material, "choice": choice.to_dict()}, indent=2) + "\n"
@@ -570,125 +569,126 @@ def write_cached(key: str, material: dict, choice: Choice, folder: Path | None =
 
 def model_kind(model: Any) -> str:
     """torch (a checkpoint, folder, ensemble or module), onnx (fp32 file) or onnx-int8."""
+    if isinstance(model, LoadedModel):
+        return model.kind
     if isinstance(model, str | Path) and Path(model).suffix.lower() == ".onnx":
         return "onnx-int8" if read_metadata(model).get("precision") == "int8" else "onnx"
     return "torch"
 
 
-def _loaded(model: Any, kind: str) -> tuple[Any, int, dict[str, Any]]:
-    """The model to measure (loaded once; an .onnx file as it is), its input size and config."""
-    if kind != "torch":
-        meta = read_metadata(model)
-        return model, int(meta["input_size"]), meta.get("config") or {}
-    loaded = load_any_model(model, "cpu")
-    return loaded, int(loaded.input_size), getattr(loaded, "config", None) or {}
+SPEC_KEYS = tuple(f.name for f in fields(PredictorSpec) if f.name != "model")
+HOOK_KEYS = tuple(f.name for f in fields(ChoiceHooks))
+
+
+def spec_and_hooks(model: Any, **options: Any) -> tuple[PredictorSpec, ChoiceHooks]:
+    """A `PredictorSpec` and `ChoiceHooks` from keyword options (the form
+    `build_predictor(model, runtime=..., tta=..., images=...)` that callers used before the
+    spec)."""
+    unknown = sorted(set(options) - set(SPEC_KEYS) - set(HOOK_KEYS))
+    if unknown:
+        raise TypeError(f"build_predictor got unexpected options: {', '.join(unknown)}")
+    spec = PredictorSpec(model, **{k: v for k, v in options.items() if k in SPEC_KEYS})
+    return spec, ChoiceHooks(**{k: v for k, v in options.items() if k in HOOK_KEYS})
+
+
+class _CheckImagesOnce:
+    """The hooks' check images, asked for once (they may read files)."""
+
+    def __init__(self, spec: PredictorSpec, hooks: ChoiceHooks):
+        self.spec, self.hooks, self.found = spec, hooks, None
+
+    def __call__(self, loaded: LoadedModel) -> CheckImages:
+        if self.found is None:
+            n = INT8_CHECK_IMAGES if self.spec.precision == "int8" else CHECK_IMAGES
+            default = lambda s, c: default_check_images(c, s, n=n)  # noqa: E731
+            self.found = (self.hooks.images or default)(loaded.input_size, loaded.config)
+        return self.found
 
 
 def build_predictor(
-    model: Any,
-    runtime: str = AUTO,
-    precision: str = AUTO,
-    device: str = "cpu",
-    *,
-    tta: str | None = None,
-    batch_size: int = 4,
-    operating_point: Any = None,
-    operating_point_name: str | None = None,
-    images: Callable[[int, dict], CheckImages] | None = None,
-    int8_on_the_fly: bool = True,
-    cpu: CpuInfo | None = None,
-    measure: Callable[..., tuple[list[Measurement], dict[str, Predictor]]] | None = None,
-    use_cache: bool = True,
-    progress: Callable[[Measurement], None] | None = None,
-    **options: Any,
+    spec: PredictorSpec | Any, hooks: ChoiceHooks | None = None, **options: Any
 ) -> Predictor:
-    """The Predictor of `model` for the runtime and precision asked; `auto` for either lets this
-    CPU's measurements choose (see the module docstring; on a GPU, auto is torch fp32).
+    """The Predictor of `spec.model` for the runtime and precision asked; `auto` for either lets
+    this CPU's measurements choose (see the module docstring; on a GPU, auto is torch fp32).
 
-    `images(size, config)` gives the `CheckImages` to check on (default: `default_check_images`);
-    they calibrate and check int8 too. `int8_on_the_fly` False (serve, listen, dicomweb) leaves
-    int8 to files made by `ptxseg export --int8`. `options` go to the Predictor (channels_last,
-    compile, compile_mode, threads); `measure` replaces `measure_paths` (tests fake it). The
-    Predictor's `path_choice` is the `Choice` as a dict; an int8 refusal names this CPU's faithful
-    alternatives, measured on the same images.
+    `spec` may also be a model with `options` naming the spec's fields and the hooks'
+    (`spec_and_hooks`). The model is loaded once (`LoadedModel`, also when `spec.model` already
+    is one). The Predictor's `path_choice` is the `Choice` as a dict; an int8 refusal names this
+    CPU's faithful alternatives, measured on the same images.
     """
-    cpu = cpu or cpu_info()
-    common = dict(
-        tta=tta,
-        batch_size=batch_size,
-        operating_point=operating_point,
-        operating_point_name=operating_point_name,
-    )
-    memo: dict[str, CheckImages] = {}
-
-    def check_images(size: int, config: dict) -> CheckImages:
-        if "images" not in memo:
-            n = INT8_CHECK_IMAGES if precision == "int8" else CHECK_IMAGES
-            default = lambda s, c: default_check_images(c, s, n=n)  # noqa: E731
-            memo["images"] = (images or default)(size, config)
-        return memo["images"]
-
-    if not str(device).startswith("cpu"):
-        rt = "torch" if runtime == AUTO else runtime
-        prec = "fp32" if precision == AUTO else precision
-        predictor = Predictor(model, rt, device, prec, **common, **options)
-        by = "auto on a GPU" if AUTO in (runtime, precision) else "as asked"
-        line = f"{path_name(rt, prec)} on {device} ({by})"
-        predictor.path_choice = Choice(rt, prec, "gpu" if "auto" in by else "asked", line).to_dict()
-        return predictor
-    kind = model_kind(model)
-    if runtime != AUTO and precision != AUTO:
-        if precision == "int8" and kind != "onnx-int8" and not int8_on_the_fly:
+    if not isinstance(spec, PredictorSpec):
+        spec, hooks = spec_and_hooks(spec, **options)
+    hooks = hooks or ChoiceHooks()
+    if not str(spec.device).startswith("cpu"):
+        return _on_gpu(spec)
+    cpu = hooks.cpu or cpu_info()
+    kind = model_kind(spec.model)
+    if spec.runtime != AUTO and spec.precision != AUTO:
+        if spec.precision == "int8" and kind != "onnx-int8" and not hooks.int8_on_the_fly:
             raise ValueError(
-                f"precision int8 from {model}: `serve`, `listen` and `dicomweb` take int8 only as "
-                "a file made by `ptxseg export --int8`, which checks its masks against fp32 on "
-                "real images (they have none to check with at start-up)"
+                f"precision int8 from {spec.model}: `serve`, `listen` and `dicomweb` take int8 "
+                "only as a file made by `ptxseg export --int8`, which checks its masks against "
+                "fp32 on real images (they have none to check with at start-up)"
             )
-        return _as_asked(model, runtime, precision, device, common, options, check_images, cpu)
-    if options.get("compile"):
-        if runtime not in (AUTO, "torch"):
-            raise ValueError(f"--compile applies to the torch runtime, not {runtime!r}")
-        runtime = "torch"
-    paths, skipped = candidates(runtime, precision, cpu, kind, int8_on_the_fly)
+        return _as_asked(spec, hooks, cpu, kind)
+    if spec.compile:
+        if spec.runtime not in (AUTO, "torch"):
+            raise ValueError(f"--compile applies to the torch runtime, not {spec.runtime!r}")
+        spec = spec.replace(runtime="torch")
+    paths, skipped = candidates(spec.runtime, spec.precision, cpu, kind, hooks.int8_on_the_fly)
     if not paths:
         raise ValueError(
-            f"no {path_name(runtime, precision).replace(AUTO, 'any')} path can run on this CPU "
-            f"({cpu.model}; {cpu.isa()}): " + "; ".join(f"{k}: {v}" for k, v in skipped.items())
+            f"no {path_name(spec.runtime, spec.precision).replace(AUTO, 'any')} path can run on "
+            f"this CPU ({cpu.model}; {cpu.isa()}): "
+            + "; ".join(f"{k}: {v}" for k, v in skipped.items())
         )
+    return _auto(spec, hooks, cpu, kind, (paths, skipped))
+
+
+def _on_gpu(spec: PredictorSpec) -> Predictor:
+    """On a GPU: torch fp32 for auto, else as asked."""
+    rt = "torch" if spec.runtime == AUTO else spec.runtime
+    prec = "fp32" if spec.precision == AUTO else spec.precision
+    loaded = LoadedModel.load(spec.model, spec.device)
+    predictor = Predictor.from_spec(loaded, spec.replace(runtime=rt, precision=prec))
+    by = "auto on a GPU" if AUTO in (spec.runtime, spec.precision) else "as asked"
+    line = f"{path_name(rt, prec)} on {spec.device} ({by})"
+    predictor.path_choice = Choice(rt, prec, "gpu" if "auto" in by else "asked", line).to_dict()
+    return predictor
+
+
+def _auto(spec, hooks: ChoiceHooks, cpu: CpuInfo, kind: str, candidates_found) -> Predictor:
+    """The fastest faithful path among the candidates: cached, else measured (and cached)."""
+    paths, skipped = candidates_found
+    loaded = LoadedModel.load(spec.model, "cpu")
+    check_images = _CheckImagesOnce(spec, hooks)
+    explicit = spec.resolved_operating_point(
+        loaded.operating_point_named(spec.operating_point_name)
+    )
+    options = {k: getattr(spec, k) for k in ("compile", "compile_mode", "channels_last", "threads")}
     key, material = cache_key(
-        model_digest(model),
+        loaded.digest,
         cpu,
-        tta=tta,
-        batch_size=batch_size,
-        asked=[runtime, precision],
+        tta=spec.tta,
+        batch_size=spec.batch_size,
+        asked=[spec.runtime, spec.precision],
         paths=paths,
-        operating_point=repr(operating_point),
-        operating_point_name=operating_point_name,
+        operating_point=repr(explicit),
+        operating_point_name=spec.operating_point_name,
         options=sorted((k, repr(v)) for k, v in options.items()),
     )
-    cached = read_cached(key) if use_cache else None
-    loaded, size, config = _loaded(model, kind)
-    if cached is not None and (cached.check.get("real") or not check_images(size, config).real):
+    cached = read_cached(key) if hooks.use_cache else None
+    if cached is not None and (cached.check.get("real") or not check_images(loaded).real):
         cached.chosen_by = "auto (cached)"
         cached.line = cached.line.removesuffix(" [cached]") + " [cached]"
-        check = check_images(size, config) if cached.precision == "int8" else None
-        predictor = _build(loaded, cached.runtime, cached.precision, device, common, options, check)
+        check = check_images(loaded) if cached.precision == "int8" else None
+        predictor = _build(loaded, _path_spec(spec, cached.runtime, cached.precision), check)
         predictor.path_choice = cached.to_dict()
         return predictor
-    check = check_images(size, config)
+    check = check_images(loaded)
     reference = reference_path(paths, kind)
-    measurements, built = (measure or measure_paths)(
-        loaded,
-        paths,
-        reference,
-        check,
-        device=device,
-        tta=tta,
-        batch_size=batch_size,
-        operating_point=operating_point,
-        operating_point_name=operating_point_name,
-        options=options,
-        progress=progress,
+    measurements, built = (hooks.measure or measure_paths)(
+        loaded, paths, reference, check, spec=spec, progress=hooks.progress
     )
     best, reasons = decide(measurements, check.real, allowed=paths)
     if best is None:
@@ -699,78 +699,64 @@ def build_predictor(
     predictor = built.pop(best.name, None)
     built.clear()  # the other paths' predictors go now
     if predictor is None:  # a faked measurement (tests) builds nothing
-        predictor = _build(loaded, best.runtime, best.precision, device, common, options, check)
+        predictor = _build(loaded, _path_spec(spec, best.runtime, best.precision), check)
     info = {
         "images": len(check.images),
         "source": check.source,
         "real": check.real,
         "tta": predictor.tta,
-        "batch_size": batch_size,
+        "batch_size": spec.batch_size,
         "cpu": f"{cpu.model}; {cpu.isa()}",
     }
+    line = describe_choice(best, measurements, skipped, info)
     choice = Choice(
-        best.runtime,
-        best.precision,
-        "auto",
-        describe_choice(best, measurements, skipped, info),
-        measurements,
-        {**skipped, **reasons},
-        info,
+        best.runtime, best.precision, "auto", line, measurements, {**skipped, **reasons}, info
     )
-    if use_cache:
+    if hooks.use_cache:
         write_cached(key, material, choice)
     predictor.path_choice = choice.to_dict()
     return predictor
 
 
-def _build(model, runtime, precision, device, common, options, check) -> Predictor:
+def _build(loaded: LoadedModel, spec: PredictorSpec, check: CheckImages | None) -> Predictor:
     """One path's Predictor (int8 from an fp32 model is calibrated and checked on `check`)."""
-    wanted = TORCH_OPTIONS if runtime == "torch" else ONNX_OPTIONS
+    int8 = check is not None and spec.precision == "int8"
+    build = BuildInputs(
+        calibration=check.images if int8 else None,
+        calibration_source=check.source if check is not None else "",
+        int8_recipes=AUTO_INT8_RECIPES if spec.precision == "int8" else None,
+    )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", OperatingPointWarning)
-        return Predictor(
-            model,
-            runtime,
-            device,
-            precision,
-            calibration=check.images if check is not None and precision == "int8" else None,
-            calibration_source=check.source if check is not None else "",
-            int8_recipes=AUTO_INT8_RECIPES if precision == "int8" else None,
-            **common,
-            **{k: v for k, v in options.items() if k in wanted},
-        )
+        return Predictor.from_spec(loaded, spec, build)
 
 
-def _as_asked(model, runtime, precision, device, common, options, check_images, cpu):
+def _as_asked(spec: PredictorSpec, hooks: ChoiceHooks, cpu: CpuInfo, kind: str) -> Predictor:
     """The path the user named; int8 from an fp32 model is checked on the images, and a refusal
     names this CPU's faithful alternatives, measured on the same images."""
-    kind = model_kind(model)
+    from ptxseg.inference.runtimes import check_runtime
+
+    check_runtime(spec.runtime, spec.precision)
+    loaded = LoadedModel.load(spec.model, "cpu")
     check = None
-    source = model
-    if precision == "int8" and kind != "onnx-int8":
-        source, size, config = _loaded(model, kind)
-        check = check_images(size, config)
+    if spec.precision == "int8" and kind != "onnx-int8":
+        check = _CheckImagesOnce(spec, hooks)(loaded)
         if check is not None and not check.real:
             raise ValueError(
                 "int8 from an fp32 model is checked against fp32's masks on real images, and "
                 "none were found: give the inputs, or a work folder (its validation split)"
             )
+    build = BuildInputs(
+        calibration=check.images if check is not None else None,
+        calibration_source=check.source if check is not None else "",
+        int8_recipes=hooks.int8_recipes,
+    )
     try:
-        predictor = Predictor(
-            source,
-            runtime,
-            device,
-            precision,
-            calibration=check.images if check is not None else None,
-            calibration_source=check.source if check is not None else "",
-            **common,
-            **options,
-        )
+        predictor = Predictor.from_spec(loaded, spec, build)
     except Int8Refused as refused:
-        raise refused.with_alternatives(
-            faithful_alternatives(source, check, device, common, cpu, kind)
-        ) from None
-    line = f"{path_name(runtime, precision)} as asked"
+        alternatives = faithful_alternatives(loaded, check, spec, cpu)
+        raise refused.with_alternatives(alternatives) from None
+    line = f"{path_name(spec.runtime, spec.precision)} as asked"
     kept = predictor.int8_check.kept if predictor.int8_check is not None else None
     if kept is not None and check is not None:
         line += (
@@ -778,27 +764,23 @@ def _as_asked(model, runtime, precision, device, common, options, check_images, 
             f"{kept.agreement.images} images of {check.source}; {kept.recipe.name})"
         )
     info = {"images": len(check.images), "source": check.source} if check else {}
-    predictor.path_choice = Choice(runtime, precision, "asked", line, check=info).to_dict()
+    choice = Choice(spec.runtime, spec.precision, "asked", line, check=info)
+    predictor.path_choice = choice.to_dict()
     return predictor
 
 
-def faithful_alternatives(model, check, device, common, cpu, kind) -> str:
+def faithful_alternatives(
+    loaded: LoadedModel, check: CheckImages | None, spec: PredictorSpec, cpu: CpuInfo
+) -> str:
     """'openvino fp32 keeps 1.000 at 1.71x torch fp32; ...': this CPU's fp32 and bf16 paths
     whose masks agree with fp32 on `check`, fastest first ('' when none could be measured)."""
-    paths, _ = candidates(AUTO, AUTO, cpu, kind, int8_on_the_fly=False)
+    paths, _ = candidates(AUTO, AUTO, cpu, loaded.kind, int8_on_the_fly=False)
     paths = [p for p in paths if p[1] != "int8"]
     if check is None or not paths:
         return ""
+    plain = spec.replace(compile=False)
     measurements, _ = measure_paths(
-        model,
-        paths,
-        reference_path(paths, kind),
-        check,
-        device=device,
-        tta=common.get("tta"),
-        batch_size=common.get("batch_size", 4),
-        operating_point=common.get("operating_point"),
-        operating_point_name=common.get("operating_point_name"),
+        loaded, paths, reference_path(paths, loaded.kind), check, spec=plain
     )
     ref = next((m for m in measurements if m.reference and m.images_per_s), None)
     good = sorted(

@@ -199,7 +199,9 @@ def update_ensemble(path: str | os.PathLike, entries: dict[str, Any]) -> Path:
     return atomic.write_text(file, json.dumps(data, indent=2) + "\n")
 
 
-def read_operating_point(path: str | os.PathLike, name: str | None = None) -> OperatingPoint | None:
+def read_model_operating_point(
+    path: str | os.PathLike, name: str | None = None
+) -> OperatingPoint | None:
     """The stored operating point of any model path: ensemble, `.onnx`, `.ckpt` or folder; with
     `name`, the named point of that name (`--operating-point`)."""
     if is_ensemble(path):
@@ -222,7 +224,7 @@ def read_operating_point(path: str | os.PathLike, name: str | None = None) -> Op
     return choose_named(main, named, name)
 
 
-def store_operating_point(
+def store_model_operating_point(
     path: str | os.PathLike,
     op: OperatingPoint,
     metrics: dict[str, Any] | None = None,
@@ -233,6 +235,10 @@ def store_operating_point(
         store_ensemble_operating_point(path, op, metrics, extra)
     else:
         checkpoint.store_operating_point(path, op, metrics, extra)
+
+
+store_operating_point = store_model_operating_point
+"""The name `ptxseg.evaluation.evaluate_split` imports until it takes the one above."""
 
 
 def store_entries(path: str | os.PathLike, entries: dict[str, Any]) -> None:

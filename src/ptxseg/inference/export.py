@@ -13,7 +13,8 @@ from __future__ import annotations
 import os
 import tempfile
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -82,3 +83,114 @@ def export_onnx(
         tmp.unlink(missing_ok=True)
     result["path"] = str(out)
     return result
+
+
+# ---------------------------------------------------------------- `ptxseg export`
+
+
+@dataclass(frozen=True)
+class ExportRequest:
+    """What `ptxseg export` was asked: the `models` (one, an ensemble file or folder, or several
+    to average), the `format`, the `out` path (None: beside the model), the ONNX `opset`, and
+    `int8` with where its calibration and check images come from (`data`, a work folder; else
+    `images`, files or folders) and how many calibrate (`int8_calibration`; 4 times as many
+    check)."""
+
+    models: Sequence[Path]
+    format: str = "onnx"
+    out: Path | None = None
+    opset: int = 17
+    int8: bool = False
+    data: Path | None = None
+    images: Sequence[Path] = ()
+    int8_calibration: int = 8
+
+    @property
+    def source(self) -> Path:
+        """The model file named first (an ensemble's file for its folder)."""
+        from ptxseg.inference.ensemble import ensemble_file, is_ensemble
+
+        first = Path(self.models[0])
+        return ensemble_file(first) if is_ensemble(first) else first
+
+
+def export_model(request: ExportRequest, report: Callable[[str], None] = print) -> None:
+    """Write the export asked for; `report` gets a line for each file written.
+
+    Raises ValueError (ParityError, an EnsembleError...), FileNotFoundError or FileExistsError
+    in one line; an int8 copy that does not keep fp32's masks is refused with the numbers."""
+    if request.format not in FORMATS:
+        raise ValueError(f"--format {request.format!r}: expected one of {', '.join(FORMATS)}")
+    if request.format == "safetensors":
+        report(_export_folder(request))
+        return
+    from ptxseg.inference.ensemble import is_ensemble, load_ensemble
+    from ptxseg.model.checkpoint import load_model
+
+    source, several = request.source, len(request.models) > 1
+    target = request.out or source.with_suffix(".onnx")
+    if several or is_ensemble(source):
+        model = load_ensemble(list(request.models) if several else source)
+    else:
+        model = load_model(source)
+    info = export_onnx(model, target, opset=request.opset)
+    report(
+        f"wrote {target} ({info['encoder']} at {info['input_size']}, opset {request.opset}); "
+        f"parity vs PyTorch: max probability difference {info['max_probability_difference']:.2e}"
+    )
+    if request.int8:
+        report(export_int8(target, request))
+
+
+def _export_folder(request: ExportRequest) -> str:
+    """An inference-model folder in safetensors (an ensemble: a folder of member folders)."""
+    from ptxseg.inference.ensemble import export_ensemble_folder, is_ensemble
+    from ptxseg.model.checkpoint import export_inference_model
+
+    source = request.source
+    target = request.out or source.with_name(source.stem + "-model")
+    if len(request.models) > 1:
+        raise ValueError(
+            "--format safetensors of several models: write an ensemble file first "
+            "(`ptxseg ensemble MODEL... --out ensemble.json`) and export that"
+        )
+    if is_ensemble(source):
+        export_ensemble_folder(source, target)
+    else:
+        export_inference_model(source, target)
+    return f"wrote {target}/ (model.safetensors, config.json, ptxseg.json)"
+
+
+def export_int8(target: Path, request: ExportRequest) -> str:
+    """`target`.int8.onnx, made and checked by the Predictor's int8 path (atomically)."""
+    from ptxseg.inference import choice
+    from ptxseg.inference.inputs import collect_inputs
+    from ptxseg.inference.int8 import ladder
+    from ptxseg.inference.runtimes import cpu_precision_plan
+    from ptxseg.inference.spec import PredictorSpec
+    from ptxseg.util import atomic
+
+    out, n = target.with_suffix(".int8.onnx"), request.int8_calibration
+    files = collect_inputs(request.images) if request.images else []
+
+    def real_images(size: int, config: dict) -> choice.CheckImages:
+        found = choice.default_check_images(config, size, files, 4 * n, request.data)
+        if not found.real:
+            raise ValueError(
+                "--int8 checks int8 masks against fp32 on real images: give --data WORK (its "
+                "validation split) or --images FILES; the model's own work folder was not found"
+            )
+        return found
+
+    spec = PredictorSpec(target, runtime="onnxruntime", precision="int8")
+    hooks = choice.ChoiceHooks(images=real_images, int8_recipes=ladder(n))
+    predictor = choice.build_predictor(spec, hooks)
+    check = predictor.int8_check
+    atomic.write_bytes(out, Path(predictor.onnx_path).read_bytes())
+    kept = check.kept
+    note = cpu_precision_plan("int8")["note"] or "full 8 bits for CPUs with VNNI, as this one"
+    return (
+        f"wrote {out} (int8: masks at Dice {kept.agreement.dice:.3f} vs fp32 on "
+        f"{kept.agreement.images} images of {check.source}; {kept.recipe.name}: "
+        f"{kept.recipe.describe()}; {note})"
+    )

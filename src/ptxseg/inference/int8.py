@@ -170,10 +170,13 @@ def _gated_block(pool, consumers: dict[str, list]) -> list[str]:
 # ---------------------------------------------------------------- measuring agreement
 
 
-def dice(a: np.ndarray, b: np.ndarray) -> float:
-    """Pooled Dice of two boolean mask stacks (1.0 when both are empty)."""
-    total = int(a.sum()) + int(b.sum())
-    return 1.0 if total == 0 else 2.0 * int((a & b).sum()) / total
+def pooled_dice(a: np.ndarray, b: np.ndarray) -> float:
+    """Pooled Dice of two boolean mask stacks (1.0 when both are empty): `model.metrics`'
+    Dice over every pixel of the stack at once."""
+    from ptxseg.model.metrics import dice_scores
+
+    tp = int((a & b).sum())
+    return float(dice_scores(tp, int(b.sum()) - tp, int(a.sum()) - tp))
 
 
 @dataclass
@@ -207,10 +210,10 @@ def mask_agreement(reference: np.ndarray, probabilities: np.ndarray, op) -> Agre
     ref_masks, masks = op.apply(reference), op.apply(probabilities)
     n = int(len(reference))
     if int(ref_masks.sum()) >= MIN_MASK_PIXELS:
-        return Agreement(dice(ref_masks, masks), n, int(ref_masks.sum()))
+        return Agreement(pooled_dice(ref_masks, masks), n, int(ref_masks.sum()))
     ref_raw, raw = reference > op.bottom, probabilities > op.bottom
     if int(ref_raw.sum()) >= MIN_MASK_PIXELS:
-        return Agreement(dice(ref_raw, raw), n, int(ref_raw.sum()), "before the area gate")
+        return Agreement(pooled_dice(ref_raw, raw), n, int(ref_raw.sum()), "before the area gate")
     return Agreement(None, n, int(ref_raw.sum()))
 
 
@@ -311,22 +314,33 @@ class Int8Refused(PrecisionUnavailable):
         return self
 
 
+@dataclass(frozen=True)
+class QuantizeSettings:
+    """How `checked_quantize` quantises and checks: `reduce_range` (7 bits, for CPUs without
+    VNNI), the `runtime` and `tta` the masks are compared in, where the images come from
+    (`source`), how many calibrate (`calibration_images`), the `recipes` to walk (default: the
+    whole `ladder`), `exhaustive` (measure every recipe and keep the best), the `cpu` recorded,
+    and `progress`, which sees each attempt."""
+
+    reduce_range: bool = False
+    runtime: str = "onnxruntime"
+    source: str = "the given images"
+    tta: str = "none"
+    calibration_images: int = CALIBRATION_IMAGES
+    recipes: Sequence[Recipe] | None = None
+    exhaustive: bool = False
+    cpu: CpuInfo | None = None
+    progress: Callable[[Attempt], None] | None = None
+
+
 def checked_quantize(
     fp32_path: str | Path,
     out: str | Path,
     images: Sequence[np.ndarray],
     probabilities_of: Callable[[Path], np.ndarray],
     op,
-    *,
-    reduce_range: bool = False,
-    runtime: str = "onnxruntime",
-    source: str = "the given images",
-    tta: str = "none",
-    calibration_images: int = CALIBRATION_IMAGES,
-    recipes: Sequence[Recipe] | None = None,
-    exhaustive: bool = False,
-    cpu: CpuInfo | None = None,
-    progress: Callable[[Attempt], None] | None = None,
+    settings: QuantizeSettings | None = None,
+    **options: Any,
 ) -> Int8Check:
     """Quantise `fp32_path` into `out` with the first recipe whose masks agree with fp32.
 
@@ -334,61 +348,36 @@ def checked_quantize(
     `calibration_images` calibrate (all of them in the "more images" step), and every one is a
     check image. `probabilities_of(path)` runs an ONNX file through the Predictor's path (same
     runtime, TTA included) on the check images and returns (N, S, S) probabilities; `op` is the
-    operating point the masks are cut at. `exhaustive` measures every recipe (for the remedy
-    table of `benchmark-runtime`) and keeps the best. Raises Int8Refused when none agrees; `out`
-    is then not written.
+    operating point the masks are cut at. `settings` (or `options`, its fields as keywords):
+    `QuantizeSettings`; `exhaustive` measures every recipe (for the remedy table of
+    `benchmark-runtime`) and keeps the best. Raises Int8Refused when none agrees; `out` is then
+    not written.
     """
     import os
     import shutil
     import tempfile
 
+    settings = settings or QuantizeSettings(**options)
     if not images:
         raise ValueError(
             "int8 needs real images to calibrate with and to check its masks against fp32: "
             "give the inputs, or a work folder (its validation split)"
         )
-    cpu = cpu or cpu_info()
+    cpu = settings.cpu or cpu_info()
     out = Path(out)
     check = Int8Check(
-        runtime=runtime,
-        source=source,
-        reduce_range=reduce_range,
+        runtime=settings.runtime,
+        source=settings.source,
+        reduce_range=settings.reduce_range,
         cpu=f"{cpu.model}; {cpu.isa()}",
-        tta=tta,
+        tta=settings.tta,
     )
     reference = probabilities_of(Path(fp32_path))
-    if not mask_agreement(reference, reference, op).conclusive:
-        raise Int8Refused(
-            check,
-            reason=(
-                f"int8 cannot be checked on {len(images)} images of {source}: fp32 finds "
-                f"{int((reference > op.bottom).sum())} mask pixels in them, too few to compare "
-                "masks. Give images with pneumothorax (a work folder's validation split: "
-                "--data WORK)"
-            ),
-        )
+    _refuse_inconclusive(check, reference, op, len(images))
     work = Path(tempfile.mkdtemp(prefix=".int8-", dir=out.parent))
-    float_images = [_as_float(im) for im in images]
     try:
-        steps = list(recipes) if recipes is not None else ladder(calibration_images)
-        kept_path: Path | None = None
-        for i, recipe in enumerate(_with_more_images(steps, len(float_images))):
-            if callable(recipe):  # "more images" depends on the best so far
-                if check.best is None:
-                    continue
-                recipe = recipe(check.best.recipe)
-            path = work / f"attempt-{i}.onnx"
-            quantize_recipe(fp32_path, path, recipe, float_images, reduce_range)
-            attempt = Attempt(recipe, mask_agreement(reference, probabilities_of(path), op))
-            check.attempts.append(attempt)
-            if progress:
-                progress(attempt)
-            dice_now = attempt.agreement.dice
-            best = check.best
-            if best is attempt:
-                kept_path = path
-            if dice_now is not None and dice_now >= FAITHFUL_DICE and not exhaustive:
-                break
+        attempts = _Attempts(fp32_path, images, probabilities_of, op, settings)
+        kept_path = attempts.walk(check, reference, work)
         best = check.best
         if best is None or best.agreement.dice < FAITHFUL_DICE or kept_path is None:
             raise Int8Refused(check)
@@ -400,6 +389,58 @@ def checked_quantize(
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return check
+
+
+def _refuse_inconclusive(check: Int8Check, reference: np.ndarray, op, n: int) -> None:
+    """Int8Refused when fp32's masks on the images are too small to compare masks with."""
+    if mask_agreement(reference, reference, op).conclusive:
+        return
+    raise Int8Refused(
+        check,
+        reason=(
+            f"int8 cannot be checked on {n} images of {check.source}: fp32 finds "
+            f"{int((reference > op.bottom).sum())} mask pixels in them, too few to compare "
+            "masks. Give images with pneumothorax (a work folder's validation split: "
+            "--data WORK)"
+        ),
+    )
+
+
+class _Attempts:
+    """The remedy ladder of one quantisation, walked until a recipe keeps fp32's masks."""
+
+    def __init__(self, fp32_path, images, probabilities_of, op, settings: QuantizeSettings):
+        self.fp32_path, self.probabilities_of, self.op = fp32_path, probabilities_of, op
+        self.float_images = [_as_float(im) for im in images]
+        self.settings = settings
+
+    def walk(self, check: Int8Check, reference: np.ndarray, work: Path) -> Path | None:
+        """Try each recipe (the "more images" step on the best so far); the kept file's path."""
+        settings = self.settings
+        steps = (
+            list(settings.recipes)
+            if settings.recipes is not None
+            else ladder(settings.calibration_images)
+        )
+        kept_path: Path | None = None
+        for i, recipe in enumerate(_with_more_images(steps, len(self.float_images))):
+            if callable(recipe):  # "more images" depends on the best so far
+                if check.best is None:
+                    continue
+                recipe = recipe(check.best.recipe)
+            path = work / f"attempt-{i}.onnx"
+            quantize_recipe(self.fp32_path, path, recipe, self.float_images, settings.reduce_range)
+            agreement = mask_agreement(reference, self.probabilities_of(path), self.op)
+            attempt = Attempt(recipe, agreement)
+            check.attempts.append(attempt)
+            if settings.progress:
+                settings.progress(attempt)
+            if check.best is attempt:
+                kept_path = path
+            dice_now = attempt.agreement.dice
+            if dice_now is not None and dice_now >= FAITHFUL_DICE and not settings.exhaustive:
+                break
+        return kept_path
 
 
 def _with_more_images(steps: list[Recipe], available: int):

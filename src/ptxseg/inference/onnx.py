@@ -152,14 +152,7 @@ def quantize_onnx(
     Runtime documents the option for them). `ptxseg.inference.int8` chooses these settings by
     checking the masks.
     """
-    import onnx
-    from onnxruntime.quantization import (
-        CalibrationMethod,
-        QuantFormat,
-        QuantType,
-        quantize_dynamic,
-        quantize_static,
-    )
+    from onnxruntime.quantization import QuantType, quantize_dynamic
 
     if method not in METHODS:
         raise ValueError(f"unknown calibration method {method!r}: expected one of {METHODS}")
@@ -179,42 +172,9 @@ def quantize_onnx(
                 reduce_range=reduce_range,
             )
         elif mode == "static":
-            images = calibration if calibration else synthetic_calibration_images(size=size)
-            reader = _Calibration(calibration_batches(images, size), INPUT_NAME)
-            if nodes_to_exclude is None:
-                # The last convolution writes the logits that are cut at 0: in uint8 they lose
-                # the fine steps around 0 (a trained U-Net-ResNet50's masks fell to a Dice of
-                # 0.53 against fp32; 0.98 with this one layer in fp32, at about the same speed).
-                nodes_to_exclude = [
-                    n.name
-                    for n in onnx.load(str(fp32_path)).graph.node
-                    if "segmentation_head" in n.name
-                ]
-            method_enum = {
-                "minmax": CalibrationMethod.MinMax,
-                "percentile": CalibrationMethod.Percentile,
-                "entropy": CalibrationMethod.Entropy,
-            }[method]
-            ranges = None
-            if method == "entropy":
-                ranges = _entropy_ranges(fp32_path, reader, out.parent)
-                reader = None if ranges is not None else reader
-            with _quiet_quantizer():
-                quantize_static(
-                    fp32_path,
-                    tmp,
-                    reader,
-                    quant_format=QuantFormat.QDQ,
-                    activation_type=QuantType.QUInt8,
-                    weight_type=QuantType.QInt8,
-                    per_channel=per_channel,
-                    reduce_range=reduce_range,
-                    calibrate_method=method_enum,
-                    nodes_to_exclude=list(nodes_to_exclude),
-                    **({"calibration_cache_path": ranges} if ranges is not None else {}),
-                )
-            if ranges is not None:
-                ranges.unlink(missing_ok=True)
+            options = {"per_channel": per_channel, "nodes_to_exclude": nodes_to_exclude}
+            options["work"] = out.parent
+            _quantize_static(fp32_path, tmp, calibration, size, reduce_range, method, options)
         else:
             raise ValueError(f"unknown quantisation mode {mode!r}: expected 'static' or 'dynamic'")
         write_metadata(
@@ -225,6 +185,49 @@ def quantize_onnx(
     finally:
         tmp.unlink(missing_ok=True)
     return out
+
+
+def _quantize_static(fp32_path: Path, tmp: Path, calibration, size, reduce_range, method, options):
+    """`quantize_onnx`'s static QDQ path: calibrated activations, int8 weights."""
+    import onnx
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+    per_channel, nodes_to_exclude = options["per_channel"], options["nodes_to_exclude"]
+    work = options["work"]  # where the entropy ranges are written
+    images = calibration if calibration else synthetic_calibration_images(size=size)
+    reader = _Calibration(calibration_batches(images, size), INPUT_NAME)
+    if nodes_to_exclude is None:
+        # The last convolution writes the logits that are cut at 0: in uint8 they lose
+        # the fine steps around 0 (a trained U-Net-ResNet50's masks fell to a Dice of
+        # 0.53 against fp32; 0.98 with this one layer in fp32, at about the same speed).
+        nodes_to_exclude = [
+            n.name for n in onnx.load(str(fp32_path)).graph.node if "segmentation_head" in n.name
+        ]
+    method_enum = {
+        "minmax": CalibrationMethod.MinMax,
+        "percentile": CalibrationMethod.Percentile,
+        "entropy": CalibrationMethod.Entropy,
+    }[method]
+    ranges = None
+    if method == "entropy":
+        ranges = _entropy_ranges(fp32_path, reader, work)
+        reader = None if ranges is not None else reader
+    with _quiet_quantizer():
+        quantize_static(
+            fp32_path,
+            tmp,
+            reader,
+            quant_format=QuantFormat.QDQ,
+            activation_type=QuantType.QUInt8,
+            weight_type=QuantType.QInt8,
+            per_channel=per_channel,
+            reduce_range=reduce_range,
+            calibrate_method=method_enum,
+            nodes_to_exclude=list(nodes_to_exclude),
+            **({"calibration_cache_path": ranges} if ranges is not None else {}),
+        )
+    if ranges is not None:
+        ranges.unlink(missing_ok=True)
 
 
 ENTROPY_BINS = 512

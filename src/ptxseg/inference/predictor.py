@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import tempfile
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +32,8 @@ import numpy as np
 from ptxseg.data.preprocess import to_float, to_model_input
 from ptxseg.inference.findings import compute_findings
 from ptxseg.inference.int8 import Int8Check, Recipe, checked_quantize, warn_if_unchecked
-from ptxseg.inference.onnx import model_metadata, read_metadata, write_onnx
+from ptxseg.inference.loaded import LoadedModel, is_onnx_file
+from ptxseg.inference.onnx import write_onnx
 from ptxseg.inference.runtimes import (
     Runner,
     check_int8_file,
@@ -42,12 +43,12 @@ from ptxseg.inference.runtimes import (
     openvino_runner,
     torch_runner,
 )
+from ptxseg.inference.spec import PredictorSpec
 from ptxseg.model.operating_point import (
     DEFAULT,
     DEFAULT_NAME,
     OperatingPoint,
     check_tta,
-    choose_named,
 )
 from ptxseg.stats.calibration import Calibrator
 
@@ -120,7 +121,7 @@ def full_size_masks_on_device(prob_small, shapes: Sequence[tuple[int, int]], op:
     return masks, peaks
 
 
-def describe(
+def describe_mask(
     mask: np.ndarray, peak: float, metadata: dict[str, Any], describer: dict[str, Any]
 ) -> dict[str, Any]:
     """Findings of a full-size mask with the predictor's `describer()` (also in other processes)."""
@@ -148,15 +149,35 @@ def calibrated(peak: float, describer: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _is_onnx(model: Any) -> bool:
-    return isinstance(model, str | Path) and Path(model).suffix.lower() == ".onnx"
+@dataclass(frozen=True)
+class BuildInputs:
+    """What building some paths needs beyond the spec: real `calibration` images (and where
+    they come from, `calibration_source`) that calibrate and check int8 from an fp32 model,
+    `int8_recipes` that limit int8's remedy ladder (default: all of
+    `ptxseg.inference.int8.ladder`), and `onnx_export`, an fp32 ONNX export of the model already
+    made (saves exporting it again)."""
+
+    calibration: Sequence[np.ndarray] | None = None
+    calibration_source: str = ""
+    int8_recipes: Sequence[Recipe] | None = None
+    onnx_export: str | Path | None = None
+
+
+SPEC_SETTINGS = tuple(f.name for f in fields(PredictorSpec) if f.name != "model")
+BUILD_SETTINGS = tuple(f.name for f in fields(BuildInputs))
 
 
 class Predictor:
     """Segment pneumothorax with a model: a `.ckpt`, an inference-model folder, an `.onnx` file,
-    a loaded `SegmentationModel`, or an ensemble: an ensemble file (or a folder holding
-    `ensemble.json`) or a list of models, whose probabilities are averaged
+    a loaded `SegmentationModel`, a `LoadedModel`, or an ensemble: an ensemble file (or a folder
+    holding `ensemble.json`) or a list of models, whose probabilities are averaged
     (`ptxseg.inference.ensemble`; TTA applies on top).
+
+    `Predictor(model, runtime, device, precision, **settings)`: `settings` are the other fields
+    of `ptxseg.inference.spec.PredictorSpec` (operating_point, tta, batch_size,
+    operating_point_name, threads, channels_last, compile, compile_mode) and of `BuildInputs`
+    (calibration, calibration_source, int8_recipes, onnx_export). `Predictor.from_spec(loaded,
+    spec, build)` is the same from a model loaded once and a resolved spec.
 
     `runtime` is torch, onnxruntime or openvino; `precision` fp32, bf16 or int8 (see
     `ptxseg.inference.runtimes.SUPPORTED`). `operating_point` (OperatingPoint or dict) replaces
@@ -167,9 +188,7 @@ class Predictor:
     them (`ptxseg.inference.int8`: remedies, or `Int8Refused`); `int8_check` holds the result.
     An int8 .onnx file is taken as it was made (and warns when its check is missing or failed).
     `path_choice` says how the runtime and precision were chosen (`ptxseg.inference.choice`).
-    `onnx_export` is an fp32 ONNX export of `model` already made (saves exporting it again);
-    `calibration_source` says where the calibration images come from (for int8's record);
-    `int8_recipes` limits int8's remedy ladder (default: all of `ptxseg.inference.int8.ladder`).
+    `loaded` is the `LoadedModel` it runs (the model card and the run record read it).
     """
 
     def __init__(
@@ -178,76 +197,104 @@ class Predictor:
         runtime: str = "torch",
         device: str = "cpu",
         precision: str = "fp32",
-        operating_point=None,
-        tta: str | None = None,
-        batch_size: int = 4,
-        calibration: Sequence[np.ndarray] | None = None,
-        threads: int | None = None,
-        channels_last: bool = True,
-        compile: bool = False,
-        compile_mode: str = "default",
-        operating_point_name: str | None = None,
-        onnx_export: str | Path | None = None,
-        calibration_source: str = "",
-        int8_recipes: Sequence[Recipe] | None = None,
+        **settings,
     ):
+        unknown = sorted(set(settings) - set(SPEC_SETTINGS) - set(BUILD_SETTINGS))
+        if unknown:
+            raise TypeError(f"Predictor got unexpected settings: {', '.join(unknown)}")
+        spec = PredictorSpec(
+            runtime=runtime,
+            precision=precision,
+            device=device,
+            **{k: v for k, v in settings.items() if k in SPEC_SETTINGS},
+        )
+        build = BuildInputs(**{k: v for k, v in settings.items() if k in BUILD_SETTINGS})
         check_runtime(runtime, precision)
+        if is_onnx_file(model) and runtime == "torch":
+            raise ValueError(
+                f"{model} is an ONNX file: use --runtime onnxruntime or openvino, "
+                "or pass the .ckpt checkpoint or model folder for the torch runtime"
+            )
+        self._setup(LoadedModel.load(model, device), spec, build)
+
+    @classmethod
+    def from_spec(
+        cls, loaded: LoadedModel, spec: PredictorSpec, build: BuildInputs | None = None
+    ) -> Predictor:
+        """The Predictor of a model loaded once, with the runtime and precision of `spec`
+        (resolved: not auto) and its operating point (overrides applied)."""
+        predictor = cls.__new__(cls)
+        check_runtime(spec.runtime, spec.precision)
+        predictor._setup(loaded, spec, build or BuildInputs())
+        return predictor
+
+    def _setup(self, loaded: LoadedModel, spec: PredictorSpec, build: BuildInputs) -> None:
+        runtime, device, precision = spec.runtime, spec.device, spec.precision
         self.precision_plan = cpu_precision_plan(precision, device)
         self.runtime, self.device, self.precision = runtime, device, precision
-        self.batch_size = max(1, int(batch_size))
-        self.model = None
+        self.batch_size = max(1, int(spec.batch_size))
+        self.loaded, self.spec = loaded, spec
         self._tmp = None
-        self.threads = threads
+        self.threads = spec.threads
         self.int8_check: Int8Check | None = None
         self.path_choice: dict[str, Any] | None = None
         self.onnx_path: Path | None = None
-        onnx_path = None
-        if isinstance(model, list | tuple):
-            if not model:
-                raise ValueError("no model given: expected one model path or several")
-            if len(model) == 1:
-                model = model[0]
-        if _is_onnx(model):
+        self._describe(loaded, spec)
+        self._torch = None
+        if loaded.onnx_path is not None:
             if runtime == "torch":
                 raise ValueError(
-                    f"{model} is an ONNX file: use --runtime onnxruntime or openvino, "
+                    f"{loaded.onnx_path} is an ONNX file: use --runtime onnxruntime or openvino, "
                     "or pass the .ckpt checkpoint or model folder for the torch runtime"
                 )
-            onnx_path = Path(model)
-            meta = read_metadata(onnx_path)
-            check_int8_file(meta)
-            warn_if_unchecked(meta, onnx_path)
+            check_int8_file(loaded.meta)
+            warn_if_unchecked(loaded.meta, loaded.onnx_path)
+            self.model = None
         else:
-            self.model = load_any_model(model, device)
-            meta = model_metadata(self.model)
-        self.input_size = int(meta["input_size"])
-        self.encoder = meta.get("encoder")
-        self.config = meta.get("config") or {}
-        stored = OperatingPoint.coerce(meta.get("operating_point"))
-        self.stored_operating_point = stored
-        self.named_points = dict(meta.get("operating_points") or {})
-        self.operating_point_name = operating_point_name or DEFAULT_NAME
-        chosen = choose_named(stored, self.named_points, operating_point_name)
-        self.operating_point = OperatingPoint.coerce(operating_point) or chosen or DEFAULT
-        self.calibrator = Calibrator.coerce(meta.get("calibrator"))
-        self.tta = check_tta(tta) if tta is not None else (self.operating_point.tta or "none")
-        self.operating_point.warn_if_other_path(self.tta, self.input_size)
-        self._torch = None
+            self.model = loaded.network.to(device).eval()
         if runtime == "torch":
             self._torch = torch_runner(
-                self.model, device, precision, channels_last, compile, compile_mode, batch_size
+                self.model,
+                device,
+                precision,
+                spec.channels_last,
+                spec.compile,
+                spec.compile_mode,
+                spec.batch_size,
             )
             self._run = self._torch
             return
-        if compile:
+        if spec.compile:
             raise ValueError(f"compile applies to the torch runtime, not {runtime!r}")
+        self._prepare_onnx(loaded, build)
+
+    def _describe(self, loaded: LoadedModel, spec: PredictorSpec) -> None:
+        """Input size, encoder, config, operating point, calibrator and TTA of the model."""
+        meta = loaded.meta
+        self.input_size = loaded.input_size
+        self.encoder = loaded.encoder
+        self.config = loaded.config
+        self.stored_operating_point = loaded.stored_operating_point
+        self.named_points = loaded.named_points
+        self.operating_point_name = spec.operating_point_name or DEFAULT_NAME
+        chosen = loaded.operating_point_named(spec.operating_point_name)
+        explicit = spec.resolved_operating_point(chosen)
+        self.operating_point = OperatingPoint.coerce(explicit) or chosen or DEFAULT
+        self.calibrator = Calibrator.coerce(meta.get("calibrator"))
+        tta = spec.tta
+        self.tta = check_tta(tta) if tta is not None else (self.operating_point.tta or "none")
+        self.operating_point.warn_if_other_path(self.tta, self.input_size)
+
+    def _prepare_onnx(self, loaded: LoadedModel, build: BuildInputs) -> None:
+        """The ONNX Runtime or OpenVINO runner: of the file, of an export, or of its int8 copy."""
+        onnx_path = loaded.onnx_path
         if onnx_path is None:
-            onnx_path = Path(onnx_export) if onnx_export else self._export_tmp()
-        if precision == "int8" and meta.get("precision") != "int8":
+            onnx_path = Path(build.onnx_export) if build.onnx_export else self._export_tmp()
+        if self.precision == "int8" and loaded.meta.get("precision") != "int8":
             onnx_path = self._quantize_checked(
-                onnx_path, calibration, calibration_source, int8_recipes
+                onnx_path, build.calibration, build.calibration_source, build.int8_recipes
             )
-        self._run = self._runner(onnx_path, precision)
+        self._run = self._runner(onnx_path, self.precision)
         self.onnx_path = onnx_path
 
     def _runner(self, onnx_path: Path, precision: str) -> Runner:
@@ -375,10 +422,10 @@ class Predictor:
 
     def findings(self, mask: np.ndarray, peak: float, metadata: dict[str, Any]) -> dict[str, Any]:
         """The findings of a full-size mask whose model-size probability peaked at `peak`."""
-        return describe(mask, peak, metadata, self.describer())
+        return describe_mask(mask, peak, metadata, self.describer())
 
     def describer(self) -> dict[str, Any]:
-        """What `describe` needs to know about this predictor (plain values: it pickles)."""
+        """What `describe_mask` needs to know about this predictor (plain values: it pickles)."""
         return {
             "operating_point": dict(self.operating_point.to_dict(), applied_tta=self.tta),
             "encoder": self.encoder,
@@ -439,18 +486,3 @@ def full_size_cam(cam: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     cam = cv2.resize(cam, (shape[1], shape[0]), interpolation=cv2.INTER_LINEAR)
     peak = float(cam.max())
     return cam / peak if peak > 0 else cam
-
-
-def load_any_model(model, device: str = "cpu"):
-    """A loaded model (a module as it is) from anything the Predictor takes but an .onnx file."""
-    import torch
-
-    from ptxseg.inference.ensemble import is_ensemble, load_ensemble
-
-    if isinstance(model, torch.nn.Module):
-        return model.to(device).eval()
-    if isinstance(model, list | tuple) or is_ensemble(model):
-        return load_ensemble(model, device=device)
-    from ptxseg.model.checkpoint import load_model
-
-    return load_model(model, device=device)

@@ -61,15 +61,16 @@ def model_digest(model: str | os.PathLike | Sequence[str | os.PathLike]) -> str:
     return hashlib.sha256("|".join(parts).encode()).hexdigest()
 
 
-def settings(predictor, model, asked: dict[str, Any], **resolved: Any) -> dict[str, Any]:
+def settings(predictor, asked: dict[str, Any], **resolved: Any) -> dict[str, Any]:
     """The record of a run: `asked` (raw option values) and what they resolved to.
 
+    The model's digest is the one its `LoadedModel` computed (the files are not read again);
     `resolved` adds what the caller decided beyond the Predictor (outputs, decoder, ...)."""
     device = str(predictor.device)
     return {
         "asked": dict(asked),
         "resolved": {
-            "model_sha256": model_digest(model),
+            "model_sha256": predictor.loaded.digest,
             "encoder": predictor.encoder,
             "input_size": predictor.input_size,
             "operating_point": predictor.operating_point.to_dict(),
@@ -130,7 +131,7 @@ def holds_results(out: Path) -> bool:
     return any(out.glob("summary*.csv"))
 
 
-def claim(out: str | os.PathLike, record: dict[str, Any], overwrite: bool) -> dict | None:
+def claim_folder(out: str | os.PathLike, record: dict[str, Any], overwrite: bool) -> dict | None:
     """Check `record` against what made `out`, then record it (before any image is written).
 
     Returns the earlier record (None for a new folder). Raises SettingsChanged when `out` holds

@@ -408,8 +408,6 @@ def build_report(
     """
     import highdicom as hd
 
-    from ptxseg import __version__
-
     ds, notes, _label = repaired_source(source, stacklevel=4)
     model = model_description(findings, model_name)
     default_series, default_sop = report_uids(ds.SOPInstanceUID, result_key)
@@ -436,12 +434,25 @@ def build_report(
         imaging_measurements=groups,
         referenced_images=[library_image(ds)],
     )
+    sr = _comprehensive_sr(
+        evidence, report, series_uid or default_series, sop_uid or default_sop, model
+    )
+    return sr, notes
+
+
+def _comprehensive_sr(evidence, report, series_uid: str, sop_uid: str, model: str):
+    """The ComprehensiveSR document around a measurement report: ptxseg's series, research
+    use, not verified."""
+    import highdicom as hd
+
+    from ptxseg import __version__
+
     sr = hd.sr.ComprehensiveSR(
         evidence=evidence,
         content=report,
-        series_instance_uid=series_uid or default_series,
+        series_instance_uid=series_uid,
         series_number=SERIES_NUMBER,
-        sop_instance_uid=sop_uid or default_sop,
+        sop_instance_uid=sop_uid,
         instance_number=1,
         manufacturer="ptxseg",
         is_complete=True,
@@ -460,7 +471,7 @@ def build_report(
             )
         ],
     )
-    return sr, notes
+    return sr
 
 
 def write_report(

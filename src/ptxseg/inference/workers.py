@@ -156,13 +156,13 @@ def write_outputs(task: WriteTask) -> WriteResult:
     """Make the mask and findings of `task` and write its files; errors come back, not raised."""
     from ptxseg.data.rle import rle_encode
     from ptxseg.inference.outputs import encode_png, write_mask, write_overlay
-    from ptxseg.inference.predictor import describe
+    from ptxseg.inference.predictor import describe_mask
     from ptxseg.util.jsonio import write_json
 
     out = Path(task.out_dir)
     try:
         mask, peak = full_mask(task)
-        findings = describe(mask, peak, task.meta, task.describer)
+        findings = describe_mask(mask, peak, task.meta, task.describer)
         write_mask(out / "masks" / f"{task.image_id}.png", mask)
         findings.update(image_id=task.image_id, input_file=task.path)
         if task.source is not None:

@@ -19,7 +19,6 @@ import logging
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from ptxseg.data.uids import derived_uid, repaired_sop_uid
@@ -60,18 +59,6 @@ def redact(text: str, ds) -> str:
 
 def is_chest_radiograph(ds) -> bool:
     return str(ds.get("Modality", "")).upper() in CHEST_RADIOGRAPH_MODALITIES
-
-
-def file_digest(path: str | Path) -> str:
-    """SHA-256 of a model file; of its weights for an inference-model folder."""
-    path = Path(path)
-    if path.is_dir():
-        path = path / "model.safetensors"
-    sha = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            sha.update(block)
-    return sha.hexdigest()
 
 
 @dataclass
@@ -132,13 +119,12 @@ class Analyzer:
         self.max_pixels = DEFAULT_MAX_PIXELS if max_pixels is None else max_pixels
 
     @classmethod
-    def from_checkpoint(
-        cls, predictor, checkpoint: str | Path, max_pixels: int | None = None
-    ) -> Analyzer:
-        """Model name and result key from the checkpoint file's digest and the operating point."""
+    def for_model(cls, predictor, max_pixels: int | None = None) -> Analyzer:
+        """Model name and result key from the digest of the model file the predictor loaded
+        (`LoadedModel.weights_sha256`: its weights for a folder) and the operating point."""
         from ptxseg import __version__
 
-        digest = file_digest(checkpoint)[:12]
+        digest = predictor.loaded.weights_sha256[:12]
         name = f"U-Net {predictor.encoder} sha256:{digest}"
         op = json.dumps(
             dict(predictor.operating_point.to_dict(), tta=predictor.tta), sort_keys=True

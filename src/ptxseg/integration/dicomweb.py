@@ -479,3 +479,43 @@ def watch(
             break
         sleep(interval)
     return summaries
+
+
+def process(
+    client,
+    url: str,
+    analyzer: Analyzer,
+    studies: Sequence[str] | None,
+    batch_size: int,
+    report: Callable[[str], None],
+    every: float | None = None,
+    stop=None,
+) -> int:
+    """`ptxseg dicomweb` after its options: one pass over `url`, or with `every` (`--watch`)
+    passes that many seconds apart until `stop` (a `threading.Event`) is set. Returns the exit
+    code: 0 done, 1 when images failed or the server was lost (a rerun finishes), 2 for another
+    DICOMweb error."""
+    predictor = analyzer.predictor
+    op, tta = predictor.operating_point.describe(), predictor.tta
+    name = predictor.operating_point_name
+    report(f"{public_url(url)}: {analyzer.model_name}, operating point {name}: {op}, TTA {tta}")
+    if predictor.path_choice:  # None for a Predictor built without the choice
+        report(f"path: {predictor.path_choice['line']}")
+    if every is not None:
+        watch(client, analyzer, studies, every, batch_size, report, stop.is_set, stop.wait)
+        return 0
+    try:
+        summary = run_pass(client, analyzer, studies, batch_size, report=report)
+    except ConnectionLost as err:
+        done = getattr(err, "summary", None)
+        stored = done.stored["SR"] if done is not None else 0
+        report(
+            f"error: {err}. Results of {stored} images were stored before; run the same command "
+            "again to finish (images that have a result are skipped)"
+        )
+        return 1
+    except DicomwebError as err:
+        report(f"error: {err}")
+        return 2
+    report(summary.line())
+    return 1 if summary.errors else 0

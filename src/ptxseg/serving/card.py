@@ -1,17 +1,16 @@
 """The model card that the web service shows at `GET /v1/model`: what the model is and is not for.
 
 Everything comes from the model file itself (`checkpoint.read_info`: training config, operating
-point, validation metrics, epoch and best score), so the card cannot drift from the weights.
+point, validation metrics, epoch and best score), read once with the model
+(`ptxseg.inference.loaded.LoadedModel.card_facts`), so the card cannot drift from the weights.
 """
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 from typing import Any
 
-from ptxseg.inference.ensemble import is_ensemble, read_ensemble
-from ptxseg.model.checkpoint import WEIGHTS, read_info
+from ptxseg.inference.loaded import LoadedModel, model_facts
 
 INTENDED_USE = (
     "Research use only. Not a medical device and not a diagnosis: ptxseg outlines regions that "
@@ -27,14 +26,6 @@ LIMITATIONS = [
     "The side (right/left) assumes the standard radiographic display of a frontal view.",
     "Areas in cm² need the DICOM PixelSpacing; PNG and JPEG inputs report pixels only.",
 ]
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def card_from_info(info: dict[str, Any]) -> dict[str, Any]:
@@ -84,63 +75,29 @@ def stored_evidence(info: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def ensemble_card(source: str | Path | list) -> dict[str, Any]:
-    """The members of an ensemble (file or list), with their folds and weight hashes."""
-    if isinstance(source, list | tuple):
-        paths, folds, op = [Path(p) for p in source], [None] * len(source), None
-        name, stored = None, {}
-    else:
-        spec = read_ensemble(source)
-        paths, folds, op, name = spec.members, spec.folds, spec.operating_point, spec.path.name
-        stored = spec.extra
-    members = []
-    for path, fold in zip(paths, folds, strict=True):
-        weights = path / WEIGHTS if path.is_dir() else path
-        members.append(
-            {
-                "name": path.name if path.is_file() else f"{path.parent.name}/{path.name}",
-                "fold": fold,
-                "sha256": _sha256(weights),
-                "path_on_disk": path,
-            }
-        )
-    return {
-        "file": name,
-        "members": members,
-        "combination": "mean of the members' probabilities (test-time augmentation on top)",
-        "operating_point": None if op is None else op.to_dict(),
-        "stored": stored,
-    }
-
-
 def build_model_card(
-    checkpoint: str | Path | list | None = None,
+    model: Any = None,
     info: dict[str, Any] | None = None,
     predictor: Any = None,
 ) -> dict[str, Any]:
-    """The full card: model facts from the checkpoint, how it runs here, intended use, limits.
+    """The full card: model facts from the model's files, how it runs here, intended use, limits.
 
-    `info` describes the model (`checkpoint.read_info`, read from `checkpoint` when not given;
-    an exported `.onnx` has none; an ensemble file or a list of models is described by its
-    first member and lists all members under `ensemble`). `predictor` (a `Predictor`) adds the
-    runtime, the TTA and the operating point actually in use, which may override the stored
-    one.
+    `model` is a `LoadedModel` (whose facts were read once with it) or a path or list of paths
+    (read here). `info` describes the model when given (`checkpoint.read_info`; an exported
+    `.onnx` has none; an ensemble is described by its first member and lists all members under
+    `ensemble`). `predictor` (a `Predictor`) adds the runtime, the TTA and the operating point
+    actually in use, which may override the stored one.
     """
     card: dict[str, Any] = {"name": "ptxseg pneumothorax segmentation"}
-    if isinstance(checkpoint, list | tuple) or is_ensemble(checkpoint):
-        card["ensemble"] = ensemble_card(checkpoint)
-        info = info or read_info(card["ensemble"]["members"][0]["path_on_disk"])
-        for member in card["ensemble"]["members"]:
-            del member["path_on_disk"]
-        checkpoint = None
-    if checkpoint is not None:
-        path = Path(checkpoint)
-        if path.is_dir():
-            card["checkpoint"] = {"folder": path.name, "sha256": _sha256(path / WEIGHTS)}
-        else:
-            card["checkpoint"] = {"file": path.name, "sha256": _sha256(path)}
-        if info is None and path.suffix.lower() != ".onnx":
-            info = read_info(path)
+    if isinstance(model, LoadedModel):
+        facts = model.card_facts
+    else:
+        facts = model_facts(model) if model is not None else {"info": None}
+    if "ensemble" in facts:
+        card["ensemble"] = dict(facts["ensemble"])
+    if "checkpoint" in facts:
+        card["checkpoint"] = facts["checkpoint"]
+    info = info if info is not None else facts.get("info")
     if info is not None:
         card.update(card_from_info(info))
     if "ensemble" in card:  # the ensemble's point, not its first member's

@@ -28,6 +28,7 @@ import logging
 import time
 import traceback
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -298,6 +299,12 @@ def create_app(
     )
     app.add_middleware(LocalOnly, rule=rule)
     app.state.service = service
+    _add_routes(app, service)
+    return app
+
+
+def _add_routes(app: FastAPI, service: _Service) -> None:
+    """The page at /, /healthz, the model card at /v1/model, and the two upload routes."""
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
 
     @app.get("/", include_in_schema=False)
@@ -310,17 +317,17 @@ def create_app(
         return {
             "status": "ok",
             "model_loaded": True,
-            "workers": settings.workers,
+            "workers": service.settings.workers,
             "busy": int(limiter.borrowed_tokens),
         }
 
     @app.get("/v1/model", summary="Model card: encoder, input size, metrics, intended use")
     async def model_card() -> dict[str, Any]:
-        card = dict(settings.model_card)
+        card = dict(service.settings.model_card)
         card.setdefault("intended_use", INTENDED_USE)
-        card["max_upload_mb"] = settings.max_upload_mb
-        card["max_megapixels"] = settings.max_megapixels
-        card["uploads_kept"] = settings.keep_uploads is not None
+        card["max_upload_mb"] = service.settings.max_upload_mb
+        card["max_megapixels"] = service.settings.max_megapixels
+        card["uploads_kept"] = service.settings.keep_uploads is not None
         return card
 
     @app.post(
@@ -336,7 +343,7 @@ def create_app(
     async def predict(
         request: Request, include: str = Query(DEFAULT_INCLUDE, description="parts to return")
     ) -> JSONResponse:
-        return await _handle(request, include, as_seg=False)
+        return await handle_upload(service, request, include, as_seg=False)
 
     @app.post(
         "/v1/seg",
@@ -346,63 +353,75 @@ def create_app(
         openapi_extra=_UPLOAD_BODY,
     )
     async def seg(request: Request) -> Response:
-        return await _handle(request, "none", as_seg=True)
+        return await handle_upload(service, request, "none", as_seg=True)
 
-    async def _handle(request: Request, include: str, as_seg: bool) -> Response:
-        request_id = uuid.uuid4().hex[:12]
-        start = time.perf_counter()
-        upload: Upload | None = None
-        try:
-            parts = parse_include(include)
-            upload = await read_upload(request, settings.max_upload_bytes)
-            if as_seg and upload.kind != "dicom":
-                raise UploadError(
-                    415,
-                    "seg_needs_dicom",
-                    f"A DICOM SEG refers to its source DICOM image; this upload is a "
-                    f"{upload.kind.upper()}. Upload the original DICOM file to get a SEG.",
-                )
-            image, metadata, prediction = await service.run(service.infer, upload, request_id)
-            if as_seg:
-                data = await service.run(service.renderer.seg_dicom, upload.data, prediction)
-                response: Response = Response(
-                    data,
-                    media_type="application/dicom",
-                    headers={
-                        "Content-Disposition": f'attachment; filename="ptxseg-seg-{request_id}.dcm"'
-                    },
-                )
-            else:
-                body = await service.run(
-                    service.respond, upload, image, metadata, prediction, parts, request_id
-                )
-                response = JSONResponse(body)
-            response.headers["X-Request-ID"] = request_id
-            _log(request_id, upload, 200, start, bool(prediction.findings.get("pneumothorax")))
-            return response
-        except UploadError as err:
-            _log(request_id, upload, err.status, start, None, err.code)
-            return _error(err.status, err.code, err.message, request_id)
-        except SegBuildError as err:
-            _log(request_id, upload, 422, start, None, "seg_failed")
-            return _error(422, "seg_failed", str(err), request_id)
-        except SegUnavailableError as err:
-            _log(request_id, upload, 501, start, None, "seg_unavailable")
-            return _error(501, "seg_unavailable", str(err), request_id)
-        except Exception as err:
-            # The traceback's frames, not its message: messages can quote header values.
-            frames = "".join(traceback.format_tb(err.__traceback__))
-            log.error("request %s failed: %s\n%s", request_id, type(err).__name__, frames)
-            _log(request_id, upload, 500, start, None, "internal_error")
-            return _error(
-                500,
-                "internal_error",
-                f"The analysis failed on the server (request {request_id}). The administrator can "
-                "find the cause in the server log under this request id.",
-                request_id,
+
+async def handle_upload(
+    service: _Service, request: Request, include: str, as_seg: bool
+) -> Response:
+    """One upload to /v1/predict or /v1/seg: its answer, or the error that names the problem
+    (413, 415, 422, 501, 500 with a request id and nothing of the upload in the message)."""
+    request_id = uuid.uuid4().hex[:12]
+    start = time.perf_counter()
+    upload: Upload | None = None
+    try:
+        parts = parse_include(include)
+        upload = await read_upload(request, service.settings.max_upload_bytes)
+        if as_seg and upload.kind != "dicom":
+            raise UploadError(
+                415,
+                "seg_needs_dicom",
+                f"A DICOM SEG refers to its source DICOM image; this upload is a "
+                f"{upload.kind.upper()}. Upload the original DICOM file to get a SEG.",
             )
+        image, metadata, prediction = await service.run(service.infer, upload, request_id)
+        response = await _answer(
+            service, upload, (image, metadata, prediction), parts, as_seg, request_id
+        )
+        response.headers["X-Request-ID"] = request_id
+        _log(request_id, upload, 200, start, bool(prediction.findings.get("pneumothorax")))
+        return response
+    except UploadError as err:
+        _log(request_id, upload, err.status, start, None, err.code)
+        return _error(err.status, err.code, err.message, request_id)
+    except SegBuildError as err:
+        _log(request_id, upload, 422, start, None, "seg_failed")
+        return _error(422, "seg_failed", str(err), request_id)
+    except SegUnavailableError as err:
+        _log(request_id, upload, 501, start, None, "seg_unavailable")
+        return _error(501, "seg_unavailable", str(err), request_id)
+    except Exception as err:
+        # The traceback's frames, not its message: messages can quote header values.
+        frames = "".join(traceback.format_tb(err.__traceback__))
+        log.error("request %s failed: %s\n%s", request_id, type(err).__name__, frames)
+        _log(request_id, upload, 500, start, None, "internal_error")
+        return _error(
+            500,
+            "internal_error",
+            f"The analysis failed on the server (request {request_id}). The administrator can "
+            "find the cause in the server log under this request id.",
+            request_id,
+        )
 
-    return app
+
+async def _answer(
+    service: _Service, upload: Upload, predicted, parts, as_seg, request_id
+) -> Response:
+    """The 200 answer: the SEG file, or the JSON of findings and the parts asked for."""
+    image, metadata, prediction = predicted
+    if as_seg:
+        data = await service.run(service.renderer.seg_dicom, upload.data, prediction)
+        response: Response = Response(
+            data,
+            media_type="application/dicom",
+            headers={"Content-Disposition": f'attachment; filename="ptxseg-seg-{request_id}.dcm"'},
+        )
+    else:
+        body = await service.run(
+            service.respond, upload, image, metadata, prediction, parts, request_id
+        )
+        response = JSONResponse(body)
+    return response
 
 
 _UPLOAD_BODY = {
@@ -450,43 +469,66 @@ def _log(
     )
 
 
-def load_app(
-    checkpoint: str | Path | list,
-    settings: ServeSettings | None = None,
-    runtime: str = "torch",
-    device: str = "cpu",
-    precision: str = "fp32",
-    tta: str | None = None,
-    operating_point_name: str | None = None,
-) -> FastAPI:
+def startup_warnings(host: str, allowed_hosts: Sequence[str], keep_uploads: Path | None) -> list:
+    """What `ptxseg serve` checks before the model loads (a wrong option costs a second, not a
+    model load): ValueError for a bad --allowed-host or --keep-uploads; the warnings to show
+    (a kept-uploads folder others can list; listening beyond this machine)."""
+    from ptxseg.serving.kept import KeepFolderError, others_can_read
+    from ptxseg.serving.request_guard import is_loopback
+
+    try:
+        HostRule(host, allowed_hosts)
+    except ValueError as err:
+        raise ValueError(f"--allowed-host {err}") from None
+    found = []
+    if keep_uploads is not None:
+        try:
+            open_keep_folder(keep_uploads)
+        except KeepFolderError as err:
+            raise ValueError(str(err)) from None
+        if others_can_read(keep_uploads):
+            found.append(
+                f"warning: --keep-uploads {keep_uploads} can be listed by other users; the "
+                "kept files are readable by this user only, but their folder should be too "
+                f"(chmod 700 {keep_uploads})"
+            )
+    if not is_loopback(host):
+        found.append(
+            f"Listening on {host}: the service has no authentication and is for research use "
+            "only. Expose it only on a trusted network."
+        )
+    return found
+
+
+def load_app(model: Any, settings: ServeSettings | None = None, **options: Any) -> FastAPI:
     """Load the model once (and run it once, so the first request is not slower), then the app.
 
-    `checkpoint` is any model the Predictor takes: a path, an ensemble file, or a list of paths
-    whose probabilities are averaged. `runtime`/`precision` may be `auto`
-    (`ptxseg.inference.choice`); int8 only as a file made by `ptxseg export --int8`, since the
-    service has no images to check it on."""
+    `model` is a `PredictorSpec` (what `ptxseg serve` builds), or any model the Predictor takes
+    (a path, an ensemble file, or a list of paths whose probabilities are averaged) with the
+    spec's fields as `options` (runtime and precision default to torch fp32 there).
+    `runtime`/`precision` may be `auto` (`ptxseg.inference.choice`); int8 only as a file made by
+    `ptxseg export --int8`, since the service has no images to check it on. The model card is
+    read from the model loaded for the Predictor (`LoadedModel`), not from its path again."""
     import time
 
-    from ptxseg.inference.choice import build_predictor
+    from ptxseg.inference.choice import ChoiceHooks, build_predictor
+    from ptxseg.inference.spec import PredictorSpec
     from ptxseg.model.acceleration import DeviceWarmUp
     from ptxseg.serving.card import build_model_card
 
+    if isinstance(model, PredictorSpec):
+        spec = model.replace(**options)
+    else:
+        spec = PredictorSpec(model, **{"runtime": "torch", "precision": "fp32", **options})
     settings = settings or ServeSettings()
     # the CUDA context is made while the model's libraries import and the model loads
-    warm = DeviceWarmUp(device if runtime in ("torch", "auto") else "cpu", time.perf_counter())
-    predictor = build_predictor(
-        checkpoint,
-        runtime,
-        precision,
-        device,
-        tta=tta,
-        operating_point_name=operating_point_name,
-        int8_on_the_fly=False,
-    )
+    torch_runtime = spec.runtime in ("torch", "auto")
+    warm = DeviceWarmUp(spec.device if torch_runtime else "cpu", time.perf_counter())
+    predictor = build_predictor(spec, ChoiceHooks(int8_on_the_fly=False))
     warm.wait()
     size = int(getattr(predictor, "input_size", 256))
     predictor.predict(np.zeros((size, size), np.float32), {})
-    settings.model_card = build_model_card(checkpoint, predictor=predictor)
+    settings.model_card = build_model_card(predictor.loaded, predictor=predictor)
     return create_app(predictor, settings)
 
 
