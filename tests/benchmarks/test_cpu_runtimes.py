@@ -1,28 +1,16 @@
 """benchmark-runtime: one row per path, ratios, Dice vs fp32, an error cell instead of a crash."""
 
-import numpy as np
 import pytest
 from predict_helpers import ConfidentModel, TinyUnet
 
 from ptxseg.benchmarks.cpu_runtimes import (
     benchmark_model,
     cpu_peak_gflops,
-    dice,
     flop_per_cycle,
     mark_auto,
     write_tables,
 )
 from ptxseg.util.system import CpuInfo
-
-
-def test_dice_of_mask_stacks():
-    a = np.zeros((2, 4, 4), bool)
-    assert dice(a, a) == 1.0
-    b = a.copy()
-    b[0, :2] = True
-    c = a.copy()
-    c[0, :1] = True
-    assert dice(b, c) == 2 * 4 / (8 + 4)
 
 
 def test_rows_per_path_with_eager_reference_and_table(tmp_path):

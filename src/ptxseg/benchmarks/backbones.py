@@ -24,6 +24,7 @@ from ptxseg.benchmarks.common import (
     timed,
     write_table,
 )
+from ptxseg.model.random_weights import random_unet
 from ptxseg.util import atomic
 from ptxseg.util.system import peak_rss_mb, rss_now_mb
 
@@ -92,16 +93,6 @@ class BenchConfig:
             raise ValueError("batch_size and iters must be >= 1 and warmup >= 0")
 
 
-def build_benchmark_model(encoder: str, size: int = 256):
-    """A 1-channel U-Net with random encoder weights, built the way training builds it (the
-    encoder's normalisation included); weights do not change speed or memory."""
-    from ptxseg.model.unet import build_model
-
-    return build_model(
-        {"data": {"size": size}, "model": {"encoder": encoder, "encoder_weights": "none"}}
-    )
-
-
 def count_gflops_per_image(model, size: int, device: str = "cpu") -> float:
     """Forward-pass GFLOPs for one image, counted by torch's FlopCounterMode (2 FLOPs per MAC)."""
     import torch
@@ -126,7 +117,7 @@ def measure(config: BenchConfig, build: Callable[[str, int], object] | None = No
         compile="yes" if config.compile else "no",
     )
     try:
-        row.update(_measure(config, build or build_benchmark_model))
+        row.update(_measure(config, build or random_unet))
     except Exception as exc:  # one row per configuration, an error column instead of a crash
         row["error"] = error_text(exc)
     return row

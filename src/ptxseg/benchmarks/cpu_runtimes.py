@@ -125,21 +125,15 @@ def cpu_peak_gflops(
     )
 
 
-def dice(a: np.ndarray, b: np.ndarray) -> float:
-    """Pooled Dice of two boolean mask stacks (1.0 when both are empty)."""
-    total = int(a.sum()) + int(b.sum())
-    return 1.0 if total == 0 else 2.0 * int((a & b).sum()) / total
-
-
-def build_model(encoder: str, size: int, checkpoint: str | Path | None = None):
+def runtime_benchmark_model(encoder: str, size: int, checkpoint: str | Path | None = None):
     """The checkpoint's model, or a random-weight U-Net of `encoder` at `size` (speed only)."""
     if checkpoint:
         from ptxseg.model.checkpoint import load_model
 
         return load_model(checkpoint)
-    from ptxseg.model.unet import build_model as build
+    from ptxseg.model.random_weights import random_unet
 
-    return build({"data": {"size": size}, "model": {"encoder": encoder, "encoder_weights": "none"}})
+    return random_unet(encoder, size)
 
 
 def evaluation_images(work: str | Path | None, size: int, n: int = 8, split: str = "test"):

@@ -436,6 +436,7 @@ def model_alone_rate(work: Path, s: GpuBenchSettings, gpu: bool, steps: int = 20
     from ptxseg.config import load_config
     from ptxseg.data.dataset import SegmentationDataset
     from ptxseg.model.acceleration import use_fast_float32
+    from ptxseg.model.random_weights import random_unet_overrides
     from ptxseg.training.batch_augment import BatchAugment
     from ptxseg.training.fit import resolve_device_defaults
     from ptxseg.training.module import SegmentationModule
@@ -444,10 +445,8 @@ def model_alone_rate(work: Path, s: GpuBenchSettings, gpu: bool, steps: int = 20
     config = resolve_device_defaults(
         load_config(
             overrides={
+                **random_unet_overrides(s.encoder, s.size),
                 "data.work": str(work),
-                "data.size": s.size,
-                "model.encoder": s.encoder,
-                "model.encoder_weights": "none",
                 "trainer.accelerator": "gpu" if gpu else "cpu",
                 "trainer.precision": "bf16-mixed" if gpu else "32",
             }
@@ -498,15 +497,9 @@ def _model_for_predict(bench: Bench, model: Path | None) -> Path:
     folder = bench.s.work / "random-model"
     if not (folder / "ptxseg.json").is_file():
         from ptxseg.model.checkpoint import save_inference_model
-        from ptxseg.model.unet import build_model
+        from ptxseg.model.random_weights import random_unet
 
-        net = build_model(
-            {
-                "data": {"size": bench.s.size},
-                "model": {"encoder": bench.s.encoder, "encoder_weights": "none"},
-            }
-        )
-        save_inference_model(net, folder)
+        save_inference_model(random_unet(bench.s.encoder, bench.s.size), folder)
     return folder
 
 
@@ -777,15 +770,13 @@ def _layout_rows(bench: Bench) -> list[dict]:
     import torch
 
     from ptxseg.model.acceleration import compile_function, use_fast_float32
-    from ptxseg.model.unet import build_model
+    from ptxseg.model.random_weights import random_unet
 
     s = bench.s
     device = torch.device(s.device)
     use_fast_float32(device)
     dtype = torch.bfloat16 if bench.gpu else None
-    model = build_model(
-        {"data": {"size": s.size}, "model": {"encoder": s.encoder, "encoder_weights": "none"}}
-    )
+    model = random_unet(s.encoder, s.size)
     model = model.to(device).to(memory_format=torch.channels_last)
     x = torch.rand(s.batch_size, 1, s.size, s.size, device=device)
     x = x.contiguous(memory_format=torch.channels_last)

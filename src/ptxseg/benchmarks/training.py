@@ -63,15 +63,14 @@ def measure_encoder(
     from ptxseg.config import load_config
     from ptxseg.data.dataset import PositiveFractionSampler, SegmentationDataset
     from ptxseg.model.losses import build_loss
+    from ptxseg.model.random_weights import random_unet_overrides
     from ptxseg.model.unet import build_model
     from ptxseg.training.module import build_transform
 
     dev = torch.device(
         ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
     )
-    config = load_config(
-        overrides={"model.encoder": encoder, "model.encoder_weights": "none", "data.size": size}
-    )
+    config = load_config(overrides=random_unet_overrides(encoder, size))
     torch.manual_seed(seed)
     model = build_model(config).to(dev).train()
     loss_fn = build_loss(config.loss)

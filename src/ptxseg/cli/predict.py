@@ -521,8 +521,8 @@ def benchmark_runtime(
 
     console = Console(stderr=True)
     rows = []
-    models = [rb.build_model("", size, checkpoint)] if checkpoint else []
-    models += [] if checkpoint else [rb.build_model(name, size) for name in encoder]
+    models = [rb.runtime_benchmark_model("", size, checkpoint)] if checkpoint else []
+    models += [] if checkpoint else [rb.runtime_benchmark_model(name, size) for name in encoder]
     for model in models:
         measured = rb.benchmark_model(
             model,
