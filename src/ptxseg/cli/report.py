@@ -134,7 +134,7 @@ def benchmark_gpu(
 
     Example (what benchmarks/gpu.sh runs): ptxseg benchmark-gpu --out benchmarks/results
     """
-    from ptxseg.benchmarks.gpu import GpuBenchSettings, run
+    from ptxseg.benchmarks.gpu import GpuBenchSettings, run_gpu_benchmark
 
     try:
         settings = GpuBenchSettings(
@@ -155,7 +155,7 @@ def benchmark_gpu(
         )
     except ValueError as err:
         raise typer.BadParameter(str(err)) from None
-    tables = run(settings, say=typer.echo)
+    tables = run_gpu_benchmark(settings, say=typer.echo)
     typer.echo("wrote " + ", ".join(str(t) for t in tables))
 
 
