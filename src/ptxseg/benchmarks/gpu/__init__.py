@@ -21,11 +21,12 @@ from ptxseg.benchmarks.gpu.bench import (
     GPU_STAGES,
     STAGES,
     Bench,
+    BenchData,
     GpuBenchSettings,
     StageContext,
     gpu_stage,
 )
-from ptxseg.benchmarks.gpu.bench_data import BenchData, make_data
+from ptxseg.benchmarks.gpu.bench_data import make_data
 from ptxseg.benchmarks.gpu.predict_stage import loop_text, mask_dice, peak_difference, startup_text
 from ptxseg.benchmarks.gpu.runner import run_gpu_benchmark
 from ptxseg.benchmarks.gpu.writes_stage import sample_masks

@@ -10,13 +10,9 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from ptxseg.benchmarks.common import write_table
 from ptxseg.util.system import usable_cores
-
-if TYPE_CHECKING:
-    from ptxseg.benchmarks.gpu.bench_data import BenchData
 
 # What the open targets need first (predict's rate and start-up, serve's start-up, training's
 # rate and loader overhead), the stages whose targets are settled last: a spent budget drops
@@ -115,6 +111,17 @@ def child_env() -> dict[str, str]:
 
 
 # ---------------------------------------------------------------------------- the registry
+
+
+@dataclass
+class BenchData:
+    """The files every stage reads (made by `bench_data.make_data`)."""
+
+    dicoms: Path  # `images` synthetic DICOMs (distinct ones repeated), with annotations
+    annotations: Path
+    predict_inputs: Path  # what predict reads: the real DICOMs repeated, else the synthetic ones
+    predict_source: str
+    work: Path  # the prepared folder at `size` (made by the prepare stage, or on demand)
 
 
 @dataclass

@@ -7,21 +7,9 @@ import csv
 import os
 import shutil
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    from ptxseg.benchmarks.gpu.bench import Bench
-
-
-@dataclass
-class BenchData:
-    dicoms: Path  # `images` synthetic DICOMs (distinct ones repeated), with annotations
-    annotations: Path
-    predict_inputs: Path  # what predict reads: the real DICOMs repeated, else the synthetic ones
-    predict_source: str
-    work: Path  # the prepared folder at `size` (made by the prepare stage, or on demand)
+from ptxseg.benchmarks.gpu.bench import Bench, BenchData
 
 
 def make_data(bench: Bench) -> BenchData:
