@@ -251,7 +251,11 @@ def benchmark_training(
     """
     from rich.table import Table
 
-    from ptxseg.benchmarks.training import run_training_benchmark, write_training_benchmark
+    from ptxseg.benchmarks.training import (
+        TrainingBenchSettings,
+        run_training_benchmark,
+        write_training_benchmark,
+    )
 
     names = [e.strip() for e in encoders.split(",") if e.strip()]
     if not names:
@@ -263,9 +267,10 @@ def benchmark_training(
         )
         console.print(f"{row['encoder']}: {text}")
 
-    rows = run_training_benchmark(
-        data, names, size, batch_size, steps, workers, aug, positive_fraction, device, show
+    settings = TrainingBenchSettings(
+        size, batch_size, steps, workers, aug, positive_fraction, device
     )
+    rows = run_training_benchmark(data, names, settings, show)
     paths = write_training_benchmark(rows, out)
     table = Table(title=f"Training throughput ({size}px, batch {batch_size}, {workers} workers)")
     short = {
