@@ -124,18 +124,13 @@ def measure(config: BenchConfig, build: Callable[[str, int], object] | None = No
 
 
 def _measure(config: BenchConfig, build: Callable[[str, int], object]) -> dict:
-    import numpy as np
     import torch
-
-    from ptxseg.inference.predictor import Predictor
 
     if config.threads:
         torch.set_num_threads(config.threads)
     device = torch.device(config.device)
-    cuda = device.type == "cuda"
-    if cuda and not torch.cuda.is_available():
+    if device.type == "cuda" and not torch.cuda.is_available():
         raise RuntimeError("device cuda requested but torch.cuda.is_available() is False")
-    sync = device_sync(device)
 
     import segmentation_models_pytorch  # noqa: F401  (imports are not the model's memory)
 
@@ -143,9 +138,31 @@ def _measure(config: BenchConfig, build: Callable[[str, int], object]) -> dict:
 
     base_rss = rss_now_mb()
     model = build(config.encoder, config.size).to(device).eval()
+    result = _inference_cells(config, model, device, base_rss)
+    if config.train:
+        result.update(_training_cells(config, model, device, base_rss))
+    return result
+
+
+def _peak_mb(device, base_rss: float) -> float:
+    """Memory high-water mark: CUDA's max allocated, else this process's RSS increase."""
+    import torch
+
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return peak_rss_mb() - base_rss
+
+
+def _inference_cells(config: BenchConfig, model, device, base_rss: float) -> dict:
+    """Size, GFLOPs, latency, images/s and memory of inference through the Predictor."""
+    import numpy as np
+    import torch
+
+    from ptxseg.inference.predictor import Predictor
+
+    cuda = device.type == "cuda"
     params_m = sum(p.numel() for p in model.parameters()) / 1e6
     gflops = count_gflops_per_image(model, config.size, config.device)
-
     predictor = Predictor(
         model,
         device=config.device,
@@ -164,15 +181,12 @@ def _measure(config: BenchConfig, build: Callable[[str, int], object]) -> dict:
         items=config.batch_size,
         warmup=config.warmup,
         repeats=config.iters,
-        sync=sync,
+        sync=device_sync(device),
     )
+    infer_mem = _peak_mb(device, base_rss)
     if cuda:
-        infer_mem = torch.cuda.max_memory_allocated(device) / 2**20
         torch.cuda.reset_peak_memory_stats(device)
-    else:
-        infer_mem = peak_rss_mb() - base_rss
-
-    result = {
+    return {
         "params_m": round(params_m, 3),
         "gflops_per_image": round(gflops, 3),
         "latency_p50_ms": round(infer.p50 * 1e3, 2),
@@ -181,8 +195,12 @@ def _measure(config: BenchConfig, build: Callable[[str, int], object]) -> dict:
         "infer_mem_mb": round(infer_mem, 1),
         "mem_kind": "cuda max allocated" if cuda else "RSS increase (fresh process)",
     }
-    if not config.train:
-        return result
+
+
+def _training_cells(config: BenchConfig, model, device, base_rss: float) -> dict:
+    """Milliseconds and memory of a training step (forward, BCE, backward, Adam)."""
+    import torch
+
     layout = torch.channels_last if config.compile else torch.contiguous_format
     model = model.to(memory_format=layout).train()
     x = torch.rand(config.batch_size, 1, config.size, config.size, device=device)
@@ -204,13 +222,10 @@ def _measure(config: BenchConfig, build: Callable[[str, int], object]) -> dict:
         loss.backward()
         optimizer.step()
 
+    sync = device_sync(device)
     step = timed(train_step, warmup=config.warmup, repeats=config.iters, sync=sync)
-    train_mem = (
-        torch.cuda.max_memory_allocated(device) / 2**20 if cuda else peak_rss_mb() - base_rss
-    )
-    result["train_step_ms"] = round(step.p50 * 1e3, 2)
-    result["train_mem_mb"] = round(train_mem, 1)
-    return result
+    train_mem = _peak_mb(device, base_rss)
+    return {"train_step_ms": round(step.p50 * 1e3, 2), "train_mem_mb": round(train_mem, 1)}
 
 
 def measure_isolated(config: BenchConfig) -> dict:
