@@ -170,9 +170,9 @@ def benchmark_stats(
 
     Example: ptxseg benchmark-stats --out benchmarks/results
     """
-    from ptxseg.benchmarks.statistics import run
+    from ptxseg.benchmarks.statistics import run_stats_benchmark
 
-    rows = run(out, images, resamples)
+    rows = run_stats_benchmark(out, images, resamples)
     for row in rows:
         typer.echo(f"{row['benchmark']}: {row['seconds']} s ({row['speed_up']}x)")
     typer.echo(f"written to {out}/statistics-benchmark.md and .csv")
