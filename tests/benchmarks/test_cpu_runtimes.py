@@ -90,3 +90,17 @@ def test_a_path_without_the_baseline_has_no_ratio():
     rows = benchmark_model(TinyUnet(), RuntimeBenchOptions(2, ["onnxruntime fp32"], min_time=0.0))
     assert rows[0]["images_per_s"] > 0 and "speedup" not in rows[0]
     assert rows[0]["dice_vs_fp32"] == ""
+
+
+def test_command_writes_the_table_for_random_weight_encoders(tmp_path):
+    from ptxseg.cli import main
+
+    argv = ["benchmark-runtime", "--encoder", "resnet18", "--size", "64", "--batch-size", "2"]
+    argv += ["--runtimes", "torch eager fp32", "--no-end-to-end", "--min-time", "0"]
+    argv += ["--rounds", "1", "--out", str(tmp_path)]
+    try:
+        main(argv)
+    except SystemExit as exc:
+        assert exc.code in (0, None)
+    text = (tmp_path / "runtime-benchmark.md").read_text()
+    assert "| torch eager fp32 | resnet18 | 64 | 2 |" in text and "synthetic images" in text

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from multiprocessing import get_context
 from pathlib import Path
 
@@ -91,6 +91,44 @@ class BenchConfig:
             raise ValueError(f"precision {self.precision!r} is not one of {', '.join(PRECISIONS)}")
         if self.batch_size < 1 or self.iters < 1 or self.warmup < 0:
             raise ValueError("batch_size and iters must be >= 1 and warmup >= 0")
+
+
+def compile_modes(choice: str, device: str) -> list[str]:
+    """`off`, `on` or `off,on`; `auto`: both on a GPU, off on the CPU."""
+    if choice == "auto":
+        choice = "off,on" if device.startswith("cuda") else "off"
+    modes = [m.strip() for m in choice.split(",") if m.strip()]
+    if not modes or set(modes) - {"off", "on"}:
+        raise ValueError(f"--compile {choice!r}: expected off, on, off,on or auto")
+    return modes
+
+
+def backbone_configs(
+    encoders: Sequence[str], precisions: Sequence[str], modes: Sequence[str], template: BenchConfig
+) -> list[BenchConfig]:
+    """Every encoder x precision x compile mode, the rest as in `template` (ValueError names a
+    value that cannot run)."""
+    return [
+        replace(template, encoder=encoder, precision=precision, compile=mode == "on")
+        for mode in modes
+        for precision in precisions
+        for encoder in encoders
+    ]
+
+
+def terminal_table(rows: Sequence[dict], title: str):
+    """The rows as a rich table under SHORT_COLUMNS (empty columns left out)."""
+    from rich.table import Table
+
+    table = Table(title=title)
+    keys = [k for k in SHORT_COLUMNS if any(str(r.get(k, "")) != "" for r in rows)]
+    for key in keys:
+        table.add_column(
+            SHORT_COLUMNS[key], justify="left" if key in ("encoder", "error") else "right"
+        )
+    for row in rows:
+        table.add_row(*(str(row.get(k, ""))[:50] for k in keys))
+    return table
 
 
 def count_gflops_per_image(model, size: int, device: str = "cpu") -> float:
