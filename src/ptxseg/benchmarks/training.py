@@ -164,6 +164,30 @@ def run_training_benchmark(
     return rows
 
 
+SHORT_COLUMNS = {
+    "encoder": "encoder",
+    "device": "device",
+    "loader_images_per_s": "loader img/s",
+    "model_images_per_s": "alone img/s",
+    "ratio": "ratio",
+    "loader_overhead_pct": "overhead %",
+    "error": "error",
+}
+
+
+def training_terminal_table(rows: Sequence[dict], title: str):
+    """The rows as a rich table under SHORT_COLUMNS (empty columns left out)."""
+    from rich.table import Table
+
+    table = Table(title=title)
+    keys = [k for k in SHORT_COLUMNS if any(str(r.get(k, "")) != "" for r in rows)]
+    for key in keys:
+        table.add_column(SHORT_COLUMNS[key])
+    for row in rows:
+        table.add_row(*(str(row.get(k, "")) for k in keys))
+    return table
+
+
 def write_training_benchmark(rows: Sequence[dict], out_dir: str | Path) -> dict[str, Path]:
     """`training_benchmark.csv` and `training_benchmark.md` in `out_dir`."""
     notes = (

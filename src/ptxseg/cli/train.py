@@ -249,11 +249,10 @@ def benchmark_training(
 
     Example: ptxseg benchmark-training --data work --encoders resnet50,xception --size 256
     """
-    from rich.table import Table
-
     from ptxseg.benchmarks.training import (
         TrainingBenchSettings,
         run_training_benchmark,
+        training_terminal_table,
         write_training_benchmark,
     )
 
@@ -272,20 +271,6 @@ def benchmark_training(
     )
     rows = run_training_benchmark(data, names, settings, show)
     paths = write_training_benchmark(rows, out)
-    table = Table(title=f"Training throughput ({size}px, batch {batch_size}, {workers} workers)")
-    short = {
-        "encoder": "encoder",
-        "device": "device",
-        "loader_images_per_s": "loader img/s",
-        "model_images_per_s": "alone img/s",
-        "ratio": "ratio",
-        "loader_overhead_pct": "overhead %",
-        "error": "error",
-    }
-    keys = [k for k in short if any(str(r.get(k, "")) != "" for r in rows)]
-    for key in keys:
-        table.add_column(short[key])
-    for row in rows:
-        table.add_row(*(str(row.get(k, "")) for k in keys))
-    console.print(table)
+    title = f"Training throughput ({size}px, batch {batch_size}, {workers} workers)"
+    console.print(training_terminal_table(rows, title))
     console.print(f"written: {paths['md']} and {paths['csv']}")
