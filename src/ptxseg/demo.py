@@ -84,11 +84,9 @@ def training_rate(encoder: str, size: int, batch_size: int, steps: int = 3) -> f
     import torch
 
     from ptxseg.benchmarks.common import timed
-    from ptxseg.model.unet import build_model
+    from ptxseg.model.random_weights import random_unet
 
-    model = build_model(
-        {"data": {"size": size}, "model": {"encoder": encoder, "encoder_weights": "none"}}
-    ).train()
+    model = random_unet(encoder, size).train()
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
     x = torch.rand(batch_size, 1, size, size)
     target = (torch.rand_like(x) > 0.9).float()

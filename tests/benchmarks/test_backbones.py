@@ -101,3 +101,23 @@ def test_compiled_configuration_is_its_own_row(monkeypatch):
     row = measure(BenchConfig("resnet18", **{**TINY, "train": False}, compile=True))
     assert row["error"] == "" and row["compile"] == "yes" and row["images_per_s"] > 0
     assert measure(BenchConfig("resnet18", **{**TINY, "train": False}))["compile"] == "no"
+
+
+def test_configs_cross_encoders_precisions_and_compile_modes():
+    from ptxseg.benchmarks.backbones import backbone_configs, compile_modes
+
+    assert compile_modes("auto", "cuda:0") == ["off", "on"] and compile_modes("auto", "cpu") == [
+        "off"
+    ]
+    with pytest.raises(ValueError, match="--compile 'fast'"):
+        compile_modes("fast", "cpu")
+    template = BenchConfig("", 64, 2, iters=1)
+    configs = backbone_configs(["a", "b"], ["fp32", "bf16"], ["off", "on"], template)
+    assert [(c.encoder, c.precision, c.compile) for c in configs[:3]] == [
+        ("a", "fp32", False),
+        ("b", "fp32", False),
+        ("a", "bf16", False),
+    ]
+    assert len(configs) == 8 and configs[-1].compile and configs[-1].size == 64
+    with pytest.raises(ValueError, match="precision 'fp8'"):
+        backbone_configs(["a"], ["fp8"], ["off"], template)

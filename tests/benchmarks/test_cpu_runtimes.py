@@ -1,13 +1,12 @@
 """benchmark-runtime: one row per path, ratios, Dice vs fp32, an error cell instead of a crash."""
 
-import numpy as np
 import pytest
 from predict_helpers import ConfidentModel, TinyUnet
 
 from ptxseg.benchmarks.cpu_runtimes import (
+    RuntimeBenchOptions,
     benchmark_model,
     cpu_peak_gflops,
-    dice,
     flop_per_cycle,
     mark_auto,
     write_tables,
@@ -15,20 +14,9 @@ from ptxseg.benchmarks.cpu_runtimes import (
 from ptxseg.util.system import CpuInfo
 
 
-def test_dice_of_mask_stacks():
-    a = np.zeros((2, 4, 4), bool)
-    assert dice(a, a) == 1.0
-    b = a.copy()
-    b[0, :2] = True
-    c = a.copy()
-    c[0, :1] = True
-    assert dice(b, c) == 2 * 4 / (8 + 4)
-
-
 def test_rows_per_path_with_eager_reference_and_table(tmp_path):
-    rows = benchmark_model(
-        TinyUnet(), 2, paths=["torch eager fp32", "onnxruntime fp32", "tensorrt"], min_time=0.0
-    )
+    paths = ["torch eager fp32", "onnxruntime fp32", "tensorrt"]
+    rows = benchmark_model(TinyUnet(), RuntimeBenchOptions(2, paths, min_time=0.0))
     assert [r["path"] for r in rows] == ["torch eager fp32", "onnxruntime fp32"]
     assert rows[0]["speedup"] == 1.0 and rows[0]["dice_vs_fp32"] == 1.0
     assert rows[1]["dice_vs_fp32"] > 0.99 and rows[1]["images_per_s"] > 0
@@ -85,13 +73,9 @@ def test_the_auto_column_marks_the_path_the_choice_would_take(monkeypatch):
 def test_int8_rows_are_checked_and_each_remedy_gets_a_row(tmp_path):
     """On synthetic images with a sure model: the int8 row is the checked one, and the ladder's
     recipes each have their row with the check's Dice beside the test Dice."""
-    rows = benchmark_model(
-        ConfidentModel(),
-        2,
-        paths=["torch eager fp32", "onnxruntime int8 (static QDQ)"],
-        min_time=0.0,
-        int8_remedies=True,
-    )
+    paths = ["torch eager fp32", "onnxruntime int8 (static QDQ)"]
+    options = RuntimeBenchOptions(2, paths, min_time=0.0, int8_remedies=True)
+    rows = benchmark_model(ConfidentModel(), options)
     by_path = {r["path"]: r for r in rows}
     assert "error" not in by_path["onnxruntime int8 (static QDQ)"], rows
     remedies = [r for r in rows if r["path"].startswith("onnxruntime int8, ")]
@@ -103,6 +87,20 @@ def test_int8_rows_are_checked_and_each_remedy_gets_a_row(tmp_path):
 
 
 def test_a_path_without_the_baseline_has_no_ratio():
-    rows = benchmark_model(TinyUnet(), 2, paths=["onnxruntime fp32"], min_time=0.0)
+    rows = benchmark_model(TinyUnet(), RuntimeBenchOptions(2, ["onnxruntime fp32"], min_time=0.0))
     assert rows[0]["images_per_s"] > 0 and "speedup" not in rows[0]
     assert rows[0]["dice_vs_fp32"] == ""
+
+
+def test_command_writes_the_table_for_random_weight_encoders(tmp_path):
+    from ptxseg.cli import main
+
+    argv = ["benchmark-runtime", "--encoder", "resnet18", "--size", "64", "--batch-size", "2"]
+    argv += ["--runtimes", "torch eager fp32", "--no-end-to-end", "--min-time", "0"]
+    argv += ["--rounds", "1", "--out", str(tmp_path)]
+    try:
+        main(argv)
+    except SystemExit as exc:
+        assert exc.code in (0, None)
+    text = (tmp_path / "runtime-benchmark.md").read_text()
+    assert "| torch eager fp32 | resnet18 | 64 | 2 |" in text and "synthetic images" in text

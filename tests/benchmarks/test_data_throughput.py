@@ -7,7 +7,7 @@ from ptxseg.benchmarks.data_throughput import (
     realistic_masks,
     reference_decode,
     reference_encode,
-    write_table,
+    write_data_table,
 )
 from ptxseg.data.rle import rle_decode, rle_encode
 
@@ -34,7 +34,7 @@ def test_benchmark_references_agree_with_ptxseg():
 
 def test_written_table_names_the_machine_and_the_reference(tmp_path):
     row = {"benchmark": "x", "ptxseg": 2.04, "reference": 1.0, "unit": "u", "speed-up": 2.04}
-    write_table([dict(row, detail="d")], tmp_path)
+    write_data_table([dict(row, detail="d")], tmp_path)
     md = (tmp_path / "data-benchmark.md").read_text()
     assert "instruction sets:" in md and "- baseline: the reference named in each row" in md
     assert "| x | 2 | 1 | u | 2 | d |" in md

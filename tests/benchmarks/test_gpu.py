@@ -65,7 +65,7 @@ def test_mask_dice_compares_two_prediction_folders(tmp_path):
 @pytest.mark.slow
 def test_prepare_and_predict_stages_at_toy_size(tmp_path):
     settings = toy(tmp_path, stages=("prepare", "predict"))
-    tables = gpu.run(settings, say=lambda _: None)
+    tables = gpu.run_gpu_benchmark(settings, say=lambda _: None)
     assert [t.name for t in tables] == ["gpu-prepare.md", "gpu-predict.md"]
     predict = (tmp_path / "results" / "gpu-predict.md").read_text()
     assert "reference: eager fp32, CPU decode" in predict and "exit " not in predict
@@ -110,7 +110,7 @@ def test_sample_masks_are_empty_one_region_and_noise():
 
 def stage_rows(tmp_path, stage: str) -> list[dict]:
     """Run one stage at toy size; the rows of the table it wrote."""
-    tables = gpu.run(toy(tmp_path, stages=(stage,)), say=lambda _: None)
+    tables = gpu.run_gpu_benchmark(toy(tmp_path, stages=(stage,)), say=lambda _: None)
     assert [t.name for t in tables] == [f"gpu-{stage}.md"]
     with open(tmp_path / "results" / f"gpu-{stage}.csv", newline="") as handle:
         return list(csv.DictReader(handle))
@@ -158,3 +158,10 @@ def test_pipeline_stage_runs_predict_around_a_stand_in_model(tmp_path):
     assert all(r["images"] == "10" and r["errors"] == "0" for r in rows)
     assert [r["positive_masks"] for r in rows] == ["0", "0", "10", "0", "0"]
     assert all(float(r["main_cpu_ms_per_image"]) > 0 and "writers" in r["main_loop"] for r in rows)
+
+
+def test_every_stage_is_registered_once_under_its_name():
+    assert set(gpu.GPU_STAGES) == set(gpu.STAGES)
+    assert all(f.__name__ == f"stage_{name}" for name, f in gpu.GPU_STAGES.items())
+    with pytest.raises(ValueError, match="warp"):
+        gpu.gpu_stage("warp")

@@ -18,7 +18,7 @@ from ptxseg.benchmarks.load import (
     check_local_url,
     parse_clients,
     run_load_test,
-    write_report,
+    write_load_report,
 )
 from ptxseg.cli import main
 from ptxseg.serving.webapp import ServeSettings, create_app
@@ -81,7 +81,7 @@ def test_load_test_counts_requests_and_writes_tables(image_file, tmp_path):
         assert 0 < row["p50_ms"] <= row["p95_ms"] <= row["max_ms"]
     assert predictor.calls == 1 + 12  # the reference request, then 6 per client count
     assert report.reference["area_px"] == 100
-    table = write_report(report, tmp_path / "out")
+    table = write_load_report(report, tmp_path / "out")
     assert "| clients | requests |" in table
     csv_lines = (tmp_path / "out" / "load-test.csv").read_text().splitlines()
     assert csv_lines[0].startswith("clients,requests,ok") and len(csv_lines) == 3

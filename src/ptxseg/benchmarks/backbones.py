@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from multiprocessing import get_context
 from pathlib import Path
 
@@ -24,6 +24,7 @@ from ptxseg.benchmarks.common import (
     timed,
     write_table,
 )
+from ptxseg.model.random_weights import random_unet
 from ptxseg.util import atomic
 from ptxseg.util.system import peak_rss_mb, rss_now_mb
 
@@ -92,14 +93,42 @@ class BenchConfig:
             raise ValueError("batch_size and iters must be >= 1 and warmup >= 0")
 
 
-def build_benchmark_model(encoder: str, size: int = 256):
-    """A 1-channel U-Net with random encoder weights, built the way training builds it (the
-    encoder's normalisation included); weights do not change speed or memory."""
-    from ptxseg.model.unet import build_model
+def compile_modes(choice: str, device: str) -> list[str]:
+    """`off`, `on` or `off,on`; `auto`: both on a GPU, off on the CPU."""
+    if choice == "auto":
+        choice = "off,on" if device.startswith("cuda") else "off"
+    modes = [m.strip() for m in choice.split(",") if m.strip()]
+    if not modes or set(modes) - {"off", "on"}:
+        raise ValueError(f"--compile {choice!r}: expected off, on, off,on or auto")
+    return modes
 
-    return build_model(
-        {"data": {"size": size}, "model": {"encoder": encoder, "encoder_weights": "none"}}
-    )
+
+def backbone_configs(
+    encoders: Sequence[str], precisions: Sequence[str], modes: Sequence[str], template: BenchConfig
+) -> list[BenchConfig]:
+    """Every encoder x precision x compile mode, the rest as in `template` (ValueError names a
+    value that cannot run)."""
+    return [
+        replace(template, encoder=encoder, precision=precision, compile=mode == "on")
+        for mode in modes
+        for precision in precisions
+        for encoder in encoders
+    ]
+
+
+def terminal_table(rows: Sequence[dict], title: str):
+    """The rows as a rich table under SHORT_COLUMNS (empty columns left out)."""
+    from rich.table import Table
+
+    table = Table(title=title)
+    keys = [k for k in SHORT_COLUMNS if any(str(r.get(k, "")) != "" for r in rows)]
+    for key in keys:
+        table.add_column(
+            SHORT_COLUMNS[key], justify="left" if key in ("encoder", "error") else "right"
+        )
+    for row in rows:
+        table.add_row(*(str(row.get(k, ""))[:50] for k in keys))
+    return table
 
 
 def count_gflops_per_image(model, size: int, device: str = "cpu") -> float:
@@ -126,25 +155,20 @@ def measure(config: BenchConfig, build: Callable[[str, int], object] | None = No
         compile="yes" if config.compile else "no",
     )
     try:
-        row.update(_measure(config, build or build_benchmark_model))
+        row.update(_measure(config, build or random_unet))
     except Exception as exc:  # one row per configuration, an error column instead of a crash
         row["error"] = error_text(exc)
     return row
 
 
 def _measure(config: BenchConfig, build: Callable[[str, int], object]) -> dict:
-    import numpy as np
     import torch
-
-    from ptxseg.inference.predictor import Predictor
 
     if config.threads:
         torch.set_num_threads(config.threads)
     device = torch.device(config.device)
-    cuda = device.type == "cuda"
-    if cuda and not torch.cuda.is_available():
+    if device.type == "cuda" and not torch.cuda.is_available():
         raise RuntimeError("device cuda requested but torch.cuda.is_available() is False")
-    sync = device_sync(device)
 
     import segmentation_models_pytorch  # noqa: F401  (imports are not the model's memory)
 
@@ -152,9 +176,31 @@ def _measure(config: BenchConfig, build: Callable[[str, int], object]) -> dict:
 
     base_rss = rss_now_mb()
     model = build(config.encoder, config.size).to(device).eval()
+    result = _inference_cells(config, model, device, base_rss)
+    if config.train:
+        result.update(_training_cells(config, model, device, base_rss))
+    return result
+
+
+def _peak_mb(device, base_rss: float) -> float:
+    """Memory high-water mark: CUDA's max allocated, else this process's RSS increase."""
+    import torch
+
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return peak_rss_mb() - base_rss
+
+
+def _inference_cells(config: BenchConfig, model, device, base_rss: float) -> dict:
+    """Size, GFLOPs, latency, images/s and memory of inference through the Predictor."""
+    import numpy as np
+    import torch
+
+    from ptxseg.inference.predictor import Predictor
+
+    cuda = device.type == "cuda"
     params_m = sum(p.numel() for p in model.parameters()) / 1e6
     gflops = count_gflops_per_image(model, config.size, config.device)
-
     predictor = Predictor(
         model,
         device=config.device,
@@ -173,15 +219,12 @@ def _measure(config: BenchConfig, build: Callable[[str, int], object]) -> dict:
         items=config.batch_size,
         warmup=config.warmup,
         repeats=config.iters,
-        sync=sync,
+        sync=device_sync(device),
     )
+    infer_mem = _peak_mb(device, base_rss)
     if cuda:
-        infer_mem = torch.cuda.max_memory_allocated(device) / 2**20
         torch.cuda.reset_peak_memory_stats(device)
-    else:
-        infer_mem = peak_rss_mb() - base_rss
-
-    result = {
+    return {
         "params_m": round(params_m, 3),
         "gflops_per_image": round(gflops, 3),
         "latency_p50_ms": round(infer.p50 * 1e3, 2),
@@ -190,8 +233,12 @@ def _measure(config: BenchConfig, build: Callable[[str, int], object]) -> dict:
         "infer_mem_mb": round(infer_mem, 1),
         "mem_kind": "cuda max allocated" if cuda else "RSS increase (fresh process)",
     }
-    if not config.train:
-        return result
+
+
+def _training_cells(config: BenchConfig, model, device, base_rss: float) -> dict:
+    """Milliseconds and memory of a training step (forward, BCE, backward, Adam)."""
+    import torch
+
     layout = torch.channels_last if config.compile else torch.contiguous_format
     model = model.to(memory_format=layout).train()
     x = torch.rand(config.batch_size, 1, config.size, config.size, device=device)
@@ -213,13 +260,10 @@ def _measure(config: BenchConfig, build: Callable[[str, int], object]) -> dict:
         loss.backward()
         optimizer.step()
 
+    sync = device_sync(device)
     step = timed(train_step, warmup=config.warmup, repeats=config.iters, sync=sync)
-    train_mem = (
-        torch.cuda.max_memory_allocated(device) / 2**20 if cuda else peak_rss_mb() - base_rss
-    )
-    result["train_step_ms"] = round(step.p50 * 1e3, 2)
-    result["train_mem_mb"] = round(train_mem, 1)
-    return result
+    train_mem = _peak_mb(device, base_rss)
+    return {"train_step_ms": round(step.p50 * 1e3, 2), "train_mem_mb": round(train_mem, 1)}
 
 
 def measure_isolated(config: BenchConfig) -> dict:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import statistics
 import tempfile
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -125,21 +126,15 @@ def cpu_peak_gflops(
     )
 
 
-def dice(a: np.ndarray, b: np.ndarray) -> float:
-    """Pooled Dice of two boolean mask stacks (1.0 when both are empty)."""
-    total = int(a.sum()) + int(b.sum())
-    return 1.0 if total == 0 else 2.0 * int((a & b).sum()) / total
-
-
-def build_model(encoder: str, size: int, checkpoint: str | Path | None = None):
+def runtime_benchmark_model(encoder: str, size: int, checkpoint: str | Path | None = None):
     """The checkpoint's model, or a random-weight U-Net of `encoder` at `size` (speed only)."""
     if checkpoint:
         from ptxseg.model.checkpoint import load_model
 
         return load_model(checkpoint)
-    from ptxseg.model.unet import build_model as build
+    from ptxseg.model.random_weights import random_unet
 
-    return build({"data": {"size": size}, "model": {"encoder": encoder, "encoder_weights": "none"}})
+    return random_unet(encoder, size)
 
 
 def evaluation_images(work: str | Path | None, size: int, n: int = 8, split: str = "test"):
@@ -159,16 +154,112 @@ def evaluation_images(work: str | Path | None, size: int, n: int = 8, split: str
     return [to_model_input(im, size) for im in images], "synthetic images"
 
 
+@dataclass(frozen=True)
+class RuntimeBenchOptions:
+    """What one `benchmark-runtime` measures for each model, and how long."""
+
+    batch_size: int = 4
+    paths: Sequence[str] | None = None  # path names or runtimes (default: every path)
+    work: str | Path | None = None  # prepared folder: masks on its test split, int8 on val
+    min_time: float = 3.0  # seconds each path is timed, over all rounds
+    min_repeats: int = 2
+    int8_remedies: bool = False  # a row per recipe of int8's remedy ladder
+    rounds: int = 3
+
+
+class _RuntimeRun:
+    """One model's rows while they are built: the images, the ONNX files and the predictors."""
+
+    def __init__(self, model, options: RuntimeBenchOptions, folder: Path) -> None:
+        from ptxseg.benchmarks.backbones import count_gflops_per_image
+
+        self.model, self.folder, self.options = model, folder, options
+        self.size = int(model.input_size)
+        self.gflop = count_gflops_per_image(model, self.size)
+        work, batch_size = options.work, options.batch_size
+        # a prepared split: compare the masks on (up to) 64 of its images; synthetic: a few batches
+        images, _ = evaluation_images(work, self.size, n=64 if work else 2 * batch_size)
+        # int8 is calibrated and checked as predict does it: on the validation split
+        self.pool, self.pool_source = evaluation_images(work, self.size, n=32, split="val")
+        self.batch = np.stack(images[:batch_size])
+        self.evalset = np.stack(images)
+        self.rows: list[dict[str, Any]] = []
+        self.reference: dict[str, Any] = {}
+        self.cache: dict[str, Any] = {}  # fp32 and int8 files (or the refusal of int8)
+        self.built: dict[int, Any] = {}  # row index -> its predictor, timed once all are built
+
+    def onnx_file(self, precision: str) -> Path:
+        """The fp32 ONNX export (once), and its checked int8 copy (once) for int8 paths."""
+        from ptxseg.inference.export import export_onnx
+
+        if "fp32" not in self.cache:
+            self.cache["fp32"] = Path(export_onnx(self.model, self.folder / "m.onnx")["path"])
+        if precision == "int8" and "int8" not in self.cache:
+            self._check_int8()
+        found = self.cache["int8" if precision == "int8" else "fp32"]
+        if isinstance(found, Exception):
+            raise found
+        return found
+
+    def _check_int8(self) -> None:
+        from ptxseg.inference.predictor import Predictor
+
+        try:
+            checked = Predictor(
+                self.cache["fp32"],
+                "onnxruntime",
+                precision="int8",
+                tta="none",
+                calibration=self.pool,
+                calibration_source=self.pool_source,
+            )
+        except Exception as err:  # refused once: refused for every int8 row
+            self.cache["int8"] = err
+            raise
+        self.cache["int8"] = self.folder / "m8.onnx"
+        self.cache["int8"].write_bytes(Path(checked.onnx_path).read_bytes())
+
+    def measure_path(self, name: str, make) -> dict[str, Any]:
+        """The row of the predictor `make()` builds: its masks against the baseline's."""
+        row: dict[str, Any] = {
+            "path": name,
+            "encoder": getattr(self.model, "encoder", ""),
+            "size": self.size,
+            "batch_size": self.options.batch_size,
+        }
+        try:
+            predictor = make()
+            probs = predictor.probabilities(self.evalset)
+            if not self.reference and name == BASELINE:
+                self.reference.update(probs=probs, op=predictor.operating_point)
+            row["dice_vs_fp32"] = _agreement(self.reference, probs)
+            self.built[len(self.rows)] = predictor
+        except Exception as err:  # noqa: BLE001 - one failing path must not end the run
+            row["error"] = error_text(err, 200)
+        self.rows.append(row)
+        return row
+
+    def add_rates(self, progress=None) -> None:
+        """Time the built predictors in turn and put their rates in their rows."""
+        o = self.options
+        rates = _interleaved_rates(self.built, self.batch, o.rounds, o.min_time, o.min_repeats)
+        peak, _ = cpu_peak_gflops()
+        for i, row in enumerate(self.rows):
+            if i in rates:
+                rate = statistics.median(rates[i])
+                row.update(
+                    images_per_s=round(rate, 3),
+                    rate_range=f"{min(rates[i]):.3g}-{max(rates[i]):.3g}",
+                    gflops_per_s=round(rate * self.gflop, 1),
+                    peak_share=round(rate * self.gflop / peak, 3) if peak == peak else "",
+                )
+            if progress:
+                progress(row)
+        self.built.clear()
+
+
 def benchmark_model(
-    model,
-    batch_size: int = 4,
-    paths: Sequence[str] | None = None,
-    work: str | Path | None = None,
-    min_time: float = 3.0,
-    min_repeats: int = 2,
-    progress=None,
-    int8_remedies: bool = False,
-    rounds: int = 3,
+    model, options: RuntimeBenchOptions = RuntimeBenchOptions(), progress=None
 ) -> list[dict[str, Any]]:
     """One row per inference path for this model (see PATHS); ratios against BASELINE; the row
     of the path `--runtime auto` would choose marked in `auto`. `int8_remedies` adds one
@@ -177,97 +268,26 @@ def benchmark_model(
     Every path is built first; then they are timed in turn, `rounds` times over (each for
     `min_time / rounds` seconds), and a row's images/s is its median round: on a machine whose
     speed drifts (shared cores), each path sees the same conditions."""
-    from ptxseg.benchmarks.backbones import count_gflops_per_image
     from ptxseg.inference.predictor import Predictor
 
-    size = int(model.input_size)
-    gflop = count_gflops_per_image(model, size)
-    peak, _ = cpu_peak_gflops()
-    # a prepared split: compare the masks on (up to) 64 of its images; synthetic: a few batches
-    images, _ = evaluation_images(work, size, n=64 if work else 2 * batch_size)
-    # int8 is calibrated and checked as predict does it: on the validation split
-    pool, pool_source = evaluation_images(work, size, n=32, split="val")
-    batch = np.stack(images[:batch_size])
-    evalset = np.stack(images)
-    rows: list[dict[str, Any]] = []
-    reference: dict[str, Any] = {}
-    tmp = tempfile.TemporaryDirectory(prefix="ptxseg-bench-")
-    cache: dict[str, Any] = {}  # fp32 and int8 files (or the refusal of int8)
-
-    def onnx_file(precision: str) -> Path:
-        """The fp32 ONNX export (once), and its checked int8 copy (once) for int8 paths."""
-        from ptxseg.inference.export import export_onnx
-
-        if "fp32" not in cache:
-            cache["fp32"] = Path(export_onnx(model, Path(tmp.name) / "m.onnx")["path"])
-        if precision == "int8" and "int8" not in cache:
-            try:
-                checked = Predictor(
-                    cache["fp32"],
-                    "onnxruntime",
-                    precision="int8",
-                    tta="none",
-                    calibration=pool,
-                    calibration_source=pool_source,
-                )
-            except Exception as err:  # refused once: refused for every int8 row
-                cache["int8"] = err
-                raise
-            cache["int8"] = Path(tmp.name) / "m8.onnx"
-            cache["int8"].write_bytes(Path(checked.onnx_path).read_bytes())
-        found = cache["int8" if precision == "int8" else "fp32"]
-        if isinstance(found, Exception):
-            raise found
-        return found
-
-    built: dict[int, Any] = {}  # row index -> its predictor, timed once all are built
-
-    def measure(name: str, make) -> dict[str, Any]:
-        row: dict[str, Any] = {
-            "path": name,
-            "encoder": getattr(model, "encoder", ""),
-            "size": size,
-            "batch_size": batch_size,
-        }
-        try:
-            predictor = make()
-            probs = predictor.probabilities(evalset)
-            if not reference and name == BASELINE:
-                reference.update(probs=probs, op=predictor.operating_point)
-            row["dice_vs_fp32"] = _agreement(reference, probs)
-            built[len(rows)] = predictor
-        except Exception as err:  # noqa: BLE001 - one failing path must not end the run
-            row["error"] = error_text(err, 200)
-        rows.append(row)
-        return row
-
-    chosen = [p for p in PATHS if paths is None or p[0] in paths or p[1] in paths]
-    for name, runtime, precision, options in chosen:
-        measure(
-            name,
-            lambda rt=runtime, prec=precision, opt=options: _predictor(
-                Predictor, model, rt, prec, opt, onnx_file
-            ),
-        )
-    if int8_remedies:
-        remedy_rows(onnx_file("fp32"), pool, pool_source, measure, Path(tmp.name))
-    rates = _interleaved_rates(built, batch, rounds, min_time, min_repeats)
-    for i, row in enumerate(rows):
-        if i in rates:
-            rate = statistics.median(rates[i])
-            row.update(
-                images_per_s=round(rate, 3),
-                rate_range=f"{min(rates[i]):.3g}-{max(rates[i]):.3g}",
-                gflops_per_s=round(rate * gflop, 1),
-                peak_share=round(rate * gflop / peak, 3) if peak == peak else "",
+    wanted = options.paths
+    chosen = [p for p in PATHS if wanted is None or p[0] in wanted or p[1] in wanted]
+    with tempfile.TemporaryDirectory(prefix="ptxseg-bench-") as tmp:
+        run = _RuntimeRun(model, options, Path(tmp))
+        for name, runtime, precision, opts in chosen:
+            run.measure_path(
+                name,
+                lambda rt=runtime, prec=precision, opt=opts: _predictor(
+                    Predictor, model, rt, prec, opt, run.onnx_file
+                ),
             )
-        if progress:
-            progress(row)
-    built.clear()
-    tmp.cleanup()
-    add_ratios(rows, "images_per_s", lambda r: r["path"] == BASELINE)
-    mark_auto(rows)
-    return rows
+        if options.int8_remedies:
+            fp32 = run.onnx_file("fp32")
+            remedy_rows(fp32, run.pool, run.pool_source, run.measure_path, Path(tmp))
+        run.add_rates(progress)
+    add_ratios(run.rows, "images_per_s", lambda r: r["path"] == BASELINE)
+    mark_auto(run.rows)
+    return run.rows
 
 
 def _interleaved_rates(built: dict[int, Any], batch, rounds: int, min_time: float, repeats: int):
@@ -424,6 +444,50 @@ def end_to_end(
         "images_per_s": round(result.predicted / seconds, 3),
         "error": f"{result.errors} files failed" if result.errors else "",
     }
+
+
+def runtime_benchmark_rows(
+    models: Sequence[Any],
+    options: RuntimeBenchOptions,
+    dicom_dir: str | Path | None = None,
+    end_to_end_rates: bool = True,
+    progress=None,
+) -> list[dict[str, Any]]:
+    """Every model's rows (`benchmark_model`), each followed, with `end_to_end_rates`, by
+    `predict`'s end-to-end rate for eager fp32 and for the path `auto` chose."""
+    rows = []
+    for model in models:
+        measured = benchmark_model(model, options, progress)
+        rows += measured
+        if end_to_end_rates:
+            rows += _end_to_end_rows(model, measured, dicom_dir, options, progress)
+    return rows
+
+
+def _end_to_end_rows(model, measured, dicom_dir, options: RuntimeBenchOptions, progress=None):
+    auto = next((r for r in measured if r.get("auto")), None)
+    chosen = [("torch", "fp32")]
+    if auto and AUTO_PATHS[auto["path"]] != ("torch", "fp32"):
+        chosen.append(AUTO_PATHS[auto["path"]])
+    pool, _ = evaluation_images(options.work, int(model.input_size), 32, split="val")
+    rows = []
+    for runtime, precision in chosen:
+        try:
+            rows.append(end_to_end(model, dicom_dir, runtime, precision, options.batch_size, pool))
+        except Exception as err:  # noqa: BLE001 - reported in the table
+            rows.append({"path": f"end-to-end {runtime} {precision}", "error": str(err)})
+        if progress:
+            progress(rows[-1])
+    return rows
+
+
+def runtime_table_note(work: str | Path | None, size: int) -> str:
+    """Where the masks were compared and int8 calibrated, for under the table."""
+    return (
+        f"Masks compared on the {evaluation_images(work, size, 1)[1]} (up to 64 images, "
+        f"model size, no TTA); int8 calibrated and checked on the "
+        f"{evaluation_images(work, size, 1, split='val')[1]}, as `predict` does."
+    )
 
 
 def write_tables(rows: Sequence[dict[str, Any]], out_dir: str | Path, note: str = "") -> Path:

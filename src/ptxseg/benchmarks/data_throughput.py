@@ -239,7 +239,7 @@ def bench_loader(
 # ---------------------------------------------------------------- the command body
 
 
-def run(
+def run_data_benchmark(
     out: Path, real_dir: Path | None, n_synthetic: int = 60, rle_rows: int = 200, progress=None
 ) -> list[dict]:
     """Run every comparison; write `data-benchmark.md` and `.csv` into `out`."""
@@ -258,7 +258,7 @@ def run(
         rows.append(bench_loader(tmp / "dicom-images-train", tmp / "train-rle.csv"))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    write_table(rows, out)
+    write_data_table(rows, out)
     return rows
 
 
@@ -280,7 +280,7 @@ def format_markdown(rows: Sequence[dict]) -> str:
     return rows_to_markdown(_rounded(rows), COLUMNS)
 
 
-def write_table(rows: Sequence[dict], out: Path) -> None:
+def write_data_table(rows: Sequence[dict], out: Path) -> None:
     write_harness_table(
         out,
         "data-benchmark",

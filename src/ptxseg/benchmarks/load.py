@@ -134,20 +134,38 @@ async def _post(client: httpx.AsyncClient, url: str, data: bytes, include: str):
     return await client.post(url, files=files, params={"include": include})
 
 
+@dataclass(frozen=True)
+class LoadPlan:
+    """What one load test sends, where, and for how long at each client count."""
+
+    url: httpx.URL
+    data: bytes
+    client_counts: list[int]
+    duration: float
+    max_requests: int | None
+    include: str
+
+    @property
+    def endpoint(self) -> str:
+        return str(self.url.join("/v1/predict"))
+
+
 async def _run_one(
     client: httpx.AsyncClient,
-    endpoint: str,
-    data: bytes,
-    include: str,
+    plan: LoadPlan,
     reference: dict[str, Any],
     clients: int,
-    duration: float,
-    max_requests: int | None,
     progress=None,
 ) -> LoadTestResult:
     result = LoadTestResult(clients=clients)
     start = time.perf_counter()
-    deadline = start + duration
+    deadline = start + plan.duration
+    endpoint, data, include, max_requests = (
+        plan.endpoint,
+        plan.data,
+        plan.include,
+        plan.max_requests,
+    )
     sent = 0
 
     async def worker() -> None:
@@ -175,21 +193,13 @@ async def _run_one(
     return result
 
 
-async def _load_test(
-    url: httpx.URL,
-    data: bytes,
-    client_counts: list[int],
-    duration: float,
-    max_requests: int | None,
-    include: str,
-    progress=None,
-) -> tuple[dict, dict, list[LoadTestResult]]:
-    endpoint = str(url.join("/v1/predict"))
-    limits = httpx.Limits(max_connections=max(client_counts), max_keepalive_connections=None)
+async def _load_test(plan: LoadPlan, progress=None) -> tuple[dict, dict, list[LoadTestResult]]:
+    url = plan.url
+    limits = httpx.Limits(max_connections=max(plan.client_counts), max_keepalive_connections=None)
     async with httpx.AsyncClient(timeout=REQUEST_TIMEOUT_S, limits=limits) as client:
         try:
             server = (await client.get(str(url.join("/v1/model")))).json()
-            first = await _post(client, endpoint, data, include)
+            first = await _post(client, plan.endpoint, plan.data, plan.include)
         except httpx.HTTPError as err:
             raise LoadTestError(
                 f"no ptxseg server answers at {url} ({type(err).__name__}): start it with "
@@ -202,21 +212,9 @@ async def _load_test(
             )
         reference = first.json()["findings"]
         results = []
-        for clients in client_counts:
+        for clients in plan.client_counts:
             tick = progress(clients) if progress else None
-            results.append(
-                await _run_one(
-                    client,
-                    endpoint,
-                    data,
-                    include,
-                    reference,
-                    clients,
-                    duration,
-                    max_requests,
-                    tick,
-                )
-            )
+            results.append(await _run_one(client, plan, reference, clients, tick))
     return server, reference, results
 
 
@@ -238,14 +236,11 @@ def run_load_test(
     if not path.is_file():
         raise LoadTestError(f"--file {path}: file not found; give a DICOM, PNG or JPEG to send")
     data = path.read_bytes()
+    plan = LoadPlan(parsed, data, counts, duration, max_requests, include)
     if show_progress:
-        server, reference, results = _with_progress(
-            parsed, data, counts, duration, max_requests, include
-        )
+        server, reference, results = _with_progress(plan)
     else:
-        server, reference, results = asyncio.run(
-            _load_test(parsed, data, counts, duration, max_requests, include)
-        )
+        server, reference, results = asyncio.run(_load_test(plan))
     return LoadTestReport(
         url=str(parsed),
         file=path.name,
@@ -257,20 +252,20 @@ def run_load_test(
     )
 
 
-def _with_progress(url, data, counts, duration, max_requests, include):
+def _with_progress(plan: LoadPlan):
     from ptxseg.util.progress import progress_bar
 
     with progress_bar(transient=True, elapsed=True) as bar:
 
         def progress(clients: int):
-            task = bar.add_task(f"{clients} client(s)", total=max_requests)
+            task = bar.add_task(f"{clients} client(s)", total=plan.max_requests)
 
             def tick() -> None:
                 bar.advance(task)
 
             return tick
 
-        return asyncio.run(_load_test(url, data, counts, duration, max_requests, include, progress))
+        return asyncio.run(_load_test(plan, progress))
 
 
 def _model_line(report: LoadTestReport) -> str:
@@ -307,7 +302,7 @@ def markdown_table(report: LoadTestReport) -> str:
     return _model_line(report) + "\n\n" + rows_to_markdown(report_rows(report), COLUMNS)
 
 
-def write_report(report: LoadTestReport, out: str | Path) -> str:
+def write_load_report(report: LoadTestReport, out: str | Path) -> str:
     """Write load-test.md and load-test.csv into `out` (atomically); return the table."""
     rows = report_rows(report)
     write_table(

@@ -14,6 +14,7 @@ import shutil
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -42,18 +43,20 @@ class StandInModel(nn.Module):
         return self.pattern.expand(x.shape[0], -1, -1, -1) + 0.0 * x[:, :1, :1, :1]
 
 
-def measure(
-    inputs: list[Path],
-    work: Path,
-    *,
-    size: int,
-    device: str,
-    batch_size: int,
-    workers: int,
-    per_task: int,
-    lesion: bool,
-    stub_device: bool = False,
-) -> dict[str, Any]:
+@dataclass(frozen=True)
+class PipelineRun:
+    """One row of the pipeline table: the stand-in's size and masks, and how predict runs."""
+
+    size: int
+    device: str
+    batch_size: int
+    workers: int
+    per_task: int  # files a reader or writer process gets per message
+    lesion: bool  # one lesion-like box in every mask (else every mask empty)
+    stub_device: bool = False  # the device path with its tensor work replaced by zeros
+
+
+def measure_pipeline(inputs: list[Path], work: Path, run: PipelineRun) -> dict[str, Any]:
     """One `predict_files` run over `inputs` with the stand-in model: a row for the table.
 
     The pool is warmed up on the first batches first; main_cpu_ms_per_image is the CPU time of
@@ -66,37 +69,28 @@ def measure(
     from ptxseg.inference.pipeline import Workers, predict_files, use_device_decoder
     from ptxseg.inference.predictor import Predictor
 
-    predictor = Predictor(StandInModel(size, lesion), device=device, batch_size=batch_size)
-    on_device = stub_device or use_device_decoder(predictor, "auto")
-    decode = "device" if on_device else "cpu"
-    outputs = ("mask", "findings")
-    stubs = stubbed_device_work(size) if stub_device else nullcontext()
-    with stubs, Workers(workers, device_decode=on_device) as pool:
+    model = StandInModel(run.size, run.lesion)
+    predictor = Predictor(model, device=run.device, batch_size=run.batch_size)
+    on_device = run.stub_device or use_device_decoder(predictor, "auto")
+    options = dict(outputs=("mask", "findings"), decode="device" if on_device else "cpu")
+    stubs = stubbed_device_work(run.size) if run.stub_device else nullcontext()
+    with stubs, Workers(run.workers, device_decode=on_device) as pool:
         warm, out = work / "warm", work / "out"
         for folder in (warm, out):
             shutil.rmtree(folder, ignore_errors=True)
-        first = inputs[: 2 * batch_size]
-        predict_files(
-            predictor, first, warm, outputs=outputs, pool=pool, decode=decode, progress=False
-        )
+        first = inputs[: 2 * run.batch_size]
+        predict_files(predictor, first, warm, pool=pool, progress=False, **options)
         cpu = time.process_time()
         result = predict_files(
-            predictor,
-            inputs,
-            out,
-            outputs=outputs,
-            pool=pool,
-            decode=decode,
-            progress=False,
-            per_task=per_task,
+            predictor, inputs, out, pool=pool, progress=False, per_task=run.per_task, **options
         )
         cpu = time.process_time() - cpu
         slots = (pool.read_slots, pool.write_slots)
     positives = sum(1 for row in result.rows if str(row.get("pneumothorax")) == "True")
     return {
-        "files_per_task": per_task,
-        "masks": "one lesion each" if lesion else "every one empty",
-        "decode": "stubbed" if stub_device else "nvJPEG" if on_device else "CPU",
+        "files_per_task": run.per_task,
+        "masks": "one lesion each" if run.lesion else "every one empty",
+        "decode": "stubbed" if run.stub_device else "nvJPEG" if on_device else "CPU",
         "images": result.predicted,
         "errors": result.errors,
         "positive_masks": positives,

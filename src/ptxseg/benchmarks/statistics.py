@@ -90,7 +90,9 @@ def plain(d: dict[str, np.ndarray], resamples: int) -> None:
             summarise(d["tp"][idx], d["fp"][idx], d["fn"][idx], d["tn"][idx], d["score"][idx])
 
 
-def run(out: Path, n_images: int = 10_000, resamples: int = 2000, plain_resamples: int = 20):
+def run_stats_benchmark(
+    out: Path, n_images: int = 10_000, resamples: int = 2000, plain_resamples: int = 20
+):
     """Time both and write `statistics-benchmark.md` / `.csv` into `out`; returns the rows."""
     d = synthetic_split(n_images)
     patients = len(np.unique(d["groups"]))

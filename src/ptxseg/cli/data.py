@@ -158,9 +158,9 @@ def benchmark_data(
 
     Example: ptxseg benchmark-data --out benchmarks/results
     """
-    from ptxseg.benchmarks.data_throughput import format_markdown, run
+    from ptxseg.benchmarks.data_throughput import format_markdown, run_data_benchmark
 
-    rows = run(out, real_dicoms, synthetic, rle_rows)
+    rows = run_data_benchmark(out, real_dicoms, synthetic, rle_rows)
     console.print(format_markdown(rows))
     console.print(f"written to {out}/data-benchmark.md and .csv")
 

@@ -298,43 +298,21 @@ def benchmark_runtime(
     from ptxseg.benchmarks import cpu_runtimes as rb
 
     console = Console(stderr=True)
-    rows = []
-    models = [rb.build_model("", size, checkpoint)] if checkpoint else []
-    models += [] if checkpoint else [rb.build_model(name, size) for name in encoder]
-    for model in models:
-        measured = rb.benchmark_model(
-            model,
-            batch_size,
-            runtimes,
-            work,
-            min_time,
-            int8_remedies=int8_remedies,
-            rounds=rounds,
-            progress=lambda r: console.print(
-                f"{r['encoder']} {r['path']}: {r.get('images_per_s', '')} images/s "
-                f"{r.get('error', '')}"
-            ),
-        )
-        rows += measured
-        if end_to_end:
-            auto = next((r for r in measured if r.get("auto")), None)
-            chosen = [("torch", "fp32")]
-            if auto and rb.AUTO_PATHS[auto["path"]] != ("torch", "fp32"):
-                chosen.append(rb.AUTO_PATHS[auto["path"]])
-            pool, _ = rb.evaluation_images(work, int(model.input_size), 32, split="val")
-            for runtime, precision in chosen:
-                try:
-                    rows.append(
-                        rb.end_to_end(model, dicom_dir, runtime, precision, batch_size, pool)
-                    )
-                except Exception as err:  # noqa: BLE001 - reported in the table
-                    rows.append({"path": f"end-to-end {runtime} {precision}", "error": str(err)})
-                console.print(rows[-1])
-    size = int(model.input_size)
-    source = (
-        f"Masks compared on the {rb.evaluation_images(work, size, 1)[1]} (up to 64 images, "
-        f"model size, no TTA); int8 calibrated and checked on the "
-        f"{rb.evaluation_images(work, size, 1, split='val')[1]}, as `predict` does."
+    names = [""] if checkpoint else encoder
+    models = [rb.runtime_benchmark_model(name, size, checkpoint) for name in names]
+    options = rb.RuntimeBenchOptions(
+        batch_size, runtimes, work, min_time, int8_remedies=int8_remedies, rounds=rounds
     )
+    rows = rb.runtime_benchmark_rows(
+        models,
+        options,
+        dicom_dir,
+        end_to_end,
+        progress=lambda r: console.print(
+            f"{r.get('encoder', '')} {r['path']}: {r.get('images_per_s', '')} images/s "
+            f"{r.get('error', '')}"
+        ),
+    )
+    source = rb.runtime_table_note(work, int(models[-1].input_size))
     path = rb.write_tables(rows, out, note=source)
     typer.echo(path.read_text())

@@ -44,36 +44,18 @@ def benchmark(
 ) -> None:
     """Compare encoders: parameters, GFLOPs, inference latency, throughput, memory, train step."""
     from rich.console import Console
-    from rich.table import Table
 
-    from ptxseg.benchmarks.backbones import SHORT_COLUMNS, BenchConfig, run_benchmark
-    from ptxseg.benchmarks.backbones import write_benchmark as write
+    from ptxseg.benchmarks import backbones as bb
     from ptxseg.benchmarks.common import environment_lines
 
-    compiled = (
-        _split_list("off,on" if device.startswith("cuda") else "off")
-        if compile == "auto"
-        else _split_list(compile)
-    )
-    if set(compiled) - {"off", "on"}:
-        raise typer.BadParameter(f"--compile {compile!r}: expected off, on, off,on or auto")
     try:
-        configs = [
-            BenchConfig(
-                enc,
-                size,
-                batch_size,
-                device,
-                prec,
-                warmup,
-                iters,
-                threads or None,
-                compile=mode == "on",
-            )
-            for mode in compiled
-            for prec in _split_list(precision)
-            for enc in _split_list(encoders)
-        ]
+        template = bb.BenchConfig(
+            "", size, batch_size, device, "fp32", warmup, iters, threads or None
+        )
+        modes = bb.compile_modes(compile, device)
+        configs = bb.backbone_configs(
+            _split_list(encoders), _split_list(precision), modes, template
+        )
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from exc
     console = Console(width=None if sys.stdout.isatty() else 150)
@@ -87,16 +69,10 @@ def benchmark(
             done.append(row)
 
         done: list[dict] = []
-        rows = run_benchmark(configs, isolate=isolate, on_row=progress, baseline=baseline)
-    table = Table(title=f"U-Net backbones at {size} px, batch {batch_size}, {device}")
-    keys = [k for k in SHORT_COLUMNS if any(str(r.get(k, "")) != "" for r in rows)]
-    for key in keys:
-        left = key in ("encoder", "error")
-        table.add_column(SHORT_COLUMNS[key], justify="left" if left else "right")
-    for row in rows:
-        table.add_row(*(str(row.get(k, ""))[:50] for k in keys))
-    console.print(table)
-    paths = write(rows, out, baseline=baseline or "")
+        rows = bb.run_benchmark(configs, isolate=isolate, on_row=progress, baseline=baseline)
+    title = f"U-Net backbones at {size} px, batch {batch_size}, {device}"
+    console.print(bb.terminal_table(rows, title))
+    paths = bb.write_benchmark(rows, out, baseline=baseline or "")
     console.print("wrote " + ", ".join(str(p) for p in paths.values()))
 
 
@@ -130,7 +106,7 @@ def benchmark_gpu(
 
     Example (what benchmarks/gpu.sh runs): ptxseg benchmark-gpu --out benchmarks/results
     """
-    from ptxseg.benchmarks.gpu import GpuBenchSettings, run
+    from ptxseg.benchmarks.gpu import GpuBenchSettings, run_gpu_benchmark
 
     try:
         settings = GpuBenchSettings(
@@ -151,7 +127,7 @@ def benchmark_gpu(
         )
     except ValueError as err:
         raise typer.BadParameter(str(err)) from None
-    tables = run(settings, say=typer.echo)
+    tables = run_gpu_benchmark(settings, say=typer.echo)
     typer.echo("wrote " + ", ".join(str(t) for t in tables))
 
 
@@ -166,9 +142,9 @@ def benchmark_stats(
 
     Example: ptxseg benchmark-stats --out benchmarks/results
     """
-    from ptxseg.benchmarks.statistics import run
+    from ptxseg.benchmarks.statistics import run_stats_benchmark
 
-    rows = run(out, images, resamples)
+    rows = run_stats_benchmark(out, images, resamples)
     for row in rows:
         typer.echo(f"{row['benchmark']}: {row['seconds']} s ({row['speed_up']}x)")
     typer.echo(f"written to {out}/statistics-benchmark.md and .csv")

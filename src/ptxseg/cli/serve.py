@@ -115,14 +115,14 @@ def load_test(
     ),
 ) -> None:
     """Send one file from N concurrent clients to a local server; report throughput and latency."""
-    from ptxseg.benchmarks.load import LoadTestError, run_load_test, write_report
+    from ptxseg.benchmarks.load import LoadTestError, run_load_test, write_load_report
 
     try:
         result = run_load_test(url, file, clients, duration, max_requests, include)
     except LoadTestError as err:
         typer.secho(f"error: {err}", fg="red", err=True)
         raise typer.Exit(2) from None
-    table = write_report(result, out)
+    table = write_load_report(result, out)
     typer.echo(table)
     typer.echo(f"written: {out / 'load-test.md'}, {out / 'load-test.csv'}")
     if result.errors or result.mismatches:

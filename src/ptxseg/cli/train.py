@@ -124,9 +124,12 @@ def benchmark_training(
 
     Example: ptxseg benchmark-training --data work --encoders resnet50,xception --size 256
     """
-    from rich.table import Table
-
-    from ptxseg.benchmarks.training import run_training_benchmark, write_training_benchmark
+    from ptxseg.benchmarks.training import (
+        TrainingBenchSettings,
+        run_training_benchmark,
+        training_terminal_table,
+        write_training_benchmark,
+    )
 
     names = [e.strip() for e in encoders.split(",") if e.strip()]
     if not names:
@@ -138,24 +141,11 @@ def benchmark_training(
         )
         console.print(f"{row['encoder']}: {text}")
 
-    rows = run_training_benchmark(
-        data, names, size, batch_size, steps, workers, aug, positive_fraction, device, show
+    settings = TrainingBenchSettings(
+        size, batch_size, steps, workers, aug, positive_fraction, device
     )
+    rows = run_training_benchmark(data, names, settings, show)
     paths = write_training_benchmark(rows, out)
-    table = Table(title=f"Training throughput ({size}px, batch {batch_size}, {workers} workers)")
-    short = {
-        "encoder": "encoder",
-        "device": "device",
-        "loader_images_per_s": "loader img/s",
-        "model_images_per_s": "alone img/s",
-        "ratio": "ratio",
-        "loader_overhead_pct": "overhead %",
-        "error": "error",
-    }
-    keys = [k for k in short if any(str(r.get(k, "")) != "" for r in rows)]
-    for key in keys:
-        table.add_column(short[key])
-    for row in rows:
-        table.add_row(*(str(row.get(k, "")) for k in keys))
-    console.print(table)
+    title = f"Training throughput ({size}px, batch {batch_size}, {workers} workers)"
+    console.print(training_terminal_table(rows, title))
     console.print(f"written: {paths['md']} and {paths['csv']}")
