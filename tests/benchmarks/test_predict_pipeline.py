@@ -35,7 +35,7 @@ def test_stubbed_device_work_answers_with_zeros_of_the_right_shapes():
     assert ok and jpeg_shape(frame) == (37, 53) and jpeg_shape(b"no jpeg") == (0, 0)
     with stubbed_device_work(16):
         from ptxseg.data import device_images
-        from ptxseg.inference import pipeline, predictor
+        from ptxseg.inference import device_batch, predictor
 
         (image,) = device_images.decode_frames([frame], "cpu")
         assert image.shape == (37, 53) and image.dtype == torch.uint8 and not image.any()
@@ -45,6 +45,6 @@ def test_stubbed_device_work_answers_with_zeros_of_the_right_shapes():
         assert not stand_in.probabilities_on_device(inputs).any()  # stubbed: zeros
         masks, peaks = predictor.full_size_masks_on_device(None, [(37, 53)], None)
         assert masks[0].shape == (37, 53) and peaks.shape == (1,)
-        assert pipeline.pack_bits_many(masks * 2).shape == (2 * ((37 * 53 + 7) // 8),)
+        assert device_batch.pack_bits_many(masks * 2).shape == (2 * ((37 * 53 + 7) // 8),)
     (real,) = device_images.decode_frames([frame], "cpu")  # the real decoder again
     assert int(real.float().mean()) in range(195, 206)

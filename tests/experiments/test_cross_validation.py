@@ -9,7 +9,7 @@ from siim_folders import fold_member, synthetic_work
 from ptxseg.cli import main
 from ptxseg.config import load_config
 from ptxseg.experiments import cross_validation
-from ptxseg.inference.ensemble import read_ensemble, store_operating_point
+from ptxseg.inference.ensemble import read_ensemble, store_model_operating_point
 from ptxseg.model.operating_point import OperatingPoint
 
 
@@ -99,7 +99,7 @@ def test_ensemble_of_the_folds_keeps_its_operating_point(tmp_path):
     spec = read_ensemble(path)
     assert spec.folds == [0, 1] and spec.members[1] == (tmp_path / "fold1" / "model").resolve()
     op = OperatingPoint.plain(0.4, tta="none", input_size=64)
-    store_operating_point(path, op)
+    store_model_operating_point(path, op)
     cross_validation.make_ensemble(tmp_path, 2)  # rerun: unchanged members, point kept
     assert read_ensemble(path).operating_point == op
 

@@ -143,7 +143,7 @@ def stubbed_device_work(size: int) -> Iterator[None]:
         mock.patch(
             "ptxseg.inference.predictor.full_size_masks_on_device", full_size_masks_on_device
         ),
-        mock.patch("ptxseg.inference.pipeline.pack_bits_many", pack_bits_many),
+        mock.patch("ptxseg.inference.device_batch.pack_bits_many", pack_bits_many),
     ):
         yield
 

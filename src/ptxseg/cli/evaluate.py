@@ -19,12 +19,10 @@ def _predictor_request(
     tta: str | None,
     batch_size: int,
 ):
-    """The model and how its Predictor is built: the one place the six predictor options meet
-    (to become inference's PredictorSpec)."""
-    from ptxseg.evaluation.evaluate_split import PredictorSettings
-
-    model = checkpoint if len(checkpoint) > 1 else checkpoint[0]
-    return model, PredictorSettings(runtime, precision, device, tta, batch_size)
+    """The model and how its Predictor is built: the `PredictorSpec` of the options, as
+    `predict` builds it."""
+    spec = options.predictor_spec(checkpoint, runtime, precision, device, tta, batch_size)
+    return spec.model, spec
 
 
 @app.command(rich_help_panel="Evaluation")

@@ -93,15 +93,15 @@ def predictor_spec(
     tta: str | None = None,
     batch_size: int = 4,
     operating_point: str | None = None,
-    overrides: dict | None = None,
-    **runtime_options,
+    **more,
 ) -> PredictorSpec:
     """The `PredictorSpec` of the model options (`predict`, `export`, `serve`, `listen`,
     `dicomweb` and `evaluate` build it here, once): one `--checkpoint` as a path, several as the
-    list whose probabilities are averaged; `overrides` from `overrides()`;
-    `runtime_options` are compile, compile_mode, channels_last, threads."""
+    list whose probabilities are averaged; `more` holds `overrides` (from `overrides()`) and the
+    runtime options compile, compile_mode, channels_last and threads."""
     from ptxseg.inference.spec import PredictorSpec, one_or_many
 
+    overrides = more.pop("overrides", None)
     return PredictorSpec(
         model=one_or_many(checkpoint),
         runtime=runtime,
@@ -111,5 +111,5 @@ def predictor_spec(
         batch_size=batch_size,
         operating_point_name=operating_point,
         overrides=dict(overrides or {}),
-        **runtime_options,
+        **more,
     )

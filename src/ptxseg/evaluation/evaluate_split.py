@@ -7,7 +7,7 @@ the original RLE**, as the Kaggle scorer does (`WORK/annotations.csv`); the mode
 against the cached masks are kept as a labelled secondary table. The operating point is the
 model's stored one; it is searched on the validation split (at the model's size, with this TTA)
 and stored when there is none; command-line overrides apply last. The request (`EvalRequest`)
-groups the model, the folders, the split, how the Predictor is built (`PredictorSettings`), how
+groups the model, the folders, the split, how the Predictor is built (the `PredictorSpec`), how
 the split is scored (`ScoringOptions`) and the evidence (`EvidenceSettings`).
 Written into the output folder:
 
@@ -58,8 +58,9 @@ from ptxseg.evaluation.evidence import (
 )
 from ptxseg.evaluation.named_points import Target, parse_targets
 from ptxseg.evaluation.search import OperatingPointSearch, search_operating_point
-from ptxseg.inference.ensemble import store_operating_point
+from ptxseg.inference.ensemble import store_model_operating_point
 from ptxseg.inference.predictor import Predictor, full_size_mask
+from ptxseg.inference.spec import PredictorSpec, one_or_many
 from ptxseg.model.metrics import (
     METRIC_KINDS,
     SCORES,
@@ -317,16 +318,9 @@ def _panels_arrays(pred: SplitPredictions, per, op: OperatingPoint, n: int) -> d
 # --------------------------------------------------------------------------- the request
 
 
-@dataclass(frozen=True)
-class PredictorSettings:
-    """How a model path becomes a Predictor: runtime, precision (`auto` for either: the path
-    `predict` would run on this CPU), device, TTA (None: the stored point's) and batch size."""
-
-    runtime: str = "torch"
-    precision: str = "fp32"
-    device: str = "cpu"
-    tta: str | None = None
-    batch_size: int = 8
+EVALUATION_SPEC = PredictorSpec(runtime="torch", precision="fp32", batch_size=8)
+"""How a model path becomes a Predictor when the caller says nothing: torch fp32, the stored
+point's TTA, batches of 8 (`evaluate` passes the spec of its options, `auto` by default)."""
 
 
 @dataclass(frozen=True)
@@ -360,14 +354,15 @@ class EvalRequest:
     work: Path
     out_dir: Path
     split: str = "test"
-    predictor: PredictorSettings = field(default_factory=PredictorSettings)
+    predictor: PredictorSpec = EVALUATION_SPEC
     scoring: ScoringOptions = field(default_factory=ScoringOptions)
     evidence: EvidenceSettings = field(default_factory=EvidenceSettings)
     checkpoint: str | os.PathLike | None = None
     model_card: bool = False
 
 
-_GROUPS = {"predictor": PredictorSettings, "scoring": ScoringOptions}
+_GROUPS = {"predictor": PredictorSpec, "scoring": ScoringOptions}
+_SPEC_KEYS = {"runtime", "precision", "device", "tta", "batch_size"}  # of the spec, here
 
 
 def eval_request(
@@ -377,15 +372,17 @@ def eval_request(
     split: str = "test",
     **options: Any,
 ) -> EvalRequest:
-    """The `EvalRequest` of keyword options: each a field of `PredictorSettings`,
+    """The `EvalRequest` of keyword options: each a field of the `PredictorSpec` (runtime,
+    precision, device, tta, batch_size; the model is `model`),
     `ScoringOptions` or `EvalRequest` itself (`evidence`, `checkpoint`, `model_card`)."""
     grouped: dict[str, dict[str, Any]] = {name: {} for name in _GROUPS}
     top: dict[str, Any] = {}
     own = {f.name for f in fields(EvalRequest)} - {"model", "work", "out_dir", "split", *_GROUPS}
     for key, value in options.items():
-        group = next((g for g, cls in _GROUPS.items() if key in _field_names(cls)), None)
-        if group is not None:
-            grouped[group][key] = value
+        if key in _SPEC_KEYS:
+            grouped["predictor"][key] = value
+        elif key in _field_names(ScoringOptions):
+            grouped["scoring"][key] = value
         elif key in own:
             top[key] = value
         else:
@@ -397,7 +394,8 @@ def eval_request(
         Path(work),
         Path(out_dir),
         split,
-        **{g: cls(**grouped[g]) for g, cls in _GROUPS.items()},
+        predictor=EVALUATION_SPEC.replace(**grouped["predictor"]),
+        scoring=ScoringOptions(**grouped["scoring"]),
         **top,
     )
 
@@ -509,7 +507,7 @@ def _store_searched(
     the loaded model and the Predictor."""
     if request.checkpoint is not None:
         val_metrics = _accumulate(choice.val_pred, choice.op, request.scoring.score).compute()
-        store_operating_point(
+        store_model_operating_point(
             request.checkpoint,
             choice.op,
             metrics={
@@ -622,6 +620,7 @@ def _built_predictor(request: EvalRequest) -> Predictor:
     from ptxseg.inference.choice import (
         CHECK_IMAGES,
         INT8_CHECK_IMAGES,
+        ChoiceHooks,
         build_predictor,
         default_check_images,
     )
@@ -631,13 +630,10 @@ def _built_predictor(request: EvalRequest) -> Predictor:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", OperatingPointWarning)
         return build_predictor(
-            models[0] if len(models) == 1 else models,
-            runtime=settings.runtime,
-            device=settings.device,
-            precision=settings.precision,
-            tta=settings.tta,
-            batch_size=settings.batch_size,
-            images=lambda size, config: default_check_images(config, size, n=n, work=work),
+            settings.replace(model=one_or_many(models)),
+            ChoiceHooks(
+                images=lambda size, config: default_check_images(config, size, n=n, work=work)
+            ),
         )
 
 

@@ -17,8 +17,6 @@ import numpy as np
 
 from ptxseg.inference.workers import ReadResult, read_input
 
-DECODERS = ("auto", "cpu", "device")
-
 
 @dataclass
 class Batch:
@@ -35,24 +33,11 @@ class Batch:
 
 
 def use_device_decoder(predictor, decode: str) -> bool:
-    """Whether images are decoded and resized in batches on the model's device.
+    """Whether images are decoded and resized in batches on the model's device
+    (`ptxseg.data.device_images.choose_decoder`)."""
+    from ptxseg.data.device_images import choose_decoder
 
-    `device` insists (nvJPEG on CUDA; on the CPU the same batched path with libjpeg-turbo, which
-    gives the CPU path's bytes); `auto` takes it only for the torch runtime on a CUDA device with
-    nvJPEG; `cpu` never. The device path needs the torch runtime.
-    """
-    from ptxseg.data.device_images import jpeg_device_available
-
-    if decode not in DECODERS:
-        raise ValueError(f"--decode {decode!r}: expected one of {', '.join(DECODERS)}")
-    if decode == "device" and predictor.runtime != "torch":
-        raise ValueError(
-            f"--decode device needs the torch runtime (this run uses {predictor.runtime}): "
-            "use --decode cpu or auto"
-        )
-    if decode == "auto":
-        return predictor.runtime == "torch" and jpeg_device_available(predictor.device)
-    return decode == "device"
+    return choose_decoder(decode, predictor.device, predictor.runtime) is not None
 
 
 def launch_on_device(
@@ -63,29 +48,28 @@ def launch_on_device(
     full-size masks there, and start copying them back: the GPU half of the main loop."""
     import torch
 
-    from ptxseg.data.device_images import decode_frames, to_model_inputs
+    from ptxseg.data.device_images import decode_to_inputs
     from ptxseg.inference.predictor import full_size_masks_on_device
 
     size = predictor.input_size
-    device = torch.device(predictor.device)
     framed = [i for i, (_, read) in enumerate(items) if read.frame is not None]
-    decoded = decode_frames([items[i][1].frame for i in framed], device)
+    got = decode_to_inputs(
+        [items[i][1].frame for i in framed],
+        [tuple(items[i][1].shape) for i in framed],
+        [items[i][1].invert for i in framed],
+        size,
+        torch.device(predictor.device),
+    )
     singles: dict[int, Any] = {}
-    frames, inverts, where = [], [], []
-    for i, image in zip(framed, decoded, strict=True):
-        path, read = items[i]
-        if isinstance(image, Exception) or tuple(image.shape) != tuple(read.shape):
-            # the CPU's own reader
-            again = read_input(str(path), size, keep_frame=False, max_pixels=max_pixels)
-            if again.error is not None:
-                fail(path, again.error)
-                continue
-            items[i] = (path, again)
+    for k in got.refused:  # the CPU's own reader
+        path = items[framed[k]][0]
+        again = read_input(str(path), size, keep_frame=False, max_pixels=max_pixels)
+        if again.error is not None:
+            fail(path, again.error)
             continue
-        frames.append(image)
-        inverts.append(read.invert)
-        where.append(i)
-    small = to_model_inputs(frames, size, inverts) if frames else None
+        items[framed[k]] = (path, again)
+    where = [framed[k] for k in got.decoded]
+    small = got.inputs
     kept = [i for i, (_, read) in enumerate(items) if i in where or read.model_input is not None]
     if not kept:
         return None

@@ -237,10 +237,6 @@ def store_model_operating_point(
         checkpoint.store_operating_point(path, op, metrics, extra)
 
 
-store_operating_point = store_model_operating_point
-"""The name `ptxseg.evaluation.evaluate_split` imports until it takes the one above."""
-
-
 def store_entries(path: str | os.PathLike, entries: dict[str, Any]) -> None:
     """Replace top-level entries of any stored model: ensemble file, checkpoint or folder."""
     if is_ensemble(path):

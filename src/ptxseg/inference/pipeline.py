@@ -19,7 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ptxseg.inference.device_batch import DECODERS, pack_bits_many, use_device_decoder
+from ptxseg.data.device_images import DECODERS
+from ptxseg.inference.device_batch import pack_bits_many, use_device_decoder
 from ptxseg.inference.inputs import DEFAULT_OUTPUTS, collect_inputs, parse_outputs, table_name
 from ptxseg.inference.main_loop import (
     FILES_PER_TASK,
