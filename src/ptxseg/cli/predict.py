@@ -137,7 +137,7 @@ def predict(
         tta,
         batch_size,
         operating_point,
-        options.overrides(threshold, top, bottom, min_area),
+        overrides=options.overrides(threshold, top, bottom, min_area),
         compile=compile,
         compile_mode=compile_mode,
     )
