@@ -26,7 +26,7 @@ test: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/lint-imports
-	$(BIN)/python tools/function_sizes.py src/ptxseg
+	$(BIN)/python tools/function_sizes.py --check src/ptxseg
 	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet --site-dir build/site-check
 	$(BIN)/python -m pytest -q
 
