@@ -305,6 +305,23 @@ def run_benchmark(
     return rows
 
 
+def run_benchmark_with_status(
+    configs: Sequence[BenchConfig], console, isolate: bool = True, baseline: str | None = None
+) -> list[dict]:
+    """`run_benchmark` on a rich console: a line per finished configuration (its error, if
+    any) and a status line that counts them."""
+    with console.status("benchmarking") as status:
+
+        def progress(row: dict) -> None:
+            state = f"[red]error[/red] {row['error'][:100]}" if row["error"] else "done"
+            console.print(f"{row['encoder']} {row['precision']}: {state}")
+            status.update(f"benchmarking ({len(done) + 1}/{len(configs)} done)")
+            done.append(row)
+
+        done: list[dict] = []
+        return run_benchmark(configs, isolate=isolate, on_row=progress, baseline=baseline)
+
+
 def plot_benchmark(rows: Sequence[dict], path: Path) -> Path:
     """Bar charts of latency, training step, memory and GFLOPs per configuration."""
     import matplotlib

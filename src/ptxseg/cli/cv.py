@@ -8,7 +8,6 @@ from pathlib import Path
 
 import typer
 from rich.console import Console
-from rich.table import Table
 
 from ptxseg.cli import options
 from ptxseg.cli.app import app, fail
@@ -20,6 +19,7 @@ from ptxseg.cli.config_options import (
     with_parameters,
 )
 from ptxseg.cli.guarded import MODEL, READ, Out, guarded, shard_lock
+from ptxseg.cli.options import split_list
 from ptxseg.cli.train import CONFIG_OPTION, TRAIN_READS
 from ptxseg.util import path_guard
 
@@ -59,6 +59,7 @@ def cv(**params) -> None:
     """
     from ptxseg.experiments.cross_validation import CvOptions, run_cv
     from ptxseg.model.unet import EncoderWeightsError
+    from ptxseg.reporting.terminal import fold_event_printer, print_oof
 
     shared = {k: v for k, v in params.items() if k not in {p.name for p in _OWN}}
     own = {k: v for k, v in params.items() if k in {p.name for p in _OWN}}
@@ -66,7 +67,7 @@ def cv(**params) -> None:
         **own, config=params["config"], overrides=config_overrides(shared, params["set_"])
     )
     try:
-        outcome = run_cv(options, _fold_event(options.folds))
+        outcome = run_cv(options, fold_event_printer(console, options.folds))
     except (ValueError, FileNotFoundError, FileExistsError, EncoderWeightsError) as error:
         fail(str(error))
     if outcome.oof is None:
@@ -76,7 +77,7 @@ def cv(**params) -> None:
             "--folds-to-run once they are, to write the ensemble"
         )
         return
-    print_oof(outcome.oof)
+    print_oof(outcome.oof, console)
     out, data = options.out, options.data
     console.print(
         f"ensemble: {out / 'ensemble.json'}; test it with: ptxseg evaluate --checkpoint "
@@ -84,55 +85,10 @@ def cv(**params) -> None:
     )
 
 
-def _fold_event(folds: int):
-    def event(kind: str, fold: int, summary) -> None:
-        if kind == "skipped":
-            console.print(f"fold {fold}: finished before, skipped")
-        elif kind in ("started", "resumed"):
-            console.rule(f"fold {fold} of {folds} ({kind})")
-        else:
-            console.print(
-                f"fold {fold}: best val competition Dice "
-                f"{summary.get('best_val_competition_dice')} in {summary['cv_seconds']} s"
-            )
-
-    return event
-
-
 with_parameters(cv, [*_OWN, CONFIG_OPTION, *_SHARED, set_parameter()])
 app.command("cv", rich_help_panel="Training")(
     guarded(TRAIN_READS, {"out": Out(lock=shard_lock("folds_to_run"))})(cv)
 )
-
-
-def _fmt(value) -> str:
-    return "-" if value is None else f"{value:.4f}"
-
-
-def print_oof(summary: dict) -> None:
-    """Each fold's and the pooled out-of-fold competition Dice, side by side, with their 95%
-    intervals."""
-    from ptxseg.evaluation.uncertainty import format_interval
-
-    table = Table(title=f"out of fold, {summary['operating_point_description']}")
-    for column in ("fold", "images", "positive", "competition Dice [95%]", "Dice (pooled) [95%]"):
-        table.add_column(column, justify="right")
-
-    def row(name, entry) -> None:
-        counts, metrics = entry["counts"], entry["metrics"]
-        table.add_row(
-            name,
-            str(counts["n_images"]),
-            str(counts["n_positive"]),
-            format_interval(metrics["dice_per_image"], 4),
-            format_interval(metrics["dice_pooled"], 4),
-        )
-
-    for fold in summary.get("folds", []):
-        row(str(fold["fold"]), fold)
-    row("pooled", summary)
-    console.print(table)
-    console.print(f"operating point: {summary['operating_point_source']}")
 
 
 def _averaged(params) -> list:
@@ -165,25 +121,11 @@ def average_checkpoints(
 
     Example: ptxseg average-checkpoints runs/a/checkpoints/top/*.ckpt --out runs/a/averaged.ckpt
     """
-    from ptxseg.config import TrainConfig
     from ptxseg.model.checkpoint import CheckpointError
-    from ptxseg.training.averaging import average_and_refresh, training_images, write_model
+    from ptxseg.training.averaging import average_and_refresh, batch_norm_images, write_model
 
     try:
-        images = None
-        if bn_batches:
-            from ptxseg.model.checkpoint import read_info
-
-            config = TrainConfig.from_dict(read_info(checkpoints[0])["config"])
-            if data is not None:
-                config.data.work = str(data)
-            if not config.data.work or not Path(config.data.work).is_dir():
-                fail(
-                    f"the BatchNorm pass needs the training data: {checkpoints[0]} was trained "
-                    f"on {config.data.work or 'an unknown folder'}; give --data WORK, or "
-                    "--bn-batches 0 to keep the averaged statistics"
-                )
-            images = training_images(config, bn_batches)
+        images = batch_norm_images(checkpoints[0], data, bn_batches)
         model, source = average_and_refresh(checkpoints, images, device)
         path = write_model(model.cpu(), out, {**source, "checkpoints": list(map(str, checkpoints))})
     except (ValueError, FileNotFoundError, CheckpointError) as error:
@@ -221,14 +163,6 @@ def ensemble(
     )
 
 
-def _split_list(value: str) -> list[str]:
-    return [item.strip() for item in value.split(",") if item.strip()]
-
-
-def _num(value) -> str:
-    return f"{value:.4f}" if isinstance(value, float) else str(value)
-
-
 @app.command(rich_help_panel="Evaluation")
 @guarded(
     inputs={"data": READ, "config": READ, "encoder_weights": READ},
@@ -260,16 +194,17 @@ def ablate(
 ) -> None:
     """Train and evaluate every encoder x augmentation x seed cell, resumably; aggregate."""
     from ptxseg.experiments.ablation_grid import AblationOptions, run_ablation
+    from ptxseg.reporting.terminal import cell_event_printer
 
     overrides = parse_set(set_)
     if encoder_weights is not None:
         overrides["model.encoder_weights"] = encoder_weights
     options = AblationOptions(
-        data, out, _split_list(encoders), _split_list(augs), epochs, seeds, size, config,
+        data, out, split_list(encoders), split_list(augs), epochs, seeds, size, config,
         overrides, cells, device,
     )  # fmt: skip
     try:
-        outcome = run_ablation(options, _cell_event())
+        outcome = run_ablation(options, cell_event_printer(console))
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from exc
     if outcome.done:
@@ -285,32 +220,3 @@ def ablate(
         )
     if len(outcome.finished) < len(outcome.todo):
         raise typer.Exit(1)
-
-
-def _cell_event():
-    state = {"n": 0, "todo": 0}
-
-    def event(kind: str, cell, result) -> None:
-        if kind == "planned":
-            state["todo"] = len(result["todo"])
-            console.print(
-                f"{state['todo']} of {len(result['cells'])} cells in this run "
-                f"({result['shard'] or 'all'})"
-            )
-            return
-        if kind in ("skipped", "started"):
-            state["n"] += 1
-        prefix = f"[{state['n']}/{state['todo']}] {cell.name}"
-        if kind == "skipped":
-            console.print(f"{prefix}: done before, skipped")
-        elif kind == "started":
-            console.rule(prefix)
-        elif kind == "failed":
-            console.print(f"[red]{prefix} failed[/red]: {result['error']} (see error.txt)")
-        else:
-            console.print(
-                f"{prefix}: test Dice {_num(result.get('test_dice'))}, competition Dice "
-                f"{_num(result.get('test_competition_dice'))} in {result['seconds']} s"
-            )
-
-    return event

@@ -6,25 +6,15 @@ from pathlib import Path
 
 import typer
 from rich.console import Console
-from rich.table import Table
 from rich.text import Text
 
 from ptxseg.cli import errors, options
 from ptxseg.cli.app import EXIT_INPUTS_FAILED, app, fail
 from ptxseg.cli.guarded import READ, TABLES, WALKED, Out, guarded
 from ptxseg.util.progress import progress_bar
+from ptxseg.util.run_folders import PREPARE_WRITES
 
 console = Console()
-
-
-PREPARE_WRITES = (
-    "cache",
-    "manifest.csv",
-    "splits.json",
-    "annotations.csv",
-    "unmatched.json",
-    ".ptxseg*",
-)
 
 
 def _decode_choice(decode: str, device: str | None) -> tuple[str, str]:
@@ -95,6 +85,7 @@ def prepare(
     --out work --size 256 [--folds 5]
     """
     from ptxseg.data.work_folder import PrepareOptions, prepare_work_folder
+    from ptxseg.reporting.terminal import print_prepared
     from ptxseg.util.system import usable_cores
 
     options = PrepareOptions(
@@ -113,27 +104,7 @@ def prepare(
             result = prepare_work_folder(images, annotations, out, options, progress)
     except (ValueError, FileNotFoundError, FileExistsError) as err:
         fail(str(err))
-    table = Table(title=f"{out} ({size}px, {result.encoding} RLE)")
-    for column in ("split", "images", "positive", "positive share"):
-        table.add_column(column, justify="right" if column != "split" else "left")
-    for split, c in result.counts.items():
-        share = f"{c['positive'] / c['images']:.1%}" if c["images"] else "-"
-        table.add_row(split, str(c["images"]), str(c["positive"]), share)
-    console.print(table)
-    if result.folds:
-        folds_table = Table(title=f"{len(result.folds)} folds of the train and val images")
-        for column in ("fold", "images", "positive", "positive share"):
-            folds_table.add_column(column, justify="right")
-        for k, c in enumerate(result.folds):
-            share = f"{c['positive'] / c['images']:.1%}" if c["images"] else "-"
-            folds_table.add_row(str(k), str(c["images"]), str(c["positive"]), share)
-        console.print(folds_table)
-    for key, items in result.problems.items():
-        if items:
-            console.print(
-                f"[yellow]{len(items)} {key.replace('_', ' ')}[/yellow] "
-                f"(listed in {out}/unmatched.json)"
-            )
+    print_prepared(result, out, size, console)
     skipped = [(item["file"], item["reason"]) for item in result.problems.get("skipped", [])]
     for line in errors.summarise_failures(skipped, where=f"{out}/unmatched.json"):
         console.print(Text("skipped ", style="yellow") + Text(line), soft_wrap=True)

@@ -11,20 +11,6 @@ from ptxseg.cli.app import app, fail
 from ptxseg.cli.guarded import MODEL, READ, Out, guarded
 
 
-def _predictor_request(
-    checkpoint: list[Path],
-    runtime: str,
-    precision: str,
-    device: str,
-    tta: str | None,
-    batch_size: int,
-):
-    """The model and how its Predictor is built: the `PredictorSpec` of the options, as
-    `predict` builds it."""
-    spec = options.predictor_spec(checkpoint, runtime, precision, device, tta, batch_size)
-    return spec.model, spec
-
-
 @app.command(rich_help_panel="Evaluation")
 @guarded(
     inputs={"checkpoint": MODEL, "data": READ, "subgroups": READ},
@@ -115,9 +101,8 @@ def evaluate(
     from ptxseg.reporting.terminal import print_folds, print_summary
 
     try:
-        model, settings = _predictor_request(
-            checkpoint, runtime, precision, device, tta, batch_size
-        )
+        # the PredictorSpec of the options, as `predict` builds it
+        settings = options.predictor_spec(checkpoint, runtime, precision, device, tta, batch_size)
         scoring = ScoringOptions(
             search=search,
             overrides=options.overrides(threshold, top, bottom, min_area),
@@ -127,7 +112,7 @@ def evaluate(
             save_probs=save_probs,
         )
         request = EvalRequest(
-            model, data, out, split, settings, scoring,
+            settings.model, data, out, split, settings, scoring,
             EvidenceSettings(bootstrap, bootstrap_seed, subgroups), model_card=model_card,
         )  # fmt: skip
         run = evaluate_out_of_fold if split == "oof" else evaluate_predictor

@@ -21,7 +21,6 @@ command without one fails it.
 
 from __future__ import annotations
 
-import errno
 import functools
 import inspect
 import json
@@ -109,13 +108,14 @@ class Declaration:
                 except path_guard.GuardError as err:
                     fail(str(err))
                 except OSError as err:
-                    fail(f"cannot write to {out.label} {out.path}: {describe_os_error(err)}")
+                    reason = path_guard.describe_os_error(err)
+                    fail(f"cannot write to {out.label} {out.path}: {reason}")
             try:
                 return self.body(**params)
             except OSError as err:
                 where = f"{err.filename}: " if err.filename else ""
                 fail(
-                    f"{where}{describe_os_error(err)}; what was finished is kept",
+                    f"{where}{path_guard.describe_os_error(err)}; what was finished is kept",
                     EXIT_INPUTS_FAILED,
                 )
 
@@ -185,19 +185,6 @@ def model_inputs(path: Path) -> list[Path]:
     return [file] + [
         file.parent / m["path"] for m in members if isinstance(m, dict) and "path" in m
     ]
-
-
-def describe_os_error(err: OSError) -> str:
-    """An operating-system error in words: what happened, and what to do."""
-    what = err.strerror or str(err) or type(err).__name__
-    hint = {
-        errno.ENOSPC: "free some space, or write elsewhere, and rerun",
-        errno.EDQUOT: "free some space, or write elsewhere, and rerun",
-        errno.EROFS: "choose a writable folder",
-        errno.EACCES: "check the permissions, or choose another folder",
-        errno.EPERM: "check the permissions, or choose another folder",
-    }.get(err.errno, "fix it and rerun")
-    return f"{what} (errno {err.errno}): {hint}"
 
 
 def _values(value: Any) -> list[Any]:

@@ -57,6 +57,11 @@ def positive_number(param: typer.CallbackParam, value: float | None) -> float | 
     return value
 
 
+def split_list(value: str) -> list[str]:
+    """A comma-separated option's items, stripped, empty ones left out."""
+    return [item.strip() for item in value.split(",") if item.strip()]
+
+
 MAX_MEGAPIXELS_HELP = "Refuse images whose header claims more pixels (decompression bombs)."
 
 

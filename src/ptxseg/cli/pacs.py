@@ -3,11 +3,8 @@
 from __future__ import annotations
 
 import json
-import logging
 import math
-import signal
 import threading
-import warnings
 from pathlib import Path
 
 import typer
@@ -15,6 +12,12 @@ import typer
 from ptxseg.cli import options
 from ptxseg.cli.app import app, fail
 from ptxseg.cli.guarded import MODEL, READ, WALKED, Out, guarded
+from ptxseg.integration.pacs_terminal import (
+    print_error,
+    quiet_pacs_libraries,
+    stop_on_signals,
+    timestamped_reporter,
+)
 
 PACS_EXTRA = "pip install 'ptxseg[pacs]' (dicomweb-client and pynetdicom)"
 
@@ -33,47 +36,6 @@ def _positive(value: float, option: str, example: str) -> float:
     if not math.isfinite(value) or value <= 0:
         raise typer.BadParameter(f"{option} {value:g}: expected a positive number, e.g. {example}")
     return value
-
-
-def _quiet_libraries() -> None:
-    """Library warnings quote header values verbatim (identifiers); the findings carry them."""
-    for name in ("pydicom", "highdicom", "pynetdicom", "dicomweb_client", "retrying"):
-        logging.getLogger(name).setLevel(logging.ERROR)
-    warnings.filterwarnings("ignore", category=UserWarning, module=r"(pydicom|highdicom)\..*")
-    from ptxseg.data.dicom import DicomHeaderWarning
-    from ptxseg.inference.seg import InvalidSourceUIDWarning
-
-    warnings.filterwarnings("ignore", category=DicomHeaderWarning)
-    warnings.filterwarnings("ignore", category=InvalidSourceUIDWarning)
-
-
-def _error(console, text: str, scrub=lambda text: text) -> None:
-    from rich.text import Text
-
-    console.print(Text("error: ", style="red") + Text(scrub(text)), soft_wrap=True)
-
-
-def _reporter(console, scrub=lambda text: text):
-    """Log lines with the time, unwrapped and without rich markup (they quote server text)."""
-    import datetime
-
-    def report(line: str) -> None:
-        stamp = datetime.datetime.now().strftime("%Y-%m-%d %H:%M:%S")
-        console.print(f"{stamp} {scrub(line)}", markup=False, highlight=False, soft_wrap=True)
-
-    return report
-
-
-def _stop_on_signals(stop: threading.Event) -> None:
-    """Ctrl-C or SIGTERM ends the loop after the current step; a second one ends it at once."""
-
-    def handler(signum, frame):  # noqa: ARG001 - signal handler signature
-        if stop.is_set():
-            raise KeyboardInterrupt
-        stop.set()
-
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, handler)
 
 
 @app.command(rich_help_panel="Serving and PACS")
@@ -117,10 +79,10 @@ def dicomweb(
     try:
         from ptxseg.integration import dicomweb as dw
     except ImportError as err:
-        _error(console, f"{err}; {PACS_EXTRA}")
+        print_error(console, f"{err}; {PACS_EXTRA}")
         raise typer.Exit(2) from None
     secrets = dw.Secrets()
-    _quiet_libraries()
+    quiet_pacs_libraries()
     try:
         client = dw.make_client(url)
         spec = options.predictor_spec(
@@ -128,13 +90,13 @@ def dicomweb(
         )
         analyzer = _analyzer(spec, max_megapixels)
     except (dw.DicomwebError, ValueError, FileNotFoundError, ImportError) as err:
-        _error(console, f"{err}", secrets.scrub)
+        print_error(console, f"{err}", secrets.scrub)
         raise typer.Exit(2) from None
     stop = threading.Event()
     if watch is not None:
-        _stop_on_signals(stop)
+        stop_on_signals(stop)
     studies = list(study) if study else None
-    report = _reporter(console, secrets.scrub)
+    report = timestamped_reporter(console, secrets.scrub)
     code = dw.process(client, url, analyzer, studies, batch_size, report, watch, stop)
     if code:
         raise typer.Exit(code)
@@ -198,15 +160,17 @@ def listen(
     console = Console(stderr=True)
     try:
         from ptxseg.integration.dimse import (
+            CannotListen,
             Listener,
             ListenerSettings,
             check_ae_title,
-            duration,
             parse_destination,
+            parse_duration,
+            run_listener,
         )
         from ptxseg.integration.spool import Spool, SpoolBusy, default_spool
     except ImportError as err:
-        _error(console, f"{err}; {PACS_EXTRA}")
+        print_error(console, f"{err}; {PACS_EXTRA}")
         raise typer.Exit(2) from None
     try:
         destination = parse_destination(send_to)
@@ -220,12 +184,12 @@ def listen(
     try:
         store.open(owner=f"{ae_title} on {host}:{port}")
     except SpoolBusy as err:
-        _error(console, str(err))
+        print_error(console, str(err))
         raise typer.Exit(2) from None
     except OSError as err:
-        _error(console, f"cannot use {folder} as the spool: {err}; give a writable --spool")
+        print_error(console, f"cannot use {folder} as the spool: {err}; give a writable --spool")
         raise typer.Exit(2) from None
-    _quiet_libraries()
+    quiet_pacs_libraries()
     try:
         spec = options.predictor_spec(
             checkpoint, runtime, precision, device, tta, batch_size, operating_point
@@ -233,9 +197,9 @@ def listen(
         analyzer = _analyzer(spec, max_megapixels)
     except (ValueError, FileNotFoundError, ImportError) as err:
         store.close()
-        _error(console, f"{err}")
+        print_error(console, f"{err}")
         raise typer.Exit(2) from None
-    report = _reporter(console)
+    report = timestamped_reporter(console)
     if analyzer.predictor.path_choice:  # None for a Predictor built without the choice
         report(f"path: {analyzer.predictor.path_choice['line']}")
     listener = Listener(
@@ -252,47 +216,13 @@ def listen(
         ),
         report=report,
     )
-    counts = store.counts()
-    report(
-        f"spool {store.root}: {counts.queued} queued, {counts.pending} pending delivery, "
-        f"{counts.failed} failed" + (" (taken first)" if counts.queued + counts.pending else "")
-    )
     stop = threading.Event()
-    _stop_on_signals(stop)
+    stop_on_signals(stop)
     try:
-        listener.start()
-    except OSError as err:
-        store.close()
-        _error(console, f"cannot listen on {host}:{port}: {err}")
+        run_listener(listener, stop)
+    except CannotListen as err:
+        print_error(console, str(err))
         raise typer.Exit(2) from None
-    report(
-        f"listening on {host}:{port} as {ae_title}; {analyzer.model_name}; SEG and SR go to "
-        f"{destination}, retried for {duration(retry_seconds)}. Ctrl-C stops."
-    )
-    stop.wait()
-    report("stopping after the current step")
-    listener.stop()
-    counts = store.counts()
-    store.close()
-    report(
-        f"{listener.stats.line()}; in the spool: {counts.queued} queued, {counts.pending} "
-        f"pending delivery (taken up at the next start), {counts.failed} failed"
-    )
-
-
-def parse_duration(text: str, option: str) -> float:
-    """'24h', '90m', '30s', '2d' or a number of seconds -> seconds; ValueError naming `option`."""
-    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
-    raw = text.strip().lower()
-    scale = units.get(raw[-1:])
-    number = raw[:-1] if scale else raw
-    try:
-        seconds = float(number) * (scale or 1)
-    except ValueError:
-        seconds = float("nan")
-    if not math.isfinite(seconds) or seconds <= 0:
-        raise ValueError(f"{option} {text!r}: expected a positive duration, e.g. 24h, 90m, 3600s")
-    return seconds
 
 
 @app.command("listen-status", rich_help_panel="Serving and PACS")
@@ -332,18 +262,12 @@ def listen_status(
 
 
 def _copies(inputs: list[Path], out: Path) -> list[tuple[Path, Path]]:
-    """(DICOM, name of its copy under --out) for repair-uids: folders are searched (not --out)."""
-    from ptxseg.util import path_guard
+    from ptxseg.data.uids import repair_targets
 
-    files: list[tuple[Path, Path]] = []
-    for raw in inputs:
-        if raw.is_dir():
-            files += [(p, p.relative_to(raw)) for p in path_guard.walk(raw, (".dcm",), skip=[out])]
-        elif raw.is_file():
-            files.append((raw, Path(raw.name)))
-        else:
-            raise typer.BadParameter(f"{raw} does not exist: expected a DICOM file or a folder")
-    return files
+    try:
+        return repair_targets(inputs, out)
+    except ValueError as err:
+        raise typer.BadParameter(str(err)) from None
 
 
 def _no_copy_over_its_source(params) -> None:
@@ -366,25 +290,10 @@ def repair_uids_command(
     Example: ptxseg repair-uids siim/stage_2_images --out repaired/
     """
     from ptxseg.cli import errors
-    from ptxseg.data.uids import repair_file
-    from ptxseg.util import path_guard
+    from ptxseg.data.uids import repair_copies
 
     files = _copies(inputs, out)  # none is its own copy (checked before --out was locked)
-    repaired, failed = 0, []
-    for source, relative in files:
-        try:
-            notes = repair_file(source, out / relative)
-        except OSError as err:
-            if err.filename and path_guard.is_inside(
-                path_guard.real(err.filename), path_guard.real(out)
-            ):
-                raise  # the output cannot be written: one line, exit 1
-            failed.append((str(source), f"{type(err).__name__}: {err}"))
-            continue
-        except Exception as err:  # noqa: BLE001 - report and go on
-            failed.append((str(source), f"{type(err).__name__}: {err}"))
-            continue
-        repaired += bool(notes)
+    repaired, failed = repair_copies(files, out)  # an unwritable output: one line, exit 1
     for line in errors.summarise_failures(failed, where="the lines above"):
         typer.echo(f"error: {line}", err=True)
     typer.echo(

@@ -11,20 +11,7 @@ from ptxseg.cli import errors, options
 from ptxseg.cli.app import EXIT_INPUTS_FAILED, app, fail
 from ptxseg.cli.guarded import MODEL, READ, TABLES, WALKED, Out, guarded, shard_lock
 from ptxseg.util import path_guard
-
-PREDICT_WRITES = (
-    "masks",
-    "findings",
-    "overlays",
-    "seg",
-    "sr",
-    "explain",
-    "summary*.csv",
-    "submission*.csv",
-    "run*.json",
-    path_guard.MADE_BY,
-    ".ptxseg*",
-)
+from ptxseg.util.run_folders import PREDICT_WRITES
 
 
 @app.command(rich_help_panel="Prediction and export")

@@ -7,11 +7,8 @@ import typer
 
 from ptxseg.cli.app import app, fail
 from ptxseg.cli.guarded import READ, TABLES, WALKED, Out, guarded
+from ptxseg.cli.options import split_list
 from ptxseg.util import path_guard
-
-
-def _split_list(value: str) -> list[str]:
-    return [item.strip() for item in value.split(",") if item.strip()]
 
 
 @app.command(rich_help_panel="Benchmarks")
@@ -53,23 +50,12 @@ def benchmark(
             "", size, batch_size, device, "fp32", warmup, iters, threads or None
         )
         modes = bb.compile_modes(compile, device)
-        configs = bb.backbone_configs(
-            _split_list(encoders), _split_list(precision), modes, template
-        )
+        configs = bb.backbone_configs(split_list(encoders), split_list(precision), modes, template)
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from exc
     console = Console(width=None if sys.stdout.isatty() else 150)
     console.print("[dim]" + "\n".join(environment_lines()) + "[/dim]")
-    with console.status("benchmarking") as status:
-
-        def progress(row: dict) -> None:
-            state = f"[red]error[/red] {row['error'][:100]}" if row["error"] else "done"
-            console.print(f"{row['encoder']} {row['precision']}: {state}")
-            status.update(f"benchmarking ({len(done) + 1}/{len(configs)} done)")
-            done.append(row)
-
-        done: list[dict] = []
-        rows = bb.run_benchmark(configs, isolate=isolate, on_row=progress, baseline=baseline)
+    rows = bb.run_benchmark_with_status(configs, console, isolate, baseline)
     title = f"U-Net backbones at {size} px, batch {batch_size}, {device}"
     console.print(bb.terminal_table(rows, title))
     paths = bb.write_benchmark(rows, out, baseline=baseline or "")
@@ -121,7 +107,7 @@ def benchmark_gpu(
             batch_size=batch_size,
             train_batches=train_batches,
             device=device,
-            stages=tuple(_split_list(stages)),
+            stages=tuple(split_list(stages)),
             budget_s=budget,
             **({} if workers is None else {"workers": workers}),
         )

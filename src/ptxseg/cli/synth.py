@@ -7,6 +7,7 @@ import typer
 from ptxseg.cli.app import app, fail
 from ptxseg.cli.guarded import Out, guarded
 from ptxseg.util import path_guard
+from ptxseg.util.run_folders import SYNTH_WRITES
 
 
 def _replaceable(params) -> None:
@@ -22,16 +23,7 @@ def _replaceable(params) -> None:
 @guarded(
     check=_replaceable,
     outputs={
-        "out_dir": Out(
-            owns=(
-                "dicom-images-train",
-                "train-rle.csv",
-                "metadata.csv",
-                path_guard.MADE_BY,
-                ".synth-*",
-                ".ptxseg*",
-            )
-        ),
+        "out_dir": Out(owns=SYNTH_WRITES),
         "panel": Out(path_guard.FILE),
     },
 )

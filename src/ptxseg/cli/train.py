@@ -16,6 +16,7 @@ from ptxseg.cli.config_options import (
     with_parameters,
 )
 from ptxseg.cli.guarded import READ, TABLES, Out, guarded
+from ptxseg.cli.options import split_list
 from ptxseg.util.run_folders import RunFolder
 
 console = Console()
@@ -41,7 +42,8 @@ def train(**params) -> None:
     """
     from ptxseg.config import load_config
     from ptxseg.model.unet import EncoderWeightsError
-    from ptxseg.training.fit import fit
+    from ptxseg.reporting.terminal import print_train_summary
+    from ptxseg.training.fit import at_cached_size, fit
 
     overrides = config_overrides(params, params["set_"])
     out, resume, base = params["out"], params["resume"], params["config"]
@@ -54,54 +56,17 @@ def train(**params) -> None:
         if out is None and base is None:
             fail("no run folder: pass --out runs/NAME")
         if "data.size" not in overrides and not resume:
-            resolved = _cached_size(resolved)
+            resolved = at_cached_size(resolved, console.print)
         run_dir = fit(resolved)
     except (ValueError, FileNotFoundError, FileExistsError, EncoderWeightsError) as error:
         fail(str(error))
-    _print_summary(run_dir)
+    print_train_summary(run_dir, console)
 
 
 with_parameters(train, [CONFIG_OPTION, *config_parameters(), set_parameter()])
 app.command("train", rich_help_panel="Training")(
     guarded(inputs=TRAIN_READS, outputs={"out": Out(owns=TRAIN_WRITES)})(train)
 )
-
-
-def _print_summary(run_dir: Path) -> None:
-    import json
-
-    summary_path = RunFolder(run_dir).train_summary
-    s = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
-    if s.get("best_val_dice") is not None:
-        console.print(
-            f"[green]done[/green]: {run_dir} — best val Dice {s['best_val_dice']:.4f} at epoch "
-            f"{s['best_epoch']}, competition Dice {s['best_val_competition_dice']:.4f} "
-            f"(all-empty baseline {s['empty_baseline_val']['competition_dice']:.4f}), "
-            f"{s['train_images_per_s']} images/s"
-        )
-
-
-def _cached_size(config):
-    """The config with the one size cached in its work folder, when it asked for another.
-
-    The size came from a preset or the default, not from --size: with one cached size that size
-    is used (and said); with several the error lists them."""
-    from ptxseg.config import apply_overrides
-    from ptxseg.data.dataset import available_sizes
-
-    sizes = available_sizes(config.data.work)
-    if not sizes or config.data.size in sizes:
-        return config
-    if len(sizes) > 1:
-        fail(
-            f"{config.data.work} has caches at {', '.join(map(str, sizes))} px, not at the "
-            f"configured {config.data.size}: choose one with --size"
-        )
-    console.print(
-        f"training at {sizes[0]} px, the size cached in {config.data.work} "
-        f"(the config says {config.data.size}; --size or `ptxseg prepare --size` for another)"
-    )
-    return apply_overrides(config, {"data.size": sizes[0]})
 
 
 @app.command("benchmark-training", rich_help_panel="Benchmarks")
@@ -131,7 +96,7 @@ def benchmark_training(
         write_training_benchmark,
     )
 
-    names = [e.strip() for e in encoders.split(",") if e.strip()]
+    names = split_list(encoders)
     if not names:
         fail("--encoders is empty: give names such as resnet50,efficientnet-b0")
 

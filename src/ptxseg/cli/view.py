@@ -51,7 +51,7 @@ def view(
     import webbrowser
 
     from ptxseg.integration import viewer as vw
-    from ptxseg.integration.dicomweb import DicomwebError, StoreRefused, make_client
+    from ptxseg.integration.dicomweb import DicomwebError, StoreRefused
 
     try:
         dist = vw.find_ohif(ohif)
@@ -59,14 +59,8 @@ def view(
         fail(str(err))
     if store and results is None:
         raise typer.BadParameter("--store stores a RESULTS folder: give one")
-    studies = list(study or [])
     try:
-        if results is not None:
-            found = vw.run_results(results)
-            if store:
-                stored = vw.store_results(make_client(url), found, report=typer.echo)
-                typer.echo(f"stored {stored} images with their results in {url}")
-            studies += [uid for uid in vw.studies_of(found) if uid not in studies]
+        studies = vw.studies_to_open(results, study or [], url, store, report=typer.echo)
     except (ValueError, OSError, DicomwebError, StoreRefused) as err:
         fail(str(err))
     except ImportError as err:

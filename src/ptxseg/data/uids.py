@@ -114,3 +114,42 @@ def header_repairs(source: str | Path | bytes) -> list[str]:
         warnings.simplefilter("ignore")
         raw = io.BytesIO(source) if isinstance(source, bytes) else str(source)
         return repair_source(pydicom.dcmread(raw, stop_before_pixels=True))
+
+
+def repair_targets(inputs: list[Path], out: Path) -> list[tuple[Path, Path]]:
+    """(DICOM, name of its copy under `out`) for `ptxseg repair-uids`: folders are searched
+    (not `out`); ValueError for an input that does not exist."""
+    from ptxseg.util import path_guard
+
+    files: list[tuple[Path, Path]] = []
+    for raw in inputs:
+        if raw.is_dir():
+            files += [(p, p.relative_to(raw)) for p in path_guard.walk(raw, (".dcm",), skip=[out])]
+        elif raw.is_file():
+            files.append((raw, Path(raw.name)))
+        else:
+            raise ValueError(f"{raw} does not exist: expected a DICOM file or a folder")
+    return files
+
+
+def repair_copies(files: list[tuple[Path, Path]], out: Path) -> tuple[int, list[tuple[str, str]]]:
+    """Write the repaired copy of each (DICOM, name under `out`); (how many had UIDs repaired,
+    (file, reason) of those that could not be read). An OSError writing under `out` is raised."""
+    from ptxseg.util import path_guard
+
+    repaired, failed = 0, []
+    for source, relative in files:
+        try:
+            notes = repair_file(source, out / relative)
+        except OSError as err:
+            if err.filename and path_guard.is_inside(
+                path_guard.real(err.filename), path_guard.real(out)
+            ):
+                raise  # the output cannot be written
+            failed.append((str(source), f"{type(err).__name__}: {err}"))
+            continue
+        except Exception as err:  # noqa: BLE001 - report and go on
+            failed.append((str(source), f"{type(err).__name__}: {err}"))
+            continue
+        repaired += bool(notes)
+    return repaired, failed

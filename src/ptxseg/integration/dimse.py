@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import os
 import re
 import threading
@@ -141,6 +142,21 @@ def duration(seconds: float) -> str:
     if seconds >= 120:
         return f"{seconds / 60:g} min"
     return f"{seconds:g} s"
+
+
+def parse_duration(text: str, option: str) -> float:
+    """'24h', '90m', '30s', '2d' or a number of seconds -> seconds; ValueError naming `option`."""
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    raw = text.strip().lower()
+    scale = units.get(raw[-1:])
+    number = raw[:-1] if scale else raw
+    try:
+        seconds = float(number) * (scale or 1)
+    except ValueError:
+        seconds = float("nan")
+    if not math.isfinite(seconds) or seconds <= 0:
+        raise ValueError(f"{option} {text!r}: expected a positive duration, e.g. 24h, 90m, 3600s")
+    return seconds
 
 
 @dataclass(frozen=True)
@@ -463,3 +479,37 @@ class Listener:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+class CannotListen(RuntimeError):
+    """The listener's port could not be opened (in use, or not allowed)."""
+
+
+def run_listener(listener: Listener, stop: threading.Event) -> None:
+    """Run `listener` until `stop` is set, reporting the spool before and after: what is left is
+    taken up at the next start. CannotListen (the spool closed) when the port cannot be opened."""
+    report, store = listener.report, listener.spool
+    counts = store.counts()
+    report(
+        f"spool {store.root}: {counts.queued} queued, {counts.pending} pending delivery, "
+        f"{counts.failed} failed" + (" (taken first)" if counts.queued + counts.pending else "")
+    )
+    try:
+        listener.start()
+    except OSError as err:
+        store.close()
+        raise CannotListen(f"cannot listen on {listener.host}:{listener.port}: {err}") from None
+    report(
+        f"listening on {listener.host}:{listener.port} as {listener.ae_title}; "
+        f"{listener.analyzer.model_name}; SEG and SR go to {listener.destination}, retried for "
+        f"{duration(listener.retry_for)}. Ctrl-C stops."
+    )
+    stop.wait()
+    report("stopping after the current step")
+    listener.stop()
+    counts = store.counts()
+    store.close()
+    report(
+        f"{listener.stats.line()}; in the spool: {counts.queued} queued, {counts.pending} "
+        f"pending delivery (taken up at the next start), {counts.failed} failed"
+    )

@@ -327,3 +327,20 @@ def store_results(client, results: Sequence[PredictedImage], report=lambda line:
         kinds = store(client, [source, *derived], ref)
         report(f"{ref}: stored {' + '.join(kinds)}")
     return len(results)
+
+
+def studies_to_open(
+    results: Path | None, studies: Sequence[str], url: str, store: bool, report=print
+) -> list[str]:
+    """The studies `ptxseg view` opens: those given, then those of a predict RESULTS folder
+    (stored first in the PACS at `url` with their results when `store`)."""
+    studies = list(studies)
+    if results is None:
+        return studies
+    found = run_results(results)
+    if store:
+        from ptxseg.integration.dicomweb import make_client
+
+        stored = store_results(make_client(url), found, report=report)
+        report(f"stored {stored} images with their results in {url}")
+    return studies + [uid for uid in studies_of(found) if uid not in studies]

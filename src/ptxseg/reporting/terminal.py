@@ -5,6 +5,8 @@ numbers)."""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any
 
 from rich.console import Console
@@ -12,6 +14,7 @@ from rich.table import Table
 
 from ptxseg.evaluation.compare import METRICS
 from ptxseg.evaluation.uncertainty import format_interval
+from ptxseg.util.run_folders import RunFolder
 
 
 def _fmt(value) -> str:
@@ -146,3 +149,119 @@ def print_comparison(result: dict[str, Any], console: Console | None = None) -> 
             )
     console.print(table)
     console.print(result["method"], style="dim")
+
+
+def print_oof(summary: dict, console: Console) -> None:
+    """Each fold's and the pooled out-of-fold competition Dice of `ptxseg cv`, side by side,
+    with their 95% intervals."""
+    table = Table(title=f"out of fold, {summary['operating_point_description']}")
+    for column in ("fold", "images", "positive", "competition Dice [95%]", "Dice (pooled) [95%]"):
+        table.add_column(column, justify="right")
+
+    def row(name, entry) -> None:
+        counts, metrics = entry["counts"], entry["metrics"]
+        table.add_row(
+            name,
+            str(counts["n_images"]),
+            str(counts["n_positive"]),
+            format_interval(metrics["dice_per_image"], 4),
+            format_interval(metrics["dice_pooled"], 4),
+        )
+
+    for fold in summary.get("folds", []):
+        row(str(fold["fold"]), fold)
+    row("pooled", summary)
+    console.print(table)
+    console.print(f"operating point: {summary['operating_point_source']}")
+
+
+def fold_event_printer(console: Console, folds: int):
+    """What `ptxseg cv` prints as its folds are skipped, started and finished."""
+
+    def event(kind: str, fold: int, summary) -> None:
+        if kind == "skipped":
+            console.print(f"fold {fold}: finished before, skipped")
+        elif kind in ("started", "resumed"):
+            console.rule(f"fold {fold} of {folds} ({kind})")
+        else:
+            console.print(
+                f"fold {fold}: best val competition Dice "
+                f"{summary.get('best_val_competition_dice')} in {summary['cv_seconds']} s"
+            )
+
+    return event
+
+
+def _num(value) -> str:
+    return f"{value:.4f}" if isinstance(value, float) else str(value)
+
+
+def cell_event_printer(console: Console):
+    """What `ptxseg ablate` prints as its cells are planned, skipped, started, failed and
+    finished."""
+    state = {"n": 0, "todo": 0}
+
+    def event(kind: str, cell, result) -> None:
+        if kind == "planned":
+            state["todo"] = len(result["todo"])
+            console.print(
+                f"{state['todo']} of {len(result['cells'])} cells in this run "
+                f"({result['shard'] or 'all'})"
+            )
+            return
+        if kind in ("skipped", "started"):
+            state["n"] += 1
+        prefix = f"[{state['n']}/{state['todo']}] {cell.name}"
+        if kind == "skipped":
+            console.print(f"{prefix}: done before, skipped")
+        elif kind == "started":
+            console.rule(prefix)
+        elif kind == "failed":
+            console.print(f"[red]{prefix} failed[/red]: {result['error']} (see error.txt)")
+        else:
+            console.print(
+                f"{prefix}: test Dice {_num(result.get('test_dice'))}, competition Dice "
+                f"{_num(result.get('test_competition_dice'))} in {result['seconds']} s"
+            )
+
+    return event
+
+
+def print_prepared(result, out, size: int, console: Console) -> None:
+    """What `ptxseg prepare` prints: each split's images and positives, the folds, and how many
+    files were unmatched or skipped (listed in OUT/unmatched.json)."""
+    table = Table(title=f"{out} ({size}px, {result.encoding} RLE)")
+    for column in ("split", "images", "positive", "positive share"):
+        table.add_column(column, justify="right" if column != "split" else "left")
+    for split, c in result.counts.items():
+        share = f"{c['positive'] / c['images']:.1%}" if c["images"] else "-"
+        table.add_row(split, str(c["images"]), str(c["positive"]), share)
+    console.print(table)
+    if result.folds:
+        folds_table = Table(title=f"{len(result.folds)} folds of the train and val images")
+        for column in ("fold", "images", "positive", "positive share"):
+            folds_table.add_column(column, justify="right")
+        for k, c in enumerate(result.folds):
+            share = f"{c['positive'] / c['images']:.1%}" if c["images"] else "-"
+            folds_table.add_row(str(k), str(c["images"]), str(c["positive"]), share)
+        console.print(folds_table)
+    for key, items in result.problems.items():
+        if items:
+            console.print(
+                f"[yellow]{len(items)} {key.replace('_', ' ')}[/yellow] "
+                f"(listed in {out}/unmatched.json)"
+            )
+
+
+def print_train_summary(run_dir: Path, console: Console) -> None:
+    """The line `ptxseg train` ends with: the best val Dice, its epoch, the competition Dice
+    against the all-empty baseline and the training rate (from the run's train_summary.json)."""
+    summary_path = RunFolder(run_dir).train_summary
+    s = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
+    if s.get("best_val_dice") is not None:
+        console.print(
+            f"[green]done[/green]: {run_dir} — best val Dice {s['best_val_dice']:.4f} at epoch "
+            f"{s['best_epoch']}, competition Dice {s['best_val_competition_dice']:.4f} "
+            f"(all-empty baseline {s['empty_baseline_val']['competition_dice']:.4f}), "
+            f"{s['train_images_per_s']} images/s"
+        )

@@ -170,6 +170,26 @@ def training_images(config: TrainConfig, n_batches: int, data=None) -> Iterator[
         yield batch_to_float(batch["image"], batch["mask"])[0]
 
 
+def batch_norm_images(checkpoint: Path, data: Path | None, n_batches: int):
+    """The training batches that recompute the BatchNorm statistics of an average whose first
+    member is `checkpoint` (its config's fold, augmentation and sampler; `data` replaces its
+    work folder); None for `n_batches` 0. ValueError when the training data is not at hand."""
+    if not n_batches:
+        return None
+    from ptxseg.model.checkpoint import read_info
+
+    config = TrainConfig.from_dict(read_info(checkpoint)["config"])
+    if data is not None:
+        config.data.work = str(data)
+    if not config.data.work or not Path(config.data.work).is_dir():
+        raise ValueError(
+            f"the BatchNorm pass needs the training data: {checkpoint} was trained "
+            f"on {config.data.work or 'an unknown folder'}; give --data WORK, or "
+            "--bn-batches 0 to keep the averaged statistics"
+        )
+    return training_images(config, n_batches)
+
+
 def validation_scores(
     model: torch.nn.Module, dataset: Dataset, batch_size: int = 8, device: str = "cpu"
 ) -> dict[str, float]:

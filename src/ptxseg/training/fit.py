@@ -307,6 +307,28 @@ def fit(
     return run_dir
 
 
+def at_cached_size(config: TrainConfig, say=print) -> TrainConfig:
+    """The config with the one size cached in its work folder, when it asked for another.
+
+    The size came from a preset or the default, not from --size: with one cached size that size
+    is used (and said); with several the ValueError lists them."""
+    from ptxseg.data.dataset import available_sizes
+
+    sizes = available_sizes(config.data.work)
+    if not sizes or config.data.size in sizes:
+        return config
+    if len(sizes) > 1:
+        raise ValueError(
+            f"{config.data.work} has caches at {', '.join(map(str, sizes))} px, not at the "
+            f"configured {config.data.size}: choose one with --size"
+        )
+    say(
+        f"training at {sizes[0]} px, the size cached in {config.data.work} "
+        f"(the config says {config.data.size}; --size or `ptxseg prepare --size` for another)"
+    )
+    return apply_overrides(config, {"data.size": sizes[0]})
+
+
 def check_batch_limit(config: TrainConfig, data: SegmentationDataModule) -> None:
     """A fraction of the batches that keeps none of them is an error, before anything runs."""
     limit = config.trainer.limit_batches

@@ -22,6 +22,7 @@ command's inputs and outputs (`ptxseg.cli.guarded`) and turns a refusal into exi
 
 from __future__ import annotations
 
+import errno
 import fnmatch
 import json
 import os
@@ -228,6 +229,19 @@ def made_by(folder: str | os.PathLike) -> dict[str, Any] | None:
 
 
 # ------------------------------------------------------------------------------ locks
+
+
+def describe_os_error(err: OSError) -> str:
+    """An operating-system error in words: what happened, and what to do."""
+    what = err.strerror or str(err) or type(err).__name__
+    hint = {
+        errno.ENOSPC: "free some space, or write elsewhere, and rerun",
+        errno.EDQUOT: "free some space, or write elsewhere, and rerun",
+        errno.EROFS: "choose a writable folder",
+        errno.EACCES: "check the permissions, or choose another folder",
+        errno.EPERM: "check the permissions, or choose another folder",
+    }.get(err.errno, "fix it and rerun")
+    return f"{what} (errno {err.errno}): {hint}"
 
 
 def secondary_process() -> bool:

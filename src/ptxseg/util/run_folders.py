@@ -2,7 +2,8 @@
 
 Training writes a run folder, `evaluate` an evaluation folder, `cv` a folder of folds; the
 commands, the report and the benchmarks find the files by these names. One place holds them, so
-a reader and a writer cannot drift apart.
+a reader and a writer cannot drift apart. The folders that `predict`, `prepare` and `synth`
+write are named here by what they own.
 """
 
 from __future__ import annotations
@@ -11,8 +12,45 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
 
+from ptxseg.util.path_guard import MADE_BY
+
 DONE = "done.json"
 """Written last into a finished job's folder (a fold, an ablation cell): its summary."""
+
+PREDICT_WRITES = (
+    "masks",
+    "findings",
+    "overlays",
+    "seg",
+    "sr",
+    "explain",
+    "summary*.csv",
+    "submission*.csv",
+    "run*.json",
+    MADE_BY,
+    ".ptxseg*",
+)
+"""Every name `predict` may write into its --out (its output guard)."""
+
+PREPARE_WRITES = (
+    "cache",
+    "manifest.csv",
+    "splits.json",
+    "annotations.csv",
+    "unmatched.json",
+    ".ptxseg*",
+)
+"""Every name `prepare` may write into a work folder (its output guard)."""
+
+SYNTH_WRITES = (
+    "dicom-images-train",
+    "train-rle.csv",
+    "metadata.csv",
+    MADE_BY,
+    ".synth-*",
+    ".ptxseg*",
+)
+"""Every name `synth` may write into its folder (its output guard)."""
 
 
 @dataclass(frozen=True)
