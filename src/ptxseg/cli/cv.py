@@ -59,7 +59,7 @@ def cv(**params) -> None:
     """
     from ptxseg.experiments.cross_validation import CvOptions, run_cv
     from ptxseg.model.unet import EncoderWeightsError
-    from ptxseg.reporting.terminal import fold_event_printer, print_oof
+    from ptxseg.reporting.terminal import fold_event_printer, print_cv_outcome
 
     shared = {k: v for k, v in params.items() if k not in {p.name for p in _OWN}}
     own = {k: v for k, v in params.items() if k in {p.name for p in _OWN}}
@@ -70,19 +70,7 @@ def cv(**params) -> None:
         outcome = run_cv(options, fold_event_printer(console, options.folds))
     except (ValueError, FileNotFoundError, FileExistsError, EncoderWeightsError) as error:
         fail(str(error))
-    if outcome.oof is None:
-        console.print(
-            f"{len(outcome.finished)} of the {len(outcome.todo)} folds of this run are finished; "
-            f"folds {outcome.missing} are not (other shards, or failed): rerun without "
-            "--folds-to-run once they are, to write the ensemble"
-        )
-        return
-    print_oof(outcome.oof, console)
-    out, data = options.out, options.data
-    console.print(
-        f"ensemble: {out / 'ensemble.json'}; test it with: ptxseg evaluate --checkpoint "
-        f"{out / 'ensemble.json'} --data {data} --split test --out {out / 'eval' / 'test'}"
-    )
+    print_cv_outcome(outcome, options.out, options.data, console)
 
 
 with_parameters(cv, [*_OWN, CONFIG_OPTION, *_SHARED, set_parameter()])
@@ -194,7 +182,7 @@ def ablate(
 ) -> None:
     """Train and evaluate every encoder x augmentation x seed cell, resumably; aggregate."""
     from ptxseg.experiments.ablation_grid import AblationOptions, run_ablation
-    from ptxseg.reporting.terminal import cell_event_printer
+    from ptxseg.reporting.terminal import cell_event_printer, print_ablation_outcome
 
     overrides = parse_set(set_)
     if encoder_weights is not None:
@@ -207,16 +195,6 @@ def ablate(
         outcome = run_ablation(options, cell_event_printer(console))
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from exc
-    if outcome.done:
-        console.print(
-            f"{outcome.done} finished cells aggregated: "
-            + ", ".join(map(str, outcome.paths.values()))
-        )
-    if outcome.done < len(outcome.cells):
-        console.print(
-            f"{len(outcome.cells) - outcome.done} cells not finished (failed, or in other "
-            "shards): rerun the same command to continue; rerun without --cells once all shards "
-            "are done"
-        )
+    print_ablation_outcome(outcome, console)
     if len(outcome.finished) < len(outcome.todo):
         raise typer.Exit(1)

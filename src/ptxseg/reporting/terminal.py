@@ -265,3 +265,35 @@ def print_train_summary(run_dir: Path, console: Console) -> None:
             f"(all-empty baseline {s['empty_baseline_val']['competition_dice']:.4f}), "
             f"{s['train_images_per_s']} images/s"
         )
+
+
+def print_cv_outcome(outcome, out: Path, data: Path, console: Console) -> None:
+    """How `ptxseg cv` ends: the folds still missing (other shards, or failed), or the
+    out-of-fold table and the command that tests the ensemble."""
+    if outcome.oof is None:
+        console.print(
+            f"{len(outcome.finished)} of the {len(outcome.todo)} folds of this run are finished; "
+            f"folds {outcome.missing} are not (other shards, or failed): rerun without "
+            "--folds-to-run once they are, to write the ensemble"
+        )
+        return
+    print_oof(outcome.oof, console)
+    console.print(
+        f"ensemble: {out / 'ensemble.json'}; test it with: ptxseg evaluate --checkpoint "
+        f"{out / 'ensemble.json'} --data {data} --split test --out {out / 'eval' / 'test'}"
+    )
+
+
+def print_ablation_outcome(outcome, console: Console) -> None:
+    """How `ptxseg ablate` ends: the finished cells aggregated, and how many are not."""
+    if outcome.done:
+        console.print(
+            f"{outcome.done} finished cells aggregated: "
+            + ", ".join(map(str, outcome.paths.values()))
+        )
+    if outcome.done < len(outcome.cells):
+        console.print(
+            f"{len(outcome.cells) - outcome.done} cells not finished (failed, or in other "
+            "shards): rerun the same command to continue; rerun without --cells once all shards "
+            "are done"
+        )
