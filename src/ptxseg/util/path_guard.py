@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from ptxseg.util import atomic
+from ptxseg.util.run_folders import MADE_BY
 
 try:  # POSIX; elsewhere runs are not locked
     import fcntl
@@ -41,7 +42,6 @@ except ImportError:  # pragma: no cover - Windows
     fcntl = None  # type: ignore[assignment]
 
 LOCK = ".ptxseg.lock"
-MADE_BY = "made-by.json"
 MODEL_INFO = "ptxseg.json"  # what makes a folder a model folder (ptxseg.model.checkpoint)
 HOLDS = ("results", "data")
 """What a marked folder holds: results (never inputs: walks skip them) or data (inputs)."""

@@ -12,7 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
 
-from ptxseg.util.path_guard import MADE_BY
+MADE_BY = "made-by.json"
+"""Says which command made a folder and with what (written and read by `ptxseg.util.path_guard`)."""
 
 DONE = "done.json"
 """Written last into a finished job's folder (a fold, an ablation cell): its summary."""
