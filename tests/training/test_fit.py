@@ -482,3 +482,14 @@ def test_data_module_augments_in_one_place_only(folds_work, place, fold):
     converted = data.on_after_batch_transfer(batch, 0)  # outside a Trainer: only converts
     assert converted["image"].dtype == torch.float32 and float(converted["image"].max()) <= 1
     assert set(converted["mask"].unique().tolist()) <= {0.0, 1.0}
+
+
+def test_the_progress_bar_shows_no_logger_version():
+    from types import SimpleNamespace
+
+    from ptxseg.training.fit import progress_bar_without_version
+
+    trainer = SimpleNamespace(
+        loggers=[SimpleNamespace(version="tensorboard")], progress_bar_metrics={"train/loss": 0.5}
+    )
+    assert progress_bar_without_version().get_metrics(trainer, None) == {"train/loss": 0.5}

@@ -204,6 +204,20 @@ def _callbacks(config: TrainConfig, run_dir: Path) -> list:
     ]
 
 
+def progress_bar_without_version():
+    """Lightning's rich progress bar without its `v_num` item: the version of the last logger,
+    cut to four characters, which for the TensorBoard logger's "tensorboard" reads "oard"."""
+    from lightning.pytorch.callbacks import RichProgressBar
+
+    class _Bar(RichProgressBar):
+        def get_metrics(self, trainer, pl_module):
+            items = super().get_metrics(trainer, pl_module)
+            items.pop("v_num", None)
+            return items
+
+    return _Bar()
+
+
 def build_trainer(
     config: TrainConfig, run_dir: Path, extra_callbacks: list | None = None
 ) -> tuple[L.Trainer, RunRecorder]:
@@ -214,9 +228,7 @@ def build_trainer(
     recorder = RunRecorder(run_dir)
     callbacks = [*_callbacks(config, run_dir), recorder, *(extra_callbacks or [])]
     if t.progress_bar:
-        from lightning.pytorch.callbacks import RichProgressBar
-
-        callbacks.append(RichProgressBar())
+        callbacks.append(progress_bar_without_version())
     loggers = [
         CSVLogger(save_dir=run_dir, name="logs", version=_free_version(run_dir / "logs", "csv")),
         TensorBoardLogger(save_dir=run_dir, name="logs", version="tensorboard"),
