@@ -22,7 +22,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from ptxseg.util import atomic
+from ptxseg.util.jsonio import read_json, write_json
 from ptxseg.util.run_folders import RunFolder
 
 ENCODERS = ("efficientnet-b0", "resnet50", "xception")
@@ -135,7 +135,7 @@ def _calibrate(out: Path, s: DemoSettings, console: Console) -> DemoSettings:
         console.rule("0. calibrate: training speed of each backbone on this machine")
         rates = {e: round(training_rate(e, s.size, s.batch_size), 2) for e in s.encoders}
         plan = plan_demo(s, rates).to_dict()
-        atomic.write_text(path, json.dumps(plan, indent=2) + "\n")
+        write_json(path, plan)
     table = Table(title=f"demo plan (budget {plan['budget_minutes']:g} min)")
     for column in ("encoder", "train img/s", "epochs"):
         table.add_column(column, justify="left" if column == "encoder" else "right")
@@ -279,8 +279,8 @@ def results_table(runs: Path, encoders: Sequence[str]) -> Table:
             column, justify="left" if column == "encoder" else "right", no_wrap=column == "encoder"
         )
     for encoder in encoders:
-        train = json.loads(RunFolder(runs / encoder).train_summary.read_text())
-        test = json.loads(RunFolder(runs / encoder).eval("test").summary.read_text())
+        train = read_json(RunFolder(runs / encoder).train_summary)
+        test = read_json(RunFolder(runs / encoder).eval("test").summary)
         metric = test["metrics"]
         table.add_row(
             encoder,

@@ -85,12 +85,12 @@ def test_a_read_only_output_folder_is_one_line(inputs, read_only, capsys, comman
 
 
 def test_a_full_disk_at_summary_csv_is_one_line_and_exit_1(inputs, tmp_path, monkeypatch, capsys):
-    import ptxseg.inference.main_loop as pipeline
+    from ptxseg.inference import main_loop
 
     def full(path, rows):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
 
-    monkeypatch.setattr(pipeline, "write_summary", full)
+    monkeypatch.setattr(main_loop, "write_summary", full)
     out = tmp_path / "out"
     code, line = one_line(predict_args(inputs, out), capsys)
     assert code == 1

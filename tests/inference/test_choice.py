@@ -2,6 +2,7 @@
 the fastest faithful one, the cache, and the Predictor it builds. The CPUs are faked
 (instruction sets) and so are the measurements: the suite does not pay for the check."""
 
+import dataclasses
 import json
 import warnings
 
@@ -12,8 +13,8 @@ from predict_helpers import ConfidentModel, disc_images
 from ptxseg.inference import choice, int8, runtimes
 from ptxseg.inference.choice import (
     CheckImages,
+    ChoiceHooks,
     Measurement,
-    build_predictor,
     cache_key,
     candidates,
     decide,
@@ -22,7 +23,17 @@ from ptxseg.inference.choice import (
 from ptxseg.inference.export import export_onnx
 from ptxseg.inference.int8 import Int8Refused
 from ptxseg.inference.loaded import LoadedModel
+from ptxseg.inference.spec import PredictorSpec
 from ptxseg.util.system import CpuInfo
+
+
+def build_predictor(model, **options):
+    """The library's `build_predictor` with the spec's fields and the hooks' as keywords."""
+    hook_keys = {f.name for f in dataclasses.fields(ChoiceHooks)}
+    hooks = ChoiceHooks(**{k: v for k, v in options.items() if k in hook_keys})
+    spec = PredictorSpec(model, **{k: v for k, v in options.items() if k not in hook_keys})
+    return choice.build_predictor(spec, hooks)
+
 
 AVX2 = CpuInfo("AMD EPYC (AVX2)", 2, frozenset({"avx2", "fma"}))
 AVX512 = CpuInfo("Intel Xeon (Skylake)", 2, frozenset({"avx2", "avx512f"}))

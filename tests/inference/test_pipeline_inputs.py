@@ -12,7 +12,8 @@ import numpy as np
 from dicom_files import chest_like, replace_bytes, write_dicom
 from predict_helpers import RegionModel
 
-from ptxseg.inference.pipeline import collect_inputs, predict_files
+from ptxseg.inference.inputs import collect_inputs
+from ptxseg.inference.main_loop import predict_files
 from ptxseg.inference.predictor import Predictor
 
 

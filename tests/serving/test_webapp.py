@@ -473,20 +473,7 @@ def test_declared_oversize_is_refused_without_reading_the_body():
     async def send(message):
         sent.append(message)
 
-    scope = {
-        "type": "http",
-        "asgi": {"version": "3.0"},
-        "http_version": "1.1",
-        "method": "POST",
-        "scheme": "http",
-        "path": "/v1/predict",
-        "raw_path": b"/v1/predict",
-        "query_string": b"",
-        "root_path": "",
-        "headers": [(b"content-length", str(2 * 2**20).encode()), (b"host", b"127.0.0.1:8000")],
-        "client": ("127.0.0.1", 1),
-        "server": ("127.0.0.1", 80),
-    }
+    scope = _predict_scope((b"content-length", str(2 * 2**20).encode()))
     asyncio.run(app(scope, receive, send))
     assert sent[0]["status"] == 413
 
@@ -614,20 +601,7 @@ def test_a_client_that_disconnects_mid_upload_is_not_a_server_error(caplog):
         sent.append(message)
 
     for content_type in (b"application/dicom", b"multipart/form-data; boundary=xyz"):
-        scope = {
-            "type": "http",
-            "asgi": {"version": "3.0"},
-            "http_version": "1.1",
-            "method": "POST",
-            "scheme": "http",
-            "path": "/v1/predict",
-            "raw_path": b"/v1/predict",
-            "query_string": b"",
-            "root_path": "",
-            "headers": [(b"content-type", content_type), (b"host", b"127.0.0.1:8000")],
-            "client": ("127.0.0.1", 1),
-            "server": ("127.0.0.1", 80),
-        }
+        scope = _predict_scope((b"content-type", content_type))
         messages = iter(
             [
                 {"type": "http.request", "body": b"--xyz\r\n" + b"\x00" * 100, "more_body": True},
@@ -665,3 +639,21 @@ def test_concurrent_uploads_get_only_their_own_header_warnings(tmp_path):
     for name, problems in results:
         text = " ".join(problems)
         assert [u for u in uids if u in text] == ([name] if name != "clean" else [])
+
+
+def _predict_scope(header: tuple[bytes, bytes]) -> dict:
+    """The ASGI scope of a POST to /v1/predict from this machine, with `header` and the Host."""
+    return {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": "/v1/predict",
+        "raw_path": b"/v1/predict",
+        "query_string": b"",
+        "root_path": "",
+        "headers": [header, (b"host", b"127.0.0.1:8000")],
+        "client": ("127.0.0.1", 1),
+        "server": ("127.0.0.1", 80),
+    }

@@ -324,10 +324,9 @@ def run_benchmark_with_status(
 
 def plot_benchmark(rows: Sequence[dict], path: Path) -> Path:
     """Bar charts of latency, training step, memory and GFLOPs per configuration."""
-    import matplotlib
+    from ptxseg.util.plotting import pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     ok = [r for r in rows if not r.get("error")]
     labels = [

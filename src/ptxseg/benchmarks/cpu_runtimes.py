@@ -411,7 +411,8 @@ def end_to_end(
     calibrated and checked on `calibration`)."""
     import warnings
 
-    from ptxseg.inference.pipeline import collect_inputs, predict_files
+    from ptxseg.inference.inputs import collect_inputs
+    from ptxseg.inference.main_loop import predict_files
     from ptxseg.inference.predictor import Predictor
 
     with tempfile.TemporaryDirectory(prefix="ptxseg-e2e-") as tmp:

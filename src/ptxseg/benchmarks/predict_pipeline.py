@@ -66,7 +66,8 @@ def measure_pipeline(inputs: list[Path], work: Path, run: PipelineRun) -> dict[s
     when a GPU does that work."""
     from contextlib import nullcontext
 
-    from ptxseg.inference.pipeline import Workers, predict_files, use_device_decoder
+    from ptxseg.inference.device_batch import use_device_decoder
+    from ptxseg.inference.main_loop import Workers, predict_files
     from ptxseg.inference.predictor import Predictor
 
     model = StandInModel(run.size, run.lesion)

@@ -3,28 +3,12 @@ image-level probability and the forest plot of the subgroups. The report embeds 
 
 from __future__ import annotations
 
-import io
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
-
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def _png(fig, dpi: int = 100) -> bytes:
-    plt = _pyplot()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=dpi, bbox_inches="tight")
-    plt.close(fig)
-    return buffer.getvalue()
+from ptxseg.util.plotting import figure_png, pyplot
 
 
 def reliability_png(
@@ -32,7 +16,7 @@ def reliability_png(
 ) -> bytes:
     """Mean probability against the observed share of positives per equal-mass bin, with the
     share's Wilson interval, for the raw score and the calibrated probability."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(4.6, 4.4))
     ax.plot([0, 1], [0, 1], "--", color="grey", lw=1, label="perfectly calibrated")
     styles = {"raw": ("o-", "#c44e52"), "calibrated": ("s-", "#4c72b0")}
@@ -65,7 +49,7 @@ def reliability_png(
     ax.set_title("Reliability (equal-mass bins, 95% Wilson)", fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="upper left")
-    return _png(fig)
+    return figure_png(fig)
 
 
 def forest_png(
@@ -73,7 +57,7 @@ def forest_png(
 ) -> bytes:
     """One line per subgroup level: the value and its 95% interval for each metric, the whole
     split's value as a dashed line; levels under the size limit grey, called-out ones bold."""
-    plt = _pyplot()
+    plt = pyplot()
     rows = list(rows)
     height = max(2.5, 0.28 * len(rows) + 1.2)
     fig, axes = plt.subplots(
@@ -112,4 +96,4 @@ def forest_png(
         fontsize=9,
     )
     fig.tight_layout()
-    return _png(fig, dpi=90)
+    return figure_png(fig, dpi=90)

@@ -9,7 +9,6 @@ copied together afterwards; a final `ptxseg ablate` (or `aggregate_grid`) then o
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,8 +16,7 @@ from typing import Any
 
 from ptxseg.experiments.ablation_tables import aggregate, compare_encoders, write_ablation
 from ptxseg.experiments.jobs import EventHandler, Job, JobPolicy, read_done, run_jobs
-from ptxseg.util import atomic
-from ptxseg.util.jsonio import read_json
+from ptxseg.util.jsonio import read_json, write_json
 from ptxseg.util.run_folders import DONE, RunFolder
 from ptxseg.util.shards import parse_shard, take_shard
 
@@ -118,7 +116,7 @@ def architecture_cost(encoder: str, size: int, cache_dir: Path, device: str = "c
     cost = {"infer_ms": row["latency_p50_ms"], "mem_mb": row["infer_mem_mb"]}
     if not row["error"]:
         path.parent.mkdir(parents=True, exist_ok=True)
-        atomic.write_text(path, json.dumps(cost, indent=2, default=str) + "\n")
+        write_json(path, cost)
     return cost
 
 
@@ -208,7 +206,7 @@ def write_grid_spec(grid_dir: Path, spec: dict) -> None:
     merged = dict(old or {}, **spec)
     for key in ("encoders", "augs"):  # extending a grid by encoders or augmentations is fine
         merged[key] = list(dict.fromkeys((old or {}).get(key, []) + list(spec.get(key, []))))
-    atomic.write_text(path, json.dumps(merged, indent=2, default=str) + "\n")
+    write_json(path, merged)
 
 
 # --------------------------------------------------------------------------- the whole grid

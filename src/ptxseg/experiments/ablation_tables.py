@@ -7,14 +7,13 @@ Markdown and a bar chart, and the encoders compared pair by pair on the test ima
 from __future__ import annotations
 
 import csv
-import json
 import math
 import statistics
 from collections.abc import Sequence
 from pathlib import Path
 
 from ptxseg.util import atomic
-from ptxseg.util.jsonio import jsonable
+from ptxseg.util.jsonio import jsonable, write_json
 from ptxseg.util.run_folders import EvalFolder, RunFolder
 
 # Metric key in done.json -> header in the tables. "Dice", "IoU" and "pixel accuracy" are pooled
@@ -97,10 +96,9 @@ def read_ablation_csv(path: Path) -> list[dict]:
 
 def plot_ablation(rows: Sequence[dict], path: Path) -> Path:
     """Grouped bars (augmentation on x, one bar per encoder) with std error bars."""
-    import matplotlib
+    from ptxseg.util.plotting import pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     encoders = list(dict.fromkeys(r["encoder"] for r in rows))
     augs = list(dict.fromkeys(r["aug"] for r in rows))
@@ -185,9 +183,6 @@ def compare_encoders(grid_dir: Path, results: Sequence[dict]) -> dict[str, Path]
         "comparison.md": Path(grid_dir) / "comparison.md",
     }
 
-    atomic.write_text(
-        paths["comparison.json"],
-        json.dumps(jsonable({"groups": groups}, finite=True), indent=2) + "\n",
-    )
+    write_json(paths["comparison.json"], jsonable({"groups": groups}, finite=True))
     atomic.write_text(paths["comparison.md"], "\n".join(text))
     return paths

@@ -18,7 +18,6 @@ ensemble and its out-of-fold evaluation (rerun once without `--folds-to-run` to 
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,8 +27,7 @@ from ptxseg.config import TrainConfig, load_config
 from ptxseg.data.folds import read_folds
 from ptxseg.experiments.jobs import EventHandler, Job, JobPolicy, read_done, run_jobs
 from ptxseg.inference.ensemble import ENSEMBLE_FILE, write_ensemble
-from ptxseg.util import atomic
-from ptxseg.util.jsonio import read_json
+from ptxseg.util.jsonio import read_json, write_json
 from ptxseg.util.run_folders import CvFolder, EvalFolder, RunFolder
 from ptxseg.util.shards import parse_shard, take_shard
 
@@ -83,7 +81,7 @@ def write_spec(cv_dir: Path, spec: dict[str, Any]) -> None:
                 "options to resume, or another --out"
             )
     Path(cv_dir).mkdir(parents=True, exist_ok=True)
-    atomic.write_text(path, json.dumps(spec, indent=2, default=str) + "\n")
+    write_json(path, spec)
 
 
 def select_folds(folds: int, spec: str | None) -> list[int]:

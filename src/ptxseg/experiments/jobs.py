@@ -9,7 +9,6 @@ the caller's choice.
 
 from __future__ import annotations
 
-import json
 import time
 import traceback
 from collections.abc import Callable, Hashable, Iterable
@@ -17,8 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ptxseg.util import atomic
-from ptxseg.util.jsonio import read_json
+from ptxseg.util.jsonio import read_json, write_json
 from ptxseg.util.run_folders import DONE
 
 ERROR = "error.txt"
@@ -95,6 +93,6 @@ def _run_one(job: Job, work: Callable[[Job], dict], policy: JobPolicy) -> dict |
     seconds = round(time.perf_counter() - start, 1)
     record = {**job.record, **values, policy.seconds_key: seconds}
     # last: marks the job as finished
-    atomic.write_text(Path(job.folder) / DONE, json.dumps(record, indent=2, default=str) + "\n")
+    write_json(Path(job.folder) / DONE, record)
     (Path(job.folder) / ERROR).unlink(missing_ok=True)
     return record

@@ -35,7 +35,7 @@ import tempfile
 import time
 import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -49,7 +49,7 @@ from ptxseg.inference.predictor import BuildInputs, Predictor
 from ptxseg.inference.runtimes import RUNTIMES, SUPPORTED
 from ptxseg.inference.spec import AUTO, PredictorSpec
 from ptxseg.model.operating_point import OperatingPointWarning
-from ptxseg.util import atomic
+from ptxseg.util.jsonio import write_json
 from ptxseg.util.system import CpuInfo, cpu_info, package_versions, rss_now_mb, usable_cores
 
 PATHS = (
@@ -557,9 +557,7 @@ def read_cached(key: str, folder: Path | None = None) -> Choice | None:
 def write_cached(key: str, material: dict, choice: Choice, folder: Path | None = None) -> None:
     path = (folder or runtime_cache_dir()) / "runtime-choice" / f"{key}.json"
     try:
-        atomic.write_text(
-            path, json.dumps({"key": material, "choice": choice.to_dict()}, indent=2) + "\n"
-        )
+        write_json(path, {"key": material, "choice": choice.to_dict()})
     except OSError as err:  # a read-only home must not stop a prediction
         warnings.warn(f"could not cache the runtime choice in {path}: {err}", stacklevel=2)
 
@@ -576,21 +574,6 @@ def model_kind(model: Any) -> str:
     return "torch"
 
 
-SPEC_KEYS = tuple(f.name for f in fields(PredictorSpec) if f.name != "model")
-HOOK_KEYS = tuple(f.name for f in fields(ChoiceHooks))
-
-
-def spec_and_hooks(model: Any, **options: Any) -> tuple[PredictorSpec, ChoiceHooks]:
-    """A `PredictorSpec` and `ChoiceHooks` from keyword options (the form
-    `build_predictor(model, runtime=..., tta=..., images=...)` that callers used before the
-    spec)."""
-    unknown = sorted(set(options) - set(SPEC_KEYS) - set(HOOK_KEYS))
-    if unknown:
-        raise TypeError(f"build_predictor got unexpected options: {', '.join(unknown)}")
-    spec = PredictorSpec(model, **{k: v for k, v in options.items() if k in SPEC_KEYS})
-    return spec, ChoiceHooks(**{k: v for k, v in options.items() if k in HOOK_KEYS})
-
-
 class _CheckImagesOnce:
     """The hooks' check images, asked for once (they may read files)."""
 
@@ -605,19 +588,14 @@ class _CheckImagesOnce:
         return self.found
 
 
-def build_predictor(
-    spec: PredictorSpec | Any, hooks: ChoiceHooks | None = None, **options: Any
-) -> Predictor:
+def build_predictor(spec: PredictorSpec, hooks: ChoiceHooks | None = None) -> Predictor:
     """The Predictor of `spec.model` for the runtime and precision asked; `auto` for either lets
     this CPU's measurements choose (see the module docstring; on a GPU, auto is torch fp32).
 
-    `spec` may also be a model with `options` naming the spec's fields and the hooks'
-    (`spec_and_hooks`). The model is loaded once (`LoadedModel`, also when `spec.model` already
+    The model is loaded once (`LoadedModel`, also when `spec.model` already
     is one). The Predictor's `path_choice` is the `Choice` as a dict; an int8 refusal names this
     CPU's faithful alternatives, measured on the same images.
     """
-    if not isinstance(spec, PredictorSpec):
-        spec, hooks = spec_and_hooks(spec, **options)
     hooks = hooks or ChoiceHooks()
     if not str(spec.device).startswith("cpu"):
         return _on_gpu(spec)

@@ -33,8 +33,7 @@ from torch import nn
 
 from ptxseg.model import checkpoint
 from ptxseg.model.operating_point import OperatingPoint, choose_named
-from ptxseg.util import atomic
-from ptxseg.util.jsonio import jsonable
+from ptxseg.util.jsonio import jsonable, write_json
 
 ENSEMBLE_FILE = "ensemble.json"
 FORMAT = "ptxseg-ensemble"
@@ -174,7 +173,7 @@ def write_ensemble(
         **jsonable(extra or {}),
     }
     file.parent.mkdir(parents=True, exist_ok=True)
-    return atomic.write_text(file, json.dumps(data, indent=2) + "\n")
+    return write_json(file, data)
 
 
 def store_ensemble_operating_point(
@@ -196,7 +195,7 @@ def update_ensemble(path: str | os.PathLike, entries: dict[str, Any]) -> Path:
     file = ensemble_file(path)
     data = json.loads(file.read_text())
     data.update(jsonable(entries))
-    return atomic.write_text(file, json.dumps(data, indent=2) + "\n")
+    return write_json(file, data)
 
 
 def read_model_operating_point(

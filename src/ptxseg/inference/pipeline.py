@@ -20,39 +20,16 @@ from pathlib import Path
 from typing import Any
 
 from ptxseg.data.device_images import DECODERS
-from ptxseg.inference.device_batch import pack_bits_many, use_device_decoder
+from ptxseg.inference.device_batch import use_device_decoder
 from ptxseg.inference.inputs import DEFAULT_OUTPUTS, collect_inputs, parse_outputs, table_name
 from ptxseg.inference.main_loop import (
-    FILES_PER_TASK,
     LoopOptions,
     Workers,
     default_workers,
-    files_per_task,
     predict_files,
 )
 from ptxseg.inference.run_record import RunResult, operating_point_record, write_run_record
 from ptxseg.inference.spec import PredictorSpec
-
-__all__ = [
-    "DECODERS",
-    "DEFAULT_OUTPUTS",
-    "FILES_PER_TASK",
-    "LoopOptions",
-    "PredictRequest",
-    "RunResult",
-    "Workers",
-    "collect_inputs",
-    "default_workers",
-    "files_per_task",
-    "pack_bits_many",
-    "parse_outputs",
-    "predict_files",
-    "run",
-    "table_name",
-    "torchrun_device",
-    "use_device_decoder",
-    "write_run_record",
-]
 
 
 @dataclass(frozen=True)

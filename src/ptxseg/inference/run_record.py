@@ -8,12 +8,12 @@ rule (`operating_point_record`).
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ptxseg.util import atomic, schemas
+from ptxseg.util import schemas
+from ptxseg.util.jsonio import write_json
 
 
 @dataclass
@@ -65,7 +65,7 @@ def write_run_record(result: RunResult, path: Path, extra: dict[str, Any]) -> Pa
         "main_loop_s": result.loop_s,
         **extra,
     }
-    return atomic.write_text(path, json.dumps(record, indent=2) + "\n")
+    return write_json(path, record)
 
 
 def operating_point_record(predictor) -> dict:

@@ -25,7 +25,7 @@ from ptxseg.config import TrainConfig
 from ptxseg.model.operating_point import OperatingPoint
 from ptxseg.model.unet import SegmentationModel, build_model, load_error
 from ptxseg.util import atomic
-from ptxseg.util.jsonio import jsonable
+from ptxseg.util.jsonio import jsonable, write_json
 
 MODEL_INFO = "ptxseg.json"
 WEIGHTS = "model.safetensors"
@@ -224,7 +224,7 @@ def update_info(path: str | os.PathLike, entries: dict[str, Any]) -> None:
     if path.is_dir():
         info = read_info(path)
         info.update(jsonable(entries))
-        atomic.write_text(path / MODEL_INFO, json.dumps(info, indent=2) + "\n")
+        write_json(path / MODEL_INFO, info)
         return
     ckpt = read_checkpoint(path)
     ckpt["ptxseg"].update(jsonable(entries))

@@ -7,11 +7,12 @@ base64 data URIs and stays one self-contained file.
 from __future__ import annotations
 
 import base64
-import io
 import math
 from collections.abc import Mapping, Sequence
 
 import numpy as np
+
+from ptxseg.util.plotting import figure_png, pyplot
 
 CURVE_METRICS = (
     ("loss", "Loss"),
@@ -19,24 +20,6 @@ CURVE_METRICS = (
     ("dice", "Dice"),
     ("competition_dice", "Competition Dice"),
 )
-
-
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def figure_png(fig, dpi: int = 100) -> bytes:
-    """Render a matplotlib figure to PNG bytes and close it."""
-    plt = _pyplot()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=dpi, bbox_inches="tight")
-    plt.close(fig)
-    return buffer.getvalue()
 
 
 def data_uri(png: bytes) -> str:
@@ -49,7 +32,7 @@ def curves_png(curves: Mapping[str, Mapping[str, Sequence[float]]], epochs: Sequ
 
     `curves[metric][split]` is one value per epoch (NaN where not logged), split `train`/`val`.
     """
-    plt = _pyplot()
+    plt = pyplot()
     shown = [(k, title) for k, title in CURVE_METRICS if k in curves]
     fig, axes = plt.subplots(1, len(shown), figsize=(4.2 * len(shown), 3.2), squeeze=False)
     for ax, (key, title) in zip(axes[0], shown, strict=True):
@@ -90,7 +73,7 @@ def panels_png(
     titles: Sequence[str],
 ) -> bytes:
     """Rows of image | ground truth | prediction (the study's figure 5)."""
-    plt = _pyplot()
+    plt = pyplot()
     n = len(images)
     fig, axes = plt.subplots(n, 3, figsize=(7.5, 2.6 * n), squeeze=False)
     for row in range(n):
@@ -116,7 +99,7 @@ def panels_png(
 
 def roc_png(fpr: Sequence[float], tpr: Sequence[float], auc: float | None = None) -> bytes:
     """Image-level ROC curve (is there a pneumothorax?) with the chance diagonal."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(4, 4))
     label = f"AUC {auc:.3f}" if auc is not None and not math.isnan(auc) else "ROC"
     ax.plot(fpr, tpr, lw=2, label=label)

@@ -5,7 +5,6 @@ numbers)."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +13,7 @@ from rich.table import Table
 
 from ptxseg.evaluation.compare import METRICS
 from ptxseg.evaluation.uncertainty import format_interval
+from ptxseg.util.jsonio import read_json
 from ptxseg.util.run_folders import RunFolder
 
 
@@ -257,7 +257,7 @@ def print_train_summary(run_dir: Path, console: Console) -> None:
     """The line `ptxseg train` ends with: the best val Dice, its epoch, the competition Dice
     against the all-empty baseline and the training rate (from the run's train_summary.json)."""
     summary_path = RunFolder(run_dir).train_summary
-    s = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
+    s = read_json(summary_path, default={})
     if s.get("best_val_dice") is not None:
         console.print(
             f"[green]done[/green]: {run_dir} — best val Dice {s['best_val_dice']:.4f} at epoch "

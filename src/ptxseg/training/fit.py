@@ -15,7 +15,6 @@ a GPU trains compiled, in bf16-mixed, channels_last, augmenting on the device.
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from pathlib import Path
@@ -40,7 +39,8 @@ from ptxseg.training.module import (
     SegmentationModule,
     write_metrics_csv,
 )
-from ptxseg.util import atomic, schemas
+from ptxseg.util import schemas
+from ptxseg.util.jsonio import write_json
 from ptxseg.util.run_folders import RunFolder
 from ptxseg.util.system import gpu_description, peak_rss_mb
 
@@ -315,7 +315,7 @@ def fit(
             export_inference_model(best, run_dir / INFERENCE_MODEL)
         summary = _summary(config, module, trainer, recorder, data, wall)
         summary["averaged"] = averaged
-        atomic.write_text(RunFolder(run_dir).train_summary, json.dumps(summary, indent=2) + "\n")
+        write_json(RunFolder(run_dir).train_summary, summary)
     return run_dir
 
 

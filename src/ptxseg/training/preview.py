@@ -70,10 +70,9 @@ def plot_preview(
 
     The global torch RNG is seeded with `seed` inside and restored afterwards.
     """
-    import matplotlib
+    from ptxseg.util.plotting import pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     if n < 1:
         raise ValueError(f"number of samples per strategy must be >= 1, got {n}")

@@ -23,7 +23,7 @@ NOTES = (
 def stage_pipeline(ctx: StageContext) -> None:
     """`predict_files` with a stand-in model: what readers, main loop and writers sustain."""
     from ptxseg.benchmarks.predict_pipeline import PipelineRun, measure_pipeline
-    from ptxseg.inference.pipeline import FILES_PER_TASK
+    from ptxseg.inference.main_loop import FILES_PER_TASK
 
     bench, s = ctx.bench, ctx.bench.s
     inputs = sorted(ctx.data.predict_inputs.glob("*.dcm"))

@@ -48,7 +48,7 @@ def sample_masks(shape: tuple[int, int], seed: int = 0) -> dict[str, np.ndarray]
 @gpu_stage("writes")
 def stage_writes(ctx: StageContext) -> None:
     """Images/s of `predict`'s writer pool alone, per kind of mask, outputs mask and findings."""
-    from ptxseg.inference.pipeline import Workers
+    from ptxseg.inference.main_loop import Workers
     from ptxseg.inference.workers import WriteTask, read_input
     from ptxseg.model.operating_point import OperatingPoint
 

@@ -336,10 +336,9 @@ def _publish(staging: Path, out_dir: Path, existing: list[Path], with_metadata: 
 
 def plot_samples(out_dir: str | Path, png_path: str | Path, n: int = 6) -> Path:
     """Plot `n` written radiographs (positives first) with and without their mask overlay."""
-    import matplotlib
+    from ptxseg.util.plotting import pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
     import pydicom
 
     from ptxseg.data.rle import read_annotations, rles_to_mask
